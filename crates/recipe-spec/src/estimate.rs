@@ -1,0 +1,163 @@
+//! What a stage will cost, computed from its configuration alone: parameters, tokens, FLOPs
+//! and a peak-memory estimate. `recipe plan` prints these before anything runs.
+
+use serde::Serialize;
+
+use crate::model::Model;
+use crate::recipe::{PeftMethod, Precision, Recipe, Stage};
+
+/// Parameter counts, FLOPs and peak memory of one stage.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Estimate {
+    pub params_total: u64,
+    pub params_trainable: u64,
+    /// Tokens the stage trains on: steps × batch_size × seq_len.
+    pub tokens: u64,
+    /// Training FLOPs, PaLM's accounting: per token 6·N (4·N + 6·N_trainable under PEFT) plus
+    /// 12·n_layers·seq_len·d_model for attention, plus each teacher's forward pass.
+    pub flops: f64,
+    pub memory: Memory,
+}
+
+/// Peak memory in bytes, by part.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Memory {
+    /// Model weights, with the f32 master copy under mixed precision.
+    pub weights: u64,
+    pub grads: u64,
+    /// AdamW's two f32 moments per trainable parameter.
+    pub optimizer: u64,
+    /// Activations kept for the backward pass of one micro-batch, logits included.
+    pub activations: u64,
+    /// Teachers' weights and logits (distillation only).
+    pub teachers: u64,
+    pub total: u64,
+}
+
+impl Model {
+    fn kv_dim(&self) -> u64 {
+        (self.head_dim() * self.n_kv_heads) as u64
+    }
+
+    /// Parameters of one transformer block.
+    fn block_params(&self) -> u64 {
+        let (d, ff) = (self.d_model as u64, self.d_ff as u64);
+        2 * d * d + 2 * d * self.kv_dim() + 3 * d * ff + 2 * d
+    }
+
+    /// All parameters: embedding, blocks, final norm, and the output head unless tied.
+    pub fn param_count(&self) -> u64 {
+        let (v, d) = (self.vocab_size as u64, self.d_model as u64);
+        let head = if self.tie_embeddings { 0 } else { v * d };
+        v * d + self.n_layers as u64 * self.block_params() + d + head
+    }
+
+    /// Parameters that take part in matrix multiplications per token (everything but the
+    /// embedding lookup and the norms; the output head always multiplies).
+    pub fn matmul_params(&self) -> u64 {
+        let (v, d) = (self.vocab_size as u64, self.d_model as u64);
+        self.n_layers as u64 * (self.block_params() - 2 * d) + v * d
+    }
+
+    /// (input, output) width of each PEFT-adaptable projection.
+    pub fn projection_shape(&self, module: &str) -> (u64, u64) {
+        let (d, ff, kv) = (self.d_model as u64, self.d_ff as u64, self.kv_dim());
+        match module {
+            "q_proj" | "o_proj" => (d, d),
+            "k_proj" | "v_proj" => (d, kv),
+            "gate_proj" | "up_proj" => (d, ff),
+            "down_proj" => (ff, d),
+            other => panic!("validated PEFT target, got {other}"),
+        }
+    }
+
+    /// Forward FLOPs per token at context `seq_len`.
+    fn forward_flops_per_token(&self, seq_len: u32) -> f64 {
+        2.0 * self.matmul_params() as f64 + 4.0 * self.n_layers as f64 * seq_len as f64 * self.d_model as f64
+    }
+}
+
+impl Stage {
+    pub fn trainable_params(&self) -> u64 {
+        match &self.peft {
+            None => self.model.param_count(),
+            Some(p) => {
+                let per_layer: u64 = p
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let (i, o) = self.model.projection_shape(t);
+                        let magnitude = if p.method == PeftMethod::Dora { o } else { 0 };
+                        p.rank as u64 * (i + o) + magnitude
+                    })
+                    .sum();
+                per_layer * self.model.n_layers as u64
+            }
+        }
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.steps.saturating_mul(self.batch_size as u64 * self.seq_len as u64)
+    }
+
+    pub fn estimate(&self, recipe: &Recipe) -> Estimate {
+        let m = &self.model;
+        let total = m.param_count();
+        let trainable = self.trainable_params();
+        let frozen = total - if self.peft.is_some() { 0 } else { trainable };
+        let tokens = self.tokens() as f64;
+        let (s, l, d) = (self.seq_len as f64, m.n_layers as f64, m.d_model as f64);
+        let attention = 12.0 * l * s * d;
+        let dense = match self.peft {
+            None => 6.0 * m.matmul_params() as f64,
+            Some(_) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
+        };
+        let teachers: Vec<&Model> = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model).collect();
+        let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(self.seq_len)).sum();
+        let flops = tokens * (dense + attention + teacher_flops);
+
+        let (weight_bytes, act_bytes) = match self.precision {
+            Precision::F32 => (4, 4),
+            Precision::Bf16Mixed | Precision::F16Mixed => (6, 2),
+            Precision::Bf16 => (2, 2),
+        };
+        let frozen_bytes = if self.precision == Precision::F32 { 4 } else { 2 };
+        let grad_bytes = if self.precision == Precision::Bf16 { 2 } else { 4 };
+        let weights =
+            if self.peft.is_some() { frozen * frozen_bytes + trainable * weight_bytes } else { total * weight_bytes };
+        let micro_tokens = self.micro_batch_size as u64 * self.seq_len as u64;
+        let activations = micro_tokens.saturating_mul(per_token_activations(m, self.seq_len) * act_bytes);
+        let teacher_bytes: u64 = teachers
+            .iter()
+            .map(|t| t.param_count() * frozen_bytes + micro_tokens.saturating_mul(t.vocab_size as u64 * 4))
+            .fold(0, u64::saturating_add);
+        let memory = Memory {
+            weights,
+            grads: trainable * grad_bytes,
+            optimizer: trainable * 8,
+            activations,
+            teachers: teacher_bytes,
+            total: 0,
+        };
+        let total_bytes = [memory.weights, memory.grads, memory.optimizer, memory.activations, memory.teachers]
+            .into_iter()
+            .fold(0, u64::saturating_add);
+        Estimate {
+            params_total: total,
+            params_trainable: trainable,
+            tokens: self.tokens(),
+            flops,
+            memory: Memory { total: total_bytes, ..memory },
+        }
+    }
+}
+
+/// Values kept per token for the backward pass: per block the norm inputs and outputs, q, k,
+/// v before and after rotation, the attention probabilities and scores (materialised), the
+/// attention output, and the MLP's gate, up, activation and product; then the final norm and
+/// the logits, their softmax and its gradient.
+fn per_token_activations(m: &Model, seq_len: u32) -> u64 {
+    let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.kv_dim(), m.n_heads as u64);
+    let block = 7 * d + 3 * kv + 2 * h * seq_len as u64 + 4 * ff;
+    m.n_layers as u64 * block + 2 * d + 3 * m.vocab_size as u64
+}

@@ -1,0 +1,222 @@
+//! The `[model]` table: a stage's architecture, with defaults and per-stage overrides.
+
+use serde::Serialize;
+
+use crate::decode::{self, Cx, Fields};
+use crate::diag::Origin;
+use crate::tree::Node;
+
+/// Keys allowed in `[model]` and in a stage's `model = {...}`.
+pub const MODEL_KEYS: &[&str] = &[
+    "arch",
+    "vocab_size",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_ff",
+    "max_seq_len",
+    "tie_embeddings",
+    "rope_theta",
+    "norm_eps",
+    "init_std",
+    "from",
+];
+
+/// Fields that fix the shape of the weights: a stage that starts from another stage's weights
+/// must agree with it on each of these.
+pub const SHAPE_FIELDS: &[&str] =
+    &["arch", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings"];
+
+/// What a `[model]` table or a stage's `model = {...}` says; unset fields inherit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ModelSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_model: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_layers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_heads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n_kv_heads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d_ff: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_seq_len: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tie_embeddings: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_std: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// A fully resolved architecture: every default applied, the vocabulary taken from the tokenizer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Model {
+    /// Only `llama` (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+    pub arch: String,
+    /// Default: the tokenizer's vocabulary size.
+    pub vocab_size: u32,
+    /// Default 256.
+    pub d_model: u32,
+    /// Default 4.
+    pub n_layers: u32,
+    /// Default 8.
+    pub n_heads: u32,
+    /// Default: `n_heads` (plain multi-head attention).
+    pub n_kv_heads: u32,
+    /// Default: the SwiGLU rule, 8/3 · d_model rounded up to a multiple of 64.
+    pub d_ff: u32,
+    /// Default 512.
+    pub max_seq_len: u32,
+    /// Default true.
+    pub tie_embeddings: bool,
+    /// Default 10000.
+    pub rope_theta: f64,
+    /// Default 1e-5.
+    pub norm_eps: f64,
+    /// Default 0.02; residual output projections are further scaled by 1/sqrt(2·n_layers).
+    pub init_std: f64,
+    /// Default none: random initialisation. A path relative to the recipe's folder.
+    pub from: Option<String>,
+}
+
+impl Model {
+    pub fn head_dim(&self) -> u32 {
+        self.d_model / self.n_heads.max(1)
+    }
+}
+
+impl ModelSpec {
+    /// Read a `[model]`-shaped table.
+    pub fn decode(cx: &mut Cx, node: &Node, path: &str) -> ModelSpec {
+        let f = Fields::of(cx, node, path, MODEL_KEYS);
+        f.check_unknown(cx);
+        ModelSpec {
+            arch: f.opt(cx, "arch", decode::choice(&["llama"])).map(str::to_string),
+            vocab_size: f.opt(cx, "vocab_size", decode::size(1, 1 << 24)),
+            d_model: f.opt(cx, "d_model", decode::size(1, 1 << 16)),
+            n_layers: f.opt(cx, "n_layers", decode::size(1, 1 << 12)),
+            n_heads: f.opt(cx, "n_heads", decode::size(1, 1 << 12)),
+            n_kv_heads: f.opt(cx, "n_kv_heads", decode::size(1, 1 << 12)),
+            d_ff: f.opt(cx, "d_ff", decode::size(1, 1 << 20)),
+            max_seq_len: f.opt(cx, "max_seq_len", decode::size(1, 1 << 22)),
+            tie_embeddings: f.opt(cx, "tie_embeddings", decode::boolean),
+            rope_theta: f.opt(cx, "rope_theta", positive),
+            norm_eps: f.opt(cx, "norm_eps", positive),
+            init_std: f.opt(cx, "init_std", positive),
+            from: f.opt(cx, "from", decode::string),
+        }
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    pub fn overlay(&self, over: &ModelSpec) -> ModelSpec {
+        ModelSpec {
+            arch: over.arch.clone().or_else(|| self.arch.clone()),
+            vocab_size: over.vocab_size.or(self.vocab_size),
+            d_model: over.d_model.or(self.d_model),
+            n_layers: over.n_layers.or(self.n_layers),
+            n_heads: over.n_heads.or(self.n_heads),
+            n_kv_heads: over.n_kv_heads.or(self.n_kv_heads),
+            d_ff: over.d_ff.or(self.d_ff),
+            max_seq_len: over.max_seq_len.or(self.max_seq_len),
+            tie_embeddings: over.tie_embeddings.or(self.tie_embeddings),
+            rope_theta: over.rope_theta.or(self.rope_theta),
+            norm_eps: over.norm_eps.or(self.norm_eps),
+            init_std: over.init_std.or(self.init_std),
+            from: over.from.clone().or_else(|| self.from.clone()),
+        }
+    }
+
+    /// The names of the fields this spec sets.
+    pub fn set_fields(&self) -> Vec<&'static str> {
+        let json = serde_json::to_value(self).expect("plain struct serialises");
+        MODEL_KEYS.iter().copied().filter(|k| json.get(k).is_some()).collect()
+    }
+
+    /// Apply defaults. `tokenizer_vocab` is the tokenizer's size, when known.
+    pub fn resolve(&self, tokenizer_vocab: Option<u32>) -> Model {
+        let d_model = self.d_model.unwrap_or(256);
+        let n_heads = self.n_heads.unwrap_or(8);
+        Model {
+            arch: self.arch.clone().unwrap_or_else(|| "llama".into()),
+            vocab_size: self.vocab_size.or(tokenizer_vocab).unwrap_or(0),
+            d_model,
+            n_layers: self.n_layers.unwrap_or(4),
+            n_heads,
+            n_kv_heads: self.n_kv_heads.unwrap_or(n_heads),
+            d_ff: self.d_ff.unwrap_or_else(|| swiglu_hidden(d_model)),
+            max_seq_len: self.max_seq_len.unwrap_or(512),
+            tie_embeddings: self.tie_embeddings.unwrap_or(true),
+            rope_theta: self.rope_theta.unwrap_or(10000.0),
+            norm_eps: self.norm_eps.unwrap_or(1e-5),
+            init_std: self.init_std.unwrap_or(0.02),
+            from: self.from.clone(),
+        }
+    }
+}
+
+/// The Llama MLP width rule: 2/3 of 4·d, rounded up to a multiple of 64.
+pub fn swiglu_hidden(d_model: u32) -> u32 {
+    let raw = (8 * d_model).div_ceil(3);
+    raw.div_ceil(64) * 64
+}
+
+fn positive(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
+    let v = decode::float(cx, node, path)?;
+    decode::check_range(cx, path, v, v > 0.0, "a number > 0");
+    (v > 0.0).then_some(v)
+}
+
+/// Check the architecture's internal consistency. `path_of` names where a field was set
+/// (`model.d_model` or `stages.x.model.d_model`), for messages that point at it.
+pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
+    let fail = |cx: &mut Cx, field: &str, msg: String, label: String| {
+        let path = path_of(field);
+        let origin = cx.origins.get(&path).cloned().unwrap_or(Origin::Default);
+        cx.diags.push(crate::Diagnostic::new(&origin, msg).label(label));
+    };
+    if !m.d_model.is_multiple_of(m.n_heads) {
+        fail(
+            cx,
+            "n_heads",
+            format!("n_heads ({}) does not divide d_model ({})", m.n_heads, m.d_model),
+            "d_model must be a multiple of n_heads".into(),
+        );
+    } else if !m.head_dim().is_multiple_of(2) {
+        fail(
+            cx,
+            "n_heads",
+            format!("head dimension d_model / n_heads = {} is odd", m.head_dim()),
+            "rotary embeddings need an even head dimension".into(),
+        );
+    }
+    if !m.n_heads.is_multiple_of(m.n_kv_heads) {
+        fail(
+            cx,
+            "n_kv_heads",
+            format!("n_kv_heads ({}) does not divide n_heads ({})", m.n_kv_heads, m.n_heads),
+            "grouped-query attention shares each key/value head among n_heads / n_kv_heads query heads".into(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swiglu_rule_matches_llama_sizes() {
+        assert_eq!(swiglu_hidden(256), 704);
+        assert_eq!(swiglu_hidden(4096), 10944);
+    }
+}

@@ -1,0 +1,369 @@
+//! Every class of recipe error, with the shape of its message: what is wrong, `file:line:col`,
+//! the snippet with a caret, what was expected, and a suggestion where one exists.
+
+use std::path::{Path, PathBuf};
+
+use recipe_spec::{Recipe, StageKind};
+
+/// A folder with a few small documents, a chat file and a recipe.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+const BASE: &str = r#"[recipe]
+name = "t"
+seed = 3
+
+[model]
+d_model = 64
+n_layers = 2
+n_heads = 4
+max_seq_len = 128
+
+[tokenizer]
+train = { vocab_size = 512, sources = ["books"] }
+
+[sources.books]
+path = "data/*.txt"
+holdout = 0.1
+
+[sources.chat]
+path = "chat.jsonl"
+format = "chat-jsonl"
+
+[stages.pretrain]
+kind = "pretrain"
+steps = 100
+seq_len = 64
+batch_size = 8
+data = { mix = { books = 1.0 } }
+schedule = { kind = "cosine", warmup = 10 }
+
+[stages.sft]
+kind = "sft"
+after = "pretrain"
+steps = 50
+seq_len = 64
+data = { mix = { chat = 1.0 } }
+peft = { rank = 4, targets = ["q_proj", "v_proj"] }
+"#;
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/a.txt"), "Call me Ishmael.").unwrap();
+        std::fs::write(dir.path().join("data/b.txt"), "It was the best of times.").unwrap();
+        std::fs::write(
+            dir.path().join("chat.jsonl"),
+            r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}]}"#,
+        )
+        .unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("r.toml")
+    }
+
+    fn parse(&self, text: &str, sets: &[&str]) -> Result<Recipe, String> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Recipe::parse(&self.path(), text, &sets).map_err(|e| e.to_string())
+    }
+
+    /// The rendered errors of a recipe that must be invalid.
+    fn errors(&self, text: &str) -> String {
+        self.parse(text, &[]).expect_err("recipe should be invalid")
+    }
+}
+
+fn replace(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "fixture lacks {from:?}");
+    text.replacen(from, to, 1)
+}
+
+/// Line and column (1-based) of the first occurrence of `needle` in `text`.
+fn at(text: &str, needle: &str) -> String {
+    let offset = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in text"));
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap().chars().count() + 1;
+    format!("r.toml:{line}:{col}")
+}
+
+fn assert_has(out: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(out.contains(p), "expected {p:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn the_base_recipe_is_valid_and_defaults_are_applied() {
+    let f = Fixture::new();
+    let r = f.parse(BASE, &[]).unwrap();
+    assert_eq!(r.stages.len(), 2);
+    let sft = r.stage("sft").unwrap();
+    assert_eq!(sft.kind, StageKind::Sft);
+    assert_eq!(sft.model.d_model, 64, "inherited from [model]");
+    assert_eq!(sft.model.n_kv_heads, 4, "defaults to n_heads");
+    assert_eq!(sft.model.vocab_size, 512, "follows the tokenizer");
+    assert_eq!(sft.micro_batch_size, 8, "defaults to batch_size");
+    assert_eq!(sft.data.loss_on.as_str(), "assistant", "sft defaults to assistant-only loss");
+    assert_eq!(r.stage("pretrain").unwrap().data.loss_on.as_str(), "all");
+    assert_eq!(r.source("books").unwrap().files.len(), 2);
+}
+
+#[test]
+fn unknown_keys_are_reported_with_position_and_suggestion() {
+    let f = Fixture::new();
+    let text = replace(BASE, "steps = 100", "stepz = 100");
+    let text = replace(&text, "d_model = 64", "d_modle = 64");
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: unknown key `stepz` in `stages.pretrain`",
+            &format!("--> {}", f.path().parent().unwrap().join(at(&text, "stepz")).display()),
+            "stepz = 100\n",
+            "^^^^^ expected one of: kind, after,",
+            "help: did you mean `steps`?",
+            "error: unknown key `d_modle` in `model`",
+            "help: did you mean `d_model`?",
+            "has 2 errors",
+        ],
+    );
+}
+
+#[test]
+fn wrong_types_say_what_was_expected() {
+    let f = Fixture::new();
+    let text = replace(BASE, "n_layers = 2", "n_layers = \"two\"");
+    let text = replace(&text, "seed = 3", "seed = 1.5");
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: wrong type for `model.n_layers`: found a string",
+            &at(&text, "\"two\""),
+            "^^^^^ expected a non-negative integer",
+            "error: wrong type for `recipe.seed`: found a float",
+        ],
+    );
+}
+
+#[test]
+fn out_of_range_values_are_errors() {
+    let f = Fixture::new();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "kind = \"pretrain\"\nsteps",
+            "kind = \"pretrain\"\noptim = { lr = 0.0 }\nsteps",
+            "`stages.pretrain.optim.lr` is out of range",
+        ),
+        (
+            "kind = \"pretrain\"\nsteps",
+            "kind = \"pretrain\"\noptim = { lr = -1e-3 }\nsteps",
+            "expected a learning rate > 0, found -0.001",
+        ),
+        (
+            "kind = \"pretrain\"\nsteps",
+            "kind = \"pretrain\"\noptim = { betas = [0.9, 1.0] }\nsteps",
+            "`stages.pretrain.optim.betas[1]` is out of range",
+        ),
+        ("rank = 4", "rank = 0", "expected an integer ≥ 1, found 0"),
+        ("warmup = 10", "warmup = 100", "warmup (100) must be less than the stage's steps (100)"),
+        ("mix = { books = 1.0 }", "mix = { books = 0 }", "expected a weight > 0, found 0"),
+        ("n_heads = 4", "n_heads = 5", "n_heads (5) does not divide d_model (64)"),
+        ("n_heads = 4", "n_heads = 4\nn_kv_heads = 3", "n_kv_heads (3) does not divide n_heads (4)"),
+        (
+            "batch_size = 8",
+            "batch_size = 8\nmicro_batch_size = 3",
+            "micro_batch_size (3) does not divide batch_size (8)",
+        ),
+        (
+            "seq_len = 64\nbatch_size",
+            "seq_len = 256\nbatch_size",
+            "seq_len (256) exceeds the model's max_seq_len (128)",
+        ),
+        ("holdout = 0.1", "holdout = 1.0", "expected a fraction in [0, 1), found 1"),
+        ("kind = \"sft\"", "kind = \"sft\"\nbatch_size = 0", "expected an integer ≥ 1, found 0"),
+    ];
+    for (from, to, message) in cases {
+        let text = replace(BASE, from, to);
+        let out = f.errors(&text);
+        assert!(out.contains(message), "{to:?}: expected {message:?} in:\n{out}");
+        assert!(out.contains("r.toml:"), "{to:?}: no position in:\n{out}");
+    }
+}
+
+#[test]
+fn distillation_checks_teacher_and_temperature() {
+    let f = Fixture::new();
+    let student = "\n[stages.student]\nkind = \"distill\"\nsteps = 10\nseq_len = 64\ndata = { mix = { books = 1 } }\n";
+    let out = f.errors(&format!("{BASE}{student}"));
+    assert_has(&out, &["error: distill stage `student` has no teacher", "help: for example `teacher = \"pretrain\"`"]);
+
+    let text = format!("{BASE}{student}teacher = \"sfft\"\ndistill = {{ temperature = 0.0 }}\n");
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: no stage named `sfft`",
+            "help: did you mean `sft`?",
+            "`stages.student.distill.temperature` is out of range",
+            "expected a temperature > 0, found 0",
+        ],
+    );
+
+    let out = f.errors(&replace(BASE, "kind = \"sft\"", "kind = \"sft\"\nteacher = \"pretrain\""));
+    assert_has(&out, &["`stages.sft.teacher` only applies with kind = \"distill\""]);
+}
+
+#[test]
+fn undefined_references_suggest_the_nearest_name() {
+    let f = Fixture::new();
+    let text = replace(BASE, "mix = { books = 1.0 }", "mix = { bokos = 1.0 }");
+    let text = replace(&text, "after = \"pretrain\"", "after = \"pretrian\"");
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: no source named `bokos`",
+            &at(&text, "bokos"),
+            "help: did you mean `books`?",
+            "error: no stage named `pretrian`",
+            "help: did you mean `pretrain`?",
+        ],
+    );
+    let out = f.errors(&replace(BASE, "sources = [\"books\"]", "sources = [\"book\"]"));
+    assert_has(&out, &["error: no source named `book`", "help: did you mean `books`?"]);
+}
+
+#[test]
+fn cycles_are_named() {
+    let f = Fixture::new();
+    let text = replace(BASE, "kind = \"pretrain\"", "kind = \"pretrain\"\nafter = \"sft\"");
+    let out = f.errors(&text);
+    assert_has(&out, &["error: the stages form a cycle: pretrain → sft → pretrain", &at(&text, "\"sft\"\nsteps")]);
+    let out = f.errors(&replace(BASE, "after = \"pretrain\"", "after = \"sft\""));
+    assert_has(&out, &["error: stage `sft` refers to itself"]);
+}
+
+#[test]
+fn peft_targets_must_name_modules() {
+    let f = Fixture::new();
+    let text = replace(BASE, "targets = [\"q_proj\", \"v_proj\"]", "targets = [\"q_proj\", \"vproj\", \"attention\"]");
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: `vproj` names no module of the llama architecture",
+            "help: did you mean `v_proj`?",
+            "error: `attention` names no module of the llama architecture",
+            "expected one of: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+        ],
+    );
+    let out = f.errors(&replace(BASE, "after = \"pretrain\"\n", ""));
+    assert_has(&out, &["adapts a model with PEFT but starts from random weights"]);
+}
+
+#[test]
+fn globs_that_match_nothing_are_errors() {
+    let f = Fixture::new();
+    let text = replace(BASE, "path = \"data/*.txt\"", "path = \"dta/*.txt\"");
+    let out = f.errors(&text);
+    assert_has(&out, &["error: `dta/*.txt` matches no file", &at(&text, "\"dta/*.txt\"")]);
+}
+
+#[test]
+fn values_out_of_place_are_not_silently_ignored() {
+    let f = Fixture::new();
+    let out = f.errors(&replace(BASE, "holdout = 0.1", "holdout = 0.1\nfield = \"text\""));
+    assert_has(&out, &["`sources.books.field` only applies with format = \"jsonl\""]);
+    let out = f.errors(&replace(BASE, "kind = \"cosine\"", "kind = \"cosine\", power = 2.0"));
+    assert_has(&out, &["`stages.pretrain.schedule.power` only applies with kind = \"power\""]);
+    let out = f.errors(&replace(BASE, "mix = { chat = 1.0 }", "mix = { books = 1.0 }"));
+    assert_has(&out, &["loss_on = \"assistant\" needs chat data, but source `books` is text"]);
+}
+
+#[test]
+fn bad_enum_values_suggest_a_word() {
+    let f = Fixture::new();
+    let out = f.errors(&replace(BASE, "kind = \"cosine\"", "kind = \"cosin\""));
+    assert_has(
+        &out,
+        &["error: unknown value `cosin` for `stages.pretrain.schedule.kind`", "help: did you mean `cosine`?"],
+    );
+}
+
+#[test]
+fn a_stage_continuing_another_keeps_its_shape() {
+    let f = Fixture::new();
+    let out = f.errors(&replace(BASE, "kind = \"sft\"", "kind = \"sft\"\nmodel = { d_model = 128 }"));
+    assert_has(&out, &["stage `sft` starts from `pretrain`'s weights but its d_model is 128 where `pretrain`'s is 64"]);
+}
+
+#[test]
+fn every_error_in_the_file_is_reported_at_once() {
+    let f = Fixture::new();
+    let text = replace(BASE, "steps = 100", "stepz = 100");
+    let text = replace(&text, "n_heads = 4", "n_heads = 5");
+    let text = replace(&text, "mix = { chat = 1.0 }", "mix = { chatt = 1.0 }");
+    let text = replace(&text, "rank = 4", "rank = 0");
+    let out = f.errors(&text);
+    assert_has(&out, &["has 4 errors"]);
+    assert_eq!(
+        out.matches("\nerror: ").count() + usize::from(out.starts_with("error: ")),
+        5,
+        "4 errors and a summary:\n{out}"
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_the_broken_toml() {
+    let f = Fixture::new();
+    let out = f.errors(&replace(BASE, "seed = 3", "seed = = 3"));
+    assert_has(&out, &["error: invalid TOML", "r.toml:3:"]);
+}
+
+#[test]
+fn set_overrides_are_type_checked_and_blamed_on_the_argument() {
+    let f = Fixture::new();
+    let r = f.parse(BASE, &["stages.pretrain.steps=500", "model.d_model=128", "stages.sft.peft.rank=2"]).unwrap();
+    assert_eq!(r.stage("pretrain").unwrap().steps, 500);
+    assert_eq!(r.stage("sft").unwrap().model.d_model, 128);
+    assert_eq!(r.stage("sft").unwrap().peft.as_ref().unwrap().rank, 2);
+
+    let out = f.parse(BASE, &["stages.pretrain.steps=many"]).unwrap_err();
+    assert_has(
+        &out,
+        &[
+            "error: wrong type for `stages.pretrain.steps`: found a string",
+            "--> --set argument 1",
+            "stages.pretrain.steps=many",
+            "                      ^^^^ expected a non-negative integer",
+        ],
+    );
+    let out = f.parse(BASE, &["stages.pretrain.stepz=5"]).unwrap_err();
+    assert_has(&out, &["unknown key `stepz` in `stages.pretrain`", "help: did you mean `steps`?"]);
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = Recipe::load(Path::new("/nonexistent/r.toml"), &[]).unwrap_err().to_string();
+    assert_has(&out, &["cannot read /nonexistent/r.toml"]);
+}
+
+#[test]
+fn tokenizer_files_give_the_vocabulary() {
+    let f = Fixture::new();
+    let tok = r#"{"model":{"type":"BPE","vocab":{"a":0,"b":1,"c":2}},"added_tokens":[{"id":5,"content":"<s>"}]}"#;
+    std::fs::write(f.dir.path().join("tok.json"), tok).unwrap();
+    let text = replace(BASE, "train = { vocab_size = 512, sources = [\"books\"] }", "path = \"tok.json\"");
+    let r = f.parse(&text, &[]).unwrap();
+    assert_eq!(r.stage("pretrain").unwrap().model.vocab_size, 6);
+    let out = f.errors(&replace(&text, "d_model = 64", "d_model = 64\nvocab_size = 4"));
+    assert_has(&out, &["`model.vocab_size` (4) is smaller than the tokenizer's vocabulary (6)"]);
+    let out = f.errors(&replace(&text, "\"tok.json\"", "\"missing.json\""));
+    assert_has(&out, &["cannot use tokenizer", "missing.json"]);
+}

