@@ -3,6 +3,8 @@
 mod diff;
 mod load;
 mod plan;
+mod prepare;
+mod progress;
 mod render;
 mod status;
 
@@ -38,6 +40,15 @@ enum Verb {
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Train the tokenizer and tokenize the sources that the recipe (or one stage) needs,
+    /// skipping what is already cached.
+    Prepare {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Only what this stage needs.
+        #[arg(long)]
+        stage: Option<String>,
     },
     /// Show each node as done, partial (step k of N), stale (and why) or pending.
     Status {
@@ -88,7 +99,12 @@ fn main() -> ExitCode {
         1 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
 
     let result = match &cli.verb {
         Verb::Validate(r) => load::load(&r.recipe, &r.sets).map(|loaded| {
@@ -100,6 +116,7 @@ fn main() -> ExitCode {
             );
         }),
         Verb::Plan { recipe, json } => plan::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
+        Verb::Prepare { recipe, stage } => prepare::run(&recipe.recipe, &recipe.sets, &cli.runs, stage.as_deref()),
         Verb::Status { recipe, json } => status::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
         Verb::Diff { old, new, sets, json } => diff::run(old, new.as_deref(), sets, &cli.runs, *json),
     };

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use recipe_graph::{NodeKind, NodeStatus, State};
+use recipe_data::{DataFacts, data_facts, stage_stores};
+use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
 use recipe_spec::{Recipe, Stage, Tokenizer};
 use serde_json::{Value, json};
 
@@ -11,6 +12,9 @@ use crate::render::{bytes, count, sparkline};
 use crate::{Failure, load};
 
 const CURVE_POINTS: usize = 48;
+
+/// `plan` warns when a stage would pass over a source more often than this.
+const MAX_QUIET_EPOCHS: f64 = 4.0;
 
 pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(), Failure> {
     let recipe = load::load(path, sets)?;
@@ -33,8 +37,11 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(
         .nodes
         .iter()
         .filter_map(|n| Some((n, recipe.stage(n.stage_name()?)?)))
-        .map(|(n, stage)| stage_json(&recipe, stage, &n.key, state_of(&n.name)))
-        .collect();
+        .map(|(n, stage)| {
+            let facts = stage_facts(&recipe, stage, &graph, runs)?;
+            Ok(stage_json(&recipe, stage, &n.key, state_of(&n.name), facts.as_ref()))
+        })
+        .collect::<Result<_, Failure>>()?;
     let doc = json!({
         "recipe": recipe.name,
         "file": path.display().to_string(),
@@ -67,7 +74,17 @@ fn will_run_reason(st: &NodeStatus) -> String {
     }
 }
 
-fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus) -> Value {
+/// Data facts from the tokenized sources, or `None` until `recipe prepare` has made them.
+fn stage_facts(recipe: &Recipe, stage: &Stage, graph: &Graph, runs: &Path) -> Result<Option<DataFacts>, Failure> {
+    let run = RunDir::new(runs, &recipe.name);
+    let fail = |e: recipe_data::DataError| Failure::Run(e.to_string());
+    match stage_stores(stage, graph, &run).map_err(fail)? {
+        Some(stores) => data_facts(recipe, stage, stores).map(Some).map_err(fail),
+        None => Ok(None),
+    }
+}
+
+fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts: Option<&DataFacts>) -> Value {
     let est = stage.estimate(recipe);
     let curve: Vec<f64> = (0..stage.steps).map(|t| stage.optim.lr * stage.schedule.factor(t, stage.steps)).collect();
     let samples: Vec<f64> =
@@ -76,8 +93,34 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus) -> Val
         .data
         .mix
         .iter()
-        .map(|(name, w)| (name.clone(), json!({ "weight": w, "tokens": (est.tokens as f64 * w).round() as u64 })))
+        .enumerate()
+        .map(|(i, (name, w))| {
+            let info = match facts {
+                Some(f) => {
+                    let s = &f.stats.sources[i];
+                    json!({ "weight": w, "tokens": s.tokens, "docs": s.docs, "epochs": s.epochs })
+                }
+                None => json!({ "weight": w, "tokens": (est.tokens as f64 * w).round() as u64, "docs": null, "epochs": null }),
+            };
+            (name.clone(), info)
+        })
         .collect();
+    let warnings: Vec<String> = facts
+        .into_iter()
+        .flat_map(|f| &f.stats.sources)
+        .filter(|s| s.epochs > MAX_QUIET_EPOCHS)
+        .map(|s| format!("source `{}` would be repeated {:.1} times", s.name, s.epochs))
+        .collect();
+    let packing = match facts {
+        Some(f) => json!({
+            "mode": stage.data.packing,
+            "efficiency": f.stats.efficiency(),
+            "truncation_rate": f.stats.truncation_rate(),
+            "rows_simulated": f.rows_simulated,
+            "rows_total": f.rows_total,
+        }),
+        None => json!({ "mode": stage.data.packing, "efficiency": null, "truncation_rate": null }),
+    };
     json!({
         "name": stage.name,
         "kind": stage.kind,
@@ -93,7 +136,9 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus) -> Val
         "memory_bytes": est.memory.total,
         "memory": est.memory,
         "sources": sources,
-        "packing": { "mode": stage.data.packing },
+        "packing": packing,
+        "data_facts": if facts.is_some() { "measured on the tokenized sources" } else { "run `recipe prepare` to tokenize the sources and measure" },
+        "warnings": warnings,
         "precision": stage.precision,
         "model": stage.model,
         "lr": { "peak": stage.optim.lr, "schedule": stage.schedule, "samples": samples },
@@ -167,15 +212,39 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             .data
             .mix
             .iter()
-            .map(|(n, w)| format!("{n} {:.1}% {}", w * 100.0, count(stage.tokens() as f64 * w)))
+            .map(|(n, w)| {
+                let src = &s["sources"][n];
+                let epochs = src["epochs"].as_f64().map_or(String::new(), |e| format!(", {e:.2} epochs"));
+                format!("{n} {:.1}% {}{epochs}", w * 100.0, count(src["tokens"].as_f64().unwrap_or(0.0)))
+            })
             .collect();
-        let _ = writeln!(
-            out,
-            "  data      {}  · packing {} · loss on {}",
-            mix.join(" · "),
-            stage.data.packing,
-            stage.data.loss_on
-        );
+        let _ = writeln!(out, "  data      {}  · loss on {}", mix.join(" · "), stage.data.loss_on);
+        let p = &s["packing"];
+        match (p["efficiency"].as_f64(), p["truncation_rate"].as_f64()) {
+            (Some(eff), Some(trunc)) => {
+                let sample = match (p["rows_simulated"].as_u64(), p["rows_total"].as_u64()) {
+                    (Some(a), Some(b)) if a < b => format!(" (from a sample of {a} of {b} rows)"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  packing   {}: {:.1}% of positions hold tokens, {:.1}% of documents split{sample}",
+                    stage.data.packing,
+                    eff * 100.0,
+                    trunc * 100.0
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "  packing   {}: efficiency unknown until `recipe prepare` tokenizes the sources",
+                    stage.data.packing
+                );
+            }
+        }
+        for w in s["warnings"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  warning   {}", w.as_str().unwrap_or(""));
+        }
         if !stage.teacher.is_empty() {
             let d = stage.distill.as_ref().expect("distill stages have settings");
             let _ = writeln!(

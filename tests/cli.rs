@@ -59,8 +59,7 @@ fn plan_json_has_the_documented_fields() {
     }
     let sft = &stages[1];
     assert!(sft["params"]["trainable"].as_u64().unwrap() < sft["params"]["total"].as_u64().unwrap() / 50, "LoRA");
-    assert_eq!(stages[0]["tokens"], 2000 * 32 * 256);
-    assert_eq!(stages[0]["sources"]["moby"]["tokens"], (2000.0f64 * 32.0 * 256.0 * 0.4).round() as u64);
+    assert_eq!(stages[0]["tokens"], 600 * 32 * 256);
     let nodes: Vec<&str> = plan["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
     assert_eq!(nodes[0], "tokenizer:train");
 }
@@ -104,14 +103,12 @@ fn diff_of_two_files_names_fields_and_invalidated_stages() {
         .collect();
     assert_eq!(invalidated, ["sft", "distill"]);
 
-    let text = recipe(
-        &["diff", "recipes/pipeline.toml", "recipes/pipeline.toml", "--set", "stages.sft.steps=100"],
-        dir.path(),
-    );
+    let text =
+        recipe(&["diff", "recipes/pipeline.toml", "recipes/pipeline.toml", "--set", "stages.sft.steps=60"], dir.path());
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.contains("stages.sft.steps  300 → 100"), "{text}");
+    assert!(text.contains("stages.sft.steps  80 → 60"), "{text}");
     assert!(text.contains("pretrain           unchanged"), "{text}");
-    assert!(text.contains("distill            invalidated via sft: stages.sft.steps (300 → 100)"), "{text}");
+    assert!(text.contains("distill            invalidated via sft: stages.sft.steps (80 → 60)"), "{text}");
 }
 
 #[test]
@@ -123,4 +120,35 @@ fn status_and_diff_against_the_last_run() {
     let out = recipe(&["diff", "recipes/quickstart.toml"], runs.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no recorded run"));
+}
+
+#[test]
+fn prepare_tokenizes_once_and_plan_then_reports_measured_data_facts() {
+    let runs = tempfile::tempdir().unwrap();
+    let before = json(&recipe(&["plan", "recipes/quickstart.toml", "--json"], runs.path()));
+    assert!(before["stages"][0]["packing"]["efficiency"].is_null());
+
+    let out = recipe(&["prepare", "recipes/quickstart.toml"], runs.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("tokenizer:train: 2048 tokens"), "{log}");
+    let again = recipe(&["prepare", "recipes/quickstart.toml"], runs.path());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("tokenize:moby: cached"));
+
+    let st = json(&recipe(&["status", "recipes/quickstart.toml", "--json"], runs.path()));
+    let states: Vec<&str> = st["stages"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["done", "done", "pending"]);
+
+    let plan = json(&recipe(&["plan", "recipes/quickstart.toml", "--json"], runs.path()));
+    let stage = &plan["stages"][0];
+    let efficiency = stage["packing"]["efficiency"].as_f64().unwrap();
+    assert!(efficiency > 0.95, "{efficiency}");
+    let moby = &stage["sources"]["moby"];
+    let capacity = 300.0 * 16.0 * 129.0;
+    assert_eq!(
+        moby["tokens"].as_f64().unwrap(),
+        (efficiency * capacity).round(),
+        "the tokens in the rows, all from moby"
+    );
+    assert!(moby["epochs"].as_f64().unwrap() > 1.0);
 }

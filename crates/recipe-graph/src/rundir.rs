@@ -85,6 +85,29 @@ impl RunDir {
         self.node_dir(node).join("final")
     }
 
+    /// A fresh, empty folder to build a node's result in; [`RunDir::publish`] moves it to
+    /// `final/`. Leftovers of interrupted attempts are removed first.
+    pub fn staging_dir(&self, node: &Node) -> std::io::Result<PathBuf> {
+        let dir = self.node_dir(node);
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".staging-")) {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        let staging = dir.join(format!(".staging-{}", std::process::id()));
+        std::fs::create_dir(&staging)?;
+        Ok(staging)
+    }
+
+    /// Atomically make a staged result the node's `final/`.
+    pub fn publish(&self, node: &Node, staging: &Path) -> std::io::Result<()> {
+        sync_dir(staging)?;
+        std::fs::rename(staging, self.final_dir(node))?;
+        sync_dir(&self.node_dir(node))
+    }
+
     pub fn checkpoints_dir(&self, node: &Node) -> PathBuf {
         self.node_dir(node).join("checkpoints")
     }

@@ -37,6 +37,10 @@ words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill" });
 words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
 words!(OnError { Fail = "fail", Skip = "skip" });
 words!(ChatTemplate { ChatMl = "chatml" });
+words!(TokenDtype { U16 = "u16", U32 = "u32" });
+
+/// The special tokens the ChatML template writes around each turn.
+pub const CHATML_TOKENS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
 words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
 words!(LossOn { All = "all", Assistant = "assistant" });
 words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
@@ -81,6 +85,9 @@ pub enum Tokenizer {
         resolved: PathBuf,
         /// Read from the file.
         vocab_size: u32,
+        /// Whether the file has both ChatML special tokens.
+        #[serde(skip)]
+        has_chatml: bool,
     },
     /// `train = {...}`: a byte-level BPE trained on named sources as a cached graph node.
     #[serde(rename = "train")]
@@ -132,6 +139,10 @@ pub struct Source {
     /// Default 0: the fraction of documents held out for evaluation, chosen by a hash of each
     /// document so the split is the same on every run.
     pub holdout: f64,
+    /// `tokens` only, default `u16`: the little-endian width of each token id in `X.bin`;
+    /// `X.idx` beside it holds n_docs + 1 little-endian u64 token offsets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<TokenDtype>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -247,7 +258,7 @@ const TOP_KEYS: &[&str] = &["recipe", "model", "tokenizer", "sources", "stages"]
 const RECIPE_KEYS: &[&str] = &["name", "seed"];
 const TOKENIZER_KEYS: &[&str] = &["path", "train"];
 const TRAIN_KEYS: &[&str] = &["kind", "vocab_size", "sources", "min_frequency", "special_tokens"];
-const SOURCE_KEYS: &[&str] = &["path", "format", "field", "on_error", "template", "holdout"];
+const SOURCE_KEYS: &[&str] = &["path", "format", "field", "on_error", "template", "holdout", "dtype"];
 const STAGE_KEYS: &[&str] = &[
     "kind",
     "after",
@@ -414,6 +425,8 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path) -> Reci
     check_stage_graph(cx, &stages);
     check_starting_weights(cx, &stages);
 
+    check_chat_tokens(cx, &sources, tokenizer.as_ref());
+
     let mut warnings = Vec::new();
     for s in &sources {
         let in_mix = stages.iter().any(|st| st.data.mix.iter().any(|(n, _)| n == &s.name));
@@ -437,11 +450,38 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path) -> Reci
             written: String::new(),
             resolved: PathBuf::new(),
             vocab_size: 0,
+            has_chatml: false,
         }),
         sources,
         stages,
         origins: std::mem::take(&mut cx.origins),
         warnings,
+    }
+}
+
+/// A chat source is formatted with ChatML, so the tokenizer must have its special tokens.
+fn check_chat_tokens(cx: &mut Cx, sources: &[Source], tokenizer: Option<&Tokenizer>) {
+    let has_chatml = match tokenizer {
+        Some(Tokenizer::File { has_chatml, .. }) => *has_chatml,
+        Some(Tokenizer::Train(t)) => CHATML_TOKENS.iter().all(|c| t.special_tokens.iter().any(|s| s == c)),
+        None => return,
+    };
+    for s in sources.iter().filter(|s| s.format == SourceFormat::ChatJsonl) {
+        if !has_chatml {
+            let origin = cx.origins.get(&format!("sources.{}.format", s.name)).cloned().unwrap_or_default();
+            let fix = match tokenizer {
+                Some(Tokenizer::Train(_)) => "add them to `tokenizer.train.special_tokens`",
+                _ => "use a tokenizer that defines them",
+            };
+            cx.diags.push(
+                Diagnostic::new(
+                    &origin,
+                    format!("source `{}` is chat data, but the tokenizer lacks the ChatML tokens", s.name),
+                )
+                .label(format!("the chatml template needs {}", CHATML_TOKENS.join(" and ")))
+                .help(fix),
+            );
+        }
     }
 }
 
@@ -520,8 +560,8 @@ fn decode_tokenizer(
             let written = f.opt(cx, "path", decode::string)?;
             let resolved = base_dir.join(&written);
             let origin = cx.origins.get("tokenizer.path").cloned().unwrap_or_default();
-            match tokenizer_file_vocab(&resolved) {
-                Ok(vocab_size) => Some(Tokenizer::File { written, resolved, vocab_size }),
+            match read_tokenizer_file(&resolved) {
+                Ok((vocab_size, has_chatml)) => Some(Tokenizer::File { written, resolved, vocab_size, has_chatml }),
                 Err(why) => {
                     cx.diags.push(
                         Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
@@ -562,9 +602,9 @@ fn decode_tokenizer(
     }
 }
 
-/// The vocabulary size of a Hugging Face tokenizer.json: one more than the largest id in the
-/// model's vocabulary and the added tokens.
-pub fn tokenizer_file_vocab(path: &Path) -> Result<u32, String> {
+/// The vocabulary size of a Hugging Face tokenizer.json (one more than the largest id in the
+/// model's vocabulary and the added tokens), and whether it has the ChatML tokens.
+fn read_tokenizer_file(path: &Path) -> Result<(u32, bool), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
     let vocab = json.pointer("/model/vocab").ok_or("no `model.vocab` in it")?;
@@ -581,7 +621,12 @@ pub fn tokenizer_file_vocab(path: &Path) -> Result<u32, String> {
         }
     }
     let size = max_id.ok_or("its vocabulary is empty")? + 1;
-    u32::try_from(size).map_err(|_| "its vocabulary is too large".to_string())
+    let size = u32::try_from(size).map_err(|_| "its vocabulary is too large".to_string())?;
+    let has = |token: &str| {
+        vocab.get(token).is_some()
+            || json["added_tokens"].as_array().is_some_and(|a| a.iter().any(|t| t["content"] == token))
+    };
+    Ok((size, CHATML_TOKENS.iter().all(|t| has(t))))
 }
 
 fn check_source_ref(cx: &mut Cx, name: &str, origin: &Origin, source_names: &[&str]) {
@@ -625,6 +670,20 @@ fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Path) -> Sourc
     only_for(cx, &f, "field", field.is_some(), format == SourceFormat::Jsonl, "format = \"jsonl\"");
     let template = f.opt(cx, "template", decode::choice(ChatTemplate::WORDS)).and_then(ChatTemplate::from_word);
     only_for(cx, &f, "template", template.is_some(), format == SourceFormat::ChatJsonl, "format = \"chat-jsonl\"");
+    let dtype = f.opt(cx, "dtype", decode::choice(TokenDtype::WORDS)).and_then(TokenDtype::from_word);
+    only_for(cx, &f, "dtype", dtype.is_some(), format == SourceFormat::Tokens, "format = \"tokens\"");
+    if format == SourceFormat::Tokens {
+        for file in &files {
+            let index = file.with_extension("idx");
+            if !index.is_file() {
+                let origin = cx.origins.get(&f.child_path("path")).cloned().unwrap_or_default();
+                cx.diags.push(
+                    Diagnostic::new(&origin, format!("{} has no document index {}", file.display(), index.display()))
+                        .label("a tokens source is X.bin with X.idx beside it (n_docs + 1 little-endian u64 offsets)"),
+                );
+            }
+        }
+    }
     let holdout = f.opt(cx, "holdout", decode::float).unwrap_or(0.0);
     check_range(cx, &f.child_path("holdout"), holdout, (0.0..1.0).contains(&holdout), "a fraction in [0, 1)");
     Source {
@@ -645,6 +704,10 @@ fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Path) -> Sourc
             _ => None,
         },
         holdout,
+        dtype: match format {
+            SourceFormat::Tokens => Some(dtype.unwrap_or(TokenDtype::U16)),
+            _ => None,
+        },
     }
 }
 

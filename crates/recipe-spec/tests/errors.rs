@@ -357,13 +357,49 @@ fn a_missing_file_is_a_clear_error() {
 #[test]
 fn tokenizer_files_give_the_vocabulary() {
     let f = Fixture::new();
-    let tok = r#"{"model":{"type":"BPE","vocab":{"a":0,"b":1,"c":2}},"added_tokens":[{"id":5,"content":"<s>"}]}"#;
+    let tok = r#"{"model":{"type":"BPE","vocab":{"a":0,"b":1,"c":2}},"added_tokens":[{"id":5,"content":"<s>"},{"id":6,"content":"<|im_start|>"},{"id":7,"content":"<|im_end|>"}]}"#;
     std::fs::write(f.dir.path().join("tok.json"), tok).unwrap();
     let text = replace(BASE, "train = { vocab_size = 512, sources = [\"books\"] }", "path = \"tok.json\"");
     let r = f.parse(&text, &[]).unwrap();
-    assert_eq!(r.stage("pretrain").unwrap().model.vocab_size, 6);
+    assert_eq!(r.stage("pretrain").unwrap().model.vocab_size, 8);
     let out = f.errors(&replace(&text, "d_model = 64", "d_model = 64\nvocab_size = 4"));
-    assert_has(&out, &["`model.vocab_size` (4) is smaller than the tokenizer's vocabulary (6)"]);
+    assert_has(&out, &["`model.vocab_size` (4) is smaller than the tokenizer's vocabulary (8)"]);
     let out = f.errors(&replace(&text, "\"tok.json\"", "\"missing.json\""));
     assert_has(&out, &["cannot use tokenizer", "missing.json"]);
+}
+
+#[test]
+fn chat_sources_need_the_chatml_tokens() {
+    let f = Fixture::new();
+    let text = replace(
+        BASE,
+        "train = { vocab_size = 512, sources = [\"books\"] }",
+        "train = { vocab_size = 512, sources = [\"books\"], special_tokens = [\"<|endoftext|>\"] }",
+    );
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: source `chat` is chat data, but the tokenizer lacks the ChatML tokens",
+            "the chatml template needs <|im_start|> and <|im_end|>",
+            "help: add them to `tokenizer.train.special_tokens`",
+        ],
+    );
+}
+
+#[test]
+fn pre_tokenized_sources_need_an_index_and_dtype_belongs_to_them() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join("t.bin"), [1u8, 0]).unwrap();
+    let text = replace(
+        BASE,
+        "[sources.chat]",
+        "[sources.toks]\npath = \"t.bin\"\nformat = \"tokens\"\ndtype = \"u32\"\n\n[sources.chat]",
+    );
+    let out = f.errors(&text);
+    assert_has(&out, &["t.bin has no document index", "t.idx"]);
+    std::fs::write(f.dir.path().join("t.idx"), [0u8; 16]).unwrap();
+    assert!(f.parse(&text, &[]).is_ok());
+    let out = f.errors(&replace(BASE, "holdout = 0.1", "holdout = 0.1\ndtype = \"u16\""));
+    assert_has(&out, &["`sources.books.dtype` only applies with format = \"tokens\""]);
 }

@@ -1,0 +1,222 @@
+//! Reading a source's files into documents: `text` (each file a document), `jsonl` (a named
+//! field per line), `chat-jsonl` (`{"messages":[{"role","content"}]}`) and `tokens`
+//! (pre-tokenized `X.bin` with its `X.idx`). Bad input is an error naming file and line;
+//! with `on_error = "skip"` bad records are skipped and counted instead.
+
+use std::path::Path;
+
+use recipe_spec::{OnError, Source, SourceFormat, TokenDtype};
+use serde_json::Value;
+
+use crate::error::{DataError, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Doc {
+    Text(String),
+    Chat(Vec<Message>),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+impl Doc {
+    /// The bytes that identify the document for the holdout split.
+    pub fn identity(&self) -> Vec<u8> {
+        match self {
+            Doc::Text(t) => t.as_bytes().to_vec(),
+            Doc::Chat(messages) => messages
+                .iter()
+                .flat_map(|m| [m.role.as_str().as_bytes(), b"\0", m.content.as_bytes(), b"\0"].concat())
+                .collect(),
+            Doc::Tokens(ids) => ids.iter().flat_map(|t| t.to_le_bytes()).collect(),
+        }
+    }
+
+    /// Plain text of the document, for tokenizer training.
+    pub fn text(&self) -> String {
+        match self {
+            Doc::Text(t) => t.clone(),
+            Doc::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
+            Doc::Tokens(_) => String::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Doc::Text(t) => t.is_empty(),
+            Doc::Chat(m) => m.is_empty(),
+            Doc::Tokens(t) => t.is_empty(),
+        }
+    }
+}
+
+/// The documents of a source, with counts of what was left out and why.
+#[derive(Debug, Default)]
+pub struct Documents {
+    pub docs: Vec<Doc>,
+    /// Records skipped under `on_error = "skip"`, with the first problem seen.
+    pub skipped: usize,
+    pub first_skip: Option<DataError>,
+    /// Empty documents, which carry no tokens and are dropped.
+    pub empty: usize,
+}
+
+/// Read every file of a source, in sorted file order.
+pub fn read_source(source: &Source) -> Result<Documents> {
+    let mut out = Documents::default();
+    for file in &source.files {
+        let mut record = |r: Result<Doc>| -> Result<()> {
+            match r {
+                Ok(doc) if doc.is_empty() => out.empty += 1,
+                Ok(doc) => out.docs.push(doc),
+                Err(e) if source.on_error == OnError::Skip => {
+                    out.skipped += 1;
+                    out.first_skip.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        };
+        match source.format {
+            SourceFormat::Text => record(read_text(file))?,
+            SourceFormat::Jsonl | SourceFormat::ChatJsonl => {
+                let bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let doc = match source.format {
+                        SourceFormat::Jsonl => {
+                            parse_jsonl(file, i + 1, line, source.field.as_deref().unwrap_or("text"))
+                        }
+                        _ => parse_chat(file, i + 1, line),
+                    };
+                    record(doc)?;
+                }
+            }
+            SourceFormat::Tokens => {
+                for doc in read_tokens(file, source.dtype.unwrap_or(TokenDtype::U16))? {
+                    record(Ok(doc))?;
+                }
+            }
+        }
+    }
+    if out.docs.is_empty() {
+        let why = match (out.skipped, out.empty) {
+            (0, 0) => String::new(),
+            (s, e) => format!(" ({s} records skipped, {e} empty)"),
+        };
+        return Err(DataError::new(format!("source `{}` has no documents{why}", source.name)));
+    }
+    Ok(out)
+}
+
+fn read_text(file: &Path) -> Result<Doc> {
+    let bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Doc::Text(text)),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            Err(DataError::at_line(file, line, format!("invalid UTF-8 at byte {}", valid.len())))
+        }
+    }
+}
+
+fn parse_json(file: &Path, line: usize, bytes: &[u8]) -> Result<Value> {
+    let text = std::str::from_utf8(bytes).map_err(|_| DataError::at_line(file, line, "invalid UTF-8"))?;
+    serde_json::from_str(text).map_err(|e| DataError::at_line(file, line, format!("malformed JSON: {e}")))
+}
+
+fn parse_jsonl(file: &Path, line: usize, bytes: &[u8], field: &str) -> Result<Doc> {
+    let value = parse_json(file, line, bytes)?;
+    match value.get(field) {
+        Some(Value::String(s)) => Ok(Doc::Text(s.clone())),
+        Some(other) => Err(DataError::at_line(file, line, format!("field `{field}` is not a string: {other}"))),
+        None => Err(DataError::at_line(file, line, format!("missing field `{field}`"))),
+    }
+}
+
+fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
+    let value = parse_json(file, line, bytes)?;
+    let messages = value
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| DataError::at_line(file, line, "missing field `messages` (an array)"))?;
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("system") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some(other) => {
+                return Err(DataError::at_line(
+                    file,
+                    line,
+                    format!("messages[{i}].role is `{other}`; expected system, user or assistant"),
+                ));
+            }
+            None => return Err(DataError::at_line(file, line, format!("messages[{i}] has no string `role`"))),
+        };
+        let content = m
+            .get("content")
+            .and_then(Value::as_str)
+            .ok_or_else(|| DataError::at_line(file, line, format!("messages[{i}] has no string `content`")))?;
+        out.push(Message { role, content: content.to_string() });
+    }
+    Ok(Doc::Chat(out))
+}
+
+fn read_tokens(file: &Path, dtype: TokenDtype) -> Result<Vec<Doc>> {
+    let bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+    let width = match dtype {
+        TokenDtype::U16 => 2,
+        TokenDtype::U32 => 4,
+    };
+    if bytes.len() % width != 0 {
+        return Err(DataError::in_file(file, format!("length {} is not a multiple of {width} ({dtype})", bytes.len())));
+    }
+    let ids: Vec<u32> = match dtype {
+        TokenDtype::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+        TokenDtype::U32 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+    };
+    let index_path = file.with_extension("idx");
+    let index = std::fs::read(&index_path).map_err(|e| DataError::in_file(&index_path, e.to_string()))?;
+    if index.len() % 8 != 0 || index.len() < 16 {
+        return Err(DataError::in_file(&index_path, "expected n_docs + 1 little-endian u64 offsets"));
+    }
+    let offsets: Vec<u64> = index.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    let mut docs = Vec::with_capacity(offsets.len() - 1);
+    for (i, w) in offsets.windows(2).enumerate() {
+        if w[0] > w[1] || w[1] > ids.len() as u64 {
+            return Err(DataError::in_file(
+                &index_path,
+                format!("document {i} spans tokens {}..{} of {}", w[0], w[1], ids.len()),
+            ));
+        }
+        docs.push(Doc::Tokens(ids[w[0] as usize..w[1] as usize].to_vec()));
+    }
+    Ok(docs)
+}

@@ -1,0 +1,232 @@
+//! The resumable loader: mixes sources with the [`Sampler`], packs rows with the [`Packer`], and
+//! materialises batches of input ids, target ids, loss mask, document ids and positions.
+//! Its whole state is a small serialisable value; restoring it yields exactly the batches the
+//! uninterrupted loader would have produced.
+
+use std::sync::Arc;
+
+use recipe_spec::{LossOn, Packing};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::mix::{Sampler, SamplerState};
+use crate::pack::{PackStats, Packer, PackerState, Row};
+use crate::store::TokenStore;
+
+/// Which documents a loader reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    /// The held-out documents, for evaluation.
+    Holdout,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub seq_len: u32,
+    pub packing: Packing,
+    pub loss_on: LossOn,
+    pub seed: u64,
+    pub split: Split,
+}
+
+/// Token stores with their normalised mixing weights.
+pub type Mix = Vec<(Arc<TokenStore>, f64)>;
+
+/// A document id that marks padding.
+pub const PAD_DOC: u32 = u32::MAX;
+
+/// `rows × seq_len` values each, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub rows: usize,
+    pub seq_len: usize,
+    pub input_ids: Vec<u32>,
+    pub target_ids: Vec<u32>,
+    /// 1 where the target counts towards the loss: same document as the input, not padding,
+    /// and (under `loss_on = "assistant"`) part of an assistant turn.
+    pub loss_mask: Vec<u8>,
+    /// The document segment each position belongs to, numbered from 0 within its row;
+    /// [`PAD_DOC`] for padding. Attention stays within a segment.
+    pub doc_ids: Vec<u32>,
+    /// Position within the segment, restarting at 0 at each segment.
+    pub position_ids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoaderState {
+    pub sampler: SamplerState,
+    pub packer: PackerState,
+    pub stats: PackStats,
+}
+
+/// What a loader has produced so far, per source and overall.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LoaderStats {
+    pub sources: Vec<SourceStats>,
+    pub pack: PackStats,
+    pub capacity: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SourceStats {
+    pub name: String,
+    /// Tokens of this source in the rows handed out.
+    pub tokens: u64,
+    /// Documents the sampler has drawn (some may still wait in the packer).
+    pub docs: u64,
+    /// Passes over the source: tokens handed out / tokens in the split.
+    pub epochs: f64,
+}
+
+impl LoaderStats {
+    /// The share of row positions that hold tokens rather than padding.
+    pub fn efficiency(&self) -> f64 {
+        let cap = self.pack.rows * self.capacity as u64;
+        if cap == 0 { 0.0 } else { self.pack.tokens as f64 / cap as f64 }
+    }
+
+    /// The share of documents cut across rows or into chunks.
+    pub fn truncation_rate(&self) -> f64 {
+        if self.pack.docs == 0 { 0.0 } else { self.pack.docs_split as f64 / self.pack.docs as f64 }
+    }
+}
+
+pub struct Loader {
+    stores: Vec<Arc<TokenStore>>,
+    split_tokens: Vec<u64>,
+    sampler: Sampler,
+    packer: Packer,
+    loss_on_assistant: bool,
+}
+
+impl Loader {
+    /// A loader over `mix` (stores with their normalised weights).
+    pub fn new(mix: Mix, config: &LoaderConfig) -> Result<Loader> {
+        let mut sources = Vec::new();
+        let mut split_tokens = Vec::new();
+        for (store, weight) in &mix {
+            let pool: Vec<u32> = (0..store.n_docs())
+                .filter(|&d| store.is_held_out(d) == (config.split == Split::Holdout))
+                .map(|d| d as u32)
+                .collect();
+            if pool.is_empty() {
+                let which =
+                    if config.split == Split::Holdout { "no held-out documents" } else { "every document held out" };
+                return Err(DataError::new(format!("source `{}` has {which}", store.meta.source)));
+            }
+            split_tokens.push(pool.iter().map(|&d| store.doc_len(d as usize) as u64 + 1).sum());
+            sources.push((store.meta.source.clone(), *weight, pool));
+        }
+        let stream = match config.split {
+            Split::Train => "train",
+            Split::Holdout => "eval",
+        };
+        Ok(Loader {
+            stores: mix.into_iter().map(|(s, _)| s).collect(),
+            split_tokens,
+            sampler: Sampler::new(config.seed, stream, sources),
+            packer: Packer::new(config.packing, config.seq_len),
+            loss_on_assistant: config.loss_on == LossOn::Assistant,
+        })
+    }
+
+    /// The layout of the next `n` rows.
+    pub fn next_rows(&mut self, n: usize) -> Vec<Row> {
+        let stores = &self.stores;
+        let sampler = &mut self.sampler;
+        let mut draw = || {
+            let (src, doc) = sampler.next(|s, d| stores[s].doc_len(d as usize) as u64 + 1);
+            (src as u32, doc, stores[src].doc_len(doc as usize) + 1)
+        };
+        (0..n).map(|_| self.packer.next_row(&mut draw)).collect()
+    }
+
+    pub fn next_batch(&mut self, rows: usize) -> Batch {
+        let layout = self.next_rows(rows);
+        self.materialize(&layout)
+    }
+
+    /// Fill in the token ids, masks, document ids and positions of packed rows.
+    pub fn materialize(&self, rows: &[Row]) -> Batch {
+        let cap = self.packer.capacity as usize;
+        let seq_len = cap - 1;
+        let n = rows.len() * seq_len;
+        let mut b = Batch {
+            rows: rows.len(),
+            seq_len,
+            input_ids: Vec::with_capacity(n),
+            target_ids: Vec::with_capacity(n),
+            loss_mask: Vec::with_capacity(n),
+            doc_ids: Vec::with_capacity(n),
+            position_ids: Vec::with_capacity(n),
+        };
+        let (mut tok, mut seg, mut pos, mut counts) =
+            (vec![0u32; cap], vec![PAD_DOC; cap], vec![0u32; cap], vec![false; cap]);
+        for row in rows {
+            tok.fill(self.stores.first().map_or(0, |s| s.meta.eos));
+            seg.fill(PAD_DOC);
+            pos.fill(0);
+            counts.fill(false);
+            let mut at = 0;
+            for (k, piece) in row.iter().enumerate() {
+                let store = &self.stores[piece.source as usize];
+                let doc = piece.doc as usize;
+                let doc_len = store.doc_len(doc) as usize;
+                for j in 0..piece.len as usize {
+                    let t = piece.start as usize + j;
+                    let is_token = t < doc_len;
+                    tok[at] = if is_token { store.token(doc, t) } else { store.meta.eos };
+                    seg[at] = k as u32;
+                    pos[at] = j as u32;
+                    counts[at] = !self.loss_on_assistant || (is_token && store.is_assistant(doc, t));
+                    at += 1;
+                }
+            }
+            for i in 0..seq_len {
+                b.input_ids.push(tok[i]);
+                b.target_ids.push(tok[i + 1]);
+                b.doc_ids.push(seg[i]);
+                b.position_ids.push(pos[i]);
+                b.loss_mask.push(u8::from(seg[i] != PAD_DOC && seg[i + 1] == seg[i] && counts[i + 1]));
+            }
+        }
+        b
+    }
+
+    pub fn state(&self) -> LoaderState {
+        LoaderState {
+            sampler: self.sampler.state.clone(),
+            packer: self.packer.state.clone(),
+            stats: self.packer.stats.clone(),
+        }
+    }
+
+    pub fn restore(&mut self, state: LoaderState) {
+        self.sampler.restore(state.sampler);
+        self.packer.state = state.packer;
+        self.packer.stats = state.stats;
+    }
+
+    pub fn stats(&self) -> LoaderStats {
+        let s = &self.sampler.state;
+        LoaderStats {
+            sources: self
+                .stores
+                .iter()
+                .enumerate()
+                .map(|(i, store)| {
+                    let tokens = self.packer.stats.source_tokens.get(i).copied().unwrap_or(0);
+                    SourceStats {
+                        name: store.meta.source.clone(),
+                        tokens,
+                        docs: s.drawn[i],
+                        epochs: tokens as f64 / self.split_tokens[i] as f64,
+                    }
+                })
+                .collect(),
+            pack: self.packer.stats.clone(),
+            capacity: self.packer.capacity,
+        }
+    }
+}

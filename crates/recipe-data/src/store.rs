@@ -1,0 +1,229 @@
+//! The tokenization cache: one source's documents as token ids in a memory-mappable file, with a
+//! document index, the holdout split and (for chat) the assistant mask.
+//!
+//! ```text
+//! tokens.bin    u16 little-endian when the vocabulary fits, else u32; documents back to back
+//! offsets.bin   n_docs + 1 little-endian u64 token offsets
+//! holdout.bin   one byte per document: 1 = held out for evaluation
+//! mask.bin      chat sources only: one byte per token, 1 = part of an assistant turn
+//! meta.json     counts, dtype, end-of-document id
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use recipe_spec::{Source, SourceFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::documents::{Doc, Role, read_source};
+use crate::error::{DataError, Progress, Result};
+use crate::tokenizer::Tok;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub source: String,
+    /// 2 or 4 bytes per token.
+    pub token_bytes: u8,
+    pub docs: u64,
+    pub tokens: u64,
+    pub holdout_docs: u64,
+    pub holdout_tokens: u64,
+    pub skipped_records: u64,
+    pub empty_docs: u64,
+    pub eos: u32,
+    pub vocab_size: u32,
+    pub chat: bool,
+}
+
+/// Whether a document is held out: a hash of its content, so the split does not depend on
+/// file order or on the run.
+pub fn is_held_out(identity: &[u8], fraction: f64) -> bool {
+    if fraction <= 0.0 {
+        return false;
+    }
+    let h = blake3::hash(identity);
+    let x = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+    (x as f64 / u64::MAX as f64) < fraction
+}
+
+/// Token ids of a chat in the ChatML template, and for each token whether it belongs to an
+/// assistant turn (its content and closing `<|im_end|>`, so the model learns to stop).
+pub fn format_chatml(tok: &Tok, messages: &[crate::documents::Message]) -> Result<(Vec<u32>, Vec<u8>)> {
+    let [start, end] = tok
+        .chatml()
+        .ok_or_else(|| DataError::new("the tokenizer lacks the ChatML tokens <|im_start|> and <|im_end|>"))?;
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    let newline = tok.encode("\n")?;
+    for m in messages {
+        let assistant = u8::from(m.role == Role::Assistant);
+        let mut push = |part: &[u32], bit: u8| {
+            ids.extend_from_slice(part);
+            mask.extend(std::iter::repeat_n(bit, part.len()));
+        };
+        push(&[start], 0);
+        push(&tok.encode(&format!("{}\n", m.role.as_str()))?, 0);
+        push(&tok.encode(&m.content)?, assistant);
+        push(&[end], assistant);
+        push(&newline, 0);
+    }
+    Ok((ids, mask))
+}
+
+/// Read, split and tokenize a source into `dir` (which should be a staging folder that the
+/// caller renames into place). Parallel over documents.
+pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Progress) -> Result<StoreMeta> {
+    let documents = read_source(source)?;
+    let vocab = tok.vocab_size();
+    progress.start(&format!("tokenize {}", source.name), documents.docs.len() as u64);
+    let encoded: Vec<(Vec<u32>, Option<Vec<u8>>, bool)> = documents
+        .docs
+        .par_iter()
+        .map(|doc| {
+            let held = is_held_out(&doc.identity(), source.holdout);
+            let out = match doc {
+                Doc::Text(t) => (tok.encode(t)?, None, held),
+                Doc::Chat(m) => {
+                    let (ids, mask) = format_chatml(tok, m)?;
+                    (ids, Some(mask), held)
+                }
+                Doc::Tokens(ids) => {
+                    if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+                        return Err(DataError::new(format!(
+                            "source `{}` has token id {bad}, outside the tokenizer's vocabulary of {vocab}",
+                            source.name
+                        )));
+                    }
+                    (ids.clone(), None, held)
+                }
+            };
+            progress.advance(1);
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    progress.finish();
+
+    let token_bytes: u8 = if vocab <= 1 << 16 { 2 } else { 4 };
+    std::fs::create_dir_all(dir).map_err(|e| DataError::in_file(dir, e.to_string()))?;
+    let chat = source.format == SourceFormat::ChatJsonl;
+    let mut tokens = Vec::new();
+    let mut offsets: Vec<u8> = 0u64.to_le_bytes().to_vec();
+    let (mut holdout, mut mask) = (Vec::new(), Vec::new());
+    let (mut total, mut holdout_docs, mut holdout_tokens) = (0u64, 0u64, 0u64);
+    for (ids, doc_mask, held) in &encoded {
+        for &t in ids {
+            match token_bytes {
+                2 => tokens.extend_from_slice(&(t as u16).to_le_bytes()),
+                _ => tokens.extend_from_slice(&t.to_le_bytes()),
+            }
+        }
+        if chat {
+            mask.extend_from_slice(doc_mask.as_deref().unwrap_or(&[]));
+        }
+        total += ids.len() as u64;
+        offsets.extend_from_slice(&total.to_le_bytes());
+        holdout.push(u8::from(*held));
+        if *held {
+            holdout_docs += 1;
+            holdout_tokens += ids.len() as u64;
+        }
+    }
+    let meta = StoreMeta {
+        source: source.name.clone(),
+        token_bytes,
+        docs: encoded.len() as u64,
+        tokens: total,
+        holdout_docs,
+        holdout_tokens,
+        skipped_records: documents.skipped as u64,
+        empty_docs: documents.empty as u64,
+        eos: tok.eos(),
+        vocab_size: vocab,
+        chat,
+    };
+    write_synced(&dir.join("tokens.bin"), &tokens)?;
+    write_synced(&dir.join("offsets.bin"), &offsets)?;
+    write_synced(&dir.join("holdout.bin"), &holdout)?;
+    if chat {
+        write_synced(&dir.join("mask.bin"), &mask)?;
+    }
+    write_synced(&dir.join("meta.json"), serde_json::to_string_pretty(&meta).expect("plain").as_bytes())?;
+    Ok(meta)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::File::create(path).map_err(|e| DataError::in_file(path, e.to_string()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| DataError::in_file(path, e.to_string()))
+}
+
+/// A finished tokenization, memory-mapped.
+pub struct TokenStore {
+    pub meta: StoreMeta,
+    pub dir: PathBuf,
+    tokens: Option<Mmap>,
+    offsets: Vec<u64>,
+    holdout: Vec<u8>,
+    mask: Option<Mmap>,
+}
+
+impl TokenStore {
+    pub fn open(dir: &Path) -> Result<TokenStore> {
+        let read =
+            |name: &str| std::fs::read(dir.join(name)).map_err(|e| DataError::in_file(&dir.join(name), e.to_string()));
+        let meta: StoreMeta = serde_json::from_slice(&read("meta.json")?)
+            .map_err(|e| DataError::in_file(&dir.join("meta.json"), format!("damaged: {e}")))?;
+        let offsets: Vec<u64> =
+            read("offsets.bin")?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        let holdout = read("holdout.bin")?;
+        let map = |name: &str| -> Result<Option<Mmap>> {
+            let path = dir.join(name);
+            let file = std::fs::File::open(&path).map_err(|e| DataError::in_file(&path, e.to_string()))?;
+            if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+                return Ok(None);
+            }
+            // Safety: cache files are written once, then only read; nothing truncates them
+            // while a store is open.
+            unsafe { Mmap::map(&file) }.map(Some).map_err(|e| DataError::in_file(&path, e.to_string()))
+        };
+        let tokens = map("tokens.bin")?;
+        let mask = if meta.chat { map("mask.bin")? } else { None };
+        let expected = meta.tokens * meta.token_bytes as u64;
+        let found = tokens.as_ref().map_or(0, |m| m.len() as u64);
+        if offsets.len() as u64 != meta.docs + 1 || holdout.len() as u64 != meta.docs || found != expected {
+            return Err(DataError::in_file(dir, "token cache is inconsistent with its meta.json; delete the folder"));
+        }
+        Ok(TokenStore { meta, dir: dir.to_path_buf(), tokens, offsets, holdout, mask })
+    }
+
+    pub fn n_docs(&self) -> usize {
+        self.holdout.len()
+    }
+
+    pub fn doc_len(&self, doc: usize) -> u32 {
+        (self.offsets[doc + 1] - self.offsets[doc]) as u32
+    }
+
+    pub fn is_held_out(&self, doc: usize) -> bool {
+        self.holdout[doc] == 1
+    }
+
+    /// Token `i` of document `doc`.
+    pub fn token(&self, doc: usize, i: usize) -> u32 {
+        let at = self.offsets[doc] as usize + i;
+        let bytes = self.tokens.as_deref().expect("a non-empty store");
+        match self.meta.token_bytes {
+            2 => u16::from_le_bytes([bytes[2 * at], bytes[2 * at + 1]]) as u32,
+            _ => u32::from_le_bytes(bytes[4 * at..4 * at + 4].try_into().expect("4 bytes")),
+        }
+    }
+
+    /// Whether token `i` of `doc` belongs to an assistant turn; every token of a non-chat
+    /// source does.
+    pub fn is_assistant(&self, doc: usize, i: usize) -> bool {
+        match &self.mask {
+            Some(m) => m[self.offsets[doc] as usize + i] == 1,
+            None => !self.meta.chat,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Tokenizers: any Hugging Face `tokenizer.json`, or a byte-level BPE trained from the recipe's
+//! sources. Wraps the `tokenizers` crate with what the pipeline needs: the end-of-document id,
+//! the ChatML ids, and plain encoding without added special tokens.
+
+use std::path::Path;
+
+use recipe_spec::{CHATML_TOKENS, TokenizerTrain};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{DataError, Result};
+
+/// Names an end-of-document token goes by, in order of preference.
+const EOS_NAMES: &[&str] = &["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>"];
+
+pub struct Tok {
+    inner: Tokenizer,
+    eos: u32,
+    chatml: Option<[u32; 2]>,
+}
+
+impl Tok {
+    pub fn load(path: &Path) -> Result<Tok> {
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| DataError::in_file(path, format!("not a tokenizer: {e}")))?;
+        Tok::wrap(inner).map_err(|e| DataError::in_file(path, e.message))
+    }
+
+    fn wrap(inner: Tokenizer) -> Result<Tok> {
+        let eos = EOS_NAMES.iter().find_map(|n| inner.token_to_id(n)).ok_or_else(|| {
+            DataError::new(format!("the tokenizer has no end-of-document token (one of {})", EOS_NAMES.join(", ")))
+        })?;
+        let chatml = match CHATML_TOKENS.map(|t| inner.token_to_id(t)) {
+            [Some(start), Some(end)] => Some([start, end]),
+            _ => None,
+        };
+        Ok(Tok { inner, eos, chatml })
+    }
+
+    /// Train a byte-level BPE on `texts`. Decoding returns the exact input bytes.
+    pub fn train<'a>(config: &TokenizerTrain, texts: impl Iterator<Item = &'a str> + Send) -> Result<Tok> {
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        let specials: Vec<AddedToken> =
+            config.special_tokens.iter().map(|s| AddedToken::from(s.clone(), true)).collect();
+        let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+            .vocab_size(config.vocab_size as usize)
+            .min_frequency(config.min_frequency as u64)
+            .special_tokens(specials)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .show_progress(false)
+            .build()
+            .into();
+        tokenizer.train(&mut trainer, texts).map_err(|e| DataError::new(format!("tokenizer training failed: {e}")))?;
+        Tok::wrap(tokenizer)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner.save(path, false).map_err(|e| DataError::in_file(path, e.to_string()))
+    }
+
+    /// Token ids of `text`, with no special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode_fast(text, false).map_err(|e| DataError::new(format!("cannot tokenize: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, false).unwrap_or_default()
+    }
+
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    /// `<|im_start|>` and `<|im_end|>`, when the tokenizer has them.
+    pub fn chatml(&self) -> Option<[u32; 2]> {
+        self.chatml
+    }
+
+    /// Ids range over `0..vocab_size()`.
+    pub fn vocab_size(&self) -> u32 {
+        self.inner.get_vocab_size(true) as u32
+    }
+}

@@ -1,0 +1,376 @@
+//! The data pipeline on real corpora: mixing accuracy, packing invariants and efficiency, the
+//! chat loss mask, exact resume of the loader, and every class of bad input.
+//! Needs `scripts/fetch-assets.sh` (the committed Moby-Dick is used where it suffices).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use recipe_data::{
+    Batch, Doc, Loader, LoaderConfig, PAD_DOC, Row, Silent, Split, Tok, TokenStore, format_chatml, read_source,
+    tokenize_source,
+};
+use recipe_spec::{LossOn, Packing, Recipe};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn assets() -> PathBuf {
+    let dir = root().join("assets");
+    assert!(dir.join("sotu/.done").exists(), "run scripts/fetch-assets.sh first");
+    dir
+}
+
+/// A recipe over the real corpora, parsed so sources carry their matched files.
+fn recipe() -> Recipe {
+    let a = assets();
+    let text = format!(
+        r#"
+[tokenizer]
+train = {{ vocab_size = 2048, sources = ["moby"] }}
+[sources.moby]
+path = "{root}/data/moby-dick/*.txt"
+holdout = 0.05
+[sources.speeches]
+path = "{a}/sotu/*.txt"
+[sources.plays]
+path = "{a}/shakespeare/*.txt"
+[sources.chat]
+path = "{a}/chat/chatterbot-en.jsonl"
+format = "chat-jsonl"
+holdout = 0.05
+[sources.bible]
+path = "{a}/kjv/kjv.jsonl"
+format = "jsonl"
+[stages.s]
+kind = "pretrain"
+data = {{ mix = {{ moby = 1, speeches = 1, plays = 1, chat = 1, bible = 1 }} }}
+"#,
+        root = root().display(),
+        a = a.display()
+    );
+    Recipe::parse(&root().join("test.toml"), &text, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Corpora {
+    _dir: tempfile::TempDir,
+    tok: Tok,
+    stores: BTreeMap<String, Arc<TokenStore>>,
+}
+
+/// Train a tokenizer on Moby-Dick and tokenize every corpus once for all tests.
+fn corpora() -> &'static Corpora {
+    static CORPORA: OnceLock<Corpora> = OnceLock::new();
+    CORPORA.get_or_init(|| {
+        let recipe = recipe();
+        let recipe_spec::Tokenizer::Train(cfg) = &recipe.tokenizer else { unreachable!() };
+        let moby = read_source(recipe.source("moby").unwrap()).unwrap();
+        let texts: Vec<String> = moby.docs.iter().map(Doc::text).collect();
+        let tok = Tok::train(cfg, texts.iter().map(String::as_str)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stores = recipe
+            .sources
+            .iter()
+            .map(|s| {
+                let out = dir.path().join(&s.name);
+                tokenize_source(s, &tok, &out, &Silent).unwrap();
+                (s.name.clone(), Arc::new(TokenStore::open(&out).unwrap()))
+            })
+            .collect();
+        Corpora { _dir: dir, tok, stores }
+    })
+}
+
+fn loader(mix: &[(&str, f64)], packing: Packing, seq_len: u32, loss_on: LossOn) -> Loader {
+    let c = corpora();
+    let mix = mix.iter().map(|(n, w)| (c.stores[*n].clone(), *w)).collect();
+    Loader::new(mix, &LoaderConfig { seq_len, packing, loss_on, seed: 11, split: Split::Train }).unwrap()
+}
+
+#[test]
+fn tokenizer_round_trips_text_exactly() {
+    let tok = &corpora().tok;
+    for text in ["Call me Ishmael.", "  two  spaces\tand\ttabs\n\nnewlines ", "naïve café — “quotes” 😀"] {
+        assert_eq!(tok.decode(&tok.encode(text).unwrap()), text);
+    }
+    assert_eq!(tok.vocab_size(), 2048);
+}
+
+#[test]
+fn the_cache_holds_every_document_and_a_stable_holdout() {
+    let c = corpora();
+    let moby = &c.stores["moby"];
+    assert_eq!(moby.n_docs(), 136);
+    assert_eq!(moby.meta.token_bytes, 2);
+    let held = (0..moby.n_docs()).filter(|&d| moby.is_held_out(d)).count();
+    assert!((2..=20).contains(&held), "about 5% of 136 documents held out, got {held}");
+    // The cache decodes back to the source text.
+    let docs = read_source(recipe().source("moby").unwrap()).unwrap();
+    let Doc::Text(first) = &docs.docs[0] else { panic!() };
+    let ids: Vec<u32> = (0..moby.doc_len(0) as usize).map(|i| moby.token(0, i)).collect();
+    assert_eq!(&c.tok.decode(&ids), first);
+    // Content-hashed: the same document is held out whatever else is in the source.
+    assert_eq!(recipe_data::is_held_out(b"same text", 0.5), recipe_data::is_held_out(b"same text", 0.5));
+}
+
+#[test]
+fn mixing_tracks_the_weights_within_one_document_at_every_step() {
+    let c = corpora();
+    let weights = [("moby", 0.5), ("speeches", 0.3), ("plays", 0.2)];
+    let longest: u64 = weights
+        .iter()
+        .map(|(n, _)| (0..c.stores[*n].n_docs()).map(|d| c.stores[*n].doc_len(d) as u64 + 1).max().unwrap())
+        .max()
+        .unwrap();
+    let mut l = loader(&weights, Packing::Concat, 512, LossOn::All);
+    for step in 0..400 {
+        l.next_rows(16);
+        let state = l.state().sampler;
+        let total: u64 = state.taken.iter().sum();
+        for (i, (name, w)) in weights.iter().enumerate() {
+            let off = (state.taken[i] as f64 - w * total as f64).abs();
+            assert!(off <= longest as f64, "step {step}: {name} is {off} tokens off its share");
+        }
+    }
+    // Over the whole run the rows handed out match the weights closely.
+    let stats = l.stats();
+    let total: u64 = stats.sources.iter().map(|s| s.tokens).sum();
+    assert_eq!(total, 400 * 16 * 513);
+    for (s, (_, w)) in stats.sources.iter().zip(weights) {
+        let share = s.tokens as f64 / total as f64;
+        assert!((share - w).abs() < 0.02, "{}: share {share:.4} vs weight {w}", s.name);
+    }
+    assert!(stats.sources[0].epochs > 1.0, "moby ran out and was repeated: {:?}", stats.sources[0]);
+}
+
+/// Every drawn document's tokens (plus its end-of-document token) appear exactly once across
+/// handed-out rows and the packer's pending state.
+fn assert_no_token_lost_or_duplicated(l: &Loader, rows: &[Row]) {
+    let state = l.state();
+    let mut pieces: BTreeMap<(u32, u32), Vec<(u32, u32)>> = BTreeMap::new();
+    let pending = state.packer.ready.iter().flatten().chain(state.packer.open.iter());
+    for p in rows.iter().flatten().chain(pending) {
+        pieces.entry((p.source, p.doc)).or_default().push((p.start, p.len));
+    }
+    let c = corpora();
+    let stores: Vec<&Arc<TokenStore>> = ["moby", "chat"].iter().map(|n| &c.stores[*n]).collect();
+    for ((source, doc), mut spans) in pieces {
+        spans.sort();
+        let mut at = 0;
+        for (start, len) in spans {
+            assert_eq!(start, at, "source {source} doc {doc}: gap or overlap at {at}");
+            at += len;
+        }
+        assert_eq!(at, stores[source as usize].doc_len(doc as usize) + 1, "source {source} doc {doc} incomplete");
+    }
+}
+
+fn assert_rows_are_well_formed(rows: &[Row], batch: &Batch) {
+    let c = corpora();
+    let stores: Vec<&Arc<TokenStore>> = ["moby", "chat"].iter().map(|n| &c.stores[*n]).collect();
+    let s = batch.seq_len;
+    for (r, row) in rows.iter().enumerate() {
+        // The row as a list of (token, segment, position), then padding.
+        let mut cells = Vec::new();
+        for (k, piece) in row.iter().enumerate() {
+            let store = stores[piece.source as usize];
+            for j in 0..piece.len as usize {
+                let t = piece.start as usize + j;
+                let token = if t < store.doc_len(piece.doc as usize) as usize {
+                    store.token(piece.doc as usize, t)
+                } else {
+                    store.meta.eos
+                };
+                cells.push((token, k as u32, j as u32));
+            }
+        }
+        let real = cells.len();
+        cells.resize(s + 1, (0, PAD_DOC, 0));
+        for i in 0..s {
+            let at = r * s + i;
+            assert_eq!(batch.doc_ids[at], cells[i].1, "row {r} position {i}: document id");
+            assert_eq!(batch.position_ids[at], cells[i].2, "row {r} position {i}: positions restart per document");
+            if i < real {
+                assert_eq!(batch.input_ids[at], cells[i].0, "row {r} position {i}: input");
+            }
+            if i + 1 < real {
+                assert_eq!(batch.target_ids[at], cells[i + 1].0, "row {r} position {i}: target is the next token");
+            }
+            let same_doc = cells[i].1 != PAD_DOC && cells[i + 1].1 == cells[i].1;
+            assert_eq!(batch.loss_mask[at] == 1, same_doc, "row {r} position {i}: loss only within a document");
+        }
+    }
+}
+
+#[test]
+fn every_packing_mode_keeps_every_token_once_with_correct_ids_and_positions() {
+    for packing in [Packing::Concat, Packing::BestFit, Packing::Pad] {
+        let mut l = loader(&[("moby", 0.7), ("chat", 0.3)], packing, 256, LossOn::All);
+        let rows = l.next_rows(300);
+        let batch = l.materialize(&rows);
+        assert_eq!(batch.input_ids.len(), 300 * 256);
+        assert_no_token_lost_or_duplicated(&l, &rows);
+        assert_rows_are_well_formed(&rows, &batch);
+        let used: u64 = rows.iter().flatten().map(|p| p.len as u64).sum();
+        assert!(rows.iter().all(|r| r.iter().map(|p| p.len).sum::<u32>() <= 257), "{packing}: row overflow");
+        if packing == Packing::Concat {
+            assert_eq!(used, 300 * 257, "concat leaves no padding");
+        }
+    }
+}
+
+#[test]
+fn best_fit_packs_the_shipped_corpora_tightly_at_512() {
+    for corpus in ["moby", "speeches", "plays", "chat", "bible"] {
+        let eff = |packing| {
+            let mut l = loader(&[(corpus, 1.0)], packing, 512, LossOn::All);
+            l.next_rows(2000);
+            l.stats()
+        };
+        let (best, pad, concat) = (eff(Packing::BestFit), eff(Packing::Pad), eff(Packing::Concat));
+        assert!(best.efficiency() >= 0.95, "{corpus}: best-fit efficiency {:.4}", best.efficiency());
+        assert!(best.efficiency() >= pad.efficiency(), "{corpus}: best-fit below one-document-per-row");
+        assert!(
+            best.truncation_rate() <= concat.truncation_rate(),
+            "{corpus}: best-fit splits {:.3} of documents, concat {:.3}",
+            best.truncation_rate(),
+            concat.truncation_rate()
+        );
+    }
+}
+
+#[test]
+fn the_chat_loss_mask_covers_exactly_the_assistant_turns() {
+    let c = corpora();
+    let chat = &c.stores["chat"];
+    let mut l = loader(&[("chat", 1.0)], Packing::Pad, 256, LossOn::Assistant);
+    let rows = l.next_rows(50);
+    let batch = l.materialize(&rows);
+    let [start, end] = c.tok.chatml().unwrap();
+    let s = batch.seq_len;
+    for (r, row) in rows.iter().enumerate() {
+        let piece = row[0];
+        let doc = piece.doc as usize;
+        for i in 0..s.min(piece.len as usize - 1) {
+            let target_pos = piece.start as usize + i + 1;
+            let expected = target_pos < chat.doc_len(doc) as usize && chat.is_assistant(doc, target_pos);
+            assert_eq!(batch.loss_mask[r * s + i] == 1, expected, "row {r} position {i}");
+        }
+    }
+    // And the mask is what ChatML says: assistant content and its closing <|im_end|>.
+    let messages = vec![
+        recipe_data::Message { role: recipe_data::Role::User, content: "What is AI?".into() },
+        recipe_data::Message { role: recipe_data::Role::Assistant, content: "A field of study.".into() },
+    ];
+    let (ids, mask) = format_chatml(&c.tok, &messages).unwrap();
+    let answer = c.tok.encode("A field of study.").unwrap();
+    let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+    assert_eq!(masked, [answer, vec![end]].concat());
+    assert_eq!(ids.iter().filter(|t| **t == start).count(), 2);
+    assert_eq!(
+        c.tok.decode(&ids),
+        "<|im_start|>user\nWhat is AI?<|im_end|>\n<|im_start|>assistant\nA field of study.<|im_end|>\n"
+    );
+}
+
+#[test]
+fn a_restored_loader_yields_exactly_the_same_batches() {
+    for packing in [Packing::Concat, Packing::BestFit, Packing::Pad] {
+        let mix = [("moby", 0.6), ("chat", 0.4)];
+        let mut straight = loader(&mix, packing, 128, LossOn::All);
+        let mut first = loader(&mix, packing, 128, LossOn::All);
+        for _ in 0..37 {
+            assert_eq!(straight.next_batch(4), first.next_batch(4));
+        }
+        let saved = serde_json::to_string(&first.state()).unwrap();
+        drop(first);
+        let mut resumed = loader(&mix, packing, 128, LossOn::All);
+        resumed.restore(serde_json::from_str(&saved).unwrap());
+        for step in 0..300 {
+            assert_eq!(straight.next_batch(4), resumed.next_batch(4), "{packing}: batch {step} after resume differs");
+        }
+        assert!(saved.len() < 64 * 1024, "loader state is small: {} bytes", saved.len());
+    }
+}
+
+#[test]
+fn the_eval_split_is_disjoint_from_training() {
+    let c = corpora();
+    let moby = c.stores["moby"].clone();
+    let cfg = |split| LoaderConfig { seq_len: 128, packing: Packing::BestFit, loss_on: LossOn::All, seed: 1, split };
+    let mut train = Loader::new(vec![(moby.clone(), 1.0)], &cfg(Split::Train)).unwrap();
+    let mut eval = Loader::new(vec![(moby.clone(), 1.0)], &cfg(Split::Holdout)).unwrap();
+    for p in train.next_rows(500).iter().flatten() {
+        assert!(!moby.is_held_out(p.doc as usize));
+    }
+    for p in eval.next_rows(50).iter().flatten() {
+        assert!(moby.is_held_out(p.doc as usize));
+    }
+    let speeches = c.stores["speeches"].clone();
+    let err = Loader::new(vec![(speeches, 1.0)], &cfg(Split::Holdout)).err().unwrap();
+    assert_eq!(err.to_string(), "source `speeches` has no held-out documents");
+}
+
+/// A one-source recipe over files written into a temporary folder.
+fn bad_source(format: &str, extra: &str, files: &[(&str, &[u8])]) -> Result<recipe_data::Documents, String> {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let text = format!(
+        "[tokenizer]\ntrain = {{}}\n[sources.s]\npath = \"*.dat\"\nformat = \"{format}\"\n{extra}\n[stages.a]\nkind = \"pretrain\"\ndata = {{ mix = {{ s = 1 }} }}\n"
+    );
+    let recipe = Recipe::parse(&dir.path().join("r.toml"), &text, &[]).map_err(|e| e.to_string())?;
+    read_source(recipe.source("s").unwrap())
+        .map_err(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
+}
+
+#[test]
+fn bad_input_names_file_and_line() {
+    let err = bad_source("text", "", &[("a.dat", b"fine\nline two \xff\xfe")]).unwrap_err();
+    assert_eq!(err, "DIR/a.dat:2: invalid UTF-8 at byte 14");
+    let err = bad_source("jsonl", "", &[("a.dat", b"{\"text\":\"ok\"}\n{\"text\": oops}\n")]).unwrap_err();
+    assert!(err.starts_with("DIR/a.dat:2: malformed JSON"), "{err}");
+    let err =
+        bad_source("jsonl", "field = \"body\"", &[("a.dat", b"{\"body\":\"ok\"}\n\n{\"text\":\"x\"}\n")]).unwrap_err();
+    assert_eq!(err, "DIR/a.dat:3: missing field `body`");
+    let err = bad_source("jsonl", "", &[("a.dat", b"{\"text\":3}\n")]).unwrap_err();
+    assert_eq!(err, "DIR/a.dat:1: field `text` is not a string: 3");
+    let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}\n")])
+        .unwrap_err();
+    assert_eq!(err, "DIR/a.dat:1: messages[0].role is `bot`; expected system, user or assistant");
+    let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"msgs\":[]}\n")]).unwrap_err();
+    assert_eq!(err, "DIR/a.dat:1: missing field `messages` (an array)");
+    let err = bad_source("text", "", &[("a.dat", b"")]).unwrap_err();
+    assert_eq!(err, "source `s` has no documents (0 records skipped, 1 empty)");
+    let err = bad_source("tokens", "", &[("a.dat", &[1, 0, 2, 0]), ("a.idx", &[0; 8])]).unwrap_err();
+    assert_eq!(err, "DIR/a.idx: expected n_docs + 1 little-endian u64 offsets");
+}
+
+#[test]
+fn skip_mode_skips_bad_records_and_counts_them() {
+    let docs = bad_source(
+        "jsonl",
+        "on_error = \"skip\"",
+        &[("a.dat", b"{\"text\":\"one\"}\nnot json\n{\"text\":\"two\"}\n{\"other\":1}\n")],
+    )
+    .unwrap();
+    assert_eq!(docs.docs, [Doc::Text("one".into()), Doc::Text("two".into())]);
+    assert_eq!(docs.skipped, 2);
+    assert!(
+        docs.first_skip.unwrap().to_string().ends_with("a.dat:2: malformed JSON: expected ident at line 1 column 2")
+    );
+}
+
+#[test]
+fn pre_tokenized_sources_are_read_with_their_index() {
+    let tokens: Vec<u8> = [5u16, 6, 7, 8, 9].iter().flat_map(|t| t.to_le_bytes()).collect();
+    let index: Vec<u8> = [0u64, 2, 5].iter().flat_map(|t| t.to_le_bytes()).collect();
+    let docs = bad_source("tokens", "", &[("a.dat", &tokens), ("a.idx", &index)]).unwrap();
+    assert_eq!(docs.docs, [Doc::Tokens(vec![5, 6]), Doc::Tokens(vec![7, 8, 9])]);
+    let wide: Vec<u8> = [70_000u32, 1].iter().flat_map(|t| t.to_le_bytes()).collect();
+    let index: Vec<u8> = [0u64, 2].iter().flat_map(|t| t.to_le_bytes()).collect();
+    let docs = bad_source("tokens", "dtype = \"u32\"", &[("a.dat", &wide), ("a.idx", &index)]).unwrap();
+    assert_eq!(docs.docs, [Doc::Tokens(vec![70_000, 1])]);
+}
