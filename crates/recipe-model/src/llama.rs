@@ -1,0 +1,280 @@
+//! The Llama-style decoder: token embedding, pre-norm blocks of RMSNorm → grouped-query causal
+//! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
+//! untied output head. Built only from Candle ops that have a backward pass (CANDLE.md: the
+//! fused norm, softmax and rope ops silently drop gradients), with Hugging Face tensor names.
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use recipe_spec::Model as Config;
+
+/// One trainable tensor, by its Hugging Face name.
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    /// Whether AdamW decays it: matrices yes; norms and embeddings no.
+    pub decay: bool,
+}
+
+pub struct Llama {
+    pub config: Config,
+    pub params: Vec<Param>,
+    /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`.
+    rope: (Tensor, Tensor),
+    n_layers: usize,
+}
+
+/// Per-layer keys and values of the tokens seen so far, for generation.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub len: usize,
+}
+
+impl Llama {
+    /// A freshly initialised model: weights normal(0, init_std), the attention and MLP output
+    /// projections further scaled by 1/sqrt(2·n_layers) (GPT-2's residual scaling), norms 1.
+    /// The draw is seeded, so the same seed gives the same weights on every machine.
+    pub fn init(config: &Config, seed: u64, device: &Device) -> Result<Llama> {
+        let mut key = blake3::Hasher::new();
+        key.update(b"recipe model init");
+        key.update(&seed.to_le_bytes());
+        let mut rng = ChaCha8Rng::from_seed(*key.finalize().as_bytes());
+        let std = config.init_std;
+        let residual_std = std / (2.0 * config.n_layers as f64).sqrt();
+        let mut tensors = Vec::new();
+        for (name, shape, _) in Llama::layout(config) {
+            let numel: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; numel]
+            } else {
+                let s = if name.contains("o_proj") || name.contains("down_proj") { residual_std } else { std };
+                normal(&mut rng, numel, s)
+            };
+            tensors.push((name, Tensor::from_vec(data, shape, device)?));
+        }
+        Llama::from_tensors(config, tensors, device)
+    }
+
+    /// Every tensor's name, shape and whether it is decayed, in a fixed order.
+    pub fn layout(c: &Config) -> Vec<(String, Vec<usize>, bool)> {
+        let (v, d, ff) = (c.vocab_size as usize, c.d_model as usize, c.d_ff as usize);
+        let kv = (c.d_model / c.n_heads * c.n_kv_heads) as usize;
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], false)];
+        for i in 0..c.n_layers {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![d], false));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d], true));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d], true));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d], true));
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d], true));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![ff, d], true));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, ff], true));
+        }
+        out.push(("model.norm.weight".to_string(), vec![d], false));
+        if !c.tie_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, d], true));
+        }
+        out
+    }
+
+    /// A model from named tensors (which must match [`Llama::layout`]), trained in f32.
+    pub fn from_tensors(config: &Config, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Llama> {
+        Llama::from_tensors_in(config, tensors, device, DType::F32)
+    }
+
+    /// Like [`Llama::from_tensors`], computing in `dtype` (f64 for gradient checks).
+    pub fn from_tensors_in(
+        config: &Config,
+        tensors: Vec<(String, Tensor)>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Llama> {
+        let layout = Llama::layout(config);
+        let mut params = Vec::with_capacity(layout.len());
+        for (name, shape, decay) in layout {
+            let t = tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(candle_core::Error::Msg(format!("{name} has shape {:?}, expected {shape:?}", t.dims())));
+            }
+            let var = Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?;
+            params.push(Param { name, var, decay });
+        }
+        let rope = rope_tables(config, device, dtype)?;
+        Ok(Llama { config: config.clone(), params, rope, n_layers: config.n_layers as usize })
+    }
+
+    fn p(&self, name: &str) -> &Tensor {
+        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor()).expect("a parameter of the layout")
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// Logits `[B·T, vocab]` for token ids `[B, T]`, with per-token positions `[B·T]` (restarting
+    /// at each packed document) and an additive attention mask `[B, 1, T, T]`.
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let mut x = self.p("model.embed_tokens.weight").index_select(&ids.flatten_all()?, 0)?;
+        let (cos, sin) = self.rotary(positions, b, t)?;
+        for i in 0..self.n_layers {
+            x = self.block(i, &x, b, t, &cos, &sin, Some(mask), None)?;
+        }
+        self.head(&x)
+    }
+
+    /// Logits of the last of `ids` (new tokens), reading and extending the cache.
+    pub fn forward_cached(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let device = self.rope.0.device();
+        let t = ids.len();
+        let ids = Tensor::from_slice(ids, (1, t), device)?;
+        let positions: Vec<u32> = (cache.len..cache.len + t).map(|p| p as u32).collect();
+        let positions = Tensor::from_vec(positions, t, device)?;
+        let (cos, sin) = self.rotary(&positions, 1, t)?;
+        let mut x = self.p("model.embed_tokens.weight").index_select(&ids.flatten_all()?, 0)?;
+        let (past, total) = (cache.len, cache.len + t);
+        let mask: Vec<f32> =
+            (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::MIN / 2.0 })).collect();
+        let mask = Tensor::from_vec(mask, (1, 1, t, total), device)?.to_dtype(self.rope.0.dtype())?;
+        for i in 0..self.n_layers {
+            x = self.block(i, &x, 1, t, &cos, &sin, Some(&mask), Some(&mut cache.layers[i]))?;
+        }
+        cache.len = total;
+        self.head(&x.narrow(0, t - 1, 1)?)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { layers: (0..self.n_layers).map(|_| None).collect(), len: 0 }
+    }
+
+    fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, self.p("model.norm.weight"), self.config.norm_eps)?;
+        let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        x.matmul(&self.p(w).t()?)
+    }
+
+    /// cos and sin for each token, `[B, 1, T, head_dim / 2]`.
+    fn rotary(&self, positions: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = (self.config.head_dim() / 2) as usize;
+        let cos = self.rope.0.index_select(positions, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.rope.1.index_select(positions, 0)?.reshape((b, 1, t, half))?;
+        Ok((cos, sin))
+    }
+
+    /// One pre-norm block on `x` `[B·T, d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (h, kvh, hd) = (c.n_heads as usize, c.n_kv_heads as usize, c.head_dim() as usize);
+        let p = |n: &str| self.p(&format!("model.layers.{i}.{n}.weight"));
+        let linear = |x: &Tensor, n: &str| x.matmul(&p(n).t()?);
+
+        let normed = rms_norm(x, p("input_layernorm"), c.norm_eps)?;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
+        let q = rope(&heads(linear(&normed, "self_attn.q_proj")?, h)?, cos, sin)?;
+        let mut k = rope(&heads(linear(&normed, "self_attn.k_proj")?, kvh)?, cos, sin)?;
+        let mut v = heads(linear(&normed, "self_attn.v_proj")?, kvh)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
+        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let attn = softmax_last_dim(&scores)?.matmul(&v.contiguous()?)?;
+        let attn = attn.transpose(1, 2)?.reshape((b * t, h * hd))?;
+        let x = (x + linear(&attn, "self_attn.o_proj")?)?;
+
+        let normed = rms_norm(&x, p("post_attention_layernorm"), c.norm_eps)?;
+        let gated = (linear(&normed, "mlp.gate_proj")?.silu()? * linear(&normed, "mlp.up_proj")?)?;
+        x + linear(&gated, "mlp.down_proj")?
+    }
+}
+
+/// x / sqrt(mean(x²) + eps) · w over the last dimension.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    x.broadcast_div(&rms)?.broadcast_mul(w)
+}
+
+/// Rotary embedding in the Hugging Face (rotate-half) layout: `x` `[B, H, T, hd]`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
+    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Tensor::cat(&[r1, r2], D::Minus1)
+}
+
+/// Softmax over the last dimension from ops that all have a backward pass.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kvh, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, kvh, n, t, hd))?.reshape((b, kvh * n, t, hd))
+}
+
+fn rope_tables(c: &Config, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let half = (c.head_dim() / 2) as usize;
+    let n = c.max_seq_len as usize;
+    let inv: Vec<f64> = (0..half).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)).collect();
+    let angles: Vec<f64> = (0..n).flat_map(|p| inv.iter().map(move |f| p as f64 * f)).collect();
+    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (n, half), device)?;
+    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (n, half), device)?;
+    Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
+}
+
+/// The additive attention mask `[B, 1, T, T]` for packed rows: position i may attend to j when
+/// j ≤ i and both belong to the same document.
+pub fn document_mask(doc_ids: &[u32], b: usize, t: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; b * t * t];
+    for r in 0..b {
+        let docs = &doc_ids[r * t..(r + 1) * t];
+        for i in 0..t {
+            for j in 0..t {
+                if j > i || docs[j] != docs[i] {
+                    m[(r * t + i) * t + j] = f32::MIN / 2.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(m, (b, 1, t, t), device)
+}
+
+/// `n` draws from normal(0, std) by Box–Muller over the seeded stream.
+fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
+    let uniform = |rng: &mut ChaCha8Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    (0..n)
+        .map(|_| {
+            let (u1, u2) = (uniform(rng).max(f64::MIN_POSITIVE), uniform(rng));
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+        })
+        .collect()
+}
