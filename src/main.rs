@@ -6,7 +6,10 @@ mod plan;
 mod prepare;
 mod progress;
 mod render;
+mod sample;
+mod smoke;
 mod status;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +44,42 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Run every stage whose result is missing or stale, in graph order; resume partial ones.
+    Train {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Only this stage and what it needs.
+        #[arg(long)]
+        stage: Option<String>,
+        /// cpu (this build has no cuda or metal).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Generate text from a finished stage.
+    Sample {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// The stage whose result to load.
+        #[arg(long)]
+        stage: String,
+        /// The text to continue.
+        #[arg(long)]
+        prompt: String,
+        /// New tokens at most.
+        #[arg(long, default_value_t = 200)]
+        max_tokens: usize,
+        /// 0 decodes greedily.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Nucleus sampling: keep the most likely tokens up to this total probability.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Train a shrunken copy of the recipe (same graph and features, tiny sizes) and fail
+    /// unless every stage's loss is finite and falls. Runs in `RUNS/NAME-smoke`.
+    Smoke(RecipeArgs),
     /// Train the tokenizer and tokenize the sources that the recipe (or one stage) needs,
     /// skipping what is already cached.
     Prepare {
@@ -116,6 +155,27 @@ fn main() -> ExitCode {
             );
         }),
         Verb::Plan { recipe, json } => plan::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
+        Verb::Train { recipe, stage, device } => {
+            match train::run(&recipe.recipe, &recipe.sets, &cli.runs, stage.as_deref(), device) {
+                Ok(train::Trained::Interrupted) => return ExitCode::from(130),
+                other => other.map(|_| ()),
+            }
+        }
+        Verb::Sample { recipe, stage, prompt, max_tokens, temperature, top_p, seed } => {
+            let args = sample::SampleArgs {
+                stage,
+                prompt,
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                top_p: *top_p,
+                seed: *seed,
+            };
+            sample::run(&recipe.recipe, &recipe.sets, &cli.runs, &args)
+        }
+        Verb::Smoke(r) => match smoke::run(&r.recipe, &r.sets, &cli.runs) {
+            Ok(false) => return ExitCode::from(130),
+            other => other.map(|_| ()),
+        },
         Verb::Prepare { recipe, stage } => prepare::run(&recipe.recipe, &recipe.sets, &cli.runs, stage.as_deref()),
         Verb::Status { recipe, json } => status::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
         Verb::Diff { old, new, sets, json } => diff::run(old, new.as_deref(), sets, &cli.runs, *json),

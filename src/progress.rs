@@ -37,3 +37,52 @@ impl recipe_data::Progress for Bar {
         }
     }
 }
+
+/// The training bar: step of N, loss, lr, tokens/s and ETA.
+pub struct TrainBar {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl TrainBar {
+    pub fn new() -> TrainBar {
+        TrainBar { bar: Mutex::new(None) }
+    }
+}
+
+impl recipe_train::Observer for TrainBar {
+    fn start(&self, stage: &str, start_step: u64, steps: u64) {
+        let bar = ProgressBar::new(steps).with_message(stage.to_string());
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] step {pos}/{len} {prefix} ETA {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(start_step);
+        bar.reset_eta();
+        *self.bar.lock().expect("not poisoned") = Some(bar);
+    }
+
+    fn step(&self, m: &recipe_train::StepMetrics) {
+        if let Some(bar) = self.bar.lock().expect("not poisoned").as_ref() {
+            let eval = m.eval_loss.map_or(String::new(), |e| format!(" eval {e:.3}"));
+            bar.set_prefix(format!("loss {:.3}{eval} lr {:.2e} {:.0} tok/s", m.loss, m.lr, m.tokens_per_s));
+            bar.set_position(m.step);
+            if let Some(e) = m.eval_loss {
+                bar.println(format!("step {}: loss {:.4}, eval loss {e:.4} (ppl {:.2})", m.step, m.loss, e.exp()));
+            }
+        }
+    }
+
+    fn message(&self, text: &str) {
+        match self.bar.lock().expect("not poisoned").as_ref() {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.lock().expect("not poisoned").take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -152,3 +152,122 @@ fn prepare_tokenizes_once_and_plan_then_reports_measured_data_facts() {
     );
     assert!(moby["epochs"].as_f64().unwrap() > 1.0);
 }
+
+/// A small two-stage recipe over the committed corpus, in `dir`.
+fn resumable_recipe(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"
+[recipe]
+name = "crash"
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+d_ff = 64
+max_seq_len = 32
+[tokenizer]
+train = {{ vocab_size = 400 }}
+[sources.moby]
+path = "{}/data/moby-dick/chapter_2*.txt"
+[stages.pretrain]
+kind = "pretrain"
+steps = 60
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ moby = 1 }} }}
+optim = {{ lr = 1e-2 }}
+checkpoint_every = 4
+"#,
+        root().display()
+    );
+    let path = dir.join("crash.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn losses(runs: &Path) -> (Vec<String>, Vec<u8>) {
+    let dir = std::fs::read_dir(runs.join("crash/pretrain")).unwrap().next().unwrap().unwrap().path();
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines = metrics
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!("{} {} {}", v["step"], v["loss"], v["grad_norm"])
+        })
+        .collect();
+    (lines, std::fs::read(dir.join("final/model.safetensors")).unwrap())
+}
+
+fn wait_for_checkpoint(runs: &Path) {
+    let start = std::time::Instant::now();
+    loop {
+        let found = std::fs::read_dir(runs.join("crash/pretrain"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_dir(e.ok()?.path().join("checkpoints")).ok())
+            .is_some_and(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("step-"))));
+        if found {
+            return;
+        }
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn kill_9_after_a_checkpoint_then_resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let straight = dir.path().join("straight");
+    assert!(recipe(&["train", p], &straight).status.success());
+
+    let crashed = dir.path().join("crashed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(["train", p, "--runs"])
+        .arg(&crashed)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&crashed);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let st = json(&recipe(&["status", p, "--json"], &crashed));
+    assert_eq!(st["stages"][2]["state"], "partial", "{st}");
+    let out = recipe(&["train", p], &crashed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming"));
+    let (a, b) = (losses(&straight), losses(&crashed));
+    assert_eq!(a.0.len(), 60);
+    assert_eq!(a.0, b.0, "per-step losses differ");
+    assert!(a.1 == b.1, "final weights differ");
+    let again = recipe(&["train", p], &crashed);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
+}
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let runs = dir.path().join("runs");
+    let child = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(["train", path.to_str().unwrap(), "--runs"])
+        .arg(&runs)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&runs);
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted; checkpoint at step"));
+}
+
+#[test]
+fn train_asks_for_a_device_this_build_has() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = recipe(&["train", "recipes/quickstart.toml", "--device", "cuda:0"], runs.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CPU support only"));
+}

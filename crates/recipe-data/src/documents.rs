@@ -85,7 +85,11 @@ pub struct Documents {
 /// Read every file of a source, in sorted file order.
 pub fn read_source(source: &Source) -> Result<Documents> {
     let mut out = Documents::default();
+    let limit = source.limit.map_or(usize::MAX, |n| n as usize);
     for file in &source.files {
+        if out.docs.len() >= limit {
+            break;
+        }
         let mut record = |r: Result<Doc>| -> Result<()> {
             match r {
                 Ok(doc) if doc.is_empty() => out.empty += 1,
@@ -123,6 +127,7 @@ pub fn read_source(source: &Source) -> Result<Documents> {
             }
         }
     }
+    out.docs.truncate(limit);
     if out.docs.is_empty() {
         let why = match (out.skipped, out.empty) {
             (0, 0) => String::new(),

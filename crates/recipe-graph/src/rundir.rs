@@ -85,6 +85,24 @@ impl RunDir {
         self.node_dir(node).join("final")
     }
 
+    /// Write `stage.toml`: the key material this node's key was computed from, for people.
+    pub fn write_stage_config(&self, node: &Node) -> std::io::Result<()> {
+        let mut doc = toml::Table::new();
+        doc.insert("key".into(), node.key.clone().into());
+        let mut fields = toml::Table::new();
+        for f in node.material.fields.values() {
+            if let Ok(v) = toml::Value::try_from(&f.value) {
+                fields.insert(f.path.clone(), v);
+            }
+        }
+        doc.insert("fields".into(), fields.into());
+        let inputs: toml::Table = node.material.inputs.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+        doc.insert("inputs".into(), inputs.into());
+        let files: toml::Table = node.material.files.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+        doc.insert("files".into(), files.into());
+        write_atomic(&self.node_dir(node).join("stage.toml"), doc.to_string().as_bytes())
+    }
+
     /// A fresh, empty folder to build a node's result in; [`RunDir::publish`] moves it to
     /// `final/`. Leftovers of interrupted attempts are removed first.
     pub fn staging_dir(&self, node: &Node) -> std::io::Result<PathBuf> {

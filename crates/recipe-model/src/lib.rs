@@ -4,8 +4,10 @@
 //! generation with a key/value cache. Tensors carry Hugging Face Llama names, so a
 //! `model.safetensors` it writes loads in `transformers` without renaming.
 
+mod hf;
 mod llama;
 mod loss;
 
+pub use hf::hf_config;
 pub use llama::{KvCache, Llama, Param, document_mask, rms_norm, rope, softmax_last_dim};
 pub use loss::masked_cross_entropy;

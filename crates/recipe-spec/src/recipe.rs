@@ -143,6 +143,10 @@ pub struct Source {
     /// `X.idx` beside it holds n_docs + 1 little-endian u64 token offsets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<TokenDtype>,
+    /// Default none: read at most this many documents, in sorted file order (`recipe smoke`
+    /// uses it to train on a slice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -258,7 +262,7 @@ const TOP_KEYS: &[&str] = &["recipe", "model", "tokenizer", "sources", "stages"]
 const RECIPE_KEYS: &[&str] = &["name", "seed"];
 const TOKENIZER_KEYS: &[&str] = &["path", "train"];
 const TRAIN_KEYS: &[&str] = &["kind", "vocab_size", "sources", "min_frequency", "special_tokens"];
-const SOURCE_KEYS: &[&str] = &["path", "format", "field", "on_error", "template", "holdout", "dtype"];
+const SOURCE_KEYS: &[&str] = &["path", "format", "field", "on_error", "template", "holdout", "dtype", "limit"];
 const STAGE_KEYS: &[&str] = &[
     "kind",
     "after",
@@ -708,6 +712,10 @@ fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Path) -> Sourc
             SourceFormat::Tokens => Some(dtype.unwrap_or(TokenDtype::U16)),
             _ => None,
         },
+        limit: f.opt(cx, "limit", decode::count).filter(|&n| {
+            check_range(cx, &format!("sources.{name}.limit"), n as f64, n > 0, "at least 1 document");
+            n > 0
+        }),
     }
 }
 

@@ -1,0 +1,248 @@
+//! The training loop of one stage, top to bottom: build or resume the model, optimizer and
+//! loader; then per step draw the micro-batches, accumulate gradients, clip, update, log,
+//! checkpoint and evaluate; finally publish the result.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use recipe_data::{Batch, Loader, LoaderConfig, Mix, Split};
+use recipe_graph::{Node, RecordedState, RunDir};
+use recipe_model::{Llama, document_mask, masked_cross_entropy};
+use recipe_spec::{Precision, Recipe, Stage};
+use serde::Serialize;
+
+use crate::adamw::{AdamW, clip_global_norm};
+use crate::checkpoint::{self, TrainState};
+use crate::error::{Error, Result, io};
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Row positions processed per second (padding included).
+    pub tokens_per_s: f64,
+    /// Targets that counted towards the loss in this step.
+    pub loss_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_ppl: Option<f64>,
+}
+
+/// Receives progress; the binary draws a bar, tests collect the losses.
+pub trait Observer {
+    fn start(&self, stage: &str, start_step: u64, steps: u64);
+    fn step(&self, m: &StepMetrics);
+    fn message(&self, text: &str);
+    fn finish(&self);
+}
+
+pub enum Outcome {
+    Finished,
+    /// Stopped by an interrupt after writing a checkpoint at this step.
+    Interrupted(u64),
+}
+
+/// Everything a stage run needs from outside.
+pub struct StageRun<'a> {
+    pub recipe: &'a Recipe,
+    pub stage: &'a Stage,
+    pub node: &'a Node,
+    pub run: &'a RunDir,
+    /// The result folder of the stage named in `after`, if any.
+    pub start_from: Option<std::path::PathBuf>,
+    pub stores: Mix,
+    pub tokenizer_json: std::path::PathBuf,
+    pub eos: u32,
+    pub device: &'a Device,
+    pub interrupt: &'a AtomicBool,
+    pub observer: &'a dyn Observer,
+}
+
+pub fn train_stage(r: &StageRun) -> Result<Outcome> {
+    let (recipe, stage) = (r.recipe, r.stage);
+    if stage.precision != Precision::F32 {
+        return Err(Error::Run(format!(
+            "stage `{}`: precision \"{}\" is not implemented yet; use precision = \"f32\"",
+            stage.name, stage.precision
+        )));
+    }
+    if stage.peft.is_some() || !stage.teacher.is_empty() {
+        return Err(Error::Run(format!("stage `{}`: PEFT and distillation are not implemented yet", stage.name)));
+    }
+    let node_dir = r.run.node_dir(r.node);
+    std::fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
+    r.run.write_stage_config(r.node).map_err(io(&node_dir))?;
+    let checkpoints = r.run.checkpoints_dir(r.node);
+    let metrics_path = node_dir.join("metrics.jsonl");
+
+    let model = match &r.start_from {
+        Some(dir) => Llama::load_pretrained(&stage.model, dir, r.device)?,
+        None => Llama::init(&stage.model, recipe.seed, r.device)?,
+    };
+    let mut optimizer = AdamW::new(&stage.optim);
+    let loader_config = |split| LoaderConfig {
+        seq_len: stage.seq_len,
+        packing: stage.data.packing,
+        loss_on: stage.data.loss_on,
+        seed: recipe.seed,
+        split,
+    };
+    let mut loader = Loader::new(r.stores.clone(), &loader_config(Split::Train))?;
+
+    let mut start_step = 0;
+    let warn = |text: String| {
+        tracing::warn!("{text}");
+        r.observer.message(&text);
+    };
+    if let Some(ckpt) = checkpoint::latest_valid(&checkpoints, r.device, &warn)? {
+        for p in &model.params {
+            let t = ckpt.model.get(&p.name).ok_or_else(|| Error::Run(format!("checkpoint lacks {}", p.name)))?;
+            p.var.set(t)?;
+        }
+        optimizer.restore(ckpt.state.step, &ckpt.optimizer)?;
+        loader.restore(ckpt.state.loader.clone());
+        start_step = ckpt.state.step;
+        r.observer.message(&format!("resuming `{}` from {}", stage.name, ckpt.dir.display()));
+    }
+    truncate_metrics(&metrics_path, start_step)?;
+    let mut metrics_file =
+        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+    r.run.record(&recipe.canonical(), r.node, RecordedState::Partial, None).map_err(Error::Run)?;
+
+    let accumulation = (stage.batch_size / stage.micro_batch_size) as usize;
+    r.observer.start(&stage.name, start_step, stage.steps);
+    for step in start_step..stage.steps {
+        let started = Instant::now();
+        let lr = stage.optim.lr * stage.schedule.factor(step, stage.steps);
+
+        // Draw the whole step's data first: each micro-batch's loss is weighted by its share of
+        // the step's loss tokens, so accumulation gives the exact mean over the batch.
+        let batches: Vec<Batch> =
+            (0..accumulation).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
+        let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
+        let mut grads: Vec<Vec<f32>> = model.params.iter().map(|p| vec![0.0; p.var.elem_count()]).collect();
+        let mut loss = 0.0;
+        for batch in &batches {
+            let (mean, count) = batch_loss(&model, batch, r.device)?;
+            let weighted = (mean * (count / (loss_tokens.max(1) as f64)))?;
+            loss += weighted.to_scalar::<f32>()? as f64;
+            let store = weighted.backward()?;
+            for (acc, p) in grads.iter_mut().zip(&model.params) {
+                if let Some(g) = store.get(p.var.as_tensor()) {
+                    for (a, x) in acc.iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
+                        *a += x;
+                    }
+                }
+            }
+        }
+        if !loss.is_finite() {
+            return Err(Error::Run(format!("stage `{}`: the loss is {loss} at step {}", stage.name, step + 1)));
+        }
+
+        let grad_norm = clip_global_norm(&mut grads, stage.optim.grad_clip);
+        optimizer.begin_step();
+        for (p, g) in model.params.iter().zip(&grads) {
+            let mut w = p.var.flatten_all()?.to_vec1::<f32>()?;
+            optimizer.update(&p.name, &mut w, g, lr, p.decay);
+            p.var.set(&Tensor::from_vec(w, p.var.shape(), r.device)?)?;
+        }
+
+        let done = step + 1;
+        let positions = (stage.batch_size * stage.seq_len) as f64;
+        let mut m = StepMetrics {
+            step: done,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: positions / started.elapsed().as_secs_f64(),
+            loss_tokens,
+            eval_loss: None,
+            eval_ppl: None,
+        };
+        if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
+            let mut eval_loader = Loader::new(r.stores.clone(), &loader_config(Split::Holdout))?;
+            let eval = evaluate(&model, &mut eval_loader, stage, r.device)?;
+            m.eval_loss = Some(eval);
+            m.eval_ppl = Some(eval.exp());
+        }
+        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("plain data")).map_err(io(&metrics_path))?;
+        if done % stage.log_every == 0 || done == stage.steps {
+            tracing::debug!(stage = %stage.name, step = done, loss, lr, grad_norm, "step");
+        }
+        r.observer.step(&m);
+
+        let interrupted = r.interrupt.load(Ordering::SeqCst);
+        if done < stage.steps && (interrupted || (stage.checkpoint_every > 0 && done % stage.checkpoint_every == 0)) {
+            metrics_file.sync_all().map_err(io(&metrics_path))?;
+            let state = TrainState { step: done, loader: loader.state() };
+            let dir = checkpoint::save(
+                &checkpoints,
+                &state,
+                &model.tensors(),
+                &optimizer.state_tensors(r.device)?,
+                stage.keep_checkpoints as usize,
+            )?;
+            tracing::debug!("checkpoint {}", dir.display());
+            if interrupted {
+                r.observer.finish();
+                return Ok(Outcome::Interrupted(done));
+            }
+        }
+    }
+    r.observer.finish();
+
+    let staging = r.run.staging_dir(r.node).map_err(io(&node_dir))?;
+    model.save_pretrained(&staging, r.eos)?;
+    std::fs::copy(&r.tokenizer_json, staging.join("tokenizer.json")).map_err(io(&r.tokenizer_json))?;
+    r.run.publish(r.node, &staging).map_err(io(&node_dir))?;
+    r.run.record(&recipe.canonical(), r.node, RecordedState::Done, Some(crate::now())).map_err(Error::Run)?;
+    Ok(Outcome::Finished)
+}
+
+/// Mean cross-entropy of one micro-batch over its loss tokens, and how many there were.
+fn batch_loss(model: &Llama, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
+    let (b, t) = (batch.rows, batch.seq_len);
+    let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
+    let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
+    let targets = Tensor::from_slice(&batch.target_ids, b * t, device)?;
+    let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
+    let attn = document_mask(&batch.doc_ids, b, t, device)?;
+    let logits = model.forward(&ids, &positions, &attn)?;
+    Ok(masked_cross_entropy(&logits, &targets, &mask)?)
+}
+
+/// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
+/// Runs on a fresh loader, so every evaluation sees the same batches.
+fn evaluate(model: &Llama, loader: &mut Loader, stage: &Stage, device: &Device) -> Result<f64> {
+    let (mut sum, mut count) = (0.0, 0.0);
+    for _ in 0..stage.eval.batches {
+        let batch = loader.next_batch(stage.micro_batch_size as usize);
+        let (mean, n) = batch_loss(model, &batch, device)?;
+        sum += mean.to_scalar::<f32>()? as f64 * n;
+        count += n;
+    }
+    Ok(sum / count.max(1.0))
+}
+
+/// Drop the lines of steps after `step` (they will be redone after a resume).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    recipe_graph::write_atomic(path, kept.as_bytes()).map_err(io(path))
+}

@@ -1,0 +1,163 @@
+//! Exact resume: N steps straight, and k steps + interrupt + resume to N, give bit-identical
+//! per-step losses and final weights; a damaged newest checkpoint falls back to the previous.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+use recipe_graph::{Graph, RunDir};
+use recipe_spec::Recipe;
+use recipe_train::{Hooks, NodeReport, Observer, StepMetrics, execute};
+
+fn recipe(dir: &Path) -> Recipe {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/moby-dick");
+    let text = format!(
+        r#"
+[recipe]
+name = "resume"
+seed = 9
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+d_ff = 64
+max_seq_len = 32
+[tokenizer]
+train = {{ vocab_size = 400 }}
+[sources.moby]
+path = "{}/chapter_1*.txt"
+holdout = 0.2
+[stages.pretrain]
+kind = "pretrain"
+steps = 12
+seq_len = 32
+batch_size = 4
+micro_batch_size = 2
+data = {{ mix = {{ moby = 1 }} }}
+optim = {{ lr = 1e-2 }}
+schedule = {{ kind = "cosine", warmup = 2 }}
+checkpoint_every = 3
+keep_checkpoints = 2
+eval = {{ every = 4, batches = 1 }}
+[stages.more]
+kind = "pretrain"
+after = "pretrain"
+steps = 6
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ moby = 1 }} }}
+"#,
+        data.display()
+    );
+    Recipe::parse(&dir.join("r.toml"), &text, &[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Records losses; raises the interrupt flag once `stop_at` steps of `stage` are done.
+struct Stopper<'a> {
+    stage: Mutex<String>,
+    stop_at: Option<(&'a str, u64)>,
+    flag: &'a AtomicBool,
+}
+
+impl Observer for Stopper<'_> {
+    fn start(&self, stage: &str, _: u64, _: u64) {
+        *self.stage.lock().unwrap() = stage.to_string();
+    }
+    fn step(&self, m: &StepMetrics) {
+        if self.stop_at == Some((self.stage.lock().unwrap().as_str(), m.step)) {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+    fn message(&self, _: &str) {}
+    fn finish(&self) {}
+}
+
+fn train(runs: &Path, stop_at: Option<(&str, u64)>) -> Vec<(String, NodeReport)> {
+    let r = recipe(runs);
+    let graph = Graph::build(&r).unwrap();
+    let run = RunDir::new(runs, &r.name);
+    let flag = AtomicBool::new(false);
+    let observer = Stopper { stage: Mutex::new(String::new()), stop_at, flag: &flag };
+    let hooks = Hooks { interrupt: &flag, observer: &observer, data_progress: &recipe_data::Silent };
+    execute(&r, &graph, &run, None, &Device::Cpu, &hooks).unwrap()
+}
+
+/// (step, loss, lr, grad_norm, eval_loss) per line of a stage's metrics, and its final weights.
+fn results(runs: &Path, stage: &str) -> (Vec<String>, Vec<u8>) {
+    let r = recipe(runs);
+    let graph = Graph::build(&r).unwrap();
+    let run = RunDir::new(runs, &r.name);
+    let node = graph.node(stage).unwrap();
+    let metrics = std::fs::read_to_string(run.node_dir(node).join("metrics.jsonl")).unwrap();
+    let lines = metrics
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {} {} {} {}", v["step"], v["loss"], v["lr"], v["grad_norm"], v["eval_loss"])
+        })
+        .collect();
+    (lines, std::fs::read(run.final_dir(node).join("model.safetensors")).unwrap())
+}
+
+fn checkpoints(runs: &Path, stage: &str) -> PathBuf {
+    let r = recipe(runs);
+    let graph = Graph::build(&r).unwrap();
+    RunDir::new(runs, &r.name).checkpoints_dir(graph.node(stage).unwrap())
+}
+
+#[test]
+fn interrupted_and_resumed_training_is_bit_identical() {
+    let straight = tempfile::tempdir().unwrap();
+    train(straight.path(), None);
+
+    let resumed = tempfile::tempdir().unwrap();
+    let first = train(resumed.path(), Some(("pretrain", 5)));
+    assert_eq!(first.last().unwrap(), &("pretrain".to_string(), NodeReport::Interrupted(5)));
+    let second = train(resumed.path(), Some(("more", 2)));
+    assert_eq!(second.last().unwrap(), &("more".to_string(), NodeReport::Interrupted(2)));
+    let third = train(resumed.path(), None);
+    assert_eq!(third[2], ("pretrain".to_string(), NodeReport::Skipped));
+
+    for stage in ["pretrain", "more"] {
+        let (a, wa) = results(straight.path(), stage);
+        let (b, wb) = results(resumed.path(), stage);
+        assert_eq!(a.len(), recipe(straight.path()).stage(stage).unwrap().steps as usize);
+        assert_eq!(a, b, "{stage}: per-step metrics differ after resume");
+        assert!(wa == wb, "{stage}: final weights differ after resume");
+    }
+    // Only the newest `keep_checkpoints` remain: after the resume from step 5, steps 6 and 9.
+    let mut kept: Vec<String> = std::fs::read_dir(checkpoints(resumed.path(), "pretrain"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["step-000006", "step-000009"]);
+
+    // A second run does no work.
+    let again = train(resumed.path(), None);
+    assert!(again.iter().all(|(_, r)| *r == NodeReport::Skipped), "{again:?}");
+}
+
+#[test]
+fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
+    let straight = tempfile::tempdir().unwrap();
+    train(straight.path(), None);
+
+    let runs = tempfile::tempdir().unwrap();
+    train(runs.path(), Some(("pretrain", 7)));
+    let ckpts = checkpoints(runs.path(), "pretrain");
+    // Checkpoints at 6 (periodic) and 7 (interrupt); tear the newest.
+    let newest = ckpts.join("step-000007");
+    assert!(newest.is_dir() && ckpts.join("step-000006").is_dir());
+    let model = newest.join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&model, bytes).unwrap();
+    train(runs.path(), None);
+    for stage in ["pretrain", "more"] {
+        assert_eq!(results(straight.path(), stage), results(runs.path(), stage), "{stage}");
+    }
+}

@@ -1,0 +1,110 @@
+//! `recipe smoke`: shrink the recipe — widths, depth, steps, sequence length, a slice of each
+//! source and, when it trains one, the tokenizer — keeping its graph and every feature it uses
+//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining), train every stage in
+//! a separate run directory, and fail if a loss is not finite or does not fall.
+
+use std::path::Path;
+
+use recipe_graph::RunDir;
+use recipe_spec::{Recipe, Tokenizer};
+
+use crate::{Failure, load};
+
+const STEPS: u64 = 40;
+const SEQ_LEN: u32 = 64;
+const DOCS_PER_SOURCE: u64 = 64;
+
+/// `--set` overrides that shrink `recipe`.
+fn shrink(recipe: &Recipe) -> Vec<String> {
+    let mut sets = vec![format!("recipe.name=\"{}-smoke\"", recipe.name)];
+    let gqa = |kv: u32, heads: u32| if kv < heads { 2 } else { 4 };
+    let base = recipe.model.resolve(None);
+    sets.extend([
+        "model.d_model=64".to_string(),
+        "model.n_layers=2".into(),
+        "model.n_heads=4".into(),
+        format!("model.n_kv_heads={}", gqa(base.n_kv_heads, base.n_heads)),
+        "model.d_ff=128".into(),
+        format!("model.max_seq_len={SEQ_LEN}"),
+    ]);
+    if recipe.model.vocab_size.is_some() {
+        sets.push(format!("model.vocab_size={}", recipe.tokenizer.vocab_size()));
+    }
+    if let Tokenizer::Train(t) = &recipe.tokenizer {
+        sets.push(format!("tokenizer.train.vocab_size={}", 256 + t.special_tokens.len() + 256));
+    }
+    for s in &recipe.sources {
+        sets.push(format!("sources.{}.limit={DOCS_PER_SOURCE}", s.name));
+    }
+    for st in &recipe.stages {
+        let p = format!("stages.{}", st.name);
+        let accumulate = st.micro_batch_size < st.batch_size;
+        sets.extend([
+            format!("{p}.steps={STEPS}"),
+            format!("{p}.seq_len={SEQ_LEN}"),
+            format!("{p}.batch_size=8"),
+            format!("{p}.micro_batch_size={}", if accumulate { 4 } else { 8 }),
+            format!("{p}.schedule.warmup={}", st.schedule.warmup.min(4)),
+            format!("{p}.checkpoint_every=15"),
+            format!("{p}.log_every=10"),
+        ]);
+        if st.eval.every > 0 {
+            sets.extend([format!("{p}.eval.every=20"), format!("{p}.eval.batches=2")]);
+        }
+        if !st.model_overrides.set_fields().is_empty() {
+            let m = &st.model;
+            sets.extend([
+                format!("{p}.model.d_model=32"),
+                format!("{p}.model.n_layers=1"),
+                format!("{p}.model.n_heads=2"),
+                format!("{p}.model.n_kv_heads={}", if m.n_kv_heads < m.n_heads { 1 } else { 2 }),
+                format!("{p}.model.d_ff=64"),
+            ]);
+        }
+    }
+    sets
+}
+
+pub fn run(path: &Path, sets: &[String], runs: &Path) -> Result<bool, Failure> {
+    let recipe = load::load(path, sets)?;
+    let mut all = sets.to_vec();
+    all.extend(shrink(&recipe));
+    let small = load::load(path, &all)?;
+    tracing::info!(
+        "smoke: {} stages at d_model 64, {STEPS} steps, seq_len {SEQ_LEN}, {DOCS_PER_SOURCE} documents per source",
+        small.stages.len()
+    );
+    if let crate::train::Trained::Interrupted = crate::train::run(path, &all, runs, None, "cpu")? {
+        return Ok(false);
+    }
+    let graph = load::graph(&small)?;
+    let run = RunDir::new(runs, &small.name);
+    let mut failures = Vec::new();
+    for stage in &small.stages {
+        let node = graph.node(&stage.name).expect("every stage has a node");
+        let metrics = std::fs::read_to_string(run.node_dir(node).join("metrics.jsonl")).unwrap_or_default();
+        let losses: Vec<f64> = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+            .collect();
+        let window = 5.min(losses.len() / 2).max(1);
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+        let (first, last) =
+            (mean(&losses[..window.min(losses.len())]), mean(&losses[losses.len().saturating_sub(window)..]));
+        let ok = losses.len() as u64 == stage.steps && losses.iter().all(|l| l.is_finite()) && last < first;
+        tracing::info!(
+            "smoke {}: loss {first:.3} → {last:.3} over {} steps: {}",
+            stage.name,
+            losses.len(),
+            if ok { "ok" } else { "FAILED" }
+        );
+        if !ok {
+            failures.push(stage.name.clone());
+        }
+    }
+    if failures.is_empty() {
+        Ok(true)
+    } else {
+        Err(Failure::Run(format!("smoke failed: the loss did not fall in {}", failures.join(", "))))
+    }
+}
