@@ -123,6 +123,9 @@ struct RecipeArgs {
     sets: Vec<String>,
 }
 
+#[global_allocator]
+static ALLOCATOR: recipe_train::MiMalloc = recipe_train::MiMalloc;
+
 /// How a verb failed, which decides the exit code.
 pub enum Failure {
     /// An invalid recipe or command line: exit 2.
@@ -132,6 +135,7 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
+    recipe_train::retain_freed_memory();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::INFO,

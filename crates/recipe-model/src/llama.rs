@@ -1,7 +1,8 @@
 //! The Llama-style decoder: token embedding, pre-norm blocks of RMSNorm → grouped-query causal
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
-//! untied output head. Built only from Candle ops that have a backward pass (CANDLE.md: the
-//! fused norm, softmax and rope ops silently drop gradients), with Hugging Face tensor names.
+//! untied output head. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
+//! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
+//! masked softmax of `recipe-kernels`. Tensors carry Hugging Face names.
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
@@ -124,7 +125,7 @@ impl Llama {
         let mut x = self.p("model.embed_tokens.weight").index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = self.rotary(positions, b, t)?;
         for i in 0..self.n_layers {
-            x = self.block(i, &x, b, t, &cos, &sin, Some(mask), None)?;
+            x = self.block(i, &x, b, t, &cos, &sin, mask, None)?;
         }
         self.head(&x)
     }
@@ -143,7 +144,7 @@ impl Llama {
             (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::MIN / 2.0 })).collect();
         let mask = Tensor::from_vec(mask, (1, 1, t, total), device)?.to_dtype(self.rope.0.dtype())?;
         for i in 0..self.n_layers {
-            x = self.block(i, &x, 1, t, &cos, &sin, Some(&mask), Some(&mut cache.layers[i]))?;
+            x = self.block(i, &x, 1, t, &cos, &sin, &mask, Some(&mut cache.layers[i]))?;
         }
         cache.len = total;
         self.head(&x.narrow(0, t - 1, 1)?)
@@ -177,7 +178,7 @@ impl Llama {
         t: usize,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -187,8 +188,8 @@ impl Llama {
 
         let normed = rms_norm(x, p("input_layernorm"), c.norm_eps)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
-        let q = rope(&heads(linear(&normed, "self_attn.q_proj")?, h)?, cos, sin)?;
-        let mut k = rope(&heads(linear(&normed, "self_attn.k_proj")?, kvh)?, cos, sin)?;
+        let q = recipe_kernels::rope(&heads(linear(&normed, "self_attn.q_proj")?, h)?, cos, sin)?;
+        let mut k = recipe_kernels::rope(&heads(linear(&normed, "self_attn.k_proj")?, kvh)?, cos, sin)?;
         let mut v = heads(linear(&normed, "self_attn.v_proj")?, kvh)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -198,11 +199,9 @@ impl Llama {
             *slot = Some((k.clone(), v.clone()));
         }
         let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
-        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let attn = softmax_last_dim(&scores)?.matmul(&v.contiguous()?)?;
+        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+        let probs = recipe_kernels::masked_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?;
+        let attn = probs.matmul(&v.contiguous()?)?;
         let attn = attn.transpose(1, 2)?.reshape((b * t, h * hd))?;
         let x = (x + linear(&attn, "self_attn.o_proj")?)?;
 
@@ -216,21 +215,6 @@ impl Llama {
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
     x.broadcast_div(&rms)?.broadcast_mul(w)
-}
-
-/// Rotary embedding in the Hugging Face (rotate-half) layout: `x` `[B, H, T, hd]`.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
-    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Tensor::cat(&[r1, r2], D::Minus1)
-}
-
-/// Softmax over the last dimension from ops that all have a backward pass.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {

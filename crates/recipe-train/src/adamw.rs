@@ -4,6 +4,7 @@
 //! its state (CANDLE.md).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use candle_core::{Device, Result, Tensor};
 use recipe_spec::Optim;
@@ -12,6 +13,14 @@ use recipe_spec::Optim;
 pub struct Moments {
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+}
+
+/// One parameter as the optimizer sees it: its weights on the host, and whether it decays.
+pub struct Slot<'a> {
+    pub name: &'a str,
+    pub weights: &'a mut [f32],
+    pub grad: &'a [f32],
+    pub decay: bool,
 }
 
 pub struct AdamW {
@@ -27,28 +36,28 @@ impl AdamW {
         AdamW { config: config.clone(), moments: HashMap::new(), t: 0 }
     }
 
-    /// One update of `param` (in place) with `grad`, at learning rate `lr`.
-    /// Call [`AdamW::begin_step`] once per optimizer step first.
-    pub fn update(&mut self, name: &str, param: &mut [f32], grad: &[f32], lr: f64, decay: bool) {
-        let [b1, b2] = self.config.betas;
-        let st = self
-            .moments
-            .entry(name.to_string())
-            .or_insert_with(|| Moments { m: vec![0.0; param.len()], v: vec![0.0; param.len()] });
-        let (bc1, bc2) = (1.0 - b1.powi(self.t as i32), 1.0 - b2.powi(self.t as i32));
-        let step = (lr / bc1) as f32;
-        let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
-        let (b1, b2, eps) = (b1 as f32, b2 as f32, self.config.eps as f32);
-        let wd = if decay { (lr * self.config.weight_decay) as f32 } else { 0.0 };
-        for (((p, g), m), v) in param.iter_mut().zip(grad).zip(st.m.iter_mut()).zip(st.v.iter_mut()) {
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            *p -= wd * *p + step * *m / (v.sqrt() * inv_bc2_sqrt + eps);
-        }
-    }
-
-    pub fn begin_step(&mut self) {
+    /// One optimizer step over every parameter at learning rate `lr`, the parameters spread
+    /// over Candle's worker threads.
+    pub fn step(&mut self, slots: Vec<Slot>, lr: f64) {
         self.t += 1;
+        for s in &slots {
+            let n = s.weights.len();
+            self.moments.entry(s.name.to_string()).or_insert_with(|| Moments { m: vec![0.0; n], v: vec![0.0; n] });
+        }
+        let mut by_name: HashMap<&str, &mut Moments> = self.moments.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
+        let work: Vec<Mutex<(Slot, &mut Moments)>> = slots
+            .into_iter()
+            .map(|s| {
+                let m = by_name.remove(s.name).expect("inserted above; names are unique");
+                Mutex::new((s, m))
+            })
+            .collect();
+        let (config, t) = (&self.config, self.t);
+        recipe_kernels::parallel_for(work.len(), |i| {
+            let mut guard = work[i].lock().expect("each item is taken once");
+            let (s, m) = &mut *guard;
+            update(config, t, s.weights, s.grad, m, lr, s.decay);
+        });
     }
 
     /// The moments as named tensors, for a checkpoint.
@@ -73,6 +82,21 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+}
+
+/// The AdamW update of one parameter at step `t` (1-based), in place, in one pass.
+fn update(config: &Optim, t: u64, param: &mut [f32], grad: &[f32], st: &mut Moments, lr: f64, decay: bool) {
+    let [b1, b2] = config.betas;
+    let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+    let step = (lr / bc1) as f32;
+    let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
+    let (b1, b2, eps) = (b1 as f32, b2 as f32, config.eps as f32);
+    let wd = if decay { (lr * config.weight_decay) as f32 } else { 0.0 };
+    for (((p, g), m), v) in param.iter_mut().zip(grad).zip(st.m.iter_mut()).zip(st.v.iter_mut()) {
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        *p -= wd * *p + step * *m / (v.sqrt() * inv_bc2_sqrt + eps);
     }
 }
 
@@ -119,8 +143,7 @@ mod tests {
             let mut opt = AdamW::new(&optim());
             let mut p = [1.5f32];
             for g in grads {
-                opt.begin_step();
-                opt.update("w", &mut p, &[g as f32], 0.1, decay);
+                opt.step(vec![Slot { name: "w", weights: &mut p, grad: &[g as f32], decay }], 0.1);
             }
             let expected = reference(1.5, &grads, &optim(), decay);
             assert!((p[0] as f64 - expected).abs() < 1e-5, "decay {decay}: {} vs {expected}", p[0]);

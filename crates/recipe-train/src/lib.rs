@@ -6,18 +6,20 @@
 //! nothing here prints.
 
 mod adamw;
+mod alloc;
 mod checkpoint;
 mod error;
 mod executor;
 mod sample;
 mod trainer;
 
-pub use adamw::{AdamW, clip_global_norm};
+pub use adamw::{AdamW, Slot, clip_global_norm};
+pub use alloc::{MiMalloc, retain_freed_memory};
 pub use checkpoint::{Checkpoint, TrainState, latest_valid};
 pub use error::{Error, Result};
 pub use executor::{Hooks, NodeReport, execute};
 pub use sample::{Sampling, generate};
-pub use trainer::{Observer, Outcome, StageRun, StepMetrics, train_stage};
+pub use trainer::{Observer, Outcome, StageRun, StepMetrics, batch_loss, gradients, train_stage, update};
 
 /// Now, as RFC 3339 UTC.
 pub(crate) fn now() -> String {

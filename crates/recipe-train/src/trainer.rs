@@ -14,7 +14,7 @@ use recipe_model::{Llama, document_mask, masked_cross_entropy};
 use recipe_spec::{Precision, Recipe, Stage};
 use serde::Serialize;
 
-use crate::adamw::{AdamW, clip_global_norm};
+use crate::adamw::{AdamW, Slot, clip_global_norm};
 use crate::checkpoint::{self, TrainState};
 use crate::error::{Error, Result, io};
 
@@ -126,33 +126,11 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         // the step's loss tokens, so accumulation gives the exact mean over the batch.
         let batches: Vec<Batch> =
             (0..accumulation).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
-        let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
-        let mut grads: Vec<Vec<f32>> = model.params.iter().map(|p| vec![0.0; p.var.elem_count()]).collect();
-        let mut loss = 0.0;
-        for batch in &batches {
-            let (mean, count) = batch_loss(&model, batch, r.device)?;
-            let weighted = (mean * (count / (loss_tokens.max(1) as f64)))?;
-            loss += weighted.to_scalar::<f32>()? as f64;
-            let store = weighted.backward()?;
-            for (acc, p) in grads.iter_mut().zip(&model.params) {
-                if let Some(g) = store.get(p.var.as_tensor()) {
-                    for (a, x) in acc.iter_mut().zip(g.flatten_all()?.to_vec1::<f32>()?) {
-                        *a += x;
-                    }
-                }
-            }
-        }
+        let (loss, loss_tokens, mut grads) = gradients(&model, &batches, r.device)?;
         if !loss.is_finite() {
             return Err(Error::Run(format!("stage `{}`: the loss is {loss} at step {}", stage.name, step + 1)));
         }
-
-        let grad_norm = clip_global_norm(&mut grads, stage.optim.grad_clip);
-        optimizer.begin_step();
-        for (p, g) in model.params.iter().zip(&grads) {
-            let mut w = p.var.flatten_all()?.to_vec1::<f32>()?;
-            optimizer.update(&p.name, &mut w, g, lr, p.decay);
-            p.var.set(&Tensor::from_vec(w, p.var.shape(), r.device)?)?;
-        }
+        let grad_norm = update(&model, &mut optimizer, &mut grads, lr, r.device)?;
 
         let done = step + 1;
         let positions = (stage.batch_size * stage.seq_len) as f64;
@@ -206,8 +184,55 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     Ok(Outcome::Finished)
 }
 
+/// The step's loss (the mean over all its loss tokens), their number, and the gradient of
+/// every parameter, accumulated over the micro-batches.
+pub fn gradients(model: &Llama, batches: &[Batch], device: &Device) -> Result<(f64, u64, Vec<Vec<f32>>)> {
+    let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
+    let mut grads: Vec<Vec<f32>> = Vec::new();
+    let mut loss = 0.0;
+    for batch in batches {
+        let (mean, count) = batch_loss(model, batch, device)?;
+        let weighted = (mean * (count / (loss_tokens.max(1) as f64)))?;
+        loss += weighted.to_scalar::<f32>()? as f64;
+        let store = weighted.backward()?;
+        let first = grads.is_empty();
+        for (i, p) in model.params.iter().enumerate() {
+            let g = match store.get(p.var.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0.0; p.var.elem_count()],
+            };
+            if first {
+                grads.push(g);
+            } else {
+                grads[i].iter_mut().zip(g).for_each(|(a, x)| *a += x);
+            }
+        }
+    }
+    Ok((loss, loss_tokens, grads))
+}
+
+/// Clip the gradients to the configured global norm and take one AdamW step at `lr`.
+/// Returns the norm before clipping.
+pub fn update(model: &Llama, optimizer: &mut AdamW, grads: &mut [Vec<f32>], lr: f64, device: &Device) -> Result<f64> {
+    let grad_norm = clip_global_norm(grads, optimizer.config.grad_clip);
+    let mut weights: Vec<Vec<f32>> =
+        model.params.iter().map(|p| p.var.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
+    let slots = model
+        .params
+        .iter()
+        .zip(weights.iter_mut())
+        .zip(grads.iter())
+        .map(|((p, w), g)| Slot { name: &p.name, weights: w, grad: g, decay: p.decay })
+        .collect();
+    optimizer.step(slots, lr);
+    for (p, w) in model.params.iter().zip(weights) {
+        p.var.set(&Tensor::from_vec(w, p.var.shape(), device)?)?;
+    }
+    Ok(grad_norm)
+}
+
 /// Mean cross-entropy of one micro-batch over its loss tokens, and how many there were.
-fn batch_loss(model: &Llama, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
+pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
     let (b, t) = (batch.rows, batch.seq_len);
     let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
     let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;

@@ -1,0 +1,29 @@
+//! `recipe-kernels` holds fused Candle custom ops for the training hot loop, each with a
+//! backward pass and each tested against the plain Candle composition it replaces. A chain of
+//! Candle ops passes over memory once per op and allocates each intermediate; a fused op passes
+//! once. CPU implementations only, for now.
+
+mod rope;
+mod softmax;
+
+pub use rope::{rope, rope_reference};
+pub use softmax::{masked_softmax, masked_softmax_reference};
+
+/// Run `f(i)` for every `i` in `0..n` on Candle's own CPU worker pool, so that kernels and
+/// Candle's ops never compete for the cores with a second pool of spinning threads.
+pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+}
+
+/// Call `f(r, row)` for each row of `row_len` elements of `out`, in parallel.
+pub fn for_each_row_mut<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let rows = out.len() / row_len.max(1);
+    // The buffer's address as a plain integer, so the closure can be shared between threads.
+    let base = out.as_mut_ptr() as usize;
+    parallel_for(rows, |r| {
+        // Safety: r < rows, so the row lies inside `out`; parallel_for hands each index to
+        // exactly one call, so no two rows overlap, and `out` outlives the call.
+        let row = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(r * row_len), row_len) };
+        f(r, row)
+    });
+}

@@ -1,0 +1,96 @@
+//! Rotary embedding in the Hugging Face (rotate-half) layout, fused: for `x` `[B, H, T, hd]`
+//! and per-token `cos`, `sin` `[B, 1, T, hd/2]` shared by the heads,
+//! `y = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]`. The backward pass is the inverse rotation, i.e.
+//! the same kernel with `sin` negated; `cos` and `sin` get no gradient.
+
+use crate::for_each_row_mut;
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
+
+/// Rotate `x` by the per-token angles whose cosines and sines are given.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope)
+}
+
+/// The same, composed from plain Candle ops: the reference the fused op is tested against.
+pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
+    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Tensor::cat(&[r1, r2], D::Minus1)
+}
+
+struct Rope;
+
+macro_rules! rotate {
+    ($t:ty, $name:ident) => {
+        fn $name(x: &[$t], cos: &[$t], sin: &[$t], heads: usize, t: usize, hd: usize) -> Vec<$t> {
+            let half = hd / 2;
+            let mut out = vec![0.0; x.len()];
+            for_each_row_mut(&mut out, hd, |r, y| {
+                let angle_row = (r / (heads * t)) * t + r % t;
+                let (c, s) = (&cos[angle_row * half..][..half], &sin[angle_row * half..][..half]);
+                let xr = &x[r * hd..(r + 1) * hd];
+                for j in 0..half {
+                    let (a, b) = (xr[j], xr[j + half]);
+                    y[j] = a * c[j] - b * s[j];
+                    y[j + half] = b * c[j] + a * s[j];
+                }
+            });
+            out
+        }
+    };
+}
+
+rotate!(f32, rotate_f32);
+rotate!(f64, rotate_f64);
+
+fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("rope needs contiguous inputs"),
+    }
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, h, t, hd) = l1.shape().dims4()?;
+        if hd % 2 != 0 || l2.shape().dims() != [b, 1, t, hd / 2] || l3.shape() != l2.shape() {
+            candle_core::bail!("rope: cos/sin {:?} do not fit x {:?}", l2.shape(), l1.shape());
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(rotate_f32(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, h, t, hd))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(rotate_f64(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, h, t, hd))
+            }
+            _ => candle_core::bail!("rope supports f32 and f64 of one dtype"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = dy.contiguous()?.apply_op3_no_bwd(cos, &sin.neg()?, &Rope)?;
+        Ok((Some(dx), None, None))
+    }
+}

@@ -1,0 +1,91 @@
+//! Training throughput on the two reference configurations of the trainer issue, f32, random
+//! tokens, one document per row: forward, forward + backward, and the whole optimizer step
+//! (gradients, clipping, AdamW). `cargo bench -p recipe-train --bench train_step`
+//! (RAYON_NUM_THREADS=2 on the reference machine).
+
+use candle_core::Device;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use recipe_data::Batch;
+use recipe_model::Llama;
+use recipe_spec::{Model, Optim};
+use recipe_train::{AdamW, batch_loss, gradients, update};
+
+#[global_allocator]
+static ALLOCATOR: recipe_train::MiMalloc = recipe_train::MiMalloc;
+
+struct Config {
+    name: &'static str,
+    vocab: u32,
+    d_model: u32,
+    n_layers: u32,
+    n_heads: u32,
+    d_ff: u32,
+    seq: usize,
+    batch: usize,
+}
+
+const CONFIGS: [Config; 2] = [
+    Config { name: "tiny", vocab: 512, d_model: 128, n_layers: 4, n_heads: 4, d_ff: 512, seq: 256, batch: 8 },
+    Config { name: "small", vocab: 8192, d_model: 384, n_layers: 6, n_heads: 6, d_ff: 1536, seq: 512, batch: 4 },
+];
+
+fn random_batch(c: &Config) -> Batch {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let n = c.batch * c.seq;
+    let mut ids = || (0..n).map(|_| (rng.next_u32() % c.vocab)).collect::<Vec<_>>();
+    Batch {
+        rows: c.batch,
+        seq_len: c.seq,
+        input_ids: ids(),
+        target_ids: ids(),
+        loss_mask: vec![1; n],
+        doc_ids: vec![0; n],
+        position_ids: (0..n).map(|i| (i % c.seq) as u32).collect(),
+    }
+}
+
+fn bench(cr: &mut Criterion) {
+    recipe_train::retain_freed_memory();
+    let dev = Device::Cpu;
+    for c in &CONFIGS {
+        let model_config = Model {
+            arch: "llama".into(),
+            vocab_size: c.vocab,
+            d_model: c.d_model,
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_heads,
+            d_ff: c.d_ff,
+            max_seq_len: c.seq as u32,
+            tie_embeddings: true,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            init_std: 0.02,
+            from: None,
+        };
+        let model = Llama::init(&model_config, 0, &dev).expect("init");
+        let batch = random_batch(c);
+        let optim =
+            Optim { kind: "adamw".into(), lr: 1e-3, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+        let mut optimizer = AdamW::new(&optim);
+        let mut group = cr.benchmark_group(format!("{} ({} params)", c.name, model.param_count()));
+        group.throughput(Throughput::Elements((c.batch * c.seq) as u64));
+        group.sample_size(10);
+        group.bench_function("forward", |b| b.iter(|| batch_loss(&model, &batch, &dev).expect("forward")));
+        group.bench_function("forward+backward", |b| {
+            b.iter(|| batch_loss(&model, &batch, &dev).expect("forward").0.backward().expect("backward"))
+        });
+        group.bench_function("step", |b| {
+            b.iter(|| {
+                let (_, _, mut grads) = gradients(&model, std::slice::from_ref(&batch), &dev).expect("gradients");
+                update(&model, &mut optimizer, &mut grads, 1e-3, &dev).expect("update")
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

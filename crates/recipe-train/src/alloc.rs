@@ -1,0 +1,34 @@
+//! The allocator for training. Each step allocates and frees the same large tensors; glibc and
+//! mimalloc's defaults hand freed memory back to the kernel, which then zeroes fresh pages on
+//! the next step (a third of a small model's step time, measured with `perf`). Programs that
+//! train declare `#[global_allocator] static A: recipe_train::MiMalloc = recipe_train::MiMalloc;`
+//! and call [`retain_freed_memory`] first thing.
+
+pub use mimalloc::MiMalloc;
+
+// Indices of mimalloc's `mi_option_t` for the bundled mimalloc (libmimalloc-sys 0.1.49), whose
+// bindings do not name these two.
+const PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed memory mapped for reuse instead of returning it to the kernel.
+pub fn retain_freed_memory() {
+    // Safety: setting an option is a plain store in mimalloc; any value is valid for both.
+    unsafe {
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+        libmimalloc_sys::mi_option_set(PURGE_DECOMMITS, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_option_indices_name_the_purge_options() {
+        super::retain_freed_memory();
+        // Safety: reading an option is a plain load.
+        let (delay, decommits) = unsafe {
+            (libmimalloc_sys::mi_option_get(super::PURGE_DELAY), libmimalloc_sys::mi_option_get(super::PURGE_DECOMMITS))
+        };
+        assert_eq!((delay, decommits), (-1, 0));
+    }
+}
