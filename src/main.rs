@@ -124,7 +124,7 @@ struct RecipeArgs {
 }
 
 #[global_allocator]
-static ALLOCATOR: recipe_train::MiMalloc = recipe_train::MiMalloc;
+static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
 
 /// How a verb failed, which decides the exit code.
 pub enum Failure {
@@ -135,7 +135,7 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
-    recipe_train::retain_freed_memory();
+    recipe_kernels::retain_freed_memory();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::INFO,

@@ -1,30 +1,64 @@
-//! Each fused kernel against the Candle composition it replaces, forward and backward, at the
-//! attention shape of the "tiny" reference configuration (B 8, H 4, T 256).
+//! Each fused kernel against the Candle composition it replaces, forward and forward+backward,
+//! at the shapes of the "tiny" reference configuration (B 8, H 4, T 256, head dim 32,
+//! d_model 128) and the "small" one's vocabulary (8192) for cross-entropy.
 //! `cargo bench -p recipe-kernels --bench kernels`
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
 use criterion::{Criterion, criterion_group, criterion_main};
-use recipe_kernels::{masked_softmax, masked_softmax_reference};
+use recipe_kernels as k;
 
-fn bench(c: &mut Criterion) {
-    let dev = Device::Cpu;
-    let (b, h, t) = (8, 4, 256);
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, t, t), &dev).unwrap()).unwrap();
-    let mask: Vec<f32> = (0..b * t * t).map(|k| if k % t > (k / t) % t { f32::MIN / 2.0 } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev).unwrap();
-    let dy = Tensor::randn(0f32, 1.0, (b, h, t, t), &dev).unwrap();
-    let mut g = c.benchmark_group("masked softmax 8x4x256x256");
+#[global_allocator]
+static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
+
+/// Bench `fused` and `plain` (each mapping the variable to an output), forward and backward.
+fn pair(
+    c: &mut Criterion,
+    name: &str,
+    x: &Var,
+    fused: &dyn Fn(&Tensor) -> Result<Tensor>,
+    plain: &dyn Fn(&Tensor) -> Result<Tensor>,
+) {
+    let mut g = c.benchmark_group(name);
     g.sample_size(20);
-    for (name, f) in [
-        ("fused", masked_softmax as fn(&Tensor, &Tensor, f64) -> candle_core::Result<Tensor>),
-        ("candle ops", masked_softmax_reference),
-    ] {
-        g.bench_function(format!("{name} forward"), |bch| bch.iter(|| f(&x, &mask, 0.17).unwrap()));
-        g.bench_function(format!("{name} forward+backward"), |bch| {
-            bch.iter(|| (f(&x, &mask, 0.17).unwrap() * &dy).unwrap().sum_all().unwrap().backward().unwrap())
+    for (label, f) in [("fused", fused), ("candle ops", plain)] {
+        g.bench_function(format!("{label} forward"), |b| b.iter(|| f(x).unwrap()));
+        g.bench_function(format!("{label} forward+backward"), |b| {
+            b.iter(|| f(x).unwrap().sum_all().unwrap().backward().unwrap())
         });
     }
     g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    recipe_kernels::retain_freed_memory();
+    let dev = Device::Cpu;
+    let var = |shape: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap();
+    let (b, h, t, hd, d) = (8, 4, 256, 32, 128);
+
+    let scores = var(&[b, h, t, t]);
+    let mask: Vec<f32> = (0..b * t * t).map(|i| if i % t > (i / t) % t { f32::MIN / 2.0 } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev).unwrap();
+    let dy = Tensor::randn(0f32, 1.0, (b, h, t, t), &dev).unwrap();
+    pair(c, "masked softmax 8x4x256x256", &scores, &|x| k::masked_softmax(x, &mask, 0.17)? * &dy, &|x| {
+        k::masked_softmax_reference(x, &mask, 0.17)? * &dy
+    });
+
+    let q = var(&[b, h, t, hd]);
+    let cos = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
+    let sin = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
+    pair(c, "rope 8x4x256x32", &q, &|x| k::rope(x, &cos, &sin), &|x| k::rope_reference(x, &cos, &sin));
+
+    let x = var(&[b * t, d]);
+    let w = Tensor::randn(0f32, 1.0, d, &dev).unwrap();
+    pair(c, "rms norm 2048x128", &x, &|x| k::rms_norm(x, &w, 1e-5), &|x| k::rms_norm_reference(x, &w, 1e-5));
+
+    let n = 2048;
+    let logits = var(&[n, 8192]);
+    let targets = Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % 8192).collect::<Vec<_>>(), n, &dev).unwrap();
+    let ones = Tensor::ones(n, candle_core::DType::F32, &dev).unwrap();
+    pair(c, "cross-entropy 2048x8192", &logits, &|x| k::cross_entropy_rows(x, &targets, &ones), &|x| {
+        k::cross_entropy_rows_reference(x, &targets, &ones)
+    });
 }
 
 criterion_group!(benches, bench);

@@ -3,9 +3,15 @@
 //! Candle ops passes over memory once per op and allocates each intermediate; a fused op passes
 //! once. CPU implementations only, for now.
 
+mod alloc;
+mod cross_entropy;
+mod rms_norm;
 mod rope;
 mod softmax;
 
+pub use alloc::{MiMalloc, retain_freed_memory};
+pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_reference};
+pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{masked_softmax, masked_softmax_reference};
 

@@ -9,5 +9,5 @@ mod llama;
 mod loss;
 
 pub use hf::hf_config;
-pub use llama::{KvCache, Llama, Param, document_mask, rms_norm};
+pub use llama::{KvCache, Llama, Param, document_mask};
 pub use loss::masked_cross_entropy;

@@ -2,9 +2,10 @@
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
 //! untied output head. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
 //! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
-//! masked softmax of `recipe-kernels`. Tensors carry Hugging Face names.
+//! RMSNorm, rotary embedding and masked softmax of `recipe-kernels`. Tensors carry Hugging Face
+//! names.
 
-use candle_core::{D, DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_spec::Model as Config;
@@ -155,7 +156,7 @@ impl Llama {
     }
 
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = rms_norm(x, self.p("model.norm.weight"), self.config.norm_eps)?;
+        let x = recipe_kernels::rms_norm(x, self.p("model.norm.weight"), self.config.norm_eps)?;
         let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         x.matmul(&self.p(w).t()?)
     }
@@ -186,7 +187,7 @@ impl Llama {
         let p = |n: &str| self.p(&format!("model.layers.{i}.{n}.weight"));
         let linear = |x: &Tensor, n: &str| x.matmul(&p(n).t()?);
 
-        let normed = rms_norm(x, p("input_layernorm"), c.norm_eps)?;
+        let normed = recipe_kernels::rms_norm(x, p("input_layernorm"), c.norm_eps)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
         let q = recipe_kernels::rope(&heads(linear(&normed, "self_attn.q_proj")?, h)?, cos, sin)?;
         let mut k = recipe_kernels::rope(&heads(linear(&normed, "self_attn.k_proj")?, kvh)?, cos, sin)?;
@@ -205,16 +206,10 @@ impl Llama {
         let attn = attn.transpose(1, 2)?.reshape((b * t, h * hd))?;
         let x = (x + linear(&attn, "self_attn.o_proj")?)?;
 
-        let normed = rms_norm(&x, p("post_attention_layernorm"), c.norm_eps)?;
+        let normed = recipe_kernels::rms_norm(&x, p("post_attention_layernorm"), c.norm_eps)?;
         let gated = (linear(&normed, "mlp.gate_proj")?.silu()? * linear(&normed, "mlp.up_proj")?)?;
         x + linear(&gated, "mlp.down_proj")?
     }
-}
-
-/// x / sqrt(mean(x²) + eps) · w over the last dimension.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    x.broadcast_div(&rms)?.broadcast_mul(w)
 }
 
 fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {

@@ -13,7 +13,7 @@ use recipe_spec::{Model, Optim};
 use recipe_train::{AdamW, batch_loss, gradients, update};
 
 #[global_allocator]
-static ALLOCATOR: recipe_train::MiMalloc = recipe_train::MiMalloc;
+static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
 
 struct Config {
     name: &'static str,
@@ -47,7 +47,7 @@ fn random_batch(c: &Config) -> Batch {
 }
 
 fn bench(cr: &mut Criterion) {
-    recipe_train::retain_freed_memory();
+    recipe_kernels::retain_freed_memory();
     let dev = Device::Cpu;
     for c in &CONFIGS {
         let model_config = Model {

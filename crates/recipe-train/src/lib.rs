@@ -6,7 +6,6 @@
 //! nothing here prints.
 
 mod adamw;
-mod alloc;
 mod checkpoint;
 mod error;
 mod executor;
@@ -14,7 +13,6 @@ mod sample;
 mod trainer;
 
 pub use adamw::{AdamW, Slot, clip_global_norm};
-pub use alloc::{MiMalloc, retain_freed_memory};
 pub use checkpoint::{Checkpoint, TrainState, latest_valid};
 pub use error::{Error, Result};
 pub use executor::{Hooks, NodeReport, execute};

@@ -1,7 +1,7 @@
 //! The allocator for training. Each step allocates and frees the same large tensors; glibc and
 //! mimalloc's defaults hand freed memory back to the kernel, which then zeroes fresh pages on
 //! the next step (a third of a small model's step time, measured with `perf`). Programs that
-//! train declare `#[global_allocator] static A: recipe_train::MiMalloc = recipe_train::MiMalloc;`
+//! train declare `#[global_allocator] static A: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;`
 //! and call [`retain_freed_memory`] first thing.
 
 pub use mimalloc::MiMalloc;

@@ -1,0 +1,156 @@
+//! Cross-entropy over the vocabulary, fused: per row of `logits` `[N, V]`, the masked
+//! negative log-likelihood `mask · (logsumexp(row) − row[target])`, in one pass. The backward
+//! pass writes `dlogits = (softmax(row) − onehot(target)) · mask · dloss` in one more pass,
+//! without keeping the softmax between the two.
+
+use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
+
+use crate::for_each_row_mut;
+
+/// Per-row masked negative log-likelihood `[N]` of `targets` `[N]` (u32) under `logits`
+/// `[N, V]`; `mask` `[N]` has the logits' dtype.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    logits.contiguous()?.apply_op3(&targets.contiguous()?, &mask.contiguous()?, CrossEntropy)
+}
+
+/// The same, composed from plain Candle ops: the reference the fused op is tested against.
+pub fn cross_entropy_rows_reference(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let picked = shifted.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?;
+    (log_z - picked)?.squeeze(1)? * mask
+}
+
+struct CrossEntropy;
+
+/// `dlogits` from the logits, the targets and each row's weight (mask · dloss).
+struct CrossEntropyGrad;
+
+macro_rules! kernels {
+    ($t:ty, $forward:ident, $backward:ident) => {
+        fn $forward(logits: &[$t], targets: &[u32], mask: &[$t]) -> Vec<$t> {
+            let v = logits.len() / targets.len().max(1);
+            let mut nll = vec![0.0; targets.len()];
+            for_each_row_mut(&mut nll, 1, |r, out| {
+                let row = &logits[r * v..(r + 1) * v];
+                let max = row.iter().cloned().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let log_z = row.iter().map(|x| (x - max).exp()).sum::<$t>().ln() + max;
+                out[0] = mask[r] * (log_z - row[targets[r] as usize]);
+            });
+            nll
+        }
+
+        fn $backward(logits: &[$t], targets: &[u32], weight: &[$t]) -> Vec<$t> {
+            let v = logits.len() / targets.len().max(1);
+            let mut d = vec![0.0; logits.len()];
+            for_each_row_mut(&mut d, v, |r, out| {
+                let row = &logits[r * v..(r + 1) * v];
+                if weight[r] == 0.0 {
+                    return;
+                }
+                let max = row.iter().cloned().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let mut sum = 0.0;
+                for (o, x) in out.iter_mut().zip(row) {
+                    *o = (x - max).exp();
+                    sum += *o;
+                }
+                let scale = weight[r] / sum;
+                out.iter_mut().for_each(|o| *o *= scale);
+                out[targets[r] as usize] -= weight[r];
+            });
+            d
+        }
+    };
+}
+
+kernels!(f32, forward_f32, backward_f32);
+kernels!(f64, forward_f64, backward_f64);
+
+fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("cross_entropy needs contiguous inputs"),
+    }
+}
+
+fn check(logits: &Layout, targets: &Layout, rows: &Layout, ids: &[u32]) -> Result<()> {
+    let (n, v) = logits.shape().dims2()?;
+    if targets.shape().dims() != [n] || rows.shape().dims() != [n] {
+        candle_core::bail!("cross_entropy: targets {:?} and mask {:?} must be [{n}]", targets.shape(), rows.shape());
+    }
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("cross_entropy: target {bad} is outside the vocabulary of {v}");
+    }
+    Ok(())
+}
+
+impl CustomOp3 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let targets = slice::<u32>(s2, l2)?;
+        check(l1, l2, l3, targets)?;
+        let out = match (s1, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(forward_f32(slice(s1, l1)?, targets, slice(s3, l3)?))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(forward_f64(slice(s1, l1)?, targets, slice(s3, l3)?))
+            }
+            _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
+        };
+        Ok((out, Shape::from(targets.len())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+        _nll: &Tensor,
+        dnll: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let weight = (mask * dnll)?.contiguous()?;
+        let d = logits.apply_op3_no_bwd(targets, &weight, &CrossEntropyGrad)?;
+        Ok((Some(d), None, None))
+    }
+}
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let targets = slice::<u32>(s2, l2)?;
+        check(l1, l2, l3, targets)?;
+        let out = match (s1, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(backward_f32(slice(s1, l1)?, targets, slice(s3, l3)?))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(backward_f64(slice(s1, l1)?, targets, slice(s3, l3)?))
+            }
+            _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}

@@ -1,0 +1,44 @@
+//! The fused RMSNorm against its plain Candle composition: output, and gradients of both the
+//! input and the weight.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use recipe_kernels::{rms_norm, rms_norm_reference};
+
+fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| (rng.next_u32() as f64 / u32::MAX as f64) * 4.0 - 2.0).collect()
+}
+
+#[test]
+fn matches_the_composition_forward_and_backward() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // 150 rows spans several blocks of the weight-gradient sum, the last one partial.
+    for (rows, d, dtype) in [(150, 12, DType::F32), (3, 5, DType::F64), (70, 8, DType::F64)] {
+        let t = |rng: &mut ChaCha8Rng, shape: &[usize]| {
+            let n = shape.iter().product();
+            Tensor::from_vec(random(rng, n), shape, &dev).unwrap().to_dtype(dtype).unwrap()
+        };
+        let (x, w, dy) = (t(&mut rng, &[rows, d]), t(&mut rng, &[d]), t(&mut rng, &[rows, d]));
+        let (xa, wa) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+        let (xb, wb) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+        let fused = rms_norm(&xa, &wa, 1e-5).unwrap();
+        let plain = rms_norm_reference(&xb, &wb, 1e-5).unwrap();
+        let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+        assert_close(&fused, &plain, tol);
+        let ga = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), tol);
+        assert_close(ga.get(&wa).unwrap(), gb.get(&wb).unwrap(), tol * 10.0);
+    }
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.dims(), b.dims());
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
+    }
+}
