@@ -144,7 +144,7 @@ fn prepare_tokenizes_once_and_plan_then_reports_measured_data_facts() {
     let efficiency = stage["packing"]["efficiency"].as_f64().unwrap();
     assert!(efficiency > 0.95, "{efficiency}");
     let moby = &stage["sources"]["moby"];
-    let capacity = 300.0 * 16.0 * 129.0;
+    let capacity = 600.0 * 16.0 * 129.0;
     assert_eq!(
         moby["tokens"].as_f64().unwrap(),
         (efficiency * capacity).round(),

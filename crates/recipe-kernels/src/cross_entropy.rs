@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
 
-use crate::for_each_row_mut;
+use crate::{contiguous, for_each_row_mut};
 
 /// Per-row masked negative log-likelihood `[N]` of `targets` `[N]` (u32) under `logits`
 /// `[N, V]`; `mask` `[N]` has the logits' dtype.
@@ -66,13 +66,6 @@ macro_rules! kernels {
 kernels!(f32, forward_f32, backward_f32);
 kernels!(f64, forward_f64, backward_f64);
 
-fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("cross_entropy needs contiguous inputs"),
-    }
-}
-
 fn check(logits: &Layout, targets: &Layout, rows: &Layout, ids: &[u32]) -> Result<()> {
     let (n, v) = logits.shape().dims2()?;
     if targets.shape().dims() != [n] || rows.shape().dims() != [n] {
@@ -98,14 +91,14 @@ impl CustomOp3 for CrossEntropy {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let targets = slice::<u32>(s2, l2)?;
+        let targets = contiguous::<u32>(s2, l2)?;
         check(l1, l2, l3, targets)?;
         let out = match (s1, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(forward_f32(slice(s1, l1)?, targets, slice(s3, l3)?))
+                CpuStorage::F32(forward_f32(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(forward_f64(slice(s1, l1)?, targets, slice(s3, l3)?))
+                CpuStorage::F64(forward_f64(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
             }
             _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
         };
@@ -140,14 +133,14 @@ impl CustomOp3 for CrossEntropyGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let targets = slice::<u32>(s2, l2)?;
+        let targets = contiguous::<u32>(s2, l2)?;
         check(l1, l2, l3, targets)?;
         let out = match (s1, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward_f32(slice(s1, l1)?, targets, slice(s3, l3)?))
+                CpuStorage::F32(backward_f32(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward_f64(slice(s1, l1)?, targets, slice(s3, l3)?))
+                CpuStorage::F64(backward_f64(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
             }
             _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
         };

@@ -15,6 +15,17 @@ pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{masked_softmax, masked_softmax_reference};
 
+/// The elements of a contiguous CPU tensor; custom ops call `.contiguous()` before applying.
+pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("fused kernels need contiguous inputs"),
+    }
+}
+
 /// Run `f(i)` for every `i` in `0..n` on Candle's own CPU worker pool, so that kernels and
 /// Candle's ops never compete for the cores with a second pool of spinning threads.
 pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {

@@ -5,7 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 
-use crate::for_each_row_mut;
+use crate::{contiguous, for_each_row_mut};
 
 /// RMSNorm of `x` `[..., d]` with weight `w` `[d]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
@@ -85,13 +85,6 @@ macro_rules! kernels {
 kernels!(f32, forward_f32, backward_f32);
 kernels!(f64, forward_f64, backward_f64);
 
-fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("rms_norm needs contiguous inputs"),
-    }
-}
-
 fn check(l1: &Layout, l2: &Layout) -> Result<()> {
     let d = l1.shape().dims().last().copied().unwrap_or(0);
     if l2.shape().dims() != [d] {
@@ -109,10 +102,10 @@ impl CustomOp2 for RmsNorm {
         check(l1, l2)?;
         let y = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(forward_f32(slice(s1, l1)?, slice(s2, l2)?, self.eps))
+                CpuStorage::F32(forward_f32(contiguous(s1, l1)?, contiguous(s2, l2)?, self.eps))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(forward_f64(slice(s1, l1)?, slice(s2, l2)?, self.eps))
+                CpuStorage::F64(forward_f64(contiguous(s1, l1)?, contiguous(s2, l2)?, self.eps))
             }
             _ => candle_core::bail!("rms_norm supports f32 and f64 of one dtype"),
         };
@@ -145,10 +138,10 @@ impl CustomOp3 for RmsNormGrad {
         check(l1, l2)?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward_f32(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps))
+                CpuStorage::F32(backward_f32(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, self.eps))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward_f64(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, self.eps))
+                CpuStorage::F64(backward_f64(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, self.eps))
             }
             _ => candle_core::bail!("rms_norm supports f32 and f64 of one dtype"),
         };

@@ -3,7 +3,7 @@
 //! `y = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]`. The backward pass is the inverse rotation, i.e.
 //! the same kernel with `sin` negated; `cos` and `sin` get no gradient.
 
-use crate::for_each_row_mut;
+use crate::{contiguous, for_each_row_mut};
 use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
 
 /// Rotate `x` by the per-token angles whose cosines and sines are given.
@@ -45,13 +45,6 @@ macro_rules! rotate {
 rotate!(f32, rotate_f32);
 rotate!(f64, rotate_f64);
 
-fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("rope needs contiguous inputs"),
-    }
-}
-
 impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {
         "rope"
@@ -72,10 +65,10 @@ impl CustomOp3 for Rope {
         }
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(rotate_f32(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, h, t, hd))
+                CpuStorage::F32(rotate_f32(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, h, t, hd))
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(rotate_f64(slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?, h, t, hd))
+                CpuStorage::F64(rotate_f64(contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?, h, t, hd))
             }
             _ => candle_core::bail!("rope supports f32 and f64 of one dtype"),
         };

@@ -3,7 +3,7 @@
 //! heads. Forward is one pass per row; backward is one pass per row,
 //! `dx = scale · y ⊙ (dy − Σ y·dy)`; the bias gets no gradient.
 
-use crate::for_each_row_mut;
+use crate::{contiguous, for_each_row_mut};
 use candle_core::{CpuStorage, CustomOp2, D, Layout, Result, Shape, Tensor};
 
 /// `softmax(scale · x + bias)` over the last dimension, fused.
@@ -49,13 +49,6 @@ impl Rows {
     fn bias_row(&self, r: usize) -> usize {
         let b = r / (self.heads * self.tq);
         b * self.tq + r % self.tq
-    }
-}
-
-fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("masked_softmax needs contiguous inputs"),
     }
 }
 

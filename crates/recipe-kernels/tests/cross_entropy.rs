@@ -4,6 +4,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+
+mod common;
+use common::assert_close;
 use recipe_kernels::{cross_entropy_rows, cross_entropy_rows_reference};
 
 #[test]
@@ -27,14 +30,5 @@ fn matches_the_composition_forward_and_backward() {
         let ga = (fused * &dloss).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (plain * &dloss).unwrap().sum_all().unwrap().backward().unwrap();
         assert_close(ga.get(&a).unwrap(), gb.get(&b).unwrap(), tol);
-    }
-}
-
-fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
     }
 }

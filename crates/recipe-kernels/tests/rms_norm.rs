@@ -3,12 +3,11 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
-use recipe_kernels::{rms_norm, rms_norm_reference};
+use rand_core::SeedableRng;
 
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| (rng.next_u32() as f64 / u32::MAX as f64) * 4.0 - 2.0).collect()
-}
+mod common;
+use common::{assert_close, random};
+use recipe_kernels::{rms_norm, rms_norm_reference};
 
 #[test]
 fn matches_the_composition_forward_and_backward() {
@@ -18,7 +17,7 @@ fn matches_the_composition_forward_and_backward() {
     for (rows, d, dtype) in [(150, 12, DType::F32), (3, 5, DType::F64), (70, 8, DType::F64)] {
         let t = |rng: &mut ChaCha8Rng, shape: &[usize]| {
             let n = shape.iter().product();
-            Tensor::from_vec(random(rng, n), shape, &dev).unwrap().to_dtype(dtype).unwrap()
+            Tensor::from_vec(random(rng, n, 2.0), shape, &dev).unwrap().to_dtype(dtype).unwrap()
         };
         let (x, w, dy) = (t(&mut rng, &[rows, d]), t(&mut rng, &[d]), t(&mut rng, &[rows, d]));
         let (xa, wa) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
@@ -31,14 +30,5 @@ fn matches_the_composition_forward_and_backward() {
         let gb = (plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), tol);
         assert_close(ga.get(&wa).unwrap(), gb.get(&wb).unwrap(), tol * 10.0);
-    }
-}
-
-fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
     }
 }

@@ -2,28 +2,31 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
-use recipe_kernels::{rope, rope_reference};
+use rand_core::SeedableRng;
 
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| (rng.next_u32() as f64 / u32::MAX as f64) * 4.0 - 2.0).collect()
-}
+mod common;
+use common::{assert_close, random};
+use recipe_kernels::{rope, rope_reference};
 
 #[test]
 fn matches_the_composition_forward_and_backward() {
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for (b, h, t, hd, dtype) in [(2, 3, 5, 8, DType::F32), (1, 2, 4, 6, DType::F64)] {
-        let x =
-            Tensor::from_vec(random(&mut rng, b * h * t * hd), (b, h, t, hd), &dev).unwrap().to_dtype(dtype).unwrap();
-        let angles = random(&mut rng, b * t * hd / 2);
+        let x = Tensor::from_vec(random(&mut rng, b * h * t * hd, 2.0), (b, h, t, hd), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let angles = random(&mut rng, b * t * hd / 2, 2.0);
         let cos =
             Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (b, 1, t, hd / 2), &dev).unwrap();
         let sin =
             Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (b, 1, t, hd / 2), &dev).unwrap();
         let (cos, sin) = (cos.to_dtype(dtype).unwrap(), sin.to_dtype(dtype).unwrap());
-        let dy =
-            Tensor::from_vec(random(&mut rng, b * h * t * hd), (b, h, t, hd), &dev).unwrap().to_dtype(dtype).unwrap();
+        let dy = Tensor::from_vec(random(&mut rng, b * h * t * hd, 2.0), (b, h, t, hd), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         let (xa, xb) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&x).unwrap());
         let fused = rope(&xa, &cos, &sin).unwrap();
         let plain = rope_reference(&xb, &cos, &sin).unwrap();
@@ -32,13 +35,5 @@ fn matches_the_composition_forward_and_backward() {
         let ga = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), tol);
-    }
-}
-
-fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
     }
 }

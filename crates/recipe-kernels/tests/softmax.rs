@@ -3,12 +3,11 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
-use recipe_kernels::{masked_softmax, masked_softmax_reference};
+use rand_core::SeedableRng;
 
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| (rng.next_u32() as f64 / u32::MAX as f64) * 6.0 - 3.0).collect()
-}
+mod common;
+use common::{assert_close, random};
+use recipe_kernels::{masked_softmax, masked_softmax_reference};
 
 /// A causal mask with a document boundary in each row of the batch.
 fn bias(b: usize, tq: usize, tk: usize, split: usize) -> Vec<f64> {
@@ -32,11 +31,15 @@ fn matches_the_composition_forward_and_backward() {
     let dev = Device::Cpu;
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for (b, h, tq, tk, dtype) in [(2, 3, 7, 7, DType::F32), (1, 2, 3, 9, DType::F32), (2, 2, 5, 5, DType::F64)] {
-        let x =
-            Tensor::from_vec(random(&mut rng, b * h * tq * tk), (b, h, tq, tk), &dev).unwrap().to_dtype(dtype).unwrap();
+        let x = Tensor::from_vec(random(&mut rng, b * h * tq * tk, 3.0), (b, h, tq, tk), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         let m = Tensor::from_vec(bias(b, tq, tk, 3), (b, 1, tq, tk), &dev).unwrap().to_dtype(dtype).unwrap();
-        let dy =
-            Tensor::from_vec(random(&mut rng, b * h * tq * tk), (b, h, tq, tk), &dev).unwrap().to_dtype(dtype).unwrap();
+        let dy = Tensor::from_vec(random(&mut rng, b * h * tq * tk, 3.0), (b, h, tq, tk), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         let scale = 0.37;
         let (xa, xb) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&x).unwrap());
         let fused = masked_softmax(&xa, &m, scale).unwrap();
@@ -46,13 +49,5 @@ fn matches_the_composition_forward_and_backward() {
         let ga = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), tol * 10.0);
-    }
-}
-
-fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
     }
 }
