@@ -77,6 +77,29 @@ fn check(logits: &Layout, targets: &Layout, rows: &Layout, ids: &[u32]) -> Resul
     Ok(())
 }
 
+/// A row kernel: (logits, targets, per-row weights) → output.
+type Kernel<T> = fn(&[T], &[u32], &[T]) -> Vec<T>;
+
+/// Check the inputs (logits, targets, per-row weights) and run the kernel of their dtype.
+fn dispatch(
+    [s1, s2, s3]: [&CpuStorage; 3],
+    [l1, l2, l3]: [&Layout; 3],
+    k32: Kernel<f32>,
+    k64: Kernel<f64>,
+) -> Result<CpuStorage> {
+    let targets = contiguous::<u32>(s2, l2)?;
+    check(l1, l2, l3, targets)?;
+    Ok(match (s1, s3) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+            CpuStorage::F32(k32(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
+        }
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+            CpuStorage::F64(k64(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
+        }
+        _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
+    })
+}
+
 impl CustomOp3 for CrossEntropy {
     fn name(&self) -> &'static str {
         "cross-entropy"
@@ -91,18 +114,8 @@ impl CustomOp3 for CrossEntropy {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let targets = contiguous::<u32>(s2, l2)?;
-        check(l1, l2, l3, targets)?;
-        let out = match (s1, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(forward_f32(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(forward_f64(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
-            }
-            _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
-        };
-        Ok((out, Shape::from(targets.len())))
+        let out = dispatch([s1, s2, s3], [l1, l2, l3], forward_f32, forward_f64)?;
+        Ok((out, Shape::from(l2.shape().elem_count())))
     }
 
     fn bwd(
@@ -133,17 +146,7 @@ impl CustomOp3 for CrossEntropyGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let targets = contiguous::<u32>(s2, l2)?;
-        check(l1, l2, l3, targets)?;
-        let out = match (s1, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward_f32(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward_f64(contiguous(s1, l1)?, targets, contiguous(s3, l3)?))
-            }
-            _ => candle_core::bail!("cross_entropy supports f32 and f64 logits, with a mask of the same dtype"),
-        };
+        let out = dispatch([s1, s2, s3], [l1, l2, l3], backward_f32, backward_f64)?;
         Ok((out, l1.shape().clone()))
     }
 }
