@@ -271,3 +271,15 @@ fn train_asks_for_a_device_this_build_has() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CPU support only"));
 }
+
+#[test]
+fn stages_this_trainer_cannot_run_are_refused_before_any_work() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = recipe(&["train", "recipes/mixtures.toml"], runs.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for stage in ["padded", "adapt", "student", "reverse"] {
+        assert!(err.contains(&format!("stage `{stage}` uses what is not implemented yet")), "{err}");
+    }
+    assert!(!runs.path().join("mixtures").exists(), "nothing ran");
+}

@@ -9,7 +9,7 @@ use recipe_graph::{Graph, NodeKind, RunDir, TOKENIZER_NODE};
 use recipe_spec::{Recipe, Tokenizer};
 
 use crate::error::{Error, Result};
-use crate::trainer::{Observer, Outcome, StageRun, train_stage};
+use crate::trainer::{Observer, Outcome, StageRun, check_supported, train_stage};
 
 /// What happened to each node.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +40,16 @@ pub fn execute(
         Some(name) => graph.closure(name),
         None => graph.nodes.iter().collect(),
     };
+    // Refuse, before any work, stages that could not finish; name them all.
+    let unsupported: Vec<String> = nodes
+        .iter()
+        .filter(|n| !run.final_dir(n).is_dir())
+        .filter_map(|n| recipe.stage(n.stage_name()?))
+        .filter_map(|s| check_supported(s).err().map(|e| e.to_string()))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Error::Run(unsupported.join("\n")));
+    }
     let mut reports = Vec::new();
     for node in nodes {
         let report = match &node.kind {

@@ -17,7 +17,9 @@ pub use checkpoint::{Checkpoint, TrainState, latest_valid};
 pub use error::{Error, Result};
 pub use executor::{Hooks, NodeReport, execute};
 pub use sample::{Sampling, generate};
-pub use trainer::{Observer, Outcome, StageRun, StepMetrics, batch_loss, gradients, train_stage, update};
+pub use trainer::{
+    Observer, Outcome, StageRun, StepMetrics, batch_loss, check_supported, gradients, train_stage, update,
+};
 
 /// Now, as RFC 3339 UTC.
 pub(crate) fn now() -> String {

@@ -67,15 +67,7 @@ pub struct StageRun<'a> {
 
 pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let (recipe, stage) = (r.recipe, r.stage);
-    if stage.precision != Precision::F32 {
-        return Err(Error::Run(format!(
-            "stage `{}`: precision \"{}\" is not implemented yet; use precision = \"f32\"",
-            stage.name, stage.precision
-        )));
-    }
-    if stage.peft.is_some() || !stage.teacher.is_empty() {
-        return Err(Error::Run(format!("stage `{}`: PEFT and distillation are not implemented yet", stage.name)));
-    }
+    check_supported(stage)?;
     let node_dir = r.run.node_dir(r.node);
     std::fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
     r.run.write_stage_config(r.node).map_err(io(&node_dir))?;
@@ -229,6 +221,29 @@ pub fn update(model: &Llama, optimizer: &mut AdamW, grads: &mut [Vec<f32>], lr: 
         p.var.set(&Tensor::from_vec(w, p.var.shape(), device)?)?;
     }
     Ok(grad_norm)
+}
+
+/// The stage features this trainer cannot run yet, as an error naming them.
+pub fn check_supported(stage: &Stage) -> Result<()> {
+    let mut missing = Vec::new();
+    if stage.precision != Precision::F32 {
+        missing.push(format!("precision = \"{}\" (only \"f32\" trains so far)", stage.precision));
+    }
+    if stage.peft.is_some() {
+        missing.push("peft".to_string());
+    }
+    if !stage.teacher.is_empty() {
+        missing.push("distillation".to_string());
+    }
+    if stage.model.from.is_some() {
+        missing.push("model.from (checkpoint import)".to_string());
+    }
+    match missing.is_empty() {
+        true => Ok(()),
+        false => {
+            Err(Error::Run(format!("stage `{}` uses what is not implemented yet: {}", stage.name, missing.join(", "))))
+        }
+    }
 }
 
 /// Mean cross-entropy of one micro-batch over its loss tokens, and how many there were.
