@@ -1,6 +1,7 @@
 //! The `recipe` command line: thin glue from clap to the library crates, one module per verb.
 
 mod diff;
+mod export;
 mod load;
 mod plan;
 mod prepare;
@@ -76,6 +77,18 @@ enum Verb {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Write a finished stage's model as a Hugging Face directory (config.json,
+    /// model.safetensors, tokenizer.json) and check that it loads back identically.
+    Export {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// The stage whose result to export.
+        #[arg(long)]
+        stage: String,
+        /// The folder to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Train a shrunken copy of the recipe (same graph and features, tiny sizes) and fail
     /// unless every stage's loss is finite and falls. Runs in `RUNS/NAME-smoke`.
@@ -176,6 +189,7 @@ fn main() -> ExitCode {
             };
             sample::run(&recipe.recipe, &recipe.sets, &cli.runs, &args)
         }
+        Verb::Export { recipe, stage, out } => export::run(&recipe.recipe, &recipe.sets, &cli.runs, stage, out),
         Verb::Smoke(r) => match smoke::run(&r.recipe, &r.sets, &cli.runs) {
             Ok(false) => return ExitCode::from(130),
             other => other.map(|_| ()),

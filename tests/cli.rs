@@ -283,3 +283,25 @@ fn stages_this_trainer_cannot_run_are_refused_before_any_work() {
     }
     assert!(!runs.path().join("mixtures").exists(), "nothing ran");
 }
+
+#[test]
+fn export_writes_a_hugging_face_directory_that_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    let out = dir.path().join("exported");
+    let early = recipe(&["export", p, "--stage", "pretrain", "--out", out.to_str().unwrap()], &runs);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&early.stderr).contains("has no result for its current key"));
+    assert!(recipe(&["train", p], &runs).status.success());
+    let done = recipe(&["export", p, "--stage", "pretrain", "--out", out.to_str().unwrap()], &runs);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let config: Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(config["hidden_size"], 32);
+    assert_eq!(config["num_key_value_heads"], 4);
+    let (_, weights) = losses(&runs);
+    assert!(std::fs::read(out.join("model.safetensors")).unwrap() == weights);
+    assert!(out.join("tokenizer.json").is_file());
+}
