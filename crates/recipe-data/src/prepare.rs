@@ -72,14 +72,14 @@ pub fn run_data_node(
 /// The recipe's tokenizer: its file, or the trained tokenizer node's result.
 pub fn tokenizer(recipe: &Recipe, graph: &Graph, run: &RunDir) -> Result<Tok> {
     match &recipe.tokenizer {
-        Tokenizer::File { resolved, .. } => Tok::load(resolved),
+        Tokenizer::File { file, .. } => Tok::load(file),
         Tokenizer::Train(_) => {
             let node = graph.node(TOKENIZER_NODE).expect("a trained tokenizer has a node");
             let path = run.final_dir(node).join("tokenizer.json");
             if !path.is_file() {
                 return Err(DataError::new("the tokenizer has not been trained yet"));
             }
-            Tok::load(&path)
+            Tok::load(&recipe_spec::checkpoint::TokenizerFile::Json(path))
         }
     }
 }

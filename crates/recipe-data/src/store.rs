@@ -71,6 +71,16 @@ pub fn format_chatml(tok: &Tok, messages: &[crate::documents::Message]) -> Resul
     Ok((ids, mask))
 }
 
+/// The ids that prompt a chat model for its next assistant turn: the conversation so far in
+/// ChatML, then `<|im_start|>assistant\n`.
+pub fn chatml_prompt(tok: &Tok, messages: &[crate::documents::Message]) -> Result<Vec<u32>> {
+    let (mut ids, _) = format_chatml(tok, messages)?;
+    let [start, _] = tok.chatml().expect("format_chatml checked the ChatML tokens");
+    ids.push(start);
+    ids.extend(tok.encode("assistant\n")?);
+    Ok(ids)
+}
+
 /// Read, split and tokenize a source into `dir` (which should be a staging folder that the
 /// caller renames into place). Parallel over documents.
 pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Progress) -> Result<StoreMeta> {

@@ -112,8 +112,8 @@ impl Graph {
                 (_, Some(node)) => {
                     m.inputs.insert(node.into(), key_of(&nodes, node));
                 }
-                (Tokenizer::File { written, resolved, .. }, None) => {
-                    m.files.insert(written.clone(), hash_file(resolved)?);
+                (Tokenizer::File { written, file, .. }, None) => {
+                    m.files.insert(written.clone(), hash_file(file.path())?);
                 }
                 (Tokenizer::Train(_), None) => unreachable!("a trained tokenizer always has a node"),
             }
@@ -124,6 +124,9 @@ impl Graph {
             let mut m = stage_fields(recipe, stage);
             if let Some(from) = &stage.model.from {
                 m.files.insert(from.clone(), hash_path(&recipe.resolve(from))?);
+            }
+            for teacher in &stage.teacher_checkpoints {
+                m.files.insert(teacher.written.clone(), hash_path(&teacher.path)?);
             }
             let mut inputs: Vec<String> = stage.data.mix.iter().map(|(s, _)| tokenize_node(s)).collect();
             inputs.extend(stage.after.iter().cloned());

@@ -8,7 +8,10 @@ use candle_core::{Device, Result, Tensor};
 use recipe_spec::Model as Config;
 use serde_json::{Value, json};
 
-use crate::llama::Llama;
+use crate::llama::{Llama, Lora};
+
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 pub fn hf_config(c: &Config, eos_token_id: u32) -> Value {
     json!({
@@ -34,18 +37,48 @@ pub fn hf_config(c: &Config, eos_token_id: u32) -> Value {
     })
 }
 
+/// The `adapter_config.json` of a PEFT LoRA adapter, as the `peft` library writes it.
+pub fn adapter_config(lora: &Lora, base_model: &str) -> Value {
+    json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": lora.targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_dora": false,
+        "inference_mode": true,
+    })
+}
+
+/// The prefix `peft` puts before a base model's tensor names.
+const PEFT_PREFIX: &str = "base_model.model.";
+
 impl Llama {
-    /// The parameters as named tensors.
+    /// The trainable parameters as named tensors: what a checkpoint holds.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect()
     }
 
-    /// Write `model.safetensors` and `config.json` into `dir`.
-    pub fn save_pretrained(&self, dir: &Path, eos_token_id: u32) -> Result<()> {
-        let map: HashMap<String, Tensor> = self.tensors().into_iter().collect();
+    /// Write `model.safetensors` (LoRA merged in) and `config.json` into `dir`; under LoRA also
+    /// the adapter alone, `adapter_model.safetensors` and `adapter_config.json`, naming
+    /// `base_model` as what it adapts.
+    pub fn save_pretrained(&self, dir: &Path, eos_token_id: u32, base_model: &str) -> Result<()> {
+        let map: HashMap<String, Tensor> = self.weights()?.into_iter().collect();
         candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
         let config = serde_json::to_vec_pretty(&hf_config(&self.config, eos_token_id)).expect("plain data");
-        std::fs::write(dir.join("config.json"), config).map_err(candle_core::Error::wrap)
+        std::fs::write(dir.join("config.json"), config).map_err(candle_core::Error::wrap)?;
+        if let Some(lora) = &self.lora {
+            let adapters: HashMap<String, Tensor> =
+                self.tensors().into_iter().map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t)).collect();
+            candle_core::safetensors::save(&adapters, dir.join(ADAPTER_WEIGHTS))?;
+            let config = serde_json::to_vec_pretty(&adapter_config(lora, base_model)).expect("plain data");
+            std::fs::write(dir.join(ADAPTER_CONFIG), config).map_err(candle_core::Error::wrap)?;
+        }
+        Ok(())
     }
 
     /// Load a model this crate saved (the architecture comes from the recipe).

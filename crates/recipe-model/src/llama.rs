@@ -4,11 +4,19 @@
 //! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
 //! RMSNorm, rotary embedding and masked softmax of `recipe-kernels`. Tensors carry Hugging Face
 //! names.
+//!
+//! Weights are either trainable [`Param`]s or frozen tensors. Frozen projections go through
+//! `frozen_linear`, whose backward computes no weight gradient; under LoRA every base weight
+//! is frozen and each adapted projection adds `(alpha / rank) · B·A·x`, with `A` and `B` the
+//! only parameters.
+
+use std::cell::Cell;
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use recipe_spec::Model as Config;
+use recipe_spec::{Model as Config, Peft, PeftMethod};
 
 /// One trainable tensor, by its Hugging Face name.
 pub struct Param {
@@ -20,10 +28,38 @@ pub struct Param {
 
 pub struct Llama {
     pub config: Config,
+    /// What training updates: every weight, or under LoRA only the adapters.
     pub params: Vec<Param>,
+    /// Weights that get no gradient: the base weights under LoRA, every weight of a teacher.
+    frozen: HashMap<String, Tensor>,
+    pub lora: Option<Lora>,
+    /// Seeds this forward pass's adapter dropout; none means no dropout (evaluation).
+    dropout_seed: Cell<Option<u64>>,
     /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`.
     rope: (Tensor, Tensor),
     n_layers: usize,
+}
+
+/// The LoRA adapters' settings.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Adapted projections, by module name (`q_proj`, ...).
+    pub targets: Vec<String>,
+}
+
+impl Lora {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+/// The adapter matrices' names for the projection whose weight is `weight`.
+pub fn lora_names(weight: &str) -> (String, String) {
+    let stem = weight.trim_end_matches(".weight");
+    (format!("{stem}.lora_A.weight"), format!("{stem}.lora_B.weight"))
 }
 
 /// Per-layer keys and values of the tokens seen so far, for generation.
@@ -37,10 +73,7 @@ impl Llama {
     /// projections further scaled by 1/sqrt(2·n_layers) (GPT-2's residual scaling), norms 1.
     /// The draw is seeded, so the same seed gives the same weights on every machine.
     pub fn init(config: &Config, seed: u64, device: &Device) -> Result<Llama> {
-        let mut key = blake3::Hasher::new();
-        key.update(b"recipe model init");
-        key.update(&seed.to_le_bytes());
-        let mut rng = ChaCha8Rng::from_seed(*key.finalize().as_bytes());
+        let mut rng = seeded(b"recipe model init", seed);
         let std = config.init_std;
         let residual_std = std / (2.0 * config.n_layers as f64).sqrt();
         let mut tensors = Vec::new();
@@ -93,28 +126,144 @@ impl Llama {
         device: &Device,
         dtype: DType,
     ) -> Result<Llama> {
-        let layout = Llama::layout(config);
-        let mut params = Vec::with_capacity(layout.len());
-        for (name, shape, decay) in layout {
-            let t = tensors
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+        let checked = Llama::checked(config, tensors, device, dtype)?;
+        let params = checked
+            .into_iter()
+            .zip(Llama::layout(config))
+            .map(|((name, t), (_, _, decay))| Ok(Param { name, var: Var::from_tensor(&t)?, decay }))
+            .collect::<Result<Vec<_>>>()?;
+        Llama::assemble(config, params, HashMap::new(), None, device, dtype)
+    }
+
+    /// A model that is only run, never trained (a distillation teacher): no weight is a
+    /// variable, so its forward pass records no graph.
+    pub fn frozen(config: &Config, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Llama> {
+        let frozen = Llama::checked(config, tensors, device, DType::F32)?.into_iter().collect();
+        Llama::assemble(config, Vec::new(), frozen, None, device, DType::F32)
+    }
+
+    /// The base weights `tensors`, frozen, with LoRA adapters on `peft.targets` in every layer:
+    /// `A` `[rank, in]` uniform in ±1/sqrt(in) from the seeded stream, `B` `[out, rank]` zero,
+    /// so training starts from exactly the base model.
+    pub fn with_lora(
+        config: &Config,
+        tensors: Vec<(String, Tensor)>,
+        peft: &Peft,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Llama> {
+        if peft.method != PeftMethod::Lora {
+            candle_core::bail!("PEFT method `{}` is not implemented", peft.method);
+        }
+        let frozen: HashMap<String, Tensor> =
+            Llama::checked(config, tensors, device, DType::F32)?.into_iter().collect();
+        let lora =
+            Lora { rank: peft.rank as usize, alpha: peft.alpha, dropout: peft.dropout, targets: peft.targets.clone() };
+        let mut rng = seeded(b"recipe lora init", seed);
+        let mut params = Vec::new();
+        for (name, shape, _) in Llama::layout(config) {
+            if !lora.targets.iter().any(|t| name.contains(&format!(".{t}."))) {
+                continue;
+            }
+            let (out, input) = (shape[0], shape[1]);
+            let (a, b) = lora_names(&name);
+            let bound = 1.0 / (input as f64).sqrt();
+            let a_init: Vec<f32> =
+                (0..lora.rank * input).map(|_| ((uniform(&mut rng) * 2.0 - 1.0) * bound) as f32).collect();
+            let a_var = Var::from_tensor(&Tensor::from_vec(a_init, (lora.rank, input), device)?)?;
+            let b_var = Var::from_tensor(&Tensor::zeros((out, lora.rank), DType::F32, device)?)?;
+            params.push(Param { name: a, var: a_var, decay: true });
+            params.push(Param { name: b, var: b_var, decay: true });
+        }
+        Llama::assemble(config, params, frozen, Some(lora), device, DType::F32)
+    }
+
+    /// `tensors` checked against the layout: each present once, with its shape, on `device` in
+    /// `dtype`; extra tensors are ignored.
+    fn checked(
+        config: &Config,
+        tensors: Vec<(String, Tensor)>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut out = Vec::new();
+        for (name, shape, _) in Llama::layout(config) {
+            let t = by_name.remove(&name).ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
             if t.dims() != shape.as_slice() {
                 return Err(candle_core::Error::Msg(format!("{name} has shape {:?}, expected {shape:?}", t.dims())));
             }
-            let var = Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?;
-            params.push(Param { name, var, decay });
+            out.push((name, t.to_dtype(dtype)?.to_device(device)?));
         }
+        Ok(out)
+    }
+
+    fn assemble(
+        config: &Config,
+        params: Vec<Param>,
+        frozen: HashMap<String, Tensor>,
+        lora: Option<Lora>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Llama> {
         let rope = rope_tables(config, device, dtype)?;
-        Ok(Llama { config: config.clone(), params, rope, n_layers: config.n_layers as usize })
+        let n_layers = config.n_layers as usize;
+        Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed: Cell::new(None), rope, n_layers })
+    }
+
+    /// Turn adapter dropout on for the next forward passes, drawing masks from `seed`; `None`
+    /// turns it off.
+    pub fn set_dropout_seed(&self, seed: Option<u64>) {
+        self.dropout_seed.set(seed);
     }
 
     fn p(&self, name: &str) -> &Tensor {
-        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor()).expect("a parameter of the layout")
+        match self.frozen.get(name) {
+            Some(t) => t,
+            None => {
+                self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor()).expect("a weight of the layout")
+            }
+        }
     }
 
+    /// The full model's weights in layout order, with any LoRA update merged in:
+    /// `W + (alpha / rank) · B·A`.
+    pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (name, _, _) in Llama::layout(&self.config) {
+            let mut w = self.p(&name).clone();
+            if let Some(lora) = &self.lora
+                && let Some((a, b)) = self.adapter(&name)
+            {
+                w = (w + (b.matmul(a)? * lora.scale())?)?;
+            }
+            out.push((name, w));
+        }
+        Ok(out)
+    }
+
+    /// `A` and `B` of the projection whose weight is `weight`, when it is adapted.
+    fn adapter(&self, weight: &str) -> Option<(&Tensor, &Tensor)> {
+        let (a, b) = lora_names(weight);
+        let find = |n: &str| self.params.iter().find(|p| p.name == n).map(|p| p.var.as_tensor());
+        Some((find(&a)?, find(&b)?))
+    }
+
+    /// `x · Wᵀ` for the weight `name`, plus the LoRA update when the projection is adapted.
+    fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let y = match self.frozen.get(name) {
+            Some(w) => recipe_kernels::frozen_linear(x, w)?,
+            None => x.matmul(&self.p(name).t()?)?,
+        };
+        let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)) else { return Ok(y) };
+        let x = match self.dropout_seed.get() {
+            Some(seed) if lora.dropout > 0.0 => dropout(x, lora.dropout, seed, name)?,
+            _ => x.clone(),
+        };
+        y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * lora.scale())?
+    }
+
+    /// Trainable elements.
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.var.elem_count()).sum()
     }
@@ -158,7 +307,7 @@ impl Llama {
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = recipe_kernels::rms_norm(x, self.p("model.norm.weight"), self.config.norm_eps)?;
         let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        x.matmul(&self.p(w).t()?)
+        self.linear(&x, w)
     }
 
     /// cos and sin for each token, `[B, 1, T, head_dim / 2]`.
@@ -185,7 +334,7 @@ impl Llama {
         let c = &self.config;
         let (h, kvh, hd) = (c.n_heads as usize, c.n_kv_heads as usize, c.head_dim() as usize);
         let p = |n: &str| self.p(&format!("model.layers.{i}.{n}.weight"));
-        let linear = |x: &Tensor, n: &str| x.matmul(&p(n).t()?);
+        let linear = |x: &Tensor, n: &str| self.linear(x, &format!("model.layers.{i}.{n}.weight"));
 
         let normed = recipe_kernels::rms_norm(x, p("input_layernorm"), c.norm_eps)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
@@ -247,9 +396,33 @@ pub fn document_mask(doc_ids: &[u32], b: usize, t: usize, device: &Device) -> Re
     Tensor::from_vec(m, (b, 1, t, t), device)
 }
 
+/// A stream for one purpose (`domain`) and seed.
+fn seeded(domain: &[u8], seed: u64) -> ChaCha8Rng {
+    let mut key = blake3::Hasher::new();
+    key.update(domain);
+    key.update(&seed.to_le_bytes());
+    ChaCha8Rng::from_seed(*key.finalize().as_bytes())
+}
+
+/// Uniform in [0, 1) with 53 random bits.
+fn uniform(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Inverted dropout of `x` with probability `p`, its mask drawn from `seed` and the
+/// projection's name, so a resumed run draws the same masks.
+fn dropout(x: &Tensor, p: f64, seed: u64, name: &str) -> Result<Tensor> {
+    let mut key = blake3::Hasher::new();
+    key.update(&seed.to_le_bytes());
+    key.update(name.as_bytes());
+    let mut rng = seeded(key.finalize().as_bytes(), seed);
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if uniform(&mut rng) < p { 0.0 } else { keep }).collect();
+    x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
+}
+
 /// `n` draws from normal(0, std) by Box–Muller over the seeded stream.
 fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
-    let uniform = |rng: &mut ChaCha8Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     (0..n)
         .map(|_| {
             let (u1, u2) = (uniform(rng).max(f64::MIN_POSITIVE), uniform(rng));

@@ -8,6 +8,7 @@
 //! Nothing below this crate parses TOML.
 
 mod canonical;
+pub mod checkpoint;
 mod decode;
 mod diag;
 mod estimate;
@@ -21,8 +22,8 @@ pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
 pub use estimate::{Estimate, Memory};
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
 pub use recipe::{
-    CHATML_TOKENS, ChatTemplate, Data, Distill, DistillLoss, Eval, Invalid, LossOn, NON_SEMANTIC_STAGE_FIELDS, OnError,
-    Optim, PEFT_MODULES, Packing, Peft, PeftMethod, Precision, Recipe, Source, SourceFormat, Stage, StageKind,
+    CHATML_TOKENS, ChatTemplate, Data, Distill, DistillLoss, Eval, Import, Invalid, LossOn, NON_SEMANTIC_STAGE_FIELDS,
+    OnError, Optim, PEFT_MODULES, Packing, Peft, PeftMethod, Precision, Recipe, Source, SourceFormat, Stage, StageKind,
     TokenDtype, Tokenizer, TokenizerTrain,
 };
 pub use schedule::{Schedule, ScheduleKind};

@@ -88,6 +88,9 @@ pub struct Model {
     pub init_std: f64,
     /// Default none: random initialisation. A path relative to the recipe's folder.
     pub from: Option<String>,
+    /// `from` resolved, when it was read: the file or folder and how it is stored.
+    #[serde(skip)]
+    pub import: Option<(std::path::PathBuf, crate::checkpoint::CheckpointFormat)>,
 }
 
 impl Model {
@@ -161,6 +164,7 @@ impl ModelSpec {
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
             from: self.from.clone(),
+            import: None,
         }
     }
 }

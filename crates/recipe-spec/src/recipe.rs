@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::checkpoint::{CheckpointFormat, CheckpointInfo, TokenizerFile, inspect, tokenizer_facts};
 use crate::decode::{self, Cx, Fields, check_range};
 use crate::diag::{Diagnostic, Origin, suggestion};
 use crate::model::{Model, ModelSpec};
@@ -81,13 +82,16 @@ pub enum Tokenizer {
     File {
         #[serde(rename = "path")]
         written: String,
+        /// A `tokenizer.json`, or the `.gguf` whose metadata holds the tokenizer.
         #[serde(skip)]
-        resolved: PathBuf,
+        file: TokenizerFile,
         /// Read from the file.
         vocab_size: u32,
         /// Whether the file has both ChatML special tokens.
         #[serde(skip)]
         has_chatml: bool,
+        #[serde(skip)]
+        fingerprint: String,
     },
     /// `train = {...}`: a byte-level BPE trained on named sources as a cached graph node.
     #[serde(rename = "train")]
@@ -159,8 +163,12 @@ pub struct Stage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// `distill` only, required there: one stage, or several whose probabilities are averaged.
+    /// The stages among `teacher`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub teacher: Vec<String>,
+    /// The imported checkpoints among `teacher` (entries holding `/` or `.`).
+    #[serde(rename = "teacher_checkpoints", skip_serializing_if = "Vec::is_empty")]
+    pub teacher_checkpoints: Vec<Import>,
     /// The stage's overrides of `[model]` as written.
     #[serde(rename = "model")]
     pub model_overrides: ModelSpec,
@@ -196,7 +204,22 @@ pub struct Stage {
     pub eval: Eval,
 }
 
-/// Stage fields that cannot change a stage's result; they are outside its content key.
+/// A checkpoint a stage imports, as its starting weights or as a teacher.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Import {
+    /// As the recipe wrote it, relative to the recipe's folder.
+    #[serde(rename = "path")]
+    pub written: String,
+    #[serde(skip)]
+    pub path: PathBuf,
+    #[serde(skip)]
+    pub format: CheckpointFormat,
+    /// The architecture, from the checkpoint.
+    #[serde(skip)]
+    pub model: Model,
+}
+
+/// Stage fields that cannot change a stage; they are outside its content key.
 pub const NON_SEMANTIC_STAGE_FIELDS: &[&str] = &["checkpoint_every", "keep_checkpoints", "log_every", "eval"];
 
 #[derive(Clone, Debug, Serialize)]
@@ -423,7 +446,16 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path) -> Reci
     let stage_names: Vec<String> = stage_nodes.iter().map(|(n, _)| n.clone()).collect();
     let stages: Vec<Stage> = stage_nodes
         .iter()
-        .map(|(name, node)| decode_stage(cx, name, node, &model, tokenizer_vocab, &sources, &stage_names))
+        .map(|(name, node)| {
+            let context = StageContext {
+                model_defaults: &model,
+                tokenizer: tokenizer.as_ref(),
+                sources: &sources,
+                stage_names: &stage_names,
+                base_dir,
+            };
+            decode_stage(cx, name, node, &context)
+        })
         .collect();
 
     check_stage_graph(cx, &stages);
@@ -452,9 +484,10 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path) -> Reci
         model,
         tokenizer: tokenizer.unwrap_or(Tokenizer::File {
             written: String::new(),
-            resolved: PathBuf::new(),
+            file: TokenizerFile::Json(PathBuf::new()),
             vocab_size: 0,
             has_chatml: false,
+            fingerprint: String::new(),
         }),
         sources,
         stages,
@@ -564,12 +597,19 @@ fn decode_tokenizer(
             let written = f.opt(cx, "path", decode::string)?;
             let resolved = base_dir.join(&written);
             let origin = cx.origins.get("tokenizer.path").cloned().unwrap_or_default();
-            match read_tokenizer_file(&resolved) {
-                Ok((vocab_size, has_chatml)) => Some(Tokenizer::File { written, resolved, vocab_size, has_chatml }),
+            let file = TokenizerFile::locate(&resolved);
+            match tokenizer_facts(&file) {
+                Ok(t) => Some(Tokenizer::File {
+                    written,
+                    file,
+                    vocab_size: t.vocab_size,
+                    has_chatml: t.has_chatml,
+                    fingerprint: t.fingerprint,
+                }),
                 Err(why) => {
                     cx.diags.push(
                         Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
-                            .label("expected a Hugging Face tokenizer.json"),
+                            .label("expected a Hugging Face tokenizer.json, a model folder holding one, or a .gguf"),
                     );
                     None
                 }
@@ -604,33 +644,6 @@ fn decode_tokenizer(
             Some(Tokenizer::Train(TokenizerTrain { kind, vocab_size, sources, min_frequency, special_tokens }))
         }
     }
-}
-
-/// The vocabulary size of a Hugging Face tokenizer.json (one more than the largest id in the
-/// model's vocabulary and the added tokens), and whether it has the ChatML tokens.
-fn read_tokenizer_file(path: &Path) -> Result<(u32, bool), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
-    let vocab = json.pointer("/model/vocab").ok_or("no `model.vocab` in it")?;
-    let mut max_id: Option<u64> = match vocab {
-        serde_json::Value::Object(map) => map.values().filter_map(|v| v.as_u64()).max(),
-        serde_json::Value::Array(items) => items.len().checked_sub(1).map(|n| n as u64),
-        _ => return Err("`model.vocab` is neither a map nor a list".into()),
-    };
-    if let Some(added) = json.get("added_tokens").and_then(|a| a.as_array()) {
-        for t in added {
-            if let Some(id) = t.get("id").and_then(|i| i.as_u64()) {
-                max_id = Some(max_id.map_or(id, |m| m.max(id)));
-            }
-        }
-    }
-    let size = max_id.ok_or("its vocabulary is empty")? + 1;
-    let size = u32::try_from(size).map_err(|_| "its vocabulary is too large".to_string())?;
-    let has = |token: &str| {
-        vocab.get(token).is_some()
-            || json["added_tokens"].as_array().is_some_and(|a| a.iter().any(|t| t["content"] == token))
-    };
-    Ok((size, CHATML_TOKENS.iter().all(|t| has(t))))
 }
 
 fn check_source_ref(cx: &mut Cx, name: &str, origin: &Origin, source_names: &[&str]) {
@@ -742,15 +755,18 @@ fn only_for(cx: &mut Cx, f: &Fields, key: &str, given: bool, applies: bool, cond
     }
 }
 
-fn decode_stage(
-    cx: &mut Cx,
-    name: &str,
-    node: &Node,
-    model_defaults: &ModelSpec,
-    tokenizer_vocab: Option<u32>,
-    sources: &[Source],
-    stage_names: &[String],
-) -> Stage {
+/// What decoding a stage needs from the rest of the recipe.
+struct StageContext<'a> {
+    model_defaults: &'a ModelSpec,
+    tokenizer: Option<&'a Tokenizer>,
+    sources: &'a [Source],
+    stage_names: &'a [String],
+    base_dir: &'a Path,
+}
+
+fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &StageContext) -> Stage {
+    let StageContext { model_defaults, tokenizer, sources, stage_names, base_dir } = *context;
+    let tokenizer_vocab = tokenizer.map(Tokenizer::vocab_size);
     let path = format!("stages.{name}");
     let f = Fields::of(cx, node, &path, STAGE_KEYS);
     f.check_unknown(cx);
@@ -782,11 +798,17 @@ fn decode_stage(
         check_stage_ref(cx, a, &origin);
     }
     let teacher = f.opt(cx, "teacher", decode::strings).unwrap_or_default();
+    let (teacher_paths, teacher): (Vec<_>, Vec<_>) = teacher.into_iter().partition(|(t, _)| is_path(t));
     for (t, origin) in &teacher {
         check_stage_ref(cx, t, origin);
     }
-    only_for(cx, &f, "teacher", !teacher.is_empty(), kind == StageKind::Distill, "kind = \"distill\"");
-    if kind == StageKind::Distill && teacher.is_empty() {
+    let teacher_checkpoints: Vec<Import> = teacher_paths
+        .iter()
+        .filter_map(|(written, origin)| import_teacher(cx, name, written, origin, base_dir, tokenizer))
+        .collect();
+    let has_teacher = !teacher.is_empty() || !teacher_paths.is_empty();
+    only_for(cx, &f, "teacher", has_teacher, kind == StageKind::Distill, "kind = \"distill\"");
+    if kind == StageKind::Distill && !has_teacher {
         cx.diags.push(
             Diagnostic::new(&f.origin, format!("distill stage `{name}` has no teacher"))
                 .label("expected `teacher = \"STAGE\"` or a list of stages")
@@ -801,7 +823,13 @@ fn decode_stage(
         Some(m) => ModelSpec::decode(cx, m, &f.child_path("model")),
         None => ModelSpec::default(),
     };
-    let model = model_defaults.overlay(&model_overrides).resolve(tokenizer_vocab);
+    let spec = model_defaults.overlay(&model_overrides);
+    let (spec, imported) = match &spec.from {
+        Some(from) => import_architecture(cx, name, &model_overrides, &spec, &base_dir.join(from), tokenizer),
+        None => (spec, None),
+    };
+    let mut model = spec.resolve(tokenizer_vocab);
+    model.import = imported;
     let field_path = |field: &str| model_field_path(name, &model_overrides, field);
     crate::model::check_model(cx, &model, &field_path);
     if let (Some(v), Some(tv)) = (model_overrides.vocab_size, tokenizer_vocab) {
@@ -881,6 +909,7 @@ fn decode_stage(
         kind,
         after,
         teacher: teacher.into_iter().map(|(t, _)| t).collect(),
+        teacher_checkpoints,
         model_overrides,
         model,
         steps,
@@ -1066,6 +1095,139 @@ fn decode_distill(cx: &mut Cx, node: &Node, path: &str) -> Distill {
     let alpha = f.opt(cx, "alpha", decode::float).unwrap_or(0.5);
     check_range(cx, &f.child_path("alpha"), alpha, (0.0..=1.0).contains(&alpha), "a weight in [0, 1]");
     Distill { loss, temperature, alpha }
+}
+
+/// A `teacher` entry names a checkpoint rather than a stage (stage names hold neither).
+fn is_path(entry: &str) -> bool {
+    entry.contains('/') || entry.contains('.')
+}
+
+/// Read a checkpoint a stage imports, or explain in a diagnostic at `origin` why it cannot be.
+fn read_checkpoint(cx: &mut Cx, path: &Path, written: &str, origin: &Origin) -> Option<CheckpointInfo> {
+    match inspect(path) {
+        Ok(info) => Some(info),
+        Err(why) => {
+            cx.diags.push(
+                Diagnostic::new(origin, format!("cannot import `{written}`: {why}"))
+                    .label("expected a Hugging Face model folder, a .safetensors file or a .gguf file"),
+            );
+            None
+        }
+    }
+}
+
+/// A checkpoint that carries a tokenizer must carry the recipe's: the same ids for the same
+/// strings.
+fn check_same_tokenizer(
+    cx: &mut Cx,
+    stage: &str,
+    info: &CheckpointInfo,
+    written: &str,
+    origin: &Origin,
+    tokenizer: Option<&Tokenizer>,
+) {
+    let (Some(theirs), Some(ours)) = (&info.tokenizer, tokenizer) else { return };
+    let same = matches!(ours, Tokenizer::File { fingerprint, .. } if *fingerprint == theirs.fingerprint);
+    if !same {
+        let what = match ours {
+            Tokenizer::File { written, .. } => format!("`{written}`"),
+            Tokenizer::Train(_) => "the tokenizer this recipe trains".into(),
+        };
+        cx.diags.push(
+            Diagnostic::new(origin, format!("stage `{stage}` uses `{written}`, whose tokenizer is not the recipe's"))
+                .label(format!(
+                    "the recipe tokenizes with {what} ({} tokens); the checkpoint was trained with {} tokens \
+                     and other ids, so its logits would mean other tokens",
+                    ours.vocab_size(),
+                    theirs.vocab_size
+                ))
+                .help(format!("set `[tokenizer] path = \"{written}\"`")),
+        );
+    }
+}
+
+/// The architecture of a stage that imports `path`: the checkpoint's, with a diagnostic for
+/// each field the recipe sets to something else. `max_seq_len` may only shrink.
+fn import_architecture(
+    cx: &mut Cx,
+    stage: &str,
+    overrides: &ModelSpec,
+    spec: &ModelSpec,
+    path: &Path,
+    tokenizer: Option<&Tokenizer>,
+) -> (ModelSpec, Option<(PathBuf, CheckpointFormat)>) {
+    let written = spec.from.clone().unwrap_or_default();
+    let from_path = model_field_path(stage, overrides, "from");
+    let from_origin = cx.origins.get(&from_path).cloned().unwrap_or_default();
+    let Some(info) = read_checkpoint(cx, path, &written, &from_origin) else { return (spec.clone(), None) };
+    check_same_tokenizer(cx, stage, &info, &written, &from_origin, tokenizer);
+    let mut arch = info.arch.clone();
+    if info.heads_unknown {
+        match spec.n_heads {
+            Some(n_heads) => {
+                let head_dim = arch.d_model.unwrap_or(0) / n_heads.max(1);
+                let kv = crate::checkpoint::safetensors_kv_width(path).unwrap_or(0);
+                arch.n_heads = Some(n_heads);
+                arch.n_kv_heads = Some(kv / head_dim.max(1));
+            }
+            None => cx.diags.push(
+                Diagnostic::new(&from_origin, format!("`{written}` has no config.json beside it"))
+                    .label("tensor shapes do not tell the number of attention heads")
+                    .help("set `n_heads` in the stage's model, or put the model's config.json beside the file"),
+            ),
+        }
+    }
+    let theirs = serde_json::to_value(&arch).expect("plain struct");
+    let mine = serde_json::to_value(spec).expect("plain struct");
+    for field in crate::model::MODEL_KEYS {
+        let (Some(t), Some(m)) = (theirs.get(field), mine.get(field)) else { continue };
+        let differs = match (t.as_f64(), m.as_f64()) {
+            (Some(t), Some(m)) if *field == "max_seq_len" => m > t,
+            (Some(t), Some(m)) => (t - m).abs() > 1e-6 * t.abs().max(m.abs()),
+            _ => t != m,
+        };
+        if differs {
+            let path = model_field_path(stage, overrides, field);
+            let origin = cx.origins.get(&path).cloned().unwrap_or_default();
+            let (relation, help) = match *field {
+                "max_seq_len" => ("at most", "lower it or remove it".to_string()),
+                _ => ("", format!("remove `{field}`: the architecture comes from the checkpoint")),
+            };
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("`{path}` is {m}, but `{written}` has {field} = {t}"))
+                    .label(format!("stage `{stage}` imports `{written}`, so {field} must be {relation} {t}"))
+                    .help(help),
+            );
+        }
+    }
+    // The recipe may train on shorter sequences than the checkpoint supports.
+    let max_seq_len = spec.max_seq_len.or(arch.max_seq_len);
+    let merged = ModelSpec { max_seq_len, init_std: spec.init_std, from: spec.from.clone(), ..arch };
+    (merged, Some((path.to_path_buf(), info.format)))
+}
+
+/// A teacher checkpoint: its architecture comes whole from the checkpoint.
+fn import_teacher(
+    cx: &mut Cx,
+    stage: &str,
+    written: &str,
+    origin: &Origin,
+    base_dir: &Path,
+    tokenizer: Option<&Tokenizer>,
+) -> Option<Import> {
+    let path = base_dir.join(written);
+    let info = read_checkpoint(cx, &path, written, origin)?;
+    check_same_tokenizer(cx, stage, &info, written, origin, tokenizer);
+    if info.heads_unknown {
+        cx.diags.push(
+            Diagnostic::new(origin, format!("teacher `{written}` has no config.json beside it"))
+                .label("a teacher's architecture must come whole from its checkpoint")
+                .help("point at the model's folder, or put its config.json beside the file"),
+        );
+        return None;
+    }
+    let model = info.arch.resolve(None);
+    Some(Import { written: written.to_string(), path, format: info.format, model })
 }
 
 /// `after` and `teacher` must form no cycle; a cycle is named in full.

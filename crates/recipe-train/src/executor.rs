@@ -5,8 +5,10 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
 use recipe_data::{Outcome as DataOutcome, run_data_node, stage_stores, tokenizer};
-use recipe_graph::{Graph, NodeKind, RunDir, TOKENIZER_NODE};
-use recipe_spec::{Recipe, Tokenizer};
+use recipe_graph::{Graph, NodeKind, RunDir};
+use recipe_model::{Llama, load_checkpoint};
+use recipe_spec::checkpoint::CheckpointFormat;
+use recipe_spec::{Recipe, Stage};
 
 use crate::error::{Error, Result};
 use crate::trainer::{Observer, Outcome, StageRun, check_supported, train_stage};
@@ -68,21 +70,15 @@ pub fn execute(
                     let stores =
                         stage_stores(stage, graph, run)?.ok_or_else(|| Error::Run("data not prepared".into()))?;
                     let tok = tokenizer(recipe, graph, run)?;
-                    let tokenizer_json = match &recipe.tokenizer {
-                        Tokenizer::File { resolved, .. } => resolved.clone(),
-                        Tokenizer::Train(_) => {
-                            run.final_dir(graph.node(TOKENIZER_NODE).expect("exists")).join("tokenizer.json")
-                        }
-                    };
                     let stage_run = StageRun {
                         recipe,
                         stage,
                         node,
                         run,
                         start_from,
+                        teachers: load_teachers(recipe, graph, run, stage, device)?,
                         stores,
-                        tokenizer_json,
-                        eos: tok.eos(),
+                        tokenizer: &tok,
                         device,
                         interrupt: hooks.interrupt,
                         observer: hooks.observer,
@@ -100,4 +96,23 @@ pub fn execute(
         reports.push((node.name.clone(), report));
     }
     Ok(reports)
+}
+
+/// A distillation stage's teachers, frozen: the finished stages it names, then the
+/// checkpoints.
+fn load_teachers(recipe: &Recipe, graph: &Graph, run: &RunDir, stage: &Stage, device: &Device) -> Result<Vec<Llama>> {
+    let stages = stage.teacher.iter().map(|name| {
+        let dir = run.final_dir(graph.node(name).expect("validated teacher"));
+        (dir, CheckpointFormat::HfDir, &recipe.stage(name).expect("validated teacher").model)
+    });
+    let imports = stage.teacher_checkpoints.iter().map(|t| (t.path.clone(), t.format, &t.model));
+    stages
+        .chain(imports)
+        .map(|(path, format, config)| {
+            let tensors = load_checkpoint(&path, format, config)
+                .map_err(|e| Error::Run(format!("cannot load teacher {}: {e}", path.display())))?;
+            Llama::frozen(config, tensors, device)
+                .map_err(|e| Error::Run(format!("teacher {} does not fit its config: {e}", path.display())))
+        })
+        .collect()
 }

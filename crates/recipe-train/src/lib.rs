@@ -2,11 +2,13 @@
 //! training loop — AdamW with decoupled weight decay and f32 moments, global-norm clipping,
 //! gradient accumulation, the recipe's LR schedule, held-out evaluation, `metrics.jsonl`,
 //! atomic checksummed checkpoints that resume bit-exactly, and the published result in Hugging
-//! Face layout. It also samples text from a finished stage. Progress goes to an [`Observer`];
+//! Face layout; LoRA stages train adapters only; distillation stages mix a KD term against
+//! frozen teachers into the loss. It also samples text from a finished stage. Progress goes to an [`Observer`];
 //! nothing here prints.
 
 mod adamw;
 mod checkpoint;
+pub mod distill;
 mod error;
 mod executor;
 mod sample;
@@ -18,7 +20,8 @@ pub use error::{Error, Result};
 pub use executor::{Hooks, NodeReport, execute};
 pub use sample::{Sampling, generate};
 pub use trainer::{
-    Observer, Outcome, StageRun, StepMetrics, batch_loss, check_supported, gradients, train_stage, update,
+    Objective, Observer, Outcome, StageRun, StepMetrics, batch_loss, build_model, check_supported, gradients,
+    train_stage, update,
 };
 
 /// Now, as RFC 3339 UTC.

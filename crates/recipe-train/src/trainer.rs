@@ -8,14 +8,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use recipe_data::{Batch, Loader, LoaderConfig, Mix, Split};
+use recipe_data::{Batch, Loader, LoaderConfig, Mix, Split, Tok};
 use recipe_graph::{Node, RecordedState, RunDir};
-use recipe_model::{Llama, document_mask, masked_cross_entropy};
-use recipe_spec::{Precision, Recipe, Stage};
+use recipe_model::{Llama, document_mask, load_checkpoint, masked_cross_entropy};
+use recipe_spec::checkpoint::CheckpointFormat;
+use recipe_spec::{Distill, PeftMethod, Precision, Recipe, Stage};
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Slot, clip_global_norm};
 use crate::checkpoint::{self, TrainState};
+use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
 
 /// One line of `metrics.jsonl`.
@@ -57,9 +59,10 @@ pub struct StageRun<'a> {
     pub run: &'a RunDir,
     /// The result folder of the stage named in `after`, if any.
     pub start_from: Option<std::path::PathBuf>,
+    /// A distillation stage's teachers, loaded frozen.
+    pub teachers: Vec<Llama>,
     pub stores: Mix,
-    pub tokenizer_json: std::path::PathBuf,
-    pub eos: u32,
+    pub tokenizer: &'a Tok,
     pub device: &'a Device,
     pub interrupt: &'a AtomicBool,
     pub observer: &'a dyn Observer,
@@ -74,10 +77,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let checkpoints = r.run.checkpoints_dir(r.node);
     let metrics_path = node_dir.join("metrics.jsonl");
 
-    let model = match &r.start_from {
-        Some(dir) => Llama::load_pretrained(&stage.model, dir, r.device)?,
-        None => Llama::init(&stage.model, recipe.seed, r.device)?,
-    };
+    let model = build_model(stage, r.start_from.as_deref(), recipe.seed, r.device)?;
+    let objective = Objective { distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())) };
     let mut optimizer = AdamW::new(&stage.optim);
     let loader_config = |split| LoaderConfig {
         seq_len: stage.seq_len,
@@ -118,7 +119,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         // the step's loss tokens, so accumulation gives the exact mean over the batch.
         let batches: Vec<Batch> =
             (0..accumulation).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
-        let (loss, loss_tokens, mut grads) = gradients(&model, &batches, r.device)?;
+        let dropout_seed = step_seed(recipe.seed, step);
+        let (loss, loss_tokens, mut grads) = gradients(&model, &batches, r.device, &objective, Some(dropout_seed))?;
         if !loss.is_finite() {
             return Err(Error::Run(format!("stage `{}`: the loss is {loss} at step {}", stage.name, step + 1)));
         }
@@ -169,21 +171,68 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     r.observer.finish();
 
     let staging = r.run.staging_dir(r.node).map_err(io(&node_dir))?;
-    model.save_pretrained(&staging, r.eos)?;
-    std::fs::copy(&r.tokenizer_json, staging.join("tokenizer.json")).map_err(io(&r.tokenizer_json))?;
+    let base_model = match (&stage.after, &stage.model.from) {
+        (Some(after), _) => format!("{}/{after}", recipe.name),
+        (None, Some(from)) => from.clone(),
+        (None, None) => String::new(),
+    };
+    model.save_pretrained(&staging, r.tokenizer.eos(), &base_model)?;
+    r.tokenizer.save(&staging.join("tokenizer.json"))?;
     r.run.publish(r.node, &staging).map_err(io(&node_dir))?;
     r.run.record(&recipe.canonical(), r.node, RecordedState::Done, Some(crate::now())).map_err(Error::Run)?;
     Ok(Outcome::Finished)
 }
 
+/// The model a stage trains: its starting weights (the `after` stage's result, else the
+/// imported checkpoint, else a seeded initialisation), with LoRA adapters under PEFT.
+pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: &Device) -> Result<Llama> {
+    let source = match (start_from, &stage.model.import) {
+        (Some(dir), _) => Some((dir, CheckpointFormat::HfDir)),
+        (None, Some((path, format))) => Some((path.as_path(), *format)),
+        (None, None) => None,
+    };
+    let Some((path, format)) = source else { return Ok(Llama::init(&stage.model, seed, device)?) };
+    let tensors = load_checkpoint(path, format, &stage.model)
+        .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
+    let model = match &stage.peft {
+        Some(peft) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
+        None => Llama::from_tensors(&stage.model, tensors, device),
+    };
+    model.map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))
+}
+
+/// What a micro-batch's loss is made of: cross-entropy on the data, mixed with the KD term
+/// when distilling.
+#[derive(Default)]
+pub struct Objective<'a> {
+    pub distill: Option<(&'a Distill, &'a [Llama])>,
+}
+
+/// The seed of one step's adapter-dropout masks.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut key = blake3::Hasher::new();
+    key.update(b"recipe dropout");
+    key.update(&seed.to_le_bytes());
+    key.update(&step.to_le_bytes());
+    u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 /// The step's loss (the mean over all its loss tokens), their number, and the gradient of
-/// every parameter, accumulated over the micro-batches.
-pub fn gradients(model: &Llama, batches: &[Batch], device: &Device) -> Result<(f64, u64, Vec<Vec<f32>>)> {
+/// every parameter, accumulated over the micro-batches. `dropout_seed` turns adapter dropout on.
+pub fn gradients(
+    model: &Llama,
+    batches: &[Batch],
+    device: &Device,
+    objective: &Objective,
+    dropout_seed: Option<u64>,
+) -> Result<(f64, u64, Vec<Vec<f32>>)> {
     let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
     let mut grads: Vec<Vec<f32>> = Vec::new();
     let mut loss = 0.0;
-    for batch in batches {
-        let (mean, count) = batch_loss(model, batch, device)?;
+    for (i, batch) in batches.iter().enumerate() {
+        model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(i as u64)));
+        let (mean, count) = batch_loss(model, batch, device, objective)?;
+        model.set_dropout_seed(None);
         let weighted = (mean * (count / (loss_tokens.max(1) as f64)))?;
         loss += weighted.to_scalar::<f32>()? as f64;
         let store = weighted.backward()?;
@@ -229,14 +278,8 @@ pub fn check_supported(stage: &Stage) -> Result<()> {
     if stage.precision != Precision::F32 {
         missing.push(format!("precision = \"{}\" (only \"f32\" trains so far)", stage.precision));
     }
-    if stage.peft.is_some() {
-        missing.push("peft".to_string());
-    }
-    if !stage.teacher.is_empty() {
-        missing.push("distillation".to_string());
-    }
-    if stage.model.from.is_some() {
-        missing.push("model.from (checkpoint import)".to_string());
+    if stage.peft.as_ref().is_some_and(|p| p.method != PeftMethod::Lora) {
+        missing.push("peft.method = \"dora\" (only \"lora\" trains so far)".to_string());
     }
     match missing.is_empty() {
         true => Ok(()),
@@ -246,8 +289,8 @@ pub fn check_supported(stage: &Stage) -> Result<()> {
     }
 }
 
-/// Mean cross-entropy of one micro-batch over its loss tokens, and how many there were.
-pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device) -> Result<(Tensor, f64)> {
+/// The mean loss of one micro-batch over its loss tokens, and how many there were.
+pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Objective) -> Result<(Tensor, f64)> {
     let (b, t) = (batch.rows, batch.seq_len);
     let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
     let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
@@ -255,7 +298,14 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device) -> Result<(Tens
     let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
     let attn = document_mask(&batch.doc_ids, b, t, device)?;
     let logits = model.forward(&ids, &positions, &attn)?;
-    Ok(masked_cross_entropy(&logits, &targets, &mask)?)
+    let (ce, count) = masked_cross_entropy(&logits, &targets, &mask)?;
+    let Some((distill, teachers)) = objective.distill else { return Ok((ce, count)) };
+    // Teachers hold no variables, so their forward passes record no graph.
+    let teacher_logits =
+        teachers.iter().map(|t| t.forward(&ids, &positions, &attn)).collect::<candle_core::Result<Vec<_>>>()?;
+    let teacher = teacher_log_probs(&teacher_logits, distill.temperature)?;
+    let kd = kd_loss(distill.loss, &logits, &teacher, distill.temperature, &mask)?;
+    Ok((((kd * distill.alpha)? + (ce * (1.0 - distill.alpha))?)?, count))
 }
 
 /// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
@@ -264,7 +314,7 @@ fn evaluate(model: &Llama, loader: &mut Loader, stage: &Stage, device: &Device) 
     let (mut sum, mut count) = (0.0, 0.0);
     for _ in 0..stage.eval.batches {
         let batch = loader.next_batch(stage.micro_batch_size as usize);
-        let (mean, n) = batch_loss(model, &batch, device)?;
+        let (mean, n) = batch_loss(model, &batch, device, &Objective::default())?;
         sum += mean.to_scalar::<f32>()? as f64 * n;
         count += n;
     }
