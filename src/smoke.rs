@@ -1,7 +1,9 @@
 //! `recipe smoke`: shrink the recipe — widths, depth, steps, sequence length, a slice of each
 //! source and, when it trains one, the tokenizer — keeping its graph and every feature it uses
-//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining), train every stage in
-//! a separate run directory, and fail if a loss is not finite or does not fall.
+//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining, LoRA, distillation),
+//! train every stage in a separate run directory, and fail if a loss is not finite or does not
+//! fall. An imported checkpoint keeps its real size (its architecture is fixed), so a stage
+//! that imports one, or distills from one, takes fewer and smaller steps.
 
 use std::path::Path;
 
@@ -11,6 +13,8 @@ use recipe_spec::{Recipe, Tokenizer};
 use crate::{Failure, load};
 
 const STEPS: u64 = 40;
+/// Steps of a stage that runs a full-size imported model.
+const STEPS_WITH_CHECKPOINT: u64 = 12;
 const SEQ_LEN: u32 = 64;
 const DOCS_PER_SOURCE: u64 = 64;
 
@@ -19,14 +23,16 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     let mut sets = vec![format!("recipe.name=\"{}-smoke\"", recipe.name)];
     let gqa = |kv: u32, heads: u32| if kv < heads { 2 } else { 4 };
     let base = recipe.model.resolve(None);
-    sets.extend([
-        "model.d_model=64".to_string(),
-        "model.n_layers=2".into(),
-        "model.n_heads=4".into(),
-        format!("model.n_kv_heads={}", gqa(base.n_kv_heads, base.n_heads)),
-        "model.d_ff=128".into(),
-        format!("model.max_seq_len={SEQ_LEN}"),
-    ]);
+    if recipe.model.from.is_none() {
+        sets.extend([
+            "model.d_model=64".to_string(),
+            "model.n_layers=2".into(),
+            "model.n_heads=4".into(),
+            format!("model.n_kv_heads={}", gqa(base.n_kv_heads, base.n_heads)),
+            "model.d_ff=128".into(),
+            format!("model.max_seq_len={SEQ_LEN}"),
+        ]);
+    }
     if recipe.model.vocab_size.is_some() {
         sets.push(format!("model.vocab_size={}", recipe.tokenizer.vocab_size()));
     }
@@ -39,19 +45,21 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     for st in &recipe.stages {
         let p = format!("stages.{}", st.name);
         let accumulate = st.micro_batch_size < st.batch_size;
+        let real_size = st.model.import.is_some() || !st.teacher_checkpoints.is_empty();
+        let (steps, batch) = if real_size { (STEPS_WITH_CHECKPOINT, 4) } else { (STEPS, 8) };
         sets.extend([
-            format!("{p}.steps={STEPS}"),
+            format!("{p}.steps={steps}"),
             format!("{p}.seq_len={SEQ_LEN}"),
-            format!("{p}.batch_size=8"),
-            format!("{p}.micro_batch_size={}", if accumulate { 4 } else { 8 }),
+            format!("{p}.batch_size={batch}"),
+            format!("{p}.micro_batch_size={}", if accumulate { batch / 2 } else { batch }),
             format!("{p}.schedule.warmup={}", st.schedule.warmup.min(4)),
             format!("{p}.checkpoint_every=15"),
             format!("{p}.log_every=10"),
         ]);
         if st.eval.every > 0 {
-            sets.extend([format!("{p}.eval.every=20"), format!("{p}.eval.batches=2")]);
+            sets.extend([format!("{p}.eval.every={}", steps / 2), format!("{p}.eval.batches=2")]);
         }
-        if !st.model_overrides.set_fields().is_empty() {
+        if st.model.import.is_none() && !st.model_overrides.set_fields().is_empty() {
             let m = &st.model;
             sets.extend([
                 format!("{p}.model.d_model=32"),
@@ -71,7 +79,8 @@ pub fn run(path: &Path, sets: &[String], runs: &Path) -> Result<bool, Failure> {
     all.extend(shrink(&recipe));
     let small = load::load(path, &all)?;
     tracing::info!(
-        "smoke: {} stages at d_model 64, {STEPS} steps, seq_len {SEQ_LEN}, {DOCS_PER_SOURCE} documents per source",
+        "smoke: {} stages at seq_len {SEQ_LEN}, {DOCS_PER_SOURCE} documents per source; models trained from \
+         scratch at d_model 64 for {STEPS} steps, stages with a full-size checkpoint for {STEPS_WITH_CHECKPOINT}",
         small.stages.len()
     );
     if let crate::train::Trained::Interrupted = crate::train::run(path, &all, runs, None, "cpu")? {
@@ -83,17 +92,23 @@ pub fn run(path: &Path, sets: &[String], runs: &Path) -> Result<bool, Failure> {
     for stage in &small.stages {
         let node = graph.node(&stage.name).expect("every stage has a node");
         let metrics = std::fs::read_to_string(run.node_dir(node).join("metrics.jsonl")).unwrap_or_default();
-        let losses: Vec<f64> = metrics
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
-            .collect();
-        let window = 5.min(losses.len() / 2).max(1);
-        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-        let (first, last) =
-            (mean(&losses[..window.min(losses.len())]), mean(&losses[losses.len().saturating_sub(window)..]));
+        let lines: Vec<serde_json::Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let series = |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l[key].as_f64()).collect() };
+        let (losses, evals) = (series("loss"), series("eval_loss"));
+        // Held-out loss before training against after it, when the stage evaluates: the same
+        // batches each time, so noise in what each step draws cannot hide a fall or fake one.
+        let (what, first, last) = match evals.as_slice() {
+            [first, .., last] => ("eval loss", *first, *last),
+            _ => {
+                let window = 5.min(losses.len() / 2).max(1);
+                let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+                let head = mean(&losses[..window.min(losses.len())]);
+                ("loss", head, mean(&losses[losses.len().saturating_sub(window)..]))
+            }
+        };
         let ok = losses.len() as u64 == stage.steps && losses.iter().all(|l| l.is_finite()) && last < first;
         tracing::info!(
-            "smoke {}: loss {first:.3} → {last:.3} over {} steps: {}",
+            "smoke {}: {what} {first:.3} → {last:.3} over {} steps: {}",
             stage.name,
             losses.len(),
             if ok { "ok" } else { "FAILED" }

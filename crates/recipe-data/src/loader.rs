@@ -102,18 +102,25 @@ pub struct Loader {
 
 impl Loader {
     /// A loader over `mix` (stores with their normalised weights).
-    pub fn new(mix: Mix, config: &LoaderConfig) -> Result<Loader> {
+    /// A loader over `mix`. Evaluation reads the sources that hold documents out, in their
+    /// mix proportions; a source without held-out documents is left out of it.
+    pub fn new(mut mix: Mix, config: &LoaderConfig) -> Result<Loader> {
+        let holdout = config.split == Split::Holdout;
+        let pool_of = |store: &TokenStore| -> Vec<u32> {
+            (0..store.n_docs()).filter(|&d| store.is_held_out(d) == holdout).map(|d| d as u32).collect()
+        };
+        if holdout {
+            mix.retain(|(store, _)| !pool_of(store).is_empty());
+            if mix.is_empty() {
+                return Err(DataError::new("no source of the mix has held-out documents"));
+            }
+        }
         let mut sources = Vec::new();
         let mut split_tokens = Vec::new();
         for (store, weight) in &mix {
-            let pool: Vec<u32> = (0..store.n_docs())
-                .filter(|&d| store.is_held_out(d) == (config.split == Split::Holdout))
-                .map(|d| d as u32)
-                .collect();
+            let pool = pool_of(store);
             if pool.is_empty() {
-                let which =
-                    if config.split == Split::Holdout { "no held-out documents" } else { "every document held out" };
-                return Err(DataError::new(format!("source `{}` has {which}", store.meta.source)));
+                return Err(DataError::new(format!("source `{}` has every document held out", store.meta.source)));
             }
             split_tokens.push(pool.iter().map(|&d| store.doc_len(d as usize) as u64 + 1).sum());
             sources.push((store.meta.source.clone(), *weight, pool));

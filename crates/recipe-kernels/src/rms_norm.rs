@@ -117,7 +117,8 @@ impl CustomOp2 for RmsNorm {
         let n = x.elem_count();
         let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = both.narrow(0, n, w.elem_count())?;
-        Ok((Some(dx), Some(dw)))
+        // A frozen weight (LoRA, a teacher) takes no gradient buffer.
+        Ok((Some(dx), w.track_op().then_some(dw)))
     }
 }
 

@@ -138,7 +138,7 @@ impl Llama {
     /// A model that is only run, never trained (a distillation teacher): no weight is a
     /// variable, so its forward pass records no graph.
     pub fn frozen(config: &Config, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Llama> {
-        let frozen = Llama::checked(config, tensors, device, DType::F32)?.into_iter().collect();
+        let frozen = Llama::checked_frozen(config, tensors, device)?;
         Llama::assemble(config, Vec::new(), frozen, None, device, DType::F32)
     }
 
@@ -155,8 +155,7 @@ impl Llama {
         if peft.method != PeftMethod::Lora {
             candle_core::bail!("PEFT method `{}` is not implemented", peft.method);
         }
-        let frozen: HashMap<String, Tensor> =
-            Llama::checked(config, tensors, device, DType::F32)?.into_iter().collect();
+        let frozen = Llama::checked_frozen(config, tensors, device)?;
         let lora =
             Lora { rank: peft.rank as usize, alpha: peft.alpha, dropout: peft.dropout, targets: peft.targets.clone() };
         let mut rng = seeded(b"recipe lora init", seed);
@@ -196,6 +195,16 @@ impl Llama {
             out.push((name, t.to_dtype(dtype)?.to_device(device)?));
         }
         Ok(out)
+    }
+
+    /// Checked f32 copies cut off from any graph, so nothing can give them a gradient.
+    fn checked_frozen(
+        config: &Config,
+        tensors: Vec<(String, Tensor)>,
+        device: &Device,
+    ) -> Result<HashMap<String, Tensor>> {
+        let checked = Llama::checked(config, tensors, device, DType::F32)?;
+        Ok(checked.into_iter().map(|(name, t)| (name, t.detach())).collect())
     }
 
     fn assemble(

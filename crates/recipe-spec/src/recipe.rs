@@ -798,7 +798,8 @@ fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &StageContext) ->
         check_stage_ref(cx, a, &origin);
     }
     let teacher = f.opt(cx, "teacher", decode::strings).unwrap_or_default();
-    let (teacher_paths, teacher): (Vec<_>, Vec<_>) = teacher.into_iter().partition(|(t, _)| is_path(t));
+    let (teacher_paths, teacher): (Vec<_>, Vec<_>) =
+        teacher.into_iter().partition(|(t, _)| !stage_names.contains(t) && is_path(t, base_dir));
     for (t, origin) in &teacher {
         check_stage_ref(cx, t, origin);
     }
@@ -1097,9 +1098,10 @@ fn decode_distill(cx: &mut Cx, node: &Node, path: &str) -> Distill {
     Distill { loss, temperature, alpha }
 }
 
-/// A `teacher` entry names a checkpoint rather than a stage (stage names hold neither).
-fn is_path(entry: &str) -> bool {
-    entry.contains('/') || entry.contains('.')
+/// A `teacher` entry that is no stage's name names a checkpoint when it looks like a path
+/// (stage names hold neither `/` nor `.`) or something by that name exists.
+fn is_path(entry: &str, base_dir: &Path) -> bool {
+    entry.contains('/') || entry.contains('.') || base_dir.join(entry).exists()
 }
 
 /// Read a checkpoint a stage imports, or explain in a diagnostic at `origin` why it cannot be.
@@ -1147,7 +1149,9 @@ fn check_same_tokenizer(
 }
 
 /// The architecture of a stage that imports `path`: the checkpoint's, with a diagnostic for
-/// each field the recipe sets to something else. `max_seq_len` may only shrink.
+/// each field set beside `from` (in the stage's `model`, or in `[model]` when `from` is there)
+/// to something else; fields of the less specific `[model]` give way to a stage's own `from`.
+/// `max_seq_len` may only shrink.
 fn import_architecture(
     cx: &mut Cx,
     stage: &str,
@@ -1178,7 +1182,8 @@ fn import_architecture(
         }
     }
     let theirs = serde_json::to_value(&arch).expect("plain struct");
-    let mine = serde_json::to_value(spec).expect("plain struct");
+    let beside_from = if overrides.from.is_some() { overrides } else { spec };
+    let mine = serde_json::to_value(beside_from).expect("plain struct");
     for field in crate::model::MODEL_KEYS {
         let (Some(t), Some(m)) = (theirs.get(field), mine.get(field)) else { continue };
         let differs = match (t.as_f64(), m.as_f64()) {
@@ -1189,19 +1194,22 @@ fn import_architecture(
         if differs {
             let path = model_field_path(stage, overrides, field);
             let origin = cx.origins.get(&path).cloned().unwrap_or_default();
-            let (relation, help) = match *field {
-                "max_seq_len" => ("at most", "lower it or remove it".to_string()),
-                _ => ("", format!("remove `{field}`: the architecture comes from the checkpoint")),
+            let (bound, help) = match *field {
+                "max_seq_len" => (format!("at most {t}"), "lower it or remove it".to_string()),
+                _ => (t.to_string(), format!("remove `{field}`: the architecture comes from the checkpoint")),
             };
             cx.diags.push(
                 Diagnostic::new(&origin, format!("`{path}` is {m}, but `{written}` has {field} = {t}"))
-                    .label(format!("stage `{stage}` imports `{written}`, so {field} must be {relation} {t}"))
+                    .label(format!("stage `{stage}` imports `{written}`, so {field} must be {bound}"))
                     .help(help),
             );
         }
     }
     // The recipe may train on shorter sequences than the checkpoint supports.
-    let max_seq_len = spec.max_seq_len.or(arch.max_seq_len);
+    let max_seq_len = match (spec.max_seq_len, arch.max_seq_len) {
+        (Some(wanted), Some(most)) => Some(wanted.min(most)),
+        (wanted, most) => wanted.or(most),
+    };
     let merged = ModelSpec { max_seq_len, init_std: spec.init_std, from: spec.from.clone(), ..arch };
     (merged, Some((path.to_path_buf(), info.format)))
 }
@@ -1318,6 +1326,25 @@ fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
                         .label("a stage that continues another must keep its architecture"),
                     );
                 }
+            }
+        }
+        let teachers =
+            s.teacher.iter().filter_map(|t| stages.iter().find(|p| &p.name == t)).map(|p| (&p.name, &p.model));
+        let imported = s.teacher_checkpoints.iter().map(|t| (&t.written, &t.model));
+        for (teacher, model) in teachers.chain(imported) {
+            if model.vocab_size != s.model.vocab_size {
+                let origin = cx.origins.get(&format!("stages.{}.teacher", s.name)).cloned().unwrap_or_default();
+                cx.diags.push(
+                    Diagnostic::new(
+                        &origin,
+                        format!(
+                            "teacher `{teacher}` has {} logits per token but student `{}` has {}",
+                            model.vocab_size, s.name, s.model.vocab_size
+                        ),
+                    )
+                    .label("distillation compares their distributions token by token")
+                    .help("give the student the teacher's `vocab_size`"),
+                );
             }
         }
         if s.peft.is_some() && s.after.is_none() && s.model.from.is_none() {

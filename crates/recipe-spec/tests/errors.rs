@@ -403,3 +403,94 @@ fn pre_tokenized_sources_need_an_index_and_dtype_belongs_to_them() {
     let out = f.errors(&replace(BASE, "holdout = 0.1", "holdout = 0.1\ndtype = \"u16\""));
     assert_has(&out, &["`sources.books.dtype` only applies with format = \"tokens\""]);
 }
+
+/// A Hugging Face model folder `ckpt/` with a 3-layer, d_model 128 Llama and its own tokenizer.
+fn write_checkpoint(f: &Fixture) {
+    let dir = f.dir.path().join("ckpt");
+    std::fs::create_dir(&dir).unwrap();
+    let config = r#"{"model_type": "llama", "vocab_size": 600, "hidden_size": 128, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 256,
+        "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": true}"#;
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let mut vocab: Vec<String> = (0..597).map(|i| format!("\"t{i}\": {i}")).collect();
+    vocab.extend(["\"<|endoftext|>\": 597", "\"<|im_start|>\": 598", "\"<|im_end|>\": 599"].map(String::from));
+    let tokenizer = format!(r#"{{"model": {{"type": "BPE", "vocab": {{{}}}, "merges": []}}}}"#, vocab.join(", "));
+    std::fs::write(dir.join("tokenizer.json"), tokenizer).unwrap();
+}
+
+const IMPORTING: &str = r#"
+[tokenizer]
+path = "ckpt"
+
+[sources.chat]
+path = "chat.jsonl"
+format = "chat-jsonl"
+
+[stages.ft]
+kind = "sft"
+steps = 10
+seq_len = 64
+model = { from = "ckpt" }
+data = { mix = { chat = 1.0 } }
+peft = { rank = 4 }
+"#;
+
+#[test]
+fn an_imported_checkpoint_gives_the_architecture() {
+    let f = Fixture::new();
+    write_checkpoint(&f);
+    let r = f.parse(IMPORTING, &[]).unwrap();
+    let m = &r.stage("ft").unwrap().model;
+    assert_eq!((m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff), (128, 3, 4, 2, 256));
+    assert_eq!((m.vocab_size, m.max_seq_len, m.tie_embeddings), (600, 256, true));
+    assert!(m.import.is_some());
+}
+
+#[test]
+fn a_recipe_that_contradicts_its_checkpoint_names_both_values() {
+    let f = Fixture::new();
+    write_checkpoint(&f);
+    let text = replace(
+        IMPORTING,
+        "model = { from = \"ckpt\" }",
+        "model = { from = \"ckpt\", d_model = 64, max_seq_len = 512 }",
+    );
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: `stages.ft.model.d_model` is 64, but `ckpt` has d_model = 128",
+            &at(&text, "64, max_seq_len"),
+            "stage `ft` imports `ckpt`, so d_model must be 128",
+            "help: remove `d_model`: the architecture comes from the checkpoint",
+            "error: `stages.ft.model.max_seq_len` is 512, but `ckpt` has max_seq_len = 256",
+        ],
+    );
+    let out = f.errors(&replace(IMPORTING, "from = \"ckpt\"", "from = \"ckpt/nope.gguf\""));
+    assert_has(&out, &["error: cannot import `ckpt/nope.gguf`: no such file or folder"]);
+}
+
+#[test]
+fn a_checkpoint_with_another_tokenizer_is_refused() {
+    let f = Fixture::new();
+    write_checkpoint(&f);
+    // The recipe trains its own tokenizer, so the checkpoint's ids would mean other tokens.
+    let text = format!(
+        "{}\n[stages.student]\nkind = \"distill\"\nteacher = \"ckpt\"\nsteps = 10\nseq_len = 64\ndata = {{ mix = {{ books = 1 }} }}\n",
+        BASE
+    );
+    let out = f.errors(&text);
+    assert_has(
+        &out,
+        &[
+            "error: stage `student` uses `ckpt`, whose tokenizer is not the recipe's",
+            "the recipe tokenizes with the tokenizer this recipe trains (512 tokens)",
+            "help: set `[tokenizer] path = \"ckpt\"`",
+        ],
+    );
+    let qwen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/qwen3/tokenizer.json");
+    if qwen.is_file() {
+        let text = replace(IMPORTING, "path = \"ckpt\"", &format!("path = {:?}", qwen.display().to_string()));
+        assert_has(&f.errors(&text), &["error: stage `ft` uses `ckpt`, whose tokenizer is not the recipe's"]);
+    }
+}

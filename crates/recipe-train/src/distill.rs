@@ -4,7 +4,7 @@
 //! T² so its gradient keeps the size of a T = 1 loss as T changes. Rows are averaged over the
 //! loss mask, like the cross-entropy the KD term is mixed with.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 use recipe_spec::DistillLoss;
 
 /// Row-wise log-softmax of `logits / temperature`.
@@ -61,6 +61,6 @@ pub fn kd_loss(
 ) -> Result<Tensor> {
     let ls = log_softmax(student_logits, temperature)?;
     let rows = divergence(kind, teacher_log_probs, &ls)?;
-    let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64;
+    let count = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
     (rows * mask)?.sum_all()? * (temperature * temperature / count)
 }

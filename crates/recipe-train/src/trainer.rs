@@ -109,6 +109,14 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
     r.run.record(&recipe.canonical(), r.node, RecordedState::Partial, None).map_err(Error::Run)?;
 
+    if start_step == 0 && stage.eval.every > 0 {
+        // The starting point, so that what the stage changed can be read off the metrics.
+        let mut eval_loader = Loader::new(r.stores.clone(), &loader_config(Split::Holdout))?;
+        let eval_loss = evaluate(&model, &mut eval_loader, stage, r.device)?;
+        let line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
+        writeln!(metrics_file, "{line}").map_err(io(&metrics_path))?;
+        r.observer.message(&format!("`{}` before training: eval loss {eval_loss:.4}", stage.name));
+    }
     let accumulation = (stage.batch_size / stage.micro_batch_size) as usize;
     r.observer.start(&stage.name, start_step, stage.steps);
     for step in start_step..stage.steps {
@@ -299,7 +307,7 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let attn = document_mask(&batch.doc_ids, b, t, device)?;
     let logits = model.forward(&ids, &positions, &attn)?;
     let (ce, count) = masked_cross_entropy(&logits, &targets, &mask)?;
-    let Some((distill, teachers)) = objective.distill else { return Ok((ce, count)) };
+    let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else { return Ok((ce, count)) };
     // Teachers hold no variables, so their forward passes record no graph.
     let teacher_logits =
         teachers.iter().map(|t| t.forward(&ids, &positions, &attn)).collect::<candle_core::Result<Vec<_>>>()?;
