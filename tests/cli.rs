@@ -278,7 +278,7 @@ fn stages_this_trainer_cannot_run_are_refused_before_any_work() {
     let out = recipe(&["train", "recipes/mixtures.toml"], runs.path());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    for stage in ["padded", "adapt", "student", "reverse"] {
+    for stage in ["padded", "adapt", "reverse"] {
         assert!(err.contains(&format!("stage `{stage}` uses what is not implemented yet")), "{err}");
     }
     assert!(!runs.path().join("mixtures").exists(), "nothing ran");
@@ -304,4 +304,41 @@ fn export_writes_a_hugging_face_directory_that_loads_back() {
     let (_, weights) = losses(&runs);
     assert!(std::fs::read(out.join("model.safetensors")).unwrap() == weights);
     assert!(out.join("tokenizer.json").is_file());
+}
+
+#[test]
+fn a_lora_stage_exports_merged_or_as_a_peft_adapter_and_samples_in_chatml() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(resumable_recipe(dir.path())).unwrap().replace("steps = 60", "steps = 8");
+    let text = format!(
+        "{base}[stages.tune]\nkind = \"sft\"\nafter = \"pretrain\"\nsteps = 4\nseq_len = 32\nbatch_size = 4\n\
+         data = {{ mix = {{ moby = 1 }}, loss_on = \"all\" }}\npeft = {{ rank = 4, alpha = 8, targets = [\"q_proj\", \"up_proj\"] }}\n"
+    );
+    let path = dir.path().join("lora.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    assert!(recipe(&["train", p], &runs).status.success());
+
+    let merged = dir.path().join("merged");
+    let out = recipe(&["export", p, "--stage", "tune", "--out", merged.to_str().unwrap()], &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(merged.join("model.safetensors").is_file() && !merged.join("adapter_config.json").exists());
+
+    let adapter = dir.path().join("adapter");
+    let out = recipe(&["export", p, "--stage", "tune", "--out", adapter.to_str().unwrap(), "--adapter"], &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["r"].as_u64()), (Some("LORA"), Some(4)));
+    assert_eq!(config["target_modules"], serde_json::json!(["q_proj", "up_proj"]));
+    assert!(adapter.join("adapter_model.safetensors").is_file() && !adapter.join("model.safetensors").exists());
+
+    let refused = recipe(&["export", p, "--stage", "pretrain", "--out", adapter.to_str().unwrap(), "--adapter"], &runs);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("has no adapter to export"));
+
+    // The trained tokenizer has the ChatML tokens, so the chat template applies.
+    let sample = ["sample", p, "--stage", "tune", "--chat", "--prompt", "Hello", "--temperature", "0"];
+    let out = recipe(&sample, &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

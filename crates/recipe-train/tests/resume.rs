@@ -1,5 +1,7 @@
 //! Exact resume: N steps straight, and k steps + interrupt + resume to N, give bit-identical
-//! per-step losses and final weights; a damaged newest checkpoint falls back to the previous.
+//! per-step losses and final weights — for pretraining, a continued stage, LoRA with adapter
+//! dropout, and distillation from an ensemble of two teachers; a damaged newest checkpoint
+//! falls back to the previous.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -48,6 +50,27 @@ steps = 6
 seq_len = 32
 batch_size = 4
 data = {{ mix = {{ moby = 1 }} }}
+[stages.tune]
+kind = "sft"
+after = "pretrain"
+steps = 6
+seq_len = 32
+batch_size = 4
+micro_batch_size = 2
+data = {{ mix = {{ moby = 1 }}, loss_on = "all" }}
+peft = {{ rank = 2, alpha = 4, dropout = 0.1, targets = ["q_proj", "v_proj", "down_proj"] }}
+optim = {{ lr = 1e-2 }}
+checkpoint_every = 2
+[stages.student]
+kind = "distill"
+teacher = ["pretrain", "tune"]
+model = {{ d_model = 16, n_layers = 1, n_heads = 2, n_kv_heads = 1, d_ff = 32 }}
+distill = {{ loss = "jsd", temperature = 2.0, alpha = 0.7 }}
+steps = 6
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ moby = 1 }} }}
+checkpoint_every = 2
 "#,
         data.display()
     );
@@ -117,13 +140,23 @@ fn interrupted_and_resumed_training_is_bit_identical() {
     assert_eq!(first.last().unwrap(), &("pretrain".to_string(), NodeReport::Interrupted(5)));
     let second = train(resumed.path(), Some(("more", 2)));
     assert_eq!(second.last().unwrap(), &("more".to_string(), NodeReport::Interrupted(2)));
-    let third = train(resumed.path(), None);
+    let third = train(resumed.path(), Some(("tune", 3)));
     assert_eq!(third[2], ("pretrain".to_string(), NodeReport::Skipped));
+    assert_eq!(third.last().unwrap(), &("tune".to_string(), NodeReport::Interrupted(3)));
+    // A LoRA checkpoint holds the adapters only: the base weights come from `pretrain` again.
+    let newest = checkpoints(resumed.path(), "tune").join("step-000003/model.safetensors");
+    let saved = candle_core::safetensors::load(newest, &Device::Cpu).unwrap();
+    assert_eq!(saved.len(), 2 * 2 * 3);
+    assert!(saved.keys().all(|name| name.contains(".lora_")), "{:?}", saved.keys());
+    let fourth = train(resumed.path(), Some(("student", 4)));
+    assert_eq!(fourth.last().unwrap(), &("student".to_string(), NodeReport::Interrupted(4)));
+    train(resumed.path(), None);
 
-    for stage in ["pretrain", "more"] {
+    for stage in ["pretrain", "more", "tune", "student"] {
         let (a, wa) = results(straight.path(), stage);
         let (b, wb) = results(resumed.path(), stage);
-        assert_eq!(a.len(), recipe(straight.path()).stage(stage).unwrap().steps as usize);
+        let trained = a.iter().filter(|l| !l.contains(" null ")).count();
+        assert_eq!(trained, recipe(straight.path()).stage(stage).unwrap().steps as usize);
         assert_eq!(a, b, "{stage}: per-step metrics differ after resume");
         assert!(wa == wb, "{stage}: final weights differ after resume");
     }
