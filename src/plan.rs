@@ -191,6 +191,31 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             m.vocab_size,
             if m.tie_embeddings { " · tied" } else { "" }
         );
+        let start = match (&stage.after, &m.from) {
+            (Some(after), _) => Some(format!("the final weights of `{after}`")),
+            (None, Some(from)) => Some(format!("{from} (architecture read from it)")),
+            (None, None) => None,
+        };
+        if let Some(start) = start {
+            let _ = writeln!(out, "  from      {start}");
+        }
+        let teachers: Vec<String> = stage
+            .teacher
+            .iter()
+            .map(|t| format!("stage `{t}`"))
+            .chain(stage.teacher_checkpoints.iter().map(|t| t.written.clone()))
+            .collect();
+        if let Some(d) = &stage.distill {
+            let ensemble = if teachers.len() > 1 { " (ensemble: probabilities averaged)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  teacher   {}{ensemble} · {} at T {} · alpha {}",
+                teachers.join(", "),
+                d.loss,
+                d.temperature,
+                d.alpha
+            );
+        }
         let trainable = s["params"]["trainable"].as_u64().unwrap_or(0);
         let total = s["params"]["total"].as_u64().unwrap_or(0);
         let peft = stage

@@ -112,7 +112,8 @@ impl Stage {
             None => 6.0 * m.matmul_params() as f64,
             Some(_) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
         };
-        let teachers: Vec<&Model> = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model).collect();
+        let stage_teachers = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model);
+        let teachers: Vec<&Model> = stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).collect();
         let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(self.seq_len)).sum();
         let flops = tokens * (dense + attention + teacher_flops);
 
