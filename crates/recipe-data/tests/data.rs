@@ -307,9 +307,15 @@ fn the_eval_split_is_disjoint_from_training() {
     for p in eval.next_rows(50).iter().flatten() {
         assert!(moby.is_held_out(p.doc as usize));
     }
+    // Evaluation reads the sources that hold documents out, and only those.
     let speeches = c.stores["speeches"].clone();
+    let mut mixed = Loader::new(vec![(moby.clone(), 1.0), (speeches.clone(), 1.0)], &cfg(Split::Holdout)).unwrap();
+    assert!(mixed.stats().sources.iter().all(|s| s.name == "moby"), "{:?}", mixed.stats().sources);
+    for p in mixed.next_rows(20).iter().flatten() {
+        assert!(moby.is_held_out(p.doc as usize));
+    }
     let err = Loader::new(vec![(speeches, 1.0)], &cfg(Split::Holdout)).err().unwrap();
-    assert_eq!(err.to_string(), "source `speeches` has no held-out documents");
+    assert_eq!(err.to_string(), "no source of the mix has held-out documents");
 }
 
 /// A one-source recipe over files written into a temporary folder.
