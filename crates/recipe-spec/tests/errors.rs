@@ -494,3 +494,35 @@ fn a_checkpoint_with_another_tokenizer_is_refused() {
         assert_has(&f.errors(&text), &["error: stage `ft` uses `ckpt`, whose tokenizer is not the recipe's"]);
     }
 }
+
+#[test]
+fn a_bare_safetensors_file_needs_the_head_count_from_the_recipe() {
+    use candle_core::{Device, Tensor};
+    let f = Fixture::new();
+    // d_model 16, 1 layer, k/v width 8, vocab 600 (the trained tokenizer's 512 fit), untied.
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in [
+        ("model.embed_tokens.weight", vec![600, 16]),
+        ("lm_head.weight", vec![600, 16]),
+        ("model.layers.0.input_layernorm.weight", vec![16]),
+        ("model.layers.0.self_attn.k_proj.weight", vec![8, 16]),
+        ("model.layers.0.mlp.gate_proj.weight", vec![48, 16]),
+    ] {
+        tensors.insert(name.to_string(), zeros(&shape));
+    }
+    candle_core::safetensors::save(&tensors, f.dir.path().join("w.safetensors")).unwrap();
+    let pretrain_only = &BASE[..BASE.find("[stages.sft]").unwrap()];
+    let importing =
+        replace(pretrain_only, "kind = \"pretrain\"\n", "kind = \"pretrain\"\nmodel = { from = \"w.safetensors\" }\n");
+    let text = replace(&replace(&importing, "d_model = 64\n", ""), "n_heads = 4\n", "");
+    assert_has(
+        &f.errors(&text),
+        &["error: `w.safetensors` has no config.json beside it", "set `n_heads` in the stage's model"],
+    );
+    let text = replace(&text, "from = \"w.safetensors\"", "from = \"w.safetensors\", n_heads = 2");
+    let r = f.parse(&text, &[]).unwrap();
+    let m = &r.stage("pretrain").unwrap().model;
+    assert_eq!((m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff), (16, 1, 2, 1, 48));
+    assert_eq!((m.vocab_size, m.tie_embeddings), (600, false));
+}

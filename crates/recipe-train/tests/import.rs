@@ -64,3 +64,54 @@ fn gguf_import_export_import_is_bit_identical() {
         assert!(bits(a).iter().zip(bits(b)).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed");
     }
 }
+
+/// A model folder whose weights are split over shards named by `model.safetensors.index.json`
+/// loads the same tensors as the single file.
+#[test]
+fn a_sharded_model_folder_loads_like_a_single_file() {
+    let config = recipe_spec::ModelSpec {
+        d_model: Some(32),
+        n_layers: Some(2),
+        n_heads: Some(4),
+        vocab_size: Some(50),
+        ..Default::default()
+    }
+    .resolve(None);
+    let model = Llama::init(&config, 1, &Device::Cpu).unwrap();
+    let single = tempfile::tempdir().unwrap();
+    model.save_pretrained(single.path(), 0, "").unwrap();
+    let sharded = tempfile::tempdir().unwrap();
+    std::fs::copy(single.path().join("config.json"), sharded.path().join("config.json")).unwrap();
+    let tensors = model.weights().unwrap();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let map: std::collections::HashMap<String, candle_core::Tensor> = part.iter().cloned().collect();
+        candle_core::safetensors::save(&map, sharded.path().join(file)).unwrap();
+        for (name, _) in part {
+            weight_map.insert(name.clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(sharded.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let info = inspect(sharded.path()).unwrap();
+    assert_eq!(info.arch.resolve(None), config);
+    let mut a = load_checkpoint(single.path(), CheckpointFormat::HfDir, &config).unwrap();
+    let mut b = load_checkpoint(sharded.path(), CheckpointFormat::HfDir, &config).unwrap();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(ta), values(tb), "{na}");
+    }
+    // A lone safetensors file without its config: the shapes give all but the head count.
+    let lone = tempfile::tempdir().unwrap();
+    std::fs::copy(single.path().join("model.safetensors"), lone.path().join("weights.safetensors")).unwrap();
+    let info = inspect(&lone.path().join("weights.safetensors")).unwrap();
+    assert!(info.heads_unknown);
+    assert_eq!((info.arch.d_model, info.arch.n_layers, info.arch.vocab_size), (Some(32), Some(2), Some(50)));
+    assert_eq!((info.arch.tie_embeddings, info.arch.n_heads), (Some(true), None));
+}
