@@ -49,7 +49,7 @@ pub fn adapter_config(lora: &Lora, base_model: &str) -> Value {
         "target_modules": lora.targets,
         "bias": "none",
         "fan_in_fan_out": false,
-        "use_dora": false,
+        "use_dora": lora.dora,
         "inference_mode": true,
     })
 }

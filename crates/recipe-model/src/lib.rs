@@ -13,5 +13,5 @@ mod loss;
 
 pub use hf::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, hf_config};
 pub use import::load_checkpoint;
-pub use llama::{KvCache, Llama, Lora, Param, document_mask, lora_names};
+pub use llama::{KvCache, Llama, Lora, Param, document_mask, lora_names, magnitude_name};
 pub use loss::masked_cross_entropy;

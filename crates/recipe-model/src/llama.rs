@@ -8,7 +8,9 @@
 //! Weights are either trainable [`Param`]s or frozen tensors. Frozen projections go through
 //! `frozen_linear`, whose backward computes no weight gradient; under LoRA every base weight
 //! is frozen and each adapted projection adds `(alpha / rank) · B·A·x`, with `A` and `B` the
-//! only parameters.
+//! only parameters. DoRA (Liu et al. 2024) also learns each output row's magnitude `m`:
+//! `y = m / ‖W + s·B·A‖ ⊙ (W + s·B·A)·x`, the norm per output row and, as the paper's §4.3
+//! suggests, treated as a constant in the backward pass so no weight-sized gradient is needed.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -48,6 +50,8 @@ pub struct Lora {
     pub dropout: f64,
     /// Adapted projections, by module name (`q_proj`, ...).
     pub targets: Vec<String>,
+    /// DoRA: a learnt magnitude per output row as well.
+    pub dora: bool,
 }
 
 impl Lora {
@@ -60,6 +64,11 @@ impl Lora {
 pub fn lora_names(weight: &str) -> (String, String) {
     let stem = weight.trim_end_matches(".weight");
     (format!("{stem}.lora_A.weight"), format!("{stem}.lora_B.weight"))
+}
+
+/// DoRA's magnitude vector for the projection whose weight is `weight`, named as `peft` names it.
+pub fn magnitude_name(weight: &str) -> String {
+    format!("{}.lora_magnitude_vector", weight.trim_end_matches(".weight"))
 }
 
 /// Per-layer keys and values of the tokens seen so far, for generation.
@@ -144,7 +153,7 @@ impl Llama {
 
     /// The base weights `tensors`, frozen, with LoRA adapters on `peft.targets` in every layer:
     /// `A` `[rank, in]` uniform in ±1/sqrt(in) from the seeded stream, `B` `[out, rank]` zero,
-    /// so training starts from exactly the base model.
+    /// and under DoRA `m` the row norms of `W`, so training starts from exactly the base model.
     pub fn with_lora(
         config: &Config,
         tensors: Vec<(String, Tensor)>,
@@ -152,12 +161,14 @@ impl Llama {
         seed: u64,
         device: &Device,
     ) -> Result<Llama> {
-        if peft.method != PeftMethod::Lora {
-            candle_core::bail!("PEFT method `{}` is not implemented", peft.method);
-        }
         let frozen = Llama::checked_frozen(config, tensors, device)?;
-        let lora =
-            Lora { rank: peft.rank as usize, alpha: peft.alpha, dropout: peft.dropout, targets: peft.targets.clone() };
+        let lora = Lora {
+            rank: peft.rank as usize,
+            alpha: peft.alpha,
+            dropout: peft.dropout,
+            targets: peft.targets.clone(),
+            dora: peft.method == PeftMethod::Dora,
+        };
         let mut rng = seeded(b"recipe lora init", seed);
         let mut params = Vec::new();
         for (name, shape, _) in Llama::layout(config) {
@@ -173,6 +184,10 @@ impl Llama {
             let b_var = Var::from_tensor(&Tensor::zeros((out, lora.rank), DType::F32, device)?)?;
             params.push(Param { name: a, var: a_var, decay: true });
             params.push(Param { name: b, var: b_var, decay: true });
+            if lora.dora {
+                let m = Var::from_tensor(&row_norms(&frozen[&name])?)?;
+                params.push(Param { name: magnitude_name(&name), var: m, decay: false });
+            }
         }
         Llama::assemble(config, params, frozen, Some(lora), device, DType::F32)
     }
@@ -235,8 +250,8 @@ impl Llama {
         }
     }
 
-    /// The full model's weights in layout order, with any LoRA update merged in:
-    /// `W + (alpha / rank) · B·A`.
+    /// The full model's weights in layout order, with any adapter merged in:
+    /// `W + (alpha / rank) · B·A`, under DoRA rescaled row by row to `m`.
     pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (name, _, _) in Llama::layout(&self.config) {
@@ -245,10 +260,18 @@ impl Llama {
                 && let Some((a, b)) = self.adapter(&name)
             {
                 w = (w + (b.matmul(a)? * lora.scale())?)?;
+                if let Some(m) = self.magnitude(&name) {
+                    w = w.broadcast_mul(&(m / row_norms(&w)?)?.unsqueeze(1)?)?;
+                }
             }
             out.push((name, w));
         }
         Ok(out)
+    }
+
+    fn magnitude(&self, weight: &str) -> Option<&Tensor> {
+        let name = magnitude_name(weight);
+        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor())
     }
 
     /// `A` and `B` of the projection whose weight is `weight`, when it is adapted.
@@ -269,7 +292,10 @@ impl Llama {
             Some(seed) if lora.dropout > 0.0 => dropout(x, lora.dropout, seed, name)?,
             _ => x.clone(),
         };
-        y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * lora.scale())?
+        let adapted = (y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * lora.scale())?)?;
+        let Some(m) = self.magnitude(name) else { return Ok(adapted) };
+        let merged = (self.p(name) + (b.matmul(a)? * lora.scale())?)?;
+        adapted.broadcast_mul(&(m / row_norms(&merged.detach())?)?)
     }
 
     /// Trainable elements.
@@ -403,6 +429,11 @@ pub fn document_mask(doc_ids: &[u32], b: usize, t: usize, device: &Device) -> Re
         }
     }
     Tensor::from_vec(m, (b, 1, t, t), device)
+}
+
+/// The Euclidean norm of each row of `w` `[out, in]`, as `[out]`.
+fn row_norms(w: &Tensor) -> Result<Tensor> {
+    w.sqr()?.sum(1)?.sqrt()
 }
 
 /// A stream for one purpose (`domain`) and seed.

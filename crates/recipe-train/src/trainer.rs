@@ -12,7 +12,7 @@ use recipe_data::{Batch, Loader, LoaderConfig, Mix, Split, Tok};
 use recipe_graph::{Node, RecordedState, RunDir};
 use recipe_model::{Llama, document_mask, load_checkpoint, masked_cross_entropy};
 use recipe_spec::checkpoint::CheckpointFormat;
-use recipe_spec::{Distill, PeftMethod, Precision, Recipe, Stage};
+use recipe_spec::{Distill, Precision, Recipe, Stage};
 use serde::Serialize;
 
 use crate::adamw::{AdamW, Slot, clip_global_norm};
@@ -285,9 +285,6 @@ pub fn check_supported(stage: &Stage) -> Result<()> {
     let mut missing = Vec::new();
     if stage.precision != Precision::F32 {
         missing.push(format!("precision = \"{}\" (only \"f32\" trains so far)", stage.precision));
-    }
-    if stage.peft.as_ref().is_some_and(|p| p.method != PeftMethod::Lora) {
-        missing.push("peft.method = \"dora\" (only \"lora\" trains so far)".to_string());
     }
     match missing.is_empty() {
         true => Ok(()),

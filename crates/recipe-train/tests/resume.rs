@@ -1,6 +1,6 @@
 //! Exact resume: N steps straight, and k steps + interrupt + resume to N, give bit-identical
-//! per-step losses and final weights — for pretraining, a continued stage, LoRA with adapter
-//! dropout, and distillation from an ensemble of two teachers; a damaged newest checkpoint
+//! per-step losses and final weights — for pretraining, a continued stage, DoRA (LoRA plus
+//! magnitudes) with adapter dropout, and distillation from an ensemble of two teachers; a damaged newest checkpoint
 //! falls back to the previous.
 
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ seq_len = 32
 batch_size = 4
 micro_batch_size = 2
 data = {{ mix = {{ moby = 1 }}, loss_on = "all" }}
-peft = {{ rank = 2, alpha = 4, dropout = 0.1, targets = ["q_proj", "v_proj", "down_proj"] }}
+peft = {{ method = "dora", rank = 2, alpha = 4, dropout = 0.1, targets = ["q_proj", "v_proj", "down_proj"] }}
 optim = {{ lr = 1e-2 }}
 checkpoint_every = 2
 [stages.student]
@@ -143,10 +143,11 @@ fn interrupted_and_resumed_training_is_bit_identical() {
     let third = train(resumed.path(), Some(("tune", 3)));
     assert_eq!(third[2], ("pretrain".to_string(), NodeReport::Skipped));
     assert_eq!(third.last().unwrap(), &("tune".to_string(), NodeReport::Interrupted(3)));
-    // A LoRA checkpoint holds the adapters only: the base weights come from `pretrain` again.
+    // A DoRA checkpoint holds the adapters only (A, B and the magnitudes of 3 projections in 2
+    // layers): the base weights come from `pretrain` again.
     let newest = checkpoints(resumed.path(), "tune").join("step-000003/model.safetensors");
     let saved = candle_core::safetensors::load(newest, &Device::Cpu).unwrap();
-    assert_eq!(saved.len(), 2 * 2 * 3);
+    assert_eq!(saved.len(), 3 * 2 * 3);
     assert!(saved.keys().all(|name| name.contains(".lora_")), "{:?}", saved.keys());
     let fourth = train(resumed.path(), Some(("student", 4)));
     assert_eq!(fourth.last().unwrap(), &("student".to_string(), NodeReport::Interrupted(4)));
