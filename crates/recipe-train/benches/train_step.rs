@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::Llama;
 use recipe_spec::{Model, Optim};
-use recipe_train::{AdamW, batch_loss, gradients, update};
+use recipe_train::{AdamW, Objective, batch_loss, gradients, update};
 
 #[global_allocator]
 static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
@@ -34,7 +34,7 @@ const CONFIGS: [Config; 2] = [
 fn random_batch(c: &Config) -> Batch {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = c.batch * c.seq;
-    let mut ids = || (0..n).map(|_| (rng.next_u32() % c.vocab)).collect::<Vec<_>>();
+    let mut ids = || (0..n).map(|_| rng.next_u32() % c.vocab).collect::<Vec<_>>();
     Batch {
         rows: c.batch,
         seq_len: c.seq,
@@ -74,13 +74,23 @@ fn bench(cr: &mut Criterion) {
         let mut group = cr.benchmark_group(format!("{} ({} params)", c.name, model.param_count()));
         group.throughput(Throughput::Elements((c.batch * c.seq) as u64));
         group.sample_size(10);
-        group.bench_function("forward", |b| b.iter(|| batch_loss(&model, &batch, &dev).expect("forward")));
+        group.bench_function("forward", |b| {
+            b.iter(|| batch_loss(&model, &batch, &dev, &Objective::default()).expect("forward"))
+        });
         group.bench_function("forward+backward", |b| {
-            b.iter(|| batch_loss(&model, &batch, &dev).expect("forward").0.backward().expect("backward"))
+            b.iter(|| {
+                batch_loss(&model, &batch, &dev, &Objective::default())
+                    .expect("forward")
+                    .0
+                    .backward()
+                    .expect("backward")
+            })
         });
         group.bench_function("step", |b| {
             b.iter(|| {
-                let (_, _, mut grads) = gradients(&model, std::slice::from_ref(&batch), &dev).expect("gradients");
+                let (_, _, mut grads) =
+                    gradients(&model, std::slice::from_ref(&batch), &dev, &Objective::default(), None)
+                        .expect("gradients");
                 update(&model, &mut optimizer, &mut grads, 1e-3, &dev).expect("update")
             })
         });

@@ -1,5 +1,8 @@
 //! What the kernel tests share: seeded random inputs and an element-wise comparison.
 
+// Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
 use candle_core::{DType, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::RngCore;
