@@ -6,6 +6,7 @@
 mod alloc;
 mod cross_entropy;
 mod frozen_linear;
+mod lora;
 mod rms_norm;
 mod rope;
 mod softmax;
@@ -13,6 +14,7 @@ mod softmax;
 pub use alloc::{MiMalloc, retain_freed_memory};
 pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_reference};
 pub use frozen_linear::frozen_linear;
+pub use lora::{Dropout, lora_linear, lora_linear_reference};
 pub use rms_norm::{rms_norm, rms_norm_reference};
 pub use rope::{rope, rope_reference};
 pub use softmax::{masked_softmax, masked_softmax_reference};

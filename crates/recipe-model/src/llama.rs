@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
+use recipe_kernels::Dropout;
 use recipe_spec::{Model as Config, Peft, PeftMethod};
 
 /// One trainable tensor, by its Hugging Face name.
@@ -283,16 +284,17 @@ impl Llama {
 
     /// `x · Wᵀ` for the weight `name`, plus the LoRA update when the projection is adapted.
     fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let y = match self.frozen.get(name) {
-            Some(w) => recipe_kernels::frozen_linear(x, w)?,
-            None => x.matmul(&self.p(name).t()?)?,
+        let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)) else {
+            return match self.frozen.get(name) {
+                Some(w) => recipe_kernels::frozen_linear(x, w),
+                None => x.matmul(&self.p(name).t()?),
+            };
         };
-        let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)) else { return Ok(y) };
-        let x = match self.dropout_seed.get() {
-            Some(seed) if lora.dropout > 0.0 => dropout(x, lora.dropout, seed, name)?,
-            _ => x.clone(),
+        let dropout = match self.dropout_seed.get() {
+            Some(seed) if lora.dropout > 0.0 => Some(Dropout { p: lora.dropout, seed: dropout_seed(seed, name) }),
+            _ => None,
         };
-        let adapted = (y + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * lora.scale())?)?;
+        let adapted = recipe_kernels::lora_linear(x, self.p(name), a, b, lora.scale(), dropout)?;
         let Some(m) = self.magnitude(name) else { return Ok(adapted) };
         let merged = (self.p(name) + (b.matmul(a)? * lora.scale())?)?;
         adapted.broadcast_mul(&(m / row_norms(&merged.detach())?)?)
@@ -449,16 +451,12 @@ fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Inverted dropout of `x` with probability `p`, its mask drawn from `seed` and the
-/// projection's name, so a resumed run draws the same masks.
-fn dropout(x: &Tensor, p: f64, seed: u64, name: &str) -> Result<Tensor> {
+/// The dropout seed of one projection in one forward pass: a resumed run draws the same masks.
+fn dropout_seed(pass: u64, name: &str) -> u64 {
     let mut key = blake3::Hasher::new();
-    key.update(&seed.to_le_bytes());
+    key.update(&pass.to_le_bytes());
     key.update(name.as_bytes());
-    let mut rng = seeded(key.finalize().as_bytes(), seed);
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if uniform(&mut rng) < p { 0.0 } else { keep }).collect();
-    x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
+    u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// `n` draws from normal(0, std) by Box–Muller over the seeded stream.

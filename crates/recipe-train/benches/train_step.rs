@@ -81,17 +81,16 @@ fn bench(cr: &mut Criterion) {
             b.iter(|| {
                 batch_loss(&model, &batch, &dev, &Objective::default())
                     .expect("forward")
-                    .0
+                    .mean
                     .backward()
                     .expect("backward")
             })
         });
         group.bench_function("step", |b| {
             b.iter(|| {
-                let (_, _, mut grads) =
-                    gradients(&model, std::slice::from_ref(&batch), &dev, &Objective::default(), None)
-                        .expect("gradients");
-                update(&model, &mut optimizer, &mut grads, 1e-3, &dev).expect("update")
+                let mut step = gradients(&model, std::slice::from_ref(&batch), &dev, &Objective::default(), None)
+                    .expect("gradients");
+                update(&model, &mut optimizer, &mut step.grads, 1e-3, &dev).expect("update")
             })
         });
         group.finish();

@@ -20,8 +20,8 @@ pub use error::{Error, Result};
 pub use executor::{Hooks, NodeReport, execute};
 pub use sample::{Sampling, generate};
 pub use trainer::{
-    Objective, Observer, Outcome, StageRun, StepMetrics, batch_loss, build_model, check_supported, gradients,
-    train_stage, update,
+    MicroLoss, Objective, Observer, Outcome, StageRun, StepGradients, StepMetrics, batch_loss, build_model,
+    check_supported, gradients, train_stage, update,
 };
 
 /// Now, as RFC 3339 UTC.

@@ -35,6 +35,12 @@ pub struct StepMetrics {
     pub eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_ppl: Option<f64>,
+    /// Distillation only: the cross-entropy on the data and the KD term (T² included) that
+    /// `loss` mixes as alpha·KD + (1 − alpha)·CE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ce_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kd_loss: Option<f64>,
 }
 
 /// Receives progress; the binary draws a bar, tests collect the losses.
@@ -128,7 +134,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let batches: Vec<Batch> =
             (0..accumulation).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
         let dropout_seed = step_seed(recipe.seed, step);
-        let (loss, loss_tokens, mut grads) = gradients(&model, &batches, r.device, &objective, Some(dropout_seed))?;
+        let StepGradients { loss, loss_tokens, terms, mut grads } =
+            gradients(&model, &batches, r.device, &objective, Some(dropout_seed))?;
         if !loss.is_finite() {
             return Err(Error::Run(format!("stage `{}`: the loss is {loss} at step {}", stage.name, step + 1)));
         }
@@ -145,6 +152,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             loss_tokens,
             eval_loss: None,
             eval_ppl: None,
+            ce_loss: terms.map(|t| t.0),
+            kd_loss: terms.map(|t| t.1),
         };
         if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
             let mut eval_loader = Loader::new(r.stores.clone(), &loader_config(Split::Holdout))?;
@@ -225,23 +234,39 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// The step's loss (the mean over all its loss tokens), their number, and the gradient of
-/// every parameter, accumulated over the micro-batches. `dropout_seed` turns adapter dropout on.
+/// What one optimizer step's micro-batches gave.
+pub struct StepGradients {
+    /// The mean loss over all the step's loss tokens.
+    pub loss: f64,
+    pub loss_tokens: u64,
+    /// Distillation's two terms, cross-entropy and KD (T² included), averaged the same way.
+    pub terms: Option<(f64, f64)>,
+    /// Per parameter, accumulated over the micro-batches.
+    pub grads: Vec<Vec<f32>>,
+}
+
+/// The step's loss and the gradient of every parameter, accumulated over the micro-batches.
+/// `dropout_seed` turns adapter dropout on.
 pub fn gradients(
     model: &Llama,
     batches: &[Batch],
     device: &Device,
     objective: &Objective,
     dropout_seed: Option<u64>,
-) -> Result<(f64, u64, Vec<Vec<f32>>)> {
+) -> Result<StepGradients> {
     let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
     let mut grads: Vec<Vec<f32>> = Vec::new();
-    let mut loss = 0.0;
+    let (mut loss, mut terms) = (0.0, None);
     for (i, batch) in batches.iter().enumerate() {
         model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(i as u64)));
-        let (mean, count) = batch_loss(model, batch, device, objective)?;
+        let micro = batch_loss(model, batch, device, objective)?;
         model.set_dropout_seed(None);
-        let weighted = (mean * (count / (loss_tokens.max(1) as f64)))?;
+        let share = micro.count / (loss_tokens.max(1) as f64);
+        if let Some((ce, kd)) = micro.terms {
+            let (sum_ce, sum_kd) = terms.unwrap_or((0.0, 0.0));
+            terms = Some((sum_ce + ce * share, sum_kd + kd * share));
+        }
+        let weighted = (micro.mean * share)?;
         loss += weighted.to_scalar::<f32>()? as f64;
         let store = weighted.backward()?;
         let first = grads.is_empty();
@@ -257,7 +282,7 @@ pub fn gradients(
             }
         }
     }
-    Ok((loss, loss_tokens, grads))
+    Ok(StepGradients { loss, loss_tokens, terms, grads })
 }
 
 /// Clip the gradients to the configured global norm and take one AdamW step at `lr`.
@@ -294,8 +319,18 @@ pub fn check_supported(stage: &Stage) -> Result<()> {
     }
 }
 
-/// The mean loss of one micro-batch over its loss tokens, and how many there were.
-pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Objective) -> Result<(Tensor, f64)> {
+/// One micro-batch's loss.
+pub struct MicroLoss {
+    /// The mean over its loss tokens, to backpropagate.
+    pub mean: Tensor,
+    /// How many loss tokens there were.
+    pub count: f64,
+    /// When distilling: the cross-entropy and KD terms' values.
+    pub terms: Option<(f64, f64)>,
+}
+
+/// The mean loss of one micro-batch over its loss tokens.
+pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Objective) -> Result<MicroLoss> {
     let (b, t) = (batch.rows, batch.seq_len);
     let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
     let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
@@ -304,13 +339,17 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let attn = document_mask(&batch.doc_ids, b, t, device)?;
     let logits = model.forward(&ids, &positions, &attn)?;
     let (ce, count) = masked_cross_entropy(&logits, &targets, &mask)?;
-    let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else { return Ok((ce, count)) };
+    let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else {
+        return Ok(MicroLoss { mean: ce, count, terms: None });
+    };
     // Teachers hold no variables, so their forward passes record no graph.
     let teacher_logits =
         teachers.iter().map(|t| t.forward(&ids, &positions, &attn)).collect::<candle_core::Result<Vec<_>>>()?;
     let teacher = teacher_log_probs(&teacher_logits, distill.temperature)?;
     let kd = kd_loss(distill.loss, &logits, &teacher, distill.temperature, &mask)?;
-    Ok((((kd * distill.alpha)? + (ce * (1.0 - distill.alpha))?)?, count))
+    let terms = Some((ce.to_scalar::<f32>()? as f64, kd.to_scalar::<f32>()? as f64));
+    let mean = ((kd * distill.alpha)? + (ce * (1.0 - distill.alpha))?)?;
+    Ok(MicroLoss { mean, count, terms })
 }
 
 /// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
@@ -319,9 +358,9 @@ fn evaluate(model: &Llama, loader: &mut Loader, stage: &Stage, device: &Device) 
     let (mut sum, mut count) = (0.0, 0.0);
     for _ in 0..stage.eval.batches {
         let batch = loader.next_batch(stage.micro_batch_size as usize);
-        let (mean, n) = batch_loss(model, &batch, device, &Objective::default())?;
-        sum += mean.to_scalar::<f32>()? as f64 * n;
-        count += n;
+        let micro = batch_loss(model, &batch, device, &Objective::default())?;
+        sum += micro.mean.to_scalar::<f32>()? as f64 * micro.count;
+        count += micro.count;
     }
     Ok(sum / count.max(1.0))
 }
