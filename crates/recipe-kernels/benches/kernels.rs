@@ -1,6 +1,7 @@
 //! Each fused kernel against the Candle composition it replaces, forward and forward+backward,
 //! at the shapes of the "tiny" reference configuration (B 8, H 4, T 256, head dim 32,
-//! d_model 128) and the "small" one's vocabulary (8192) for cross-entropy.
+//! d_model 128), the "small" one's vocabulary (8192) for cross-entropy, and SmolLM2-135M's
+//! MLP width for the frozen and LoRA projections.
 //! `cargo bench -p recipe-kernels --bench kernels`
 
 use candle_core::{Device, Result, Tensor, Var};
@@ -59,6 +60,24 @@ fn bench(c: &mut Criterion) {
     pair(c, "cross-entropy 2048x8192", &logits, &|x| k::cross_entropy_rows(x, &targets, &ones), &|x| {
         k::cross_entropy_rows_reference(x, &targets, &ones)
     });
+
+    // SmolLM2-135M's MLP up projection on 4 × 128 tokens; the Candle side is a plain matmul
+    // on a trainable weight, which is what its backward computes whether the weight trains
+    // or not.
+    let x = var(&[512, 576]);
+    let w = var(&[1536, 576]);
+    pair(c, "frozen projection 512x576 -> 1536", &x, &|x| k::frozen_linear(x, &w), &|x| x.matmul(&w.t()?));
+
+    let (a, up) = (var(&[8, 576]), var(&[1536, 8]));
+    let frozen = w.as_tensor().detach();
+    let dropout = Some(k::Dropout { p: 0.05, seed: 1 });
+    pair(
+        c,
+        "lora projection 512x576 -> 1536, rank 8",
+        &x,
+        &|x| k::lora_linear(x, &frozen, &a, &up, 2.0, dropout),
+        &|x| k::lora_linear_reference(x, &frozen, &a, &up, 2.0, dropout),
+    );
 }
 
 criterion_group!(benches, bench);
