@@ -324,6 +324,9 @@ fn a_lora_stage_exports_merged_or_as_a_peft_adapter_and_samples_in_chatml() {
     let out = recipe(&["export", p, "--stage", "tune", "--out", merged.to_str().unwrap()], &runs);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(merged.join("model.safetensors").is_file() && !merged.join("adapter_config.json").exists());
+    // Generation stops at the end of a document or of a ChatML answer.
+    let config: Value = serde_json::from_slice(&std::fs::read(merged.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["eos_token_id"], serde_json::json!([0, 2]));
 
     let adapter = dir.path().join("adapter");
     let out = recipe(&["export", p, "--stage", "tune", "--out", adapter.to_str().unwrap(), "--adapter"], &runs);

@@ -13,7 +13,10 @@ use crate::llama::{Llama, Lora};
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
-pub fn hf_config(c: &Config, eos_token_id: u32) -> Value {
+/// `config.json` for `LlamaForCausalLM`. `eos` lists the tokens that end generation, the
+/// end-of-document token first (also written as `bos_token_id`); a chat model adds
+/// `<|im_end|>`, so `transformers` stops at the end of an answer too.
+pub fn hf_config(c: &Config, eos: &[u32]) -> Value {
     json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -31,8 +34,8 @@ pub fn hf_config(c: &Config, eos_token_id: u32) -> Value {
         "hidden_act": "silu",
         "attention_bias": false,
         "mlp_bias": false,
-        "bos_token_id": eos_token_id,
-        "eos_token_id": eos_token_id,
+        "bos_token_id": eos.first(),
+        "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
         "torch_dtype": "float32",
     })
 }
@@ -66,10 +69,10 @@ impl Llama {
     /// Write `model.safetensors` (LoRA merged in) and `config.json` into `dir`; under LoRA also
     /// the adapter alone, `adapter_model.safetensors` and `adapter_config.json`, naming
     /// `base_model` as what it adapts.
-    pub fn save_pretrained(&self, dir: &Path, eos_token_id: u32, base_model: &str) -> Result<()> {
+    pub fn save_pretrained(&self, dir: &Path, eos: &[u32], base_model: &str) -> Result<()> {
         let map: HashMap<String, Tensor> = self.weights()?.into_iter().collect();
         candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
-        let config = serde_json::to_vec_pretty(&hf_config(&self.config, eos_token_id)).expect("plain data");
+        let config = serde_json::to_vec_pretty(&hf_config(&self.config, eos)).expect("plain data");
         std::fs::write(dir.join("config.json"), config).map_err(candle_core::Error::wrap)?;
         if let Some(lora) = &self.lora {
             let adapters: HashMap<String, Tensor> =

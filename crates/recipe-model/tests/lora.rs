@@ -124,7 +124,7 @@ fn the_adapter_is_written_peft_style_beside_the_merged_model() {
     let lora = Llama::with_lora(&c, base(&c), &peft(&["q_proj", "v_proj"]), 1, &Device::Cpu).unwrap();
     train_a_little(&lora);
     let dir = tempfile::tempdir().unwrap();
-    lora.save_pretrained(dir.path(), 0, "base-model").unwrap();
+    lora.save_pretrained(dir.path(), &[0], "base-model").unwrap();
     let adapter = candle_core::safetensors::load(dir.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
     assert_eq!(adapter.len(), 2 * 2 * 2);
     let a = &adapter["base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight"];

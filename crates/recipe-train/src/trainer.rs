@@ -193,7 +193,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         (None, Some(from)) => from.clone(),
         (None, None) => String::new(),
     };
-    model.save_pretrained(&staging, r.tokenizer.eos(), &base_model)?;
+    let mut eos = vec![r.tokenizer.eos()];
+    eos.extend(r.tokenizer.chatml().map(|[_, end]| end).filter(|end| *end != r.tokenizer.eos()));
+    model.save_pretrained(&staging, &eos, &base_model)?;
     r.tokenizer.save(&staging.join("tokenizer.json"))?;
     r.run.publish(r.node, &staging).map_err(io(&node_dir))?;
     r.run.record(&recipe.canonical(), r.node, RecordedState::Done, Some(crate::now())).map_err(Error::Run)?;
