@@ -6,8 +6,10 @@ use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
 use recipe_spec::Model as Config;
+use recipe_spec::checkpoint::CheckpointFormat;
 use serde_json::{Value, json};
 
+use crate::import::load_checkpoint;
 use crate::llama::{Llama, Lora};
 
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
@@ -86,7 +88,6 @@ impl Llama {
 
     /// Load a model this crate saved (the architecture comes from the recipe).
     pub fn load_pretrained(config: &Config, dir: &Path, device: &Device) -> Result<Llama> {
-        let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
-        Llama::from_tensors(config, tensors.into_iter().collect(), device)
+        Llama::from_tensors(config, load_checkpoint(dir, CheckpointFormat::HfDir, config)?, device)
     }
 }

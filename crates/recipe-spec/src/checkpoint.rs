@@ -35,8 +35,9 @@ pub struct CheckpointInfo {
     pub format: CheckpointFormat,
     /// The architecture fields the checkpoint fixes.
     pub arch: ModelSpec,
-    /// Whether `arch` came from tensor shapes alone: the head count is then unknown.
-    pub heads_unknown: bool,
+    /// Set when `arch` came from tensor shapes alone, so the head count is unknown: the
+    /// key/value projection's width, which gives `n_kv_heads` once the recipe gives `n_heads`.
+    pub kv_width_of_unknown_heads: Option<u32>,
     /// The tokenizer stored with the weights, when there is one.
     pub tokenizer: Option<TokenizerFacts>,
 }
@@ -102,9 +103,12 @@ pub fn inspect(path: &Path) -> Result<CheckpointInfo, String> {
     } else {
         return Err("expected a Hugging Face model folder, a .safetensors or a .gguf file".into());
     };
-    let (arch, heads_unknown) = match config {
-        Some(config) => (read_hf_config(&config)?, false),
-        None => (arch_from_shapes(&safetensors_shapes(path)?)?, true),
+    let (arch, kv_width_of_unknown_heads) = match config {
+        Some(config) => (read_hf_config(&config)?, None),
+        None => {
+            let (arch, kv_width) = arch_from_shapes(&safetensors_shapes(path)?)?;
+            (arch, Some(kv_width))
+        }
     };
     let tokenizer_json = match format {
         CheckpointFormat::HfDir => path.join("tokenizer.json"),
@@ -114,7 +118,7 @@ pub fn inspect(path: &Path) -> Result<CheckpointInfo, String> {
         true => Some(tokenizer_facts(&TokenizerFile::Json(tokenizer_json))?),
         false => None,
     };
-    Ok(CheckpointInfo { path: path.to_path_buf(), format, arch, heads_unknown, tokenizer })
+    Ok(CheckpointInfo { path: path.to_path_buf(), format, arch, kv_width_of_unknown_heads, tokenizer })
 }
 
 /// The architecture in a Hugging Face `config.json`; anything this trainer cannot reproduce
@@ -187,15 +191,16 @@ fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<u64>>, String> 
         .collect())
 }
 
-/// What tensor shapes alone fix; the head count stays with the recipe.
-fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<ModelSpec, String> {
+/// What tensor shapes alone fix, and the key/value width; the head count stays with the recipe.
+fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u32), String> {
     let dims = |name: &str| shapes.get(name).ok_or_else(|| format!("it has no tensor `{name}`"));
     let embed = dims("model.embed_tokens.weight")?;
     let gate = dims("model.layers.0.mlp.gate_proj.weight")?;
+    let kv = dims("model.layers.0.self_attn.k_proj.weight")?;
     let n_layers =
         (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.input_layernorm.weight"))).count();
     let narrow = |v: u64| u32::try_from(v).map_err(|_| "a dimension is too large".to_string());
-    Ok(ModelSpec {
+    let spec = ModelSpec {
         arch: Some("llama".into()),
         vocab_size: Some(narrow(embed[0])?),
         d_model: Some(narrow(embed[1])?),
@@ -203,15 +208,8 @@ fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<ModelSpec, Str
         d_ff: Some(narrow(gate[0])?),
         tie_embeddings: Some(!shapes.contains_key("lm_head.weight")),
         ..ModelSpec::default()
-    })
-}
-
-/// The key/value width of a bare safetensors checkpoint, to derive `n_kv_heads` once the
-/// recipe gives the head count.
-pub fn safetensors_kv_width(path: &Path) -> Result<u32, String> {
-    let shapes = safetensors_shapes(path)?;
-    let k = shapes.get("model.layers.0.self_attn.k_proj.weight").ok_or("it has no k_proj tensor")?;
-    Ok(k[0] as u32)
+    };
+    Ok((spec, narrow(kv[0])?))
 }
 
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, String> {
@@ -251,7 +249,7 @@ fn inspect_gguf(path: &Path) -> Result<CheckpointInfo, String> {
         path: path.to_path_buf(),
         format: CheckpointFormat::Gguf,
         arch: spec,
-        heads_unknown: false,
+        kv_width_of_unknown_heads: None,
         tokenizer: Some(tokenizer),
     })
 }

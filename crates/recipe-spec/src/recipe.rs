@@ -1166,11 +1166,10 @@ fn import_architecture(
     let Some(info) = read_checkpoint(cx, path, &written, &from_origin) else { return (spec.clone(), None) };
     check_same_tokenizer(cx, stage, &info, &written, &from_origin, tokenizer);
     let mut arch = info.arch.clone();
-    if info.heads_unknown {
+    if let Some(kv) = info.kv_width_of_unknown_heads {
         match spec.n_heads {
             Some(n_heads) => {
                 let head_dim = arch.d_model.unwrap_or(0) / n_heads.max(1);
-                let kv = crate::checkpoint::safetensors_kv_width(path).unwrap_or(0);
                 arch.n_heads = Some(n_heads);
                 arch.n_kv_heads = Some(kv / head_dim.max(1));
             }
@@ -1226,7 +1225,7 @@ fn import_teacher(
     let path = base_dir.join(written);
     let info = read_checkpoint(cx, &path, written, origin)?;
     check_same_tokenizer(cx, stage, &info, written, origin, tokenizer);
-    if info.heads_unknown {
+    if info.kv_width_of_unknown_heads.is_some() {
         cx.diags.push(
             Diagnostic::new(origin, format!("teacher `{written}` has no config.json beside it"))
                 .label("a teacher's architecture must come whole from its checkpoint")

@@ -117,8 +117,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
 
     if start_step == 0 && stage.eval.every > 0 {
         // The starting point, so that what the stage changed can be read off the metrics.
-        let mut eval_loader = Loader::new(r.stores.clone(), &loader_config(Split::Holdout))?;
-        let eval_loss = evaluate(&model, &mut eval_loader, stage, r.device)?;
+        let eval_loss = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
         let line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
         writeln!(metrics_file, "{line}").map_err(io(&metrics_path))?;
         r.observer.message(&format!("`{}` before training: eval loss {eval_loss:.4}", stage.name));
@@ -156,8 +155,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             kd_loss: terms.map(|t| t.1),
         };
         if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
-            let mut eval_loader = Loader::new(r.stores.clone(), &loader_config(Split::Holdout))?;
-            let eval = evaluate(&model, &mut eval_loader, stage, r.device)?;
+            let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
             m.eval_loss = Some(eval);
             m.eval_ppl = Some(eval.exp());
         }
@@ -356,7 +354,8 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
 
 /// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
 /// Runs on a fresh loader, so every evaluation sees the same batches.
-fn evaluate(model: &Llama, loader: &mut Loader, stage: &Stage, device: &Device) -> Result<f64> {
+fn evaluate(model: &Llama, stores: &Mix, config: &LoaderConfig, stage: &Stage, device: &Device) -> Result<f64> {
+    let mut loader = Loader::new(stores.clone(), config)?;
     let (mut sum, mut count) = (0.0, 0.0);
     for _ in 0..stage.eval.batches {
         let batch = loader.next_batch(stage.micro_batch_size as usize);

@@ -111,7 +111,7 @@ fn a_sharded_model_folder_loads_like_a_single_file() {
     let lone = tempfile::tempdir().unwrap();
     std::fs::copy(single.path().join("model.safetensors"), lone.path().join("weights.safetensors")).unwrap();
     let info = inspect(&lone.path().join("weights.safetensors")).unwrap();
-    assert!(info.heads_unknown);
+    assert_eq!(info.kv_width_of_unknown_heads, Some(32), "4 heads of 8: key/value width 32");
     assert_eq!((info.arch.d_model, info.arch.n_layers, info.arch.vocab_size), (Some(32), Some(2), Some(50)));
     assert_eq!((info.arch.tie_embeddings, info.arch.n_heads), (Some(true), None));
 }
