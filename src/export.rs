@@ -1,12 +1,15 @@
 //! `recipe export`: copy a finished stage's result, a Hugging Face model directory
 //! (`config.json`, `model.safetensors` with any LoRA merged in, `tokenizer.json`) or a LoRA
-//! stage's PEFT adapter, to a folder of the user's choice, and check that it loads back to the
-//! same tensors.
+//! stage's PEFT adapter, to a folder of the user's choice, in the dtype asked for, and check
+//! that it loads back bit for bit.
 
+use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::{DType, Device, Tensor};
 use recipe_graph::RunDir;
-use recipe_model::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Llama};
+use recipe_model::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Dtypes, Llama, torch_dtype};
+use recipe_spec::Precision;
 
 use crate::{Failure, load};
 
@@ -17,6 +20,7 @@ pub fn run(
     stage_name: &str,
     out: &Path,
     adapter: bool,
+    dtype: Option<&str>,
 ) -> Result<(), Failure> {
     let recipe = load::load(path, sets)?;
     let Some(stage) = recipe.stage(stage_name) else {
@@ -38,30 +42,66 @@ pub fn run(
             "error: stage `{stage_name}` trains every weight, so it has no adapter to export; drop `--adapter`\n"
         )));
     }
+    // Mixed precision exports what it computed in; f32 and bf16 stages export f32.
+    let dtype = match dtype {
+        Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(other) => return Err(Failure::Invalid(format!("error: --dtype {other}: expected f32, bf16 or f16\n"))),
+        None if matches!(stage.precision, Precision::Bf16Mixed | Precision::F16Mixed) => {
+            Dtypes::of(stage.precision).compute
+        }
+        None => DType::F32,
+    };
     let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("export to {}: {e}", out.display()));
     std::fs::create_dir_all(out).map_err(|e| fail(&e))?;
     let weights = if adapter { ADAPTER_WEIGHTS } else { "model.safetensors" };
-    let mut files = vec!["config.json", "tokenizer.json", weights];
+    let mut files = vec!["tokenizer.json"];
     if adapter {
         files.push(ADAPTER_CONFIG);
     }
     for file in files {
         std::fs::copy(result.join(file), out.join(file)).map_err(|e| fail(&e))?;
     }
-    let device = candle_core::Device::Cpu;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(result.join("config.json")).map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+    config["torch_dtype"] = torch_dtype(dtype).into();
+    let config = serde_json::to_vec_pretty(&config).expect("plain data");
+    std::fs::write(out.join("config.json"), config).map_err(|e| fail(&e))?;
+
+    let device = Device::Cpu;
     let read = |dir: &Path| candle_core::safetensors::load(dir.join(weights), &device).map_err(|e| fail(&e));
-    let (original, exported) = (read(&result)?, read(out)?);
+    let converted = read(&result)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .collect::<candle_core::Result<HashMap<String, Tensor>>>()
+        .map_err(|e| fail(&e))?;
+    candle_core::safetensors::save(&converted, out.join(weights)).map_err(|e| fail(&e))?;
+    let exported = read(out)?;
     let mut elements = 0;
-    for (name, a) in &original {
-        let values = |t: &candle_core::Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok();
-        if exported.get(name).and_then(values) != values(a) {
-            return Err(fail(&format!("{name} does not load back identically")));
+    for (name, want) in &converted {
+        let same = exported.get(name).is_some_and(|got| same_bits(got, want).unwrap_or(false));
+        if !same {
+            return Err(fail(&format!("{name} does not load back bit for bit")));
         }
-        elements += a.elem_count();
+        elements += want.elem_count();
     }
     if !adapter {
         Llama::load_pretrained(&stage.model, out, &device).map_err(|e| fail(&e))?;
     }
-    tracing::info!("exported `{stage_name}` ({elements} parameters, {weights}) to {}", out.display());
+    tracing::info!("exported `{stage_name}` ({elements} parameters, {weights}, {dtype:?}) to {}", out.display());
     Ok(())
+}
+
+/// Same dtype, shape and bits in every element. Widening f32, bf16 and f16 to f64 is exact and
+/// one-to-one, so comparing the widened bits compares the stored ones.
+fn same_bits(a: &Tensor, b: &Tensor) -> candle_core::Result<bool> {
+    if a.dtype() != b.dtype() || a.shape() != b.shape() {
+        return Ok(false);
+    }
+    let bits = |t: &Tensor| -> candle_core::Result<Vec<u64>> {
+        Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.into_iter().map(f64::to_bits).collect())
+    };
+    Ok(bits(a)? == bits(b)?)
 }

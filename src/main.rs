@@ -52,7 +52,9 @@ enum Verb {
         /// Only this stage and what it needs.
         #[arg(long)]
         stage: Option<String>,
-        /// cpu (this build has no cuda or metal).
+        /// cpu, cuda (the first GPU), cuda:N, metal, or auto (a GPU when this build has
+        /// CUDA or Metal and one answers, else the CPU). GPUs need a build with
+        /// `--features cuda` or `--features metal`.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
@@ -98,10 +100,20 @@ enum Verb {
         /// adapter_config.json), instead of the merged weights.
         #[arg(long)]
         adapter: bool,
+        /// f32, bf16 or f16 (and `config.json`'s `torch_dtype` says so). Default: the compute
+        /// dtype of a bf16-mixed or f16-mixed stage, else f32.
+        #[arg(long)]
+        dtype: Option<String>,
     },
     /// Train a shrunken copy of the recipe (same graph and features, tiny sizes) and fail
     /// unless every stage's loss is finite and falls. Runs in `RUNS/NAME-smoke`.
-    Smoke(RecipeArgs),
+    Smoke {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+        /// Where to train, as for `train`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Train the tokenizer and tokenize the sources that the recipe (or one stage) needs,
     /// skipping what is already cached.
     Prepare {
@@ -146,7 +158,7 @@ struct RecipeArgs {
 }
 
 #[global_allocator]
-static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
+static ALLOCATOR: recipe_kernels::Allocator = recipe_kernels::Allocator;
 
 /// How a verb failed, which decides the exit code.
 pub enum Failure {
@@ -199,10 +211,10 @@ fn main() -> ExitCode {
             };
             sample::run(&recipe.recipe, &recipe.sets, &cli.runs, &args)
         }
-        Verb::Export { recipe, stage, out, adapter } => {
-            export::run(&recipe.recipe, &recipe.sets, &cli.runs, stage, out, *adapter)
+        Verb::Export { recipe, stage, out, adapter, dtype } => {
+            export::run(&recipe.recipe, &recipe.sets, &cli.runs, stage, out, *adapter, dtype.as_deref())
         }
-        Verb::Smoke(r) => match smoke::run(&r.recipe, &r.sets, &cli.runs) {
+        Verb::Smoke { recipe: r, device } => match smoke::run(&r.recipe, &r.sets, &cli.runs, device) {
             Ok(false) => return ExitCode::from(130),
             other => other.map(|_| ()),
         },

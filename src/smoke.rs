@@ -73,7 +73,7 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     sets
 }
 
-pub fn run(path: &Path, sets: &[String], runs: &Path) -> Result<bool, Failure> {
+pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<bool, Failure> {
     let recipe = load::load(path, sets)?;
     let mut all = sets.to_vec();
     all.extend(shrink(&recipe));
@@ -83,7 +83,7 @@ pub fn run(path: &Path, sets: &[String], runs: &Path) -> Result<bool, Failure> {
          scratch at d_model 64 for {STEPS} steps, stages with a full-size checkpoint for {STEPS_WITH_CHECKPOINT}",
         small.stages.len()
     );
-    if let crate::train::Trained::Interrupted = crate::train::run(path, &all, runs, None, "cpu")? {
+    if let crate::train::Trained::Interrupted = crate::train::run(path, &all, runs, None, device)? {
         return Ok(false);
     }
     let graph = load::graph(&small)?;

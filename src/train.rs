@@ -17,13 +17,70 @@ pub enum Trained {
     Interrupted,
 }
 
+/// The device `--device` names: `cpu`, `cuda` (GPU 0), `cuda:N`, `metal`, or `auto` (CUDA if
+/// this build has it and a GPU answers, else Metal likewise, else the CPU). The choice is
+/// logged.
 pub fn device(name: &str) -> Result<Device, Failure> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        other if other == "metal" || other == "cuda" || other.starts_with("cuda:") => {
-            Err(Failure::Invalid(format!("error: --device {other}: this build of recipe has CPU support only\n")))
-        }
-        other => Err(Failure::Invalid(format!("error: unknown device `{other}`; expected cpu, cuda[:N] or metal\n"))),
+    let device = match name {
+        "cpu" => Device::Cpu,
+        "auto" => auto_device(),
+        "metal" => metal()?,
+        "cuda" => cuda(0)?,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => cuda(ordinal)?,
+            _ => {
+                return Err(Failure::Invalid(format!(
+                    "error: unknown device `{other}`; expected cpu, cuda, cuda:N (N a GPU's number), metal or auto\n"
+                )));
+            }
+        },
+    };
+    tracing::info!("device: {}", describe(&device));
+    Ok(device)
+}
+
+fn auto_device() -> Device {
+    let found = if candle_core::utils::cuda_is_available() {
+        Device::new_cuda(0).ok()
+    } else if candle_core::utils::metal_is_available() {
+        Device::new_metal(0).ok()
+    } else {
+        None
+    };
+    found.unwrap_or(Device::Cpu)
+}
+
+fn cuda(ordinal: usize) -> Result<Device, Failure> {
+    if !cfg!(feature = "cuda") {
+        return Err(Failure::Invalid(
+            "error: --device cuda: this build of recipe has no CUDA support; build it with `--features cuda` (README: \"GPUs\")\n"
+                .into(),
+        ));
+    }
+    Device::new_cuda(ordinal).map_err(|e| Failure::Run(format!("cannot open CUDA device {ordinal}: {e}")))
+}
+
+fn metal() -> Result<Device, Failure> {
+    if !cfg!(feature = "metal") {
+        return Err(Failure::Invalid(
+            "error: --device metal: this build of recipe has no Metal support; build it with `--features metal` on macOS\n"
+                .into(),
+        ));
+    }
+    Device::new_metal(0).map_err(|e| Failure::Run(format!("cannot open the Metal device: {e}")))
+}
+
+fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
+        Device::Cuda(_) => format!(
+            "cuda:{}",
+            match device.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+                _ => 0,
+            }
+        ),
+        Device::Metal(_) => "metal".into(),
     }
 }
 

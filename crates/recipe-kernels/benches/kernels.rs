@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use recipe_kernels as k;
 
 #[global_allocator]
-static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
+static ALLOCATOR: recipe_kernels::Allocator = recipe_kernels::Allocator;
 
 /// Bench `fused` and `plain` (each mapping the variable to an output), forward and backward.
 fn pair(
@@ -41,24 +41,24 @@ fn bench(c: &mut Criterion) {
     let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev).unwrap();
     let dy = Tensor::randn(0f32, 1.0, (b, h, t, t), &dev).unwrap();
     pair(c, "masked softmax 8x4x256x256", &scores, &|x| k::masked_softmax(x, &mask, 0.17)? * &dy, &|x| {
-        k::masked_softmax_reference(x, &mask, 0.17)? * &dy
+        k::masked_softmax_composed(x, &mask, 0.17)? * &dy
     });
 
     let q = var(&[b, h, t, hd]);
     let cos = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
     let sin = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
-    pair(c, "rope 8x4x256x32", &q, &|x| k::rope(x, &cos, &sin), &|x| k::rope_reference(x, &cos, &sin));
+    pair(c, "rope 8x4x256x32", &q, &|x| k::rope(x, &cos, &sin), &|x| k::rope_composed(x, &cos, &sin));
 
     let x = var(&[b * t, d]);
     let w = Tensor::randn(0f32, 1.0, d, &dev).unwrap();
-    pair(c, "rms norm 2048x128", &x, &|x| k::rms_norm(x, &w, 1e-5), &|x| k::rms_norm_reference(x, &w, 1e-5));
+    pair(c, "rms norm 2048x128", &x, &|x| k::rms_norm(x, &w, 1e-5), &|x| k::rms_norm_composed(x, &w, 1e-5));
 
     let n = 2048;
     let logits = var(&[n, 8192]);
     let targets = Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % 8192).collect::<Vec<_>>(), n, &dev).unwrap();
     let ones = Tensor::ones(n, candle_core::DType::F32, &dev).unwrap();
     pair(c, "cross-entropy 2048x8192", &logits, &|x| k::cross_entropy_rows(x, &targets, &ones), &|x| {
-        k::cross_entropy_rows_reference(x, &targets, &ones)
+        k::cross_entropy_rows_composed(x, &targets, &ones)
     });
 
     // SmolLM2-135M's MLP up projection on 4 × 128 tokens; the Candle side is a plain matmul
@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
         "lora projection 512x576 -> 1536, rank 8",
         &x,
         &|x| k::lora_linear(x, &frozen, &a, &up, 2.0, dropout),
-        &|x| k::lora_linear_reference(x, &frozen, &a, &up, 2.0, dropout),
+        &|x| k::lora_linear_composed(x, &frozen, &a, &up, 2.0, dropout),
     );
 }
 

@@ -1,17 +1,28 @@
 //! The allocator for training. Each step allocates and frees the same large tensors; glibc and
 //! mimalloc's defaults hand freed memory back to the kernel, which then zeroes fresh pages on
 //! the next step (a third of a small model's step time, measured with `perf`). Programs that
-//! train declare `#[global_allocator] static A: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;`
-//! and call [`retain_freed_memory`] first thing.
+//! train declare `#[global_allocator] static A: recipe_kernels::Allocator = recipe_kernels::Allocator;`
+//! and call [`retain_freed_memory`] first thing. On Apple platforms the system allocator
+//! serves instead (mimalloc is C, and the Metal build is type-checked from Linux).
 
-pub use mimalloc::MiMalloc;
+#[cfg(not(target_vendor = "apple"))]
+pub use mimalloc::MiMalloc as Allocator;
+#[cfg(target_vendor = "apple")]
+pub use std::alloc::System as Allocator;
+
+/// The system allocator has no such option.
+#[cfg(target_vendor = "apple")]
+pub fn retain_freed_memory() {}
 
 // Indices of mimalloc's `mi_option_t` for the bundled mimalloc (libmimalloc-sys 0.1.49), whose
 // bindings do not name these two.
+#[cfg(not(target_vendor = "apple"))]
 const PURGE_DECOMMITS: libmimalloc_sys::mi_option_t = 5;
+#[cfg(not(target_vendor = "apple"))]
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keep freed memory mapped for reuse instead of returning it to the kernel.
+#[cfg(not(target_vendor = "apple"))]
 pub fn retain_freed_memory() {
     // Safety: setting an option is a plain store in mimalloc; any value is valid for both.
     unsafe {
@@ -20,7 +31,7 @@ pub fn retain_freed_memory() {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_vendor = "apple")))]
 mod tests {
     #[test]
     fn the_option_indices_name_the_purge_options() {

@@ -1,8 +1,16 @@
 //! `recipe-kernels` holds fused Candle custom ops for the training hot loop, each with a
 //! backward pass and each tested against the plain Candle composition it replaces. A chain of
 //! Candle ops passes over memory once per op and allocates each intermediate; a fused op passes
-//! once. CPU implementations only, for now.
+//! once.
+//!
+//! Each op is a folder: `mod.rs` holds the public function, which picks the implementation for
+//! the tensor's device; `cpu.rs` the native CPU kernel; `composed.rs` the composed fallback —
+//! plain Candle ops with gradients Candle derives — which runs on every device without a native
+//! kernel (CUDA and Metal, for now) and is the reference the native kernels are tested
+//! against. Kernels compute in f32 (or f64) and widen half-precision inputs at their edges: mixed
+//! precision keeps norm statistics, softmax and the loss in f32.
 
+mod adamw;
 mod alloc;
 mod cross_entropy;
 mod frozen_linear;
@@ -11,13 +19,38 @@ mod rms_norm;
 mod rope;
 mod softmax;
 
-pub use alloc::{MiMalloc, retain_freed_memory};
-pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_reference};
+pub use adamw::{AdamWStep, adamw_moments, adamw_step, adamw_step_composed, squared_norm, squared_norm_composed};
+pub use alloc::{Allocator, retain_freed_memory};
+pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_composed};
 pub use frozen_linear::frozen_linear;
-pub use lora::{Dropout, lora_linear, lora_linear_reference};
-pub use rms_norm::{rms_norm, rms_norm_reference};
-pub use rope::{rope, rope_reference};
-pub use softmax::{masked_softmax, masked_softmax_reference};
+pub use lora::{Dropout, lora_linear, lora_linear_composed};
+pub use rms_norm::{rms_norm, rms_norm_composed};
+pub use rope::{rope, rope_composed};
+pub use softmax::{masked_softmax, masked_softmax_composed};
+
+use candle_core::{DType, Tensor};
+
+/// Where an op runs for a given input.
+pub(crate) enum Backend {
+    /// The native CPU kernel.
+    Cpu,
+    /// The composed fallback.
+    Composed,
+}
+
+impl Backend {
+    pub(crate) fn of(t: &Tensor) -> Backend {
+        if t.device().is_cpu() { Backend::Cpu } else { Backend::Composed }
+    }
+}
+
+/// The dtype a kernel computes in for inputs of `dtype`: half precision is widened to f32.
+pub(crate) fn widened(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
 
 /// The elements of a contiguous CPU tensor; custom ops call `.contiguous()` before applying.
 pub(crate) fn contiguous<'a, T: candle_core::WithDType>(

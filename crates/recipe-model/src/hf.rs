@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use recipe_spec::Model as Config;
 use recipe_spec::checkpoint::CheckpointFormat;
 use serde_json::{Value, json};
@@ -17,8 +17,9 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// `config.json` for `LlamaForCausalLM`. `eos` lists the tokens that end generation, the
 /// end-of-document token first (also written as `bos_token_id`); a chat model adds
-/// `<|im_end|>`, so `transformers` stops at the end of an answer too.
-pub fn hf_config(c: &Config, eos: &[u32]) -> Value {
+/// `<|im_end|>`, so `transformers` stops at the end of an answer too. `dtype` is what
+/// `model.safetensors` holds.
+pub fn hf_config(c: &Config, eos: &[u32], dtype: DType) -> Value {
     json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -38,8 +39,18 @@ pub fn hf_config(c: &Config, eos: &[u32]) -> Value {
         "mlp_bias": false,
         "bos_token_id": eos.first(),
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
-        "torch_dtype": "float32",
+        "torch_dtype": torch_dtype(dtype),
     })
+}
+
+/// The name `transformers` gives `dtype` in `config.json`.
+pub fn torch_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
 }
 
 /// The `adapter_config.json` of a PEFT LoRA adapter, as the `peft` library writes it.
@@ -68,13 +79,15 @@ impl Llama {
         self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect()
     }
 
-    /// Write `model.safetensors` (LoRA merged in) and `config.json` into `dir`; under LoRA also
+    /// Write `model.safetensors` (LoRA merged in, in the master dtype) and `config.json` into
+    /// `dir`; under LoRA also
     /// the adapter alone, `adapter_model.safetensors` and `adapter_config.json`, naming
     /// `base_model` as what it adapts.
     pub fn save_pretrained(&self, dir: &Path, eos: &[u32], base_model: &str) -> Result<()> {
         let map: HashMap<String, Tensor> = self.weights()?.into_iter().collect();
         candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
-        let config = serde_json::to_vec_pretty(&hf_config(&self.config, eos)).expect("plain data");
+        let config = hf_config(&self.config, eos, self.dtypes.weights);
+        let config = serde_json::to_vec_pretty(&config).expect("plain data");
         std::fs::write(dir.join("config.json"), config).map_err(candle_core::Error::wrap)?;
         if let Some(lora) = &self.lora {
             let adapters: HashMap<String, Tensor> =

@@ -11,7 +11,7 @@ mod import;
 mod llama;
 mod loss;
 
-pub use hf::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, hf_config};
+pub use hf::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, hf_config, torch_dtype};
 pub use import::load_checkpoint;
-pub use llama::{KvCache, Llama, Lora, Param, document_mask, lora_names, magnitude_name};
+pub use llama::{Dtypes, KvCache, Llama, Lora, Param, document_mask, lora_names, magnitude_name};
 pub use loss::masked_cross_entropy;

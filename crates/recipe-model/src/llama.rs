@@ -19,7 +19,32 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_kernels::Dropout;
-use recipe_spec::{Model as Config, Peft, PeftMethod};
+use recipe_spec::{Model as Config, Peft, PeftMethod, Precision};
+
+/// The dtypes a model trains in: what its trainable weights are stored in (the master copy
+/// the optimizer updates) and what its matrix products and activations compute in. Norm
+/// statistics, softmax and the loss are computed in f32 whatever `compute` is (the kernels
+/// widen half-precision inputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dtypes {
+    pub weights: DType,
+    pub compute: DType,
+}
+
+impl Dtypes {
+    pub const F32: Dtypes = Dtypes { weights: DType::F32, compute: DType::F32 };
+
+    /// `f32`: f32 throughout. `bf16-mixed` / `f16-mixed`: f32 master weights, half-precision
+    /// compute. `bf16`: bf16 weights and compute (the optimizer's moments stay f32).
+    pub fn of(precision: Precision) -> Dtypes {
+        match precision {
+            Precision::F32 => Dtypes::F32,
+            Precision::Bf16Mixed => Dtypes { weights: DType::F32, compute: DType::BF16 },
+            Precision::F16Mixed => Dtypes { weights: DType::F32, compute: DType::F16 },
+            Precision::Bf16 => Dtypes { weights: DType::BF16, compute: DType::BF16 },
+        }
+    }
+}
 
 /// One trainable tensor, by its Hugging Face name.
 pub struct Param {
@@ -38,9 +63,11 @@ pub struct Llama {
     pub lora: Option<Lora>,
     /// Seeds this forward pass's adapter dropout; none means no dropout (evaluation).
     dropout_seed: Cell<Option<u64>>,
-    /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`.
+    /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`, in f32 (f64 when
+    /// computing in f64).
     rope: (Tensor, Tensor),
     n_layers: usize,
+    pub dtypes: Dtypes,
 }
 
 /// The LoRA adapters' settings.
@@ -129,7 +156,7 @@ impl Llama {
         Llama::from_tensors_in(config, tensors, device, DType::F32)
     }
 
-    /// Like [`Llama::from_tensors`], computing in `dtype` (f64 for gradient checks).
+    /// Like [`Llama::from_tensors`], storing and computing in `dtype` (f64 for gradient checks).
     pub fn from_tensors_in(
         config: &Config,
         tensors: Vec<(String, Tensor)>,
@@ -142,14 +169,14 @@ impl Llama {
             .zip(Llama::layout(config))
             .map(|((name, t), (_, _, decay))| Ok(Param { name, var: Var::from_tensor(&t)?, decay }))
             .collect::<Result<Vec<_>>>()?;
-        Llama::assemble(config, params, HashMap::new(), None, device, dtype)
+        Llama::assemble(config, params, HashMap::new(), None, device, Dtypes { weights: dtype, compute: dtype })
     }
 
     /// A model that is only run, never trained (a distillation teacher): no weight is a
     /// variable, so its forward pass records no graph.
     pub fn frozen(config: &Config, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Llama> {
         let frozen = Llama::checked_frozen(config, tensors, device)?;
-        Llama::assemble(config, Vec::new(), frozen, None, device, DType::F32)
+        Llama::assemble(config, Vec::new(), frozen, None, device, Dtypes::F32)
     }
 
     /// The base weights `tensors`, frozen, with LoRA adapters on `peft.targets` in every layer:
@@ -190,7 +217,7 @@ impl Llama {
                 params.push(Param { name: magnitude_name(&name), var: m, decay: false });
             }
         }
-        Llama::assemble(config, params, frozen, Some(lora), device, DType::F32)
+        Llama::assemble(config, params, frozen, Some(lora), device, Dtypes::F32)
     }
 
     /// `tensors` checked against the layout: each present once, with its shape, on `device` in
@@ -229,11 +256,32 @@ impl Llama {
         frozen: HashMap<String, Tensor>,
         lora: Option<Lora>,
         device: &Device,
-        dtype: DType,
+        dtypes: Dtypes,
     ) -> Result<Llama> {
-        let rope = rope_tables(config, device, dtype)?;
+        let rope = rope_tables(config, device, widened(dtypes.compute))?;
         let n_layers = config.n_layers as usize;
-        Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed: Cell::new(None), rope, n_layers })
+        let dropout_seed = Cell::new(None);
+        Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed, rope, n_layers, dtypes })
+    }
+
+    /// The same model training in `dtypes`: trainable weights converted to `dtypes.weights`
+    /// (new variables), frozen ones to `dtypes.compute`.
+    pub fn in_precision(self, dtypes: Dtypes) -> Result<Llama> {
+        if dtypes == self.dtypes {
+            return Ok(self);
+        }
+        let params = self
+            .params
+            .into_iter()
+            .map(|p| Ok(Param { var: Var::from_tensor(&p.var.to_dtype(dtypes.weights)?)?, ..p }))
+            .collect::<Result<Vec<_>>>()?;
+        let frozen = self
+            .frozen
+            .into_iter()
+            .map(|(name, t)| Ok((name, t.to_dtype(dtypes.compute)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        let device = self.rope.0.device().clone();
+        Llama::assemble(&self.config, params, frozen, self.lora, &device, dtypes)
     }
 
     /// Turn adapter dropout on for the next forward passes, drawing masks from `seed`; `None`
@@ -242,7 +290,8 @@ impl Llama {
         self.dropout_seed.set(seed);
     }
 
-    fn p(&self, name: &str) -> &Tensor {
+    /// The weight `name` as stored: a frozen tensor, or a parameter's master copy.
+    fn stored(&self, name: &str) -> &Tensor {
         match self.frozen.get(name) {
             Some(t) => t,
             None => {
@@ -251,19 +300,27 @@ impl Llama {
         }
     }
 
-    /// The full model's weights in layout order, with any adapter merged in:
-    /// `W + (alpha / rank) · B·A`, under DoRA rescaled row by row to `m`.
+    /// The weight `name` in the compute dtype; the cast is part of the graph, so a master
+    /// weight's gradient arrives in its own dtype.
+    fn p(&self, name: &str) -> Result<Tensor> {
+        self.stored(name).to_dtype(self.dtypes.compute)
+    }
+
+    /// The full model's weights in layout order, in the master dtype, with any adapter merged
+    /// in (in f32): `W + (alpha / rank) · B·A`, under DoRA rescaled row by row to `m`.
     pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         for (name, _, _) in Llama::layout(&self.config) {
-            let mut w = self.p(&name).clone();
+            let mut w = self.stored(&name).to_dtype(self.dtypes.weights)?;
             if let Some(lora) = &self.lora
                 && let Some((a, b)) = self.adapter(&name)
             {
-                w = (w + (b.matmul(a)? * lora.scale())?)?;
+                let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+                w = (w.to_dtype(DType::F32)? + (b.matmul(&a)? * lora.scale())?)?;
                 if let Some(m) = self.magnitude(&name) {
-                    w = w.broadcast_mul(&(m / row_norms(&w)?)?.unsqueeze(1)?)?;
+                    w = w.broadcast_mul(&(m.to_dtype(DType::F32)? / row_norms(&w)?)?.unsqueeze(1)?)?;
                 }
+                w = w.to_dtype(self.dtypes.weights)?;
             }
             out.push((name, w));
         }
@@ -287,17 +344,22 @@ impl Llama {
         let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)) else {
             return match self.frozen.get(name) {
                 Some(w) => recipe_kernels::frozen_linear(x, w),
-                None => x.matmul(&self.p(name).t()?),
+                None => x.matmul(&self.p(name)?.t()?),
             };
         };
+        let compute = self.dtypes.compute;
+        let (a, b) = (&a.to_dtype(compute)?, &b.to_dtype(compute)?);
         let dropout = match self.dropout_seed.get() {
             Some(seed) if lora.dropout > 0.0 => Some(Dropout { p: lora.dropout, seed: dropout_seed(seed, name) }),
             _ => None,
         };
-        let adapted = recipe_kernels::lora_linear(x, self.p(name), a, b, lora.scale(), dropout)?;
+        let adapted = recipe_kernels::lora_linear(x, self.stored(name), a, b, lora.scale(), dropout)?;
         let Some(m) = self.magnitude(name) else { return Ok(adapted) };
-        let merged = (self.p(name) + (b.matmul(a)? * lora.scale())?)?;
-        adapted.broadcast_mul(&(m / row_norms(&merged.detach())?)?)
+        // The norm in f32: a half-precision sum of squares over a row loses too much.
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        let merged = (wide(self.stored(name))? + (wide(b)?.matmul(&wide(a)?)? * lora.scale())?)?;
+        let scale = (wide(m)? / row_norms(&merged.detach())?)?;
+        adapted.broadcast_mul(&scale.to_dtype(compute)?)
     }
 
     /// Trainable elements.
@@ -309,7 +371,7 @@ impl Llama {
     /// at each packed document) and an additive attention mask `[B, 1, T, T]`.
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let mut x = self.p("model.embed_tokens.weight").index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.p("model.embed_tokens.weight")?.index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = self.rotary(positions, b, t)?;
         for i in 0..self.n_layers {
             x = self.block(i, &x, b, t, &cos, &sin, mask, None)?;
@@ -325,11 +387,11 @@ impl Llama {
         let positions: Vec<u32> = (cache.len..cache.len + t).map(|p| p as u32).collect();
         let positions = Tensor::from_vec(positions, t, device)?;
         let (cos, sin) = self.rotary(&positions, 1, t)?;
-        let mut x = self.p("model.embed_tokens.weight").index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.p("model.embed_tokens.weight")?.index_select(&ids.flatten_all()?, 0)?;
         let (past, total) = (cache.len, cache.len + t);
         let mask: Vec<f32> =
             (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::MIN / 2.0 })).collect();
-        let mask = Tensor::from_vec(mask, (1, 1, t, total), device)?.to_dtype(self.rope.0.dtype())?;
+        let mask = Tensor::from_vec(mask, (1, 1, t, total), device)?;
         for i in 0..self.n_layers {
             x = self.block(i, &x, 1, t, &cos, &sin, &mask, Some(&mut cache.layers[i]))?;
         }
@@ -342,7 +404,7 @@ impl Llama {
     }
 
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = recipe_kernels::rms_norm(x, self.p("model.norm.weight"), self.config.norm_eps)?;
+        let x = recipe_kernels::rms_norm(x, &self.p("model.norm.weight")?, self.config.norm_eps)?;
         let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         self.linear(&x, w)
     }
@@ -373,7 +435,7 @@ impl Llama {
         let p = |n: &str| self.p(&format!("model.layers.{i}.{n}.weight"));
         let linear = |x: &Tensor, n: &str| self.linear(x, &format!("model.layers.{i}.{n}.weight"));
 
-        let normed = recipe_kernels::rms_norm(x, p("input_layernorm"), c.norm_eps)?;
+        let normed = recipe_kernels::rms_norm(x, &p("input_layernorm")?, c.norm_eps)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
         let q = recipe_kernels::rope(&heads(linear(&normed, "self_attn.q_proj")?, h)?, cos, sin)?;
         let mut k = recipe_kernels::rope(&heads(linear(&normed, "self_attn.k_proj")?, kvh)?, cos, sin)?;
@@ -392,7 +454,7 @@ impl Llama {
         let attn = attn.transpose(1, 2)?.reshape((b * t, h * hd))?;
         let x = (x + linear(&attn, "self_attn.o_proj")?)?;
 
-        let normed = recipe_kernels::rms_norm(&x, p("post_attention_layernorm"), c.norm_eps)?;
+        let normed = recipe_kernels::rms_norm(&x, &p("post_attention_layernorm")?, c.norm_eps)?;
         let gated = (linear(&normed, "mlp.gate_proj")?.silu()? * linear(&normed, "mlp.up_proj")?)?;
         x + linear(&gated, "mlp.down_proj")?
     }
@@ -417,20 +479,16 @@ fn rope_tables(c: &Config, device: &Device, dtype: DType) -> Result<(Tensor, Ten
 }
 
 /// The additive attention mask `[B, 1, T, T]` for packed rows: position i may attend to j when
-/// j ≤ i and both belong to the same document.
+/// j ≤ i and both belong to the same document; 0 where it may, `f32::MIN / 2` where not. Built
+/// on `device` from the `[B·T]` document ids, so only those cross from the host.
 pub fn document_mask(doc_ids: &[u32], b: usize, t: usize, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; b * t * t];
-    for r in 0..b {
-        let docs = &doc_ids[r * t..(r + 1) * t];
-        for i in 0..t {
-            for j in 0..t {
-                if j > i || docs[j] != docs[i] {
-                    m[(r * t + i) * t + j] = f32::MIN / 2.0;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, t, t), device)
+    let docs = Tensor::from_slice(doc_ids, (b, t), device)?;
+    let same_doc = docs.unsqueeze(2)?.broadcast_eq(&docs.unsqueeze(1)?)?;
+    let causal = Tensor::tril2(t, DType::U8, device)?;
+    let allowed = same_doc.broadcast_mul(&causal)?.to_dtype(DType::F32)?;
+    // allowed · M − M: exactly 0 or −M.
+    let m = f64::from(f32::MAX / 2.0);
+    allowed.affine(m, -m)?.unsqueeze(1)
 }
 
 /// The Euclidean norm of each row of `w` `[out, in]`, as `[out]`.
@@ -467,4 +525,10 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
             ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
         })
         .collect()
+}
+
+/// The dtype the rotary tables are kept in: f64 when computing in f64, else f32 (the kernels
+/// cast them to the activations' dtype where they need to).
+fn widened(compute: DType) -> DType {
+    if compute == DType::F64 { DType::F64 } else { DType::F32 }
 }

@@ -13,7 +13,7 @@ use recipe_spec::{Model, Optim};
 use recipe_train::{AdamW, Objective, batch_loss, gradients, update};
 
 #[global_allocator]
-static ALLOCATOR: recipe_kernels::MiMalloc = recipe_kernels::MiMalloc;
+static ALLOCATOR: recipe_kernels::Allocator = recipe_kernels::Allocator;
 
 struct Config {
     name: &'static str,
@@ -88,9 +88,9 @@ fn bench(cr: &mut Criterion) {
         });
         group.bench_function("step", |b| {
             b.iter(|| {
-                let mut step = gradients(&model, std::slice::from_ref(&batch), &dev, &Objective::default(), None)
+                let step = gradients(&model, std::slice::from_ref(&batch), &dev, &Objective::default(), None, 1.0)
                     .expect("gradients");
-                update(&model, &mut optimizer, &mut step.grads, 1e-3, &dev).expect("update")
+                update(&model, &mut optimizer, &step.grads, 1e-3, 1.0, None).expect("update")
             })
         });
         group.finish();

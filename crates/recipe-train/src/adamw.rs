@@ -1,32 +1,20 @@
-//! AdamW with decoupled weight decay and f32 moments, global-norm gradient clipping, and a
-//! state that saves and restores exactly. The update runs over host buffers, one pass per
-//! parameter: Candle's AdamW would run about twelve tensor ops per parameter and cannot save
-//! its state (CANDLE.md).
+//! AdamW with decoupled weight decay, global-norm gradient clipping, and a state that saves and
+//! restores exactly. Moments are f32 tensors on the parameters' device whatever the weights'
+//! dtype; each parameter is updated in place by the fused `adamw_step` of `recipe-kernels`, so
+//! no weight or gradient is copied to the host. Candle's AdamW would run about twelve tensor
+//! ops per parameter, keep moments in the weights' dtype and cannot save its state (CANDLE.md).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor, Var};
+use recipe_kernels::{AdamWStep, adamw_moments, adamw_step};
+use recipe_model::Param;
 use recipe_spec::Optim;
-
-/// One parameter's moments.
-pub struct Moments {
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-}
-
-/// One parameter as the optimizer sees it: its weights on the host, and whether it decays.
-pub struct Slot<'a> {
-    pub name: &'a str,
-    pub weights: &'a mut [f32],
-    pub grad: &'a [f32],
-    pub decay: bool,
-}
 
 pub struct AdamW {
     pub config: Optim,
-    /// Per parameter, by name.
-    pub moments: HashMap<String, Moments>,
+    /// Per parameter, by name: `[2, n]` f32, the first moment then the second.
+    pub moments: HashMap<String, Var>,
     /// Optimizer steps taken (for bias correction).
     pub t: u64,
 }
@@ -36,36 +24,35 @@ impl AdamW {
         AdamW { config: config.clone(), moments: HashMap::new(), t: 0 }
     }
 
-    /// One optimizer step over every parameter at learning rate `lr`, the parameters spread
-    /// over Candle's worker threads.
-    pub fn step(&mut self, slots: Vec<Slot>, lr: f64) {
+    /// One optimizer step over every parameter at learning rate `lr`; each gradient is first
+    /// multiplied by `grad_scale` (clipping, and a loss scaler's unscaling).
+    pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
-        for s in &slots {
-            let n = s.weights.len();
-            self.moments.entry(s.name.to_string()).or_insert_with(|| Moments { m: vec![0.0; n], v: vec![0.0; n] });
+        let [beta1, beta2] = self.config.betas;
+        for (p, g) in params.iter().zip(grads) {
+            if !self.moments.contains_key(&p.name) {
+                self.moments.insert(p.name.clone(), adamw_moments(&p.var)?);
+            }
+            let step = AdamWStep {
+                lr,
+                beta1,
+                beta2,
+                eps: self.config.eps,
+                weight_decay: if p.decay { self.config.weight_decay } else { 0.0 },
+                t: self.t,
+                grad_scale,
+            };
+            adamw_step(&p.var, g, &self.moments[&p.name], &step)?;
         }
-        let mut by_name: HashMap<&str, &mut Moments> = self.moments.iter_mut().map(|(k, v)| (k.as_str(), v)).collect();
-        let work: Vec<Mutex<(Slot, &mut Moments)>> = slots
-            .into_iter()
-            .map(|s| {
-                let m = by_name.remove(s.name).expect("inserted above; names are unique");
-                Mutex::new((s, m))
-            })
-            .collect();
-        let (config, t) = (&self.config, self.t);
-        recipe_kernels::parallel_for(work.len(), |i| {
-            let mut guard = work[i].lock().expect("each item is taken once");
-            let (s, m) = &mut *guard;
-            update(config, t, s.weights, s.grad, m, lr, s.decay);
-        });
+        Ok(())
     }
 
-    /// The moments as named tensors, for a checkpoint.
-    pub fn state_tensors(&self, device: &Device) -> Result<Vec<(String, Tensor)>> {
+    /// The moments as named tensors `m.NAME` and `v.NAME`, for a checkpoint.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for (name, st) in &self.moments {
-            out.push((format!("m.{name}"), Tensor::from_slice(&st.m, st.m.len(), device)?));
-            out.push((format!("v.{name}"), Tensor::from_slice(&st.v, st.v.len(), device)?));
+        for (name, mv) in &self.moments {
+            out.push((format!("m.{name}"), mv.get(0)?));
+            out.push((format!("v.{name}"), mv.get(1)?));
         }
         Ok(out)
     }
@@ -78,41 +65,23 @@ impl AdamW {
                 let v = tensors
                     .get(&format!("v.{name}"))
                     .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks v.{name}")))?;
-                self.moments.insert(name.to_string(), Moments { m: m.to_vec1()?, v: v.to_vec1()? });
+                self.moments.insert(name.to_string(), Var::from_tensor(&Tensor::stack(&[m, v], 0)?)?);
             }
         }
         Ok(())
     }
 }
 
-/// The AdamW update of one parameter at step `t` (1-based), in place, in one pass.
-fn update(config: &Optim, t: u64, param: &mut [f32], grad: &[f32], st: &mut Moments, lr: f64, decay: bool) {
-    let [b1, b2] = config.betas;
-    let (bc1, bc2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
-    let step = (lr / bc1) as f32;
-    let inv_bc2_sqrt = (1.0 / bc2.sqrt()) as f32;
-    let (b1, b2, eps) = (b1 as f32, b2 as f32, config.eps as f32);
-    let wd = if decay { (lr * config.weight_decay) as f32 } else { 0.0 };
-    for (((p, g), m), v) in param.iter_mut().zip(grad).zip(st.m.iter_mut()).zip(st.v.iter_mut()) {
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        *p -= wd * *p + step * *m / (v.sqrt() * inv_bc2_sqrt + eps);
-    }
-}
-
-/// The global L2 norm of all gradients; scales them down to `max_norm` when above it (and
-/// `max_norm` > 0). Returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut [Vec<f32>], max_norm: f64) -> f64 {
-    let norm = grads.iter().flatten().map(|g| (*g as f64) * (*g as f64)).sum::<f64>().sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = (max_norm / (norm + 1e-6)) as f32;
-        grads.iter_mut().flatten().for_each(|g| *g *= scale);
-    }
-    norm
+/// The factor that scales gradients of global norm `norm` down to `max_norm`: 1 when the
+/// norm is within it or `max_norm` is 0 (no clipping).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 }
 }
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Device;
+
     use super::*;
 
     fn optim() -> Optim {
@@ -141,23 +110,22 @@ mod tests {
         let grads = [0.3, -1.2, 0.05, 2.0, -0.7];
         for decay in [true, false] {
             let mut opt = AdamW::new(&optim());
-            let mut p = [1.5f32];
+            let var = Var::from_slice(&[1.5f32], 1, &Device::Cpu).unwrap();
+            let params = [Param { name: "w".into(), var, decay }];
             for g in grads {
-                opt.step(vec![Slot { name: "w", weights: &mut p, grad: &[g as f32], decay }], 0.1);
+                let g = Tensor::from_slice(&[g as f32], 1, &Device::Cpu).unwrap();
+                opt.step(&params, &[g], 0.1, 1.0).unwrap();
             }
             let expected = reference(1.5, &grads, &optim(), decay);
-            assert!((p[0] as f64 - expected).abs() < 1e-5, "decay {decay}: {} vs {expected}", p[0]);
+            let got = params[0].var.to_vec1::<f32>().unwrap()[0] as f64;
+            assert!((got - expected).abs() < 1e-5, "decay {decay}: {got} vs {expected}");
         }
     }
 
     #[test]
     fn clipping_scales_to_the_max_norm() {
-        let mut g = vec![vec![3.0f32], vec![4.0]];
-        assert_eq!(clip_global_norm(&mut g, 1.0), 5.0);
-        let after = (g[0][0] * g[0][0] + g[1][0] * g[1][0]).sqrt();
-        assert!((after - 1.0).abs() < 1e-5);
-        let mut g = vec![vec![0.3f32]];
-        clip_global_norm(&mut g, 1.0);
-        assert_eq!(g[0][0], 0.3);
+        assert!((clip_factor(5.0, 1.0) * 5.0 - 1.0).abs() < 1e-6);
+        assert_eq!(clip_factor(0.3, 1.0), 1.0);
+        assert_eq!(clip_factor(7.0, 0.0), 1.0);
     }
 }

@@ -12,6 +12,7 @@ use recipe_data::LoaderState;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, io};
+use crate::scaler::LossScaler;
 
 /// What a checkpoint holds besides tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,12 @@ pub struct TrainState {
     /// Optimizer steps completed.
     pub step: u64,
     pub loader: LoaderState,
+    /// Optimizer updates applied, when not `step` (an f16 stage skips overflowing steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_steps: Option<u64>,
+    /// The loss scaler of an f16-mixed stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<LossScaler>,
 }
 
 #[derive(Serialize, Deserialize)]

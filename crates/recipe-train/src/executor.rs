@@ -6,12 +6,12 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 use recipe_data::{Outcome as DataOutcome, run_data_node, stage_stores, tokenizer};
 use recipe_graph::{Graph, NodeKind, RunDir};
-use recipe_model::{Llama, load_checkpoint};
+use recipe_model::{Dtypes, Llama, load_checkpoint};
 use recipe_spec::checkpoint::CheckpointFormat;
 use recipe_spec::{Recipe, Stage};
 
 use crate::error::{Error, Result};
-use crate::trainer::{Observer, Outcome, StageRun, check_supported, train_stage};
+use crate::trainer::{Observer, Outcome, StageRun, train_stage};
 
 /// What happened to each node.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,16 +42,6 @@ pub fn execute(
         Some(name) => graph.closure(name),
         None => graph.nodes.iter().collect(),
     };
-    // Refuse, before any work, stages that could not finish; name them all.
-    let unsupported: Vec<String> = nodes
-        .iter()
-        .filter(|n| !run.final_dir(n).is_dir())
-        .filter_map(|n| recipe.stage(n.stage_name()?))
-        .filter_map(|s| check_supported(s).err().map(|e| e.to_string()))
-        .collect();
-    if !unsupported.is_empty() {
-        return Err(Error::Run(unsupported.join("\n")));
-    }
     let mut reports = Vec::new();
     for node in nodes {
         let report = match &node.kind {
@@ -111,7 +101,9 @@ fn load_teachers(recipe: &Recipe, graph: &Graph, run: &RunDir, stage: &Stage, de
         .map(|(path, format, config)| {
             let tensors = load_checkpoint(&path, format, config)
                 .map_err(|e| Error::Run(format!("cannot load teacher {}: {e}", path.display())))?;
+            // Teachers compute in the student's dtype.
             Llama::frozen(config, tensors, device)
+                .and_then(|t| t.in_precision(Dtypes::of(stage.precision)))
                 .map_err(|e| Error::Run(format!("teacher {} does not fit its config: {e}", path.display())))
         })
         .collect()

@@ -10,15 +10,16 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use recipe_data::{Batch, Loader, LoaderConfig, Mix, Split, Tok};
 use recipe_graph::{Node, RecordedState, RunDir};
-use recipe_model::{Llama, document_mask, load_checkpoint, masked_cross_entropy};
+use recipe_model::{Dtypes, Llama, document_mask, load_checkpoint, masked_cross_entropy};
 use recipe_spec::checkpoint::CheckpointFormat;
 use recipe_spec::{Distill, Precision, Recipe, Stage};
 use serde::Serialize;
 
-use crate::adamw::{AdamW, Slot, clip_global_norm};
+use crate::adamw::{AdamW, clip_factor};
 use crate::checkpoint::{self, TrainState};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
+use crate::scaler::LossScaler;
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -41,6 +42,12 @@ pub struct StepMetrics {
     pub ce_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kd_loss: Option<f64>,
+    /// f16-mixed only: the loss scale after this step, and how many steps of the stage so far
+    /// were skipped because their gradients overflowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 /// Receives progress; the binary draws a bar, tests collect the losses.
@@ -76,7 +83,6 @@ pub struct StageRun<'a> {
 
 pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let (recipe, stage) = (r.recipe, r.stage);
-    check_supported(stage)?;
     let node_dir = r.run.node_dir(r.node);
     std::fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
     r.run.write_stage_config(r.node).map_err(io(&node_dir))?;
@@ -84,6 +90,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let metrics_path = node_dir.join("metrics.jsonl");
 
     let model = build_model(stage, r.start_from.as_deref(), recipe.seed, r.device)?;
+    let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let objective = Objective { distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())) };
     let mut optimizer = AdamW::new(&stage.optim);
     let loader_config = |split| LoaderConfig {
@@ -105,8 +112,11 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             let t = ckpt.model.get(&p.name).ok_or_else(|| Error::Run(format!("checkpoint lacks {}", p.name)))?;
             p.var.set(t)?;
         }
-        optimizer.restore(ckpt.state.step, &ckpt.optimizer)?;
+        optimizer.restore(ckpt.state.optimizer_steps.unwrap_or(ckpt.state.step), &ckpt.optimizer)?;
         loader.restore(ckpt.state.loader.clone());
+        if scaler.is_some() {
+            scaler = ckpt.state.scaler.clone();
+        }
         start_step = ckpt.state.step;
         r.observer.message(&format!("resuming `{}` from {}", stage.name, ckpt.dir.display()));
     }
@@ -133,12 +143,13 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let batches: Vec<Batch> =
             (0..accumulation).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
         let dropout_seed = step_seed(recipe.seed, step);
-        let StepGradients { loss, loss_tokens, terms, mut grads } =
-            gradients(&model, &batches, r.device, &objective, Some(dropout_seed))?;
+        let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+        let StepGradients { loss, loss_tokens, terms, grads } =
+            gradients(&model, &batches, r.device, &objective, Some(dropout_seed), loss_scale)?;
         if !loss.is_finite() {
             return Err(Error::Run(format!("stage `{}`: the loss is {loss} at step {}", stage.name, step + 1)));
         }
-        let grad_norm = update(&model, &mut optimizer, &mut grads, lr, r.device)?;
+        let grad_norm = update(&model, &mut optimizer, &grads, lr, loss_scale, scaler.as_mut())?;
 
         let done = step + 1;
         let positions = (stage.batch_size * stage.seq_len) as f64;
@@ -153,6 +164,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             eval_ppl: None,
             ce_loss: terms.map(|t| t.0),
             kd_loss: terms.map(|t| t.1),
+            loss_scale: scaler.as_ref().map(|s| s.scale),
+            skipped_steps: scaler.as_ref().map(|s| s.skipped),
         };
         if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
@@ -168,12 +181,17 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let interrupted = r.interrupt.load(Ordering::SeqCst);
         if done < stage.steps && (interrupted || (stage.checkpoint_every > 0 && done % stage.checkpoint_every == 0)) {
             metrics_file.sync_all().map_err(io(&metrics_path))?;
-            let state = TrainState { step: done, loader: loader.state() };
+            let state = TrainState {
+                step: done,
+                loader: loader.state(),
+                optimizer_steps: Some(optimizer.t),
+                scaler: scaler.clone(),
+            };
             let dir = checkpoint::save(
                 &checkpoints,
                 &state,
                 &model.tensors(),
-                &optimizer.state_tensors(r.device)?,
+                &optimizer.state_tensors()?,
                 stage.keep_checkpoints as usize,
             )?;
             tracing::debug!("checkpoint {}", dir.display());
@@ -201,21 +219,27 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
 }
 
 /// The model a stage trains: its starting weights (the `after` stage's result, else the
-/// imported checkpoint, else a seeded initialisation), with LoRA adapters under PEFT.
+/// imported checkpoint, else a seeded initialisation), with LoRA adapters under PEFT, in the
+/// stage's precision.
 pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: &Device) -> Result<Llama> {
     let source = match (start_from, &stage.model.import) {
         (Some(dir), _) => Some((dir, CheckpointFormat::HfDir)),
         (None, Some((path, format))) => Some((path.as_path(), *format)),
         (None, None) => None,
     };
-    let Some((path, format)) = source else { return Ok(Llama::init(&stage.model, seed, device)?) };
-    let tensors = load_checkpoint(path, format, &stage.model)
-        .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
-    let model = match &stage.peft {
-        Some(peft) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
-        None => Llama::from_tensors(&stage.model, tensors, device),
+    let model = match source {
+        None => Llama::init(&stage.model, seed, device)?,
+        Some((path, format)) => {
+            let tensors = load_checkpoint(path, format, &stage.model)
+                .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
+            let model = match &stage.peft {
+                Some(peft) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
+                None => Llama::from_tensors(&stage.model, tensors, device),
+            };
+            model.map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))?
+        }
     };
-    model.map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))
+    Ok(model.in_precision(Dtypes::of(stage.precision))?)
 }
 
 /// What a micro-batch's loss is made of: cross-entropy on the data, mixed with the KD term
@@ -241,21 +265,23 @@ pub struct StepGradients {
     pub loss_tokens: u64,
     /// Distillation's two terms, cross-entropy and KD (T² included), averaged the same way.
     pub terms: Option<(f64, f64)>,
-    /// Per parameter, accumulated over the micro-batches.
-    pub grads: Vec<Vec<f32>>,
+    /// Per parameter, accumulated over the micro-batches on the parameters' device, in their
+    /// dtype, multiplied by the loss scale.
+    pub grads: Vec<Tensor>,
 }
 
 /// The step's loss and the gradient of every parameter, accumulated over the micro-batches.
-/// `dropout_seed` turns adapter dropout on.
+/// `dropout_seed` turns adapter dropout on; the gradients are of the loss times `loss_scale`.
 pub fn gradients(
     model: &Llama,
     batches: &[Batch],
     device: &Device,
     objective: &Objective,
     dropout_seed: Option<u64>,
+    loss_scale: f64,
 ) -> Result<StepGradients> {
     let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
-    let mut grads: Vec<Vec<f32>> = Vec::new();
+    let mut grads: Vec<Tensor> = Vec::new();
     let (mut loss, mut terms) = (0.0, None);
     for (i, batch) in batches.iter().enumerate() {
         model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(i as u64)));
@@ -268,55 +294,43 @@ pub fn gradients(
         }
         let weighted = (micro.mean * share)?;
         loss += weighted.to_scalar::<f32>()? as f64;
-        let store = weighted.backward()?;
+        let mut store = (weighted * loss_scale)?.backward()?;
         let first = grads.is_empty();
         for (i, p) in model.params.iter().enumerate() {
-            let g = match store.get(p.var.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0.0; p.var.elem_count()],
+            let g = match store.remove(p.var.as_tensor()) {
+                Some(g) => g,
+                None => p.var.zeros_like()?,
             };
             if first {
                 grads.push(g);
             } else {
-                grads[i].iter_mut().zip(g).for_each(|(a, x)| *a += x);
+                grads[i] = (&grads[i] + g)?;
             }
         }
     }
     Ok(StepGradients { loss, loss_tokens, terms, grads })
 }
 
-/// Clip the gradients to the configured global norm and take one AdamW step at `lr`.
-/// Returns the norm before clipping.
-pub fn update(model: &Llama, optimizer: &mut AdamW, grads: &mut [Vec<f32>], lr: f64, device: &Device) -> Result<f64> {
-    let grad_norm = clip_global_norm(grads, optimizer.config.grad_clip);
-    let mut weights: Vec<Vec<f32>> =
-        model.params.iter().map(|p| p.var.flatten_all()?.to_vec1::<f32>()).collect::<candle_core::Result<_>>()?;
-    let slots = model
-        .params
-        .iter()
-        .zip(weights.iter_mut())
-        .zip(grads.iter())
-        .map(|((p, w), g)| Slot { name: &p.name, weights: w, grad: g, decay: p.decay })
-        .collect();
-    optimizer.step(slots, lr);
-    for (p, w) in model.params.iter().zip(weights) {
-        p.var.set(&Tensor::from_vec(w, p.var.shape(), device)?)?;
+/// Take one AdamW step at `lr` from gradients of the loss times `loss_scale`, clipped to the
+/// configured global norm. Under a loss scaler, a step whose gradients overflowed is skipped
+/// (and the scaler backs off). Returns the unscaled norm before clipping.
+pub fn update(
+    model: &Llama,
+    optimizer: &mut AdamW,
+    grads: &[Tensor],
+    lr: f64,
+    loss_scale: f64,
+    scaler: Option<&mut LossScaler>,
+) -> Result<f64> {
+    let grad_norm = recipe_kernels::squared_norm(grads)?.sqrt() / loss_scale;
+    if let Some(scaler) = scaler
+        && !scaler.update(grad_norm.is_finite())
+    {
+        return Ok(grad_norm);
     }
+    let clip = clip_factor(grad_norm, optimizer.config.grad_clip);
+    optimizer.step(&model.params, grads, lr, clip / loss_scale)?;
     Ok(grad_norm)
-}
-
-/// The stage features this trainer cannot run yet, as an error naming them.
-pub fn check_supported(stage: &Stage) -> Result<()> {
-    let mut missing = Vec::new();
-    if stage.precision != Precision::F32 {
-        missing.push(format!("precision = \"{}\" (only \"f32\" trains so far)", stage.precision));
-    }
-    match missing.is_empty() {
-        true => Ok(()),
-        false => {
-            Err(Error::Run(format!("stage `{}` uses what is not implemented yet: {}", stage.name, missing.join(", "))))
-        }
-    }
 }
 
 /// One micro-batch's loss.
@@ -343,10 +357,13 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
         return Ok(MicroLoss { mean: ce, count, terms: None });
     };
     // Teachers hold no variables, so their forward passes record no graph.
-    let teacher_logits =
-        teachers.iter().map(|t| t.forward(&ids, &positions, &attn)).collect::<candle_core::Result<Vec<_>>>()?;
+    // The divergence in f32, whatever the models compute in.
+    let teacher_logits = teachers
+        .iter()
+        .map(|t| t.forward(&ids, &positions, &attn)?.to_dtype(DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let teacher = teacher_log_probs(&teacher_logits, distill.temperature)?;
-    let kd = kd_loss(distill.loss, &logits, &teacher, distill.temperature, &mask)?;
+    let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;
     let terms = Some((ce.to_scalar::<f32>()? as f64, kd.to_scalar::<f32>()? as f64));
     let mean = ((kd * distill.alpha)? + (ce * (1.0 - distill.alpha))?)?;
     Ok(MicroLoss { mean, count, terms })

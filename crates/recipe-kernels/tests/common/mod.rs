@@ -21,3 +21,8 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
         assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {i}: {x} vs {y}");
     }
 }
+
+/// The first CUDA device, when this build has CUDA and a GPU answers.
+pub fn cuda() -> Option<candle_core::Device> {
+    candle_core::utils::cuda_is_available().then(|| candle_core::Device::new_cuda(0).ok()).flatten()
+}

@@ -1,24 +1,11 @@
-//! Cross-entropy over the vocabulary, fused: per row of `logits` `[N, V]`, the masked
-//! negative log-likelihood `mask · (logsumexp(row) − row[target])`, in one pass. The backward
-//! pass writes `dlogits = (softmax(row) − onehot(target)) · mask · dloss` in one more pass,
-//! without keeping the softmax between the two.
+//! The CPU kernel.
 
-use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::{contiguous, for_each_row_mut};
 
-/// Per-row masked negative log-likelihood `[N]` of `targets` `[N]` (u32) under `logits`
-/// `[N, V]`; `mask` `[N]` has the logits' dtype.
-pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub(super) fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op3(&targets.contiguous()?, &mask.contiguous()?, CrossEntropy)
-}
-
-/// The same, composed from plain Candle ops: the reference the fused op is tested against.
-pub fn cross_entropy_rows_reference(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let picked = shifted.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?;
-    (log_z - picked)?.squeeze(1)? * mask
 }
 
 struct CrossEntropy;

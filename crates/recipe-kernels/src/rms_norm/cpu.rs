@@ -1,21 +1,11 @@
-//! RMSNorm over the last dimension, fused: `y = x / sqrt(mean(x²) + eps) · w`. Forward is one
-//! pass per row. Backward, with `r = 1/sqrt(mean(x²) + eps)`, `x̂ = x·r` and `gw = dy·w`:
-//! `dx = r·(gw − x̂·mean(gw·x̂))` per row, and `dw = Σ_rows dy·x̂`, summed per block of rows
-//! in parallel and then across blocks.
+//! The CPU kernel.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::{contiguous, for_each_row_mut};
 
-/// RMSNorm of `x` `[..., d]` with weight `w` `[d]`.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
-}
-
-/// The same, composed from plain Candle ops: the reference the fused op is tested against.
-pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    x.broadcast_div(&rms)?.broadcast_mul(w)
 }
 
 struct RmsNorm {

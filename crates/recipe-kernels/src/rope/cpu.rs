@@ -1,23 +1,10 @@
-//! Rotary embedding in the Hugging Face (rotate-half) layout, fused: for `x` `[B, H, T, hd]`
-//! and per-token `cos`, `sin` `[B, 1, T, hd/2]` shared by the heads,
-//! `y = [x₁·cos − x₂·sin, x₂·cos + x₁·sin]`. The backward pass is the inverse rotation, i.e.
-//! the same kernel with `sin` negated; `cos` and `sin` get no gradient.
+//! The CPU kernel.
 
 use crate::{contiguous, for_each_row_mut};
-use candle_core::{CpuStorage, CustomOp3, D, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// Rotate `x` by the per-token angles whose cosines and sines are given.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope)
-}
-
-/// The same, composed from plain Candle ops: the reference the fused op is tested against.
-pub fn rope_reference(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
-    let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-    let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-    Tensor::cat(&[r1, r2], D::Minus1)
 }
 
 struct Rope;

@@ -1,21 +1,10 @@
-//! Attention's masked, scaled softmax: `softmax(scale · x + bias)` over the last dimension,
-//! where `x` is `[B, H, Tq, Tk]` and the additive `bias` `[B, 1, Tq, Tk]` is shared by the
-//! heads. Forward is one pass per row; backward is one pass per row,
-//! `dx = scale · y ⊙ (dy − Σ y·dy)`; the bias gets no gradient.
+//! The CPU kernel.
 
 use crate::{contiguous, for_each_row_mut};
-use candle_core::{CpuStorage, CustomOp2, D, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-/// `softmax(scale · x + bias)` over the last dimension, fused.
-pub fn masked_softmax(x: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
+pub(super) fn masked_softmax(x: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&bias.contiguous()?, MaskedSoftmax { scale })
-}
-
-/// The same, composed from plain Candle ops: the reference the fused op is tested against.
-pub fn masked_softmax_reference(x: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
-    let z = (x * scale)?.broadcast_add(bias)?;
-    let e = z.broadcast_sub(&z.max_keepdim(D::Minus1)?)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 struct MaskedSoftmax {

@@ -1,0 +1,90 @@
+//! The CPU kernel.
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::{Add, Mul};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::Dropout;
+
+pub(super) fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<Dropout>,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraLinear { w: w.detach(), scale, dropout })
+}
+
+struct LoraLinear {
+    w: Tensor,
+    scale: f64,
+    dropout: Option<Dropout>,
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = xl.shape().dims2()?;
+        let (r, out) = (al.shape().dims2()?.0, bl.shape().dims2()?.0);
+        let (w_storage, wl) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(w) = &*w_storage else { candle_core::bail!("lora-linear: w is not on the CPU") };
+        let y = x.matmul(w, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
+        let rows = |cols: usize| Layout::contiguous((n, cols));
+        let dropped = match self.dropout {
+            Some(d) => {
+                let mask = CpuStorage::F64(d.mask(n * k)).to_dtype(&rows(k), x.dtype())?;
+                Some(x.binary_impl::<Mul>(&mask, xl, &rows(k))?)
+            }
+            None => None,
+        };
+        let (input, input_layout) = match &dropped {
+            Some(d) => (d, rows(k)),
+            None => (x, xl.clone()),
+        };
+        let h = input.matmul(a, (1, n, r, k), &input_layout, &al.transpose(0, 1)?)?;
+        let h = h.affine(&rows(r), self.scale, 0.0)?;
+        let update = h.matmul(b, (1, n, out, r), &rows(r), &bl.transpose(0, 1)?)?;
+        let y = y.binary_impl::<Add>(&update, &rows(out), &rows(out))?;
+        Ok((y, Shape::from((n, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let mask = self.dropout.map(|d| d.mask_like(&x)).transpose()?;
+        let dropped = match &mask {
+            Some(m) => (&x * m)?,
+            None => x,
+        };
+        let g = (dy.matmul(&b)? * self.scale)?;
+        let through_adapter = g.matmul(&a)?;
+        let through_adapter = match &mask {
+            Some(m) => (through_adapter * m)?,
+            None => through_adapter,
+        };
+        let dx = (dy.matmul(&self.w)? + through_adapter)?;
+        let da = g.t()?.matmul(&dropped)?;
+        let db = (dy.t()?.matmul(&dropped.matmul(&a.t()?)?)? * self.scale)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}

@@ -1,0 +1,66 @@
+//! A LoRA-adapted projection as one op: `y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ` with `W` frozen.
+//! Composed from Candle ops, every intermediate — the dropped input and its mask, `x·Aᵀ`, the
+//! `[N, out]` update, its scaled copy — stays alive in the graph until backward, one to three
+//! activation-sized tensors per adapted projection, which made LoRA need more memory than
+//! full fine-tuning. Fused, only the output is new; the backward recomputes the two small
+//! products it needs and regenerates the dropout mask from its seed:
+//!
+//! `g = s·dy·B`, `dx = dy·W + mask ⊙ (g·A)`, `dA = gᵀ·drop(x)`, `dB = s·dyᵀ·(drop(x)·Aᵀ)`.
+
+mod composed;
+mod cpu;
+
+use candle_core::{Result, Tensor};
+pub use composed::lora_linear_composed;
+
+use crate::Backend;
+
+/// `x` `[N, in]` through the frozen `w` `[out, in]` plus the adapter `a` `[r, in]`, `b`
+/// `[out, r]` scaled by `scale`, all in one dtype.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    dropout: Option<Dropout>,
+) -> Result<Tensor> {
+    match Backend::of(x) {
+        Backend::Cpu => cpu::lora_linear(x, w, a, b, scale, dropout),
+        Backend::Composed => lora_linear_composed(x, &w.detach(), a, b, scale, dropout),
+    }
+}
+
+/// Inverted dropout on the adapter's input: probability `p`, the mask a pure function of `seed`
+/// and the element's index, so the backward pass can draw it again instead of keeping it.
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    pub p: f64,
+    pub seed: u64,
+}
+
+impl Dropout {
+    /// The mask, `0` or `1 / (1 - p)` per element.
+    pub fn mask(&self, n: usize) -> Vec<f64> {
+        let keep = 1.0 / (1.0 - self.p);
+        (0..n as u64)
+            .map(|i| {
+                let u = (splitmix64(self.seed ^ splitmix64(i)) >> 11) as f64 / (1u64 << 53) as f64;
+                if u < self.p { 0.0 } else { keep }
+            })
+            .collect()
+    }
+
+    pub(crate) fn mask_like(&self, x: &Tensor) -> Result<Tensor> {
+        Tensor::from_vec(self.mask(x.elem_count()), x.shape(), x.device())?.to_dtype(x.dtype())
+    }
+}
+
+/// A counter-based generator step (Steele et al.'s SplitMix64): independent values for
+/// consecutive inputs.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,119 @@
+//! One training step where the tensors live against the same step on the CPU: the loss, the
+//! gradient norm and every updated weight agree within the precision's tolerance. Two packed
+//! documents per row, GQA, gradient accumulation over two micro-batches. On the CPU the test
+//! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
+//! precision against the CPU's; without a GPU it says it was skipped.
+
+use candle_core::{DType, Device, Tensor};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use recipe_data::Batch;
+use recipe_model::{Dtypes, Llama};
+use recipe_spec::{Model, Optim, Precision};
+use recipe_train::{AdamW, LossScaler, Objective, gradients, update};
+
+fn config() -> Model {
+    Model {
+        arch: "llama".into(),
+        vocab_size: 97,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        d_ff: 64,
+        max_seq_len: 16,
+        tie_embeddings: false,
+        rope_theta: 10000.0,
+        norm_eps: 1e-5,
+        init_std: 0.02,
+        from: None,
+        import: None,
+    }
+}
+
+fn batch(seed: u64) -> Batch {
+    let (rows, t) = (3, 16);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = rows * t;
+    let mut ids = || (0..n).map(|_| rng.next_u32() % 97).collect::<Vec<_>>();
+    Batch {
+        rows,
+        seq_len: t,
+        input_ids: ids(),
+        target_ids: ids(),
+        loss_mask: (0..n).map(|i| u8::from(i % t != 9)).collect(),
+        doc_ids: (0..n).map(|i| u32::from(i % t >= 10)).collect(),
+        position_ids: (0..n).map(|i| (if i % t >= 10 { i % t - 10 } else { i % t }) as u32).collect(),
+    }
+}
+
+/// What one step gave: loss, gradient norm, each gradient (unscaled, f32, on the CPU), and the
+/// mean size of the update AdamW made.
+struct Step {
+    loss: f64,
+    norm: f64,
+    grads: Vec<Tensor>,
+    mean_update: f64,
+}
+
+fn one_step(precision: Precision, device: &Device) -> Step {
+    let model = Llama::init(&config(), 3, device).unwrap().in_precision(Dtypes::of(precision)).unwrap();
+    let optim =
+        Optim { kind: "adamw".into(), lr: 1e-2, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+    let mut optimizer = AdamW::new(&optim);
+    let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
+    let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+    // A copy: the update writes the parameters in place.
+    let on_cpu = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap().copy().unwrap();
+    let before: Vec<Tensor> = model.params.iter().map(|p| on_cpu(p.var.as_tensor())).collect();
+    let step = gradients(&model, &[batch(1), batch(2)], device, &Objective::default(), None, scale).unwrap();
+    let grads = step.grads.iter().map(|g| (on_cpu(g) / scale).unwrap()).collect();
+    let norm = update(&model, &mut optimizer, &step.grads, 1e-2, scale, scaler.as_mut()).unwrap();
+    let (mut moved, mut count) = (0.0, 0);
+    for (p, b) in model.params.iter().zip(&before) {
+        let diff = (on_cpu(p.var.as_tensor()) - b).unwrap().abs().unwrap();
+        moved += diff.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        count += b.elem_count();
+    }
+    Step { loss: step.loss, norm, grads, mean_update: moved / count as f64 }
+}
+
+/// The same loss, norm and gradients within `tol` (gradients relative to each tensor's largest
+/// element), and updates of the same size. (Weights are not compared element by element: an
+/// AdamW first step moves each weight by about ±lr, the sign of its gradient, and a gradient
+/// near zero may take either sign in another precision.)
+fn assert_same_step(what: &str, got: Step, want: &Step, tol: f64) {
+    assert!((got.loss - want.loss).abs() <= tol * want.loss, "{what}: loss {} vs {}", got.loss, want.loss);
+    assert!((got.norm - want.norm).abs() <= 4.0 * tol * want.norm, "{what}: grad norm {} vs {}", got.norm, want.norm);
+    for (i, (g, w)) in got.grads.iter().zip(&want.grads).enumerate() {
+        let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let diff = max(&(g - w).unwrap());
+        assert!(diff <= 4.0 * tol * max(w) + 1e-7, "{what}: gradient {i} differs by {diff} (largest {})", max(w));
+    }
+    let ratio = got.mean_update / want.mean_update;
+    assert!((ratio - 1.0).abs() < 0.1, "{what}: mean update {} vs {}", got.mean_update, want.mean_update);
+}
+
+const PRECISIONS: [(Precision, f64); 4] =
+    [(Precision::F32, 1e-4), (Precision::Bf16Mixed, 2e-2), (Precision::F16Mixed, 5e-3), (Precision::Bf16, 3e-2)];
+
+#[test]
+fn every_precision_steps_like_f32_on_the_cpu() {
+    let reference = one_step(Precision::F32, &Device::Cpu);
+    for (precision, tol) in PRECISIONS {
+        assert_same_step(&format!("{precision} on the CPU"), one_step(precision, &Device::Cpu), &reference, tol);
+    }
+}
+
+#[test]
+fn a_cuda_step_equals_the_cpu_step() {
+    let Some(cuda) = candle_core::utils::cuda_is_available().then(|| Device::new_cuda(0).ok()).flatten() else {
+        eprintln!("skipped: no CUDA device (build with --features cuda on a machine with a GPU)");
+        return;
+    };
+    for (precision, tol) in PRECISIONS {
+        let want = one_step(precision, &Device::Cpu);
+        assert_same_step(&format!("{precision} on CUDA"), one_step(precision, &cuda), &want, tol);
+        eprintln!("{precision}: a CUDA step equals the CPU step");
+    }
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The CUDA backend's device checks, in one run, on a machine with an NVIDIA GPU and PyTorch
+# (as `python3`): the GPU tests; `recipe train --device cuda` on the quickstart in f32 and
+# bf16-mixed; kill -9 and resume on the GPU, which must match an uninterrupted run bit for bit;
+# and the 134M-parameter throughput next to PyTorch eager and torch.compile.
+#
+# Build here first with scripts/build-cuda.sh, which leaves gzipped binaries in .gpu/; run this
+# from the repository root there. CUDA_LIBS names the folder that holds libcudart, libcublas,
+# libcurand and libnvrtc of CUDA 13.
+set -uo pipefail
+CUDA_LIBS=${CUDA_LIBS:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib}
+export LD_LIBRARY_PATH=$CUDA_LIBS:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+work=$(mktemp -d)
+for f in .gpu/*.gz; do
+    name=$(basename "$f" .gz)
+    gunzip -c "$f" >"$work/$name" && chmod +x "$work/$name"
+done
+recipe=$work/recipe
+section() { printf '\n== %s\n' "$*"; }
+# step, loss, lr, grad_norm and eval loss of every line: what must match after a resume.
+trace() { python3 -c 'import json,sys; [print(*(json.loads(l).get(k) for k in ("step","loss","lr","grad_norm","eval_loss"))) for l in open(sys.argv[1])]' "$1"; }
+metrics() { ls "$1"/*/pretrain/*/metrics.jsonl; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+section "GPU tests"
+"$work/kernels-devices" --nocapture --test-threads 1 2>&1 | grep -v '^checking'
+"$work/train-devices" --nocapture --test-threads 1
+
+section "quickstart on CUDA: f32 and bf16-mixed (held-out loss by step)"
+for precision in f32 bf16-mixed; do
+    start=$(date +%s.%N)
+    "$recipe" train recipes/quickstart.toml --device cuda --runs "$work/q-$precision" \
+        --set "stages.pretrain.precision=\"$precision\"" 2>&1 | grep -E 'device|error' 
+    end=$(date +%s.%N)
+    python3 - "$(metrics "$work/q-$precision")" "$precision" "$start" "$end" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+evals = [(l["step"], round(l["eval_loss"], 4)) for l in lines if "eval_loss" in l]
+tps = sorted(l["tokens_per_s"] for l in lines if "tokens_per_s" in l)
+print(f"{sys.argv[2]}: eval {evals}; median {tps[len(tps)//2]:.0f} tokens/s; wall {float(sys.argv[4])-float(sys.argv[3]):.1f} s")
+PY
+done
+
+section "kill -9 and resume on CUDA (bf16-mixed)"
+set_bf16=(--set 'stages.pretrain.precision="bf16-mixed"' --set 'stages.pretrain.checkpoint_every=50')
+"$recipe" train recipes/quickstart.toml --device cuda --runs "$work/straight" "${set_bf16[@]}" >/dev/null 2>&1
+"$recipe" train recipes/quickstart.toml --device cuda --runs "$work/killed" "${set_bf16[@]}" >/dev/null 2>&1 &
+pid=$!
+until ls "$work"/killed/quickstart/pretrain/*/checkpoints/step-000250 >/dev/null 2>&1 || ! kill -0 $pid 2>/dev/null; do sleep 0.02; done
+kill -9 $pid 2>/dev/null && echo "killed with -9 after $(ls "$work"/killed/quickstart/pretrain/*/checkpoints | tail -1)"
+wait $pid 2>/dev/null
+"$recipe" train recipes/quickstart.toml --device cuda --runs "$work/killed" "${set_bf16[@]}" 2>&1 | grep -i resum
+if diff <(trace "$(metrics "$work/straight/quickstart")") <(trace "$(metrics "$work/killed/quickstart")") >/dev/null &&
+    cmp "$(dirname "$(metrics "$work/straight/quickstart")")/final/model.safetensors" \
+        "$(dirname "$(metrics "$work/killed/quickstart")")/final/model.safetensors"; then
+    echo "resume: per-step losses, lr, grad norms, eval losses and final weights bit-identical"
+else
+    echo "resume: MISMATCH"; diff <(trace "$(metrics "$work/straight/quickstart")") <(trace "$(metrics "$work/killed/quickstart")") | head
+fi
+
+section "throughput: 134M Llama, seq 1024, batch 16, bf16-mixed, AdamW"
+"$recipe" train benches/gpu-134m.toml --device cuda --runs "$work/bench" 2>&1 | grep -E 'device|error'
+python3 - "$(ls "$work"/bench/gpu-134m/pretrain/*/metrics.jsonl)" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
+tps = sorted(l["tokens_per_s"] for l in lines[5:])
+tok = tps[len(tps) // 2]
+n = 134_105_856 - 32000 * 768  # parameters without the embedding
+flops = 6 * n + 12 * 12 * 768 * 1024
+print(json.dumps({"impl": "recipe", "tokens_per_s": round(tok), "mfu": round(tok * flops / 989e12, 4),
+                  "loss": [round(l["loss"], 3) for l in lines[::5]]}))
+PY
+python3 benches/torch_llama.py --steps 20
