@@ -51,12 +51,13 @@ until ls "$work"/killed/quickstart/pretrain/*/checkpoints/step-000250 >/dev/null
 kill -9 $pid 2>/dev/null && echo "killed with -9 after $(ls "$work"/killed/quickstart/pretrain/*/checkpoints | tail -1)"
 wait $pid 2>/dev/null
 "$recipe" train recipes/quickstart.toml --device cuda --runs "$work/killed" "${set_bf16[@]}" 2>&1 | grep -i resum
-if diff <(trace "$(metrics "$work/straight/quickstart")") <(trace "$(metrics "$work/killed/quickstart")") >/dev/null &&
-    cmp "$(dirname "$(metrics "$work/straight/quickstart")")/final/model.safetensors" \
-        "$(dirname "$(metrics "$work/killed/quickstart")")/final/model.safetensors"; then
+straight=$(metrics "$work/straight") killed=$(metrics "$work/killed")
+if diff <(trace "$straight") <(trace "$killed") >/dev/null &&
+    cmp "$(dirname "$straight")/final/model.safetensors" "$(dirname "$killed")/final/model.safetensors"; then
     echo "resume: per-step losses, lr, grad norms, eval losses and final weights bit-identical"
 else
-    echo "resume: MISMATCH"; diff <(trace "$(metrics "$work/straight/quickstart")") <(trace "$(metrics "$work/killed/quickstart")") | head
+    echo "resume: MISMATCH"
+    diff <(trace "$straight") <(trace "$killed") | head
 fi
 
 section "throughput: 134M Llama, seq 1024, batch 16, bf16-mixed, AdamW"
