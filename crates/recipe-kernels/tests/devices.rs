@@ -11,14 +11,17 @@ mod common;
 use common::{assert_close, random};
 use recipe_kernels::*;
 
+/// An op, or its reference, over a case's inputs.
+type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+
 /// One op under test: its inputs (f32 on the CPU; u32 ones are ids), which of them take a
 /// gradient, the op, and its reference.
 struct Case {
     name: &'static str,
     inputs: Vec<Tensor>,
     trainable: Vec<bool>,
-    op: Box<dyn Fn(&[Tensor]) -> Result<Tensor>>,
-    reference: Box<dyn Fn(&[Tensor]) -> Result<Tensor>>,
+    op: Op,
+    reference: Op,
 }
 
 fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], half_width: f64) -> Tensor {

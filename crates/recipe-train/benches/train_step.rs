@@ -1,6 +1,6 @@
-//! Training throughput on the two reference configurations of the trainer issue, f32, random
-//! tokens, one document per row: forward, forward + backward, and the whole optimizer step
-//! (gradients, clipping, AdamW). `cargo bench -p recipe-train --bench train_step`
+//! Training throughput on the two reference configurations of the trainer issue, random tokens,
+//! one document per row: forward, forward + backward, and the whole optimizer step (gradients,
+//! clipping, AdamW) in f32; and the whole step in bf16-mixed, f16-mixed and bf16. `cargo bench -p recipe-train --bench train_step`
 //! (RAYON_NUM_THREADS=2 on the reference machine).
 
 use candle_core::Device;
@@ -8,9 +8,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
-use recipe_model::Llama;
-use recipe_spec::{Model, Optim};
-use recipe_train::{AdamW, Objective, batch_loss, gradients, update};
+use recipe_model::{Dtypes, Llama};
+use recipe_spec::{Model, Optim, Precision};
+use recipe_train::{AdamW, LossScaler, Objective, batch_loss, gradients, update};
 
 #[global_allocator]
 static ALLOCATOR: recipe_kernels::Allocator = recipe_kernels::Allocator;
@@ -93,6 +93,22 @@ fn bench(cr: &mut Criterion) {
                 update(&model, &mut optimizer, &step.grads, 1e-3, 1.0, None).expect("update")
             })
         });
+        // The whole step in each other precision (f16-mixed scales its loss).
+        for precision in [Precision::Bf16Mixed, Precision::F16Mixed, Precision::Bf16] {
+            let model = Llama::init(&model_config, 0, &dev).and_then(|m| m.in_precision(Dtypes::of(precision)));
+            let model = model.expect("init");
+            let mut optimizer = AdamW::new(&optim);
+            let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
+            group.bench_function(format!("step {precision}"), |b| {
+                b.iter(|| {
+                    let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+                    let objective = Objective::default();
+                    let step = gradients(&model, std::slice::from_ref(&batch), &dev, &objective, None, scale)
+                        .expect("gradients");
+                    update(&model, &mut optimizer, &step.grads, 1e-3, scale, scaler.as_mut()).expect("update")
+                })
+            });
+        }
         group.finish();
     }
 }
