@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use recipe_graph::RunDir;
-use recipe_model::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Dtypes, Llama, torch_dtype};
+use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, MODEL_WEIGHTS, torch_dtype};
+use recipe_data::TOKENIZER_FILE;
+use recipe_model::{Dtypes, Llama};
 use recipe_spec::Precision;
 
 use crate::{Failure, load};
@@ -23,20 +24,8 @@ pub fn run(
     dtype: Option<&str>,
 ) -> Result<(), Failure> {
     let recipe = load::load(path, sets)?;
-    let Some(stage) = recipe.stage(stage_name) else {
-        let hint = recipe_spec::did_you_mean(stage_name, recipe.stages.iter().map(|s| s.name.as_str()))
-            .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-        return Err(Failure::Invalid(format!("error: no stage named `{stage_name}`{hint}\n")));
-    };
-    let graph = load::graph(&recipe)?;
-    let run = RunDir::new(runs, &recipe.name);
-    let result = run.final_dir(graph.node(stage_name).expect("every stage has a node"));
-    if !result.is_dir() {
-        return Err(Failure::Run(format!(
-            "stage `{stage_name}` has no result for its current key; run `recipe train {} --stage {stage_name}` first",
-            path.display()
-        )));
-    }
+    let stage = load::stage(&recipe, stage_name)?;
+    let result = load::stage_result(&recipe, stage, runs)?;
     if adapter && stage.peft.is_none() {
         return Err(Failure::Invalid(format!(
             "error: stage `{stage_name}` trains every weight, so it has no adapter to export; drop `--adapter`\n"
@@ -55,8 +44,8 @@ pub fn run(
     };
     let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("export to {}: {e}", out.display()));
     std::fs::create_dir_all(out).map_err(|e| fail(&e))?;
-    let weights = if adapter { ADAPTER_WEIGHTS } else { "model.safetensors" };
-    let mut files = vec!["tokenizer.json"];
+    let weights = if adapter { ADAPTER_WEIGHTS } else { MODEL_WEIGHTS };
+    let mut files = vec![TOKENIZER_FILE];
     if adapter {
         files.push(ADAPTER_CONFIG);
     }
@@ -64,11 +53,11 @@ pub fn run(
         std::fs::copy(result.join(file), out.join(file)).map_err(|e| fail(&e))?;
     }
     let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(result.join("config.json")).map_err(|e| fail(&e))?)
+        serde_json::from_slice(&std::fs::read(result.join(MODEL_CONFIG)).map_err(|e| fail(&e))?)
             .map_err(|e| fail(&e))?;
     config["torch_dtype"] = torch_dtype(dtype).into();
     let config = serde_json::to_vec_pretty(&config).expect("plain data");
-    std::fs::write(out.join("config.json"), config).map_err(|e| fail(&e))?;
+    std::fs::write(out.join(MODEL_CONFIG), config).map_err(|e| fail(&e))?;
 
     let device = Device::Cpu;
     let read = |dir: &Path| candle_core::safetensors::load(dir.join(weights), &device).map_err(|e| fail(&e));

@@ -41,9 +41,8 @@ enum Verb {
     Plan {
         #[command(flatten)]
         recipe: RecipeArgs,
-        /// Print one JSON document instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Run every stage whose result is missing or stale, in graph order; resume partial ones.
     Train {
@@ -127,9 +126,8 @@ enum Verb {
     Status {
         #[command(flatten)]
         recipe: RecipeArgs,
-        /// Print one JSON document instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Compare two recipes after defaults and inheritance, or one recipe against its last run,
     /// and say which nodes each change invalidates.
@@ -138,12 +136,11 @@ enum Verb {
         old: PathBuf,
         /// The new recipe.
         new: Option<PathBuf>,
-        /// Override a field of the new recipe: `--set stages.pretrain.steps=500` (repeatable).
-        #[arg(long = "set", value_name = "PATH=VALUE")]
-        sets: Vec<String>,
-        /// Print one JSON document instead of text.
-        #[arg(long)]
-        json: bool,
+        /// Overrides of the new recipe's fields.
+        #[command(flatten)]
+        overrides: Overrides,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
@@ -151,10 +148,23 @@ enum Verb {
 struct RecipeArgs {
     /// The recipe file.
     recipe: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Args)]
+struct Overrides {
     /// Override any field: `--set stages.pretrain.steps=500`, `--set model.d_model=384`
     /// (repeatable; the value is read as TOML, else as a string).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     sets: Vec<String>,
+}
+
+#[derive(Args)]
+struct Output {
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[global_allocator]
@@ -166,6 +176,8 @@ pub enum Failure {
     Invalid(String),
     /// Something went wrong while running: exit 1.
     Run(String),
+    /// Ctrl-C stopped training after a checkpoint: exit 130, as a shell does.
+    Interrupted,
 }
 
 fn main() -> ExitCode {
@@ -184,7 +196,7 @@ fn main() -> ExitCode {
         .init();
 
     let result = match &cli.verb {
-        Verb::Validate(r) => load::load(&r.recipe, &r.sets).map(|loaded| {
+        Verb::Validate(r) => load::load(&r.recipe, &r.overrides.sets).map(|loaded| {
             println!(
                 "{}: valid ({} stages, {} sources)",
                 r.recipe.display(),
@@ -192,12 +204,9 @@ fn main() -> ExitCode {
                 loaded.sources.len()
             );
         }),
-        Verb::Plan { recipe, json } => plan::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
+        Verb::Plan { recipe, output } => plan::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
         Verb::Train { recipe, stage, device } => {
-            match train::run(&recipe.recipe, &recipe.sets, &cli.runs, stage.as_deref(), device) {
-                Ok(train::Trained::Interrupted) => return ExitCode::from(130),
-                other => other.map(|_| ()),
-            }
+            train::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref(), device)
         }
         Verb::Sample { recipe, stage, prompt, max_tokens, temperature, top_p, seed, chat } => {
             let args = sample::SampleArgs {
@@ -209,21 +218,23 @@ fn main() -> ExitCode {
                 seed: *seed,
                 chat: *chat,
             };
-            sample::run(&recipe.recipe, &recipe.sets, &cli.runs, &args)
+            sample::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, &args)
         }
         Verb::Export { recipe, stage, out, adapter, dtype } => {
-            export::run(&recipe.recipe, &recipe.sets, &cli.runs, stage, out, *adapter, dtype.as_deref())
+            export::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage, out, *adapter, dtype.as_deref())
         }
-        Verb::Smoke { recipe: r, device } => match smoke::run(&r.recipe, &r.sets, &cli.runs, device) {
-            Ok(false) => return ExitCode::from(130),
-            other => other.map(|_| ()),
-        },
-        Verb::Prepare { recipe, stage } => prepare::run(&recipe.recipe, &recipe.sets, &cli.runs, stage.as_deref()),
-        Verb::Status { recipe, json } => status::run(&recipe.recipe, &recipe.sets, &cli.runs, *json),
-        Verb::Diff { old, new, sets, json } => diff::run(old, new.as_deref(), sets, &cli.runs, *json),
+        Verb::Smoke { recipe: r, device } => smoke::run(&r.recipe, &r.overrides.sets, &cli.runs, device),
+        Verb::Prepare { recipe, stage } => {
+            prepare::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref())
+        }
+        Verb::Status { recipe, output } => status::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
+        Verb::Diff { old, new, overrides, output } => {
+            diff::run(old, new.as_deref(), &overrides.sets, &cli.runs, output.json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Interrupted) => ExitCode::from(130),
         Err(Failure::Invalid(msg)) => {
             eprint!("{msg}");
             ExitCode::from(2)

@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use recipe_data::{DataFacts, data_facts, stage_stores};
+use recipe_data::{DataFacts, data_facts};
 use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
+use recipe_run::stage_stores;
 use recipe_spec::{Recipe, Stage, Tokenizer};
 use serde_json::{Value, json};
 

@@ -3,34 +3,28 @@
 
 use std::path::Path;
 
-use recipe_data::{Outcome, run_data_node};
-use recipe_graph::{NodeKind, RunDir};
+use recipe_graph::RunDir;
+use recipe_run::NodeReport;
 
 use crate::{Failure, load};
 
 pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>) -> Result<(), Failure> {
     let recipe = load::load(path, sets)?;
+    if let Some(name) = stage {
+        load::stage(&recipe, name)?;
+    }
     let graph = load::graph(&recipe)?;
     let run = RunDir::new(runs, &recipe.name);
-    let nodes = match stage {
-        Some(name) if graph.node(name).is_some() => graph.closure(name),
-        Some(name) => {
-            let names: Vec<&str> = recipe.stages.iter().map(|s| s.name.as_str()).collect();
-            let hint = recipe_spec::did_you_mean(name, names.iter().copied())
-                .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-            return Err(Failure::Invalid(format!("error: no stage named `{name}` in {}{hint}\n", path.display())));
-        }
-        None => graph.nodes.iter().collect(),
-    };
+    let started = std::time::Instant::now();
     let bar = crate::progress::Bar::new();
-    for node in nodes.into_iter().filter(|n| !matches!(n.kind, NodeKind::Stage { .. })) {
-        let started = std::time::Instant::now();
-        match run_data_node(&recipe, &graph, &run, node, &bar).map_err(|e| Failure::Run(e.to_string()))? {
-            Outcome::Cached => tracing::info!("{}: cached ({})", node.name, node.short_key()),
-            Outcome::Ran(summary) => {
-                tracing::info!("{}: {summary} in {:.1}s", node.name, started.elapsed().as_secs_f64())
-            }
+    let reports = recipe_run::prepare(&recipe, &graph, &run, stage, &bar).map_err(|e| Failure::Run(e.to_string()))?;
+    for (name, report) in reports {
+        let key = graph.node(&name).expect("reports name nodes").short_key();
+        match report {
+            NodeReport::Ran(summary) => tracing::info!("{name}: {summary}"),
+            _ => tracing::info!("{name}: cached ({key})"),
         }
     }
+    tracing::info!("prepared in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -2,11 +2,10 @@
 
 use std::path::Path;
 
-use recipe_data::{Message, Role, Tok, chatml_prompt};
-use recipe_graph::RunDir;
-use recipe_model::Llama;
-use recipe_spec::checkpoint::TokenizerFile;
-use recipe_train::{Sampling, generate};
+use recipe_data::{Message, Role, TOKENIZER_FILE, chatml_prompt};
+use recipe_model::{Llama, Sampling, generate};
+use recipe_run::load_tokenizer;
+use recipe_spec::TokenizerFile;
 
 use crate::{Failure, load};
 
@@ -22,24 +21,10 @@ pub struct SampleArgs<'a> {
 
 pub fn run(path: &Path, sets: &[String], runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     let recipe = load::load(path, sets)?;
-    let Some(stage) = recipe.stage(a.stage) else {
-        let hint = recipe_spec::did_you_mean(a.stage, recipe.stages.iter().map(|s| s.name.as_str()))
-            .map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-        return Err(Failure::Invalid(format!("error: no stage named `{}`{hint}\n", a.stage)));
-    };
-    let graph = load::graph(&recipe)?;
-    let run = RunDir::new(runs, &recipe.name);
-    let dir = run.final_dir(graph.node(a.stage).expect("every stage has a node"));
-    if !dir.is_dir() {
-        return Err(Failure::Run(format!(
-            "stage `{}` has no result for its current key; run `recipe train {} --stage {}` first",
-            a.stage,
-            path.display(),
-            a.stage
-        )));
-    }
+    let stage = load::stage(&recipe, a.stage)?;
+    let dir = load::stage_result(&recipe, stage, runs)?;
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
-    let tok = Tok::load(&TokenizerFile::Json(dir.join("tokenizer.json"))).map_err(|e| fail(&e))?;
+    let tok = load_tokenizer(&TokenizerFile::Json(dir.join(TOKENIZER_FILE))).map_err(|e| fail(&e))?;
     let device = candle_core::Device::Cpu;
     let model = Llama::load_pretrained(&stage.model, &dir, &device).map_err(|e| fail(&e))?;
     let (prompt, stop) = match a.chat {

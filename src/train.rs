@@ -7,15 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
 use recipe_graph::RunDir;
-use recipe_train::{Hooks, NodeReport, execute};
+use recipe_run::{Hooks, NodeReport, execute};
 
 use crate::{Failure, load};
-
-/// What `train` did, for the caller to report and choose the exit code.
-pub enum Trained {
-    Complete,
-    Interrupted,
-}
 
 /// The device `--device` names: `cpu`, `cuda` (GPU 0), `cuda:N`, `metal`, or `auto` (CUDA if
 /// this build has it and a GPU answers, else Metal likewise, else the CPU). The choice is
@@ -84,19 +78,11 @@ fn describe(device: &Device) -> String {
     }
 }
 
-pub fn run(
-    path: &Path,
-    sets: &[String],
-    runs: &Path,
-    stage: Option<&str>,
-    device_name: &str,
-) -> Result<Trained, Failure> {
+pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, device_name: &str) -> Result<(), Failure> {
     let device = device(device_name)?;
     let recipe = load::load(path, sets)?;
-    if let Some(name) = stage.filter(|n| recipe.stage(n).is_none()) {
-        let names = recipe.stages.iter().map(|s| s.name.as_str());
-        let hint = recipe_spec::did_you_mean(name, names).map_or(String::new(), |s| format!("; did you mean `{s}`?"));
-        return Err(Failure::Invalid(format!("error: no stage named `{name}` in {}{hint}\n", path.display())));
+    if let Some(name) = stage {
+        load::stage(&recipe, name)?;
     }
     let graph = load::graph(&recipe)?;
     let run = RunDir::new(runs, &recipe.name);
@@ -123,12 +109,12 @@ pub fn run(
             }
             NodeReport::Interrupted(step) => {
                 tracing::info!("{name}: interrupted; checkpoint at step {step}, `recipe train` resumes it");
-                return Ok(Trained::Interrupted);
+                return Err(Failure::Interrupted);
             }
         }
     }
     if ran == 0 {
         tracing::info!("nothing to do: every node is up to date in {}", run.root.display());
     }
-    Ok(Trained::Complete)
+    Ok(())
 }

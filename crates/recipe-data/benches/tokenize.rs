@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use recipe_checkpoint::Headers;
 use recipe_data::{Doc, Silent, Tok, read_source, tokenize_source};
 use recipe_spec::Recipe;
 
@@ -15,7 +16,7 @@ fn bench(c: &mut Criterion) {
          [stages.s]\nkind = \"pretrain\"\ndata = {{ mix = {{ moby = 1 }} }}\n",
         root.display()
     );
-    let recipe = Recipe::parse(&root.join("bench.toml"), &text, &[]).expect("valid");
+    let recipe = Recipe::parse(&root.join("bench.toml"), &text, &[], &Headers).expect("valid");
     let recipe_spec::Tokenizer::Train(cfg) = &recipe.tokenizer else { unreachable!() };
     let source = recipe.source("moby").expect("defined");
     let docs = read_source(source).expect("readable");

@@ -34,20 +34,3 @@ impl std::fmt::Display for DataError {
 impl std::error::Error for DataError {}
 
 pub type Result<T> = std::result::Result<T, DataError>;
-
-/// Reports progress of long work to whoever shows it (the binary draws a bar); this crate
-/// prints nothing itself.
-pub trait Progress: Sync {
-    fn start(&self, what: &str, total: u64);
-    fn advance(&self, n: u64);
-    fn finish(&self);
-}
-
-/// Progress that goes nowhere.
-pub struct Silent;
-
-impl Progress for Silent {
-    fn start(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn finish(&self) {}
-}

@@ -4,7 +4,9 @@
 //! a memory-mappable cache with a deterministic holdout split, mixes sources by token weight
 //! with a seeded sampler, packs documents into rows (`concat`, `best-fit`, `pad`) with loss
 //! masks, document ids and positions, and resumes exactly from a small serialisable state.
-//! It prints nothing: long work reports through [`Progress`].
+//! It does the work of the data nodes into folders it is given; where those folders are, and
+//! recording that a node finished, belong to the executor (`recipe-run`). It prints nothing:
+//! long work reports through [`Progress`].
 
 mod documents;
 mod error;
@@ -12,14 +14,16 @@ mod loader;
 mod mix;
 mod pack;
 mod prepare;
+mod progress;
 mod store;
 mod tokenizer;
 
 pub use documents::{Doc, Documents, Message, Role, read_source};
-pub use error::{DataError, Progress, Result, Silent};
+pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, LoaderStats, Mix, PAD_DOC, SourceStats, Split};
 pub use mix::{Sampler, SamplerState};
 pub use pack::{PackStats, Packer, PackerState, Piece, Row};
-pub use prepare::{DataFacts, MAX_SIMULATED_ROWS, Outcome, data_facts, run_data_node, stage_stores, tokenizer};
+pub use prepare::{DataFacts, MAX_SIMULATED_ROWS, TOKENIZER_FILE, data_facts, tokenize, train_tokenizer};
+pub use progress::{Progress, Silent};
 pub use store::{StoreMeta, TokenStore, chatml_prompt, format_chatml, is_held_out, tokenize_source};
 pub use tokenizer::Tok;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use recipe_spec::{LossOn, Packing};
+use recipe_spec::{LossOn, Packing, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
@@ -28,6 +28,19 @@ pub struct LoaderConfig {
     pub loss_on: LossOn,
     pub seed: u64,
     pub split: Split,
+}
+
+impl LoaderConfig {
+    /// How `stage` of `recipe` draws its rows from `split`.
+    pub fn of_stage(recipe: &Recipe, stage: &Stage, split: Split) -> LoaderConfig {
+        LoaderConfig {
+            seq_len: stage.seq_len,
+            packing: stage.data.packing,
+            loss_on: stage.data.loss_on,
+            seed: recipe.seed,
+            split,
+        }
+    }
 }
 
 /// Token stores with their normalised mixing weights.

@@ -18,7 +18,8 @@ use recipe_spec::{Source, SourceFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::documents::{Doc, Role, read_source};
-use crate::error::{DataError, Progress, Result};
+use crate::error::{DataError, Result};
+use crate::progress::Progress;
 use crate::tokenizer::Tok;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use recipe_checkpoint::Headers;
 use recipe_data::{
     Batch, Doc, Loader, LoaderConfig, PAD_DOC, Row, Silent, Split, Tok, TokenStore, format_chatml, read_source,
     tokenize_source,
@@ -50,7 +51,7 @@ data = {{ mix = {{ moby = 1, speeches = 1, plays = 1, chat = 1, bible = 1 }} }}
         root = root().display(),
         a = a.display()
     );
-    Recipe::parse(&root().join("test.toml"), &text, &[]).unwrap_or_else(|e| panic!("{e}"))
+    Recipe::parse(&root().join("test.toml"), &text, &[], &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Corpora {
@@ -327,7 +328,7 @@ fn bad_source(format: &str, extra: &str, files: &[(&str, &[u8])]) -> Result<reci
     let text = format!(
         "[tokenizer]\ntrain = {{}}\n[sources.s]\npath = \"*.dat\"\nformat = \"{format}\"\n{extra}\n[stages.a]\nkind = \"pretrain\"\ndata = {{ mix = {{ s = 1 }} }}\n"
     );
-    let recipe = Recipe::parse(&dir.path().join("r.toml"), &text, &[]).map_err(|e| e.to_string())?;
+    let recipe = Recipe::parse(&dir.path().join("r.toml"), &text, &[], &Headers).map_err(|e| e.to_string())?;
     read_source(recipe.source("s").unwrap())
         .map_err(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
 }

@@ -130,16 +130,9 @@ impl RunDir {
         self.node_dir(node).join("checkpoints")
     }
 
-    /// The steps of the complete checkpoints (`step-NNNNNN` folders) of a node, ascending.
+    /// The steps of a node's checkpoints, ascending.
     pub fn checkpoint_steps(&self, node: &Node) -> Vec<u64> {
-        let Ok(entries) = std::fs::read_dir(self.checkpoints_dir(node)) else { return Vec::new() };
-        let mut steps: Vec<u64> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
-            .collect();
-        steps.sort_unstable();
-        steps
+        checkpoint_steps(&self.checkpoints_dir(node))
     }
 
     /// The lock file, or `None` when the recipe has never run here.
@@ -195,6 +188,24 @@ impl RunDir {
             .collect();
         Graph { nodes }
     }
+}
+
+/// The folder of the checkpoint of `step` in a node's `checkpoints/`.
+pub fn checkpoint_dir(checkpoints: &Path, step: u64) -> PathBuf {
+    checkpoints.join(format!("step-{step:06}"))
+}
+
+/// The steps of the checkpoints in `checkpoints/`, ascending: its `step-NNNNNN` folders (a
+/// checkpoint is renamed into place whole, so every such folder is complete).
+pub fn checkpoint_steps(checkpoints: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(checkpoints) else { return Vec::new() };
+    let mut steps: Vec<u64> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    steps
 }
 
 /// Write a file so that a crash at any instant leaves either the old content or the new.

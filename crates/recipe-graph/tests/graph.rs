@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RecordedState, RunDir, State, diff, status};
 use recipe_spec::Recipe;
 
@@ -67,7 +68,7 @@ fn fixture() -> tempfile::TempDir {
 }
 
 fn load(dir: &Path, text: &str) -> (Recipe, Graph) {
-    let recipe = Recipe::parse(&dir.join("r.toml"), text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let recipe = Recipe::parse(&dir.join("r.toml"), text, &[], &Headers).unwrap_or_else(|e| panic!("{e}"));
     let graph = Graph::build(&recipe).unwrap();
     (recipe, graph)
 }

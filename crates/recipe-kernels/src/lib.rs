@@ -8,7 +8,9 @@
 //! plain Candle ops with gradients Candle derives — which runs on every device without a native
 //! kernel (CUDA and Metal, for now) and is the reference the native kernels are tested
 //! against. Kernels compute in f32 (or f64) and widen half-precision inputs at their edges: mixed
-//! precision keeps norm statistics, softmax and the loss in f32.
+//! precision keeps norm statistics, softmax and the loss in f32. It also holds the allocator
+//! setup that programs which train declare (the binary and the benches). It knows nothing of
+//! models, recipes or files.
 
 mod adamw;
 mod alloc;

@@ -1,17 +1,17 @@
-//! `recipe-model` is the model side of training: a Llama-style decoder on Candle written for
-//! training (every op has a backward pass; attention can be restricted to the packed document
-//! of each token), its seeded initialisation, the cross-entropy loss over masked targets, and
-//! generation with a key/value cache; LoRA adapters over frozen base weights; and import of
-//! published checkpoints (Hugging Face folders, safetensors, GGUF). Tensors carry Hugging Face
-//! Llama names, so a `model.safetensors` it writes loads in `transformers` without renaming,
-//! and an adapter loads in `peft`.
+//! `recipe-model` is the model: a Llama-style decoder on Candle written for training (every op
+//! has a backward pass; attention can be restricted to the packed document of each token),
+//! its seeded initialisation, its precision (f32 master weights cast to a half-precision
+//! compute dtype where used), LoRA and DoRA adapters over frozen base weights, the
+//! cross-entropy over masked targets, and generation with a key/value cache. Tensors carry
+//! Hugging Face Llama names, so saving and loading (`save_pretrained`, `load_pretrained`)
+//! are a thin layer over `recipe-checkpoint`'s formats. It knows nothing of recipes beyond the
+//! `[model]` and `peft` tables, nor of data, optimizers or the run directory.
 
-mod hf;
-mod import;
+mod generate;
 mod llama;
 mod loss;
+mod pretrained;
 
-pub use hf::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config, hf_config, torch_dtype};
-pub use import::load_checkpoint;
+pub use generate::{Sampling, generate};
 pub use llama::{Dtypes, KvCache, Llama, Lora, Param, document_mask, lora_names, magnitude_name};
 pub use loss::masked_cross_entropy;

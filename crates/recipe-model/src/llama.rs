@@ -114,7 +114,7 @@ impl Llama {
         let std = config.init_std;
         let residual_std = std / (2.0 * config.n_layers as f64).sqrt();
         let mut tensors = Vec::new();
-        for (name, shape, _) in Llama::layout(config) {
+        for (name, shape, _) in config.layout() {
             let numel: usize = shape.iter().product();
             let data: Vec<f32> = if name.ends_with("norm.weight") {
                 vec![1.0; numel]
@@ -127,31 +127,7 @@ impl Llama {
         Llama::from_tensors(config, tensors, device)
     }
 
-    /// Every tensor's name, shape and whether it is decayed, in a fixed order.
-    pub fn layout(c: &Config) -> Vec<(String, Vec<usize>, bool)> {
-        let (v, d, ff) = (c.vocab_size as usize, c.d_model as usize, c.d_ff as usize);
-        let kv = (c.d_model / c.n_heads * c.n_kv_heads) as usize;
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], false)];
-        for i in 0..c.n_layers {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), vec![d], false));
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d], true));
-            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d], true));
-            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d], true));
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d], true));
-            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
-            out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
-            out.push((format!("{p}.mlp.up_proj.weight"), vec![ff, d], true));
-            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, ff], true));
-        }
-        out.push(("model.norm.weight".to_string(), vec![d], false));
-        if !c.tie_embeddings {
-            out.push(("lm_head.weight".to_string(), vec![v, d], true));
-        }
-        out
-    }
-
-    /// A model from named tensors (which must match [`Llama::layout`]), trained in f32.
+    /// A model from named tensors (which must match [`Config::layout`]), trained in f32.
     pub fn from_tensors(config: &Config, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Llama> {
         Llama::from_tensors_in(config, tensors, device, DType::F32)
     }
@@ -166,7 +142,7 @@ impl Llama {
         let checked = Llama::checked(config, tensors, device, dtype)?;
         let params = checked
             .into_iter()
-            .zip(Llama::layout(config))
+            .zip(config.layout())
             .map(|((name, t), (_, _, decay))| Ok(Param { name, var: Var::from_tensor(&t)?, decay }))
             .collect::<Result<Vec<_>>>()?;
         Llama::assemble(config, params, HashMap::new(), None, device, Dtypes { weights: dtype, compute: dtype })
@@ -199,7 +175,7 @@ impl Llama {
         };
         let mut rng = seeded(b"recipe lora init", seed);
         let mut params = Vec::new();
-        for (name, shape, _) in Llama::layout(config) {
+        for (name, shape, _) in config.layout() {
             if !lora.targets.iter().any(|t| name.contains(&format!(".{t}."))) {
                 continue;
             }
@@ -230,7 +206,7 @@ impl Llama {
     ) -> Result<Vec<(String, Tensor)>> {
         let mut by_name: HashMap<String, Tensor> = tensors.into_iter().collect();
         let mut out = Vec::new();
-        for (name, shape, _) in Llama::layout(config) {
+        for (name, shape, _) in config.layout() {
             let t = by_name.remove(&name).ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
             if t.dims() != shape.as_slice() {
                 return Err(candle_core::Error::Msg(format!("{name} has shape {:?}, expected {shape:?}", t.dims())));
@@ -310,7 +286,7 @@ impl Llama {
     /// in (in f32): `W + (alpha / rank) · B·A`, under DoRA rescaled row by row to `m`.
     pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for (name, _, _) in Llama::layout(&self.config) {
+        for (name, _, _) in self.config.layout() {
             let mut w = self.stored(&name).to_dtype(self.dtypes.weights)?;
             if let Some(lora) = &self.lora
                 && let Some((a, b)) = self.adapter(&name)
@@ -362,8 +338,8 @@ impl Llama {
         adapted.broadcast_mul(&scale.to_dtype(compute)?)
     }
 
-    /// Trainable elements.
-    pub fn param_count(&self) -> usize {
+    /// Trainable elements (the adapters alone under LoRA).
+    pub fn trainable_param_count(&self) -> usize {
         self.params.iter().map(|p| p.var.elem_count()).sum()
     }
 

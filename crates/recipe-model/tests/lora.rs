@@ -3,7 +3,8 @@
 //! same outputs as running them beside the frozen weights.
 
 use candle_core::{DType, Device, Tensor};
-use recipe_model::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Llama, document_mask, masked_cross_entropy};
+use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use recipe_model::{Llama, document_mask, masked_cross_entropy};
 use recipe_spec::{Model, Peft, PeftMethod};
 
 fn config() -> Model {
@@ -37,7 +38,7 @@ const ALL: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 /// The base model's weights as variables, so that any path that gave them a gradient would show.
 fn base(c: &Model) -> Vec<(String, Tensor)> {
-    Llama::init(c, 3, &Device::Cpu).unwrap().tensors()
+    Llama::init(c, 3, &Device::Cpu).unwrap().trainable_tensors()
 }
 
 fn logits(m: &Llama) -> (Tensor, Tensor) {
@@ -85,11 +86,8 @@ fn only_adapters_train(method: PeftMethod, per_projection: usize) {
     }
     // No buffer in the gradient store has the shape of a base weight matrix: none was computed.
     // Under plain LoRA not even a norm's; DoRA's per-row scales share that shape by design.
-    let base_shapes: Vec<Vec<usize>> = Llama::layout(&c)
-        .into_iter()
-        .map(|(_, s, _)| s)
-        .filter(|s| s.len() == 2 || method == PeftMethod::Lora)
-        .collect();
+    let base_shapes: Vec<Vec<usize>> =
+        c.layout().into_iter().map(|(_, s, _)| s).filter(|s| s.len() == 2 || method == PeftMethod::Lora).collect();
     for id in grads.get_ids() {
         let dims = grads.get_id(*id).unwrap().dims().to_vec();
         assert!(!base_shapes.contains(&dims), "a gradient of shape {dims:?}, the shape of a base weight");

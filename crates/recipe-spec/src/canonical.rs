@@ -64,9 +64,3 @@ pub fn flatten(value: &Value) -> BTreeMap<String, Value> {
     walk("", value, &mut out);
     out
 }
-
-/// Serialise `(name, weight)` pairs as a JSON object.
-pub(crate) fn pairs_as_map<S: serde::Serializer>(pairs: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
-    let map: Map<String, Value> = pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    serde::Serialize::serialize(&map, s)
-}

@@ -229,3 +229,14 @@ pub fn check_range(cx: &mut Cx, path: &str, value: f64, ok: bool, what: &str) {
         );
     }
 }
+
+/// Report a field given where it has no meaning, instead of silently ignoring it.
+pub fn only_for(cx: &mut Cx, f: &Fields, key: &str, given: bool, applies: bool, condition: &str) {
+    if given && !applies {
+        let origin = cx.origins.get(&f.child_path(key)).cloned().unwrap_or_default();
+        cx.diags.push(
+            Diagnostic::new(&origin, format!("`{}` only applies with {condition}", f.child_path(key)))
+                .label("remove it, or change the kind it depends on"),
+        );
+    }
+}

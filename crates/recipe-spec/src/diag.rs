@@ -142,6 +142,11 @@ pub fn suggestion<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>)
     did_you_mean(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
+/// Names for a "defined ...:" label: the list, or "none".
+pub fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

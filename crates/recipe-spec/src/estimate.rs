@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use crate::model::Model;
-use crate::recipe::{PeftMethod, Precision, Recipe, Stage};
+use crate::recipe::Recipe;
+use crate::stage::Stage;
+use crate::vocab::{PeftMethod, Precision};
 
 /// Parameter counts, FLOPs and peak memory of one stage.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -34,41 +36,30 @@ pub struct Memory {
     pub total: u64,
 }
 
+fn elements(shape: &[usize]) -> u64 {
+    shape.iter().map(|&n| n as u64).product()
+}
+
 impl Model {
-    fn kv_dim(&self) -> u64 {
-        (self.head_dim() * self.n_kv_heads) as u64
-    }
-
-    /// Parameters of one transformer block.
-    fn block_params(&self) -> u64 {
-        let (d, ff) = (self.d_model as u64, self.d_ff as u64);
-        2 * d * d + 2 * d * self.kv_dim() + 3 * d * ff + 2 * d
-    }
-
     /// All parameters: embedding, blocks, final norm, and the output head unless tied.
     pub fn param_count(&self) -> u64 {
-        let (v, d) = (self.vocab_size as u64, self.d_model as u64);
-        let head = if self.tie_embeddings { 0 } else { v * d };
-        v * d + self.n_layers as u64 * self.block_params() + d + head
+        self.layout().iter().map(|(_, shape, _)| elements(shape)).sum()
     }
 
-    /// Parameters that take part in matrix multiplications per token (everything but the
-    /// embedding lookup and the norms; the output head always multiplies).
+    /// Parameters that take part in matrix multiplications per token: the projections and the
+    /// output head (the embedding's transpose when tied), not the embedding lookup or the norms.
     pub fn matmul_params(&self) -> u64 {
-        let (v, d) = (self.vocab_size as u64, self.d_model as u64);
-        self.n_layers as u64 * (self.block_params() - 2 * d) + v * d
+        let decayed: u64 = self.layout().iter().filter(|(_, _, decay)| *decay).map(|(_, s, _)| elements(s)).sum();
+        let tied_head = if self.tie_embeddings { self.vocab_size as u64 * self.d_model as u64 } else { 0 };
+        decayed + tied_head
     }
 
-    /// (input, output) width of each PEFT-adaptable projection.
+    /// (input, output) width of a PEFT-adaptable projection (`q_proj`, ...).
     pub fn projection_shape(&self, module: &str) -> (u64, u64) {
-        let (d, ff, kv) = (self.d_model as u64, self.d_ff as u64, self.kv_dim());
-        match module {
-            "q_proj" | "o_proj" => (d, d),
-            "k_proj" | "v_proj" => (d, kv),
-            "gate_proj" | "up_proj" => (d, ff),
-            "down_proj" => (ff, d),
-            other => panic!("validated PEFT target, got {other}"),
-        }
+        let suffix = format!(".{module}.weight");
+        let (_, shape, _) =
+            self.layout().into_iter().find(|(n, _, _)| n.ends_with(&suffix)).expect("a validated PEFT target");
+        (shape[1] as u64, shape[0] as u64)
     }
 
     /// Forward FLOPs per token at context `seq_len`.
@@ -158,7 +149,7 @@ impl Stage {
 /// attention output, and the MLP's gate, up, activation and product; then the final norm and
 /// the logits, their softmax and its gradient.
 fn per_token_activations(m: &Model, seq_len: u32) -> u64 {
-    let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.kv_dim(), m.n_heads as u64);
+    let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.projection_shape("k_proj").1, m.n_heads as u64);
     let block = 7 * d + 3 * kv + 2 * h * seq_len as u64 + 4 * ff;
     m.n_layers as u64 * block + 2 * d + 3 * m.vocab_size as u64
 }

@@ -1,29 +1,51 @@
-//! `recipe-spec` turns a recipe file into a typed, checked [`Recipe`]: it parses the TOML with
-//! the position of every key and value, merges `--set dotted.path=value` overrides, applies the
-//! documented default of every field and the `[model]` inheritance of each stage, and checks
-//! the whole recipe, collecting every problem as a [`Diagnostic`] that renders like a
-//! compiler's error (file, line, column, snippet, what was expected, "did you mean").
-//! [`Recipe::canonical`] gives the effective recipe in a canonical form for hashing and diffing,
-//! and [`Schedule::factor`] the learning-rate curve that both `plan` and the trainer use.
-//! Nothing below this crate parses TOML.
+//! `recipe-spec` is the recipe language. It turns a recipe file into a typed, checked
+//! [`Recipe`]: it parses the TOML with the position of every key and value, merges `--set
+//! dotted.path=value` overrides, applies the documented default of every field and the
+//! `[model]` inheritance of each stage, and checks the whole recipe, collecting every problem as
+//! a [`Diagnostic`] that renders like a compiler's error (file, line, column, snippet, what was
+//! expected, "did you mean"). [`Recipe::canonical`] gives the effective recipe in a canonical
+//! form for hashing and diffing, [`Schedule::factor`] the learning-rate curve that both `plan`
+//! and the trainer use, and [`Estimate`] what a stage will cost. It owns the meaning of every
+//! field and nothing else: it reads no tensors (checkpoint headers come through a
+//! [`CheckpointReader`] the caller passes in), runs nothing and prints nothing. Nothing outside
+//! it parses TOML.
+//!
+//! One module per table (`recipe`, `model`, `tokenizer`, `source`, `stage`, `schedule`, `peft`,
+//! `distill`, and `import` for checkpoints a stage names), each with its type, defaults and
+//! decoding; `vocab` is the leaf of shared words; `tree`, `decode` and `diag` are the machinery.
 
 mod canonical;
-pub mod checkpoint;
+mod checkpoint;
+mod checks;
 mod decode;
 mod diag;
+mod distill;
 mod estimate;
+mod import;
 mod model;
+mod peft;
 mod recipe;
 mod schedule;
+mod source;
+mod stage;
+mod tokenizer;
 mod tree;
+mod vocab;
 
 pub use canonical::flatten;
+pub use checkpoint::{CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf};
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
+pub use distill::Distill;
 pub use estimate::{Estimate, Memory};
+pub use import::Import;
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
-pub use recipe::{
-    CHATML_TOKENS, ChatTemplate, Data, Distill, DistillLoss, Eval, Import, Invalid, LossOn, NON_SEMANTIC_STAGE_FIELDS,
-    OnError, Optim, PEFT_MODULES, Packing, Peft, PeftMethod, Precision, Recipe, Source, SourceFormat, Stage, StageKind,
-    TokenDtype, Tokenizer, TokenizerTrain,
-};
+pub use peft::{PEFT_MODULES, Peft};
+pub use recipe::{Invalid, Recipe};
 pub use schedule::{Schedule, ScheduleKind};
+pub use source::Source;
+pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
+pub use tokenizer::{Tokenizer, TokenizerTrain};
+pub use vocab::{
+    CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, LossOn, OnError, Packing, PeftMethod, Precision,
+    SourceFormat, StageKind, TokenDtype,
+};

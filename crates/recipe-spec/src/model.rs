@@ -1,9 +1,9 @@
 //! The `[model]` table: a stage's architecture, with defaults and per-stage overrides.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, Cx, Fields};
-use crate::diag::Origin;
+use crate::diag::{Diagnostic, Origin};
 use crate::tree::Node;
 
 /// Keys allowed in `[model]` and in a stage's `model = {...}`.
@@ -29,7 +29,7 @@ pub const SHAPE_FIELDS: &[&str] =
     &["arch", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings"];
 
 /// What a `[model]` table or a stage's `model = {...}` says; unset fields inherit.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
@@ -90,12 +90,39 @@ pub struct Model {
     pub from: Option<String>,
     /// `from` resolved, when it was read: the file or folder and how it is stored.
     #[serde(skip)]
-    pub import: Option<(std::path::PathBuf, crate::checkpoint::CheckpointFormat)>,
+    pub import: Option<(std::path::PathBuf, crate::vocab::CheckpointFormat)>,
 }
 
 impl Model {
     pub fn head_dim(&self) -> u32 {
         self.d_model / self.n_heads.max(1)
+    }
+
+    /// Every weight's Hugging Face name, its shape (`[out, in]` for a projection) and whether
+    /// weight decay applies, in a fixed order: the one definition of the architecture's
+    /// shapes, which the model builds from and `plan` counts.
+    pub fn layout(&self) -> Vec<(String, Vec<usize>, bool)> {
+        let c = self;
+        let (v, d, ff) = (c.vocab_size as usize, c.d_model as usize, c.d_ff as usize);
+        let kv = (c.d_model / c.n_heads * c.n_kv_heads) as usize;
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], false)];
+        for i in 0..c.n_layers {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![d], false));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d], true));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d], true));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d], true));
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d], true));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![ff, d], true));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, ff], true));
+        }
+        out.push(("model.norm.weight".to_string(), vec![d], false));
+        if !c.tie_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, d], true));
+        }
+        out
     }
 }
 
@@ -210,6 +237,29 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
             "n_kv_heads",
             format!("n_kv_heads ({}) does not divide n_heads ({})", m.n_kv_heads, m.n_heads),
             "grouped-query attention shares each key/value head among n_heads / n_kv_heads query heads".into(),
+        );
+    }
+}
+
+/// Where a stage's model field was written: its override when it has one, else `[model]`.
+pub(crate) fn model_field_path(stage: &str, overrides: &ModelSpec, field: &str) -> String {
+    if overrides.set_fields().contains(&field) {
+        format!("stages.{stage}.model.{field}")
+    } else {
+        format!("model.{field}")
+    }
+}
+
+pub(crate) fn check_vocab(cx: &mut Cx, path: &str, model_vocab: u32, tokenizer_vocab: u32) {
+    if model_vocab < tokenizer_vocab {
+        let origin = cx.origins.get(path).cloned().unwrap_or_default();
+        cx.diags.push(
+            Diagnostic::new(
+                &origin,
+                format!("`{path}` ({model_vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_vocab})"),
+            )
+            .label("the embedding must have a row for every token id")
+            .help("remove `vocab_size` to follow the tokenizer, or pad it to a larger size"),
         );
     }
 }

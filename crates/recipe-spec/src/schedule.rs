@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::recipe::words;
+use crate::decode::{self, Cx, Fields, check_range, only_for};
+use crate::diag::Diagnostic;
+use crate::tree::Node;
+use crate::vocab::words;
 
 words!(ScheduleKind {
     Constant = "constant",
@@ -78,6 +81,61 @@ impl Schedule {
             InverseSqrt => (w.max(1) as f64 / (step + 1) as f64).sqrt().max(floor),
             Power => (w.max(1) as f64 / (step + 1) as f64).powf(self.power.unwrap_or(0.5)).max(floor),
         }
+    }
+}
+
+impl Schedule {
+    pub(crate) fn decode(cx: &mut Cx, node: Option<&Node>, path: &str, steps: u64) -> Schedule {
+        const KEYS: &[&str] = &["kind", "warmup", "decay", "min_lr_ratio", "power"];
+        let mut s = Schedule::with_defaults(ScheduleKind::Cosine);
+        let Some(node) = node else { return s };
+        let f = Fields::of(cx, node, path, KEYS);
+        f.check_unknown(cx);
+        if let Some(kind) = f.opt(cx, "kind", decode::choice(ScheduleKind::WORDS)).and_then(ScheduleKind::from_word) {
+            s = Schedule::with_defaults(kind);
+        }
+        let warmup = f.opt(cx, "warmup", decode::count).unwrap_or(0);
+        if warmup >= steps && warmup > 0 {
+            let origin = cx.origins.get(&f.child_path("warmup")).cloned().unwrap_or_default();
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("warmup ({warmup}) must be less than the stage's steps ({steps})"))
+                    .label("warmup counts optimizer steps"),
+            );
+        }
+        s.warmup = warmup;
+        let decay = f.opt(cx, "decay", decode::float);
+        only_for(cx, &f, "decay", decay.is_some(), s.kind == ScheduleKind::Wsd, "kind = \"wsd\"");
+        if let (Some(d), Some(slot)) = (decay, s.decay.as_mut()) {
+            check_range(cx, &f.child_path("decay"), d, d > 0.0 && d <= 1.0, "a fraction of the stage in (0, 1]");
+            *slot = d;
+            if warmup.saturating_add((d * steps as f64).round() as u64) > steps {
+                let origin = cx.origins.get(&f.child_path("decay")).cloned().unwrap_or_default();
+                cx.diags.push(
+                    Diagnostic::new(&origin, "warmup and decay together are longer than the stage")
+                        .label(format!("{warmup} warmup + {} decay steps > {steps}", (d * steps as f64).round())),
+                );
+            }
+        }
+        let min_lr_ratio = f.opt(cx, "min_lr_ratio", decode::float);
+        only_for(
+            cx,
+            &f,
+            "min_lr_ratio",
+            min_lr_ratio.is_some(),
+            s.kind != ScheduleKind::Constant,
+            "a decaying schedule",
+        );
+        if let (Some(m), Some(slot)) = (min_lr_ratio, s.min_lr_ratio.as_mut()) {
+            check_range(cx, &f.child_path("min_lr_ratio"), m, (0.0..=1.0).contains(&m), "a ratio in [0, 1]");
+            *slot = m;
+        }
+        let power = f.opt(cx, "power", decode::float);
+        only_for(cx, &f, "power", power.is_some(), s.kind == ScheduleKind::Power, "kind = \"power\"");
+        if let (Some(p), Some(slot)) = (power, s.power.as_mut()) {
+            check_range(cx, &f.child_path("power"), p, p > 0.0, "an exponent > 0");
+            *slot = p;
+        }
+        s
     }
 }
 

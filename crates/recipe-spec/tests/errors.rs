@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use recipe_checkpoint::Headers;
 use recipe_spec::{Recipe, StageKind};
 
 /// A folder with a few small documents, a chat file and a recipe.
@@ -68,7 +69,7 @@ impl Fixture {
 
     fn parse(&self, text: &str, sets: &[&str]) -> Result<Recipe, String> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        Recipe::parse(&self.path(), text, &sets).map_err(|e| e.to_string())
+        Recipe::parse(&self.path(), text, &sets, &Headers).map_err(|e| e.to_string())
     }
 
     /// The rendered errors of a recipe that must be invalid.
@@ -350,7 +351,7 @@ fn set_overrides_are_type_checked_and_blamed_on_the_argument() {
 
 #[test]
 fn a_missing_file_is_a_clear_error() {
-    let out = Recipe::load(Path::new("/nonexistent/r.toml"), &[]).unwrap_err().to_string();
+    let out = Recipe::load(Path::new("/nonexistent/r.toml"), &[], &Headers).unwrap_err().to_string();
     assert_has(&out, &["cannot read /nonexistent/r.toml"]);
 }
 

@@ -3,6 +3,7 @@
 //! language's own keys and values, and valid recipes with a few random edits.
 
 use proptest::prelude::*;
+use recipe_checkpoint::Headers;
 use recipe_spec::Recipe;
 
 const KEYS: &[&str] = &[
@@ -117,7 +118,7 @@ const VALID: &str = include_str!("../../../recipes/quickstart.toml");
 
 fn check(text: &str, sets: &[String]) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/fuzz.toml");
-    match Recipe::parse(&path, text, sets) {
+    match Recipe::parse(&path, text, sets, &Headers) {
         Ok(r) => {
             // A valid recipe must also canonicalise and estimate without panicking.
             let _ = r.canonical();

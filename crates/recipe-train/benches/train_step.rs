@@ -71,7 +71,7 @@ fn bench(cr: &mut Criterion) {
         let optim =
             Optim { kind: "adamw".into(), lr: 1e-3, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
         let mut optimizer = AdamW::new(&optim);
-        let mut group = cr.benchmark_group(format!("{} ({} params)", c.name, model.param_count()));
+        let mut group = cr.benchmark_group(format!("{} ({} params)", c.name, model.trainable_param_count()));
         group.throughput(Throughput::Elements((c.batch * c.seq) as u64));
         group.sample_size(10);
         group.bench_function("forward", |b| {

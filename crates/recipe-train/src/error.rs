@@ -27,6 +27,12 @@ impl From<recipe_data::DataError> for Error {
     }
 }
 
+impl From<recipe_checkpoint::training::Error> for Error {
+    fn from(e: recipe_checkpoint::training::Error) -> Self {
+        Error::Io(e.0)
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Candle(e)

@@ -8,18 +8,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use recipe_data::{Batch, Loader, LoaderConfig, Mix, Split, Tok};
-use recipe_graph::{Node, RecordedState, RunDir};
-use recipe_model::{Dtypes, Llama, document_mask, load_checkpoint, masked_cross_entropy};
-use recipe_spec::checkpoint::CheckpointFormat;
-use recipe_spec::{Distill, Precision, Recipe, Stage};
-use serde::Serialize;
+use recipe_checkpoint::{load_checkpoint, training};
+use recipe_data::{Batch, Loader, LoaderConfig, LoaderState, Mix, Split};
+use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy};
+use recipe_spec::{CheckpointFormat, Distill, Precision, Recipe, Stage};
+use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, clip_factor};
-use crate::checkpoint::{self, TrainState};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
 use crate::scaler::LossScaler;
+
+/// What a training checkpoint holds besides tensors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: u64,
+    pub loader: LoaderState,
+    /// Optimizer updates applied, when not `step` (an f16 stage skips overflowing steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_steps: Option<u64>,
+    /// The loss scaler of an f16-mixed stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<LossScaler>,
+}
 
 /// One line of `metrics.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -59,7 +71,8 @@ pub trait Observer {
 }
 
 pub enum Outcome {
-    Finished,
+    /// Every step ran; the trained model, for the caller to publish.
+    Finished(Box<Llama>),
     /// Stopped by an interrupt after writing a checkpoint at this step.
     Interrupted(u64),
 }
@@ -68,38 +81,37 @@ pub enum Outcome {
 pub struct StageRun<'a> {
     pub recipe: &'a Recipe,
     pub stage: &'a Stage,
-    pub node: &'a Node,
-    pub run: &'a RunDir,
+    /// The stage's working folder: `metrics.jsonl` and `checkpoints/` go here, and a
+    /// checkpoint found here is resumed.
+    pub work_dir: &'a Path,
     /// The result folder of the stage named in `after`, if any.
     pub start_from: Option<std::path::PathBuf>,
     /// A distillation stage's teachers, loaded frozen.
     pub teachers: Vec<Llama>,
     pub stores: Mix,
-    pub tokenizer: &'a Tok,
     pub device: &'a Device,
     pub interrupt: &'a AtomicBool,
     pub observer: &'a dyn Observer,
 }
 
+/// Where a stage keeps its training checkpoints, under its working folder.
+pub fn checkpoints_dir(work_dir: &Path) -> std::path::PathBuf {
+    work_dir.join("checkpoints")
+}
+
+/// Train one stage to its last step, resuming from the newest valid checkpoint in its
+/// working folder, or until `interrupt` is set.
 pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let (recipe, stage) = (r.recipe, r.stage);
-    let node_dir = r.run.node_dir(r.node);
-    std::fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
-    r.run.write_stage_config(r.node).map_err(io(&node_dir))?;
-    let checkpoints = r.run.checkpoints_dir(r.node);
-    let metrics_path = node_dir.join("metrics.jsonl");
+    std::fs::create_dir_all(r.work_dir).map_err(io(r.work_dir))?;
+    let checkpoints = checkpoints_dir(r.work_dir);
+    let metrics_path = r.work_dir.join("metrics.jsonl");
 
     let model = build_model(stage, r.start_from.as_deref(), recipe.seed, r.device)?;
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let objective = Objective { distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())) };
     let mut optimizer = AdamW::new(&stage.optim);
-    let loader_config = |split| LoaderConfig {
-        seq_len: stage.seq_len,
-        packing: stage.data.packing,
-        loss_on: stage.data.loss_on,
-        seed: recipe.seed,
-        split,
-    };
+    let loader_config = |split| LoaderConfig::of_stage(recipe, stage, split);
     let mut loader = Loader::new(r.stores.clone(), &loader_config(Split::Train))?;
 
     let mut start_step = 0;
@@ -107,7 +119,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         tracing::warn!("{text}");
         r.observer.message(&text);
     };
-    if let Some(ckpt) = checkpoint::latest_valid(&checkpoints, r.device, &warn)? {
+    if let Some(ckpt) = training::latest_valid::<TrainState>(&checkpoints, r.device, &warn)? {
         for p in &model.params {
             let t = ckpt.model.get(&p.name).ok_or_else(|| Error::Run(format!("checkpoint lacks {}", p.name)))?;
             p.var.set(t)?;
@@ -123,7 +135,6 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     truncate_metrics(&metrics_path, start_step)?;
     let mut metrics_file =
         std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
-    r.run.record(&recipe.canonical(), r.node, RecordedState::Partial, None).map_err(Error::Run)?;
 
     if start_step == 0 && stage.eval.every > 0 {
         // The starting point, so that what the stage changed can be read off the metrics.
@@ -187,10 +198,11 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 optimizer_steps: Some(optimizer.t),
                 scaler: scaler.clone(),
             };
-            let dir = checkpoint::save(
+            let dir = training::save(
                 &checkpoints,
+                done,
                 &state,
-                &model.tensors(),
+                &model.trainable_tensors(),
                 &optimizer.state_tensors()?,
                 stage.keep_checkpoints as usize,
             )?;
@@ -202,20 +214,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         }
     }
     r.observer.finish();
-
-    let staging = r.run.staging_dir(r.node).map_err(io(&node_dir))?;
-    let base_model = match (&stage.after, &stage.model.from) {
-        (Some(after), _) => format!("{}/{after}", recipe.name),
-        (None, Some(from)) => from.clone(),
-        (None, None) => String::new(),
-    };
-    let mut eos = vec![r.tokenizer.eos()];
-    eos.extend(r.tokenizer.chatml().map(|[_, end]| end).filter(|end| *end != r.tokenizer.eos()));
-    model.save_pretrained(&staging, &eos, &base_model)?;
-    r.tokenizer.save(&staging.join("tokenizer.json"))?;
-    r.run.publish(r.node, &staging).map_err(io(&node_dir))?;
-    r.run.record(&recipe.canonical(), r.node, RecordedState::Done, Some(crate::now())).map_err(Error::Run)?;
-    Ok(Outcome::Finished)
+    Ok(Outcome::Finished(Box::new(model)))
 }
 
 /// The model a stage trains: its starting weights (the `after` stage's result, else the

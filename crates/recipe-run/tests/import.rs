@@ -6,10 +6,15 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use recipe_data::{Message, Role, Tok, chatml_prompt};
-use recipe_model::{Llama, load_checkpoint};
-use recipe_spec::checkpoint::{CheckpointFormat, TokenizerFile, inspect};
-use recipe_train::{Sampling, generate};
+use recipe_checkpoint::{Headers, load_checkpoint};
+use recipe_data::{Message, Role, chatml_prompt};
+use recipe_model::{Llama, Sampling, generate};
+use recipe_run::load_tokenizer;
+use recipe_spec::{CheckpointFormat, CheckpointInfo, CheckpointReader, TokenizerFile};
+
+fn inspect(path: &std::path::Path) -> Result<CheckpointInfo, String> {
+    Headers.inspect(path)
+}
 
 fn smollm2() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -27,7 +32,7 @@ fn smollm2_from_gguf_knows_the_capital_of_france() {
     assert!(config.tie_embeddings);
     let model =
         Llama::frozen(&config, load_checkpoint(&gguf, CheckpointFormat::Gguf, &config).unwrap(), &Device::Cpu).unwrap();
-    let tok = Tok::load(&TokenizerFile::Gguf(gguf)).unwrap();
+    let tok = load_tokenizer(&TokenizerFile::Gguf(gguf)).unwrap();
     assert_eq!(tok.encode("2024").unwrap().len(), 4, "SmolLM2 splits digits one per token");
     let messages = [
         Message {

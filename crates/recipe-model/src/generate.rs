@@ -1,10 +1,10 @@
-//! Generation from a finished stage: greedy, temperature and top-p (nucleus) decoding over a
+//! Generation: greedy, temperature and top-p (nucleus) decoding over a
 //! key/value cache, seeded so the same call gives the same text.
 
+use crate::llama::Llama;
 use candle_core::Result;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use recipe_model::Llama;
 
 #[derive(Clone, Debug)]
 pub struct Sampling {

@@ -8,9 +8,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
+use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
+use recipe_run::{Hooks, NodeReport, execute};
 use recipe_spec::Recipe;
-use recipe_train::{Hooks, NodeReport, Observer, StepMetrics, execute};
+use recipe_train::{Observer, StepMetrics};
 
 fn recipe(dir: &Path) -> Recipe {
     recipe_with(dir, &[])
@@ -79,7 +81,7 @@ checkpoint_every = 2
 "#,
         data.display()
     );
-    Recipe::parse(&dir.join("r.toml"), &text, sets).unwrap_or_else(|e| panic!("{e}"))
+    Recipe::parse(&dir.join("r.toml"), &text, sets, &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Records losses; raises the interrupt flag once `stop_at` steps of `stage` are done.

@@ -1,0 +1,122 @@
+//! What a checkpoint or tokenizer file says about itself, read without loading any weights:
+//! the answers validation asks for through [`recipe_spec::CheckpointReader`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use recipe_spec::{
+    CheckpointFormat, CheckpointInfo, CheckpointReader, ModelSpec, TokenizerFacts, TokenizerFile, is_gguf,
+};
+use serde_json::Value;
+
+use crate::gguf;
+use crate::hf::read_config;
+use crate::tokenizer::{gguf_facts, tokenizer_facts};
+
+/// Reads checkpoint headers and tokenizer files from disk.
+pub struct Headers;
+
+impl CheckpointReader for Headers {
+    fn inspect(&self, path: &Path) -> Result<CheckpointInfo, String> {
+        inspect(path)
+    }
+
+    fn tokenizer_facts(&self, file: &TokenizerFile) -> Result<TokenizerFacts, String> {
+        tokenizer_facts(file)
+    }
+}
+
+/// Read a checkpoint's format, architecture and tokenizer.
+fn inspect(path: &Path) -> Result<CheckpointInfo, String> {
+    if !path.exists() {
+        return Err("no such file or folder".into());
+    }
+    if is_gguf(path) {
+        return inspect_gguf(path);
+    }
+    let (format, config) = if path.is_dir() {
+        let config = path.join("config.json");
+        if !config.is_file() {
+            return Err("the folder has no config.json".into());
+        }
+        (CheckpointFormat::HfDir, Some(config))
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        let beside = path.with_file_name("config.json");
+        (CheckpointFormat::Safetensors, beside.is_file().then_some(beside))
+    } else {
+        return Err("expected a Hugging Face model folder, a .safetensors or a .gguf file".into());
+    };
+    let (arch, kv_width_of_unknown_heads) = match config {
+        Some(config) => (read_config(&config)?, None),
+        None => {
+            let (arch, kv_width) = arch_from_shapes(&safetensors_shapes(path)?)?;
+            (arch, Some(kv_width))
+        }
+    };
+    let tokenizer_json = match format {
+        CheckpointFormat::HfDir => path.join("tokenizer.json"),
+        _ => path.with_file_name("tokenizer.json"),
+    };
+    let tokenizer = match tokenizer_json.is_file() {
+        true => Some(tokenizer_facts(&TokenizerFile::Json(tokenizer_json))?),
+        false => None,
+    };
+    Ok(CheckpointInfo { path: path.to_path_buf(), format, arch, kv_width_of_unknown_heads, tokenizer })
+}
+
+fn inspect_gguf(path: &Path) -> Result<CheckpointInfo, String> {
+    let g = gguf::read(path)?;
+    let tokenizer = gguf_facts(&g)?;
+    Ok(CheckpointInfo {
+        path: path.to_path_buf(),
+        format: CheckpointFormat::Gguf,
+        arch: gguf::architecture(&g, tokenizer.vocab_size)?,
+        kv_width_of_unknown_heads: None,
+        tokenizer: Some(tokenizer),
+    })
+}
+
+/// Tensor names and shapes from a safetensors header, without reading the data.
+fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<u64>>, String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| "not a safetensors file (too short)".to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err("not a safetensors file (header too large)".into());
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|_| "not a safetensors file (header cut short)".to_string())?;
+    let header: HashMap<String, Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("not a safetensors file: {e}"))?;
+    Ok(header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, v)| {
+            let shape = v["shape"].as_array().map(|s| s.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+            (name, shape)
+        })
+        .collect())
+}
+
+/// What tensor shapes alone fix, and the key/value width; the head count stays with the recipe.
+fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u32), String> {
+    let dims = |name: &str| shapes.get(name).ok_or_else(|| format!("it has no tensor `{name}`"));
+    let embed = dims("model.embed_tokens.weight")?;
+    let gate = dims("model.layers.0.mlp.gate_proj.weight")?;
+    let kv = dims("model.layers.0.self_attn.k_proj.weight")?;
+    let n_layers =
+        (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.input_layernorm.weight"))).count();
+    let narrow = |v: u64| u32::try_from(v).map_err(|_| "a dimension is too large".to_string());
+    let spec = ModelSpec {
+        arch: Some("llama".into()),
+        vocab_size: Some(narrow(embed[0])?),
+        d_model: Some(narrow(embed[1])?),
+        n_layers: Some(n_layers as u32),
+        d_ff: Some(narrow(gate[0])?),
+        tie_embeddings: Some(!shapes.contains_key("lm_head.weight")),
+        ..ModelSpec::default()
+    };
+    Ok((spec, narrow(kv[0])?))
+}

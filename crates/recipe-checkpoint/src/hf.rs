@@ -1,0 +1,208 @@
+//! The Hugging Face layout: `config.json` for `LlamaForCausalLM` beside `model.safetensors`,
+//! and a PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`). The `[model]`
+//! fields and the `config.json` keys are mapped in one table, [`HF_CONFIG`], read and written
+//! from it alike, so the two directions cannot drift apart.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+use recipe_spec::{Model, ModelSpec};
+use serde_json::{Map, Value, json};
+
+pub const MODEL_WEIGHTS: &str = "model.safetensors";
+pub const MODEL_CONFIG: &str = "config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// What `transformers` assumes when a `config.json` key is absent.
+pub enum IfAbsent {
+    Required,
+    /// This value, as JSON.
+    Value(&'static str),
+    /// The value of another of our fields (listed earlier).
+    SameAs(&'static str),
+}
+
+/// Each `[model]` field that `config.json` holds, the key it holds it under, and what an
+/// absent key means.
+pub const HF_CONFIG: &[(&str, &str, IfAbsent)] = &[
+    ("vocab_size", "vocab_size", IfAbsent::Required),
+    ("d_model", "hidden_size", IfAbsent::Required),
+    ("n_layers", "num_hidden_layers", IfAbsent::Required),
+    ("n_heads", "num_attention_heads", IfAbsent::Required),
+    ("n_kv_heads", "num_key_value_heads", IfAbsent::SameAs("n_heads")),
+    ("d_ff", "intermediate_size", IfAbsent::Required),
+    ("max_seq_len", "max_position_embeddings", IfAbsent::Required),
+    ("tie_embeddings", "tie_word_embeddings", IfAbsent::Value("false")),
+    ("rope_theta", "rope_theta", IfAbsent::Value("10000.0")),
+    ("norm_eps", "rms_norm_eps", IfAbsent::Value("1e-6")),
+];
+
+/// The architecture in a Hugging Face `config.json`; anything this trainer cannot reproduce
+/// exactly is an error rather than a silently different model.
+pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let model_type = c["model_type"].as_str().unwrap_or("");
+    if model_type != "llama" {
+        return Err(format!("its config.json has model_type \"{model_type}\"; only \"llama\" can be imported"));
+    }
+    for (key, fine) in [
+        ("rope_scaling", c["rope_scaling"].is_null()),
+        ("attention_bias", !c["attention_bias"].as_bool().unwrap_or(false)),
+        ("mlp_bias", !c["mlp_bias"].as_bool().unwrap_or(false)),
+        ("hidden_act", c["hidden_act"].as_str().is_none_or(|a| a == "silu")),
+    ] {
+        if !fine {
+            return Err(format!("its config.json sets `{key}` = {}, which this trainer does not implement", c[key]));
+        }
+    }
+    let mut fields = Map::new();
+    fields.insert("arch".into(), "llama".into());
+    for (ours, theirs, if_absent) in HF_CONFIG {
+        let value = match (&c[*theirs], if_absent) {
+            (Value::Null, IfAbsent::Required) => return Err(format!("config.json lacks `{theirs}`")),
+            (Value::Null, IfAbsent::Value(json)) => serde_json::from_str(json).expect("valid JSON"),
+            (Value::Null, IfAbsent::SameAs(field)) => fields[*field].clone(),
+            (value, _) => value.clone(),
+        };
+        fields.insert(ours.to_string(), value);
+    }
+    let spec: ModelSpec = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| format!("its config.json holds a value out of range: {e}"))?;
+    let (d_model, n_heads) = (spec.d_model.unwrap_or(0), spec.n_heads.unwrap_or(0));
+    if let Some(head_dim) = c["head_dim"].as_u64()
+        && n_heads > 0
+        && head_dim != (d_model / n_heads) as u64
+    {
+        return Err(format!("its head_dim ({head_dim}) is not hidden_size / num_attention_heads"));
+    }
+    Ok(spec)
+}
+
+/// `config.json` for `LlamaForCausalLM`. `eos` lists the tokens that end generation, the
+/// end-of-document token first (also written as `bos_token_id`); a chat model adds
+/// `<|im_end|>`, so `transformers` stops at the end of an answer too. `dtype` is what
+/// `model.safetensors` holds.
+pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
+    let fields = serde_json::to_value(model).expect("plain struct");
+    let mut config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "head_dim": model.head_dim(),
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "bos_token_id": eos.first(),
+        "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
+        "torch_dtype": torch_dtype(dtype),
+    });
+    for (ours, theirs, _) in HF_CONFIG {
+        config[*theirs] = fields[*ours].clone();
+    }
+    config
+}
+
+/// The name `transformers` gives `dtype` in `config.json`.
+pub fn torch_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+/// What a PEFT LoRA adapter's `adapter_config.json` records.
+pub struct AdapterConfig<'a> {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: &'a [String],
+    pub dora: bool,
+    /// The model it adapts, as a name or path.
+    pub base_model: &'a str,
+}
+
+/// The `adapter_config.json` of a PEFT LoRA adapter, as the `peft` library writes it.
+pub fn adapter_config(a: &AdapterConfig) -> Value {
+    json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": a.base_model,
+        "r": a.rank,
+        "lora_alpha": a.alpha,
+        "lora_dropout": a.dropout,
+        "target_modules": a.targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_dora": a.dora,
+        "inference_mode": true,
+    })
+}
+
+/// The prefix `peft` puts before a base model's tensor names.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// Write a model folder: `model.safetensors` and its `config.json`.
+pub fn save_model(dir: &Path, weights: &[(String, Tensor)], config: &Value) -> candle_core::Result<()> {
+    save_tensors(dir, MODEL_WEIGHTS, weights.iter().map(|(n, t)| (n.clone(), t.clone())))?;
+    write_json(dir, MODEL_CONFIG, config)
+}
+
+/// Write a PEFT adapter beside a model: its tensors under `peft`'s names, and its config.
+pub fn save_adapter(dir: &Path, adapter: &[(String, Tensor)], config: &AdapterConfig) -> candle_core::Result<()> {
+    save_tensors(dir, ADAPTER_WEIGHTS, adapter.iter().map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t.clone())))?;
+    write_json(dir, ADAPTER_CONFIG, &adapter_config(config))
+}
+
+fn save_tensors(dir: &Path, file: &str, tensors: impl Iterator<Item = (String, Tensor)>) -> candle_core::Result<()> {
+    let map: HashMap<String, Tensor> = tensors.collect();
+    candle_core::safetensors::save(&map, dir.join(file))
+}
+
+fn write_json(dir: &Path, file: &str, value: &Value) -> candle_core::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).expect("plain data");
+    std::fs::write(dir.join(file), bytes).map_err(candle_core::Error::wrap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_config_reads_back_as_the_same_architecture() {
+        let spec = ModelSpec {
+            d_model: Some(96),
+            n_layers: Some(3),
+            n_heads: Some(6),
+            n_kv_heads: Some(2),
+            max_seq_len: Some(128),
+            tie_embeddings: Some(false),
+            rope_theta: Some(50000.0),
+            norm_eps: Some(1e-6),
+            ..ModelSpec::default()
+        };
+        let model = spec.resolve(Some(300));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_CONFIG);
+        std::fs::write(&path, config_json(&model, &[0], DType::F32).to_string()).unwrap();
+        let read = read_config(&path).unwrap();
+        assert_eq!(read.resolve(None), Model { init_std: 0.02, from: None, ..model });
+    }
+
+    #[test]
+    fn absent_keys_take_the_values_transformers_assumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_CONFIG);
+        let config = r#"{"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 64}"#;
+        std::fs::write(&path, config).unwrap();
+        let spec = read_config(&path).unwrap();
+        assert_eq!(spec.n_kv_heads, Some(4), "num_key_value_heads defaults to num_attention_heads");
+        assert_eq!((spec.tie_embeddings, spec.rope_theta, spec.norm_eps), (Some(false), Some(10000.0), Some(1e-6)));
+        std::fs::write(&path, config.replace(r#""vocab_size": 300, "#, "")).unwrap();
+        assert_eq!(read_config(&path).unwrap_err(), "config.json lacks `vocab_size`");
+    }
+}

@@ -1,0 +1,24 @@
+//! `recipe-checkpoint` owns every file format a model lives in. It reads what a checkpoint
+//! says about itself without loading weights ([`Headers`], the [`recipe_spec::CheckpointReader`]
+//! that validation and `plan` use); loads weights from a Hugging Face folder (sharded or not),
+//! a `.safetensors` file or a llama.cpp `.gguf` ([`load_checkpoint`]); maps `[model]` to and
+//! from `config.json` through one table ([`HF_CONFIG`]); writes a model folder and a PEFT
+//! adapter; rebuilds a GGUF file's tokenizer; and writes and verifies the atomic, checksummed
+//! training checkpoints that exact resume reads ([`training`]). It knows file formats and
+//! tensor names only: no model, no training, no run-directory bookkeeping beyond the
+//! `step-NNNNNN` folders it is handed.
+
+mod gguf;
+mod headers;
+mod hf;
+mod tokenizer;
+pub mod training;
+mod weights;
+
+pub use headers::Headers;
+pub use hf::{
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, HF_CONFIG, IfAbsent, MODEL_CONFIG, MODEL_WEIGHTS, adapter_config,
+    config_json, read_config, save_adapter, save_model, torch_dtype,
+};
+pub use tokenizer::read_tokenizer;
+pub use weights::load_checkpoint;

@@ -1,0 +1,283 @@
+//! The executor behind `recipe train` and `recipe prepare`: every node that is missing or
+//! stale runs, in graph order; finished ones are skipped; a stage with a checkpoint resumes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use recipe_checkpoint::{load_checkpoint, read_tokenizer};
+use recipe_data::{DataError, Mix, Progress, TOKENIZER_FILE, Tok, TokenStore, tokenize, train_tokenizer};
+use recipe_graph::{Graph, Node, NodeKind, RecordedState, RunDir, TOKENIZER_NODE, tokenize_node};
+use recipe_model::{Dtypes, Llama};
+use recipe_spec::{CheckpointFormat, Recipe, Stage, Tokenizer, TokenizerFile};
+use recipe_train::{Observer, Outcome, StageRun, train_stage};
+
+/// Why a node could not run.
+#[derive(Debug)]
+pub enum Error {
+    Data(DataError),
+    Train(recipe_train::Error),
+    /// The run directory or its lock could not be written.
+    RunDir(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Data(e) => write!(f, "{e}"),
+            Error::Train(e) => write!(f, "{e}"),
+            Error::RunDir(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<DataError> for Error {
+    fn from(e: DataError) -> Self {
+        Error::Data(e)
+    }
+}
+
+impl From<recipe_train::Error> for Error {
+    fn from(e: recipe_train::Error) -> Self {
+        Error::Train(e)
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Train(e.into())
+    }
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// What happened to each node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeReport {
+    /// Its result was already there.
+    Skipped,
+    /// It ran; with a one-line summary.
+    Ran(String),
+    /// A stage stopped by an interrupt after writing a checkpoint at this step.
+    Interrupted(u64),
+}
+
+/// How a run reports progress and learns it should stop.
+pub struct Hooks<'a> {
+    /// Set (by a Ctrl-C handler) to checkpoint after the current step and stop.
+    pub interrupt: &'a AtomicBool,
+    pub observer: &'a dyn Observer,
+    pub data_progress: &'a dyn Progress,
+}
+
+/// Run the recipe's graph, or only what stage `only` needs, training stages on `device`.
+/// Stops after the first interrupted stage.
+pub fn execute(
+    recipe: &Recipe,
+    graph: &Graph,
+    run: &RunDir,
+    only: Option<&str>,
+    device: &Device,
+    hooks: &Hooks,
+) -> Result<Vec<(String, NodeReport)>> {
+    let mut reports = Vec::new();
+    for node in nodes(graph, only) {
+        let report = match &node.kind {
+            NodeKind::Stage { stage } => {
+                let stage = recipe.stage(stage).expect("graph nodes come from the recipe");
+                lifecycle(recipe, run, node, |staging| {
+                    run_stage(recipe, graph, run, node, stage, staging, device, hooks)
+                })?
+            }
+            _ => lifecycle(recipe, run, node, |staging| {
+                run_data_node(recipe, graph, run, node, staging, hooks.data_progress)
+            })?,
+        };
+        let interrupted = matches!(report, NodeReport::Interrupted(_));
+        reports.push((node.name.clone(), report));
+        if interrupted {
+            break;
+        }
+    }
+    Ok(reports)
+}
+
+/// Run the data nodes (tokenizer training, tokenization) of the recipe or of what stage
+/// `only` needs.
+pub fn prepare(
+    recipe: &Recipe,
+    graph: &Graph,
+    run: &RunDir,
+    only: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, NodeReport)>> {
+    let data = nodes(graph, only).into_iter().filter(|n| !matches!(n.kind, NodeKind::Stage { .. }));
+    data.map(|node| {
+        let report =
+            lifecycle(recipe, run, node, |staging| run_data_node(recipe, graph, run, node, staging, progress))?;
+        Ok((node.name.clone(), report))
+    })
+    .collect()
+}
+
+fn nodes<'g>(graph: &'g Graph, only: Option<&str>) -> Vec<&'g Node> {
+    match only {
+        Some(name) => graph.closure(name),
+        None => graph.nodes.iter().collect(),
+    }
+}
+
+/// The one lifecycle of every node: nothing to do when its `final/` exists; otherwise build
+/// it in a fresh staging folder, record in the lock that it started, and once `build` has
+/// finished, publish the folder atomically as `final/` and record the node done. A build that
+/// was interrupted publishes nothing.
+fn lifecycle(
+    recipe: &Recipe,
+    run: &RunDir,
+    node: &Node,
+    build: impl FnOnce(&Path) -> Result<NodeReport>,
+) -> Result<NodeReport> {
+    if run.final_dir(node).is_dir() {
+        return Ok(NodeReport::Skipped);
+    }
+    let node_dir = run.node_dir(node);
+    let io = |e: std::io::Error| Error::RunDir(format!("{}: {e}", node_dir.display()));
+    let staging = run.staging_dir(node).map_err(io)?;
+    run.record(&recipe.canonical(), node, RecordedState::Partial, None).map_err(Error::RunDir)?;
+    let report = build(&staging)?;
+    if let NodeReport::Ran(_) = report {
+        run.publish(node, &staging).map_err(io)?;
+        run.record(&recipe.canonical(), node, RecordedState::Done, Some(now())).map_err(Error::RunDir)?;
+    }
+    Ok(report)
+}
+
+fn run_data_node(
+    recipe: &Recipe,
+    graph: &Graph,
+    run: &RunDir,
+    node: &Node,
+    staging: &Path,
+    progress: &dyn Progress,
+) -> Result<NodeReport> {
+    let summary = match &node.kind {
+        NodeKind::TrainTokenizer => {
+            let Tokenizer::Train(config) = &recipe.tokenizer else { unreachable!("the node exists only for train") };
+            train_tokenizer(recipe, config, staging, progress)?
+        }
+        NodeKind::Tokenize { source } => {
+            tokenize(recipe, source, &recipe_tokenizer(recipe, graph, run)?, staging, progress)?
+        }
+        NodeKind::Stage { .. } => unreachable!("a stage is not a data node"),
+    };
+    Ok(NodeReport::Ran(summary))
+}
+
+/// Train a stage, resuming from its checkpoints, and write its model and tokenizer into
+/// `staging` in the Hugging Face layout.
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    recipe: &Recipe,
+    graph: &Graph,
+    run: &RunDir,
+    node: &Node,
+    stage: &Stage,
+    staging: &Path,
+    device: &Device,
+    hooks: &Hooks,
+) -> Result<NodeReport> {
+    run.write_stage_config(node).map_err(|e| Error::RunDir(format!("{}: {e}", run.node_dir(node).display())))?;
+    let stores = stage_stores(stage, graph, run)?.ok_or_else(|| DataError::new("the stage's data is not prepared"))?;
+    let tokenizer = recipe_tokenizer(recipe, graph, run)?;
+    let work_dir = run.node_dir(node);
+    let stage_run = StageRun {
+        recipe,
+        stage,
+        work_dir: &work_dir,
+        start_from: stage.after.as_ref().map(|a| run.final_dir(graph.node(a).expect("validated"))),
+        teachers: load_teachers(recipe, graph, run, stage, device)?,
+        stores,
+        device,
+        interrupt: hooks.interrupt,
+        observer: hooks.observer,
+    };
+    let model = match train_stage(&stage_run)? {
+        Outcome::Finished(model) => model,
+        Outcome::Interrupted(step) => return Ok(NodeReport::Interrupted(step)),
+    };
+    let base_model = match (&stage.after, &stage.model.from) {
+        (Some(after), _) => format!("{}/{after}", recipe.name),
+        (None, Some(from)) => from.clone(),
+        (None, None) => String::new(),
+    };
+    let mut eos = vec![tokenizer.eos()];
+    eos.extend(tokenizer.chatml().map(|[_, end]| end).filter(|end| *end != tokenizer.eos()));
+    model.save_pretrained(staging, &eos, &base_model)?;
+    tokenizer.save(&staging.join(TOKENIZER_FILE))?;
+    Ok(NodeReport::Ran(format!("{} steps", stage.steps)))
+}
+
+/// A distillation stage's teachers, frozen: the finished stages it names, then the
+/// checkpoints.
+fn load_teachers(recipe: &Recipe, graph: &Graph, run: &RunDir, stage: &Stage, device: &Device) -> Result<Vec<Llama>> {
+    let stages = stage.teacher.iter().map(|name| {
+        let dir = run.final_dir(graph.node(name).expect("validated teacher"));
+        (dir, CheckpointFormat::HfDir, &recipe.stage(name).expect("validated teacher").model)
+    });
+    let imports = stage.teacher_checkpoints.iter().map(|t| (t.path.clone(), t.format, &t.model));
+    let fail = |what: String| Error::Train(recipe_train::Error::Run(what));
+    stages
+        .chain(imports)
+        .map(|(path, format, config)| {
+            let tensors = load_checkpoint(&path, format, config)
+                .map_err(|e| fail(format!("cannot load teacher {}: {e}", path.display())))?;
+            // Teachers compute in the student's dtype.
+            Llama::frozen(config, tensors, device)
+                .and_then(|t| t.in_precision(Dtypes::of(stage.precision)))
+                .map_err(|e| fail(format!("teacher {} does not fit its config: {e}", path.display())))
+        })
+        .collect()
+}
+
+/// The tokenizer in a file.
+pub fn load_tokenizer(file: &TokenizerFile) -> std::result::Result<Tok, DataError> {
+    let inner = read_tokenizer(file).map_err(|e| DataError::in_file(file.path(), e))?;
+    Tok::new(inner).map_err(|e| DataError::in_file(file.path(), e.message))
+}
+
+/// The recipe's tokenizer: its file, or the trained tokenizer node's result.
+pub fn recipe_tokenizer(recipe: &Recipe, graph: &Graph, run: &RunDir) -> std::result::Result<Tok, DataError> {
+    match &recipe.tokenizer {
+        Tokenizer::File { file, .. } => load_tokenizer(file),
+        Tokenizer::Train(_) => {
+            let node = graph.node(TOKENIZER_NODE).expect("a trained tokenizer has a node");
+            let path = run.final_dir(node).join(TOKENIZER_FILE);
+            if !path.is_file() {
+                return Err(DataError::new("the tokenizer has not been trained yet"));
+            }
+            load_tokenizer(&TokenizerFile::Json(path))
+        }
+    }
+}
+
+/// The token stores of a stage's mix with their weights, or `None` while any is missing.
+pub fn stage_stores(stage: &Stage, graph: &Graph, run: &RunDir) -> std::result::Result<Option<Mix>, DataError> {
+    let mut out = Vec::new();
+    for (name, weight) in &stage.data.mix {
+        let node = graph.node(&tokenize_node(name)).expect("every mixed source has a node");
+        let dir = run.final_dir(node);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        out.push((Arc::new(TokenStore::open(&dir)?), *weight));
+    }
+    Ok(Some(out))
+}
+
+/// Now, as RFC 3339 UTC: when a node finished.
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

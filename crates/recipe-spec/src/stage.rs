@@ -1,0 +1,434 @@
+//! The `[stages.NAME]` tables: what a stage trains, on which data, for how long and how —
+//! with its `data`, `optim` and `eval` tables; `schedule`, `peft`, `distill` and imported
+//! checkpoints have modules of their own.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checkpoint::CheckpointReader;
+use crate::decode::{self, Cx, Fields, check_range, only_for};
+use crate::diag::{Diagnostic, Origin, list_or_none, suggestion};
+use crate::distill::Distill;
+use crate::import::{Import, import_architecture, import_teacher, is_path};
+use crate::model::{Model, ModelSpec, check_model, check_vocab, model_field_path};
+use crate::peft::Peft;
+use crate::schedule::Schedule;
+use crate::source::{Source, check_source_ref};
+use crate::tokenizer::Tokenizer;
+use crate::tree::{Node, Val};
+use crate::vocab::{LossOn, Packing, Precision, SourceFormat, StageKind};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    #[serde(skip)]
+    pub name: String,
+    /// Required.
+    pub kind: StageKind,
+    /// Default none: the stage whose final weights this stage starts from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// `distill` only, required there: one stage, or several whose probabilities are averaged.
+    /// The stages among `teacher`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub teacher: Vec<String>,
+    /// The imported checkpoints among `teacher` (entries holding `/` or `.`).
+    #[serde(rename = "teacher_checkpoints", skip_serializing_if = "Vec::is_empty")]
+    pub teacher_checkpoints: Vec<Import>,
+    /// The stage's overrides of `[model]` as written.
+    #[serde(rename = "model")]
+    pub model_overrides: ModelSpec,
+    /// The resolved architecture this stage trains.
+    #[serde(skip)]
+    pub model: Model,
+    /// Default 1000 optimizer steps.
+    pub steps: u64,
+    /// Default: `model.max_seq_len`.
+    pub seq_len: u32,
+    /// Default 8 sequences per optimizer step.
+    pub batch_size: u32,
+    /// Default: `batch_size` (no accumulation).
+    pub micro_batch_size: u32,
+    pub data: Data,
+    pub optim: Optim,
+    pub schedule: Schedule,
+    /// Default `f32`.
+    pub precision: Precision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peft: Option<Peft>,
+    /// `distill` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distill>,
+    /// Default 100. Not part of the stage's key.
+    pub checkpoint_every: u64,
+    /// Default 3 most recent checkpoints kept. Not part of the stage's key.
+    pub keep_checkpoints: u32,
+    /// Default 10. Not part of the stage's key.
+    pub log_every: u64,
+    /// Not part of the stage's key: evaluation reads only held-out data and never draws from
+    /// the training streams.
+    pub eval: Eval,
+}
+
+/// Stage fields that cannot change a stage; they are outside its content key.
+pub const NON_SEMANTIC_STAGE_FIELDS: &[&str] = &["checkpoint_every", "keep_checkpoints", "log_every", "eval"];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Data {
+    /// Required. Token proportions per source, normalised to sum to 1, sorted by source name.
+    #[serde(serialize_with = "pairs_as_map")]
+    pub mix: Vec<(String, f64)>,
+    /// Default `best-fit`.
+    pub packing: Packing,
+    /// Default `assistant` for `sft` stages, `all` otherwise.
+    pub loss_on: LossOn,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Optim {
+    /// Only `adamw`.
+    pub kind: String,
+    /// Default 3e-4: the peak learning rate.
+    pub lr: f64,
+    /// Default [0.9, 0.95].
+    pub betas: [f64; 2],
+    /// Default 1e-8.
+    pub eps: f64,
+    /// Default 0.1, decoupled; norms and embeddings are not decayed.
+    pub weight_decay: f64,
+    /// Default 1.0: clip the global gradient norm; 0 turns clipping off.
+    pub grad_clip: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Eval {
+    /// Default 0 (never): evaluate on the held-out split every this many steps, and at the end.
+    pub every: u64,
+    /// Default 8 batches of `micro_batch_size` sequences.
+    pub batches: u32,
+}
+
+const STAGE_KEYS: &[&str] = &[
+    "kind",
+    "after",
+    "teacher",
+    "model",
+    "steps",
+    "seq_len",
+    "batch_size",
+    "micro_batch_size",
+    "data",
+    "optim",
+    "schedule",
+    "precision",
+    "peft",
+    "distill",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "eval",
+];
+
+const DATA_KEYS: &[&str] = &["mix", "packing", "loss_on"];
+
+const OPTIM_KEYS: &[&str] = &["kind", "lr", "betas", "eps", "weight_decay", "grad_clip"];
+
+const EVAL_KEYS: &[&str] = &["every", "batches"];
+
+/// What decoding a stage needs from the rest of the recipe.
+pub(crate) struct StageContext<'a> {
+    pub(crate) model_defaults: &'a ModelSpec,
+    pub(crate) tokenizer: Option<&'a Tokenizer>,
+    pub(crate) sources: &'a [Source],
+    pub(crate) stage_names: &'a [String],
+    pub(crate) base_dir: &'a Path,
+    pub(crate) checkpoints: &'a dyn CheckpointReader,
+}
+
+pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &StageContext) -> Stage {
+    let StageContext { model_defaults, tokenizer, sources, stage_names, base_dir, checkpoints } = *context;
+    let tokenizer_vocab = tokenizer.map(Tokenizer::vocab_size);
+    let path = format!("stages.{name}");
+    let f = Fields::of(cx, node, &path, STAGE_KEYS);
+    f.check_unknown(cx);
+    let stage_refs: Vec<&str> = stage_names.iter().map(String::as_str).filter(|s| *s != name).collect();
+    let check_stage_ref = |cx: &mut Cx, target: &str, origin: &Origin| {
+        if target == name {
+            cx.diags.push(
+                Diagnostic::new(origin, format!("stage `{name}` refers to itself"))
+                    .label(format!("this forms the cycle {name} → {name}")),
+            );
+        } else if !stage_refs.contains(&target) {
+            let mut d = Diagnostic::new(origin, format!("no stage named `{target}`"))
+                .label(format!("defined stages: {}", list_or_none(&stage_refs)));
+            if let Some(h) = suggestion(target, stage_refs.iter().copied()) {
+                d = d.help(h);
+            }
+            cx.diags.push(d);
+        }
+    };
+
+    let kind = f
+        .required(cx, "kind", "\"pretrain\"", decode::choice(StageKind::WORDS))
+        .and_then(StageKind::from_word)
+        .unwrap_or(StageKind::Pretrain);
+
+    let after = f.opt(cx, "after", decode::string);
+    if let Some(a) = &after {
+        let origin = cx.origins.get(&f.child_path("after")).cloned().unwrap_or_default();
+        check_stage_ref(cx, a, &origin);
+    }
+    let teacher = f.opt(cx, "teacher", decode::strings).unwrap_or_default();
+    let (teacher_paths, teacher): (Vec<_>, Vec<_>) =
+        teacher.into_iter().partition(|(t, _)| !stage_names.contains(t) && is_path(t, base_dir));
+    for (t, origin) in &teacher {
+        check_stage_ref(cx, t, origin);
+    }
+    let teacher_checkpoints: Vec<Import> = teacher_paths
+        .iter()
+        .filter_map(|(written, origin)| import_teacher(cx, checkpoints, name, written, origin, base_dir, tokenizer))
+        .collect();
+    let has_teacher = !teacher.is_empty() || !teacher_paths.is_empty();
+    only_for(cx, &f, "teacher", has_teacher, kind == StageKind::Distill, "kind = \"distill\"");
+    if kind == StageKind::Distill && !has_teacher {
+        cx.diags.push(
+            Diagnostic::new(&f.origin, format!("distill stage `{name}` has no teacher"))
+                .label("expected `teacher = \"STAGE\"` or a list of stages")
+                .help(match stage_refs.first() {
+                    Some(s) => format!("for example `teacher = \"{s}\"`"),
+                    None => "define the teacher's stage first".into(),
+                }),
+        );
+    }
+
+    let model_overrides = match f.get("model") {
+        Some(m) => ModelSpec::decode(cx, m, &f.child_path("model")),
+        None => ModelSpec::default(),
+    };
+    let spec = model_defaults.overlay(&model_overrides);
+    let (spec, imported) = match &spec.from {
+        Some(from) => {
+            import_architecture(cx, checkpoints, name, &model_overrides, &spec, &base_dir.join(from), tokenizer)
+        }
+        None => (spec, None),
+    };
+    let mut model = spec.resolve(tokenizer_vocab);
+    model.import = imported;
+    let field_path = |field: &str| model_field_path(name, &model_overrides, field);
+    check_model(cx, &model, &field_path);
+    if let (Some(v), Some(tv)) = (model_overrides.vocab_size, tokenizer_vocab) {
+        check_vocab(cx, &field_path("vocab_size"), v, tv);
+    }
+
+    let steps = f.opt(cx, "steps", decode::count).unwrap_or(1000);
+    if steps == 0 {
+        check_range(cx, &f.child_path("steps"), 0.0, false, "at least 1 step");
+    }
+    let seq_len = f.opt(cx, "seq_len", decode::size(1, 1 << 22)).unwrap_or(model.max_seq_len);
+    if seq_len > model.max_seq_len {
+        let origin = cx.origins.get(&f.child_path("seq_len")).cloned().unwrap_or_else(|| f.origin.clone());
+        cx.diags.push(
+            Diagnostic::new(
+                &origin,
+                format!("seq_len ({seq_len}) exceeds the model's max_seq_len ({})", model.max_seq_len),
+            )
+            .label(format!("max_seq_len is set at `{}`", field_path("max_seq_len"))),
+        );
+    }
+    let batch_size = f.opt(cx, "batch_size", decode::size(1, 1 << 20)).unwrap_or(8);
+    let micro_batch_size = f.opt(cx, "micro_batch_size", decode::size(1, 1 << 20)).unwrap_or(batch_size);
+    if !batch_size.is_multiple_of(micro_batch_size) {
+        let origin = cx.origins.get(&f.child_path("micro_batch_size")).cloned().unwrap_or_default();
+        cx.diags.push(
+            Diagnostic::new(
+                &origin,
+                format!("micro_batch_size ({micro_batch_size}) does not divide batch_size ({batch_size})"),
+            )
+            .label("gradient accumulation runs batch_size / micro_batch_size micro-batches per step"),
+        );
+    }
+
+    let data = decode_data(cx, &f, kind, sources);
+    let optim = decode_optim(cx, &f);
+    let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
+    let precision = f
+        .opt(cx, "precision", decode::choice(Precision::WORDS))
+        .and_then(Precision::from_word)
+        .unwrap_or(Precision::F32);
+    let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft")));
+    let distill = f.get("distill").map(|node| Distill::decode(cx, node, &f.child_path("distill")));
+    only_for(cx, &f, "distill", distill.is_some(), kind == StageKind::Distill, "kind = \"distill\"");
+    let distill = match kind {
+        StageKind::Distill => Some(distill.unwrap_or(Distill::DEFAULT)),
+        _ => None,
+    };
+
+    let eval = match f.get("eval") {
+        Some(node) => {
+            let e = Fields::of(cx, node, &f.child_path("eval"), EVAL_KEYS);
+            e.check_unknown(cx);
+            Eval {
+                every: e.opt(cx, "every", decode::count).unwrap_or(0),
+                batches: e.opt(cx, "batches", decode::size(1, 1 << 20)).unwrap_or(8),
+            }
+        }
+        None => Eval { every: 0, batches: 8 },
+    };
+    if eval.every > 0 {
+        let has_holdout = data.mix.iter().any(|(s, _)| sources.iter().any(|src| &src.name == s && src.holdout > 0.0));
+        if !has_holdout {
+            let origin = cx.origins.get(&f.child_path("eval.every")).cloned().unwrap_or_default();
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("stage `{name}` evaluates, but none of its sources holds data out"))
+                    .label("evaluation reads the held-out split")
+                    .help("set `holdout = 0.05` on a source in this stage's mix"),
+            );
+        }
+    }
+
+    Stage {
+        name: name.to_string(),
+        kind,
+        after,
+        teacher: teacher.into_iter().map(|(t, _)| t).collect(),
+        teacher_checkpoints,
+        model_overrides,
+        model,
+        steps,
+        seq_len,
+        batch_size,
+        micro_batch_size,
+        data,
+        optim,
+        schedule,
+        precision,
+        peft,
+        distill,
+        checkpoint_every: f.opt(cx, "checkpoint_every", decode::count).unwrap_or(100),
+        keep_checkpoints: f.opt(cx, "keep_checkpoints", decode::size(1, 1 << 20)).unwrap_or(3),
+        log_every: f.opt(cx, "log_every", decode::count).unwrap_or(10).max(1),
+        eval,
+    }
+}
+
+fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source]) -> Data {
+    let source_names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    let default_loss_on = if kind == StageKind::Sft { LossOn::Assistant } else { LossOn::All };
+    let Some(node) = stage.get("data") else {
+        cx.diags.push(
+            Diagnostic::new(&stage.origin, format!("missing key `data` in `{}`", stage.path))
+                .label("expected `data = { mix = { SOURCE = 1.0 } }`"),
+        );
+        return Data { mix: Vec::new(), packing: Packing::BestFit, loss_on: default_loss_on };
+    };
+    let f = Fields::of(cx, node, &stage.child_path("data"), DATA_KEYS);
+    f.check_unknown(cx);
+    let mut mix = Vec::new();
+    if let Some(mix_node) = f.get("mix") {
+        let mix_path = f.child_path("mix");
+        cx.origins.insert(mix_path.clone(), mix_node.origin.clone());
+        match &mix_node.val {
+            Val::Table(t) if !t.entries.is_empty() => {
+                for e in &t.entries {
+                    check_source_ref(cx, &e.key, &e.key_origin, &source_names);
+                    let wpath = format!("{mix_path}.{}", e.key);
+                    cx.origins.insert(wpath.clone(), e.node.origin.clone());
+                    if let Some(w) = decode::float(cx, &e.node, &wpath) {
+                        check_range(cx, &wpath, w, w > 0.0, "a weight > 0");
+                        mix.push((e.key.clone(), w));
+                    }
+                }
+            }
+            _ => cx.diags.push(
+                Diagnostic::new(&mix_node.origin, format!("`{mix_path}` must be a non-empty table of weights"))
+                    .label("expected `{ SOURCE = 0.7, OTHER = 0.3 }`"),
+            ),
+        }
+    } else {
+        cx.diags.push(
+            Diagnostic::new(&f.origin, format!("missing key `mix` in `{}`", f.path))
+                .label("expected `mix = { SOURCE = 1.0 }`"),
+        );
+    }
+    let total: f64 = mix.iter().map(|(_, w)| w).sum();
+    if total > 0.0 {
+        for (_, w) in &mut mix {
+            *w /= total;
+        }
+    }
+    mix.sort_by(|a, b| a.0.cmp(&b.0));
+    let loss_on =
+        f.opt(cx, "loss_on", decode::choice(LossOn::WORDS)).and_then(LossOn::from_word).unwrap_or(default_loss_on);
+    if loss_on == LossOn::Assistant {
+        for (name, _) in &mix {
+            if let Some(src) = sources.iter().find(|s| &s.name == name).filter(|s| s.format != SourceFormat::ChatJsonl)
+            {
+                let origin = cx.origins.get(&f.child_path("loss_on")).cloned().unwrap_or_else(|| f.origin.clone());
+                cx.diags.push(
+                    Diagnostic::new(
+                        &origin,
+                        format!("loss_on = \"assistant\" needs chat data, but source `{name}` is {}", src.format),
+                    )
+                    .label("only `chat-jsonl` sources have assistant turns")
+                    .help("set `loss_on = \"all\"`, or mix only chat-jsonl sources"),
+                );
+            }
+        }
+    }
+    Data {
+        mix,
+        packing: f
+            .opt(cx, "packing", decode::choice(Packing::WORDS))
+            .and_then(Packing::from_word)
+            .unwrap_or(Packing::BestFit),
+        loss_on,
+    }
+}
+
+fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
+    let mut optim =
+        Optim { kind: "adamw".into(), lr: 3e-4, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+    let Some(node) = stage.get("optim") else { return optim };
+    let f = Fields::of(cx, node, &stage.child_path("optim"), OPTIM_KEYS);
+    f.check_unknown(cx);
+    if let Some(k) = f.opt(cx, "kind", decode::choice(&["adamw"])) {
+        optim.kind = k.into();
+    }
+    let num = |cx: &mut Cx, key: &str, slot: &mut f64, ok: fn(f64) -> bool, what: &str| {
+        if let Some(v) = f.opt(cx, key, decode::float) {
+            check_range(cx, &f.child_path(key), v, ok(v), what);
+            *slot = v;
+        }
+    };
+    num(cx, "lr", &mut optim.lr, |v| v > 0.0, "a learning rate > 0");
+    num(cx, "eps", &mut optim.eps, |v| v > 0.0, "a number > 0");
+    num(cx, "weight_decay", &mut optim.weight_decay, |v| v >= 0.0, "a number ≥ 0");
+    num(cx, "grad_clip", &mut optim.grad_clip, |v| v >= 0.0, "a norm ≥ 0 (0 turns clipping off)");
+    if let Some(node) = f.get("betas") {
+        let path = f.child_path("betas");
+        cx.origins.insert(path.clone(), node.origin.clone());
+        match &node.val {
+            Val::Array(items) if items.len() == 2 => {
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    cx.origins.insert(p.clone(), item.origin.clone());
+                    if let Some(b) = decode::float(cx, item, &p) {
+                        check_range(cx, &p, b, (0.0..1.0).contains(&b), "a beta in [0, 1)");
+                        optim.betas[i] = b;
+                    }
+                }
+            }
+            _ => cx.diags.push(
+                Diagnostic::new(&node.origin, format!("`{path}` must be two numbers")).label("expected `[0.9, 0.95]`"),
+            ),
+        }
+    }
+    optim
+}
+
+/// Serialise `(name, weight)` pairs as a JSON object.
+fn pairs_as_map<S: serde::Serializer>(pairs: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        pairs.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+    serde::Serialize::serialize(&map, s)
+}

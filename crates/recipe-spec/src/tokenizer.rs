@@ -1,0 +1,167 @@
+//! The `[tokenizer]` table: a tokenizer file to load (`path`), or a byte-level BPE to train
+//! from named sources (`train`), and the checks that tie it to the model and the chat sources.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::checkpoint::{CheckpointReader, TokenizerFile};
+use crate::decode::{self, Cx, Fields};
+use crate::diag::{Diagnostic, Origin};
+use crate::source::{Source, check_source_ref};
+use crate::tree::Node;
+use crate::vocab::{CHATML_TOKENS, SourceFormat};
+
+#[derive(Clone, Debug, Serialize)]
+pub enum Tokenizer {
+    /// `path = "tokenizer.json"`: any Hugging Face tokenizer file.
+    #[serde(rename = "path")]
+    File {
+        #[serde(rename = "path")]
+        written: String,
+        /// A `tokenizer.json`, or the `.gguf` whose metadata holds the tokenizer.
+        #[serde(skip)]
+        file: TokenizerFile,
+        /// Read from the file.
+        vocab_size: u32,
+        /// Whether the file has both ChatML special tokens.
+        #[serde(skip)]
+        has_chatml: bool,
+        #[serde(skip)]
+        fingerprint: String,
+    },
+    /// `train = {...}`: a byte-level BPE trained on named sources as a cached graph node.
+    #[serde(rename = "train")]
+    Train(TokenizerTrain),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenizerTrain {
+    /// Only `bpe` (byte-level).
+    pub kind: String,
+    /// Default 4096. Must leave room for the 256 byte tokens and the special tokens.
+    pub vocab_size: u32,
+    /// Default: every source of the recipe.
+    pub sources: Vec<String>,
+    /// Default 2: merges seen fewer times are not learned.
+    pub min_frequency: u32,
+    /// Default `["<|endoftext|>", "<|im_start|>", "<|im_end|>"]` (end of document, ChatML).
+    pub special_tokens: Vec<String>,
+}
+
+impl Tokenizer {
+    pub fn vocab_size(&self) -> u32 {
+        match self {
+            Tokenizer::File { vocab_size, .. } => *vocab_size,
+            Tokenizer::Train(t) => t.vocab_size,
+        }
+    }
+}
+
+const TOKENIZER_KEYS: &[&str] = &["path", "train"];
+
+const TRAIN_KEYS: &[&str] = &["kind", "vocab_size", "sources", "min_frequency", "special_tokens"];
+
+pub(crate) fn decode_tokenizer(
+    cx: &mut Cx,
+    checkpoints: &dyn CheckpointReader,
+    node: Option<&Node>,
+    top_origin: &Origin,
+    source_names: &[&str],
+    base_dir: &Path,
+) -> Option<Tokenizer> {
+    let Some(node) = node else {
+        cx.diags.push(
+            Diagnostic::new(top_origin, "missing `[tokenizer]`")
+                .label("expected `path = \"tokenizer.json\"` or `train = { vocab_size = 4096 }`"),
+        );
+        return None;
+    };
+    let f = Fields::of(cx, node, "tokenizer", TOKENIZER_KEYS);
+    f.check_unknown(cx);
+    match (f.get("path"), f.get("train")) {
+        (Some(_), Some(_)) | (None, None) => {
+            cx.diags.push(
+                Diagnostic::new(&f.origin, "`[tokenizer]` needs exactly one of `path` and `train`")
+                    .label("a tokenizer file to load, or a BPE to train from sources"),
+            );
+            None
+        }
+        (Some(_), None) => {
+            let written = f.opt(cx, "path", decode::string)?;
+            let resolved = base_dir.join(&written);
+            let origin = cx.origins.get("tokenizer.path").cloned().unwrap_or_default();
+            let file = TokenizerFile::locate(&resolved);
+            match checkpoints.tokenizer_facts(&file) {
+                Ok(t) => Some(Tokenizer::File {
+                    written,
+                    file,
+                    vocab_size: t.vocab_size,
+                    has_chatml: t.has_chatml,
+                    fingerprint: t.fingerprint,
+                }),
+                Err(why) => {
+                    cx.diags.push(
+                        Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
+                            .label("expected a Hugging Face tokenizer.json, a model folder holding one, or a .gguf"),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(train)) => {
+            let t = Fields::of(cx, train, "tokenizer.train", TRAIN_KEYS);
+            t.check_unknown(cx);
+            let kind = t.opt(cx, "kind", decode::choice(&["bpe"])).unwrap_or("bpe").to_string();
+            let special_tokens = t
+                .opt(cx, "special_tokens", decode::strings)
+                .map(|v| v.into_iter().map(|(s, _)| s).collect())
+                .unwrap_or_else(|| vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()]);
+            let min_vocab = 256 + special_tokens.len() as u64;
+            let vocab_size = t.opt(cx, "vocab_size", decode::size(min_vocab as u32, 1 << 24)).unwrap_or(4096);
+            let min_frequency = t.opt(cx, "min_frequency", decode::size(1, u32::MAX)).unwrap_or(2);
+            let sources: Vec<String> = match t.opt(cx, "sources", decode::strings) {
+                Some(list) => {
+                    for (name, origin) in &list {
+                        check_source_ref(cx, name, origin, source_names);
+                    }
+                    list.into_iter().map(|(s, _)| s).collect()
+                }
+                None => source_names.iter().map(|s| s.to_string()).collect(),
+            };
+            if sources.is_empty() {
+                cx.diags.push(
+                    Diagnostic::new(&t.origin, "the tokenizer has no sources to train on")
+                        .label("expected `sources = [\"NAME\", ...]` naming `[sources.NAME]` tables"),
+                );
+            }
+            Some(Tokenizer::Train(TokenizerTrain { kind, vocab_size, sources, min_frequency, special_tokens }))
+        }
+    }
+}
+
+/// A chat source is formatted with ChatML, so the tokenizer must have its special tokens.
+pub(crate) fn check_chat_tokens(cx: &mut Cx, sources: &[Source], tokenizer: Option<&Tokenizer>) {
+    let has_chatml = match tokenizer {
+        Some(Tokenizer::File { has_chatml, .. }) => *has_chatml,
+        Some(Tokenizer::Train(t)) => CHATML_TOKENS.iter().all(|c| t.special_tokens.iter().any(|s| s == c)),
+        None => return,
+    };
+    for s in sources.iter().filter(|s| s.format == SourceFormat::ChatJsonl) {
+        if !has_chatml {
+            let origin = cx.origins.get(&format!("sources.{}.format", s.name)).cloned().unwrap_or_default();
+            let fix = match tokenizer {
+                Some(Tokenizer::Train(_)) => "add them to `tokenizer.train.special_tokens`",
+                _ => "use a tokenizer that defines them",
+            };
+            cx.diags.push(
+                Diagnostic::new(
+                    &origin,
+                    format!("source `{}` is chat data, but the tokenizer lacks the ChatML tokens", s.name),
+                )
+                .label(format!("the chatml template needs {}", CHATML_TOKENS.join(" and ")))
+                .help(fix),
+            );
+        }
+    }
+}

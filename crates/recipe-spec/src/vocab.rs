@@ -1,0 +1,54 @@
+//! The recipe's shared vocabulary: the fixed words its fields take (stage kinds, source
+//! formats, precisions, ...), the ChatML special tokens, and how a checkpoint is stored. A leaf:
+//! every table's module reads it, and it reads none of them.
+
+use serde::Serialize;
+
+/// An enum spelled as a fixed set of words in the recipe.
+macro_rules! words {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $word),+ } }
+            pub fn from_word(w: &str) -> Option<Self> { match w { $($word => Some($name::$variant),)+ _ => None } }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.as_str()) }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+pub(crate) use words;
+
+words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill" });
+words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
+words!(OnError { Fail = "fail", Skip = "skip" });
+words!(ChatTemplate { ChatMl = "chatml" });
+words!(TokenDtype { U16 = "u16", U32 = "u32" });
+words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
+words!(LossOn { All = "all", Assistant = "assistant" });
+words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
+words!(PeftMethod { Lora = "lora", Dora = "dora" });
+words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
+
+/// The special tokens the ChatML template writes around each turn.
+pub const CHATML_TOKENS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
+
+/// How a checkpoint is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointFormat {
+    /// A Hugging Face model folder: `config.json`, `model.safetensors` (or shards listed in
+    /// `model.safetensors.index.json`), usually `tokenizer.json`.
+    HfDir,
+    /// One `.safetensors` file with Hugging Face Llama tensor names; a `config.json` beside it
+    /// is read when present.
+    Safetensors,
+    /// A llama.cpp `.gguf` file: dequantized on import, tokenizer in its metadata.
+    Gguf,
+}
