@@ -14,15 +14,19 @@ use recipe_spec::Precision;
 
 use crate::{Failure, load};
 
-pub fn run(
-    path: &Path,
-    sets: &[String],
-    runs: &Path,
-    stage_name: &str,
-    out: &Path,
-    adapter: bool,
-    dtype: Option<&str>,
-) -> Result<(), Failure> {
+/// Where and what to export.
+pub struct Target<'a> {
+    pub dir: &'a Path,
+    /// Write into a folder that is not empty.
+    pub force: bool,
+    /// The PEFT adapter alone, not the merged weights.
+    pub adapter: bool,
+    /// `f32`, `bf16` or `f16`; by default what the stage computed in.
+    pub dtype: Option<&'a str>,
+}
+
+pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: &Target) -> Result<(), Failure> {
+    let Target { dir: out, force, adapter, dtype } = *target;
     let recipe = load::load(path, sets)?;
     let stage = load::stage(&recipe, stage_name)?;
     let result = load::stage_result(&recipe, stage, runs)?;
@@ -43,6 +47,13 @@ pub fn run(
         None => DType::F32,
     };
     let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("export to {}: {e}", out.display()));
+    let occupied = std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !force {
+        return Err(Failure::Invalid(format!(
+            "error: {} is not empty; export into an empty or new folder, or pass --force to write over it\n",
+            out.display()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| fail(&e))?;
     let weights = if adapter { ADAPTER_WEIGHTS } else { MODEL_WEIGHTS };
     let mut files = vec![TOKENIZER_FILE];

@@ -92,9 +92,13 @@ enum Verb {
         /// The stage whose result to export.
         #[arg(long)]
         stage: String,
-        /// The folder to write (created if missing).
+        /// The folder to write (created if missing; refused when it holds anything, unless
+        /// `--force`).
         #[arg(long)]
         out: PathBuf,
+        /// Write into `--out` even when it is not empty, replacing the files the export writes.
+        #[arg(long)]
+        force: bool,
         /// For a LoRA stage: write the adapter alone, PEFT-style (adapter_model.safetensors,
         /// adapter_config.json), instead of the merged weights.
         #[arg(long)]
@@ -176,8 +180,9 @@ pub enum Failure {
     Invalid(String),
     /// Something went wrong while running: exit 1.
     Run(String),
-    /// Ctrl-C stopped training after a checkpoint: exit 130, as a shell does.
-    Interrupted,
+    /// A signal stopped training after a checkpoint: exit with this code (130 for Ctrl-C, 143
+    /// for SIGTERM), as a shell does.
+    Stopped(u8),
 }
 
 fn main() -> ExitCode {
@@ -220,8 +225,9 @@ fn main() -> ExitCode {
             };
             sample::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, &args)
         }
-        Verb::Export { recipe, stage, out, adapter, dtype } => {
-            export::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage, out, *adapter, dtype.as_deref())
+        Verb::Export { recipe, stage, out, force, adapter, dtype } => {
+            let target = export::Target { dir: out, force: *force, adapter: *adapter, dtype: dtype.as_deref() };
+            export::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage, &target)
         }
         Verb::Smoke { recipe: r, device } => smoke::run(&r.recipe, &r.overrides.sets, &cli.runs, device),
         Verb::Prepare { recipe, stage } => {
@@ -234,7 +240,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Interrupted) => ExitCode::from(130),
+        Err(Failure::Stopped(code)) => ExitCode::from(code),
         Err(Failure::Invalid(msg)) => {
             eprint!("{msg}");
             ExitCode::from(2)

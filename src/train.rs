@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use candle_core::Device;
 use recipe_graph::RunDir;
@@ -78,6 +78,26 @@ fn describe(device: &Device) -> String {
     }
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM (what Slurm and Kubernetes send before they kill) set
+/// `interrupt`, so the current step finishes and a checkpoint is written; `signal` says which
+/// came. A second Ctrl-C exits at once.
+fn stop_on_signals(interrupt: Arc<AtomicBool>, signal: Arc<AtomicI32>) -> Result<(), Failure> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Failure::Run(format!("cannot handle signals: {e}")))?;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if interrupt.swap(true, Ordering::SeqCst) && sig == SIGINT {
+                std::process::exit(130);
+            }
+            signal.store(sig, Ordering::SeqCst);
+            let name = if sig == SIGTERM { "terminated" } else { "interrupted" };
+            eprintln!("\n{name}: writing a checkpoint after this step (Ctrl-C again to stop at once)");
+        }
+    });
+    Ok(())
+}
+
 pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, device_name: &str) -> Result<(), Failure> {
     let device = device(device_name)?;
     let recipe = load::load(path, sets)?;
@@ -87,14 +107,8 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, devic
     let graph = load::graph(&recipe)?;
     let run = RunDir::new(runs, &recipe.name);
     let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    // A second Ctrl-C stops at once; the first lets the current step finish and checkpoint.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: writing a checkpoint after this step (Ctrl-C again to stop at once)");
-    });
+    let signal = Arc::new(AtomicI32::new(0));
+    stop_on_signals(interrupt.clone(), signal.clone())?;
     let observer = crate::progress::TrainBar::new();
     let bar = crate::progress::Bar::new();
     let hooks = Hooks { interrupt: &interrupt, observer: &observer, data_progress: &bar };
@@ -109,7 +123,8 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, devic
             }
             NodeReport::Interrupted(step) => {
                 tracing::info!("{name}: interrupted; checkpoint at step {step}, `recipe train` resumes it");
-                return Err(Failure::Interrupted);
+                // A shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
+                return Err(Failure::Stopped(128 + signal.load(Ordering::SeqCst) as u8));
             }
         }
     }

@@ -245,23 +245,71 @@ fn kill_9_after_a_checkpoint_then_resume_is_bit_identical() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
 }
 
+/// Start `recipe train` on the resumable recipe and wait for its first checkpoint.
+fn training_child(path: &Path, runs: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_recipe"))
+        .args(["train", path.to_str().unwrap(), "--runs"])
+        .arg(runs)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(runs);
+    child
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let kill = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+}
+
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
     let path = resumable_recipe(dir.path());
     let runs = dir.path().join("runs");
-    let child = Command::new(env!("CARGO_BIN_EXE_recipe"))
-        .args(["train", path.to_str().unwrap(), "--runs"])
-        .arg(&runs)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_checkpoint(&runs);
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    let child = training_child(&path, &runs);
+    signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted; checkpoint at step"));
+}
+
+#[test]
+fn sigterm_writes_a_checkpoint_and_exits_143_then_train_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let runs = dir.path().join("runs");
+    let child = training_child(&path, &runs);
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("terminated: writing a checkpoint"), "{stderr}");
+    let again = recipe(&["train", path.to_str().unwrap()], &runs);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("resuming"));
+}
+
+#[test]
+fn a_second_train_on_the_same_run_directory_is_refused_while_status_still_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    let child = training_child(&path, &runs);
+    let second = recipe(&["train", p], &runs);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("is in use: process {} is running `recipe train`", child.id())), "{stderr}");
+    let prepare = recipe(&["prepare", p], &runs);
+    assert_eq!(prepare.status.code(), Some(1), "prepare writes too");
+    let st = json(&recipe(&["status", p, "--json"], &runs));
+    assert_eq!(st["stages"][2]["state"], "partial", "{st}");
+    signal(&child, "INT");
+    child.wait_with_output().unwrap();
+    // The lock died with its holder.
+    let after = recipe(&["train", p], &runs);
+    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
 }
 
 #[test]
@@ -299,6 +347,11 @@ fn export_writes_a_hugging_face_directory_that_loads_back() {
     let (_, weights) = losses(&runs);
     assert!(std::fs::read(out.join("model.safetensors")).unwrap() == weights);
     assert!(out.join("tokenizer.json").is_file());
+    let again = recipe(&["export", p, "--stage", "pretrain", "--out", out.to_str().unwrap()], &runs);
+    assert_eq!(again.status.code(), Some(2), "a folder that holds anything is not written over");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty"));
+    let forced = recipe(&["export", p, "--stage", "pretrain", "--out", out.to_str().unwrap(), "--force"], &runs);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
 
     // Any dtype on request: every tensor is the f32 weight rounded, and config.json says so.
     for (dtype, torch) in [("bf16", "bfloat16"), ("f16", "float16")] {

@@ -58,10 +58,82 @@ pub struct RunDir {
     pub root: PathBuf,
 }
 
+/// The sole right to write a run directory, held from [`RunDir::hold`] until dropped. It is an
+/// advisory lock on `.writer`, which the operating system releases when the process ends,
+/// however it ends, so a killed run never leaves the directory locked.
+#[derive(Debug)]
+pub struct Writer {
+    _file: std::fs::File,
+}
+
+/// What marks a file or folder as the leftover of a writer that died mid-write: the temporary
+/// names of [`write_atomic`], of checkpoints being written and of results being staged.
+fn is_leftover(name: &str) -> bool {
+    name.starts_with(".staging-") || name.starts_with(".tmp-") || (name.starts_with('.') && name.contains(".tmp-"))
+}
+
 impl RunDir {
     /// `runs_root/<recipe name>`.
     pub fn new(runs_root: &Path, recipe_name: &str) -> RunDir {
         RunDir { root: runs_root.join(recipe_name) }
+    }
+
+    /// Take the sole right to write this run directory, or say which process holds it.
+    pub fn hold(&self) -> Result<Writer, String> {
+        let path = self.root.join(".writer");
+        let fail = |e: std::io::Error| format!("cannot lock {}: {e}", path.display());
+        std::fs::create_dir_all(&self.root).map_err(fail)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(fail)?;
+                writeln!(file, "{}", std::process::id()).map_err(fail)?;
+                Ok(Writer { _file: file })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "another process".to_string(),
+                    pid => format!("process {pid}"),
+                };
+                Err(format!(
+                    "{} is in use: {holder} is running `recipe train` or `recipe prepare` on it; wait for it to \
+                     finish, or stop it (Ctrl-C checkpoints) and run again",
+                    self.root.display()
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(fail(e)),
+        }
+    }
+
+    /// Remove what writers that died mid-write left behind (temporary files, checkpoints and
+    /// results being written). Only the holder of the [`Writer`] may call it: nothing else is
+    /// writing then.
+    pub fn sweep(&self, _writer: &Writer) -> std::io::Result<()> {
+        fn walk(dir: &Path) -> std::io::Result<()> {
+            let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+            for entry in entries {
+                let entry = entry?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_dir = entry.file_type()?.is_dir();
+                match (is_leftover(&name), is_dir) {
+                    (true, true) => std::fs::remove_dir_all(&path)?,
+                    (true, false) => std::fs::remove_file(&path)?,
+                    // A finished result holds no leftovers, and may be large.
+                    (false, true) if name != "final" => walk(&path)?,
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        walk(&self.root)
     }
 
     pub fn lock_path(&self) -> PathBuf {
@@ -104,18 +176,13 @@ impl RunDir {
     }
 
     /// A fresh, empty folder to build a node's result in; [`RunDir::publish`] moves it to
-    /// `final/`. Leftovers of interrupted attempts are removed first.
+    /// `final/`. (Leftovers of attempts that died are removed by [`RunDir::sweep`].)
     pub fn staging_dir(&self, node: &Node) -> std::io::Result<PathBuf> {
-        let dir = self.node_dir(node);
-        std::fs::create_dir_all(&dir)?;
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".staging-")) {
-                std::fs::remove_dir_all(&path)?;
-            }
+        let staging = self.node_dir(node).join(format!(".staging-{}", std::process::id()));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
         }
-        let staging = dir.join(format!(".staging-{}", std::process::id()));
-        std::fs::create_dir(&staging)?;
+        std::fs::create_dir_all(&staging)?;
         Ok(staging)
     }
 
@@ -243,5 +310,54 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("b.json")]);
+    }
+
+    #[test]
+    fn one_writer_at_a_time_and_the_hold_ends_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path(), "r");
+        let writer = run.hold().unwrap();
+        let refused = run.hold().unwrap_err();
+        assert!(refused.contains(&format!("process {}", std::process::id())), "{refused}");
+        drop(writer);
+        run.hold().unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_what_dead_writers_left_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path(), "r");
+        let node = run.root.join("pretrain/abc");
+        for d in ["checkpoints/step-000004", "checkpoints/.tmp-step-000008-77", ".staging-77", "final"] {
+            std::fs::create_dir_all(node.join(d)).unwrap();
+        }
+        for f in ["metrics.jsonl", ".metrics.jsonl.tmp-77", "final/.model.tmp-1", "../../.recipe.lock.tmp-9"] {
+            std::fs::write(node.join(f), "x").unwrap();
+        }
+        let writer = run.hold().unwrap();
+        run.sweep(&writer).unwrap();
+        let mut left: Vec<String> = Vec::new();
+        fn list(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+                if p.is_dir() {
+                    list(&p, base, out);
+                }
+            }
+        }
+        list(&run.root, &run.root, &mut left);
+        left.sort();
+        let want = [
+            ".writer",
+            "pretrain",
+            "pretrain/abc",
+            "pretrain/abc/checkpoints",
+            "pretrain/abc/checkpoints/step-000004",
+            "pretrain/abc/final",
+            "pretrain/abc/final/.model.tmp-1",
+            "pretrain/abc/metrics.jsonl",
+        ];
+        assert_eq!(left, want);
     }
 }

@@ -83,6 +83,7 @@ pub fn execute(
     device: &Device,
     hooks: &Hooks,
 ) -> Result<Vec<(String, NodeReport)>> {
+    let _writer = hold(run)?;
     let mut reports = Vec::new();
     for node in nodes(graph, only) {
         let report = match &node.kind {
@@ -114,6 +115,7 @@ pub fn prepare(
     only: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<Vec<(String, NodeReport)>> {
+    let _writer = hold(run)?;
     let data = nodes(graph, only).into_iter().filter(|n| !matches!(n.kind, NodeKind::Stage { .. }));
     data.map(|node| {
         let report =
@@ -123,6 +125,14 @@ pub fn prepare(
     .collect()
 }
 
+/// The sole right to write the run directory, with what earlier writers left half-written
+/// removed.
+fn hold(run: &RunDir) -> Result<recipe_graph::Writer> {
+    let writer = run.hold().map_err(Error::RunDir)?;
+    run.sweep(&writer).map_err(|e| Error::RunDir(format!("cannot clean {}: {e}", run.root.display())))?;
+    Ok(writer)
+}
+
 fn nodes<'g>(graph: &'g Graph, only: Option<&str>) -> Vec<&'g Node> {
     match only {
         Some(name) => graph.closure(name),
@@ -130,10 +140,11 @@ fn nodes<'g>(graph: &'g Graph, only: Option<&str>) -> Vec<&'g Node> {
     }
 }
 
-/// The one lifecycle of every node: nothing to do when its `final/` exists; otherwise build
-/// it in a fresh staging folder, record in the lock that it started, and once `build` has
-/// finished, publish the folder atomically as `final/` and record the node done. A build that
-/// was interrupted publishes nothing.
+/// The one lifecycle of every node: nothing to do when its `final/` exists (but to record it
+/// done, if a run died between publishing and recording); otherwise build it in a fresh
+/// staging folder, record in the lock that it started, and once `build` has finished, publish
+/// the folder atomically as `final/` and record the node done. A build that was interrupted
+/// publishes nothing.
 fn lifecycle(
     recipe: &Recipe,
     run: &RunDir,
@@ -141,6 +152,11 @@ fn lifecycle(
     build: impl FnOnce(&Path) -> Result<NodeReport>,
 ) -> Result<NodeReport> {
     if run.final_dir(node).is_dir() {
+        let lock = run.read_lock().map_err(Error::RunDir)?;
+        let recorded = lock.as_ref().and_then(|l| l.nodes.get(&node.name));
+        if !recorded.is_some_and(|e| e.key == node.key && e.state == RecordedState::Done) {
+            run.record(&recipe.canonical(), node, RecordedState::Done, Some(now())).map_err(Error::RunDir)?;
+        }
         return Ok(NodeReport::Skipped);
     }
     let node_dir = run.node_dir(node);

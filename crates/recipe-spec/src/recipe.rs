@@ -245,15 +245,20 @@ fn named_tables<'a>(cx: &mut Cx, node: &'a Node, path: &str) -> Vec<(String, &'a
         .collect()
 }
 
-/// Names become directory names and node names, so they are kept plain.
+/// The longest name a recipe, source or stage may have.
+const MAX_NAME_LEN: usize = 64;
+
+/// Names become directory names and node names, so they are kept plain: no separator, no
+/// `..`, nothing a file system or a shell treats specially, and short.
 fn check_name(cx: &mut Cx, path: &str, name: &str) {
     let ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.len() <= MAX_NAME_LEN;
     if !ok {
         let origin = cx.origins.get(path).cloned().unwrap_or_default();
-        cx.diags.push(
-            Diagnostic::new(&origin, format!("invalid name `{name}`"))
-                .label("expected a letter or digit, then letters, digits, `_` and `-`"),
-        );
+        let shown: String = name.escape_debug().take(MAX_NAME_LEN + 8).collect();
+        cx.diags.push(Diagnostic::new(&origin, format!("invalid name `{shown}`")).label(format!(
+            "expected a letter or digit, then letters, digits, `_` and `-`, at most {MAX_NAME_LEN} in all"
+        )));
     }
 }

@@ -527,3 +527,17 @@ fn a_bare_safetensors_file_needs_the_head_count_from_the_recipe() {
     assert_eq!((m.d_model, m.n_layers, m.n_heads, m.n_kv_heads, m.d_ff), (16, 1, 2, 1, 48));
     assert_eq!((m.vocab_size, m.tie_embeddings), (600, false));
 }
+
+#[test]
+fn names_cannot_leave_the_run_directory() {
+    let f = Fixture::new();
+    let long = "a".repeat(65);
+    for bad in ["../escape", "/etc", "a/b", "a\\u0000b", ".hidden", long.as_str()] {
+        let out = f.errors(&replace(BASE, "name = \"t\"", &format!("name = \"{bad}\"")));
+        assert_has(&out, &["error: invalid name", "at most 64 in all"]);
+    }
+    let out = f.errors(&replace(BASE, "[stages.pretrain]", "[stages.\"..\"]"));
+    assert_has(&out, &["error: invalid name `..`"]);
+    let ok = "b".repeat(64);
+    f.parse(&replace(BASE, "name = \"t\"", &format!("name = \"{ok}\"")), &[]).unwrap();
+}

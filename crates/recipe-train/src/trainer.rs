@@ -140,7 +140,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         // The starting point, so that what the stage changed can be read off the metrics.
         let eval_loss = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
         let line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
-        writeln!(metrics_file, "{line}").map_err(io(&metrics_path))?;
+        append_line(&mut metrics_file, &line.to_string()).map_err(io(&metrics_path))?;
         r.observer.message(&format!("`{}` before training: eval loss {eval_loss:.4}", stage.name));
     }
     let accumulation = (stage.batch_size / stage.micro_batch_size) as usize;
@@ -183,7 +183,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             m.eval_loss = Some(eval);
             m.eval_ppl = Some(eval.exp());
         }
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("plain data")).map_err(io(&metrics_path))?;
+        append_line(&mut metrics_file, &serde_json::to_string(&m).expect("plain data")).map_err(io(&metrics_path))?;
         if done % stage.log_every == 0 || done == stage.steps {
             tracing::debug!(stage = %stage.name, step = done, loss, lr, grad_norm, "step");
         }
@@ -380,6 +380,12 @@ fn evaluate(model: &Llama, stores: &Mix, config: &LoaderConfig, stage: &Stage, d
         count += micro.count;
     }
     Ok(sum / count.max(1.0))
+}
+
+/// Append one line in one write, so that a reader never sees half of it (and a line cut by a
+/// crash is dropped on resume).
+fn append_line(file: &mut std::fs::File, line: &str) -> std::io::Result<()> {
+    file.write_all(format!("{line}\n").as_bytes())
 }
 
 /// Drop the lines of steps after `step` (they will be redone after a resume).
