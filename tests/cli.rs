@@ -313,6 +313,33 @@ fn a_second_train_on_the_same_run_directory_is_refused_while_status_still_reads_
 }
 
 #[test]
+fn a_non_finite_step_stops_the_stage_naming_it_or_is_skipped_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    // A learning rate this large makes the first update overflow the next forward pass.
+    let blown = recipe(&["train", p, "--set", "stages.pretrain.optim.lr=1e30"], &runs);
+    let stderr = String::from_utf8_lossy(&blown.stderr);
+    assert_eq!(blown.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at step 2; nothing of that step was applied"), "{stderr}");
+    assert!(stderr.contains("on_nonfinite = \"skip\""), "{stderr}");
+
+    let sets = ["--set", "stages.pretrain.optim.lr=1e30", "--set", "stages.pretrain.on_nonfinite=\"skip\""];
+    let skipped = recipe(&[&["train", p][..], &sets[..]].concat(), &runs);
+    assert!(skipped.status.success(), "{}", String::from_utf8_lossy(&skipped.stderr));
+    let node = std::fs::read_dir(runs.join("crash/pretrain"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("final").is_dir())
+        .unwrap();
+    let metrics = std::fs::read_to_string(node.join("metrics.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 60);
+    assert_eq!(last["skipped_steps"], 59, "every step after the first overflows: {last}");
+}
+
+#[test]
 fn train_asks_for_a_device_this_build_has() {
     let runs = tempfile::tempdir().unwrap();
     if !cfg!(feature = "cuda") {

@@ -17,7 +17,7 @@ use crate::schedule::Schedule;
 use crate::source::{Source, check_source_ref};
 use crate::tokenizer::Tokenizer;
 use crate::tree::{Node, Val};
-use crate::vocab::{LossOn, Packing, Precision, SourceFormat, StageKind};
+use crate::vocab::{LossOn, OnNonfinite, Packing, Precision, SourceFormat, StageKind};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Stage {
@@ -54,6 +54,11 @@ pub struct Stage {
     pub schedule: Schedule,
     /// Default `f32`.
     pub precision: Precision,
+    /// Default `stop`: a step whose loss or gradient is not finite stops the stage, naming the
+    /// step (its checkpoints stay, so it resumes from the last good one); `skip` leaves the
+    /// weights as they were and counts the step in `metrics.jsonl`'s `skipped_steps`.
+    #[serde(skip_serializing_if = "OnNonfinite::is_stop")]
+    pub on_nonfinite: OnNonfinite,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peft: Option<Peft>,
     /// `distill` only.
@@ -121,6 +126,7 @@ const STAGE_KEYS: &[&str] = &[
     "optim",
     "schedule",
     "precision",
+    "on_nonfinite",
     "peft",
     "distill",
     "checkpoint_every",
@@ -302,6 +308,10 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         optim,
         schedule,
         precision,
+        on_nonfinite: f
+            .opt(cx, "on_nonfinite", decode::choice(OnNonfinite::WORDS))
+            .and_then(OnNonfinite::from_word)
+            .unwrap_or(OnNonfinite::Stop),
         peft,
         distill,
         checkpoint_every: f.opt(cx, "checkpoint_every", decode::count).unwrap_or(100),

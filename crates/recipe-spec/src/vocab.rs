@@ -32,6 +32,7 @@ words!(ChatTemplate { ChatMl = "chatml" });
 words!(TokenDtype { U16 = "u16", U32 = "u32" });
 words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
 words!(LossOn { All = "all", Assistant = "assistant" });
+words!(OnNonfinite { Stop = "stop", Skip = "skip" });
 words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
 words!(PeftMethod { Lora = "lora", Dora = "dora" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
@@ -51,4 +52,12 @@ pub enum CheckpointFormat {
     Safetensors,
     /// A llama.cpp `.gguf` file: dequantized on import, tokenizer in its metadata.
     Gguf,
+}
+
+impl OnNonfinite {
+    /// The default, left out of the canonical form so that recipes written before the field
+    /// existed keep their keys.
+    pub fn is_stop(&self) -> bool {
+        *self == OnNonfinite::Stop
+    }
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Batch, Loader, LoaderConfig, LoaderState, Mix, Split};
 use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy};
-use recipe_spec::{CheckpointFormat, Distill, Precision, Recipe, Stage};
+use recipe_spec::{CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, clip_factor};
@@ -31,6 +31,13 @@ pub struct TrainState {
     /// The loss scaler of an f16-mixed stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaler: Option<LossScaler>,
+    /// Steps skipped so far for a non-finite loss or gradient (`on_nonfinite = "skip"`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nonfinite_skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One line of `metrics.jsonl`.
@@ -54,8 +61,9 @@ pub struct StepMetrics {
     pub ce_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kd_loss: Option<f64>,
-    /// f16-mixed only: the loss scale after this step, and how many steps of the stage so far
-    /// were skipped because their gradients overflowed.
+    /// The loss scale after this step (f16-mixed only), and how many steps of the stage so far
+    /// left the weights as they were because their gradients overflowed (f16-mixed) or their
+    /// loss or gradient was not finite (`on_nonfinite = "skip"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +123,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let mut loader = Loader::new(r.stores.clone(), &loader_config(Split::Train))?;
 
     let mut start_step = 0;
+    let mut nonfinite_skipped = 0;
     let warn = |text: String| {
         tracing::warn!("{text}");
         r.observer.message(&text);
@@ -129,6 +138,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         if scaler.is_some() {
             scaler = ckpt.state.scaler.clone();
         }
+        nonfinite_skipped = ckpt.state.nonfinite_skipped;
         start_step = ckpt.state.step;
         r.observer.message(&format!("resuming `{}` from {}", stage.name, ckpt.dir.display()));
     }
@@ -157,12 +167,32 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
         let StepGradients { loss, loss_tokens, terms, grads } =
             gradients(&model, &batches, r.device, &objective, Some(dropout_seed), loss_scale)?;
-        if !loss.is_finite() {
-            return Err(Error::Run(format!("stage `{}`: the loss is {loss} at step {}", stage.name, step + 1)));
-        }
-        let grad_norm = update(&model, &mut optimizer, &grads, lr, loss_scale, scaler.as_mut())?;
-
+        let grad_norm = match loss.is_finite() {
+            true => update(&model, &mut optimizer, &grads, lr, loss_scale, scaler.as_mut())?,
+            false => f64::NAN,
+        };
         let done = step + 1;
+        // A loss scaler handles overflowing f16 gradients itself.
+        if !loss.is_finite() || (scaler.is_none() && !grad_norm.is_finite()) {
+            match stage.on_nonfinite {
+                OnNonfinite::Skip => nonfinite_skipped += 1,
+                OnNonfinite::Stop => {
+                    let what = if loss.is_finite() { "gradient norm" } else { "loss" };
+                    let value = if loss.is_finite() { grad_norm } else { loss };
+                    let resume = match recipe_graph::checkpoint_steps(&checkpoints).last() {
+                        Some(last) => format!("`recipe train` resumes from the checkpoint of step {last}"),
+                        None => "it has no checkpoint yet".into(),
+                    };
+                    return Err(Error::Run(format!(
+                        "stage `{}`: the {what} is {value} at step {done}; nothing of that step was applied, and \
+                         {resume}. Lower `optim.lr` or raise the precision, or set `on_nonfinite = \"skip\"` to \
+                         step over such steps",
+                        stage.name
+                    )));
+                }
+            }
+        }
+
         let positions = (stage.batch_size * stage.seq_len) as f64;
         let mut m = StepMetrics {
             step: done,
@@ -176,7 +206,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             ce_loss: terms.map(|t| t.0),
             kd_loss: terms.map(|t| t.1),
             loss_scale: scaler.as_ref().map(|s| s.scale),
-            skipped_steps: scaler.as_ref().map(|s| s.skipped),
+            skipped_steps: (scaler.is_some() || stage.on_nonfinite == OnNonfinite::Skip)
+                .then(|| scaler.as_ref().map_or(0, |s| s.skipped) + nonfinite_skipped),
         };
         if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
@@ -197,6 +228,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 loader: loader.state(),
                 optimizer_steps: Some(optimizer.t),
                 scaler: scaler.clone(),
+                nonfinite_skipped,
             };
             let dir = training::save(
                 &checkpoints,
@@ -312,7 +344,8 @@ pub fn gradients(
 
 /// Take one AdamW step at `lr` from gradients of the loss times `loss_scale`, clipped to the
 /// configured global norm. Under a loss scaler, a step whose gradients overflowed is skipped
-/// (and the scaler backs off). Returns the unscaled norm before clipping.
+/// (and the scaler backs off); without one, a non-finite gradient leaves the weights as they
+/// are. Returns the unscaled norm before clipping.
 pub fn update(
     model: &Llama,
     optimizer: &mut AdamW,
@@ -325,6 +358,10 @@ pub fn update(
     if let Some(scaler) = scaler
         && !scaler.update(grad_norm.is_finite())
     {
+        return Ok(grad_norm);
+    }
+    // Never let a non-finite gradient into the weights; the caller decides what it means.
+    if !grad_norm.is_finite() {
         return Ok(grad_norm);
     }
     let clip = clip_factor(grad_norm, optimizer.config.grad_clip);
