@@ -340,6 +340,29 @@ fn a_non_finite_step_stops_the_stage_naming_it_or_is_skipped_when_asked() {
 }
 
 #[test]
+fn a_damaged_token_cache_is_rebuilt_not_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    assert!(recipe(&["prepare", p], &runs).status.success());
+    let key = std::fs::read_dir(runs.join("crash/_tokens/moby")).unwrap().next().unwrap().unwrap().path();
+    let tokens = key.join("final/tokens.bin");
+    let good = std::fs::read(&tokens).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 1;
+    std::fs::write(&tokens, flipped).unwrap();
+    let again = recipe(&["prepare", p], &runs);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rebuilt, the cache was damaged") && stderr.contains("does not match its checksum"),
+        "{stderr}"
+    );
+    assert!(std::fs::read(&tokens).unwrap() == good, "the rebuilt cache is the original");
+}
+
+#[test]
 fn train_asks_for_a_device_this_build_has() {
     let runs = tempfile::tempdir().unwrap();
     if !cfg!(feature = "cuda") {

@@ -6,7 +6,7 @@
 //! offsets.bin   n_docs + 1 little-endian u64 token offsets
 //! holdout.bin   one byte per document: 1 = held out for evaluation
 //! mask.bin      chat sources only: one byte per token, 1 = part of an assistant turn
-//! meta.json     counts, dtype, end-of-document id
+//! meta.json     counts, dtype, end-of-document id, blake3 of each file above
 //! ```
 
 use std::io::Write;
@@ -36,6 +36,10 @@ pub struct StoreMeta {
     pub eos: u32,
     pub vocab_size: u32,
     pub chat: bool,
+    /// blake3 of each data file, by name, so that a damaged cache is found before it is
+    /// trained on.
+    #[serde(default)]
+    pub checksums: std::collections::BTreeMap<String, String>,
 }
 
 /// Whether a document is held out: a hash of its content, so the split does not depend on
@@ -140,7 +144,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
             holdout_tokens += ids.len() as u64;
         }
     }
-    let meta = StoreMeta {
+    let mut meta = StoreMeta {
         source: source.name.clone(),
         token_bytes,
         docs: encoded.len() as u64,
@@ -152,12 +156,15 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
         eos: tok.eos(),
         vocab_size: vocab,
         chat,
+        checksums: Default::default(),
     };
-    write_synced(&dir.join("tokens.bin"), &tokens)?;
-    write_synced(&dir.join("offsets.bin"), &offsets)?;
-    write_synced(&dir.join("holdout.bin"), &holdout)?;
+    let mut files = vec![("tokens.bin", tokens), ("offsets.bin", offsets), ("holdout.bin", holdout)];
     if chat {
-        write_synced(&dir.join("mask.bin"), &mask)?;
+        files.push(("mask.bin", mask));
+    }
+    for (name, bytes) in &files {
+        write_synced(&dir.join(name), bytes)?;
+        meta.checksums.insert(name.to_string(), blake3::hash(bytes).to_hex().to_string());
     }
     write_synced(&dir.join("meta.json"), serde_json::to_string_pretty(&meta).expect("plain").as_bytes())?;
     Ok(meta)
@@ -205,6 +212,25 @@ impl TokenStore {
             return Err(DataError::in_file(dir, "token cache is inconsistent with its meta.json; delete the folder"));
         }
         Ok(TokenStore { meta, dir: dir.to_path_buf(), tokens, offsets, holdout, mask })
+    }
+
+    /// Check every file of the cache in `dir` against the checksum its `meta.json` recorded;
+    /// the error names the first that differs.
+    pub fn verify(dir: &Path) -> Result<()> {
+        let meta_path = dir.join("meta.json");
+        let meta: StoreMeta = std::fs::read(&meta_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| DataError::in_file(&meta_path, "missing or damaged"))?;
+        for (name, want) in &meta.checksums {
+            let path = dir.join(name);
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_mmap(&path).map_err(|e| DataError::in_file(&path, e.to_string()))?;
+            if hasher.finalize().to_hex().as_str() != want {
+                return Err(DataError::in_file(&path, "does not match its checksum"));
+            }
+        }
+        Ok(())
     }
 
     pub fn n_docs(&self) -> usize {

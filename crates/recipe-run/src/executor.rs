@@ -93,9 +93,7 @@ pub fn execute(
                     run_stage(recipe, graph, run, node, stage, staging, device, hooks)
                 })?
             }
-            _ => lifecycle(recipe, run, node, |staging| {
-                run_data_node(recipe, graph, run, node, staging, hooks.data_progress)
-            })?,
+            _ => run_data_node(recipe, graph, run, node, hooks.data_progress)?,
         };
         let interrupted = matches!(report, NodeReport::Interrupted(_));
         reports.push((node.name.clone(), report));
@@ -117,12 +115,7 @@ pub fn prepare(
 ) -> Result<Vec<(String, NodeReport)>> {
     let _writer = hold(run)?;
     let data = nodes(graph, only).into_iter().filter(|n| !matches!(n.kind, NodeKind::Stage { .. }));
-    data.map(|node| {
-        let report =
-            lifecycle(recipe, run, node, |staging| run_data_node(recipe, graph, run, node, staging, progress))?;
-        Ok((node.name.clone(), report))
-    })
-    .collect()
+    data.map(|node| Ok((node.name.clone(), run_data_node(recipe, graph, run, node, progress)?))).collect()
 }
 
 /// The sole right to write the run directory, with what earlier writers left half-written
@@ -171,7 +164,34 @@ fn lifecycle(
     Ok(report)
 }
 
+/// Train the tokenizer or tokenize a source, unless its result is there. A token cache that
+/// no longer matches its checksums is removed and rebuilt, never trained on.
 fn run_data_node(
+    recipe: &Recipe,
+    graph: &Graph,
+    run: &RunDir,
+    node: &Node,
+    progress: &dyn Progress,
+) -> Result<NodeReport> {
+    let cached = run.final_dir(node);
+    let mut damage = None;
+    if matches!(node.kind, NodeKind::Tokenize { .. })
+        && cached.is_dir()
+        && let Err(e) = TokenStore::verify(&cached)
+    {
+        std::fs::remove_dir_all(&cached).map_err(|e| Error::RunDir(format!("{}: {e}", cached.display())))?;
+        damage = Some(e);
+    }
+    let report = lifecycle(recipe, run, node, |staging| build_data_node(recipe, graph, run, node, staging, progress))?;
+    Ok(match (report, damage) {
+        (NodeReport::Ran(summary), Some(e)) => {
+            NodeReport::Ran(format!("rebuilt, the cache was damaged ({e}): {summary}"))
+        }
+        (report, _) => report,
+    })
+}
+
+fn build_data_node(
     recipe: &Recipe,
     graph: &Graph,
     run: &RunDir,

@@ -46,6 +46,6 @@ pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, LossOn, OnError, OnNonfinite, Packing, PeftMethod, Precision,
-    SourceFormat, StageKind, TokenDtype,
+    CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, LossOn, OnError, OnNonfinite, Packing, PeftMethod,
+    Precision, SourceFormat, StageKind, TokenDtype,
 };
