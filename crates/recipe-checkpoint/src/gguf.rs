@@ -18,7 +18,12 @@ use tokenizers::{AddedToken, Tokenizer};
 /// The metadata and tensor directory of a GGUF file.
 pub fn read(path: &Path) -> Result<gguf_file::Content, String> {
     let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    gguf_file::Content::read(&mut file).map_err(|e| format!("not a GGUF file: {e}"))
+    // Candle's reader bounds every length by the file's size; a header it still trips over
+    // (a zero alignment, say) is a damaged file too, not a reason to abort.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf_file::Content::read(&mut file))) {
+        Ok(read) => read.map_err(|e| format!("not a GGUF file: {e}")),
+        Err(_) => Err("not a GGUF file: its header is inconsistent".into()),
+    }
 }
 
 /// The architecture in a GGUF file's metadata; `vocab_size` is the tokenizer's when the
@@ -135,12 +140,23 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
 
 /// Every tensor the model uses, dequantized, by Hugging Face name, sorted.
 pub(crate) fn tensors(path: &Path, config: &Model) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let content = read(path).map_err(candle_core::Error::Msg)?;
     let mut file = std::fs::File::open(path).map_err(candle_core::Error::wrap)?;
-    let content = gguf_file::Content::read(&mut file)?;
     let head_dim = config.head_dim() as usize;
+    let layout: std::collections::HashMap<String, Vec<usize>> =
+        config.layout().into_iter().map(|(name, shape, _)| (name, shape)).collect();
     let mut out = Vec::new();
-    for name in content.tensor_infos.keys() {
+    for (name, info) in &content.tensor_infos {
         let Some(hf_name) = hf_name(name) else { continue };
+        // Checked before any byte is read, so a header that lies about a shape cannot ask for
+        // a huge allocation.
+        let expected = layout.get(&hf_name).map(Vec::as_slice);
+        if expected != Some(info.shape.dims()) {
+            candle_core::bail!(
+                "{name} has shape {:?} in the file; the architecture wants {expected:?}",
+                info.shape.dims()
+            );
+        }
         let mut t = content.tensor(&mut file, name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
         if hf_name.ends_with("q_proj.weight") {
             t = unpermute(&t, config.n_heads as usize, head_dim)?;

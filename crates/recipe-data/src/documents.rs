@@ -104,22 +104,13 @@ pub fn read_source(source: &Source) -> Result<Documents> {
         };
         match source.format {
             SourceFormat::Text => record(read_text(file))?,
-            SourceFormat::Jsonl | SourceFormat::ChatJsonl => {
-                let bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
-                for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    let doc = match source.format {
-                        SourceFormat::Jsonl => {
-                            parse_jsonl(file, i + 1, line, source.field.as_deref().unwrap_or("text"))
-                        }
-                        _ => parse_chat(file, i + 1, line),
-                    };
-                    record(doc)?;
-                }
-            }
+            SourceFormat::Jsonl | SourceFormat::ChatJsonl => for_each_line(file, |i, line| {
+                let doc = line.and_then(|line| match source.format {
+                    SourceFormat::Jsonl => parse_jsonl(file, i, line, source.field.as_deref().unwrap_or("text")),
+                    _ => parse_chat(file, i, line),
+                });
+                record(doc)
+            })?,
             SourceFormat::Tokens => {
                 for doc in read_tokens(file, source.dtype.unwrap_or(TokenDtype::U16))? {
                     record(Ok(doc))?;
@@ -136,6 +127,49 @@ pub fn read_source(source: &Source) -> Result<Documents> {
         return Err(DataError::new(format!("source `{}` has no documents{why}", source.name)));
     }
     Ok(out)
+}
+
+/// The longest JSONL record read. A longer line is a bad record (an error, or skipped under
+/// `on_error = "skip"`) and is never held whole, however long it is.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Call `f` with the number and content of each non-blank line of `file` (without its line
+/// ending), streaming: memory stays bounded by [`MAX_LINE_BYTES`].
+fn for_each_line(file: &Path, mut f: impl FnMut(usize, Result<&[u8]>) -> Result<()>) -> Result<()> {
+    use std::io::{BufRead, Read};
+    let io = |e: std::io::Error| DataError::in_file(file, e.to_string());
+    let mut reader = std::io::BufReader::new(std::fs::File::open(file).map_err(io)?);
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        let read = reader.by_ref().take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        if line.len() > MAX_LINE_BYTES && line.last() != Some(&b'\n') {
+            // Step over the rest of the line without keeping it.
+            loop {
+                let buf = reader.fill_buf().map_err(io)?;
+                match buf.iter().position(|b| *b == b'\n') {
+                    Some(end) => break reader.consume(end + 1),
+                    None if buf.is_empty() => break,
+                    None => {
+                        let len = buf.len();
+                        reader.consume(len);
+                    }
+                }
+            }
+            let why = format!("the line is longer than {} MiB", MAX_LINE_BYTES >> 20);
+            f(number, Err(DataError::at_line(file, number, why)))?;
+            continue;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if !text.iter().all(u8::is_ascii_whitespace) {
+            f(number, Ok(text))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_text(file: &Path) -> Result<Doc> {

@@ -18,7 +18,7 @@ mod progress;
 mod store;
 mod tokenizer;
 
-pub use documents::{Doc, Documents, Message, Role, read_source};
+pub use documents::{Doc, Documents, MAX_LINE_BYTES, Message, Role, read_source};
 pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, LoaderStats, Mix, PAD_DOC, SourceStats, Split};
 pub use mix::{Sampler, SamplerState};
