@@ -3,7 +3,7 @@
 //! (pre-tokenized `X.bin` with its `X.idx`). Bad input is an error naming file and line;
 //! with `on_error = "skip"` bad records are skipped and counted instead.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use recipe_spec::{OnError, Source, SourceFormat, TokenDtype};
 use serde_json::Value;
@@ -229,33 +229,88 @@ fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
 }
 
 fn read_tokens(file: &Path, dtype: TokenDtype) -> Result<Vec<Doc>> {
-    let bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
-    let width = match dtype {
-        TokenDtype::U16 => 2,
-        TokenDtype::U32 => 4,
-    };
-    if bytes.len() % width != 0 {
-        return Err(DataError::in_file(file, format!("length {} is not a multiple of {width} ({dtype})", bytes.len())));
-    }
-    let ids: Vec<u32> = match dtype {
-        TokenDtype::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
-        TokenDtype::U32 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-    };
-    let index_path = file.with_extension("idx");
-    let index = std::fs::read(&index_path).map_err(|e| DataError::in_file(&index_path, e.to_string()))?;
-    if index.len() % 8 != 0 || index.len() < 16 {
-        return Err(DataError::in_file(&index_path, "expected n_docs + 1 little-endian u64 offsets"));
-    }
-    let offsets: Vec<u64> = index.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-    let mut docs = Vec::with_capacity(offsets.len() - 1);
-    for (i, w) in offsets.windows(2).enumerate() {
-        if w[0] > w[1] || w[1] > ids.len() as u64 {
-            return Err(DataError::in_file(
-                &index_path,
-                format!("document {i} spans tokens {}..{} of {}", w[0], w[1], ids.len()),
-            ));
+    let mut tokens = TokenFile::open(file, dtype)?;
+    let mut ids = Vec::new();
+    (0..tokens.docs())
+        .map(|i| {
+            tokens.read_doc(i, &mut ids)?;
+            Ok(Doc::Tokens(ids.clone()))
+        })
+        .collect()
+}
+
+/// A pre-tokenized file with its checked document index: `X.bin` holds the ids back to back,
+/// `X.idx` n_docs + 1 little-endian u64 token offsets. Documents are read one at a time, so
+/// memory does not grow with the file.
+pub struct TokenFile {
+    path: PathBuf,
+    file: std::io::BufReader<std::fs::File>,
+    width: usize,
+    offsets: Vec<u64>,
+    bytes: Vec<u8>,
+    /// Where the reader is in the file, so that reading in order never seeks.
+    at: u64,
+}
+
+impl TokenFile {
+    pub fn open(file: &Path, dtype: TokenDtype) -> Result<TokenFile> {
+        let width = match dtype {
+            TokenDtype::U16 => 2,
+            TokenDtype::U32 => 4,
+        };
+        let io = |e: std::io::Error| DataError::in_file(file, e.to_string());
+        let handle = std::fs::File::open(file).map_err(io)?;
+        let len = handle.metadata().map_err(io)?.len();
+        if len % width as u64 != 0 {
+            return Err(DataError::in_file(file, format!("length {len} is not a multiple of {width} ({dtype})")));
         }
-        docs.push(Doc::Tokens(ids[w[0] as usize..w[1] as usize].to_vec()));
+        let n_ids = len / width as u64;
+        let index_path = file.with_extension("idx");
+        let index = std::fs::read(&index_path).map_err(|e| DataError::in_file(&index_path, e.to_string()))?;
+        if index.len() % 8 != 0 || index.len() < 16 {
+            return Err(DataError::in_file(&index_path, "expected n_docs + 1 little-endian u64 offsets"));
+        }
+        let offsets: Vec<u64> =
+            index.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        for (i, w) in offsets.windows(2).enumerate() {
+            if w[0] > w[1] || w[1] > n_ids {
+                return Err(DataError::in_file(
+                    &index_path,
+                    format!("document {i} spans tokens {}..{} of {n_ids}", w[0], w[1]),
+                ));
+            }
+        }
+        let file_path = file.to_path_buf();
+        Ok(TokenFile {
+            path: file_path,
+            file: std::io::BufReader::new(handle),
+            width,
+            offsets,
+            bytes: Vec::new(),
+            at: 0,
+        })
     }
-    Ok(docs)
+
+    pub fn docs(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Read the ids of document `i` into `ids`; in order is fastest.
+    pub fn read_doc(&mut self, i: usize, ids: &mut Vec<u32>) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (start, end) = (self.offsets[i] * self.width as u64, self.offsets[i + 1] * self.width as u64);
+        let io = |e: std::io::Error| DataError::in_file(&self.path, e.to_string());
+        self.bytes.resize((end - start) as usize, 0);
+        if start != self.at {
+            self.file.seek(SeekFrom::Start(start)).map_err(io)?;
+        }
+        self.file.read_exact(&mut self.bytes).map_err(io)?;
+        self.at = end;
+        ids.clear();
+        ids.extend(self.bytes.chunks_exact(self.width).map(|c| match c {
+            [a, b] => u16::from_le_bytes([*a, *b]) as u32,
+            _ => u32::from_le_bytes(c.try_into().expect("4 bytes")),
+        }));
+        Ok(())
+    }
 }

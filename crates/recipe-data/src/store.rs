@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use rayon::prelude::*;
-use recipe_spec::{Source, SourceFormat};
+use recipe_spec::{Source, SourceFormat, TokenDtype};
 use serde::{Deserialize, Serialize};
 
-use crate::documents::{Doc, Role, read_source};
+use crate::documents::{Doc, Role, TokenFile, read_source};
 use crate::error::{DataError, Result};
 use crate::progress::Progress;
 use crate::tokenizer::Tok;
@@ -89,6 +89,10 @@ pub fn chatml_prompt(tok: &Tok, messages: &[crate::documents::Message]) -> Resul
 /// Read, split and tokenize a source into `dir` (which should be a staging folder that the
 /// caller renames into place). Parallel over documents.
 pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Progress) -> Result<StoreMeta> {
+    std::fs::create_dir_all(dir).map_err(|e| DataError::in_file(dir, e.to_string()))?;
+    if source.format == SourceFormat::Tokens {
+        return copy_token_source(source, tok, dir, progress);
+    }
     let documents = read_source(source)?;
     let vocab = tok.vocab_size();
     progress.start(&format!("tokenize {}", source.name), documents.docs.len() as u64);
@@ -103,15 +107,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
                     let (ids, mask) = format_chatml(tok, m)?;
                     (ids, Some(mask), held)
                 }
-                Doc::Tokens(ids) => {
-                    if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
-                        return Err(DataError::new(format!(
-                            "source `{}` has token id {bad}, outside the tokenizer's vocabulary of {vocab}",
-                            source.name
-                        )));
-                    }
-                    (ids.clone(), None, held)
-                }
+                Doc::Tokens(_) => unreachable!("a tokens source is copied, not tokenized"),
             };
             progress.advance(1);
             Ok(out)
@@ -119,8 +115,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
         .collect::<Result<_>>()?;
     progress.finish();
 
-    let token_bytes: u8 = if vocab <= 1 << 16 { 2 } else { 4 };
-    std::fs::create_dir_all(dir).map_err(|e| DataError::in_file(dir, e.to_string()))?;
+    let token_bytes = token_bytes(vocab);
     let chat = source.format == SourceFormat::ChatJsonl;
     let mut tokens = Vec::new();
     let mut offsets: Vec<u8> = 0u64.to_le_bytes().to_vec();
@@ -144,7 +139,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
             holdout_tokens += ids.len() as u64;
         }
     }
-    let mut meta = StoreMeta {
+    let meta = StoreMeta {
         source: source.name.clone(),
         token_bytes,
         docs: encoded.len() as u64,
@@ -158,16 +153,114 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
         chat,
         checksums: Default::default(),
     };
-    let mut files = vec![("tokens.bin", tokens), ("offsets.bin", offsets), ("holdout.bin", holdout)];
+    write_synced(&dir.join("tokens.bin"), &tokens)?;
+    let mut files = vec![("offsets.bin", offsets), ("holdout.bin", holdout)];
     if chat {
         files.push(("mask.bin", mask));
     }
+    finish_cache(dir, meta, blake3::hash(&tokens), files)
+}
+
+/// Bytes per token in the cache: two while the vocabulary fits.
+fn token_bytes(vocab: u32) -> u8 {
+    if vocab <= 1 << 16 { 2 } else { 4 }
+}
+
+/// Write the cache's small files and `meta.json` with the checksum of every file;
+/// `tokens.bin` is already written, with checksum `tokens`.
+fn finish_cache(
+    dir: &Path,
+    mut meta: StoreMeta,
+    tokens: blake3::Hash,
+    files: Vec<(&str, Vec<u8>)>,
+) -> Result<StoreMeta> {
+    meta.checksums.insert("tokens.bin".into(), tokens.to_hex().to_string());
     for (name, bytes) in &files {
         write_synced(&dir.join(name), bytes)?;
         meta.checksums.insert(name.to_string(), blake3::hash(bytes).to_hex().to_string());
     }
     write_synced(&dir.join("meta.json"), serde_json::to_string_pretty(&meta).expect("plain").as_bytes())?;
     Ok(meta)
+}
+
+/// A `tokens` source into the cache without holding it: each file memory-mapped and its
+/// documents streamed through in order, so memory grows with the number of documents, not
+/// with the tokens.
+fn copy_token_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Progress) -> Result<StoreMeta> {
+    let vocab = tok.vocab_size();
+    let width = token_bytes(vocab);
+    let mut files: Vec<TokenFile> = source
+        .files
+        .iter()
+        .map(|f| TokenFile::open(f, source.dtype.unwrap_or(TokenDtype::U16)))
+        .collect::<Result<_>>()?;
+    let limit = source.limit.map_or(u64::MAX, |n| n);
+    progress.start(&format!("copy {}", source.name), files.iter().map(|f| f.docs() as u64).sum::<u64>().min(limit));
+    let path = dir.join("tokens.bin");
+    let io = |e: std::io::Error| DataError::in_file(&path, e.to_string());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+    let mut checksum = blake3::Hasher::new();
+    let (mut offsets, mut holdout): (Vec<u8>, Vec<u8>) = (0u64.to_le_bytes().to_vec(), Vec::new());
+    let (mut docs, mut total, mut holdout_docs, mut holdout_tokens, mut empty) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut ids, mut identity, mut written) = (Vec::new(), Vec::new(), Vec::new());
+    'files: for file in &mut files {
+        for i in 0..file.docs() {
+            if docs == limit {
+                break 'files;
+            }
+            file.read_doc(i, &mut ids)?;
+            identity.clear();
+            written.clear();
+            for &id in &ids {
+                if id >= vocab {
+                    return Err(DataError::new(format!(
+                        "source `{}` has token id {id}, outside the tokenizer's vocabulary of {vocab}",
+                        source.name
+                    )));
+                }
+                identity.extend_from_slice(&id.to_le_bytes());
+                match width {
+                    2 => written.extend_from_slice(&(id as u16).to_le_bytes()),
+                    _ => written.extend_from_slice(&id.to_le_bytes()),
+                }
+            }
+            progress.advance(1);
+            let n = (identity.len() / 4) as u64;
+            if n == 0 {
+                empty += 1;
+                continue;
+            }
+            out.write_all(&written).map_err(io)?;
+            checksum.update(&written);
+            let held = is_held_out(&identity, source.holdout);
+            (docs, total) = (docs + 1, total + n);
+            offsets.extend_from_slice(&total.to_le_bytes());
+            holdout.push(u8::from(held));
+            if held {
+                (holdout_docs, holdout_tokens) = (holdout_docs + 1, holdout_tokens + n);
+            }
+        }
+    }
+    progress.finish();
+    out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    if docs == 0 {
+        return Err(DataError::new(format!("source `{}` has no documents ({empty} empty)", source.name)));
+    }
+    let meta = StoreMeta {
+        source: source.name.clone(),
+        token_bytes: width,
+        docs,
+        tokens: total,
+        holdout_docs,
+        holdout_tokens,
+        skipped_records: 0,
+        empty_docs: empty,
+        eos: tok.eos(),
+        vocab_size: vocab,
+        chat: false,
+        checksums: Default::default(),
+    };
+    finish_cache(dir, meta, checksum.finalize(), vec![("offsets.bin", offsets), ("holdout.bin", holdout)])
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -225,7 +318,8 @@ impl TokenStore {
         for (name, want) in &meta.checksums {
             let path = dir.join(name);
             let mut hasher = blake3::Hasher::new();
-            hasher.update_mmap(&path).map_err(|e| DataError::in_file(&path, e.to_string()))?;
+            let file = std::fs::File::open(&path).map_err(|e| DataError::in_file(&path, e.to_string()))?;
+            hasher.update_reader(file).map_err(|e| DataError::in_file(&path, e.to_string()))?;
             if hasher.finalize().to_hex().as_str() != want {
                 return Err(DataError::in_file(&path, "does not match its checksum"));
             }

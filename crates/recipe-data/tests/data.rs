@@ -381,3 +381,44 @@ fn pre_tokenized_sources_are_read_with_their_index() {
     let docs = bad_source("tokens", "dtype = \"u32\"", &[("a.dat", &wide), ("a.idx", &index)]).unwrap();
     assert_eq!(docs.docs, [Doc::Tokens(vec![70_000, 1])]);
 }
+
+#[test]
+fn a_tokens_source_is_copied_into_the_cache_as_its_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: [&[u32]; 4] = [&[5, 6], &[], &[7, 8, 9], &[250, 1, 2, 3]];
+    let (mut bin, mut idx) = (Vec::new(), 0u64.to_le_bytes().to_vec());
+    let mut total = 0u64;
+    for d in docs {
+        bin.extend(d.iter().flat_map(|t| (*t as u16).to_le_bytes()));
+        total += d.len() as u64;
+        idx.extend(total.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("a.dat"), &bin).unwrap();
+    std::fs::write(dir.path().join("a.idx"), &idx).unwrap();
+    let text = "[tokenizer]\ntrain = { vocab_size = 300 }\n[sources.s]\npath = \"*.dat\"\nformat = \"tokens\"\nholdout = 0.5\n\
+                [stages.a]\nkind = \"pretrain\"\ndata = { mix = { s = 1 } }\n";
+    let recipe = Recipe::parse(&dir.path().join("r.toml"), text, &[], &Headers).unwrap();
+    let recipe_spec::Tokenizer::Train(cfg) = &recipe.tokenizer else { unreachable!() };
+    let tok = Tok::train(cfg, ["some text to learn from"].into_iter()).unwrap();
+    let out = dir.path().join("cache");
+    let meta = tokenize_source(recipe.source("s").unwrap(), &tok, &out, &Silent).unwrap();
+    assert_eq!((meta.docs, meta.tokens, meta.empty_docs), (3, 9, 1), "the empty document is dropped");
+    let store = TokenStore::open(&out).unwrap();
+    TokenStore::verify(&out).unwrap();
+    let kept: Vec<&[u32]> = docs.into_iter().filter(|d| !d.is_empty()).collect();
+    for (i, want) in kept.iter().enumerate() {
+        let got: Vec<u32> = (0..store.doc_len(i) as usize).map(|t| store.token(i, t)).collect();
+        assert_eq!(&got, want);
+        let identity: Vec<u8> = want.iter().flat_map(|t| t.to_le_bytes()).collect();
+        assert_eq!(store.is_held_out(i), recipe_data::is_held_out(&identity, 0.5), "the split is by content");
+    }
+    let limited = Recipe::parse(&dir.path().join("r.toml"), text, &["sources.s.limit=2".into()], &Headers).unwrap();
+    let meta = tokenize_source(limited.source("s").unwrap(), &tok, &dir.path().join("two"), &Silent).unwrap();
+    assert_eq!(meta.docs, 2);
+    let mut outside = bin.clone();
+    outside[0] = 0xff;
+    outside[1] = 0xff;
+    std::fs::write(dir.path().join("a.dat"), &outside).unwrap();
+    let err = tokenize_source(recipe.source("s").unwrap(), &tok, &dir.path().join("bad"), &Silent).unwrap_err();
+    assert!(err.to_string().contains("token id 65535, outside the tokenizer's vocabulary"), "{err}");
+}

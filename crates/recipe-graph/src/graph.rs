@@ -241,8 +241,10 @@ fn hash_files(m: &mut Material, recipe: &Recipe, source: &Source) -> std::io::Re
 
 /// blake3 of a file's bytes, hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    // Read through a buffer rather than mapped: mapped pages would count as resident memory,
+    // which then grows with the size of the data.
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap(path)?;
+    hasher.update_reader(std::fs::File::open(path)?)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
