@@ -66,23 +66,12 @@ pub fn save<S: Serialize>(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
-    let save_tensors = |name: &str, tensors: &[(String, Tensor)]| -> Result<()> {
-        let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-        candle_core::safetensors::save(&map, tmp.join(name))?;
-        Ok(())
-    };
-    save_tensors("model.safetensors", model)?;
-    save_tensors("optimizer.safetensors", optimizer)?;
-    let state_json = serde_json::to_vec_pretty(state).expect("plain data");
-    std::fs::write(tmp.join("state.json"), state_json).map_err(io(&tmp))?;
-    let mut files = BTreeMap::new();
-    for name in ["model.safetensors", "optimizer.safetensors", "state.json"] {
-        let path = tmp.join(name);
-        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
-        files.insert(name.to_string(), hash_file(&path).map_err(io(&path))?);
+    if let Err(e) = write_files(&tmp, state, model, optimizer) {
+        // A failed write (a full disk, say) leaves the earlier checkpoints as they were and
+        // gives back the space the new one took.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-    let manifest = serde_json::to_vec_pretty(&Manifest { files }).expect("plain data");
-    write_atomic(&tmp.join("manifest.json"), &manifest).map_err(io(&tmp))?;
     let dest = checkpoint_dir(checkpoints, step);
     if dest.exists() {
         std::fs::remove_dir_all(&dest).map_err(io(&dest))?;
@@ -94,6 +83,30 @@ pub fn save<S: Serialize>(
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
     }
     Ok(dest)
+}
+
+/// Write a checkpoint's files and their manifest into `dir`.
+fn write_files<S: Serialize>(
+    dir: &Path,
+    state: &S,
+    model: &[(String, Tensor)],
+    optimizer: &[(String, Tensor)],
+) -> Result<()> {
+    for (name, tensors) in [("model.safetensors", model), ("optimizer.safetensors", optimizer)] {
+        let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+        let path = dir.join(name);
+        candle_core::safetensors::save(&map, &path).map_err(|e| Error(format!("{}: {e}", path.display())))?;
+    }
+    let state_json = serde_json::to_vec_pretty(state).expect("plain data");
+    std::fs::write(dir.join("state.json"), state_json).map_err(io(&dir.join("state.json")))?;
+    let mut files = BTreeMap::new();
+    for name in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        let path = dir.join(name);
+        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io(&path))?;
+        files.insert(name.to_string(), hash_file(&path).map_err(|e| Error(e.to_string()))?);
+    }
+    let manifest = serde_json::to_vec_pretty(&Manifest { files }).expect("plain data");
+    write_atomic(&dir.join("manifest.json"), &manifest).map_err(io(&dir.join("manifest.json")))
 }
 
 /// The newest checkpoint whose files are all present and match their checksums. Each
@@ -119,7 +132,7 @@ fn load<S: DeserializeOwned>(dir: &Path, device: &Device) -> Result<Checkpoint<S
         .map_err(|e| Error(format!("manifest unreadable: {e}")))?;
     for (name, expected) in &manifest.files {
         let path = dir.join(name);
-        let found = hash_file(&path).map_err(io(&path))?;
+        let found = hash_file(&path).map_err(|e| Error(e.to_string()))?;
         if &found != expected {
             return Err(Error(format!("{name} does not match its checksum")));
         }

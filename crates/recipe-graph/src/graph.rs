@@ -239,12 +239,13 @@ fn hash_files(m: &mut Material, recipe: &Recipe, source: &Source) -> std::io::Re
     Ok(())
 }
 
-/// blake3 of a file's bytes, hex.
+/// blake3 of a file's bytes, hex; the error names the file.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     // Read through a buffer rather than mapped: mapped pages would count as resident memory,
     // which then grows with the size of the data.
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path)?)?;
+    hasher.update_reader(std::fs::File::open(path).map_err(named)?).map_err(named)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
