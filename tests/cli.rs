@@ -5,9 +5,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::{root, small_recipe};
 
 fn recipe(args: &[&str], runs: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_recipe")).args(args).arg("--runs").arg(runs).current_dir(root()).output().unwrap()
@@ -153,36 +153,19 @@ fn prepare_tokenizes_once_and_plan_then_reports_measured_data_facts() {
     assert!(moby["epochs"].as_f64().unwrap() > 1.0);
 }
 
-/// A small two-stage recipe over the committed corpus, in `dir`.
+/// A small one-stage recipe over the committed corpus, in `dir`, checkpointing every 4 steps.
 fn resumable_recipe(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-[recipe]
-name = "crash"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.moby]
-path = "{}/data/moby-dick/chapter_2*.txt"
+    let stage = r#"
 [stages.pretrain]
 kind = "pretrain"
 steps = 60
 seq_len = 32
 batch_size = 4
-data = {{ mix = {{ moby = 1 }} }}
-optim = {{ lr = 1e-2 }}
+data = { mix = { moby = 1 } }
+optim = { lr = 1e-2 }
 checkpoint_every = 4
-"#,
-        root().display()
-    );
-    let path = dir.join("crash.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+"#;
+    small_recipe(dir, "crash", "chapter_2*.txt", stage)
 }
 
 fn losses(runs: &Path) -> (Vec<String>, Vec<u8>) {

@@ -7,40 +7,23 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::{root, small_recipe};
 
 /// A one-stage recipe over the committed corpus that checkpoints every 4 steps, keeping all.
 fn recipe_in(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-[recipe]
-name = "full"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.moby]
-path = "{}/data/moby-dick/chapter_2*.txt"
+    let stage = r#"
 [stages.pretrain]
 kind = "pretrain"
 steps = 24
 seq_len = 32
 batch_size = 4
-data = {{ mix = {{ moby = 1 }} }}
+data = { mix = { moby = 1 } }
 checkpoint_every = 4
 keep_checkpoints = 10
-"#,
-        root().display()
-    );
-    let path = dir.join("full.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+"#;
+    small_recipe(dir, "full", "chapter_2*.txt", stage)
 }
 
 /// Run `script` as root of a private user and mount namespace, or `None` where the system

@@ -11,33 +11,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+
+use common::small_recipe;
 
 /// Two chained stages over a slice of the committed corpus, checkpointing often.
 fn campaign_recipe(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-[recipe]
-name = "kill9"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.moby]
-path = "{}/data/moby-dick/chapter_1?.txt"
+    let stages = r#"
 [stages.first]
 kind = "pretrain"
 steps = 24
 seq_len = 32
 batch_size = 4
-data = {{ mix = {{ moby = 1 }} }}
-optim = {{ lr = 1e-2 }}
+data = { mix = { moby = 1 } }
+optim = { lr = 1e-2 }
 checkpoint_every = 3
 [stages.second]
 kind = "pretrain"
@@ -45,16 +32,12 @@ after = "first"
 steps = 12
 seq_len = 32
 batch_size = 4
-data = {{ mix = {{ moby = 1 }} }}
-optim = {{ lr = 5e-3 }}
+data = { mix = { moby = 1 } }
+optim = { lr = 5e-3 }
 checkpoint_every = 2
 keep_checkpoints = 1
-"#,
-        root().display()
-    );
-    let path = dir.join("kill9.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+"#;
+    small_recipe(dir, "kill9", "chapter_1?.txt", stages)
 }
 
 fn train(recipe: &Path, runs: &Path) -> Command {

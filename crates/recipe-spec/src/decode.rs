@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::diag::{Diagnostic, Origin, suggestion};
 use crate::tree::{Node, Table, Val};
+use crate::vocab::Word;
 
 /// Decoding context: the diagnostics so far, and where each field's value came from (by its
 /// dotted path), so that later cross-field checks can point at the right place.
@@ -227,6 +228,13 @@ pub fn check_range(cx: &mut Cx, path: &str, value: f64, ok: bool, what: &str) {
             Diagnostic::new(&origin, format!("`{path}` is out of range"))
                 .label(format!("expected {what}, found {value}")),
         );
+    }
+}
+
+impl Fields<'_> {
+    /// An optional field spelled as one of `W`'s words.
+    pub fn word<W: Word>(&self, cx: &mut Cx, key: &str) -> Option<W> {
+        self.opt(cx, key, choice(W::WORDS)).and_then(W::from_word)
     }
 }
 

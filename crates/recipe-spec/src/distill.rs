@@ -25,10 +25,7 @@ impl Distill {
     pub(crate) fn decode(cx: &mut Cx, node: &Node, path: &str) -> Distill {
         let f = Fields::of(cx, node, path, DISTILL_KEYS);
         f.check_unknown(cx);
-        let loss = f
-            .opt(cx, "loss", decode::choice(DistillLoss::WORDS))
-            .and_then(DistillLoss::from_word)
-            .unwrap_or(DistillLoss::ForwardKl);
+        let loss = f.word::<DistillLoss>(cx, "loss").unwrap_or(DistillLoss::ForwardKl);
         let temperature = f.opt(cx, "temperature", decode::float).unwrap_or(1.0);
         check_range(cx, &f.child_path("temperature"), temperature, temperature > 0.0, "a temperature > 0");
         let alpha = f.opt(cx, "alpha", decode::float).unwrap_or(0.5);

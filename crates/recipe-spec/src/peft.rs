@@ -30,10 +30,7 @@ impl Peft {
     pub(crate) fn decode(cx: &mut Cx, node: &Node, path: &str) -> Peft {
         let f = Fields::of(cx, node, path, PEFT_KEYS);
         f.check_unknown(cx);
-        let method = f
-            .opt(cx, "method", decode::choice(PeftMethod::WORDS))
-            .and_then(PeftMethod::from_word)
-            .unwrap_or(PeftMethod::Lora);
+        let method = f.word::<PeftMethod>(cx, "method").unwrap_or(PeftMethod::Lora);
         let rank = f.opt(cx, "rank", decode::size(1, 1 << 16)).unwrap_or(8);
         let alpha = f.opt(cx, "alpha", decode::float).unwrap_or(16.0);
         check_range(cx, &f.child_path("alpha"), alpha, alpha > 0.0, "a number > 0");

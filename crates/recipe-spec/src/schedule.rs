@@ -91,7 +91,7 @@ impl Schedule {
         let Some(node) = node else { return s };
         let f = Fields::of(cx, node, path, KEYS);
         f.check_unknown(cx);
-        if let Some(kind) = f.opt(cx, "kind", decode::choice(ScheduleKind::WORDS)).and_then(ScheduleKind::from_word) {
+        if let Some(kind) = f.word::<ScheduleKind>(cx, "kind") {
             s = Schedule::with_defaults(kind);
         }
         let warmup = f.opt(cx, "warmup", decode::count).unwrap_or(0);

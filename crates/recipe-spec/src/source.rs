@@ -61,15 +61,12 @@ pub(crate) fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Pat
     }
     files.sort();
     files.dedup();
-    let format = f
-        .opt(cx, "format", decode::choice(SourceFormat::WORDS))
-        .and_then(SourceFormat::from_word)
-        .unwrap_or(SourceFormat::Text);
+    let format = f.word::<SourceFormat>(cx, "format").unwrap_or(SourceFormat::Text);
     let field = f.opt(cx, "field", decode::string);
     only_for(cx, &f, "field", field.is_some(), format == SourceFormat::Jsonl, "format = \"jsonl\"");
-    let template = f.opt(cx, "template", decode::choice(ChatTemplate::WORDS)).and_then(ChatTemplate::from_word);
+    let template = f.word::<ChatTemplate>(cx, "template");
     only_for(cx, &f, "template", template.is_some(), format == SourceFormat::ChatJsonl, "format = \"chat-jsonl\"");
-    let dtype = f.opt(cx, "dtype", decode::choice(TokenDtype::WORDS)).and_then(TokenDtype::from_word);
+    let dtype = f.word::<TokenDtype>(cx, "dtype");
     only_for(cx, &f, "dtype", dtype.is_some(), format == SourceFormat::Tokens, "format = \"tokens\"");
     if format == SourceFormat::Tokens {
         for file in &files {
@@ -94,10 +91,7 @@ pub(crate) fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Pat
             SourceFormat::Jsonl => Some(field.unwrap_or_else(|| "text".into())),
             _ => None,
         },
-        on_error: f
-            .opt(cx, "on_error", decode::choice(OnError::WORDS))
-            .and_then(OnError::from_word)
-            .unwrap_or(OnError::Fail),
+        on_error: f.word::<OnError>(cx, "on_error").unwrap_or(OnError::Fail),
         template: match format {
             SourceFormat::ChatJsonl => Some(template.unwrap_or(ChatTemplate::ChatMl)),
             _ => None,

@@ -257,10 +257,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let data = decode_data(cx, &f, kind, sources);
     let optim = decode_optim(cx, &f);
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
-    let precision = f
-        .opt(cx, "precision", decode::choice(Precision::WORDS))
-        .and_then(Precision::from_word)
-        .unwrap_or(Precision::F32);
+    let precision = f.word::<Precision>(cx, "precision").unwrap_or(Precision::F32);
     let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft")));
     let distill = f.get("distill").map(|node| Distill::decode(cx, node, &f.child_path("distill")));
     only_for(cx, &f, "distill", distill.is_some(), kind == StageKind::Distill, "kind = \"distill\"");
@@ -308,10 +305,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         optim,
         schedule,
         precision,
-        on_nonfinite: f
-            .opt(cx, "on_nonfinite", decode::choice(OnNonfinite::WORDS))
-            .and_then(OnNonfinite::from_word)
-            .unwrap_or(OnNonfinite::Stop),
+        on_nonfinite: f.word::<OnNonfinite>(cx, "on_nonfinite").unwrap_or(OnNonfinite::Stop),
         peft,
         distill,
         checkpoint_every: f.opt(cx, "checkpoint_every", decode::count).unwrap_or(100),
@@ -367,8 +361,7 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source])
         }
     }
     mix.sort_by(|a, b| a.0.cmp(&b.0));
-    let loss_on =
-        f.opt(cx, "loss_on", decode::choice(LossOn::WORDS)).and_then(LossOn::from_word).unwrap_or(default_loss_on);
+    let loss_on = f.word::<LossOn>(cx, "loss_on").unwrap_or(default_loss_on);
     if loss_on == LossOn::Assistant {
         for (name, _) in &mix {
             if let Some(src) = sources.iter().find(|s| &s.name == name).filter(|s| s.format != SourceFormat::ChatJsonl)
@@ -385,14 +378,7 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source])
             }
         }
     }
-    Data {
-        mix,
-        packing: f
-            .opt(cx, "packing", decode::choice(Packing::WORDS))
-            .and_then(Packing::from_word)
-            .unwrap_or(Packing::BestFit),
-        loss_on,
-    }
+    Data { mix, packing: f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit), loss_on }
 }
 
 fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {

@@ -4,6 +4,12 @@
 
 use serde::Serialize;
 
+/// A value the recipe spells as one of a fixed set of words.
+pub trait Word: Sized {
+    const WORDS: &'static [&'static str];
+    fn from_word(w: &str) -> Option<Self>;
+}
+
 /// An enum spelled as a fixed set of words in the recipe.
 macro_rules! words {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $word:literal),+ $(,)? }) => {
@@ -14,6 +20,10 @@ macro_rules! words {
             pub const WORDS: &'static [&'static str] = &[$($word),+];
             pub fn as_str(self) -> &'static str { match self { $($name::$variant => $word),+ } }
             pub fn from_word(w: &str) -> Option<Self> { match w { $($word => Some($name::$variant),)+ _ => None } }
+        }
+        impl $crate::vocab::Word for $name {
+            const WORDS: &'static [&'static str] = &[$($word),+];
+            fn from_word(w: &str) -> Option<Self> { $name::from_word(w) }
         }
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> { s.serialize_str(self.as_str()) }
