@@ -271,17 +271,6 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         for w in s["warnings"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "  warning   {}", w.as_str().unwrap_or(""));
         }
-        if !stage.teacher.is_empty() {
-            let d = stage.distill.as_ref().expect("distill stages have settings");
-            let _ = writeln!(
-                out,
-                "  teacher   {}  · {} at T={} · alpha {}",
-                stage.teacher.join(" + "),
-                d.loss,
-                d.temperature,
-                d.alpha
-            );
-        }
         let _ = writeln!(out, "  compute   {:.2e} FLOPs", s["flops"].as_f64().unwrap_or(0.0));
         let _ = writeln!(
             out,

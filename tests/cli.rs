@@ -42,6 +42,17 @@ fn every_example_recipe_validates_and_plans() {
 }
 
 #[test]
+fn plan_text_names_a_distillation_stage_s_teacher_once() {
+    let runs = tempfile::tempdir().unwrap();
+    let out = recipe(&["plan", "recipes/pipeline.toml"], runs.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("teacher ")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("stage `sft`") && lines[0].contains("alpha"), "{text}");
+}
+
+#[test]
 fn plan_json_has_the_documented_fields() {
     let runs = tempfile::tempdir().unwrap();
     let plan = json(&recipe(&["plan", "recipes/pipeline.toml", "--json"], runs.path()));
