@@ -94,6 +94,26 @@ pub struct Model {
 }
 
 impl Model {
+    /// This architecture with every field set: what a stage that continues this one starts
+    /// from, before its own overrides. It imports nothing: its weights are this stage's.
+    pub fn continued(&self) -> ModelSpec {
+        ModelSpec {
+            arch: Some(self.arch.clone()),
+            vocab_size: Some(self.vocab_size),
+            d_model: Some(self.d_model),
+            n_layers: Some(self.n_layers),
+            n_heads: Some(self.n_heads),
+            n_kv_heads: Some(self.n_kv_heads),
+            d_ff: Some(self.d_ff),
+            max_seq_len: Some(self.max_seq_len),
+            tie_embeddings: Some(self.tie_embeddings),
+            rope_theta: Some(self.rope_theta),
+            norm_eps: Some(self.norm_eps),
+            init_std: Some(self.init_std),
+            from: None,
+        }
+    }
+
     pub fn head_dim(&self) -> u32 {
         self.d_model / self.n_heads.max(1)
     }

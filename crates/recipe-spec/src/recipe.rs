@@ -172,20 +172,24 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
         }
     };
     let stage_names: Vec<String> = stage_nodes.iter().map(|(n, _)| n.clone()).collect();
-    let stages: Vec<Stage> = stage_nodes
-        .iter()
-        .map(|(name, node)| {
-            let context = StageContext {
-                model_defaults: &model,
-                tokenizer: tokenizer.as_ref(),
-                sources: &sources,
-                stage_names: &stage_names,
-                base_dir,
-                checkpoints,
-            };
-            decode_stage(cx, name, node, &context)
-        })
-        .collect();
+    // A stage that continues another inherits its architecture (an imported one included), so
+    // the stage it continues is decoded first.
+    let mut decoded: Vec<Option<Stage>> = stage_nodes.iter().map(|_| None).collect();
+    for i in continuations_last(&stage_nodes) {
+        let (name, node) = &stage_nodes[i];
+        let parent = after_of(node).and_then(|a| stage_names.iter().position(|n| *n == a));
+        let inherited = parent.and_then(|p| decoded[p].as_ref()).map(|p| p.model.continued());
+        let context = StageContext {
+            model_defaults: inherited.as_ref().unwrap_or(&model),
+            tokenizer: tokenizer.as_ref(),
+            sources: &sources,
+            stage_names: &stage_names,
+            base_dir,
+            checkpoints,
+        };
+        decoded[i] = Some(decode_stage(cx, name, node, &context));
+    }
+    let stages: Vec<Stage> = decoded.into_iter().map(|s| s.expect("every stage decoded")).collect();
 
     check_stage_graph(cx, &stages);
     check_starting_weights(cx, &stages);
@@ -223,6 +227,33 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
         origins: std::mem::take(&mut cx.origins),
         warnings,
     }
+}
+
+/// The stage a stage's table names in `after`, if it names one.
+fn after_of(node: &Node) -> Option<String> {
+    let Val::Table(t) = &node.val else { return None };
+    t.entries.iter().find(|e| e.key == "after").and_then(|e| match &e.node.val {
+        Val::Str(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// The stages' indices, each after the stage it continues; declaration order otherwise, and
+/// where `after` forms a cycle (reported by `check_stage_graph`).
+fn continuations_last(stages: &[(String, &Node)]) -> Vec<usize> {
+    let mut order = Vec::new();
+    let mut waiting: Vec<usize> = (0..stages.len()).collect();
+    while !waiting.is_empty() {
+        let ready = waiting
+            .iter()
+            .position(|&i| {
+                let parent = after_of(stages[i].1).and_then(|a| stages.iter().position(|(n, _)| *n == a));
+                parent.is_none_or(|p| p == i || order.contains(&p))
+            })
+            .unwrap_or(0);
+        order.push(waiting.remove(ready));
+    }
+    order
 }
 
 /// The `NAME = {...}` entries of `[sources]` or `[stages]`, with checked names.

@@ -448,6 +448,24 @@ fn an_imported_checkpoint_gives_the_architecture() {
 }
 
 #[test]
+fn a_stage_that_continues_an_importing_stage_inherits_its_architecture() {
+    let f = Fixture::new();
+    write_checkpoint(&f);
+    // Declared first, decoded after the stage it continues.
+    let more =
+        "\n[stages.more]\nkind = \"sft\"\nafter = \"ft\"\nsteps = 5\nseq_len = 32\ndata = { mix = { chat = 1.0 } }\n";
+    let text = more.to_string() + IMPORTING;
+    let r = f.parse(&text, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let (ft, more) = (&r.stage("ft").unwrap().model, &r.stage("more").unwrap().model);
+    assert_eq!((more.d_model, more.n_layers, more.n_kv_heads, more.vocab_size), (128, 3, 2, 600));
+    assert_eq!((more.max_seq_len, more.rope_theta, more.norm_eps), (ft.max_seq_len, ft.rope_theta, ft.norm_eps));
+    assert_eq!(r.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["more", "ft"], "declaration order");
+    // Its own overrides still apply, and a shape change is still refused.
+    let out = f.errors(&text.replace("after = \"ft\"", "after = \"ft\"\nmodel = { d_model = 64 }"));
+    assert_has(&out, &["stage `more` starts from `ft`'s weights but its d_model is 64 where `ft`'s is 128"]);
+}
+
+#[test]
 fn a_recipe_that_contradicts_its_checkpoint_names_both_values() {
     let f = Fixture::new();
     write_checkpoint(&f);
