@@ -15,7 +15,7 @@ mod train;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Declarative, resumable training recipes: one TOML file describes data, tokenizer and every
 /// training stage; `recipe` plans, checks and runs the graph of stages it implies.
@@ -133,6 +133,14 @@ enum Verb {
         #[command(flatten)]
         output: Output,
     },
+    /// Print a completion script for a shell: `recipe completions bash > /etc/bash_completion.d/recipe`,
+    /// or `source <(recipe completions bash)` (zsh: `recipe completions zsh > "${fpath[1]}/_recipe"`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `recipe man > recipe.1 && man ./recipe.1`.
+    Man,
     /// Compare two recipes after defaults and inheritance, or one recipe against its last run,
     /// and say which nodes each change invalidates.
     Diff {
@@ -234,6 +242,17 @@ fn main() -> ExitCode {
             prepare::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref())
         }
         Verb::Status { recipe, output } => status::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
+        Verb::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "recipe", &mut std::io::stdout());
+            Ok(())
+        }
+        Verb::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            // `recipe man | head` closes the pipe early; that is not a failure.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(Failure::Run(format!("cannot write the manual page: {e}")))
+            }
+            _ => Ok(()),
+        },
         Verb::Diff { old, new, overrides, output } => {
             diff::run(old, new.as_deref(), &overrides.sets, &cli.runs, output.json)
         }

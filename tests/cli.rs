@@ -53,6 +53,22 @@ fn plan_text_names_a_distillation_stage_s_teacher_once() {
 }
 
 #[test]
+fn completions_and_the_manual_page_come_from_the_command_line_definition() {
+    let runs = tempfile::tempdir().unwrap();
+    for (shell, marker) in [("bash", "_recipe()"), ("zsh", "#compdef recipe"), ("fish", "complete -c recipe")] {
+        let out = recipe(&["completions", shell], runs.path());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("train") && script.contains("device"), "{shell} completes verbs and flags");
+    }
+    assert_eq!(recipe(&["completions", "tcsh"], runs.path()).status.code(), Some(2));
+    let man = recipe(&["man"], runs.path());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(man.status.success() && page.contains(".TH recipe"), "{page}");
+    assert!(page.contains("Declarative, resumable training recipes") && page.contains("smoke"), "{page}");
+}
+
+#[test]
 fn plan_json_has_the_documented_fields() {
     let runs = tempfile::tempdir().unwrap();
     let plan = json(&recipe(&["plan", "recipes/pipeline.toml", "--json"], runs.path()));
