@@ -295,6 +295,13 @@ fn sigterm_writes_a_checkpoint_and_exits_143_then_train_resumes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("terminated: writing a checkpoint"), "{stderr}");
+    let st = recipe(&["status", path.to_str().unwrap()], &runs);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("partial") && text.contains("to go at the recent pace"), "{text}");
+    assert!(text.chars().any(|c| ('▁'..='█').contains(&c)), "a loss sparkline: {text}");
+    let st = json(&recipe(&["status", path.to_str().unwrap(), "--json"], &runs));
+    let stage = &st["stages"][2];
+    assert!(!stage["recent_losses"].as_array().unwrap().is_empty() && stage["eta_s"].as_f64().unwrap() > 0.0, "{st}");
     let again = recipe(&["train", path.to_str().unwrap()], &runs);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert!(String::from_utf8_lossy(&again.stderr).contains("resuming"));
