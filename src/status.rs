@@ -52,7 +52,13 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(
         };
         let _ = write!(out, "  {:width$}  {state:<8} {}", s.name, s.reason);
         if let Some(p) = p {
-            let _ = write!(out, "\n  {:width$}           loss {} {:.3}", "", sparkline(&p.losses), p.losses[p.losses.len() - 1]);
+            let _ = write!(
+                out,
+                "\n  {:width$}           loss {} {:.3}",
+                "",
+                sparkline(&p.losses),
+                p.losses[p.losses.len() - 1]
+            );
             if let Some(eta) = p.eta_s {
                 let _ = write!(out, " · {} to go at the recent pace", duration(eta));
             }

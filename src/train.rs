@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use candle_core::Device;
-use recipe_graph::RunDir;
+use recipe_graph::{Graph, RunDir, State};
 use recipe_run::{Hooks, NodeReport, execute};
+use recipe_spec::Recipe;
 
 use crate::{Failure, load};
 
@@ -98,6 +99,25 @@ fn stop_on_signals(interrupt: Arc<AtomicBool>, signal: Arc<AtomicI32>) -> Result
     Ok(())
 }
 
+/// The stages this run will train, in order, with the steps each has left.
+fn stages_to_train(
+    recipe: &Recipe,
+    graph: &Graph,
+    runs: &Path,
+    only: Option<&str>,
+) -> Result<Vec<(String, u64)>, Failure> {
+    let wanted: Vec<&str> = match only {
+        Some(name) => graph.closure(name).iter().map(|n| n.name.as_str()).collect(),
+        None => graph.nodes.iter().map(|n| n.name.as_str()).collect(),
+    };
+    let states = load::node_states(recipe, graph, runs)?;
+    Ok(states
+        .into_iter()
+        .filter(|s| wanted.contains(&s.name.as_str()) && s.state != State::Done)
+        .filter_map(|s| Some((s.name.clone(), s.steps?.saturating_sub(s.step.unwrap_or(0)))))
+        .collect())
+}
+
 pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, device_name: &str) -> Result<(), Failure> {
     let device = device(device_name)?;
     let recipe = load::load(path, sets)?;
@@ -109,7 +129,7 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, devic
     let interrupt = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(interrupt.clone(), signal.clone())?;
-    let observer = crate::progress::TrainBar::new();
+    let observer = crate::progress::TrainBar::new(stages_to_train(&recipe, &graph, runs, stage)?);
     let bar = crate::progress::Bar::new();
     let hooks = Hooks { interrupt: &interrupt, observer: &observer, data_progress: &bar };
     let reports = execute(&recipe, &graph, &run, stage, &device, &hooks).map_err(|e| Failure::Run(e.to_string()))?;
