@@ -46,13 +46,18 @@ pub fn stage_result(recipe: &Recipe, stage: &Stage, runs: &Path) -> Result<PathB
     let run = RunDir::new(runs, &recipe.name);
     let dir = run.final_dir(graph.node(&stage.name).expect("every stage has a node"));
     if !dir.is_dir() {
-        return Err(Failure::Run(format!(
-            "stage `{0}` has no result for its current key; run `recipe train {1} --stage {0}` first",
-            stage.name,
-            recipe.path.display()
-        )));
+        return Err(no_result(recipe, stage));
     }
     Ok(dir)
+}
+
+/// That a stage has nothing to read yet, and how to make it.
+pub fn no_result(recipe: &Recipe, stage: &Stage) -> Failure {
+    Failure::Run(format!(
+        "stage `{0}` has no result for its current key; run `recipe train {1} --stage {0}` first",
+        stage.name,
+        recipe.path.display()
+    ))
 }
 
 /// The run directory, node states and stage step counts of a recipe, as status and plan use them.

@@ -59,11 +59,19 @@ enum Verb {
     },
     /// Generate text from a finished stage.
     Sample {
+        /// The recipe whose stage to sample.
+        #[arg(required_unless_present = "model")]
+        recipe: Option<PathBuf>,
         #[command(flatten)]
-        recipe: RecipeArgs,
-        /// The stage whose result to load.
-        #[arg(long)]
-        stage: String,
+        overrides: Overrides,
+        /// The stage whose result to load; a stage still training is sampled from its newest
+        /// checkpoint.
+        #[arg(long, required_unless_present = "model")]
+        stage: Option<String>,
+        /// A checkpoint to sample instead of a stage: a Hugging Face model folder, a
+        /// `.safetensors` file with its `config.json` beside it, or a `.gguf` file.
+        #[arg(long, conflicts_with_all = ["recipe", "stage"])]
+        model: Option<PathBuf>,
         /// The text to continue.
         #[arg(long)]
         prompt: String,
@@ -221,9 +229,14 @@ fn main() -> ExitCode {
         Verb::Train { recipe, stage, device } => {
             train::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref(), device)
         }
-        Verb::Sample { recipe, stage, prompt, max_tokens, temperature, top_p, seed, chat } => {
+        Verb::Sample { recipe, overrides, stage, model, prompt, max_tokens, temperature, top_p, seed, chat } => {
+            let from = match (model, recipe, stage) {
+                (Some(path), _, _) => sample::From::Checkpoint(path),
+                (None, Some(recipe), Some(stage)) => sample::From::Stage { recipe, sets: &overrides.sets, stage },
+                _ => unreachable!("clap requires a recipe and a stage, or a model"),
+            };
             let args = sample::SampleArgs {
-                stage,
+                from,
                 prompt,
                 max_tokens: *max_tokens,
                 temperature: *temperature,
@@ -231,7 +244,7 @@ fn main() -> ExitCode {
                 seed: *seed,
                 chat: *chat,
             };
-            sample::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, &args)
+            sample::run(&cli.runs, &args)
         }
         Verb::Export { recipe, stage, out, force, adapter, dtype } => {
             let target = export::Target { dir: out, force: *force, adapter: *adapter, dtype: dtype.as_deref() };

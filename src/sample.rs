@@ -1,16 +1,26 @@
-//! `recipe sample`: generate text from a finished stage.
+//! `recipe sample`: generate text from a finished stage, a stage still training (its newest
+//! checkpoint), or any checkpoint on disk.
 
 use std::path::Path;
 
-use recipe_data::{Message, Role, TOKENIZER_FILE, chatml_prompt};
+use candle_core::Device;
+use recipe_checkpoint::{Headers, load_checkpoint, training};
+use recipe_data::{Message, Role, TOKENIZER_FILE, Tok, chatml_prompt};
+use recipe_graph::RunDir;
 use recipe_model::{Llama, Sampling, generate};
-use recipe_run::load_tokenizer;
-use recipe_spec::TokenizerFile;
+use recipe_run::{load_tokenizer, recipe_tokenizer};
+use recipe_spec::{CheckpointFormat, CheckpointReader, TokenizerFile};
 
 use crate::{Failure, load};
 
+/// What to sample.
+pub enum From<'a> {
+    Stage { recipe: &'a Path, sets: &'a [String], stage: &'a str },
+    Checkpoint(&'a Path),
+}
+
 pub struct SampleArgs<'a> {
-    pub stage: &'a str,
+    pub from: From<'a>,
     pub prompt: &'a str,
     pub max_tokens: usize,
     pub temperature: f64,
@@ -19,14 +29,12 @@ pub struct SampleArgs<'a> {
     pub chat: bool,
 }
 
-pub fn run(path: &Path, sets: &[String], runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
-    let recipe = load::load(path, sets)?;
-    let stage = load::stage(&recipe, a.stage)?;
-    let dir = load::stage_result(&recipe, stage, runs)?;
+pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
-    let tok = load_tokenizer(&TokenizerFile::Json(dir.join(TOKENIZER_FILE))).map_err(|e| fail(&e))?;
-    let device = candle_core::Device::Cpu;
-    let model = Llama::load_pretrained(&stage.model, &dir, &device).map_err(|e| fail(&e))?;
+    let (model, tok) = match a.from {
+        From::Checkpoint(path) => checkpoint(path)?,
+        From::Stage { recipe, sets, stage } => stage_model(recipe, sets, stage, runs)?,
+    };
     let (prompt, stop) = match a.chat {
         true => {
             let user = Message { role: Role::User, content: a.prompt.to_string() };
@@ -43,4 +51,51 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, a: &SampleArgs) -> Result<
         false => println!("{}{}", a.prompt, tok.decode(&out)),
     }
     Ok(())
+}
+
+/// A finished stage's model; or, while it trains, its newest checkpoint's.
+fn stage_model(path: &Path, sets: &[String], name: &str, runs: &Path) -> Result<(Llama, Tok), Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
+    let recipe = load::load(path, sets)?;
+    let stage = load::stage(&recipe, name)?;
+    let graph = load::graph(&recipe)?;
+    let run = RunDir::new(runs, &recipe.name);
+    let node = graph.node(name).expect("every stage has a node");
+    if run.final_dir(node).is_dir() {
+        let dir = run.final_dir(node);
+        let tok = load_tokenizer(&TokenizerFile::Json(dir.join(TOKENIZER_FILE))).map_err(|e| fail(&e))?;
+        return Ok((Llama::load_pretrained(&stage.model, &dir, &Device::Cpu).map_err(|e| fail(&e))?, tok));
+    }
+    let warn = |text: String| tracing::warn!("{text}");
+    let newest = training::latest_valid::<serde_json::Value>(&run.checkpoints_dir(node), &Device::Cpu, &warn)
+        .map_err(|e| fail(&e))?;
+    let Some(newest) = newest else { return Err(load::no_result(&recipe, stage)) };
+    tracing::info!("`{name}` is still training: sampling its checkpoint {}", newest.dir.display());
+    let start_from = stage.after.as_ref().map(|a| run.final_dir(graph.node(a).expect("validated")));
+    let model =
+        recipe_train::build_model(stage, start_from.as_deref(), recipe.seed, &Device::Cpu).map_err(|e| fail(&e))?;
+    for p in &model.params {
+        let t = newest.model.get(&p.name).ok_or_else(|| fail(&format!("the checkpoint lacks {}", p.name)))?;
+        p.var.set(&t.to_dtype(p.var.dtype()).map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
+    }
+    Ok((model, recipe_tokenizer(&recipe, &graph, &run).map_err(|e| fail(&e))?))
+}
+
+/// A checkpoint on disk, with the tokenizer stored with it.
+fn checkpoint(path: &Path) -> Result<(Llama, Tok), Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("cannot sample {}: {e}", path.display()));
+    let info = Headers.inspect(path).map_err(|e| fail(&e))?;
+    if info.kv_width_of_unknown_heads.is_some() {
+        return Err(fail(&"it has no config.json beside it, so its head count is unknown"));
+    }
+    let tokenizer = match info.format {
+        _ if info.tokenizer.is_none() => return Err(fail(&"no tokenizer is stored with it")),
+        CheckpointFormat::Gguf => TokenizerFile::Gguf(path.to_path_buf()),
+        CheckpointFormat::HfDir => TokenizerFile::Json(path.join(TOKENIZER_FILE)),
+        CheckpointFormat::Safetensors => TokenizerFile::Json(path.with_file_name(TOKENIZER_FILE)),
+    };
+    let config = info.arch.resolve(None);
+    let weights = load_checkpoint(path, info.format, &config).map_err(|e| fail(&e))?;
+    let model = Llama::frozen(&config, weights, &Device::Cpu).map_err(|e| fail(&e))?;
+    Ok((model, load_tokenizer(&tokenizer).map_err(|e| fail(&e))?))
 }

@@ -299,6 +299,10 @@ fn sigterm_writes_a_checkpoint_and_exits_143_then_train_resumes() {
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(text.contains("partial") && text.contains("to go at the recent pace"), "{text}");
     assert!(text.chars().any(|c| ('▁'..='█').contains(&c)), "a loss sparkline: {text}");
+    let sample = ["sample", path.to_str().unwrap(), "--stage", "pretrain", "--prompt", "The", "--max-tokens", "4"];
+    let partial = recipe(&sample, &runs);
+    assert!(partial.status.success(), "{}", String::from_utf8_lossy(&partial.stderr));
+    assert!(String::from_utf8_lossy(&partial.stderr).contains("still training: sampling its checkpoint"));
     let st = json(&recipe(&["status", path.to_str().unwrap(), "--json"], &runs));
     let stage = &st["stages"][2];
     assert!(!stage["recent_losses"].as_array().unwrap().is_empty() && stage["eta_s"].as_f64().unwrap() > 0.0, "{st}");
@@ -377,6 +381,32 @@ fn a_damaged_token_cache_is_rebuilt_not_trained_on() {
         "{stderr}"
     );
     assert!(std::fs::read(&tokens).unwrap() == good, "the rebuilt cache is the original");
+}
+
+#[test]
+fn sample_reads_a_checkpoint_as_well_as_a_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    assert!(recipe(&["train", p], &runs).status.success());
+    let greedy = ["--prompt", "The whale", "--max-tokens", "8", "--temperature", "0"];
+    let from_stage = recipe(&[&["sample", p, "--stage", "pretrain"][..], &greedy[..]].concat(), &runs);
+    let final_dir =
+        std::fs::read_dir(runs.join("crash/pretrain")).unwrap().next().unwrap().unwrap().path().join("final");
+    let model = final_dir.to_str().unwrap();
+    let from_folder = recipe(&[&["sample", "--model", model][..], &greedy[..]].concat(), &runs);
+    assert!(from_folder.status.success(), "{}", String::from_utf8_lossy(&from_folder.stderr));
+    assert_eq!(from_folder.stdout, from_stage.stdout, "the same weights say the same");
+    let neither = recipe(&["sample", "--prompt", "x"], &runs);
+    assert_eq!(neither.status.code(), Some(2));
+    let nothing = recipe(&["sample", "--model", dir.path().to_str().unwrap(), "--prompt", "x"], &runs);
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("has no config.json"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
 }
 
 #[test]
