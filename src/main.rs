@@ -7,6 +7,7 @@ mod plan;
 mod prepare;
 mod progress;
 mod render;
+mod runs;
 mod sample;
 mod smoke;
 mod status;
@@ -141,6 +142,24 @@ enum Verb {
         #[command(flatten)]
         output: Output,
     },
+    /// List the run directories under `--runs`: each node's state and key, and the disk used.
+    Runs {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Remove the results in the recipes' run directories that no current key of theirs
+    /// refers to (earlier keys, stages and sources since removed). Lists them unless `--yes`.
+    Gc {
+        /// The recipes whose results to keep (recipes sharing a run directory keep each
+        /// other's).
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Delete instead of listing.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Print a completion script for a shell: `recipe completions bash > /etc/bash_completion.d/recipe`,
     /// or `source <(recipe completions bash)` (zsh: `recipe completions zsh > "${fpath[1]}/_recipe"`).
     Completions {
@@ -255,6 +274,8 @@ fn main() -> ExitCode {
             prepare::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref())
         }
         Verb::Status { recipe, output } => status::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
+        Verb::Runs { output } => runs::list(&cli.runs, output.json),
+        Verb::Gc { recipes, overrides, yes } => runs::gc(recipes, &overrides.sets, &cli.runs, *yes),
         Verb::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "recipe", &mut std::io::stdout());
             Ok(())

@@ -410,6 +410,34 @@ fn sample_reads_a_checkpoint_as_well_as_a_stage() {
 }
 
 #[test]
+fn runs_lists_run_directories_and_gc_removes_only_what_no_current_key_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    assert!(recipe(&["train", p, "--set", "stages.pretrain.steps=6"], &runs).status.success());
+    assert!(recipe(&["train", p, "--set", "stages.pretrain.steps=8"], &runs).status.success());
+    let listed = json(&recipe(&["runs", "--json"], &runs));
+    assert_eq!(listed["runs"][0]["name"], "crash");
+    assert!(listed["runs"][0]["bytes"].as_u64().unwrap() > 0);
+    let nodes: Vec<&str> =
+        listed["runs"][0]["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ["pretrain", "tokenize:moby", "tokenizer:train"]);
+    let keys = || std::fs::read_dir(runs.join("crash/pretrain")).unwrap().count();
+    assert_eq!(keys(), 2, "one result per key");
+
+    let dry = recipe(&["gc", p, "--set", "stages.pretrain.steps=8"], &runs);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success() && text.contains("would remove") && text.contains("1 unreferenced results"), "{text}");
+    assert_eq!(keys(), 2, "a dry run deletes nothing");
+    let done = recipe(&["gc", p, "--set", "stages.pretrain.steps=8", "--yes"], &runs);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(keys(), 1);
+    let st = json(&recipe(&["status", p, "--json", "--set", "stages.pretrain.steps=8"], &runs));
+    assert!(st["stages"].as_array().unwrap().iter().all(|s| s["state"] == "done"), "{st}");
+}
+
+#[test]
 fn train_asks_for_a_device_this_build_has() {
     let runs = tempfile::tempdir().unwrap();
     if !cfg!(feature = "cuda") {

@@ -202,6 +202,37 @@ impl RunDir {
         checkpoint_steps(&self.checkpoints_dir(node))
     }
 
+    /// The result folders (`<stage>/<key>`, `_tokenizer/<key>`, `_tokens/<source>/<key>`) that
+    /// no node of `graphs` refers to: earlier keys, and stages or sources since removed.
+    pub fn unreferenced(&self, graphs: &[&Graph]) -> std::io::Result<Vec<PathBuf>> {
+        let current: Vec<PathBuf> = graphs.iter().flat_map(|g| g.nodes.iter().map(|n| self.node_dir(n))).collect();
+        let dirs = |path: &Path| -> std::io::Result<Vec<PathBuf>> {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(path)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+                    out.push(entry.path());
+                }
+            }
+            out.sort();
+            Ok(out)
+        };
+        let mut found = Vec::new();
+        if !self.root.is_dir() {
+            return Ok(found);
+        }
+        for top in dirs(&self.root)? {
+            let holders = match top.file_name().and_then(|n| n.to_str()) {
+                Some("_tokens") => dirs(&top)?,
+                _ => vec![top],
+            };
+            for holder in holders {
+                found.extend(dirs(&holder)?.into_iter().filter(|key| !current.contains(key)));
+            }
+        }
+        Ok(found)
+    }
+
     /// The lock file, or `None` when the recipe has never run here.
     pub fn read_lock(&self) -> Result<Option<Lock>, String> {
         let path = self.lock_path();
