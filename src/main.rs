@@ -3,6 +3,7 @@
 mod diff;
 mod export;
 mod load;
+mod new;
 mod plan;
 mod prepare;
 mod progress;
@@ -142,6 +143,17 @@ enum Verb {
         #[command(flatten)]
         output: Output,
     },
+    /// Write a commented starter recipe, NAME.toml, with a small public-domain corpus in
+    /// NAME-data/, that validates and trains as written.
+    New {
+        /// What it trains.
+        kind: new::Kind,
+        /// The recipe's name.
+        name: String,
+        /// The folder to write into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// List the run directories under `--runs`: each node's state and key, and the disk used.
     Runs {
         #[command(flatten)]
@@ -274,6 +286,7 @@ fn main() -> ExitCode {
             prepare::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref())
         }
         Verb::Status { recipe, output } => status::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
+        Verb::New { kind, name, dir } => new::run(*kind, name, dir),
         Verb::Runs { output } => runs::list(&cli.runs, output.json),
         Verb::Gc { recipes, overrides, yes } => runs::gc(recipes, &overrides.sets, &cli.runs, *yes),
         Verb::Completions { shell } => {

@@ -438,6 +438,24 @@ fn runs_lists_run_directories_and_gc_removes_only_what_no_current_key_uses() {
 }
 
 #[test]
+fn recipe_new_writes_starters_that_validate_and_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    for kind in ["pretrain", "sft", "lora", "distill"] {
+        let name = format!("my-{kind}");
+        let out = recipe(&["new", kind, &name, "--dir", dir.path().to_str().unwrap()], &runs);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let path = dir.path().join(format!("{name}.toml"));
+        let smoke = recipe(&["smoke", path.to_str().unwrap()], &runs);
+        assert!(smoke.status.success(), "{kind}: {}", String::from_utf8_lossy(&smoke.stderr));
+    }
+    let again = recipe(&["new", "sft", "my-sft", "--dir", dir.path().to_str().unwrap()], &runs);
+    assert_eq!(again.status.code(), Some(2), "an existing recipe is not overwritten");
+    let bad = recipe(&["new", "sft", "../up", "--dir", dir.path().to_str().unwrap()], &runs);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
 fn train_asks_for_a_device_this_build_has() {
     let runs = tempfile::tempdir().unwrap();
     if !cfg!(feature = "cuda") {
