@@ -27,12 +27,10 @@ const CHAPTERS: [&str; 3] = [
 ];
 
 pub fn run(kind: Kind, name: &str, dir: &Path) -> Result<(), Failure> {
-    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.len() <= 64;
-    if !plain {
+    if !recipe_spec::is_plain_name(name) {
         return Err(Failure::Invalid(format!(
-            "error: invalid name `{name}`: expected a letter or digit, then letters, digits, `_` and `-`\n"
+            "error: invalid name `{name}`: expected a letter or digit, then letters, digits, `_` and `-`, at most {} in all\n",
+            recipe_spec::MAX_NAME_LEN
         )));
     }
     let recipe = dir.join(format!("{name}.toml"));

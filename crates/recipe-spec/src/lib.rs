@@ -40,7 +40,7 @@ pub use estimate::{Estimate, Memory};
 pub use import::Import;
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
 pub use peft::{PEFT_MODULES, Peft};
-pub use recipe::{Invalid, Recipe};
+pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
 pub use schedule::{Schedule, ScheduleKind};
 pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};

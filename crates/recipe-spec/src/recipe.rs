@@ -277,15 +277,19 @@ fn named_tables<'a>(cx: &mut Cx, node: &'a Node, path: &str) -> Vec<(String, &'a
 }
 
 /// The longest name a recipe, source or stage may have.
-const MAX_NAME_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = 64;
 
-/// Names become directory names and node names, so they are kept plain: no separator, no
-/// `..`, nothing a file system or a shell treats specially, and short.
-fn check_name(cx: &mut Cx, path: &str, name: &str) {
-    let ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+/// Whether `name` may name a recipe, source or stage. Names become directory names and node
+/// names, so they are kept plain: no separator, no `..`, nothing a file system or a shell
+/// treats specially, and short.
+pub fn is_plain_name(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.len() <= MAX_NAME_LEN;
-    if !ok {
+        && name.len() <= MAX_NAME_LEN
+}
+
+fn check_name(cx: &mut Cx, path: &str, name: &str) {
+    if !is_plain_name(name) {
         let origin = cx.origins.get(path).cloned().unwrap_or_default();
         let shown: String = name.escape_debug().take(MAX_NAME_LEN + 8).collect();
         cx.diags.push(Diagnostic::new(&origin, format!("invalid name `{shown}`")).label(format!(
