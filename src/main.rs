@@ -12,6 +12,7 @@ mod runs;
 mod sample;
 mod smoke;
 mod status;
+mod tensorboard;
 mod train;
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ enum Verb {
         /// `--features cuda` or `--features metal`.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Also write every step's scalars as TensorBoard event files, a folder per stage
+        /// under `RUNS/NAME/_tensorboard/` (`tensorboard --logdir RUNS/NAME/_tensorboard`).
+        #[arg(long)]
+        tensorboard: bool,
     },
     /// Generate text from a finished stage.
     Sample {
@@ -257,8 +262,8 @@ fn main() -> ExitCode {
             );
         }),
         Verb::Plan { recipe, output } => plan::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
-        Verb::Train { recipe, stage, device } => {
-            train::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref(), device)
+        Verb::Train { recipe, stage, device, tensorboard } => {
+            train::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref(), device, *tensorboard)
         }
         Verb::Sample { recipe, overrides, stage, model, prompt, max_tokens, temperature, top_p, seed, chat } => {
             let from = match (model, recipe, stage) {

@@ -83,7 +83,7 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<()
          scratch at d_model 64 for {STEPS} steps, stages with a full-size checkpoint for {STEPS_WITH_CHECKPOINT}",
         small.stages.len()
     );
-    crate::train::run(path, &all, runs, None, device)?;
+    crate::train::run(path, &all, runs, None, device, false)?;
     let graph = load::graph(&small)?;
     let run = RunDir::new(runs, &small.name);
     let mut failures = Vec::new();

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use candle_core::Device;
 use recipe_graph::{Graph, RunDir, State};
 use recipe_run::{Hooks, NodeReport, execute};
+use recipe_train::Observer;
+
+use crate::tensorboard::{Both, TensorBoard};
 use recipe_spec::Recipe;
 
 use crate::{Failure, load};
@@ -118,7 +121,14 @@ fn stages_to_train(
         .collect())
 }
 
-pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, device_name: &str) -> Result<(), Failure> {
+pub fn run(
+    path: &Path,
+    sets: &[String],
+    runs: &Path,
+    stage: Option<&str>,
+    device_name: &str,
+    tensorboard: bool,
+) -> Result<(), Failure> {
     let device = device(device_name)?;
     let recipe = load::load(path, sets)?;
     if let Some(name) = stage {
@@ -129,9 +139,15 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage: Option<&str>, devic
     let interrupt = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(interrupt.clone(), signal.clone())?;
-    let observer = crate::progress::TrainBar::new(stages_to_train(&recipe, &graph, runs, stage)?);
+    let train_bar = crate::progress::TrainBar::new(stages_to_train(&recipe, &graph, runs, stage)?);
+    let events = tensorboard.then(|| TensorBoard::new(&run.root.join(recipe_graph::TENSORBOARD_DIR)));
+    let both = events.as_ref().map(|events| Both(&train_bar, events));
+    let observer: &dyn Observer = match &both {
+        Some(both) => both,
+        None => &train_bar,
+    };
     let bar = crate::progress::Bar::new();
-    let hooks = Hooks { interrupt: &interrupt, observer: &observer, data_progress: &bar };
+    let hooks = Hooks { interrupt: &interrupt, observer, data_progress: &bar };
     let reports = execute(&recipe, &graph, &run, stage, &device, &hooks).map_err(|e| Failure::Run(e.to_string()))?;
     let mut ran = 0;
     for (name, report) in &reports {

@@ -456,6 +456,52 @@ fn recipe_new_writes_starters_that_validate_and_train() {
 }
 
 #[test]
+fn tensorboard_reads_the_event_files_train_writes() {
+    let reader = root().join("assets/tensorboard-py");
+    assert!(reader.is_dir(), "{} is missing: run scripts/fetch-assets.sh", reader.display());
+    let dir = tempfile::tempdir().unwrap();
+    let path = resumable_recipe(dir.path());
+    let runs = dir.path().join("runs");
+    let out = recipe(&["train", path.to_str().unwrap(), "--tensorboard", "--set", "stages.pretrain.steps=12"], &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = r#"
+import glob, json, sys
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.util import tensor_util
+out = {}
+for path in glob.glob(sys.argv[1] + "/pretrain/events.out.tfevents.*"):
+    for event in EventFileLoader(path).Load():
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append([event.step, float(tensor_util.make_ndarray(v.tensor))])
+print(json.dumps(out))
+"#;
+    let read = Command::new("python3")
+        .args(["-c", script])
+        .arg(runs.join("crash/_tensorboard"))
+        .env("PYTHONPATH", &reader)
+        .output()
+        .unwrap();
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let events: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let metrics = std::fs::read_to_string(
+        std::fs::read_dir(runs.join("crash/pretrain")).unwrap().next().unwrap().unwrap().path().join("metrics.jsonl"),
+    )
+    .unwrap();
+    let losses: Vec<(u64, f64)> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect();
+    let logged = events["train/loss"].as_array().unwrap();
+    assert_eq!(logged.len(), 12, "{events}");
+    for ((step, loss), event) in losses.iter().zip(logged) {
+        assert_eq!(event[0].as_u64(), Some(*step));
+        assert_eq!(event[1].as_f64(), Some(*loss as f32 as f64), "step {step}");
+    }
+    assert_eq!(events["train/lr"].as_array().unwrap().len(), 12);
+}
+
+#[test]
 fn train_asks_for_a_device_this_build_has() {
     let runs = tempfile::tempdir().unwrap();
     if !cfg!(feature = "cuda") {

@@ -15,7 +15,7 @@ mod status;
 pub use diff::{Change, Diff, NodeChange, diff, field_changes};
 pub use graph::{Field, Graph, Material, Node, NodeKind, TOKENIZER_NODE, hash_file, tokenize_node};
 pub use rundir::{
-    LOCK_VERSION, Lock, LockEntry, RecordedState, RunDir, Writer, checkpoint_dir, checkpoint_steps, sync_dir,
-    write_atomic,
+    LOCK_VERSION, Lock, LockEntry, RecordedState, RunDir, TENSORBOARD_DIR, Writer, checkpoint_dir, checkpoint_steps,
+    sync_dir, write_atomic,
 };
 pub use status::{NodeStatus, State, describe, status};

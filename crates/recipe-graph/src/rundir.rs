@@ -6,6 +6,7 @@
 //!   <stage>/<key[..12]>/        stage.toml, metrics.jsonl, checkpoints/step-NNNNNN/, final/
 //!   _tokenizer/<key[..12]>/     the trained tokenizer
 //!   _tokens/<source>/<key[..12]>/   token shards of one source
+//!   _tensorboard/<stage>/       TensorBoard event files, when `train --tensorboard` asks
 //! ```
 //!
 //! Every file is written atomically: to a temporary name in the same folder, fsynced, renamed
@@ -51,6 +52,9 @@ pub enum RecordedState {
 }
 
 pub const LOCK_VERSION: u32 = 1;
+
+/// The folder of TensorBoard event files in a run directory, one subfolder per stage.
+pub const TENSORBOARD_DIR: &str = "_tensorboard";
 
 /// The run directory of one recipe.
 #[derive(Clone, Debug)]
@@ -224,6 +228,7 @@ impl RunDir {
         for top in dirs(&self.root)? {
             let holders = match top.file_name().and_then(|n| n.to_str()) {
                 Some("_tokens") => dirs(&top)?,
+                Some(TENSORBOARD_DIR) => continue,
                 _ => vec![top],
             };
             for holder in holders {
