@@ -2,6 +2,7 @@
 //! loader; then per step draw the micro-batches, accumulate gradients, clip, update, log,
 //! checkpoint and evaluate; finally publish the result.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +69,9 @@ pub struct StepMetrics {
     pub loss_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_steps: Option<u64>,
+    /// Tokens of each source in the rows trained so far in this stage (what the mix became).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_tokens: BTreeMap<String, u64>,
 }
 
 /// Receives progress; the binary draws a bar, tests collect the losses.
@@ -143,6 +147,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         r.observer.message(&format!("resuming `{}` from {}", stage.name, ckpt.dir.display()));
     }
     truncate_metrics(&metrics_path, start_step)?;
+    record_session(r.work_dir, start_step, stage, r.device)?;
     let mut metrics_file =
         std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
 
@@ -208,6 +213,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             loss_scale: scaler.as_ref().map(|s| s.scale),
             skipped_steps: (scaler.is_some() || stage.on_nonfinite == OnNonfinite::Skip)
                 .then(|| scaler.as_ref().map_or(0, |s| s.skipped) + nonfinite_skipped),
+            source_tokens: loader.stats().sources.into_iter().map(|s| (s.name, s.tokens)).collect(),
         };
         if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
@@ -423,6 +429,26 @@ fn evaluate(model: &Llama, stores: &Mix, config: &LoaderConfig, stage: &Stage, d
 /// crash is dropped on resume).
 fn append_line(file: &mut std::fs::File, line: &str) -> std::io::Result<()> {
     file.write_all(format!("{line}\n").as_bytes())
+}
+
+/// Append to `sessions.jsonl` where and how this run of the stage trains, so that a report can
+/// say which device and precision produced which steps.
+fn record_session(work_dir: &Path, start_step: u64, stage: &Stage, device: &Device) -> Result<()> {
+    let device = match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    };
+    let line = serde_json::json!({
+        "started_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "start_step": start_step,
+        "device": device,
+        "threads": candle_core::utils::get_num_threads(),
+        "precision": stage.precision,
+    });
+    let path = work_dir.join("sessions.jsonl");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+    append_line(&mut file, &line.to_string()).map_err(io(&path))
 }
 
 /// Drop the lines of steps after `step` (they will be redone after a resume).
