@@ -21,8 +21,25 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(
     let recipe = load::load(path, sets)?;
     let graph = load::graph(&recipe)?;
     let states = load::node_states(&recipe, &graph, runs)?;
-    let state_of = |name: &str| states.iter().find(|s| s.name == name).expect("status covers every node");
+    let doc = document(path, &recipe, &graph, &states, runs)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&doc).expect("plain data"));
+    } else {
+        print!("{}", text(&recipe, &doc));
+    }
+    Ok(())
+}
 
+/// The plan as data: the graph's nodes and, per stage, its costs, data facts and LR curve;
+/// `plan --json` prints it and `report` shows it beside the curves.
+pub fn document(
+    path: &Path,
+    recipe: &Recipe,
+    graph: &Graph,
+    states: &[NodeStatus],
+    runs: &Path,
+) -> Result<Value, Failure> {
+    let state_of = |name: &str| states.iter().find(|s| s.name == name).expect("status covers every node");
     let nodes: Vec<Value> = graph
         .nodes
         .iter()
@@ -39,23 +56,17 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(
         .iter()
         .filter_map(|n| Some((n, recipe.stage(n.stage_name()?)?)))
         .map(|(n, stage)| {
-            let facts = stage_facts(&recipe, stage, &graph, runs)?;
-            Ok(stage_json(&recipe, stage, &n.key, state_of(&n.name), facts.as_ref()))
+            let facts = stage_facts(recipe, stage, graph, runs)?;
+            Ok(stage_json(recipe, stage, &n.key, state_of(&n.name), facts.as_ref()))
         })
         .collect::<Result<_, Failure>>()?;
-    let doc = json!({
+    Ok(json!({
         "recipe": recipe.name,
         "file": path.display().to_string(),
         "run_dir": runs.join(&recipe.name).display().to_string(),
         "nodes": nodes,
         "stages": stages,
-    });
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&doc).expect("plain data"));
-    } else {
-        print!("{}", text(&recipe, &doc));
-    }
-    Ok(())
+    }))
 }
 
 pub fn node_kind(kind: &NodeKind) -> &'static str {

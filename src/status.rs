@@ -70,15 +70,15 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(
 }
 
 /// What a partial stage's `metrics.jsonl` says about how it is going.
-struct Progress {
+pub(crate) struct Progress {
     /// The latest training losses, oldest first (never empty).
     losses: Vec<f64>,
     /// Seconds its remaining steps take at the recent step time.
-    eta_s: Option<f64>,
+    pub eta_s: Option<f64>,
 }
 
 impl Progress {
-    fn of(recipe: &Recipe, run: &RunDir, node: &Node, status: &NodeStatus) -> Option<Progress> {
+    pub(crate) fn of(recipe: &Recipe, run: &RunDir, node: &Node, status: &NodeStatus) -> Option<Progress> {
         if status.state != State::Partial {
             return None;
         }

@@ -210,32 +210,31 @@ impl RunDir {
     /// no node of `graphs` refers to: earlier keys, and stages or sources since removed.
     pub fn unreferenced(&self, graphs: &[&Graph]) -> std::io::Result<Vec<PathBuf>> {
         let current: Vec<PathBuf> = graphs.iter().flat_map(|g| g.nodes.iter().map(|n| self.node_dir(n))).collect();
-        let dirs = |path: &Path| -> std::io::Result<Vec<PathBuf>> {
-            let mut out = Vec::new();
-            for entry in std::fs::read_dir(path)? {
-                let entry = entry?;
-                if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
-                    out.push(entry.path());
-                }
-            }
-            out.sort();
-            Ok(out)
-        };
         let mut found = Vec::new();
         if !self.root.is_dir() {
             return Ok(found);
         }
-        for top in dirs(&self.root)? {
+        for top in subfolders(&self.root)? {
             let holders = match top.file_name().and_then(|n| n.to_str()) {
-                Some("_tokens") => dirs(&top)?,
+                Some("_tokens") => subfolders(&top)?,
                 Some(TENSORBOARD_DIR) => continue,
                 _ => vec![top],
             };
             for holder in holders {
-                found.extend(dirs(&holder)?.into_iter().filter(|key| !current.contains(key)));
+                found.extend(subfolders(&holder)?.into_iter().filter(|key| !current.contains(key)));
             }
         }
         Ok(found)
+    }
+
+    /// The folders of every key this node has had here (its current one among them, once it
+    /// ran), sorted by name; none when it never ran.
+    pub fn key_dirs(&self, node: &Node) -> std::io::Result<Vec<PathBuf>> {
+        let holder = self.node_dir(node).parent().expect("a key folder has a parent").to_path_buf();
+        match subfolders(&holder) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            other => other,
+        }
     }
 
     /// The lock file, or `None` when the recipe has never run here.
@@ -291,6 +290,19 @@ impl RunDir {
             .collect();
         Graph { nodes }
     }
+}
+
+/// The folders in `path` (not those whose names start with a dot: staging and locks), sorted.
+fn subfolders(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The folder of the checkpoint of `step` in a node's `checkpoints/`.
