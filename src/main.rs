@@ -8,6 +8,7 @@ mod plan;
 mod prepare;
 mod progress;
 mod render;
+mod report;
 mod runs;
 mod sample;
 mod smoke;
@@ -147,6 +148,23 @@ enum Verb {
         recipe: RecipeArgs,
         #[command(flatten)]
         output: Output,
+    },
+    /// Write one self-contained HTML page (no network needed to view it) with every stage's
+    /// curves against steps or tokens, the data trained per source against the asked mix,
+    /// the effective config and `plan`'s facts; several recipes, and each stage's earlier
+    /// keys, overlay on the same axes, with their field changes listed.
+    Report {
+        /// The recipes to show; the first is the one the others' changes are listed against.
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        #[command(flatten)]
+        overrides: Overrides,
+        /// The page to write.
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+        /// Earlier keys of each stage to overlay beside its current one, newest first (0: none).
+        #[arg(long, default_value_t = 3)]
+        earlier: usize,
     },
     /// Write a commented starter recipe, NAME.toml, with a small public-domain corpus in
     /// NAME-data/, that validates and trains as written.
@@ -291,6 +309,9 @@ fn main() -> ExitCode {
             prepare::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref())
         }
         Verb::Status { recipe, output } => status::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
+        Verb::Report { recipes, overrides, out, earlier } => {
+            report::run(&report::ReportArgs { recipes, sets: &overrides.sets, runs: &cli.runs, out, earlier: *earlier })
+        }
         Verb::New { kind, name, dir } => new::run(*kind, name, dir),
         Verb::Runs { output } => runs::list(&cli.runs, output.json),
         Verb::Gc { recipes, overrides, yes } => runs::gc(recipes, &overrides.sets, &cli.runs, *yes),
