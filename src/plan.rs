@@ -142,6 +142,7 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
         "reason": will_run_reason(st),
         "after": stage.after,
         "teacher": stage.teacher,
+        "freeze": stage.freeze,
         "params": { "trainable": est.params_trainable, "total": est.params_total },
         "tokens": est.tokens,
         "flops": est.flops,
@@ -230,10 +231,11 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         }
         let trainable = s["params"]["trainable"].as_u64().unwrap_or(0);
         let total = s["params"]["total"].as_u64().unwrap_or(0);
-        let peft = stage
-            .peft
-            .as_ref()
-            .map_or(String::new(), |p| format!("  ({} rank {} on {})", p.method, p.rank, p.targets.join(", ")));
+        let peft = match (&stage.peft, stage.freeze.is_empty()) {
+            (Some(p), _) => format!("  ({} rank {} on {})", p.method, p.rank, p.targets.join(", ")),
+            (None, false) => format!("  (frozen: {})", stage.freeze.patterns.join(", ")),
+            (None, true) => String::new(),
+        };
         let _ =
             writeln!(out, "  params    {} trainable / {} total{peft}", count(trainable as f64), count(total as f64));
         let _ = writeln!(

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_kernels::Dropout;
-use recipe_spec::{Model as Config, Peft, PeftMethod, Precision};
+use recipe_spec::{Freeze, Model as Config, Peft, PeftMethod, Precision, Stage};
 
 /// The dtypes a model trains in: what its trainable weights are stored in (the master copy
 /// the optimizer updates) and what its matrix products and activations compute in. Norm
@@ -148,6 +148,15 @@ impl Llama {
         Llama::assemble(config, params, HashMap::new(), None, device, Dtypes { weights: dtype, compute: dtype })
     }
 
+    /// The model a stage trains from the starting weights `tensors`: LoRA or DoRA adapters over
+    /// them under `peft`, else the weights themselves, less those the stage freezes.
+    pub fn for_stage(stage: &Stage, tensors: Vec<(String, Tensor)>, seed: u64, device: &Device) -> Result<Llama> {
+        match &stage.peft {
+            Some(peft) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
+            None => Llama::from_tensors(&stage.model, tensors, device)?.freeze(&stage.freeze),
+        }
+    }
+
     /// A model that is only run, never trained (a distillation teacher): no weight is a
     /// variable, so its forward pass records no graph.
     pub fn frozen(config: &Config, tensors: Vec<(String, Tensor)>, device: &Device) -> Result<Llama> {
@@ -194,6 +203,20 @@ impl Llama {
             }
         }
         Llama::assemble(config, params, frozen, Some(lora), device, Dtypes::F32)
+    }
+
+    /// The same model with the weights `freeze` names made constant: they take no gradient and
+    /// no optimizer state, and keep the master dtype so that they leave training bit for bit
+    /// as they came.
+    pub fn freeze(self, freeze: &Freeze) -> Result<Llama> {
+        if freeze.is_empty() {
+            return Ok(self);
+        }
+        let (frozen, params): (Vec<Param>, Vec<Param>) = self.params.into_iter().partition(|p| freeze.freezes(&p.name));
+        let mut fixed = self.frozen;
+        fixed.extend(frozen.into_iter().map(|p| (p.name, p.var.as_tensor().detach())));
+        let device = self.rope.0.device().clone();
+        Llama::assemble(&self.config, params, fixed, self.lora, &device, self.dtypes)
     }
 
     /// `tensors` checked against the layout: each present once, with its shape, on `device` in
@@ -246,6 +269,10 @@ impl Llama {
         if dtypes == self.dtypes {
             return Ok(self);
         }
+        // PEFT's base weights and a teacher's are only computed with, so they are kept in the
+        // compute dtype; weights frozen beside trainable ones are part of the result and keep
+        // the master dtype (and are cast where used, like a trainable weight).
+        let kept = if self.lora.is_some() || self.params.is_empty() { dtypes.compute } else { dtypes.weights };
         let params = self
             .params
             .into_iter()
@@ -254,7 +281,7 @@ impl Llama {
         let frozen = self
             .frozen
             .into_iter()
-            .map(|(name, t)| Ok((name, t.to_dtype(dtypes.compute)?)))
+            .map(|(name, t)| Ok((name, t.to_dtype(kept)?)))
             .collect::<Result<HashMap<_, _>>>()?;
         let device = self.rope.0.device().clone();
         Llama::assemble(&self.config, params, frozen, self.lora, &device, dtypes)
@@ -319,7 +346,7 @@ impl Llama {
     fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
         let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)) else {
             return match self.frozen.get(name) {
-                Some(w) => recipe_kernels::frozen_linear(x, w),
+                Some(w) => recipe_kernels::frozen_linear(x, &w.to_dtype(self.dtypes.compute)?),
                 None => x.matmul(&self.p(name)?.t()?),
             };
         };

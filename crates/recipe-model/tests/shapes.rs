@@ -28,11 +28,7 @@ fn plan_counts_the_parameters_of_the_model_that_trains() {
                 .into_iter()
                 .map(|(name, shape, _)| (name, Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap()))
                 .collect();
-            let model = match &stage.peft {
-                Some(peft) => Llama::with_lora(&stage.model, base, peft, 0, &Device::Cpu),
-                None => Llama::from_tensors(&stage.model, base, &Device::Cpu),
-            }
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let model = Llama::for_stage(stage, base, 0, &Device::Cpu).unwrap_or_else(|e| panic!("{what}: {e}"));
             let estimate = stage.estimate(&recipe);
             let weights = model.weights().unwrap();
             let total: usize = weights.iter().map(|(_, t)| t.elem_count()).sum();

@@ -71,7 +71,13 @@ impl Model {
 impl Stage {
     pub fn trainable_params(&self) -> u64 {
         match &self.peft {
-            None => self.model.param_count(),
+            None => self
+                .model
+                .layout()
+                .iter()
+                .filter(|(n, _, _)| !self.freeze.freezes(n))
+                .map(|(_, s, _)| elements(s))
+                .sum(),
             Some(p) => {
                 let per_layer: u64 = p
                     .targets
@@ -95,13 +101,24 @@ impl Stage {
         let m = &self.model;
         let total = m.param_count();
         let trainable = self.trainable_params();
-        let frozen = total - if self.peft.is_some() { 0 } else { trainable };
+        let frozen = if self.peft.is_some() { total } else { total - trainable };
         let tokens = self.tokens() as f64;
         let (s, l, d) = (self.seq_len as f64, m.n_layers as f64, m.d_model as f64);
         let attention = 12.0 * l * s * d;
-        let dense = match self.peft {
-            None => 6.0 * m.matmul_params() as f64,
-            Some(_) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
+        // Forward 2·N and input gradients 2·N; weight gradients 2·N only for the matrices that
+        // train (a frozen one computes none; PEFT's adapters also run forward and backward).
+        let dense = match (&self.peft, self.freeze.is_empty()) {
+            (None, true) => 6.0 * m.matmul_params() as f64,
+            (None, false) => {
+                let frozen_matmul: u64 = m
+                    .layout()
+                    .iter()
+                    .filter(|(n, _, decay)| *decay && self.freeze.freezes(n))
+                    .map(|(_, s, _)| elements(s))
+                    .sum();
+                6.0 * m.matmul_params() as f64 - 2.0 * frozen_matmul as f64
+            }
+            (Some(_), _) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
         };
         let stage_teachers = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model);
         let teachers: Vec<&Model> = stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).collect();

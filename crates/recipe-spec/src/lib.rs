@@ -21,6 +21,7 @@ mod decode;
 mod diag;
 mod distill;
 mod estimate;
+mod freeze;
 mod import;
 mod model;
 mod peft;
@@ -37,6 +38,7 @@ pub use checkpoint::{CheckpointInfo, CheckpointReader, TokenizerFacts, Tokenizer
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
 pub use distill::Distill;
 pub use estimate::{Estimate, Memory};
+pub use freeze::Freeze;
 pub use import::Import;
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
 pub use peft::{PEFT_MODULES, Peft};

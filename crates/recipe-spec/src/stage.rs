@@ -10,6 +10,7 @@ use crate::checkpoint::CheckpointReader;
 use crate::decode::{self, Cx, Fields, check_range, only_for};
 use crate::diag::{Diagnostic, Origin, list_or_none, suggestion};
 use crate::distill::Distill;
+use crate::freeze::{Freeze, decode_freeze};
 use crate::import::{Import, import_architecture, import_teacher, is_path};
 use crate::model::{Model, ModelSpec, check_model, check_vocab, model_field_path};
 use crate::peft::Peft;
@@ -61,6 +62,9 @@ pub struct Stage {
     pub on_nonfinite: OnNonfinite,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peft: Option<Peft>,
+    /// Default none: weights that keep their starting values.
+    #[serde(skip_serializing_if = "Freeze::is_empty")]
+    pub freeze: Freeze,
     /// `distill` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distill: Option<Distill>,
@@ -128,6 +132,7 @@ const STAGE_KEYS: &[&str] = &[
     "precision",
     "on_nonfinite",
     "peft",
+    "freeze",
     "distill",
     "checkpoint_every",
     "keep_checkpoints",
@@ -259,6 +264,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
     let precision = f.word::<Precision>(cx, "precision").unwrap_or(Precision::F32);
     let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft")));
+    let freeze = decode_freeze(cx, &f, &model, peft.is_some());
     let distill = f.get("distill").map(|node| Distill::decode(cx, node, &f.child_path("distill")));
     only_for(cx, &f, "distill", distill.is_some(), kind == StageKind::Distill, "kind = \"distill\"");
     let distill = match kind {
@@ -307,6 +313,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         precision,
         on_nonfinite: f.word::<OnNonfinite>(cx, "on_nonfinite").unwrap_or(OnNonfinite::Stop),
         peft,
+        freeze,
         distill,
         checkpoint_every: f.opt(cx, "checkpoint_every", decode::count).unwrap_or(100),
         keep_checkpoints: f.opt(cx, "keep_checkpoints", decode::size(1, 1 << 20)).unwrap_or(3),

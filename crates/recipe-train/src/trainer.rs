@@ -265,15 +265,12 @@ pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: 
         (None, None) => None,
     };
     let model = match source {
-        None => Llama::init(&stage.model, seed, device)?,
+        None => Llama::init(&stage.model, seed, device)?.freeze(&stage.freeze)?,
         Some((path, format)) => {
             let tensors = load_checkpoint(path, format, &stage.model)
                 .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
-            let model = match &stage.peft {
-                Some(peft) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
-                None => Llama::from_tensors(&stage.model, tensors, device),
-            };
-            model.map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))?
+            Llama::for_stage(stage, tensors, seed, device)
+                .map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))?
         }
     };
     Ok(model.in_precision(Dtypes::of(stage.precision))?)
