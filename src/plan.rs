@@ -143,6 +143,7 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
         "after": stage.after,
         "teacher": stage.teacher,
         "freeze": stage.freeze,
+        "average": stage.average,
         "params": { "trainable": est.params_trainable, "total": est.params_total },
         "tokens": est.tokens,
         "flops": est.flops,
@@ -238,6 +239,16 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         };
         let _ =
             writeln!(out, "  params    {} trainable / {} total{peft}", count(trainable as f64), count(total as f64));
+        if let Some(a) = &stage.average {
+            let how = match (a.decay, a.every, a.window) {
+                (Some(decay), _, _) => format!("EMA, decay {decay}"),
+                (_, Some(every), Some(window)) => {
+                    format!("LAWA, the latest {window} snapshots taken every {every} steps")
+                }
+                _ => a.kind.to_string(),
+            };
+            let _ = writeln!(out, "  average   {how}; the result is the {} weights", a.result);
+        }
         let _ = writeln!(
             out,
             "  tokens    {}  ({} steps × {} sequences × {}; micro-batch {})",

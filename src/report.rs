@@ -232,6 +232,7 @@ fn curves(lines: &[Value], positions: u64) -> Value {
             "step": evals.iter().map(|l| l["step"].as_u64().unwrap_or(0)).collect::<Vec<_>>(),
             "tokens": evals.iter().map(|l| tokens_at(l)).collect::<Vec<_>>(),
             "loss": evals.iter().map(|l| l["eval_loss"].as_f64()).collect::<Vec<_>>(),
+            "loss_avg": evals.iter().map(|l| l["eval_loss_avg"].as_f64()).collect::<Vec<_>>(),
         },
         "source_tokens": steps.last().map_or(Value::Null, |l| l["source_tokens"].clone()),
         "last_step": steps.last().and_then(|l| l["step"].as_u64()),

@@ -1,6 +1,7 @@
 //! `recipe smoke`: shrink the recipe — widths, depth, steps, sequence length, a slice of each
 //! source and, when it trains one, the tokenizer — keeping its graph and every feature it uses
-//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining, LoRA, distillation),
+//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining, LoRA, distillation,
+//! freezing, weight averaging),
 //! train every stage in a separate run directory, and fail if a loss is not finite or does not
 //! fall. An imported checkpoint keeps its real size (its architecture is fixed), so a stage
 //! that imports one, or distills from one, takes fewer and smaller steps.
@@ -23,10 +24,14 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     let mut sets = vec![format!("recipe.name=\"{}-smoke\"", recipe.name)];
     let gqa = |kv: u32, heads: u32| if kv < heads { 2 } else { 4 };
     let base = recipe.model.resolve(None);
+    // Deep enough for every layer a `freeze` pattern names.
+    let depth = |at_least: u32| {
+        recipe.stages.iter().filter_map(|s| s.freeze.deepest_layer()).map(|l| l + 1).fold(at_least, u32::max)
+    };
     if recipe.model.from.is_none() {
         sets.extend([
             "model.d_model=64".to_string(),
-            "model.n_layers=2".into(),
+            format!("model.n_layers={}", depth(2)),
             "model.n_heads=4".into(),
             format!("model.n_kv_heads={}", gqa(base.n_kv_heads, base.n_heads)),
             "model.d_ff=128".into(),
@@ -56,6 +61,9 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
             format!("{p}.checkpoint_every=15"),
             format!("{p}.log_every=10"),
         ]);
+        if let Some(every) = st.average.as_ref().and_then(|a| a.every) {
+            sets.push(format!("{p}.average.every={}", every.min(steps / 5)));
+        }
         if st.eval.every > 0 {
             sets.extend([format!("{p}.eval.every={}", steps / 2), format!("{p}.eval.batches=2")]);
         }
@@ -63,7 +71,7 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
             let m = &st.model;
             sets.extend([
                 format!("{p}.model.d_model=32"),
-                format!("{p}.model.n_layers=1"),
+                format!("{p}.model.n_layers={}", depth(1)),
                 format!("{p}.model.n_heads=2"),
                 format!("{p}.model.n_kv_heads={}", if m.n_kv_heads < m.n_heads { 1 } else { 2 }),
                 format!("{p}.model.d_ff=64"),

@@ -235,6 +235,7 @@
       if (c.loss && c.loss.length) lines.push({ label: `${s.label} train`, colour: s.colour, dashed: s.dashed, xs: c[view.x], ys: smooth(c.loss, view.smoothing), raw: view.smoothing ? c.loss : null });
       const e = s.key.curves.eval;
       if (e.loss.length) lines.push({ label: `${s.label} held-out`, colour: s.colour, dashed: true, dots: true, xs: e[view.x], ys: e.loss });
+      if (e.loss_avg.some((y) => y !== null)) lines.push({ label: `${s.label} held-out, averaged weights`, colour: s.colour, dashed: true, dots: true, xs: e[view.x], ys: e.loss_avg });
     }
     return lineChart('loss (train, and held-out dashed)', lines, { log: view.logLoss });
   }

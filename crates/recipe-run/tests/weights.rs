@@ -1,9 +1,11 @@
 //! Recipes that act on weights: frozen weights leave a stage bit for bit as they came, in
-//! every precision, and hold no gradient and no optimizer state.
+//! every precision, and hold no gradient and no optimizer state; weight averaging (EMA, LAWA)
+//! never changes training, resumes exactly, and gives the stage's result when asked.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
 use recipe_checkpoint::Headers;
@@ -49,22 +51,54 @@ optim = {{ lr = 1e-2 }}
     Recipe::parse(&dir.join("r.toml"), &text, sets, &Headers).map_err(|e| e.to_string())
 }
 
-struct Quiet;
+/// Raises the interrupt flag once `stop_at` steps of a stage are done.
+struct Stopper<'a> {
+    stage: Mutex<String>,
+    stop_at: Option<(&'a str, u64)>,
+    flag: &'a AtomicBool,
+}
 
-impl Observer for Quiet {
-    fn start(&self, _: &str, _: u64, _: u64) {}
-    fn step(&self, _: &StepMetrics) {}
+impl Observer for Stopper<'_> {
+    fn start(&self, stage: &str, _: u64, _: u64) {
+        *self.stage.lock().unwrap() = stage.to_string();
+    }
+    fn step(&self, m: &StepMetrics) {
+        if self.stop_at == Some((self.stage.lock().unwrap().as_str(), m.step)) {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
     fn message(&self, _: &str) {}
     fn finish(&self) {}
 }
 
 fn train(r: &Recipe, runs: &Path) -> RunDir {
+    train_until(r, runs, None)
+}
+
+fn train_until(r: &Recipe, runs: &Path, stop_at: Option<(&str, u64)>) -> RunDir {
     let graph = Graph::build(r).unwrap();
     let run = RunDir::new(runs, &r.name);
     let flag = AtomicBool::new(false);
-    let hooks = Hooks { interrupt: &flag, observer: &Quiet, data_progress: &recipe_data::Silent };
+    let observer = Stopper { stage: Mutex::new(String::new()), stop_at, flag: &flag };
+    let hooks = Hooks { interrupt: &flag, observer: &observer, data_progress: &recipe_data::Silent };
     execute(r, &graph, &run, None, &Device::Cpu, &hooks).unwrap();
     run
+}
+
+/// A stage's metrics lines and its final weights' bytes.
+fn results(r: &Recipe, run: &RunDir, stage: &str) -> (Vec<serde_json::Value>, Vec<u8>) {
+    let dir = node_dir(r, run, stage);
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (lines, std::fs::read(dir.join("final/model.safetensors")).unwrap())
+}
+
+/// What training did, leaving out what differs between runs (the time a step took).
+fn trained(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| format!("{} {} {} {} {}", l["step"], l["loss"], l["grad_norm"], l["eval_loss"], l["eval_loss_avg"]))
+        .collect()
 }
 
 fn node_dir(r: &Recipe, run: &RunDir, stage: &str) -> PathBuf {
@@ -154,4 +188,44 @@ fn freeze_patterns_are_checked_against_the_stage_model() {
     assert!(reversed.contains("is not a weight pattern"), "{reversed}");
     let everything = check(r#"["embed_tokens", "layers", "norm", "lm_head"]"#);
     assert!(everything.contains("nothing is left to train"), "{everything}");
+}
+
+#[test]
+fn weight_averaging_never_changes_training_resumes_exactly_and_gives_the_result() {
+    for average in [r#"{ kind = "ema", decay = 0.9 }"#, r#"{ kind = "lawa", every = 2, window = 3 }"#] {
+        let tail = format!(
+            r#"
+[stages.averaged]
+kind = "pretrain"
+after = "pretrain"
+steps = 10
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ moby = 1 }} }}
+optim = {{ lr = 1e-2 }}
+average = {average}
+eval = {{ every = 5, batches = 2 }}
+checkpoint_every = 3
+"#
+        );
+        let raw = ["stages.averaged.average.use=\"raw\"".to_string()];
+        let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let r = recipe(a.path(), &tail, &[]);
+        let straight = results(&r, &train(&r, a.path()), "averaged");
+        // Interrupted after step 7 (its checkpoint: 6 is the last before it), then resumed.
+        let r = recipe(b.path(), &tail, &[]);
+        train_until(&r, b.path(), Some(("averaged", 7)));
+        let resumed = results(&r, &train(&r, b.path()), "averaged");
+        assert_eq!(trained(&straight.0), trained(&resumed.0), "{average}: resumed metrics");
+        assert!(straight.1 == resumed.1, "{average}: resumed result");
+        // The same stage keeping its raw weights trains identically, and its result differs.
+        let r = recipe(c.path(), &tail, &raw);
+        let kept_raw = results(&r, &train(&r, c.path()), "averaged");
+        let losses = |lines: &[serde_json::Value]| lines.iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
+        assert_eq!(losses(&straight.0), losses(&kept_raw.0), "{average}: averaging changed training");
+        assert!(straight.1 != kept_raw.1, "{average}: the result is the average, not the raw weights");
+        let evals: Vec<_> =
+            straight.0.iter().filter(|l| l["eval_loss_avg"].is_number()).map(|l| l["step"].as_u64()).collect();
+        assert_eq!(evals, [Some(5), Some(10)], "{average}");
+    }
 }

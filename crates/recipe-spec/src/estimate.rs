@@ -27,7 +27,8 @@ pub struct Memory {
     /// Model weights, with the f32 master copy under mixed precision.
     pub weights: u64,
     pub grads: u64,
-    /// AdamW's two f32 moments per trainable parameter.
+    /// AdamW's two f32 moments per trainable parameter, and the averaged copies of an
+    /// `average`d stage (one for EMA, `window` for LAWA, in f32).
     pub optimizer: u64,
     /// Activations kept for the backward pass of one micro-batch, logits included.
     pub activations: u64,
@@ -143,7 +144,8 @@ impl Stage {
         let memory = Memory {
             weights,
             grads: trainable * grad_bytes,
-            optimizer: trainable * 8,
+            optimizer: trainable * 8
+                + trainable * 4 * self.average.as_ref().map_or(0, |a| a.window.unwrap_or(1) as u64),
             activations,
             teachers: teacher_bytes,
             total: 0,

@@ -27,6 +27,18 @@ impl Freeze {
         let short = short_name(name);
         self.patterns.iter().any(|p| matches(p, short))
     }
+
+    /// The deepest layer a pattern names (`layers.3`, the upper end of `layers.0-5`), for
+    /// shrinking a model without making a pattern name nothing.
+    pub fn deepest_layer(&self) -> Option<u32> {
+        self.patterns
+            .iter()
+            .filter_map(|p| {
+                let part = p.strip_prefix("layers.")?.split('.').next()?;
+                range(part).map(|(_, hi)| hi).or_else(|| part.parse().ok())
+            })
+            .max()
+    }
 }
 
 /// `model.layers.3.mlp.up_proj.weight` → `layers.3.mlp.up_proj`.
@@ -139,5 +151,7 @@ mod tests {
         assert!(f("norm").freezes("model.norm.weight"));
         assert!(!f("norm").freezes("model.layers.0.input_layernorm.weight"));
         assert!(f("lm_head").freezes("lm_head.weight"));
+        let deep = Freeze { patterns: vec!["embed_tokens".into(), "layers.0-5.mlp".into(), "layers.7".into()] };
+        assert_eq!((deep.deepest_layer(), f("layers.*").deepest_layer()), (Some(7), None));
     }
 }

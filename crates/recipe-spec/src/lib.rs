@@ -14,6 +14,7 @@
 //! `distill`, and `import` for checkpoints a stage names), each with its type, defaults and
 //! decoding; `vocab` is the leaf of shared words; `tree`, `decode` and `diag` are the machinery.
 
+mod average;
 mod canonical;
 mod checkpoint;
 mod checks;
@@ -33,6 +34,7 @@ mod tokenizer;
 mod tree;
 mod vocab;
 
+pub use average::Average;
 pub use canonical::flatten;
 pub use checkpoint::{CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf};
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
@@ -48,6 +50,6 @@ pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, LossOn, OnError, OnNonfinite, Packing, PeftMethod,
-    Precision, SourceFormat, StageKind, TokenDtype,
+    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, LossOn, OnError, OnNonfinite,
+    Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
 };

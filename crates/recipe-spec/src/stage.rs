@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::average::Average;
 use crate::checkpoint::CheckpointReader;
 use crate::decode::{self, Cx, Fields, check_range, only_for};
 use crate::diag::{Diagnostic, Origin, list_or_none, suggestion};
@@ -62,6 +63,9 @@ pub struct Stage {
     pub on_nonfinite: OnNonfinite,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peft: Option<Peft>,
+    /// Default none: weights averaged while training (EMA or LAWA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub average: Option<Average>,
     /// Default none: weights that keep their starting values.
     #[serde(skip_serializing_if = "Freeze::is_empty")]
     pub freeze: Freeze,
@@ -133,6 +137,7 @@ const STAGE_KEYS: &[&str] = &[
     "on_nonfinite",
     "peft",
     "freeze",
+    "average",
     "distill",
     "checkpoint_every",
     "keep_checkpoints",
@@ -265,6 +270,17 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let precision = f.word::<Precision>(cx, "precision").unwrap_or(Precision::F32);
     let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft")));
     let freeze = decode_freeze(cx, &f, &model, peft.is_some());
+    let average = f.get("average").map(|node| Average::decode(cx, node, &f.child_path("average")));
+    if let Some(every) = average.as_ref().and_then(|a| a.every).filter(|every| *every > steps) {
+        let origin = cx.origins.get(&f.child_path("average.every")).cloned().unwrap_or_default();
+        cx.diags.push(
+            Diagnostic::new(
+                &origin,
+                format!("LAWA's first snapshot would come at step {every}, after the stage's {steps} steps"),
+            )
+            .label(format!("expected at most {steps}")),
+        );
+    }
     let distill = f.get("distill").map(|node| Distill::decode(cx, node, &f.child_path("distill")));
     only_for(cx, &f, "distill", distill.is_some(), kind == StageKind::Distill, "kind = \"distill\"");
     let distill = match kind {
@@ -314,6 +330,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         on_nonfinite: f.word::<OnNonfinite>(cx, "on_nonfinite").unwrap_or(OnNonfinite::Stop),
         peft,
         freeze,
+        average,
         distill,
         checkpoint_every: f.opt(cx, "checkpoint_every", decode::count).unwrap_or(100),
         keep_checkpoints: f.opt(cx, "keep_checkpoints", decode::size(1, 1 << 20)).unwrap_or(3),

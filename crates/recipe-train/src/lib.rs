@@ -3,13 +3,15 @@
 //! weights and, for f16, a loss scaler; or pure bf16) on the device the caller picks; per step
 //! draw the micro-batches, accumulate gradients, clip, update with AdamW (decoupled weight
 //! decay, f32 moments updated in place), follow the recipe's LR schedule, log `metrics.jsonl`,
-//! evaluate on held-out data and write checkpoints that resume bit-exactly. Its objectives are
+//! evaluate on held-out data, average weights (EMA, LAWA; `average`) and write checkpoints that
+//! resume bit-exactly. Its objectives are
 //! cross-entropy over masked targets and, for distillation, a KD term against frozen teachers
 //! (`distill`). It returns the trained model: where a stage's folder is, publishing its result
 //! and recording it in the lock belong to the executor (`recipe-run`). Progress goes to an
 //! [`Observer`]; nothing here prints.
 
 mod adamw;
+mod average;
 pub mod distill;
 mod error;
 mod scaler;

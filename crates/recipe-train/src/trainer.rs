@@ -12,10 +12,11 @@ use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Batch, Loader, LoaderConfig, LoaderState, Mix, Split};
 use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy};
-use recipe_spec::{CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
+use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::{AdamW, clip_factor};
+use crate::average::{Averager, set_weights, with_weights};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
 use crate::scaler::LossScaler;
@@ -56,6 +57,9 @@ pub struct StepMetrics {
     pub eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_ppl: Option<f64>,
+    /// The held-out loss of the averaged weights (a stage with `average`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss_avg: Option<f64>,
     /// Distillation only: the cross-entropy on the data and the KD term (T² included) that
     /// `loss` mixes as alpha·KD + (1 − alpha)·CE.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +130,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let loader_config = |split| LoaderConfig::of_stage(recipe, stage, split);
     let mut loader = Loader::new(r.stores.clone(), &loader_config(Split::Train))?;
 
+    let mut averager = stage.average.as_ref().map(|a| Averager::new(a, &model)).transpose()?;
     let mut start_step = 0;
     let mut nonfinite_skipped = 0;
     let warn = |text: String| {
@@ -139,6 +144,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         }
         optimizer.restore(ckpt.state.optimizer_steps.unwrap_or(ckpt.state.step), &ckpt.optimizer)?;
         loader.restore(ckpt.state.loader.clone());
+        if let Some(averager) = averager.as_mut() {
+            averager.restore(&ckpt.optimizer)?;
+        }
         if scaler.is_some() {
             scaler = ckpt.state.scaler.clone();
         }
@@ -177,6 +185,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             false => f64::NAN,
         };
         let done = step + 1;
+        if let Some(averager) = averager.as_mut() {
+            averager.after_step(&model, done)?;
+        }
         // A loss scaler handles overflowing f16 gradients itself.
         if !loss.is_finite() || (scaler.is_none() && !grad_norm.is_finite()) {
             match stage.on_nonfinite {
@@ -208,6 +219,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             loss_tokens,
             eval_loss: None,
             eval_ppl: None,
+            eval_loss_avg: None,
             ce_loss: terms.map(|t| t.0),
             kd_loss: terms.map(|t| t.1),
             loss_scale: scaler.as_ref().map(|s| s.scale),
@@ -219,6 +231,12 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
             m.eval_loss = Some(eval);
             m.eval_ppl = Some(eval.exp());
+            if let Some(weights) = averager.as_ref().map(Averager::averaged).transpose()?.flatten() {
+                let eval_avg = with_weights(&model, &weights, || {
+                    evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)
+                })??;
+                m.eval_loss_avg = Some(eval_avg);
+            }
         }
         append_line(&mut metrics_file, &serde_json::to_string(&m).expect("plain data")).map_err(io(&metrics_path))?;
         if done % stage.log_every == 0 || done == stage.steps {
@@ -241,7 +259,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 done,
                 &state,
                 &model.trainable_tensors(),
-                &optimizer.state_tensors()?,
+                &[optimizer.state_tensors()?, averager.as_ref().map(Averager::state_tensors).unwrap_or_default()]
+                    .concat(),
                 stage.keep_checkpoints as usize,
             )?;
             tracing::debug!("checkpoint {}", dir.display());
@@ -250,6 +269,12 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 return Ok(Outcome::Interrupted(done));
             }
         }
+    }
+    if let Some(averager) = &averager
+        && stage.average.as_ref().is_some_and(|a| a.result == AverageUse::Average)
+        && let Some(weights) = averager.averaged()?
+    {
+        set_weights(&model, &weights)?;
     }
     r.observer.finish();
     Ok(Outcome::Finished(Box::new(model)))
