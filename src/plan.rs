@@ -141,6 +141,7 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
         "state": st.state,
         "reason": will_run_reason(st),
         "after": stage.after,
+        "init": stage.init,
         "teacher": stage.teacher,
         "freeze": stage.freeze,
         "average": stage.average,
@@ -205,10 +206,20 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             m.vocab_size,
             if m.tie_embeddings { " · tied" } else { "" }
         );
-        let start = match (&stage.after, &m.from) {
-            (Some(after), _) => Some(format!("the final weights of `{after}`")),
-            (None, Some(from)) => Some(format!("{from} (architecture read from it)")),
-            (None, None) => None,
+        let start = match (&stage.after, &stage.init, &m.from) {
+            (Some(after), _, _) => Some(format!("the final weights of `{after}`")),
+            (None, Some(init), _) => Some(format!(
+                "the final weights of `{}`, its {} layers stacked {}× ({})",
+                init.from,
+                m.n_layers / init.factor,
+                init.factor,
+                init.kind
+            )),
+            (None, None, Some(from)) => Some(match m.layers {
+                Some([first, end]) => format!("{from}, its layers {first}-{} (architecture read from it)", end - 1),
+                None => format!("{from} (architecture read from it)"),
+            }),
+            (None, None, None) => None,
         };
         if let Some(start) = start {
             let _ = writeln!(out, "  from      {start}");

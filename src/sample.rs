@@ -71,7 +71,7 @@ fn stage_model(path: &Path, sets: &[String], name: &str, runs: &Path) -> Result<
         .map_err(|e| fail(&e))?;
     let Some(newest) = newest else { return Err(load::no_result(&recipe, stage)) };
     tracing::info!("`{name}` is still training: sampling its checkpoint {}", newest.dir.display());
-    let start_from = stage.after.as_ref().map(|a| run.final_dir(graph.node(a).expect("validated")));
+    let start_from = stage.start_stage().map(|a| run.final_dir(graph.node(a).expect("validated")));
     let model =
         recipe_train::build_model(stage, start_from.as_deref(), recipe.seed, &Device::Cpu).map_err(|e| fail(&e))?;
     for p in &model.params {

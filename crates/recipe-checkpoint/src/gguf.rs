@@ -53,6 +53,7 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         norm_eps: Some(round_to_f32_precision(float("llama.attention.layer_norm_rms_epsilon", 1e-5))),
         init_std: None,
         from: None,
+        layers: None,
     })
 }
 

@@ -1,5 +1,5 @@
 //! The stage graph: one node for tokenizer training (when asked), one per tokenized source,
-//! one per stage; edges from `after`, `teacher`, data and tokenizer use; a content key per node.
+//! one per stage; edges from `after`, `init`, `teacher`, data and tokenizer use; a content key per node.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -129,7 +129,7 @@ impl Graph {
                 m.files.insert(teacher.written.clone(), hash_path(&teacher.path)?);
             }
             let mut inputs: Vec<String> = stage.data.mix.iter().map(|(s, _)| tokenize_node(s)).collect();
-            inputs.extend(stage.after.iter().cloned());
+            inputs.extend(stage.start_stage().map(str::to_string));
             inputs.extend(stage.teacher.iter().cloned());
             for input in inputs {
                 let key = key_of(&nodes, &input);
@@ -156,7 +156,7 @@ impl Graph {
     }
 }
 
-/// Stages ordered so that each comes after its `after` and `teacher` stages; ties keep the
+/// Stages ordered so that each comes after the stages it starts from and learns from; ties keep the
 /// recipe's order. The recipe was checked to be acyclic.
 fn topological_stages(recipe: &Recipe) -> Vec<&Stage> {
     let mut done: Vec<&Stage> = Vec::new();
@@ -164,7 +164,7 @@ fn topological_stages(recipe: &Recipe) -> Vec<&Stage> {
         let before = done.len();
         for s in &recipe.stages {
             let placed = |n: &String| done.iter().any(|d| &d.name == n);
-            if !placed(&s.name) && s.after.iter().chain(&s.teacher).all(placed) {
+            if !placed(&s.name) && s.start_stage().map(str::to_string).iter().chain(&s.teacher).all(placed) {
                 done.push(s);
             }
         }

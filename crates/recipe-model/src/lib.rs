@@ -5,7 +5,8 @@
 //! cross-entropy over masked targets, and generation with a key/value cache. Tensors carry
 //! Hugging Face Llama names, so saving and loading (`save_pretrained`, `load_pretrained`)
 //! are a thin layer over `recipe-checkpoint`'s formats. It knows nothing of recipes beyond the
-//! `[model]` and `peft` tables, nor of data, optimizers or the run directory.
+//! `[model]`, `peft` and `freeze` tables, nor of data, optimizers or the run directory. Weights
+//! can be frozen, and layers repeated or sliced (`remap_layers`) to grow or shrink a model.
 
 mod generate;
 mod llama;
@@ -15,3 +16,4 @@ mod pretrained;
 pub use generate::{Sampling, generate};
 pub use llama::{Dtypes, KvCache, Llama, Lora, Param, document_mask, lora_names, magnitude_name};
 pub use loss::masked_cross_entropy;
+pub use pretrained::remap_layers;

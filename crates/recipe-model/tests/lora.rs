@@ -22,6 +22,7 @@ fn config() -> Model {
         norm_eps: 1e-5,
         init_std: 0.3,
         from: None,
+        layers: None,
         import: None,
     }
 }

@@ -21,6 +21,7 @@ fn tiny(tie: bool) -> Model {
         norm_eps: 1e-5,
         init_std: 0.3,
         from: None,
+        layers: None,
         import: None,
     }
 }

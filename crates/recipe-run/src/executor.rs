@@ -233,7 +233,7 @@ fn run_stage(
         recipe,
         stage,
         work_dir: &work_dir,
-        start_from: stage.after.as_ref().map(|a| run.final_dir(graph.node(a).expect("validated"))),
+        start_from: stage.start_stage().map(|a| run.final_dir(graph.node(a).expect("validated"))),
         teachers: load_teachers(recipe, graph, run, stage, device)?,
         stores,
         device,
@@ -244,7 +244,7 @@ fn run_stage(
         Outcome::Finished(model) => model,
         Outcome::Interrupted(step) => return Ok(NodeReport::Interrupted(step)),
     };
-    let base_model = match (&stage.after, &stage.model.from) {
+    let base_model = match (stage.start_stage(), &stage.model.from) {
         (Some(after), _) => format!("{}/{after}", recipe.name),
         (None, Some(from)) => from.clone(),
         (None, None) => String::new(),

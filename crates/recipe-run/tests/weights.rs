@@ -20,6 +20,11 @@ fn recipe(dir: &Path, tail: &str, sets: &[String]) -> Recipe {
 
 /// A pretraining stage, then `tail` (stage tables) after it; an invalid one as its errors.
 fn parse(dir: &Path, tail: &str, sets: &[String]) -> Result<Recipe, String> {
+    parse_with(dir, "train = { vocab_size = 400 }", tail, sets)
+}
+
+/// Like [`parse`], with `tokenizer` as the `[tokenizer]` table's body.
+fn parse_with(dir: &Path, tokenizer: &str, tail: &str, sets: &[String]) -> Result<Recipe, String> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/moby-dick");
     let text = format!(
         r#"
@@ -34,7 +39,7 @@ n_kv_heads = 2
 d_ff = 64
 max_seq_len = 32
 [tokenizer]
-train = {{ vocab_size = 400 }}
+{tokenizer}
 [sources.moby]
 path = "{}/chapter_1*.txt"
 holdout = 0.2
@@ -228,4 +233,93 @@ checkpoint_every = 3
             straight.0.iter().filter(|l| l["eval_loss_avg"].is_number()).map(|l| l["step"].as_u64()).collect();
         assert_eq!(evals, [Some(5), Some(10)], "{average}");
     }
+}
+
+/// Each weight of `model` by name, as f32 bits.
+fn weight_bits(model: &recipe_model::Llama) -> HashMap<String, Vec<u32>> {
+    model.weights().unwrap().iter().map(|(n, t)| (n.clone(), bits(t))).collect()
+}
+
+/// `name` with its layer number replaced: `model.layers.4.x` → `model.layers.{to}.x`.
+fn in_layer(name: &str, to: u32) -> String {
+    let rest = name.strip_prefix("model.layers.").unwrap();
+    format!("model.layers.{to}.{}", rest.split_once('.').unwrap().1)
+}
+
+#[test]
+fn a_stacked_stage_starts_from_its_source_layers_repeated_and_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let tail = r#"
+[stages.big]
+kind = "pretrain"
+init = { kind = "stack", from = "pretrain", factor = 2 }
+steps = 4
+seq_len = 32
+batch_size = 4
+data = { mix = { moby = 1 } }
+"#;
+    let r = recipe(dir.path(), tail, &[]);
+    let big = r.stage("big").unwrap();
+    assert_eq!(big.model.n_layers, 6, "3 layers stacked twice");
+    assert_eq!(big.layer_map(), Some(vec![0, 1, 2, 0, 1, 2]));
+    let run = train(&r, dir.path());
+    let source = node_dir(&r, &run, "pretrain").join("final");
+    let small = tensors(&source.join("model.safetensors"));
+    let grown = recipe_train::build_model(big, Some(&source), r.seed, &Device::Cpu).unwrap();
+    let grown = weight_bits(&grown);
+    assert_eq!(grown.len(), 1 + 6 * 9 + 1);
+    for (name, value) in &grown {
+        let from = match name.strip_prefix("model.layers.") {
+            Some(rest) => in_layer(name, rest.split('.').next().unwrap().parse::<u32>().unwrap() % 3),
+            None => name.clone(),
+        };
+        assert_eq!(value, &bits(&small[&from]), "{name} starts as {from}");
+    }
+    let trained = tensors(&node_dir(&r, &run, "big").join("final/model.safetensors"));
+    assert_eq!(trained.len(), grown.len());
+
+    let bad = parse(dir.path(), &tail.replace("steps = 4", "steps = 4\nmodel = { n_layers = 5 }"), &[]).unwrap_err();
+    assert!(bad.contains("grows `pretrain`'s weights but its n_layers is 5 where 6 is expected"), "{bad}");
+    let both = parse(dir.path(), &tail.replace("steps = 4", "steps = 4\nafter = \"pretrain\""), &[]).unwrap_err();
+    assert!(both.contains("has both `after` and `init`"), "{both}");
+}
+
+#[test]
+fn a_stage_can_inherit_a_slice_of_a_larger_checkpoints_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = recipe(dir.path(), "", &[]);
+    let run = train(&r, dir.path());
+    let large = node_dir(&r, &run, "pretrain").join("final");
+    let tail = format!(
+        r#"
+[stages.inherited]
+kind = "pretrain"
+model = {{ from = "{}", layers = "1-2" }}
+steps = 4
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ moby = 1 }} }}
+"#,
+        large.display()
+    );
+    let tokenizer = format!("path = \"{}\"", large.display());
+    let r = parse_with(dir.path(), &tokenizer, &tail, &[]).unwrap();
+    let stage = r.stage("inherited").unwrap();
+    assert_eq!((stage.model.n_layers, stage.layer_map()), (2, Some(vec![1, 2])));
+    let source = tensors(&large.join("model.safetensors"));
+    let model = recipe_train::build_model(stage, None, r.seed, &Device::Cpu).unwrap();
+    for (name, value) in weight_bits(&model) {
+        let from = match name.strip_prefix("model.layers.") {
+            Some(rest) => in_layer(&name, rest.split('.').next().unwrap().parse::<u32>().unwrap() + 1),
+            None => name.clone(),
+        };
+        assert_eq!(value, bits(&source[&from]), "{name} starts as {from}");
+    }
+    train(&r, dir.path());
+    let first_six = tail.replace("layers = \"1-2\"", "layers = 6");
+    let bad = parse_with(dir.path(), &tokenizer, &first_six, &[]).unwrap_err();
+    assert!(bad.contains("has 3 layers, so it has no layer 5"), "{bad}");
+    let no_from = tail.replace(&format!("from = \"{}\", ", large.display()), "");
+    let nothing = parse_with(dir.path(), &tokenizer, &no_from, &[]).unwrap_err();
+    assert!(nothing.contains("but nothing is imported"), "{nothing}");
 }

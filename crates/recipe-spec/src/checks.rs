@@ -1,5 +1,5 @@
-//! Checks across stages: `after` and `teacher` form no cycle, a stage that continues another
-//! keeps its shape, teachers and students share a vocabulary, and PEFT has weights to adapt.
+//! Checks across stages: `after`, `init` and `teacher` form no cycle, a stage that continues
+//! another keeps its shape (a grown one only deepens), teachers and students share a vocabulary, and PEFT has weights to adapt.
 
 use std::collections::BTreeMap;
 
@@ -8,10 +8,15 @@ use crate::diag::Diagnostic;
 use crate::model::{SHAPE_FIELDS, model_field_path};
 use crate::stage::Stage;
 
-/// `after` and `teacher` must form no cycle; a cycle is named in full.
+/// `after`, `init.from` and `teacher` must form no cycle; a cycle is named in full.
 pub(crate) fn check_stage_graph(cx: &mut Cx, stages: &[Stage]) {
     let deps = |s: &Stage| -> Vec<String> {
-        s.after.iter().chain(s.teacher.iter()).filter(|d| **d != s.name).cloned().collect()
+        s.start_stage()
+            .map(str::to_string)
+            .into_iter()
+            .chain(s.teacher.iter().cloned())
+            .filter(|d| *d != s.name)
+            .collect()
     };
     // 0 = unvisited, 1 = on the current path, 2 = done
     let mut state: BTreeMap<&str, u8> = BTreeMap::new();
@@ -58,12 +63,13 @@ pub(crate) fn check_stage_graph(cx: &mut Cx, stages: &[Stage]) {
             let origin = cx
                 .origins
                 .get(&format!("stages.{first}.after"))
+                .or_else(|| cx.origins.get(&format!("stages.{first}.init.from")))
                 .or_else(|| cx.origins.get(&format!("stages.{first}.teacher")))
                 .cloned()
                 .unwrap_or_default();
             cx.diags.push(
                 Diagnostic::new(&origin, format!("the stages form a cycle: {}", cycle.join(" → ")))
-                    .label("`after` and `teacher` must point to earlier stages"),
+                    .label("`after`, `init.from` and `teacher` must point to earlier stages"),
             );
         }
     }
@@ -73,9 +79,16 @@ pub(crate) fn check_stage_graph(cx: &mut Cx, stages: &[Stage]) {
 /// adapt.
 pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
     for s in stages {
-        if let Some(parent) = s.after.as_ref().and_then(|a| stages.iter().find(|p| &p.name == a)) {
+        if let Some(parent) = s.start_stage().and_then(|a| stages.iter().find(|p| p.name == a)) {
             let mine = serde_json::to_value(&s.model).expect("plain struct");
-            let theirs = serde_json::to_value(&parent.model).expect("plain struct");
+            let mut theirs = serde_json::to_value(&parent.model).expect("plain struct");
+            let (how, label) = match &s.init {
+                Some(init) => {
+                    theirs["n_layers"] = (parent.model.n_layers * init.factor).into();
+                    ("grows", format!("stacking {}×, a stage keeps the rest of the architecture", init.factor))
+                }
+                None => ("starts from", "a stage that continues another must keep its architecture".to_string()),
+            };
             for field in SHAPE_FIELDS {
                 if mine[field] != theirs[field] {
                     let path = model_field_path(&s.name, &s.model_overrides, field);
@@ -83,17 +96,18 @@ pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
                         .origins
                         .get(&path)
                         .or_else(|| cx.origins.get(&format!("stages.{}.after", s.name)))
+                        .or_else(|| cx.origins.get(&format!("stages.{}.init", s.name)))
                         .cloned()
                         .unwrap_or_default();
                     cx.diags.push(
                         Diagnostic::new(
                             &origin,
                             format!(
-                                "stage `{}` starts from `{}`'s weights but its {field} is {} where `{}`'s is {}",
-                                s.name, parent.name, mine[field], parent.name, theirs[field]
+                                "stage `{}` {how} `{}`'s weights but its {field} is {} where {} is expected",
+                                s.name, parent.name, mine[field], theirs[field]
                             ),
                         )
-                        .label("a stage that continues another must keep its architecture"),
+                        .label(label.clone()),
                     );
                 }
             }
@@ -117,7 +131,7 @@ pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
                 );
             }
         }
-        if s.peft.is_some() && s.after.is_none() && s.model.from.is_none() {
+        if s.peft.is_some() && s.start_stage().is_none() && s.model.from.is_none() {
             let origin = cx.origins.get(&format!("stages.{}.peft", s.name)).cloned().unwrap_or_default();
             cx.diags.push(
                 Diagnostic::new(

@@ -148,7 +148,29 @@ pub(crate) fn import_architecture(
         (Some(wanted), Some(most)) => Some(wanted.min(most)),
         (wanted, most) => wanted.or(most),
     };
-    let merged = ModelSpec { max_seq_len, init_std: spec.init_std, from: spec.from.clone(), ..arch };
+    let n_layers = match (spec.layers, arch.n_layers) {
+        (Some([start, end]), Some(all)) if end > all => {
+            let path = model_field_path(stage, overrides, "layers");
+            let origin = cx.origins.get(&path).cloned().unwrap_or_default();
+            let last = end - 1;
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("`{written}` has {all} layers, so it has no layer {last}"))
+                    .label(format!("expected layers within 0-{}", all.saturating_sub(1)))
+                    .help(format!("take at most `layers = {all}`; this asks for {start}-{last}")),
+            );
+            arch.n_layers
+        }
+        (Some([start, end]), _) => Some(end - start),
+        (None, all) => all,
+    };
+    let merged = ModelSpec {
+        max_seq_len,
+        init_std: spec.init_std,
+        from: spec.from.clone(),
+        layers: spec.layers,
+        n_layers,
+        ..arch
+    };
     (merged, Some((path.to_path_buf(), info.format)))
 }
 

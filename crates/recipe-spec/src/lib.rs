@@ -24,6 +24,7 @@ mod distill;
 mod estimate;
 mod freeze;
 mod import;
+mod init;
 mod model;
 mod peft;
 mod recipe;
@@ -42,6 +43,7 @@ pub use distill::Distill;
 pub use estimate::{Estimate, Memory};
 pub use freeze::Freeze;
 pub use import::Import;
+pub use init::Init;
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
 pub use peft::{PEFT_MODULES, Peft};
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
@@ -50,6 +52,6 @@ pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, LossOn, OnError, OnNonfinite,
-    Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
+    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, LossOn, OnError,
+    OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
 };

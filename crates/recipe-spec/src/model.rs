@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::{self, Cx, Fields};
 use crate::diag::{Diagnostic, Origin};
-use crate::tree::Node;
+use crate::tree::{Node, Val};
 
 /// Keys allowed in `[model]` and in a stage's `model = {...}`.
 pub const MODEL_KEYS: &[&str] = &[
@@ -21,6 +21,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "norm_eps",
     "init_std",
     "from",
+    "layers",
 ];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
@@ -57,6 +58,10 @@ pub struct ModelSpec {
     pub init_std: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// With `from`: the layers `[start, end)` of the checkpoint to start from (Inheritune);
+    /// written `layers = 6` (the first six) or `layers = "2-7"` (both ends included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<[u32; 2]>,
 }
 
 /// A fully resolved architecture: every default applied, the vocabulary taken from the tokenizer.
@@ -88,6 +93,9 @@ pub struct Model {
     pub init_std: f64,
     /// Default none: random initialisation. A path relative to the recipe's folder.
     pub from: Option<String>,
+    /// The layers `[start, end)` of `from` this model starts from; none: all of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<[u32; 2]>,
     /// `from` resolved, when it was read: the file or folder and how it is stored.
     #[serde(skip)]
     pub import: Option<(std::path::PathBuf, crate::vocab::CheckpointFormat)>,
@@ -111,6 +119,7 @@ impl Model {
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
             from: None,
+            layers: None,
         }
     }
 
@@ -165,6 +174,7 @@ impl ModelSpec {
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
             from: f.opt(cx, "from", decode::string),
+            layers: f.opt(cx, "layers", layer_slice),
         }
     }
 
@@ -184,6 +194,7 @@ impl ModelSpec {
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
             from: over.from.clone().or_else(|| self.from.clone()),
+            layers: over.layers.or(self.layers),
         }
     }
 
@@ -211,9 +222,29 @@ impl ModelSpec {
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
             from: self.from.clone(),
+            layers: self.layers,
             import: None,
         }
     }
+}
+
+/// `layers = N` (the first N) or `layers = "A-B"` (A to B, both included), as `[start, end)`.
+fn layer_slice(cx: &mut Cx, node: &Node, path: &str) -> Option<[u32; 2]> {
+    let slice = match &node.val {
+        Val::Int(n) if *n >= 1 => Some([0, u32::try_from(*n).ok()?]),
+        Val::Str(s) => s.split_once('-').and_then(|(a, b)| {
+            let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (a <= b).then_some([a, b + 1])
+        }),
+        _ => None,
+    };
+    if slice.is_none() {
+        cx.diags.push(
+            Diagnostic::new(&node.origin, format!("`{path}` must be a number of layers or a range"))
+                .label("expected `layers = 6` (the first six) or `layers = \"2-7\"` (both ends included)"),
+        );
+    }
+    slice
 }
 
 /// The Llama MLP width rule: 2/3 of 4·d, rounded up to a multiple of 64.

@@ -172,13 +172,19 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
         }
     };
     let stage_names: Vec<String> = stage_nodes.iter().map(|(n, _)| n.clone()).collect();
-    // A stage that continues another inherits its architecture (an imported one included), so
-    // the stage it continues is decoded first.
+    // A stage that starts from another inherits its architecture (an imported one included;
+    // deeper by the stacking factor when grown), so the stage it starts from is decoded first.
     let mut decoded: Vec<Option<Stage>> = stage_nodes.iter().map(|_| None).collect();
     for i in continuations_last(&stage_nodes) {
         let (name, node) = &stage_nodes[i];
-        let parent = after_of(node).and_then(|a| stage_names.iter().position(|n| *n == a));
-        let inherited = parent.and_then(|p| decoded[p].as_ref()).map(|p| p.model.continued());
+        let start = start_of(node);
+        let parent = start.as_ref().and_then(|(a, _)| stage_names.iter().position(|n| n == a));
+        let inherited = parent.and_then(|p| decoded[p].as_ref()).map(|p| {
+            let mut spec = p.model.continued();
+            let factor = start.as_ref().map_or(1, |(_, factor)| *factor);
+            spec.n_layers = spec.n_layers.map(|n| n.saturating_mul(factor));
+            spec
+        });
         let context = StageContext {
             model_defaults: inherited.as_ref().unwrap_or(&model),
             tokenizer: tokenizer.as_ref(),
@@ -229,13 +235,23 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
     }
 }
 
-/// The stage a stage's table names in `after`, if it names one.
-fn after_of(node: &Node) -> Option<String> {
-    let Val::Table(t) = &node.val else { return None };
-    t.entries.iter().find(|e| e.key == "after").and_then(|e| match &e.node.val {
-        Val::Str(s) => Some(s.clone()),
-        _ => None,
-    })
+/// The stage a stage's table starts from, as written in `after` or `init.from`, with how many
+/// times `init` stacks its layers (1 for `after`).
+fn start_of(node: &Node) -> Option<(String, u32)> {
+    fn get<'a>(val: &'a Val, key: &str) -> Option<&'a Val> {
+        let Val::Table(t) = val else { return None };
+        t.entries.iter().find(|e| e.key == key).map(|e| &e.node.val)
+    }
+    if let Some(Val::Str(after)) = get(&node.val, "after") {
+        return Some((after.clone(), 1));
+    }
+    let init = get(&node.val, "init")?;
+    let Some(Val::Str(from)) = get(init, "from") else { return None };
+    let factor = match get(init, "factor") {
+        Some(Val::Int(f)) => u32::try_from(*f).ok()?,
+        _ => 2,
+    };
+    Some((from.clone(), factor))
 }
 
 /// The stages' indices, each after the stage it continues; declaration order otherwise, and
@@ -247,7 +263,7 @@ fn continuations_last(stages: &[(String, &Node)]) -> Vec<usize> {
         let ready = waiting
             .iter()
             .position(|&i| {
-                let parent = after_of(stages[i].1).and_then(|a| stages.iter().position(|(n, _)| *n == a));
+                let parent = start_of(stages[i].1).and_then(|(a, _)| stages.iter().position(|(n, _)| *n == a));
                 parent.is_none_or(|p| p == i || order.contains(&p))
             })
             .unwrap_or(0);

@@ -13,6 +13,7 @@ use crate::diag::{Diagnostic, Origin, list_or_none, suggestion};
 use crate::distill::Distill;
 use crate::freeze::{Freeze, decode_freeze};
 use crate::import::{Import, import_architecture, import_teacher, is_path};
+use crate::init::Init;
 use crate::model::{Model, ModelSpec, check_model, check_vocab, model_field_path};
 use crate::peft::Peft;
 use crate::schedule::Schedule;
@@ -30,6 +31,9 @@ pub struct Stage {
     /// Default none: the stage whose final weights this stage starts from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+    /// Default none: starting weights grown from another stage's (depthwise stacking).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
     /// `distill` only, required there: one stage, or several whose probabilities are averaged.
     /// The stages among `teacher`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -124,6 +128,7 @@ pub struct Eval {
 const STAGE_KEYS: &[&str] = &[
     "kind",
     "after",
+    "init",
     "teacher",
     "model",
     "steps",
@@ -144,6 +149,23 @@ const STAGE_KEYS: &[&str] = &[
     "log_every",
     "eval",
 ];
+
+impl Stage {
+    /// The stage whose result this one starts from: as it is (`after`) or grown (`init`).
+    pub fn start_stage(&self) -> Option<&str> {
+        self.after.as_deref().or(self.init.as_ref().map(|i| i.from.as_str()))
+    }
+
+    /// Which layer of its starting weights each layer of this stage's model starts as, when
+    /// not layer for layer: grown by `init`, or the slice `model.layers` of a checkpoint.
+    pub fn layer_map(&self) -> Option<Vec<u32>> {
+        match (&self.init, self.model.layers) {
+            (Some(init), _) => Some(init.layer_map(self.model.n_layers)),
+            (None, Some([start, end])) => Some((start..end).collect()),
+            (None, None) => None,
+        }
+    }
+}
 
 const DATA_KEYS: &[&str] = &["mix", "packing", "loss_on"];
 
@@ -194,6 +216,17 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         let origin = cx.origins.get(&f.child_path("after")).cloned().unwrap_or_default();
         check_stage_ref(cx, a, &origin);
     }
+    let init = f.get("init").and_then(|node| Init::decode(cx, node, &f.child_path("init")));
+    if let Some(i) = &init {
+        let origin = cx.origins.get(&f.child_path("init.from")).cloned().unwrap_or_default();
+        check_stage_ref(cx, &i.from, &origin);
+        if after.is_some() {
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("stage `{name}` has both `after` and `init`"))
+                    .label("a stage starts from one stage's weights: as they are (`after`) or grown (`init`)"),
+            );
+        }
+    }
     let teacher = f.opt(cx, "teacher", decode::strings).unwrap_or_default();
     let (teacher_paths, teacher): (Vec<_>, Vec<_>) =
         teacher.into_iter().partition(|(t, _)| !stage_names.contains(t) && is_path(t, base_dir));
@@ -222,6 +255,13 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         None => ModelSpec::default(),
     };
     let spec = model_defaults.overlay(&model_overrides);
+    if spec.layers.is_some() && spec.from.is_none() {
+        let origin = cx.origins.get(&model_field_path(name, &model_overrides, "layers")).cloned().unwrap_or_default();
+        cx.diags.push(
+            Diagnostic::new(&origin, "`layers` picks layers of an imported checkpoint, but nothing is imported")
+                .label("expected `from = \"path\"` beside it"),
+        );
+    }
     let (spec, imported) = match &spec.from {
         Some(from) => {
             import_architecture(cx, checkpoints, name, &model_overrides, &spec, &base_dir.join(from), tokenizer)
@@ -315,6 +355,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         name: name.to_string(),
         kind,
         after,
+        init,
         teacher: teacher.into_iter().map(|(t, _)| t).collect(),
         teacher_checkpoints,
         model_overrides,

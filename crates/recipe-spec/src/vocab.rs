@@ -45,6 +45,7 @@ words!(LossOn { All = "all", Assistant = "assistant" });
 words!(OnNonfinite { Stop = "stop", Skip = "skip" });
 words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
 words!(PeftMethod { Lora = "lora", Dora = "dora" });
+words!(InitKind { Stack = "stack" });
 words!(AverageKind { Ema = "ema", Lawa = "lawa" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });

@@ -64,6 +64,7 @@ fn bench(cr: &mut Criterion) {
             norm_eps: 1e-5,
             init_std: 0.02,
             from: None,
+            layers: None,
             import: None,
         };
         let model = Llama::init(&model_config, 0, &dev).expect("init");

@@ -142,6 +142,7 @@ mod tests {
             norm_eps: 1e-5,
             init_std: 0.02,
             from: None,
+            layers: None,
             import: None,
         };
         let tensors =

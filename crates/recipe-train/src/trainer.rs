@@ -11,7 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Batch, Loader, LoaderConfig, LoaderState, Mix, Split};
-use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy};
+use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy, remap_layers};
 use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -280,9 +280,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     Ok(Outcome::Finished(Box::new(model)))
 }
 
-/// The model a stage trains: its starting weights (the `after` stage's result, else the
-/// imported checkpoint, else a seeded initialisation), with LoRA adapters under PEFT, in the
-/// stage's precision.
+/// The model a stage trains: its starting weights (the result of the stage it starts from,
+/// else the imported checkpoint, else a seeded initialisation; layers stacked or sliced as the
+/// stage says), with LoRA adapters under PEFT, less what it freezes, in the stage's precision.
 pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: &Device) -> Result<Llama> {
     let source = match (start_from, &stage.model.import) {
         (Some(dir), _) => Some((dir, CheckpointFormat::HfDir)),
@@ -292,8 +292,11 @@ pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: 
     let model = match source {
         None => Llama::init(&stage.model, seed, device)?.freeze(&stage.freeze)?,
         Some((path, format)) => {
-            let tensors = load_checkpoint(path, format, &stage.model)
+            let mut tensors = load_checkpoint(path, format, &stage.model)
                 .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
+            if let Some(map) = stage.layer_map() {
+                tensors = remap_layers(tensors, &map);
+            }
             Llama::for_stage(stage, tensors, seed, device)
                 .map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))?
         }

@@ -27,6 +27,7 @@ fn config() -> Model {
         norm_eps: 1e-5,
         init_std: 0.02,
         from: None,
+        layers: None,
         import: None,
     }
 }
