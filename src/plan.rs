@@ -6,7 +6,7 @@ use std::path::Path;
 use recipe_data::{DataFacts, data_facts};
 use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
 use recipe_run::stage_stores;
-use recipe_spec::{Recipe, Stage, Tokenizer};
+use recipe_spec::{Merge, MergeMethod, Recipe, Stage, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::render::{bytes, count, sparkline};
@@ -250,61 +250,9 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         };
         let _ =
             writeln!(out, "  params    {} trainable / {} total{peft}", count(trainable as f64), count(total as f64));
-        if let Some(a) = &stage.average {
-            let how = match (a.decay, a.every, a.window) {
-                (Some(decay), _, _) => format!("EMA, decay {decay}"),
-                (_, Some(every), Some(window)) => {
-                    format!("LAWA, the latest {window} snapshots taken every {every} steps")
-                }
-                _ => a.kind.to_string(),
-            };
-            let _ = writeln!(out, "  average   {how}; the result is the {} weights", a.result);
-        }
-        let _ = writeln!(
-            out,
-            "  tokens    {}  ({} steps × {} sequences × {}; micro-batch {})",
-            count(stage.tokens() as f64),
-            stage.steps,
-            stage.batch_size,
-            stage.seq_len,
-            stage.micro_batch_size
-        );
-        let mix: Vec<String> = stage
-            .data
-            .mix
-            .iter()
-            .map(|(n, w)| {
-                let src = &s["sources"][n];
-                let epochs = src["epochs"].as_f64().map_or(String::new(), |e| format!(", {e:.2} epochs"));
-                format!("{n} {:.1}% {}{epochs}", w * 100.0, count(src["tokens"].as_f64().unwrap_or(0.0)))
-            })
-            .collect();
-        let _ = writeln!(out, "  data      {}  · loss on {}", mix.join(" · "), stage.data.loss_on);
-        let p = &s["packing"];
-        match (p["efficiency"].as_f64(), p["truncation_rate"].as_f64()) {
-            (Some(eff), Some(trunc)) => {
-                let sample = match (p["rows_simulated"].as_u64(), p["rows_total"].as_u64()) {
-                    (Some(a), Some(b)) if a < b => format!(" (from a sample of {a} of {b} rows)"),
-                    _ => String::new(),
-                };
-                let _ = writeln!(
-                    out,
-                    "  packing   {}: {:.1}% of positions hold tokens, {:.1}% of documents split{sample}",
-                    stage.data.packing,
-                    eff * 100.0,
-                    trunc * 100.0
-                );
-            }
-            _ => {
-                let _ = writeln!(
-                    out,
-                    "  packing   {}: efficiency unknown until `recipe prepare` tokenizes the sources",
-                    stage.data.packing
-                );
-            }
-        }
-        for w in s["warnings"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "  warning   {}", w.as_str().unwrap_or(""));
+        match &stage.merge {
+            Some(merge) => merge_lines(&mut out, stage, merge),
+            None => training_lines(&mut out, stage, s),
         }
         let _ = writeln!(out, "  compute   {:.2e} FLOPs", s["flops"].as_f64().unwrap_or(0.0));
         let _ = writeln!(
@@ -321,16 +269,106 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                 t => format!(", teachers {}", bytes(t)),
             }
         );
-        let samples: Vec<f64> = s["lr"]["samples"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
-        let _ = writeln!(
-            out,
-            "  lr        {} {:.1e} peak, warmup {}: {}",
-            stage.schedule.kind,
-            stage.optim.lr,
-            stage.schedule.warmup,
-            sparkline(&samples, CURVE_POINTS)
-        );
         let _ = writeln!(out, "  run       {}", s["reason"].as_str().unwrap_or(""));
     }
     out
+}
+
+/// What a training stage trains on, and how.
+fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
+    if let Some(a) = &stage.average {
+        let how = match (a.decay, a.every, a.window) {
+            (Some(decay), _, _) => format!("EMA, decay {decay}"),
+            (_, Some(every), Some(window)) => {
+                format!("LAWA, the latest {window} snapshots taken every {every} steps")
+            }
+            _ => a.kind.to_string(),
+        };
+        let _ = writeln!(out, "  average   {how}; the result is the {} weights", a.result);
+    }
+    let _ = writeln!(
+        out,
+        "  tokens    {}  ({} steps × {} sequences × {}; micro-batch {})",
+        count(stage.tokens() as f64),
+        stage.steps,
+        stage.batch_size,
+        stage.seq_len,
+        stage.micro_batch_size
+    );
+    let mix: Vec<String> = stage
+        .data
+        .mix
+        .iter()
+        .map(|(n, w)| {
+            let src = &s["sources"][n];
+            let epochs = src["epochs"].as_f64().map_or(String::new(), |e| format!(", {e:.2} epochs"));
+            format!("{n} {:.1}% {}{epochs}", w * 100.0, count(src["tokens"].as_f64().unwrap_or(0.0)))
+        })
+        .collect();
+    let _ = writeln!(out, "  data      {}  · loss on {}", mix.join(" · "), stage.data.loss_on);
+    let p = &s["packing"];
+    match (p["efficiency"].as_f64(), p["truncation_rate"].as_f64()) {
+        (Some(eff), Some(trunc)) => {
+            let sample = match (p["rows_simulated"].as_u64(), p["rows_total"].as_u64()) {
+                (Some(a), Some(b)) if a < b => format!(" (from a sample of {a} of {b} rows)"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  packing   {}: {:.1}% of positions hold tokens, {:.1}% of documents split{sample}",
+                stage.data.packing,
+                eff * 100.0,
+                trunc * 100.0
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  packing   {}: efficiency unknown until `recipe prepare` tokenizes the sources",
+                stage.data.packing
+            );
+        }
+    }
+    for w in s["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  warning   {}", w.as_str().unwrap_or(""));
+    }
+    let samples: Vec<f64> = s["lr"]["samples"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect();
+    let _ = writeln!(
+        out,
+        "  lr        {} {:.1e} peak, warmup {}: {}",
+        stage.schedule.kind,
+        stage.optim.lr,
+        stage.schedule.warmup,
+        sparkline(&samples, CURVE_POINTS)
+    );
+}
+
+/// What a merge combines, and how.
+fn merge_lines(out: &mut String, stage: &Stage, merge: &Merge) {
+    let inputs: Vec<&str> = merge.inputs.iter().map(|i| i.written()).collect();
+    let how = match merge.method {
+        MergeMethod::Uniform => format!("the mean of {}", inputs.join(", ")),
+        MergeMethod::Weighted => {
+            let parts: Vec<String> = inputs.iter().zip(&merge.weights).map(|(i, w)| format!("{w:.3} × {i}")).collect();
+            parts.join(" + ")
+        }
+        MergeMethod::TaskArithmetic => format!(
+            "{base} + {} × Σ (θ − {base}) over {}",
+            merge.scale.unwrap_or(1.0),
+            inputs.join(", "),
+            base = merge.base.as_ref().map_or("", |b| b.written())
+        ),
+        MergeMethod::Greedy => {
+            let mix: Vec<&str> = stage.data.mix.iter().map(|(n, _)| n.as_str()).collect();
+            format!(
+                "a greedy soup of {}, judged on the held-out split of {} ({} batches of {} × {})",
+                inputs.join(", "),
+                mix.join(", "),
+                stage.eval.batches,
+                stage.micro_batch_size,
+                stage.seq_len
+            )
+        }
+    };
+    let _ = writeln!(out, "  merge     {how}; no training");
 }

@@ -172,6 +172,7 @@ fn key_report(dir: &Path, stage: &Stage, current_fields: Option<&Map<String, Val
         "dir": dir.display().to_string(),
         "curves": curves(&read_jsonl(&dir.join("metrics.jsonl")), positions),
         "sessions": read_jsonl(&dir.join("sessions.jsonl")),
+        "merge": std::fs::read_to_string(dir.join("merge.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()),
         "config": fields,
         "changes_to_current": changes,
     })

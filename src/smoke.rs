@@ -1,7 +1,7 @@
 //! `recipe smoke`: shrink the recipe — widths, depth, steps, sequence length, a slice of each
 //! source and, when it trains one, the tokenizer — keeping its graph and every feature it uses
 //! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining, LoRA, distillation,
-//! freezing, weight averaging),
+//! freezing, weight averaging, stacking, merges),
 //! train every stage in a separate run directory, and fail if a loss is not finite or does not
 //! fall. An imported checkpoint keeps its real size (its architecture is fixed), so a stage
 //! that imports one, or distills from one, takes fewer and smaller steps.
@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use recipe_graph::RunDir;
-use recipe_spec::{Recipe, Tokenizer};
+use recipe_spec::{MergeMethod, Recipe, Tokenizer};
 
 use crate::{Failure, load};
 
@@ -49,6 +49,17 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     }
     for st in &recipe.stages {
         let p = format!("stages.{}", st.name);
+        if let Some(merge) = &st.merge {
+            // A merge trains nothing; a greedy one evaluates on a few short batches.
+            if merge.method == MergeMethod::Greedy {
+                sets.extend([
+                    format!("{p}.seq_len={SEQ_LEN}"),
+                    format!("{p}.batch_size=8"),
+                    format!("{p}.eval.batches=2"),
+                ]);
+            }
+            continue;
+        }
         let accumulate = st.micro_batch_size < st.batch_size;
         let real_size = st.model.import.is_some() || !st.teacher_checkpoints.is_empty();
         let (steps, batch) = if real_size { (STEPS_WITH_CHECKPOINT, 4) } else { (STEPS, 8) };
@@ -97,6 +108,20 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<()
     let mut failures = Vec::new();
     for stage in &small.stages {
         let node = graph.node(&stage.name).expect("every stage has a node");
+        if let Some(merge) = &stage.merge {
+            let ok = run.final_dir(node).join("model.safetensors").is_file();
+            tracing::info!(
+                "smoke {}: {} of {} inputs: {}",
+                stage.name,
+                merge.method,
+                merge.inputs.len(),
+                if ok { "ok" } else { "FAILED" }
+            );
+            if !ok {
+                failures.push(stage.name.clone());
+            }
+            continue;
+        }
         let metrics = std::fs::read_to_string(run.node_dir(node).join("metrics.jsonl")).unwrap_or_default();
         let lines: Vec<serde_json::Value> = metrics.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let series = |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l[key].as_f64()).collect() };
@@ -126,6 +151,9 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<()
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(Failure::Run(format!("smoke failed: the loss did not fall in {}", failures.join(", "))))
+        Err(Failure::Run(format!(
+            "smoke failed: the loss did not fall (or no merge was written) in {}",
+            failures.join(", ")
+        )))
     }
 }

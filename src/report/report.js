@@ -272,6 +272,12 @@
       ['device', (s) => [...new Set(s.key.sessions.map((x) => x.device + (x.device === 'cpu' ? ` (${x.threads} threads)` : '')))].join(', ') || '—'],
       ['precision', (s) => [...new Set(s.key.sessions.map((x) => x.precision))].join(', ') || (s.key.config && s.key.config[`stages.${stage.name}.precision`]) || '—'],
       ['sessions', (s) => s.key.sessions.map((x) => `${x.started_at} from step ${x.start_step}`).join('; ') || '—'],
+      ['greedy soup', (s) => {
+        const m = s.key.merge;
+        if (!m) return '—';
+        const each = m.ingredients.map((i) => `${i.input} ${num(i.held_out_loss)}${i.in_soup ? ' (in)' : ''}`).join(', ');
+        return `${m.soup.join(' + ')}: held-out loss ${num(m.held_out_loss)}; ingredients ${each}`;
+      }],
       ['time in steps', (s) => duration(s.key.curves.step_time_s)],
       ['tokens trained', (s) => num(lastOf(s.key.curves.steps.tokens || []))],
       ['tokens/s (mean of the later half)', (s) => num(meanTail(s.key.curves.steps.tokens_per_s || []))],

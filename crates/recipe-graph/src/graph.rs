@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use recipe_spec::{Recipe, Source, Stage, Tokenizer, flatten};
+use recipe_spec::{MergeInput, Recipe, Source, Stage, Tokenizer, flatten};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -128,9 +128,13 @@ impl Graph {
             for teacher in &stage.teacher_checkpoints {
                 m.files.insert(teacher.written.clone(), hash_path(&teacher.path)?);
             }
+            for input in stage.merge.iter().flat_map(|m| m.all_inputs()) {
+                if let MergeInput::Checkpoint(import) = input {
+                    m.files.insert(import.written.clone(), hash_path(&import.path)?);
+                }
+            }
             let mut inputs: Vec<String> = stage.data.mix.iter().map(|(s, _)| tokenize_node(s)).collect();
-            inputs.extend(stage.start_stage().map(str::to_string));
-            inputs.extend(stage.teacher.iter().cloned());
+            inputs.extend(stage.upstream().into_iter().map(str::to_string));
             for input in inputs {
                 let key = key_of(&nodes, &input);
                 m.inputs.insert(input, key);
@@ -163,8 +167,8 @@ fn topological_stages(recipe: &Recipe) -> Vec<&Stage> {
     while done.len() < recipe.stages.len() {
         let before = done.len();
         for s in &recipe.stages {
-            let placed = |n: &String| done.iter().any(|d| &d.name == n);
-            if !placed(&s.name) && s.start_stage().map(str::to_string).iter().chain(&s.teacher).all(placed) {
+            let placed = |n: &str| done.iter().any(|d| d.name == n);
+            if !placed(&s.name) && s.upstream().into_iter().all(placed) {
                 done.push(s);
             }
         }
@@ -216,8 +220,8 @@ fn stage_fields(recipe: &Recipe, stage: &Stage) -> Material {
     let mut own = serde_json::to_value(stage).expect("plain");
     let own_map = own.as_object_mut().expect("a struct");
     own_map.remove("model");
-    for field in recipe_spec::NON_SEMANTIC_STAGE_FIELDS {
-        own_map.remove(*field);
+    for field in stage.non_semantic_fields() {
+        own_map.remove(field);
     }
     put_all(&mut m, "stage", &format!("stages.{}", stage.name), &own);
     let model = serde_json::to_value(&stage.model).expect("plain");

@@ -10,8 +10,8 @@ use recipe_checkpoint::{load_checkpoint, read_tokenizer};
 use recipe_data::{DataError, Mix, Progress, TOKENIZER_FILE, Tok, TokenStore, tokenize, train_tokenizer};
 use recipe_graph::{Graph, Node, NodeKind, RecordedState, RunDir, TOKENIZER_NODE, tokenize_node};
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{CheckpointFormat, Recipe, Stage, Tokenizer, TokenizerFile};
-use recipe_train::{Observer, Outcome, StageRun, train_stage};
+use recipe_spec::{CheckpointFormat, MergeInput, MergeMethod, Recipe, Stage, Tokenizer, TokenizerFile};
+use recipe_train::{MergeRun, Observer, Outcome, StageRun, merge_stage, train_stage};
 
 /// Why a node could not run.
 #[derive(Debug)]
@@ -212,8 +212,8 @@ fn build_data_node(
     Ok(NodeReport::Ran(summary))
 }
 
-/// Train a stage, resuming from its checkpoints, and write its model and tokenizer into
-/// `staging` in the Hugging Face layout.
+/// Train a stage, resuming from its checkpoints (or merge its inputs), and write its model and
+/// tokenizer into `staging` in the Hugging Face layout.
 #[allow(clippy::too_many_arguments)]
 fn run_stage(
     recipe: &Recipe,
@@ -229,6 +229,27 @@ fn run_stage(
     let stores = stage_stores(stage, graph, run)?.ok_or_else(|| DataError::new("the stage's data is not prepared"))?;
     let tokenizer = recipe_tokenizer(recipe, graph, run)?;
     let work_dir = run.node_dir(node);
+    if let Some(merge) = &stage.merge {
+        let place = |input: &MergeInput| match input {
+            MergeInput::Stage(name) => {
+                (run.final_dir(graph.node(name).expect("validated input")), CheckpointFormat::HfDir)
+            }
+            MergeInput::Checkpoint(import) => (import.path.clone(), import.format),
+        };
+        let merge_run = MergeRun {
+            recipe,
+            stage,
+            inputs: merge.inputs.iter().map(place).collect(),
+            base: merge.base.as_ref().map(place),
+            stores: (merge.method == MergeMethod::Greedy).then_some(stores),
+            work_dir: &work_dir,
+            device,
+            observer: hooks.observer,
+        };
+        let model = merge_stage(&merge_run)?;
+        save_stage_result(recipe, stage, &model, &tokenizer, staging)?;
+        return Ok(NodeReport::Ran(format!("{} of {} inputs", merge.method, merge.inputs.len())));
+    }
     let stage_run = StageRun {
         recipe,
         stage,
@@ -244,6 +265,12 @@ fn run_stage(
         Outcome::Finished(model) => model,
         Outcome::Interrupted(step) => return Ok(NodeReport::Interrupted(step)),
     };
+    save_stage_result(recipe, stage, &model, &tokenizer, staging)?;
+    Ok(NodeReport::Ran(format!("{} steps", stage.steps)))
+}
+
+/// A stage's model and the recipe's tokenizer in the Hugging Face layout.
+fn save_stage_result(recipe: &Recipe, stage: &Stage, model: &Llama, tokenizer: &Tok, staging: &Path) -> Result<()> {
     let base_model = match (stage.start_stage(), &stage.model.from) {
         (Some(after), _) => format!("{}/{after}", recipe.name),
         (None, Some(from)) => from.clone(),
@@ -253,7 +280,7 @@ fn run_stage(
     eos.extend(tokenizer.chatml().map(|[_, end]| end).filter(|end| *end != tokenizer.eos()));
     model.save_pretrained(staging, &eos, &base_model)?;
     tokenizer.save(&staging.join(TOKENIZER_FILE))?;
-    Ok(NodeReport::Ran(format!("{} steps", stage.steps)))
+    Ok(())
 }
 
 /// A distillation stage's teachers, frozen: the finished stages it names, then the

@@ -323,3 +323,77 @@ data = {{ mix = {{ moby = 1 }} }}
     let nothing = parse_with(dir.path(), &tokenizer, &no_from, &[]).unwrap_err();
     assert!(nothing.contains("but nothing is imported"), "{nothing}");
 }
+
+#[test]
+fn merges_combine_finished_stages_and_a_greedy_soup_is_no_worse_than_its_best_ingredient() {
+    let dir = tempfile::tempdir().unwrap();
+    let tail = r#"
+[stages.hot]
+kind = "pretrain"
+after = "pretrain"
+steps = 6
+seq_len = 32
+batch_size = 4
+data = { mix = { moby = 1 } }
+optim = { lr = 3e-2 }
+[stages.cool]
+kind = "pretrain"
+after = "pretrain"
+steps = 6
+seq_len = 32
+batch_size = 4
+data = { mix = { moby = 1 } }
+optim = { lr = 3e-3 }
+[stages.same]
+kind = "merge"
+method = "uniform"
+inputs = ["hot", "hot"]
+[stages.delta]
+kind = "merge"
+method = "task-arithmetic"
+base = "pretrain"
+inputs = ["hot", "cool"]
+scale = 0.5
+[stages.soup]
+kind = "merge"
+method = "greedy"
+inputs = ["hot", "cool", "pretrain"]
+data = { mix = { moby = 1 } }
+seq_len = 32
+batch_size = 4
+eval = { batches = 2 }
+"#;
+    let r = recipe(dir.path(), tail, &[]);
+    assert_eq!(r.stage("soup").unwrap().upstream(), ["hot", "cool", "pretrain"]);
+    let run = train(&r, dir.path());
+    let weights_of = |stage: &str| tensors(&node_dir(&r, &run, stage).join("final/model.safetensors"));
+    let (hot, cool, base) = (weights_of("hot"), weights_of("cool"), weights_of("pretrain"));
+    let same = weights_of("same");
+    for (name, t) in &hot {
+        assert_eq!(bits(t), bits(&same[name]), "{name}: a stage merged with itself comes back bit for bit");
+    }
+    let delta = weights_of("delta");
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (h, c, b, d) = (values(&hot[name]), values(&cool[name]), values(&base[name]), values(&delta[name]));
+    let gap = (0..b.len()).map(|i| (d[i] - (b[i] + 0.5 * ((h[i] - b[i]) + (c[i] - b[i])))).abs()).fold(0.0, f32::max);
+    assert!(gap < 1e-6, "task arithmetic: base + 0.5·Σ(θ − base), off by {gap}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(node_dir(&r, &run, "soup").join("merge.json")).unwrap()).unwrap();
+    let ingredients = report["ingredients"].as_array().unwrap();
+    assert_eq!(ingredients.len(), 3);
+    let best = ingredients.iter().map(|i| i["held_out_loss"].as_f64().unwrap()).fold(f64::INFINITY, f64::min);
+    let soup = report["held_out_loss"].as_f64().unwrap();
+    assert!(soup <= best, "the soup ({soup}) is never worse than its best ingredient ({best}): {report}");
+    assert_eq!(report["tried"].as_array().unwrap().len(), 2, "each other ingredient is tried once");
+
+    // One architecture: a merge of models of different widths names both.
+    let wide = "\n[stages.wide]\nkind = \"pretrain\"\nsteps = 2\nmodel = { d_model = 64 }\ndata = { mix = { moby = 1 } }\n\
+                [stages.mixed]\nkind = \"merge\"\nmethod = \"uniform\"\ninputs = [\"pretrain\", \"wide\"]\n";
+    let bad = parse(dir.path(), wide, &[]).unwrap_err();
+    assert!(bad.contains("merge `mixed`: `wide` has d_model = 64 but `pretrain` has d_model = 32"), "{bad}");
+    let training =
+        parse(dir.path(), &tail.replace("method = \"uniform\"", "method = \"uniform\"\nsteps = 5"), &[]).unwrap_err();
+    assert!(training.contains("`stages.same.steps` does not apply to a merge stage"), "{training}");
+}

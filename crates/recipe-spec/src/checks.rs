@@ -5,19 +5,16 @@ use std::collections::BTreeMap;
 
 use crate::decode::Cx;
 use crate::diag::Diagnostic;
+use crate::merge::MergeInput;
 use crate::model::{SHAPE_FIELDS, model_field_path};
 use crate::stage::Stage;
 
-/// `after`, `init.from` and `teacher` must form no cycle; a cycle is named in full.
+/// The stages each stage needs (`after`, `init.from`, `teacher`, a merge's inputs) must form no
+/// cycle; a cycle is named in full.
 pub(crate) fn check_stage_graph(cx: &mut Cx, stages: &[Stage]) {
-    let deps = |s: &Stage| -> Vec<String> {
-        s.start_stage()
-            .map(str::to_string)
-            .into_iter()
-            .chain(s.teacher.iter().cloned())
-            .filter(|d| *d != s.name)
-            .collect()
-    };
+    let deps =
+        |s: &Stage| -> Vec<String> { s.upstream().into_iter().filter(|d| *d != s.name).map(str::to_string).collect() };
+
     // 0 = unvisited, 1 = on the current path, 2 = done
     let mut state: BTreeMap<&str, u8> = BTreeMap::new();
     let mut reported = false;
@@ -140,6 +137,43 @@ pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
                 )
                 .label("PEFT freezes the base weights, so they must come from somewhere")
                 .help("set `after = \"STAGE\"` or `model.from = \"path\"`"),
+            );
+        }
+    }
+}
+
+/// A merge's inputs must share one architecture (the first input's, which the merge takes);
+/// a mismatch names both.
+pub(crate) fn check_merges(cx: &mut Cx, stages: &[Stage]) {
+    for s in stages {
+        let Some(merge) = &s.merge else { continue };
+        let Some(first) = merge.inputs.first() else { continue };
+        for input in merge.all_inputs() {
+            let model = match input {
+                MergeInput::Stage(name) => match stages.iter().find(|p| &p.name == name) {
+                    Some(p) => &p.model,
+                    None => continue,
+                },
+                MergeInput::Checkpoint(import) => &import.model,
+            };
+            let (mine, theirs) =
+                (serde_json::to_value(&s.model).expect("plain"), serde_json::to_value(model).expect("plain"));
+            let Some(field) = SHAPE_FIELDS.iter().find(|f| mine[**f] != theirs[**f]) else { continue };
+            let key = if merge.base.as_ref() == Some(input) { "base" } else { "inputs" };
+            let origin = cx.origins.get(&format!("stages.{}.{key}", s.name)).cloned().unwrap_or_default();
+            cx.diags.push(
+                Diagnostic::new(
+                    &origin,
+                    format!(
+                        "merge `{}`: `{}` has {field} = {} but `{}` has {field} = {}",
+                        s.name,
+                        input.written(),
+                        theirs[*field],
+                        first.written(),
+                        mine[*field]
+                    ),
+                )
+                .label("a merge averages weights tensor by tensor, so its inputs need one architecture"),
             );
         }
     }

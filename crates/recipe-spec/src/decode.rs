@@ -220,6 +220,18 @@ pub fn strings(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<(String, Orig
     }
 }
 
+pub fn floats(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<f64>> {
+    match &node.val {
+        Val::Array(items) => {
+            items.iter().enumerate().map(|(i, item)| float(cx, item, &format!("{path}[{i}]"))).collect()
+        }
+        _ => {
+            type_error(cx, node, path, "an array of numbers");
+            None
+        }
+    }
+}
+
 /// Check a float against a range; `what` describes the range in the message.
 pub fn check_range(cx: &mut Cx, path: &str, value: f64, ok: bool, what: &str) {
     if !ok {

@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
+use crate::merge::Merge;
 use crate::model::Model;
 use crate::recipe::Recipe;
 use crate::stage::Stage;
-use crate::vocab::{PeftMethod, Precision};
+use crate::vocab::{MergeMethod, PeftMethod, Precision};
 
 /// Parameter counts, FLOPs and peak memory of one stage.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -71,6 +72,9 @@ impl Model {
 
 impl Stage {
     pub fn trainable_params(&self) -> u64 {
+        if self.merge.is_some() {
+            return 0;
+        }
         match &self.peft {
             None => self
                 .model
@@ -99,6 +103,9 @@ impl Stage {
     }
 
     pub fn estimate(&self, recipe: &Recipe) -> Estimate {
+        if let Some(merge) = &self.merge {
+            return self.merge_estimate(merge);
+        }
         let m = &self.model;
         let total = m.param_count();
         let trainable = self.trainable_params();
@@ -159,6 +166,32 @@ impl Stage {
             tokens: self.tokens(),
             flops,
             memory: Memory { total: total_bytes, ..memory },
+        }
+    }
+}
+
+impl Stage {
+    /// A merge holds its inputs and the result in f32 and trains nothing; a greedy one
+    /// evaluates each ingredient and each candidate soup once (`eval.batches` forward passes).
+    fn merge_estimate(&self, merge: &Merge) -> Estimate {
+        let m = &self.model;
+        let total = m.param_count();
+        let models = merge.all_inputs().count() as u64 + 1;
+        let evaluations = match merge.method {
+            MergeMethod::Greedy => 2 * merge.inputs.len() as u64 - 1,
+            _ => 0,
+        };
+        let micro_tokens = self.micro_batch_size as u64 * self.seq_len as u64;
+        let eval_tokens = evaluations * self.eval.batches as u64 * micro_tokens;
+        let flops = eval_tokens as f64 * m.forward_flops_per_token(self.seq_len);
+        let activations = if evaluations > 0 { micro_tokens.saturating_mul(3 * m.vocab_size as u64 * 4) } else { 0 };
+        let memory = Memory { weights: models * total * 4, grads: 0, optimizer: 0, activations, teachers: 0, total: 0 };
+        Estimate {
+            params_total: total,
+            params_trainable: 0,
+            tokens: 0,
+            flops,
+            memory: Memory { total: memory.weights + memory.activations, ..memory },
         }
     }
 }

@@ -25,6 +25,7 @@ mod estimate;
 mod freeze;
 mod import;
 mod init;
+mod merge;
 mod model;
 mod peft;
 mod recipe;
@@ -44,6 +45,7 @@ pub use estimate::{Estimate, Memory};
 pub use freeze::Freeze;
 pub use import::Import;
 pub use init::Init;
+pub use merge::{Merge, MergeInput};
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
 pub use peft::{PEFT_MODULES, Peft};
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
@@ -52,6 +54,6 @@ pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, LossOn, OnError,
-    OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
+    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, LossOn, MergeMethod,
+    OnError, OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
 };

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{CheckpointReader, TokenizerFile};
-use crate::checks::{check_stage_graph, check_starting_weights};
+use crate::checks::{check_merges, check_stage_graph, check_starting_weights};
 use crate::decode::{self, Cx, Fields};
 use crate::diag::{Diagnostic, Origin, SourceText};
 use crate::model::{ModelSpec, check_vocab, model_field_path};
@@ -199,6 +199,7 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
 
     check_stage_graph(cx, &stages);
     check_starting_weights(cx, &stages);
+    check_merges(cx, &stages);
 
     check_chat_tokens(cx, &sources, tokenizer.as_ref());
 
@@ -235,8 +236,8 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
     }
 }
 
-/// The stage a stage's table starts from, as written in `after` or `init.from`, with how many
-/// times `init` stacks its layers (1 for `after`).
+/// The stage whose architecture a stage's table inherits, as written in `after`, a merge's
+/// first input or `init.from`, with how many times `init` stacks its layers (else 1).
 fn start_of(node: &Node) -> Option<(String, u32)> {
     fn get<'a>(val: &'a Val, key: &str) -> Option<&'a Val> {
         let Val::Table(t) = val else { return None };
@@ -244,6 +245,12 @@ fn start_of(node: &Node) -> Option<(String, u32)> {
     }
     if let Some(Val::Str(after)) = get(&node.val, "after") {
         return Some((after.clone(), 1));
+    }
+    // A merge has the architecture of its first input.
+    if let Some(Val::Array(inputs)) = get(&node.val, "inputs")
+        && let Some(Val::Str(first)) = inputs.first().map(|n| &n.val)
+    {
+        return Some((first.clone(), 1));
     }
     let init = get(&node.val, "init")?;
     let Some(Val::Str(from)) = get(init, "from") else { return None };

@@ -14,13 +14,14 @@ use crate::distill::Distill;
 use crate::freeze::{Freeze, decode_freeze};
 use crate::import::{Import, import_architecture, import_teacher, is_path};
 use crate::init::Init;
+use crate::merge::{Merge, MergeContext, MergeInput, decode_merge};
 use crate::model::{Model, ModelSpec, check_model, check_vocab, model_field_path};
 use crate::peft::Peft;
 use crate::schedule::Schedule;
 use crate::source::{Source, check_source_ref};
 use crate::tokenizer::Tokenizer;
 use crate::tree::{Node, Val};
-use crate::vocab::{LossOn, OnNonfinite, Packing, Precision, SourceFormat, StageKind};
+use crate::vocab::{LossOn, MergeMethod, OnNonfinite, Packing, Precision, SourceFormat, StageKind};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Stage {
@@ -67,6 +68,9 @@ pub struct Stage {
     pub on_nonfinite: OnNonfinite,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peft: Option<Peft>,
+    /// A `merge` stage's inputs and method.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<Merge>,
     /// Default none: weights averaged while training (EMA or LAWA).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub average: Option<Average>,
@@ -143,6 +147,11 @@ const STAGE_KEYS: &[&str] = &[
     "peft",
     "freeze",
     "average",
+    "inputs",
+    "method",
+    "weights",
+    "base",
+    "scale",
     "distill",
     "checkpoint_every",
     "keep_checkpoints",
@@ -154,6 +163,26 @@ impl Stage {
     /// The stage whose result this one starts from: as it is (`after`) or grown (`init`).
     pub fn start_stage(&self) -> Option<&str> {
         self.after.as_deref().or(self.init.as_ref().map(|i| i.from.as_str()))
+    }
+
+    /// The stages whose results this one needs: the one it starts from, its teachers, and a
+    /// merge's stage inputs.
+    pub fn upstream(&self) -> Vec<&str> {
+        let merged = self.merge.iter().flat_map(|m| m.all_inputs()).filter_map(|i| match i {
+            MergeInput::Stage(name) => Some(name.as_str()),
+            MergeInput::Checkpoint(_) => None,
+        });
+        let mut out: Vec<&str> =
+            self.start_stage().into_iter().chain(self.teacher.iter().map(String::as_str)).chain(merged).collect();
+        out.dedup();
+        out
+    }
+
+    /// The fields outside this stage's key. A greedy merge's result depends on its held-out
+    /// evaluation, so there `eval` is in the key.
+    pub fn non_semantic_fields(&self) -> Vec<&'static str> {
+        let greedy = self.merge.as_ref().is_some_and(|m| m.method == MergeMethod::Greedy);
+        NON_SEMANTIC_STAGE_FIELDS.iter().copied().filter(|f| !(greedy && *f == "eval")).collect()
     }
 
     /// Which layer of its starting weights each layer of this stage's model starts as, when
@@ -211,6 +240,9 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         .and_then(StageKind::from_word)
         .unwrap_or(StageKind::Pretrain);
 
+    let merge_context =
+        MergeContext { stage: name, stage_names, base_dir, checkpoints, tokenizer, check_stage_ref: &check_stage_ref };
+    let merge = decode_merge(cx, &f, kind == StageKind::Merge, &merge_context);
     let after = f.opt(cx, "after", decode::string);
     if let Some(a) = &after {
         let origin = cx.origins.get(&f.child_path("after")).cloned().unwrap_or_default();
@@ -270,14 +302,18 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     };
     let mut model = spec.resolve(tokenizer_vocab);
     model.import = imported;
+    // A merge has the architecture of its inputs (checked to agree across stages).
+    if let Some(MergeInput::Checkpoint(first)) = merge.as_ref().and_then(|m| m.inputs.first()) {
+        model = first.model.clone();
+    }
     let field_path = |field: &str| model_field_path(name, &model_overrides, field);
     check_model(cx, &model, &field_path);
     if let (Some(v), Some(tv)) = (model_overrides.vocab_size, tokenizer_vocab) {
         check_vocab(cx, &field_path("vocab_size"), v, tv);
     }
 
-    let steps = f.opt(cx, "steps", decode::count).unwrap_or(1000);
-    if steps == 0 {
+    let steps = if kind == StageKind::Merge { 0 } else { f.opt(cx, "steps", decode::count).unwrap_or(1000) };
+    if steps == 0 && kind != StageKind::Merge {
         check_range(cx, &f.child_path("steps"), 0.0, false, "at least 1 step");
     }
     let seq_len = f.opt(cx, "seq_len", decode::size(1, 1 << 22)).unwrap_or(model.max_seq_len);
@@ -304,7 +340,13 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         );
     }
 
-    let data = decode_data(cx, &f, kind, sources);
+    let greedy = merge.as_ref().is_some_and(|m| m.method == MergeMethod::Greedy);
+    let data = if kind == StageKind::Merge && !greedy {
+        only_for(cx, &f, "data", f.get("data").is_some(), false, "a training stage or a greedy merge");
+        Data { mix: Vec::new(), packing: Packing::BestFit, loss_on: LossOn::All }
+    } else {
+        decode_data(cx, &f, kind, sources)
+    };
     let optim = decode_optim(cx, &f);
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
     let precision = f.word::<Precision>(cx, "precision").unwrap_or(Precision::F32);
@@ -339,7 +381,8 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         }
         None => Eval { every: 0, batches: 8 },
     };
-    if eval.every > 0 {
+    only_for(cx, &f, "eval.every", eval.every > 0 && kind == StageKind::Merge, false, "a training stage");
+    if eval.every > 0 || greedy {
         let has_holdout = data.mix.iter().any(|(s, _)| sources.iter().any(|src| &src.name == s && src.holdout > 0.0));
         if !has_holdout {
             let origin = cx.origins.get(&f.child_path("eval.every")).cloned().unwrap_or_default();
@@ -356,6 +399,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         kind,
         after,
         init,
+        merge,
         teacher: teacher.into_iter().map(|(t, _)| t).collect(),
         teacher_checkpoints,
         model_overrides,

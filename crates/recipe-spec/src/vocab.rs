@@ -35,7 +35,7 @@ macro_rules! words {
 }
 pub(crate) use words;
 
-words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill" });
+words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill", Merge = "merge" });
 words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
 words!(OnError { Fail = "fail", Skip = "skip" });
 words!(ChatTemplate { ChatMl = "chatml" });
@@ -45,6 +45,7 @@ words!(LossOn { All = "all", Assistant = "assistant" });
 words!(OnNonfinite { Stop = "stop", Skip = "skip" });
 words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
 words!(PeftMethod { Lora = "lora", Dora = "dora" });
+words!(MergeMethod { Uniform = "uniform", Weighted = "weighted", Greedy = "greedy", TaskArithmetic = "task-arithmetic" });
 words!(InitKind { Stack = "stack" });
 words!(AverageKind { Ema = "ema", Lawa = "lawa" });
 words!(AverageUse { Average = "average", Raw = "raw" });

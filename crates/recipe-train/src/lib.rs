@@ -6,7 +6,7 @@
 //! evaluate on held-out data, average weights (EMA, LAWA; `average`) and write checkpoints that
 //! resume bit-exactly. Its objectives are
 //! cross-entropy over masked targets and, for distillation, a KD term against frozen teachers
-//! (`distill`). It returns the trained model: where a stage's folder is, publishing its result
+//! (`distill`); a `merge` stage combines finished models instead of training (`merge`). It returns the trained model: where a stage's folder is, publishing its result
 //! and recording it in the lock belong to the executor (`recipe-run`). Progress goes to an
 //! [`Observer`]; nothing here prints.
 
@@ -14,11 +14,13 @@ mod adamw;
 mod average;
 pub mod distill;
 mod error;
+mod merge;
 mod scaler;
 mod trainer;
 
 pub use adamw::{AdamW, clip_factor};
 pub use error::{Error, Result};
+pub use merge::{MergeRun, merge_stage};
 pub use scaler::LossScaler;
 pub use trainer::{
     MicroLoss, Objective, Observer, Outcome, StageRun, StepGradients, StepMetrics, TrainState, batch_loss, build_model,

@@ -438,7 +438,13 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
 
 /// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
 /// Runs on a fresh loader, so every evaluation sees the same batches.
-fn evaluate(model: &Llama, stores: &Mix, config: &LoaderConfig, stage: &Stage, device: &Device) -> Result<f64> {
+pub(crate) fn evaluate(
+    model: &Llama,
+    stores: &Mix,
+    config: &LoaderConfig,
+    stage: &Stage,
+    device: &Device,
+) -> Result<f64> {
     let mut loader = Loader::new(stores.clone(), config)?;
     let (mut sum, mut count) = (0.0, 0.0);
     for _ in 0..stage.eval.batches {
