@@ -149,11 +149,13 @@ impl Llama {
     }
 
     /// The model a stage trains from the starting weights `tensors`: LoRA or DoRA adapters over
-    /// them under `peft`, else the weights themselves, less those the stage freezes.
+    /// them under `peft`, else the weights themselves, less those the stage freezes; a merge
+    /// trains nothing.
     pub fn for_stage(stage: &Stage, tensors: Vec<(String, Tensor)>, seed: u64, device: &Device) -> Result<Llama> {
-        match &stage.peft {
-            Some(peft) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
-            None => Llama::from_tensors(&stage.model, tensors, device)?.freeze(&stage.freeze),
+        match (&stage.peft, &stage.merge) {
+            (_, Some(_)) => Llama::frozen(&stage.model, tensors, device),
+            (Some(peft), None) => Llama::with_lora(&stage.model, tensors, peft, seed, device),
+            (None, None) => Llama::from_tensors(&stage.model, tensors, device)?.freeze(&stage.freeze),
         }
     }
 

@@ -69,7 +69,7 @@ fn load_weights(stage: &Stage, path: &Path, format: CheckpointFormat) -> Result<
 
 fn model(stage: &Stage, weights: Weights, device: &Device) -> Result<Llama> {
     let named = stage.model.layout().into_iter().map(|(n, _, _)| n).zip(weights).collect();
-    Ok(Llama::from_tensors(&stage.model, named, device)?)
+    Ok(Llama::for_stage(stage, named, 0, device)?)
 }
 
 /// `t` times `w` (a product alone, so that −0 stays −0: `affine` would add +0).
