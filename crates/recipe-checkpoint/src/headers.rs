@@ -102,7 +102,12 @@ fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<u64>>, String> 
 
 /// What tensor shapes alone fix, and the key/value width; the head count stays with the recipe.
 fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u32), String> {
-    let dims = |name: &str| shapes.get(name).ok_or_else(|| format!("it has no tensor `{name}`"));
+    // A matrix: its shape has two dimensions (a damaged header may say anything).
+    let dims = |name: &str| match shapes.get(name) {
+        Some(shape) if shape.len() == 2 => Ok(shape),
+        Some(shape) => Err(format!("its tensor `{name}` has shape {shape:?}, not a matrix's")),
+        None => Err(format!("it has no tensor `{name}`")),
+    };
     let embed = dims("model.embed_tokens.weight")?;
     let gate = dims("model.layers.0.mlp.gate_proj.weight")?;
     let kv = dims("model.layers.0.self_attn.k_proj.weight")?;
