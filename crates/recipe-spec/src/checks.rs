@@ -100,8 +100,14 @@ pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
                         Diagnostic::new(
                             &origin,
                             format!(
-                                "stage `{}` {how} `{}`'s weights but its {field} is {} where {} is expected",
-                                s.name, parent.name, mine[field], theirs[field]
+                                "stage `{}` {how} `{}`'s weights but its {field} is {} where {}",
+                                s.name,
+                                parent.name,
+                                mine[field],
+                                match s.init {
+                                    Some(_) if *field == "n_layers" => format!("{} is expected", theirs[field]),
+                                    _ => format!("`{}`'s is {}", parent.name, theirs[field]),
+                                }
                             ),
                         )
                         .label(label.clone()),
