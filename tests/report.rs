@@ -171,7 +171,7 @@ fn render_in_chromium(page: &Path, data: &Value) {
     // Hovering the middle of the first chart (the loss of `pretrain`) shows each recipe's
     // training loss, with its raw value, near step 6.
     let tooltip = attribute("data-selftest");
-    assert!(tooltip.starts_with("loss (train, and held-out dashed) at step 6"), "{tooltip}");
+    assert!(tooltip.starts_with("loss (train, and held-out dashed; averaged weights dotted) at step 6"), "{tooltip}");
     for name in ["report-a train: ", "report-b train: ", "report-a held-out: "] {
         assert!(tooltip.contains(name), "{name} in {tooltip}");
     }

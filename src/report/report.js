@@ -162,7 +162,7 @@
     for (const line of lines) {
       if (line.raw) root.append(svg('path', { d: pathOf(line.xs, line.raw), fill: 'none', stroke: line.colour, 'stroke-opacity': 0.22, 'stroke-width': 1 }));
       const attrs = { d: pathOf(line.xs, line.ys), fill: 'none', stroke: line.colour, 'stroke-width': 1.6, class: 'series' };
-      if (line.dashed) attrs['stroke-dasharray'] = '5 3';
+      if (line.dashed) attrs['stroke-dasharray'] = typeof line.dashed === 'string' ? line.dashed : '5 3';
       root.append(svg('path', attrs));
       if (line.dots) {
         line.xs.forEach((x, i) => {
@@ -235,9 +235,9 @@
       if (c.loss && c.loss.length) lines.push({ label: `${s.label} train`, colour: s.colour, dashed: s.dashed, xs: c[view.x], ys: smooth(c.loss, view.smoothing), raw: view.smoothing ? c.loss : null });
       const e = s.key.curves.eval;
       if (e.loss.length) lines.push({ label: `${s.label} held-out`, colour: s.colour, dashed: true, dots: true, xs: e[view.x], ys: e.loss });
-      if (e.loss_avg.some((y) => y !== null)) lines.push({ label: `${s.label} held-out, averaged weights`, colour: s.colour, dashed: true, dots: true, xs: e[view.x], ys: e.loss_avg });
+      if (e.loss_avg.some((y) => y !== null)) lines.push({ label: `${s.label} held-out, averaged weights`, colour: s.colour, dashed: '1 3', dots: true, xs: e[view.x], ys: e.loss_avg });
     }
-    return lineChart('loss (train, and held-out dashed)', lines, { log: view.logLoss });
+    return lineChart('loss (train, and held-out dashed; averaged weights dotted)', lines, { log: view.logLoss });
   }
 
   // ---- tables --------------------------------------------------------------------------
@@ -297,7 +297,8 @@
         return p ? `${p.schedule.kind}, peak ${num(p.peak)}, warmup ${p.schedule.warmup}` : '—';
       }],
     ];
-    return table(['', ...stage.series.map((s) => s.label)], facts.map(([name, f]) => [el('th', {}, name), ...stage.series.map((s) => el('td', {}, f(s)))]));
+    const merged = stage.series.some((s) => s.key.merge);
+    return table(['', ...stage.series.map((s) => s.label)], facts.filter(([name]) => merged || name !== 'greedy soup').map(([name, f]) => [el('th', {}, name), ...stage.series.map((s) => el('td', {}, f(s)))]));
   }
   function dataTable(stage) {
     const rows = [];

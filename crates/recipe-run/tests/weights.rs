@@ -170,6 +170,13 @@ checkpoint_every = 4
             assert_eq!(state.contains_key(&format!("m.{name}")), !frozen, "{precision}: moments of {name}");
             assert_eq!(saved.contains_key(&name), !frozen, "{precision}: {name} in the checkpoint");
         }
+        let source = node_dir(&r, &run, "pretrain").join("final");
+        let model = recipe_train::build_model(stage, Some(&source), r.seed, &Device::Cpu).unwrap();
+        assert!(
+            model.params.iter().all(|p| !stage.freeze.freezes(&p.name)),
+            "{precision}: a frozen weight is a variable"
+        );
+        assert_eq!(model.params.len(), trained, "{precision}: one variable, and so one gradient, per trained weight");
         let estimate = stage.estimate(&r);
         let trainable: usize = saved.values().map(|t| t.elem_count()).sum();
         assert_eq!(estimate.params_trainable, trainable as u64, "{precision}: plan counts what trains");
