@@ -4,15 +4,15 @@
 //! falls back to the previous.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
+use common::execute_until;
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
-use recipe_run::{Hooks, NodeReport, execute};
+use recipe_run::NodeReport;
 use recipe_spec::Recipe;
-use recipe_train::{Observer, StepMetrics};
+
+mod common;
 
 fn recipe(dir: &Path) -> Recipe {
     recipe_with(dir, &[])
@@ -84,26 +84,6 @@ checkpoint_every = 2
     Recipe::parse(&dir.join("r.toml"), &text, sets, &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Records losses; raises the interrupt flag once `stop_at` steps of `stage` are done.
-struct Stopper<'a> {
-    stage: Mutex<String>,
-    stop_at: Option<(&'a str, u64)>,
-    flag: &'a AtomicBool,
-}
-
-impl Observer for Stopper<'_> {
-    fn start(&self, stage: &str, _: u64, _: u64) {
-        *self.stage.lock().unwrap() = stage.to_string();
-    }
-    fn step(&self, m: &StepMetrics) {
-        if self.stop_at == Some((self.stage.lock().unwrap().as_str(), m.step)) {
-            self.flag.store(true, Ordering::SeqCst);
-        }
-    }
-    fn message(&self, _: &str) {}
-    fn finish(&self) {}
-}
-
 fn train(runs: &Path, stop_at: Option<(&str, u64)>) -> Vec<(String, NodeReport)> {
     train_with(runs, stop_at, &[], None)
 }
@@ -115,13 +95,7 @@ fn train_with(
     sets: &[String],
     only: Option<&str>,
 ) -> Vec<(String, NodeReport)> {
-    let r = recipe_with(runs, sets);
-    let graph = Graph::build(&r).unwrap();
-    let run = RunDir::new(runs, &r.name);
-    let flag = AtomicBool::new(false);
-    let observer = Stopper { stage: Mutex::new(String::new()), stop_at, flag: &flag };
-    let hooks = Hooks { interrupt: &flag, observer: &observer, data_progress: &recipe_data::Silent };
-    execute(&r, &graph, &run, only, &Device::Cpu, &hooks).unwrap()
+    execute_until(&recipe_with(runs, sets), runs, stop_at, only)
 }
 
 /// (step, loss, lr, grad_norm, eval_loss) per line of a stage's metrics, and its final weights.

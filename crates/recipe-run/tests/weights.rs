@@ -4,15 +4,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
+use common::execute_until;
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
-use recipe_run::{Hooks, execute};
 use recipe_spec::Recipe;
-use recipe_train::{Observer, StepMetrics};
+
+mod common;
 
 fn recipe(dir: &Path, tail: &str, sets: &[String]) -> Recipe {
     parse(dir, tail, sets).unwrap_or_else(|e| panic!("{e}"))
@@ -56,38 +55,13 @@ optim = {{ lr = 1e-2 }}
     Recipe::parse(&dir.join("r.toml"), &text, sets, &Headers).map_err(|e| e.to_string())
 }
 
-/// Raises the interrupt flag once `stop_at` steps of a stage are done.
-struct Stopper<'a> {
-    stage: Mutex<String>,
-    stop_at: Option<(&'a str, u64)>,
-    flag: &'a AtomicBool,
-}
-
-impl Observer for Stopper<'_> {
-    fn start(&self, stage: &str, _: u64, _: u64) {
-        *self.stage.lock().unwrap() = stage.to_string();
-    }
-    fn step(&self, m: &StepMetrics) {
-        if self.stop_at == Some((self.stage.lock().unwrap().as_str(), m.step)) {
-            self.flag.store(true, Ordering::SeqCst);
-        }
-    }
-    fn message(&self, _: &str) {}
-    fn finish(&self) {}
-}
-
 fn train(r: &Recipe, runs: &Path) -> RunDir {
     train_until(r, runs, None)
 }
 
 fn train_until(r: &Recipe, runs: &Path, stop_at: Option<(&str, u64)>) -> RunDir {
-    let graph = Graph::build(r).unwrap();
-    let run = RunDir::new(runs, &r.name);
-    let flag = AtomicBool::new(false);
-    let observer = Stopper { stage: Mutex::new(String::new()), stop_at, flag: &flag };
-    let hooks = Hooks { interrupt: &flag, observer: &observer, data_progress: &recipe_data::Silent };
-    execute(r, &graph, &run, None, &Device::Cpu, &hooks).unwrap();
-    run
+    execute_until(r, runs, stop_at, None);
+    RunDir::new(runs, &r.name)
 }
 
 /// A stage's metrics lines and its final weights' bytes.
