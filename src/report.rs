@@ -209,6 +209,12 @@ fn curves(lines: &[Value], positions: u64) -> Value {
     let tokens_at = |l: &Value| l["step"].as_u64().unwrap_or(0) * positions;
     let steps: Vec<&Value> = lines.iter().filter(|l| l["loss"].is_number()).collect();
     let evals: Vec<&Value> = lines.iter().filter(|l| l["eval_loss"].is_number()).collect();
+    let sources: std::collections::BTreeSet<&String> =
+        evals.iter().filter_map(|l| l["eval_loss_by_source"].as_object()).flat_map(|m| m.keys()).collect();
+    let by_source: Map<String, Value> = sources
+        .into_iter()
+        .map(|s| (s.clone(), json!(evals.iter().map(|l| l["eval_loss_by_source"][s].as_f64()).collect::<Vec<_>>())))
+        .collect();
     let mut columns: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     columns.insert("step", steps.iter().map(|l| l["step"].as_f64().unwrap_or(0.0)).collect());
     columns.insert("tokens", steps.iter().map(|l| tokens_at(l) as f64).collect());
@@ -234,6 +240,7 @@ fn curves(lines: &[Value], positions: u64) -> Value {
             "tokens": evals.iter().map(|l| tokens_at(l)).collect::<Vec<_>>(),
             "loss": evals.iter().map(|l| l["eval_loss"].as_f64()).collect::<Vec<_>>(),
             "loss_avg": evals.iter().map(|l| l["eval_loss_avg"].as_f64()).collect::<Vec<_>>(),
+            "by_source": by_source,
         },
         "source_tokens": steps.last().map_or(Value::Null, |l| l["source_tokens"].clone()),
         "last_step": steps.last().and_then(|l| l["step"].as_u64()),

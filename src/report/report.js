@@ -110,6 +110,10 @@
   // lines: [{ label, colour, xs, ys, raw, dashed, dots }]
   function lineChart(title, lines, opts) {
     const box = el('div', { class: 'chart' }, el('h4', {}, title));
+    if (opts && opts.legend) {
+      box.append(el('div', { class: 'legend' }, ...lines.map((line) =>
+        el('span', { class: 'legend-item' }, el('span', { class: 'swatch', style: `background:${line.colour}` }), `${line.label}  `))));
+    }
     const log = opts && opts.log;
     const tf = (y) => (log ? Math.log10(y) : y);
     const usable = (y) => y !== null && Number.isFinite(y) && (!log || y > 0);
@@ -238,6 +242,22 @@
       if (e.loss_avg.some((y) => y !== null)) lines.push({ label: `${s.label} held-out, averaged weights`, colour: s.colour, dashed: '1 3', dots: true, xs: e[view.x], ys: e.loss_avg });
     }
     return lineChart('loss (train, and held-out dashed; averaged weights dotted)', lines, { log: view.logLoss });
+  }
+
+  // Held-out loss per source: by source colour for one run, else the run's colour with a dash
+  // per source.
+  function bySourceChart(stage) {
+    const dashes = [false, '5 3', '1 3', '8 3 1 3'];
+    const lines = [];
+    for (const s of stage.series) {
+      const e = s.key.curves.eval;
+      Object.entries(e.by_source || {}).forEach(([name, ys], i) => lines.push({
+        label: `${s.label} ${name}`, dots: true, xs: e[view.x], ys,
+        colour: stage.series.length === 1 ? PALETTE[i % PALETTE.length] : s.colour,
+        dashed: stage.series.length === 1 ? false : dashes[i % dashes.length],
+      }));
+    }
+    return lines.length ? lineChart('held-out loss by source', lines, { log: view.logLoss, legend: true }) : null;
   }
 
   // ---- tables --------------------------------------------------------------------------
@@ -383,6 +403,7 @@
         el('span', { class: 'legend-item' }, el('span', { class: 'swatch', style: `background:${s.colour}` }), `${s.label}: ${stateText(s.key)}  `))));
       const charts = [
         lossChart(stage),
+        bySourceChart(stage),
         scalarChart(stage, 'learning rate', 'lr', false),
         scalarChart(stage, 'gradient norm (before clipping)', 'grad_norm', true),
         scalarChart(stage, 'tokens/s', 'tokens_per_s', true),

@@ -127,6 +127,9 @@ pub struct Eval {
     pub every: u64,
     /// Default 8 batches of `micro_batch_size` sequences.
     pub batches: u32,
+    /// Default false: also evaluate each held-out source alone (`eval_loss_by_source`), to
+    /// read forgetting and the effect of replay off the metrics.
+    pub by_source: bool,
 }
 
 const STAGE_KEYS: &[&str] = &[
@@ -200,7 +203,7 @@ const DATA_KEYS: &[&str] = &["mix", "packing", "loss_on"];
 
 const OPTIM_KEYS: &[&str] = &["kind", "lr", "betas", "eps", "weight_decay", "grad_clip"];
 
-const EVAL_KEYS: &[&str] = &["every", "batches"];
+const EVAL_KEYS: &[&str] = &["every", "batches", "by_source"];
 
 /// What decoding a stage needs from the rest of the recipe.
 pub(crate) struct StageContext<'a> {
@@ -377,11 +380,13 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
             Eval {
                 every: e.opt(cx, "every", decode::count).unwrap_or(0),
                 batches: e.opt(cx, "batches", decode::size(1, 1 << 20)).unwrap_or(8),
+                by_source: e.opt(cx, "by_source", decode::boolean).unwrap_or(false),
             }
         }
-        None => Eval { every: 0, batches: 8 },
+        None => Eval { every: 0, batches: 8, by_source: false },
     };
     only_for(cx, &f, "eval.every", eval.every > 0 && kind == StageKind::Merge, false, "a training stage");
+    only_for(cx, &f, "eval.by_source", eval.by_source, eval.every > 0, "`eval.every` > 0");
     if eval.every > 0 || greedy {
         let has_holdout = data.mix.iter().any(|(s, _)| sources.iter().any(|src| &src.name == s && src.holdout > 0.0));
         if !has_holdout {

@@ -57,6 +57,9 @@ pub struct StepMetrics {
     pub eval_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_ppl: Option<f64>,
+    /// Each held-out source's loss alone (`eval.by_source`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss_by_source: Option<BTreeMap<String, f64>>,
     /// The held-out loss of the averaged weights (a stage with `average`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss_avg: Option<f64>,
@@ -162,7 +165,10 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     if start_step == 0 && stage.eval.every > 0 {
         // The starting point, so that what the stage changed can be read off the metrics.
         let eval_loss = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
-        let line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
+        let mut line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
+        if stage.eval.by_source {
+            line["eval_loss_by_source"] = serde_json::json!(evaluate_by_source(&model, r, stage)?);
+        }
         append_line(&mut metrics_file, &line.to_string()).map_err(io(&metrics_path))?;
         r.observer.message(&format!("`{}` before training: eval loss {eval_loss:.4}", stage.name));
     }
@@ -219,6 +225,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             loss_tokens,
             eval_loss: None,
             eval_ppl: None,
+            eval_loss_by_source: None,
             eval_loss_avg: None,
             ce_loss: terms.map(|t| t.0),
             kd_loss: terms.map(|t| t.1),
@@ -231,6 +238,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
             m.eval_loss = Some(eval);
             m.eval_ppl = Some(eval.exp());
+            if stage.eval.by_source {
+                m.eval_loss_by_source = Some(evaluate_by_source(&model, r, stage)?);
+            }
             if let Some(weights) = averager.as_ref().map(Averager::averaged).transpose()?.flatten() {
                 let eval_avg = with_weights(&model, &weights, || {
                     evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)
@@ -454,6 +464,19 @@ pub(crate) fn evaluate(
         count += micro.count;
     }
     Ok(sum / count.max(1.0))
+}
+
+/// The held-out loss of each source of the stage's mix that holds data out, alone: the same
+/// batches [`evaluate`] would draw if the stage mixed that source only.
+fn evaluate_by_source(model: &Llama, r: &StageRun, stage: &Stage) -> Result<BTreeMap<String, f64>> {
+    let config = LoaderConfig::of_stage(r.recipe, stage, Split::Holdout);
+    let mut out = BTreeMap::new();
+    for ((name, _), (store, _)) in stage.data.mix.iter().zip(&r.stores) {
+        if r.recipe.sources.iter().any(|s| &s.name == name && s.holdout > 0.0) {
+            out.insert(name.clone(), evaluate(model, &vec![(store.clone(), 1.0)], &config, stage, r.device)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Append one line in one write, so that a reader never sees half of it (and a line cut by a
