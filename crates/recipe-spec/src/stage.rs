@@ -128,7 +128,9 @@ pub struct Eval {
     /// Default 8 batches of `micro_batch_size` sequences.
     pub batches: u32,
     /// Default false: also evaluate each held-out source alone (`eval_loss_by_source`), to
-    /// read forgetting and the effect of replay off the metrics.
+    /// read forgetting and the effect of replay off the metrics. Left out of the canonical form
+    /// when false, so that a greedy merge's key (which holds `eval`) stays as it was.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub by_source: bool,
 }
 
