@@ -142,6 +142,7 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
         "reason": will_run_reason(st),
         "after": stage.after,
         "init": stage.init,
+        "merge": stage.merge,
         "teacher": stage.teacher,
         "freeze": stage.freeze,
         "average": stage.average,
