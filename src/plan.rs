@@ -101,9 +101,10 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
     let curve: Vec<f64> = (0..stage.steps).map(|t| stage.optim.lr * stage.schedule.factor(t, stage.steps)).collect();
     let samples: Vec<f64> =
         (0..CURVE_POINTS.min(curve.len())).map(|i| curve[i * curve.len() / CURVE_POINTS.min(curve.len())]).collect();
+    // Over the whole stage: each phase of a mix that changes weighs by its steps.
     let sources: serde_json::Map<String, Value> = stage
         .data
-        .mix
+        .average_weights(stage.steps)
         .iter()
         .enumerate()
         .map(|(i, (name, w))| {
@@ -298,7 +299,7 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
     );
     let mix: Vec<String> = stage
         .data
-        .mix
+        .average_weights(stage.steps)
         .iter()
         .map(|(n, w)| {
             let src = &s["sources"][n];
@@ -307,6 +308,19 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
         })
         .collect();
     let _ = writeln!(out, "  data      {}  · loss on {}", mix.join(" · "), stage.data.loss_on);
+    if !stage.data.phases.is_empty() {
+        let phases: Vec<String> = stage
+            .data
+            .phases
+            .iter()
+            .map(|(from, weights)| {
+                let parts: Vec<String> =
+                    weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} {:.1}%", w * 100.0)).collect();
+                format!("from step {from}: {}", parts.join(", "))
+            })
+            .collect();
+        let _ = writeln!(out, "  phases    {}", phases.join(" · "));
+    }
     let p = &s["packing"];
     match (p["efficiency"].as_f64(), p["truncation_rate"].as_f64()) {
         (Some(eff), Some(trunc)) => {

@@ -146,7 +146,7 @@ fn stage_report(
     Ok(json!({
         "name": stage.name,
         "kind": stage.kind,
-        "mix": stage.data.mix.iter().map(|(n, w)| json!([n, w])).collect::<Vec<_>>(),
+        "mix": stage.data.average_weights(stage.steps).iter().map(|(n, w)| json!([n, w])).collect::<Vec<_>>(),
         "plan": facts,
         "keys": keys,
     }))

@@ -72,6 +72,19 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
             format!("{p}.checkpoint_every=15"),
             format!("{p}.log_every=10"),
         ]);
+        if !st.data.phases.is_empty() {
+            // The same phases at the same fractions of the shrunk stage.
+            let mut phases: Vec<String> = Vec::new();
+            let mut last = 0;
+            for (i, (from, weights)) in st.data.phases.iter().enumerate() {
+                let at = if i == 0 { 0 } else { (from * steps / st.steps).max(last + 1) };
+                last = at;
+                let mix: Vec<String> =
+                    weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} = {w}")).collect();
+                phases.push(format!("[{at}, {{ {} }}]", mix.join(", ")));
+            }
+            sets.push(format!("{p}.data.mix=[{}]", phases.join(", ")));
+        }
         if let Some(every) = st.average.as_ref().and_then(|a| a.every) {
             sets.push(format!("{p}.average.every={}", every.min(steps / 5)));
         }

@@ -214,6 +214,12 @@ impl Loader {
         b
     }
 
+    /// Draw from now on with `weights` (over the mix's sources, in its order), as `phase` of a
+    /// mix that changes.
+    pub fn set_phase(&mut self, phase: usize, weights: Vec<f64>) {
+        self.sampler.set_phase(phase as u32, weights);
+    }
+
     pub fn state(&self) -> LoaderState {
         LoaderState {
             sampler: self.sampler.state.clone(),

@@ -17,6 +17,17 @@ pub struct SamplerState {
     pub epoch: Vec<u32>,
     /// The position within the current epoch's order.
     pub cursor: Vec<u64>,
+    /// The phase of a mix that changes, and the tokens taken from each source when it began:
+    /// the shares are kept within a phase, so a new mix starts afresh rather than making up
+    /// for the old one.
+    #[serde(default, skip_serializing_if = "is_first_phase")]
+    pub phase: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub since: Vec<u64>,
+}
+
+fn is_first_phase(phase: &u32) -> bool {
+    *phase == 0
 }
 
 pub struct Sampler {
@@ -43,7 +54,14 @@ impl Sampler {
             weights: sources.iter().map(|(_, w, _)| *w).collect(),
             pools: sources.into_iter().map(|(_, _, p)| p).collect(),
             orders: Vec::new(),
-            state: SamplerState { taken: vec![0; n], drawn: vec![0; n], epoch: vec![0; n], cursor: vec![0; n] },
+            state: SamplerState {
+                taken: vec![0; n],
+                drawn: vec![0; n],
+                epoch: vec![0; n],
+                cursor: vec![0; n],
+                phase: 0,
+                since: Vec::new(),
+            },
         };
         s.orders = (0..n).map(|i| s.order(i, 0)).collect();
         s
@@ -70,16 +88,30 @@ impl Sampler {
         order
     }
 
-    /// The next document: from the source furthest below its share of the tokens taken so far.
-    /// `len` gives a document's length in tokens, end-of-document token included.
+    /// Use `weights` from now on as `phase` of a mix that changes; entering a new phase starts
+    /// its shares afresh. Setting the phase a restored state is in changes nothing.
+    pub fn set_phase(&mut self, phase: u32, weights: Vec<f64>) {
+        if phase != self.state.phase {
+            self.state.phase = phase;
+            self.state.since = self.state.taken.clone();
+        }
+        self.weights = weights;
+    }
+
+    /// The next document: from the source (of weight > 0) furthest below its share of the
+    /// tokens taken so far in this phase. `len` gives a document's length in tokens,
+    /// end-of-document token included.
     pub fn next(&mut self, len: impl Fn(usize, u32) -> u64) -> (usize, u32) {
-        let total: u64 = self.state.taken.iter().sum();
+        let state = &self.state;
+        let taken = |s: usize| state.taken[s] - state.since.get(s).copied().unwrap_or(0);
+        let total: u64 = (0..self.weights.len()).map(taken).sum();
         let src = (0..self.weights.len())
+            .filter(|&s| self.weights[s] > 0.0)
             .max_by(|&a, &b| {
-                let deficit = |s: usize| self.weights[s] * total as f64 - self.state.taken[s] as f64;
+                let deficit = |s: usize| self.weights[s] * total as f64 - taken(s) as f64;
                 deficit(a).total_cmp(&deficit(b)).then(b.cmp(&a))
             })
-            .expect("a loader has at least one source");
+            .expect("a mix has a source of weight > 0");
         if self.state.cursor[src] as usize == self.orders[src].len() {
             self.state.epoch[src] += 1;
             self.state.cursor[src] = 0;
@@ -90,5 +122,47 @@ impl Sampler {
         self.state.drawn[src] += 1;
         self.state.taken[src] += len(src, doc);
         (src, doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tokens taken from each source by `n` draws of documents of `len` tokens each.
+    fn draw(sampler: &mut Sampler, n: usize, len: &[u64]) -> Vec<u64> {
+        let mut taken = vec![0; len.len()];
+        for _ in 0..n {
+            let (src, _) = sampler.next(|s, _| len[s]);
+            taken[src] += len[src];
+        }
+        taken
+    }
+
+    #[test]
+    fn a_new_phase_keeps_its_own_shares_and_restores_exactly() {
+        let sources = vec![("a".to_string(), 1.0, (0..50).collect()), ("b".to_string(), 0.0, (0..50).collect())];
+        let len = [10, 30];
+        let mut sampler = Sampler::new(1, "train", sources);
+        assert_eq!(draw(&mut sampler, 20, &len), [200, 0], "a source of weight 0 is never drawn");
+        // The new shares hold within the phase, not over the whole run (which would draw only
+        // `b` until it had caught up with the 200 tokens of `a`).
+        sampler.set_phase(1, vec![0.25, 0.75]);
+        let second = draw(&mut sampler, 40, &len);
+        let share = second[1] as f64 / (second[0] + second[1]) as f64;
+        assert!((share - 0.75).abs() <= 30.0 / (second[0] + second[1]) as f64, "{second:?}");
+        assert!(second[0] > 0);
+        // A restored state in the same phase draws exactly what the original goes on to draw.
+        let saved = sampler.state.clone();
+        let mut restored = Sampler::new(
+            1,
+            "train",
+            vec![("a".to_string(), 1.0, (0..50).collect()), ("b".to_string(), 0.0, (0..50).collect())],
+        );
+        restored.restore(saved);
+        restored.set_phase(1, vec![0.25, 0.75]);
+        let ahead: Vec<(usize, u32)> = (0..30).map(|_| sampler.next(|s, _| len[s])).collect();
+        let again: Vec<(usize, u32)> = (0..30).map(|_| restored.next(|s, _| len[s])).collect();
+        assert_eq!(ahead, again);
     }
 }

@@ -67,25 +67,44 @@ pub struct DataFacts {
 /// scaled from the sample.
 pub const MAX_SIMULATED_ROWS: u64 = 100_000;
 
-/// Run the stage's sampler and packer over document lengths alone.
+/// Run the stage's sampler and packer over document lengths alone: each phase of a mix that
+/// changes in turn (one phase for a fixed mix), each from a sample of its rows scaled up to all
+/// of them when it has more than its share of [`MAX_SIMULATED_ROWS`].
 pub fn data_facts(recipe: &Recipe, stage: &Stage, stores: Mix) -> Result<DataFacts> {
     let mut loader = Loader::new(stores, &LoaderConfig::of_stage(recipe, stage, Split::Train))?;
     let rows_total = stage.steps.saturating_mul(stage.batch_size as u64);
-    let rows_simulated = rows_total.min(MAX_SIMULATED_ROWS);
-    let mut left = rows_simulated;
-    while left > 0 {
-        let n = left.min(4096);
-        loader.next_rows(n as usize);
-        left -= n;
+    let starts: Vec<u64> = match stage.data.phases.as_slice() {
+        [] => vec![0],
+        phases => phases.iter().map(|(from, _)| *from).collect(),
+    };
+    let per_phase = MAX_SIMULATED_ROWS / starts.len() as u64;
+    let mut sources = loader.stats().sources;
+    for s in &mut sources {
+        (s.tokens, s.docs, s.epochs) = (0, 0, 0.0);
     }
-    let mut stats = loader.stats();
-    if rows_simulated < rows_total {
-        let scale = rows_total as f64 / rows_simulated as f64;
-        for s in &mut stats.sources {
-            s.tokens = (s.tokens as f64 * scale) as u64;
-            s.docs = (s.docs as f64 * scale) as u64;
-            s.epochs *= scale;
+    let mut rows_simulated = 0;
+    for (i, from) in starts.iter().enumerate() {
+        let until = starts.get(i + 1).copied().unwrap_or(stage.steps);
+        if !stage.data.phases.is_empty() {
+            loader.set_phase(i, stage.data.weights_at(*from));
         }
+        let rows = until.saturating_sub(*from).saturating_mul(stage.batch_size as u64);
+        let sample = rows.min(per_phase);
+        let before = loader.stats().sources;
+        let mut left = sample;
+        while left > 0 {
+            let n = left.min(4096);
+            loader.next_rows(n as usize);
+            left -= n;
+        }
+        let scale = if sample > 0 { rows as f64 / sample as f64 } else { 0.0 };
+        for ((acc, after), before) in sources.iter_mut().zip(loader.stats().sources).zip(before) {
+            acc.tokens += ((after.tokens - before.tokens) as f64 * scale) as u64;
+            acc.docs += ((after.docs - before.docs) as f64 * scale) as u64;
+            acc.epochs += (after.epochs - before.epochs) * scale;
+        }
+        rows_simulated += sample;
     }
+    let stats = LoaderStats { sources, ..loader.stats() };
     Ok(DataFacts { stats, rows_simulated, rows_total })
 }

@@ -96,9 +96,16 @@ pub const NON_SEMANTIC_STAGE_FIELDS: &[&str] = &["checkpoint_every", "keep_check
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Data {
-    /// Required. Token proportions per source, normalised to sum to 1, sorted by source name.
+    /// Required. Token proportions per source, normalised to sum to 1, sorted by source name:
+    /// every source the stage reads, with the weights it ends on (0 for a source only an
+    /// earlier phase reads).
     #[serde(serialize_with = "pairs_as_map")]
     pub mix: Vec<(String, f64)>,
+    /// A mix that changes (`mix = [[0, {...}], [500, {...}]]`): from which step each phase's
+    /// weights hold, normalised, over `mix`'s sources in its order (0 where a phase leaves a
+    /// source out). Empty for one mix throughout.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "phases_as_pairs")]
+    pub phases: Vec<(u64, Vec<(String, f64)>)>,
     /// Default `best-fit`.
     pub packing: Packing,
     /// Default `assistant` for `sft` stages, `all` otherwise.
@@ -163,6 +170,37 @@ const STAGE_KEYS: &[&str] = &[
     "log_every",
     "eval",
 ];
+
+impl Data {
+    /// The weights over `mix`'s sources, in its order, that hold at `step`.
+    pub fn weights_at(&self, step: u64) -> Vec<f64> {
+        match self.phases.iter().rev().find(|(from, _)| *from <= step) {
+            Some((_, weights)) => weights.iter().map(|(_, w)| *w).collect(),
+            None => self.mix.iter().map(|(_, w)| *w).collect(),
+        }
+    }
+
+    /// The weights over the whole stage of `steps` steps: each phase's, weighted by its steps.
+    pub fn average_weights(&self, steps: u64) -> Vec<(String, f64)> {
+        if self.phases.is_empty() || steps == 0 {
+            return self.mix.clone();
+        }
+        let mut out: Vec<(String, f64)> = self.mix.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+        for (i, (from, weights)) in self.phases.iter().enumerate() {
+            let until = self.phases.get(i + 1).map_or(steps, |(next, _)| *next).min(steps);
+            let share = until.saturating_sub(*from) as f64 / steps as f64;
+            for ((_, avg), (_, w)) in out.iter_mut().zip(weights) {
+                *avg += share * w;
+            }
+        }
+        out
+    }
+
+    /// Which phase holds at `step` (0 for one mix throughout).
+    pub fn phase_at(&self, step: u64) -> usize {
+        self.phases.iter().rposition(|(from, _)| *from <= step).unwrap_or(0)
+    }
+}
 
 impl Stage {
     /// The stage whose result this one starts from: as it is (`after`) or grown (`init`).
@@ -348,9 +386,9 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let greedy = merge.as_ref().is_some_and(|m| m.method == MergeMethod::Greedy);
     let data = if kind == StageKind::Merge && !greedy {
         only_for(cx, &f, "data", f.get("data").is_some(), false, "a training stage or a greedy merge");
-        Data { mix: Vec::new(), packing: Packing::BestFit, loss_on: LossOn::All }
+        Data { mix: Vec::new(), phases: Vec::new(), packing: Packing::BestFit, loss_on: LossOn::All }
     } else {
-        decode_data(cx, &f, kind, sources)
+        decode_data(cx, &f, kind, sources, steps)
     };
     let optim = decode_optim(cx, &f);
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
@@ -390,7 +428,9 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     only_for(cx, &f, "eval.every", eval.every > 0 && kind == StageKind::Merge, false, "a training stage");
     only_for(cx, &f, "eval.by_source", eval.by_source, eval.every > 0, "`eval.every` > 0");
     if eval.every > 0 || greedy {
-        let has_holdout = data.mix.iter().any(|(s, _)| sources.iter().any(|src| &src.name == s && src.holdout > 0.0));
+        // Evaluation reads the mix the stage ends on.
+        let has_holdout =
+            data.mix.iter().any(|(s, w)| *w > 0.0 && sources.iter().any(|src| &src.name == s && src.holdout > 0.0));
         if !has_holdout {
             let origin = cx.origins.get(&f.child_path("eval.every")).cloned().unwrap_or_default();
             cx.diags.push(
@@ -431,7 +471,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     }
 }
 
-fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source]) -> Data {
+fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source], steps: u64) -> Data {
     let source_names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     let default_loss_on = if kind == StageKind::Sft { LossOn::Assistant } else { LossOn::All };
     let Some(node) = stage.get("data") else {
@@ -439,44 +479,67 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source])
             Diagnostic::new(&stage.origin, format!("missing key `data` in `{}`", stage.path))
                 .label("expected `data = { mix = { SOURCE = 1.0 } }`"),
         );
-        return Data { mix: Vec::new(), packing: Packing::BestFit, loss_on: default_loss_on };
+        return Data { mix: Vec::new(), phases: Vec::new(), packing: Packing::BestFit, loss_on: default_loss_on };
     };
     let f = Fields::of(cx, node, &stage.child_path("data"), DATA_KEYS);
     f.check_unknown(cx);
-    let mut mix = Vec::new();
+    let mut phases: Vec<(u64, Vec<(String, f64)>)> = Vec::new();
     if let Some(mix_node) = f.get("mix") {
         let mix_path = f.child_path("mix");
         cx.origins.insert(mix_path.clone(), mix_node.origin.clone());
         match &mix_node.val {
-            Val::Table(t) if !t.entries.is_empty() => {
-                for e in &t.entries {
-                    check_source_ref(cx, &e.key, &e.key_origin, &source_names);
-                    let wpath = format!("{mix_path}.{}", e.key);
-                    cx.origins.insert(wpath.clone(), e.node.origin.clone());
-                    if let Some(w) = decode::float(cx, &e.node, &wpath) {
-                        check_range(cx, &wpath, w, w > 0.0, "a weight > 0");
-                        mix.push((e.key.clone(), w));
+            Val::Array(items) if !items.is_empty() => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{mix_path}[{i}]");
+                    match &item.val {
+                        Val::Array(pair) if pair.len() == 2 => {
+                            let Some(from) = decode::count(cx, &pair[0], &format!("{path}[0]")) else { continue };
+                            let in_order = phases.last().is_none_or(|(last, _)| from > *last);
+                            let first_at_zero = !phases.is_empty() || from == 0;
+                            if !in_order || !first_at_zero || (from >= steps && steps > 0) {
+                                let expected = match (first_at_zero, in_order) {
+                                    (false, _) => "the first phase starts at step 0".to_string(),
+                                    (_, false) => {
+                                        "phases in order of their first step, each later than the last".into()
+                                    }
+                                    _ => format!("a step before the stage's last ({steps})"),
+                                };
+                                cx.diags.push(
+                                    Diagnostic::new(&pair[0].origin, format!("`{path}` starts at step {from}"))
+                                        .label(format!("expected {expected}")),
+                                );
+                            }
+                            let weights = decode_weights(cx, &pair[1], &format!("{path}[1]"), &source_names);
+                            phases.push((from, weights));
+                        }
+                        _ => cx.diags.push(
+                            Diagnostic::new(
+                                &item.origin,
+                                format!("`{path}` must be a pair [STEP, {{ SOURCE = WEIGHT }}]"),
+                            )
+                            .label("expected `[0, { moby = 1.0 }]`"),
+                        ),
                     }
                 }
             }
-            _ => cx.diags.push(
-                Diagnostic::new(&mix_node.origin, format!("`{mix_path}` must be a non-empty table of weights"))
-                    .label("expected `{ SOURCE = 0.7, OTHER = 0.3 }`"),
-            ),
+            _ => phases.push((0, decode_weights(cx, mix_node, &mix_path, &source_names))),
         }
     } else {
         cx.diags.push(
             Diagnostic::new(&f.origin, format!("missing key `mix` in `{}`", f.path))
-                .label("expected `mix = { SOURCE = 1.0 }`"),
+                .label("expected `mix = { SOURCE = 1.0 }`, or phases `[[0, { A = 1 }], [500, { A = 0.5, B = 0.5 }]]`"),
         );
     }
-    let total: f64 = mix.iter().map(|(_, w)| w).sum();
-    if total > 0.0 {
-        for (_, w) in &mut mix {
-            *w /= total;
-        }
-    }
-    mix.sort_by(|a, b| a.0.cmp(&b.0));
+    // Every source any phase reads, with the last phase's weights; each phase's weights aligned.
+    let mut names: Vec<String> = phases.iter().flat_map(|(_, w)| w.iter().map(|(n, _)| n.clone())).collect();
+    names.sort();
+    names.dedup();
+    let aligned = |weights: &[(String, f64)]| -> Vec<(String, f64)> {
+        names.iter().map(|n| (n.clone(), weights.iter().find(|(m, _)| m == n).map_or(0.0, |(_, w)| *w))).collect()
+    };
+    let mix = phases.last().map(|(_, last)| aligned(last)).unwrap_or_default();
+    let phases =
+        if phases.len() > 1 { phases.iter().map(|(from, w)| (*from, aligned(w))).collect() } else { Vec::new() };
     let loss_on = f.word::<LossOn>(cx, "loss_on").unwrap_or(default_loss_on);
     if loss_on == LossOn::Assistant {
         for (name, _) in &mix {
@@ -494,7 +557,37 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source])
             }
         }
     }
-    Data { mix, packing: f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit), loss_on }
+    Data { mix, phases, packing: f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit), loss_on }
+}
+
+/// One mix's `{ SOURCE = WEIGHT }` table: weights > 0 of known sources, normalised, sorted.
+fn decode_weights(cx: &mut Cx, node: &Node, path: &str, source_names: &[&str]) -> Vec<(String, f64)> {
+    let mut mix = Vec::new();
+    match &node.val {
+        Val::Table(t) if !t.entries.is_empty() => {
+            for e in &t.entries {
+                check_source_ref(cx, &e.key, &e.key_origin, source_names);
+                let wpath = format!("{path}.{}", e.key);
+                cx.origins.insert(wpath.clone(), e.node.origin.clone());
+                if let Some(w) = decode::float(cx, &e.node, &wpath) {
+                    check_range(cx, &wpath, w, w > 0.0, "a weight > 0");
+                    mix.push((e.key.clone(), w));
+                }
+            }
+        }
+        _ => cx.diags.push(
+            Diagnostic::new(&node.origin, format!("`{path}` must be a non-empty table of weights"))
+                .label("expected `{ SOURCE = 0.7, OTHER = 0.3 }`"),
+        ),
+    }
+    let total: f64 = mix.iter().map(|(_, w)| w).sum();
+    if total > 0.0 {
+        for (_, w) in &mut mix {
+            *w /= total;
+        }
+    }
+    mix.sort_by(|a, b| a.0.cmp(&b.0));
+    mix
 }
 
 fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
@@ -536,6 +629,17 @@ fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
         }
     }
     optim
+}
+
+/// Serialise phases as `[[from, { SOURCE = WEIGHT }], ...]`, the way they are written.
+fn phases_as_pairs<S: serde::Serializer>(phases: &[(u64, Vec<(String, f64)>)], s: S) -> Result<S::Ok, S::Error> {
+    let written: Vec<(u64, serde_json::Map<String, serde_json::Value>)> = phases
+        .iter()
+        .map(|(from, w)| {
+            (*from, w.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| (n.clone(), serde_json::json!(w))).collect())
+        })
+        .collect();
+    serde::Serialize::serialize(&written, s)
 }
 
 /// Serialise `(name, weight)` pairs as a JSON object.

@@ -178,6 +178,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let started = Instant::now();
         let lr = stage.optim.lr * stage.schedule.factor(step, stage.steps);
 
+        if !stage.data.phases.is_empty() {
+            loader.set_phase(stage.data.phase_at(step), stage.data.weights_at(step));
+        }
         // Draw the whole step's data first: each micro-batch's loss is weighted by its share of
         // the step's loss tokens, so accumulation gives the exact mean over the batch.
         let batches: Vec<Batch> =
