@@ -18,6 +18,7 @@ pub struct Averager {
     held: Vec<Vec<Tensor>>,
 }
 
+/// A copy of the weights in f32, which the optimizer's in-place updates leave alone.
 fn current(model: &Llama) -> Result<Vec<Tensor>> {
     model.params.iter().map(|p| p.var.as_tensor().to_dtype(DType::F32)?.copy()).collect()
 }
@@ -37,8 +38,9 @@ impl Averager {
         match self.config.kind {
             AverageKind::Ema => {
                 let decay = self.config.decay.expect("ema has a decay");
-                let weights = current(model)?;
-                for (avg, w) in self.held[0].iter_mut().zip(&weights) {
+                // Read at once, so no copy of the weights is needed.
+                for (avg, p) in self.held[0].iter_mut().zip(&model.params) {
+                    let w = p.var.as_tensor().to_dtype(DType::F32)?;
                     *avg = (avg.affine(decay, 0.0)? + w.affine(1.0 - decay, 0.0)?)?;
                 }
             }
