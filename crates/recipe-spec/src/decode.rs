@@ -58,6 +58,11 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The keys written in the table that the schema allows, in the order written.
+    pub fn written(&self) -> impl Iterator<Item = (&'a str, &'a Node)> + '_ {
+        self.table.entries.iter().filter(|e| self.known.contains(&e.key.as_str())).map(|e| (e.key.as_str(), &e.node))
+    }
+
     pub fn get(&self, key: &str) -> Option<&'a Node> {
         debug_assert!(self.known.contains(&key), "{key} not in schema of {}", self.path);
         self.table.get(key)

@@ -66,25 +66,9 @@ impl Merge {
 /// Keys of the stage table that only a merge stage takes.
 pub(crate) const MERGE_KEYS: &[&str] = &["inputs", "method", "weights", "base", "scale"];
 
-/// Keys of the stage table that a merge stage does not take: it trains nothing.
-pub(crate) const TRAINING_KEYS: &[&str] = &[
-    "after",
-    "init",
-    "teacher",
-    "model",
-    "steps",
-    "optim",
-    "schedule",
-    "precision",
-    "on_nonfinite",
-    "peft",
-    "freeze",
-    "average",
-    "distill",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "log_every",
-];
+/// Keys of the stage table a merge stage takes besides its own: the rest train, and a merge
+/// trains nothing (a greedy one reads `data`, `eval` and the batch shape for its evaluation).
+const ALSO_FOR_MERGES: &[&str] = &["kind", "data", "seq_len", "batch_size", "micro_batch_size", "eval"];
 
 /// Where a merge's checkpoint inputs are read from, and how a stage name is checked.
 pub(crate) struct MergeContext<'a> {
@@ -105,14 +89,11 @@ pub(crate) fn decode_merge(cx: &mut Cx, f: &Fields, is_merge: bool, context: &Me
         }
         return None;
     }
-    for key in TRAINING_KEYS {
-        if f.get(key).is_some() {
-            let origin = f.table.get(key).map(|n| n.origin.clone()).unwrap_or_else(|| f.origin.clone());
-            cx.diags.push(
-                Diagnostic::new(&origin, format!("`{}` does not apply to a merge stage", f.child_path(key)))
-                    .label("a merge trains nothing: its weights and architecture come from its inputs"),
-            );
-        }
+    for (key, node) in f.written().filter(|(k, _)| !MERGE_KEYS.contains(k) && !ALSO_FOR_MERGES.contains(k)) {
+        cx.diags.push(
+            Diagnostic::new(&node.origin, format!("`{}` does not apply to a merge stage", f.child_path(key)))
+                .label("a merge trains nothing: its weights and architecture come from its inputs"),
+        );
     }
     let method = f
         .required(cx, "method", "\"uniform\"", decode::choice(MergeMethod::WORDS))
