@@ -6,7 +6,7 @@ use std::path::Path;
 use recipe_data::{DataFacts, data_facts};
 use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
 use recipe_run::stage_stores;
-use recipe_spec::{Merge, MergeMethod, Recipe, Stage, Tokenizer};
+use recipe_spec::{Keep, Merge, MergeMethod, Recipe, Stage, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::render::{bytes, count, sparkline};
@@ -150,6 +150,7 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
         "params": { "trainable": est.params_trainable, "total": est.params_total },
         "tokens": est.tokens,
         "flops": est.flops,
+        "phases": est.phases,
         "memory_bytes": est.memory.total,
         "memory": est.memory,
         "sources": sources,
@@ -288,15 +289,19 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
         };
         let _ = writeln!(out, "  average   {how}; the result is the {} weights", a.result);
     }
-    let _ = writeln!(
-        out,
-        "  tokens    {}  ({} steps × {} sequences × {}; micro-batch {})",
-        count(stage.tokens() as f64),
-        stage.steps,
-        stage.batch_size,
-        stage.seq_len,
-        stage.micro_batch_size
-    );
+    let how = match stage.lengths.grows() {
+        false => format!("{} steps × {} sequences × {}", stage.steps, stage.batch_size, stage.seq_len),
+        true => format!(
+            "{} steps; lengths grow to {}, keeping {} (counted at {}: {} sequences)",
+            stage.steps,
+            stage.seq_len,
+            if stage.lengths.keep == Keep::Tokens { "tokens per step" } else { "sequences per step" },
+            stage.seq_len,
+            stage.batch_size
+        ),
+    };
+    let _ =
+        writeln!(out, "  tokens    {}  ({how}; micro-batch {})", count(stage.tokens() as f64), stage.micro_batch_size);
     let mix: Vec<String> = stage
         .data
         .average_weights(stage.steps)
@@ -307,19 +312,40 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
             format!("{n} {:.1}% {}{epochs}", w * 100.0, count(src["tokens"].as_f64().unwrap_or(0.0)))
         })
         .collect();
-    let _ = writeln!(out, "  data      {}  · loss on {}", mix.join(" · "), stage.data.loss_on);
-    if !stage.data.phases.is_empty() {
-        let phases: Vec<String> = stage
-            .data
-            .phases
-            .iter()
-            .map(|(from, weights)| {
-                let parts: Vec<String> =
-                    weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} {:.1}%", w * 100.0)).collect();
-                format!("from step {from}: {}", parts.join(", "))
-            })
-            .collect();
-        let _ = writeln!(out, "  phases    {}", phases.join(" · "));
+    let online = match &stage.data.online {
+        Some(o) => format!(
+            "online: an EXP3 bandit on each source's training loss picks the shares (smoothing {}); planned at \
+             equal shares: ",
+            o.smoothing
+        ),
+        None => String::new(),
+    };
+    let _ = writeln!(out, "  data      {online}{}  · loss on {}", mix.join(" · "), stage.data.loss_on);
+    for phase in s["phases"].as_array().into_iter().flatten() {
+        let from = phase["from"].as_u64().unwrap_or(0);
+        let mix = match stage.data.phases.is_empty() {
+            true => String::new(),
+            false => {
+                let parts: Vec<String> = stage
+                    .data
+                    .weights_at(from)
+                    .iter()
+                    .zip(&stage.data.mix)
+                    .filter(|(w, _)| **w > 0.0)
+                    .map(|(w, (n, _))| format!("{n} {:.1}%", w * 100.0))
+                    .collect();
+                format!("  · {}", parts.join(", "))
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  phase     steps {from}–{}: {} rows of {}{mix}  · {} tokens, {:.2e} FLOPs",
+            phase["until"].as_u64().unwrap_or(0),
+            phase["batch_size"],
+            phase["seq_len"],
+            count(phase["tokens"].as_f64().unwrap_or(0.0)),
+            phase["flops"].as_f64().unwrap_or(0.0)
+        );
     }
     let p = &s["packing"];
     match (p["efficiency"].as_f64(), p["truncation_rate"].as_f64()) {

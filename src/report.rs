@@ -200,13 +200,15 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// `metrics.jsonl` as columns: per training step its step, the tokens trained so far (`positions`
-/// a step), and every scalar; held-out losses apart; the tokens each source gave, as of the last
+/// `metrics.jsonl` as columns: per training step its step, the tokens trained so far, and every
+/// scalar; held-out losses apart; the tokens each source gave, as of the last
 /// step; and the summed step time.
 fn curves(lines: &[Value], positions: u64) -> Value {
-    const SCALARS: [&str; 7] = ["loss", "lr", "grad_norm", "tokens_per_s", "ce_loss", "kd_loss", "loss_scale"];
-    // Tokens as `plan` and tokens/s count them: row positions, padding included.
-    let tokens_at = |l: &Value| l["step"].as_u64().unwrap_or(0) * positions;
+    const SCALARS: [&str; 8] =
+        ["loss", "lr", "grad_norm", "tokens_per_s", "ce_loss", "kd_loss", "loss_scale", "seq_len"];
+    // Tokens as `plan` and tokens/s count them: row positions, padding included. Metrics
+    // written before `tokens` was recorded had `positions` every step.
+    let tokens_at = |l: &Value| l["tokens"].as_u64().unwrap_or_else(|| l["step"].as_u64().unwrap_or(0) * positions);
     let steps: Vec<&Value> = lines.iter().filter(|l| l["loss"].is_number()).collect();
     let evals: Vec<&Value> = lines.iter().filter(|l| l["eval_loss"].is_number()).collect();
     let sources: std::collections::BTreeSet<&String> =
@@ -225,13 +227,26 @@ fn curves(lines: &[Value], positions: u64) -> Value {
     }
     let step_time_s: f64 = steps
         .iter()
-        .filter_map(|l| l["tokens_per_s"].as_f64())
-        .filter(|r| *r > 0.0)
-        .map(|rate| positions as f64 / rate)
+        .scan(0, |before, l| {
+            let trained = tokens_at(l).saturating_sub(std::mem::replace(before, tokens_at(l)));
+            Some((trained, l["tokens_per_s"].as_f64().unwrap_or(0.0)))
+        })
+        .filter(|(_, rate)| *rate > 0.0)
+        .map(|(trained, rate)| trained as f64 / rate)
         .sum();
     let columns: Map<String, Value> = columns
         .into_iter()
         .map(|(name, values)| (name.to_string(), json!(average_down(&values, MAX_POINTS))))
+        .collect();
+    // Online mixing's shares per step, averaged down as the step columns are.
+    let shared: std::collections::BTreeSet<&String> =
+        steps.iter().filter_map(|l| l["mix_weights"].as_object()).flat_map(|m| m.keys()).collect();
+    let mix_weights: Map<String, Value> = shared
+        .into_iter()
+        .map(|s| {
+            let values: Vec<f64> = steps.iter().map(|l| l["mix_weights"][s].as_f64().unwrap_or(f64::NAN)).collect();
+            (s.clone(), json!(average_down(&values, MAX_POINTS)))
+        })
         .collect();
     json!({
         "steps": columns,
@@ -242,6 +257,7 @@ fn curves(lines: &[Value], positions: u64) -> Value {
             "loss_avg": evals.iter().map(|l| l["eval_loss_avg"].as_f64()).collect::<Vec<_>>(),
             "by_source": by_source,
         },
+        "mix_weights": mix_weights,
         "source_tokens": steps.last().map_or(Value::Null, |l| l["source_tokens"].clone()),
         "last_step": steps.last().and_then(|l| l["step"].as_u64()),
         "step_time_s": step_time_s,

@@ -72,18 +72,38 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
             format!("{p}.checkpoint_every=15"),
             format!("{p}.log_every=10"),
         ]);
+        // Phases at the same fractions of the shrunk stage.
+        let starts = |froms: Vec<u64>| shrink_starts(&froms, st.steps, steps);
         if !st.data.phases.is_empty() {
-            // The same phases at the same fractions of the shrunk stage.
-            let mut phases: Vec<String> = Vec::new();
-            let mut last = 0;
-            for (i, (from, weights)) in st.data.phases.iter().enumerate() {
-                let at = if i == 0 { 0 } else { (from * steps / st.steps).max(last + 1) };
-                last = at;
-                let mix: Vec<String> =
-                    weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} = {w}")).collect();
-                phases.push(format!("[{at}, {{ {} }}]", mix.join(", ")));
-            }
+            let at = starts(st.data.phases.iter().map(|(from, _)| *from).collect());
+            let phases: Vec<String> = st
+                .data
+                .phases
+                .iter()
+                .zip(at)
+                .map(|((_, weights), at)| {
+                    let mix: Vec<String> =
+                        weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} = {w}")).collect();
+                    format!("[{at}, {{ {} }}]", mix.join(", "))
+                })
+                .collect();
             sets.push(format!("{p}.data.mix=[{}]", phases.join(", ")));
+        }
+        if st.lengths.grows() {
+            // The same ratios to the longest length, as near as whole rows allow.
+            let at = starts(st.lengths.phases.iter().map(|(from, _)| *from).collect());
+            let phases: Vec<String> = st
+                .lengths
+                .phases
+                .iter()
+                .zip(at)
+                .map(|((_, len), at)| {
+                    let wanted = (SEQ_LEN as u64 * *len as u64 / st.seq_len as u64).max(1) as u32;
+                    let len = (1..=wanted).rev().find(|d| SEQ_LEN.is_multiple_of(*d)).unwrap_or(1);
+                    format!("[{at}, {len}]")
+                })
+                .collect();
+            sets.push(format!("{p}.seq_len=[{}]", phases.join(", ")));
         }
         if let Some(every) = st.average.as_ref().and_then(|a| a.every) {
             sets.push(format!("{p}.average.every={}", every.min(steps / 5)));
@@ -103,6 +123,20 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
         }
     }
     sets
+}
+
+/// Phase starts `froms` of a stage of `steps` steps moved to the same fractions of `shrunk`
+/// steps, each still later than the one before.
+fn shrink_starts(froms: &[u64], steps: u64, shrunk: u64) -> Vec<u64> {
+    let mut last = 0;
+    froms
+        .iter()
+        .enumerate()
+        .map(|(i, from)| {
+            last = if i == 0 { 0 } else { (from * shrunk / steps).max(last + 1) };
+            last
+        })
+        .collect()
 }
 
 pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<(), Failure> {

@@ -244,21 +244,23 @@
     return lineChart('loss (train, and held-out dashed; averaged weights dotted)', lines, { log: view.logLoss });
   }
 
-  // Held-out loss per source: by source colour for one run, else the run's colour with a dash
-  // per source.
-  function bySourceChart(stage) {
+  // A line per source: by source colour for one run, else the run's colour with a dash per
+  // source. `pick` gives a series' x values and its values by source.
+  function bySourceChart(stage, title, pick, opts) {
     const dashes = [false, '5 3', '1 3', '8 3 1 3'];
     const lines = [];
     for (const s of stage.series) {
-      const e = s.key.curves.eval;
-      Object.entries(e.by_source || {}).forEach(([name, ys], i) => lines.push({
-        label: `${s.label} ${name}`, dots: true, xs: e[view.x], ys,
+      const { xs, bySource, dots } = pick(s);
+      Object.entries(bySource || {}).forEach(([name, ys], i) => lines.push({
+        label: `${s.label} ${name}`, dots, xs, ys,
         colour: stage.series.length === 1 ? PALETTE[i % PALETTE.length] : s.colour,
         dashed: stage.series.length === 1 ? false : dashes[i % dashes.length],
       }));
     }
-    return lines.length ? lineChart('held-out loss by source', lines, { log: view.logLoss, legend: true }) : null;
+    return lines.length ? lineChart(title, lines, { legend: true, ...opts }) : null;
   }
+  const heldOutBySource = (s) => ({ xs: s.key.curves.eval[view.x], bySource: s.key.curves.eval.by_source, dots: true });
+  const mixShares = (s) => ({ xs: s.key.curves.steps[view.x], bySource: s.key.curves.mix_weights, dots: false });
 
   // ---- tables --------------------------------------------------------------------------
   function table(head, rows) {
@@ -403,7 +405,9 @@
         el('span', { class: 'legend-item' }, el('span', { class: 'swatch', style: `background:${s.colour}` }), `${s.label}: ${stateText(s.key)}  `))));
       const charts = [
         lossChart(stage),
-        bySourceChart(stage),
+        bySourceChart(stage, 'held-out loss by source', heldOutBySource, { log: view.logLoss }),
+        bySourceChart(stage, 'online mixing: each source\'s share of the draws', mixShares),
+        scalarChart(stage, 'sequence length', 'seq_len', false),
         scalarChart(stage, 'learning rate', 'lr', false),
         scalarChart(stage, 'gradient norm (before clipping)', 'grad_norm', true),
         scalarChart(stage, 'tokens/s', 'tokens_per_s', true),

@@ -28,6 +28,10 @@ pub struct LoaderConfig {
     pub loss_on: LossOn,
     pub seed: u64,
     pub split: Split,
+    /// Draw each document's source at random with the current weights (online mixing, whose
+    /// bandit needs the shares to be draw probabilities), rather than keeping every source at
+    /// its share.
+    pub random_draws: bool,
 }
 
 impl LoaderConfig {
@@ -39,6 +43,7 @@ impl LoaderConfig {
             loss_on: stage.data.loss_on,
             seed: recipe.seed,
             split,
+            random_draws: split == Split::Train && stage.data.online.is_some(),
         }
     }
 }
@@ -64,6 +69,9 @@ pub struct Batch {
     pub doc_ids: Vec<u32>,
     /// Position within the segment, restarting at 0 at each segment.
     pub position_ids: Vec<u32>,
+    /// The source (its place in the mix) each position's document comes from; [`PAD_DOC`] for
+    /// padding. What a loss per source is summed by.
+    pub source_ids: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,8 +103,7 @@ pub struct SourceStats {
 impl LoaderStats {
     /// The share of row positions that hold tokens rather than padding.
     pub fn efficiency(&self) -> f64 {
-        let cap = self.pack.rows * self.capacity as u64;
-        if cap == 0 { 0.0 } else { self.pack.tokens as f64 / cap as f64 }
+        if self.pack.positions == 0 { 0.0 } else { self.pack.tokens as f64 / self.pack.positions as f64 }
     }
 
     /// The share of documents cut across rows or into chunks.
@@ -145,7 +152,7 @@ impl Loader {
         Ok(Loader {
             stores: mix.into_iter().map(|(s, _)| s).collect(),
             split_tokens,
-            sampler: Sampler::new(config.seed, stream, sources),
+            sampler: Sampler::new(config.seed, stream, sources, config.random_draws),
             packer: Packer::new(config.packing, config.seq_len),
             loss_on_assistant: config.loss_on == LossOn::Assistant,
         })
@@ -180,14 +187,17 @@ impl Loader {
             loss_mask: Vec::with_capacity(n),
             doc_ids: Vec::with_capacity(n),
             position_ids: Vec::with_capacity(n),
+            source_ids: Vec::with_capacity(n),
         };
         let (mut tok, mut seg, mut pos, mut counts) =
             (vec![0u32; cap], vec![PAD_DOC; cap], vec![0u32; cap], vec![false; cap]);
+        let mut src = vec![PAD_DOC; cap];
         for row in rows {
             tok.fill(self.stores.first().map_or(0, |s| s.meta.eos));
             seg.fill(PAD_DOC);
             pos.fill(0);
             counts.fill(false);
+            src.fill(PAD_DOC);
             let mut at = 0;
             for (k, piece) in row.iter().enumerate() {
                 let store = &self.stores[piece.source as usize];
@@ -199,6 +209,7 @@ impl Loader {
                     tok[at] = if is_token { store.token(doc, t) } else { store.meta.eos };
                     seg[at] = k as u32;
                     pos[at] = j as u32;
+                    src[at] = piece.source;
                     counts[at] = !self.loss_on_assistant || (is_token && store.is_assistant(doc, t));
                     at += 1;
                 }
@@ -208,14 +219,21 @@ impl Loader {
                 b.target_ids.push(tok[i + 1]);
                 b.doc_ids.push(seg[i]);
                 b.position_ids.push(pos[i]);
+                b.source_ids.push(src[i]);
                 b.loss_mask.push(u8::from(seg[i] != PAD_DOC && seg[i + 1] == seg[i] && counts[i + 1]));
             }
         }
         b
     }
 
+    /// Rows of `seq_len` from now on (a length that grows); what was packed at the old length
+    /// and not handed out is packed again at the new one.
+    pub fn set_seq_len(&mut self, seq_len: u32) {
+        self.packer.set_seq_len(seq_len);
+    }
+
     /// Draw from now on with `weights` (over the mix's sources, in its order), as `phase` of a
-    /// mix that changes.
+    /// mix that changes (phase 0 for online mixing's shares of the moment).
     pub fn set_phase(&mut self, phase: usize, weights: Vec<f64>) {
         self.sampler.set_phase(phase as u32, weights);
     }
@@ -230,8 +248,15 @@ impl Loader {
 
     pub fn restore(&mut self, state: LoaderState) {
         self.sampler.restore(state.sampler);
+        if let Some(seq_len) = state.packer.seq_len {
+            self.packer.capacity = seq_len + 1;
+        }
         self.packer.state = state.packer;
         self.packer.stats = state.stats;
+        if self.packer.stats.positions == 0 {
+            // Written before positions were counted, when every row had the same length.
+            self.packer.stats.positions = self.packer.stats.rows * self.packer.capacity as u64;
+        }
     }
 
     pub fn stats(&self) -> LoaderStats {

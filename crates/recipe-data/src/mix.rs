@@ -1,6 +1,7 @@
 //! The mixing sampler: decides which source the next document comes from, so that the tokens
-//! taken from each source track its weight within one document at every point, and walks each
-//! source in a seeded, per-epoch shuffled order, repeating it when it runs out.
+//! taken from each source track its weight within one document at every point (or, for online
+//! mixing, at random with the weights as probabilities), and walks each source in a seeded,
+//! per-epoch shuffled order, repeating it when it runs out.
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -38,12 +39,14 @@ pub struct Sampler {
     pools: Vec<Vec<u32>>,
     /// Per source, the current epoch's order over its pool.
     orders: Vec<Vec<u32>>,
+    /// Choose sources at random with the weights as probabilities.
+    random_draws: bool,
     pub state: SamplerState,
 }
 
 impl Sampler {
     /// `stream` separates independent samplers over the same data (training, evaluation).
-    pub fn new(seed: u64, stream: &str, sources: Vec<(String, f64, Vec<u32>)>) -> Sampler {
+    pub fn new(seed: u64, stream: &str, sources: Vec<(String, f64, Vec<u32>)>, random_draws: bool) -> Sampler {
         let n = sources.len();
         let mut key = blake3::Hasher::new();
         key.update(&seed.to_le_bytes());
@@ -54,6 +57,7 @@ impl Sampler {
             weights: sources.iter().map(|(_, w, _)| *w).collect(),
             pools: sources.into_iter().map(|(_, _, p)| p).collect(),
             orders: Vec::new(),
+            random_draws,
             state: SamplerState {
                 taken: vec![0; n],
                 drawn: vec![0; n],
@@ -102,16 +106,7 @@ impl Sampler {
     /// tokens taken so far in this phase. `len` gives a document's length in tokens,
     /// end-of-document token included.
     pub fn next(&mut self, len: impl Fn(usize, u32) -> u64) -> (usize, u32) {
-        let state = &self.state;
-        let taken = |s: usize| state.taken[s] - state.since.get(s).copied().unwrap_or(0);
-        let total: u64 = (0..self.weights.len()).map(taken).sum();
-        let src = (0..self.weights.len())
-            .filter(|&s| self.weights[s] > 0.0)
-            .max_by(|&a, &b| {
-                let deficit = |s: usize| self.weights[s] * total as f64 - taken(s) as f64;
-                deficit(a).total_cmp(&deficit(b)).then(b.cmp(&a))
-            })
-            .expect("a mix has a source of weight > 0");
+        let src = if self.random_draws { self.random_source() } else { self.furthest_below_share() };
         if self.state.cursor[src] as usize == self.orders[src].len() {
             self.state.epoch[src] += 1;
             self.state.cursor[src] = 0;
@@ -122,6 +117,42 @@ impl Sampler {
         self.state.drawn[src] += 1;
         self.state.taken[src] += len(src, doc);
         (src, doc)
+    }
+}
+
+impl Sampler {
+    /// The source (of weight > 0) furthest below its share of the tokens taken in this phase.
+    fn furthest_below_share(&self) -> usize {
+        let state = &self.state;
+        let taken = |s: usize| state.taken[s] - state.since.get(s).copied().unwrap_or(0);
+        let total: u64 = (0..self.weights.len()).map(taken).sum();
+        (0..self.weights.len())
+            .filter(|&s| self.weights[s] > 0.0)
+            .max_by(|&a, &b| {
+                let deficit = |s: usize| self.weights[s] * total as f64 - taken(s) as f64;
+                deficit(a).total_cmp(&deficit(b)).then(b.cmp(&a))
+            })
+            .expect("a mix has a source of weight > 0")
+    }
+
+    /// A source drawn with probability proportional to its weight, from a stream seeded by
+    /// (seed, stream, draws so far): the state restores it exactly.
+    fn random_source(&self) -> usize {
+        let draws: u64 = self.state.drawn.iter().sum();
+        let mut key = blake3::Hasher::new_keyed(&self.seed);
+        key.update(b"source");
+        key.update(&draws.to_le_bytes());
+        let bits = u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+        let total: f64 = self.weights.iter().sum();
+        let mut left = (bits >> 11) as f64 / (1u64 << 53) as f64 * total;
+        let last = self.weights.iter().rposition(|w| *w > 0.0).expect("a mix has a source of weight > 0");
+        self.weights
+            .iter()
+            .position(|w| {
+                left -= w;
+                *w > 0.0 && left < 0.0
+            })
+            .unwrap_or(last)
     }
 }
 
@@ -143,7 +174,7 @@ mod tests {
     fn a_new_phase_keeps_its_own_shares_and_restores_exactly() {
         let sources = vec![("a".to_string(), 1.0, (0..50).collect()), ("b".to_string(), 0.0, (0..50).collect())];
         let len = [10, 30];
-        let mut sampler = Sampler::new(1, "train", sources);
+        let mut sampler = Sampler::new(1, "train", sources, false);
         assert_eq!(draw(&mut sampler, 20, &len), [200, 0], "a source of weight 0 is never drawn");
         // The new shares hold within the phase, not over the whole run (which would draw only
         // `b` until it had caught up with the 200 tokens of `a`).
@@ -158,6 +189,7 @@ mod tests {
             1,
             "train",
             vec![("a".to_string(), 1.0, (0..50).collect()), ("b".to_string(), 0.0, (0..50).collect())],
+            false,
         );
         restored.restore(saved);
         restored.set_phase(1, vec![0.25, 0.75]);

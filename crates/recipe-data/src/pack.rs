@@ -28,12 +28,23 @@ pub type Row = Vec<Piece>;
 pub struct PackerState {
     pub ready: VecDeque<Row>,
     pub open: Row,
+    /// Pieces of rows packed at an earlier length and never handed out, packed again (before
+    /// any new document) at the length that holds now.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub carried: VecDeque<Piece>,
+    /// The length rows are packed at, once it has changed from the one the packer was made
+    /// with (a length that grows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<u32>,
 }
 
 /// Counts over everything packed so far.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PackStats {
     pub rows: u64,
+    /// Positions in those rows, padding included.
+    #[serde(default)]
+    pub positions: u64,
     /// Tokens placed in rows (the rest of each row is padding).
     pub tokens: u64,
     /// Of those, per source.
@@ -65,6 +76,7 @@ impl Packer {
         loop {
             if let Some(row) = self.state.ready.pop_front() {
                 self.stats.rows += 1;
+                self.stats.positions += self.capacity as u64;
                 for p in &row {
                     let s = p.source as usize;
                     if self.stats.source_tokens.len() <= s {
@@ -79,35 +91,73 @@ impl Packer {
                 Packing::Concat => self.fill_concat(draw),
                 Packing::BestFit => self.fill_best_fit(draw),
                 Packing::Pad => {
-                    let (source, doc, len) = draw();
-                    let chunks = self.chunks(source, doc, len);
+                    let next = self.next_piece(draw);
+                    let chunks = self.chunks(next);
                     self.state.ready.extend(chunks.into_iter().map(|c| vec![c]));
                 }
             }
         }
     }
 
-    /// A document cut into pieces of at most one row.
-    fn chunks(&mut self, source: u32, doc: u32, len: u32) -> Vec<Piece> {
-        self.stats.docs += 1;
-        if len > self.capacity {
+    /// Pack rows of `seq_len` from now on. What was packed at the old length and not handed
+    /// out is unpacked, in order, and packed again before any new document, so no token is
+    /// lost or repeated.
+    pub fn set_seq_len(&mut self, seq_len: u32) {
+        if seq_len + 1 == self.capacity {
+            return;
+        }
+        let mut pending: VecDeque<Piece> = VecDeque::new();
+        let rows = std::mem::take(&mut self.state.ready).into_iter().chain([std::mem::take(&mut self.state.open)]);
+        for piece in rows.flatten().chain(std::mem::take(&mut self.state.carried)) {
+            // Rejoin a document that a row boundary cut.
+            match pending.back_mut() {
+                Some(last)
+                    if last.source == piece.source && last.doc == piece.doc && last.start + last.len == piece.start =>
+                {
+                    last.len += piece.len;
+                }
+                _ => pending.push_back(piece),
+            }
+        }
+        self.state.carried = pending;
+        self.state.seq_len = Some(seq_len);
+        self.capacity = seq_len + 1;
+    }
+
+    /// The next stretch of a document to pack, and whether it is a new document: a carried
+    /// piece first, else the next document `draw` yields.
+    fn next_piece(&mut self, draw: &mut dyn FnMut() -> (u32, u32, u32)) -> (Piece, bool) {
+        match self.state.carried.pop_front() {
+            Some(piece) => (piece, false),
+            None => {
+                let (source, doc, len) = draw();
+                self.stats.docs += 1;
+                (Piece { source, doc, start: 0, len }, true)
+            }
+        }
+    }
+
+    /// A stretch of a document cut into pieces of at most one row.
+    fn chunks(&mut self, (piece, new): (Piece, bool)) -> Vec<Piece> {
+        if new && piece.len > self.capacity {
             self.stats.docs_split += 1;
         }
-        (0..len)
+        let end = piece.start + piece.len;
+        (piece.start..end)
             .step_by(self.capacity as usize)
-            .map(|start| Piece { source, doc, start, len: self.capacity.min(len - start) })
+            .map(|start| Piece { start, len: self.capacity.min(end - start), ..piece })
             .collect()
     }
 
     fn fill_concat(&mut self, draw: &mut dyn FnMut() -> (u32, u32, u32)) {
-        let (source, doc, len) = draw();
-        self.stats.docs += 1;
-        let mut start = 0;
+        let (piece, new) = self.next_piece(draw);
+        let end = piece.start + piece.len;
+        let mut start = piece.start;
         let mut pieces = 0;
-        while start < len {
+        while start < end {
             let used: u32 = self.state.open.iter().map(|p| p.len).sum();
-            let take = (self.capacity - used).min(len - start);
-            self.state.open.push(Piece { source, doc, start, len: take });
+            let take = (self.capacity - used).min(end - start);
+            self.state.open.push(Piece { start, len: take, ..piece });
             pieces += 1;
             start += take;
             if used + take == self.capacity {
@@ -115,7 +165,7 @@ impl Packer {
                 self.state.ready.push_back(row);
             }
         }
-        if pieces > 1 {
+        if new && pieces > 1 {
             self.stats.docs_split += 1;
         }
     }
@@ -124,9 +174,9 @@ impl Packer {
         let mut pieces = Vec::new();
         let mut buffered = 0u64;
         while buffered < BEST_FIT_BUFFER_ROWS * self.capacity as u64 {
-            let (source, doc, len) = draw();
-            buffered += len as u64;
-            pieces.extend(self.chunks(source, doc, len));
+            let next = self.next_piece(draw);
+            buffered += next.0.len as u64;
+            pieces.extend(self.chunks(next));
         }
         // Longest first; ties in draw order, so packing is deterministic.
         pieces.sort_by_key(|p| std::cmp::Reverse(p.len));

@@ -6,6 +6,7 @@ use recipe_spec::{Recipe, Stage, TokenizerTrain};
 use crate::documents::read_source;
 use crate::error::Result;
 use crate::loader::{Loader, LoaderConfig, LoaderStats, Mix, Split};
+use crate::pack::PackStats;
 use crate::progress::Progress;
 use crate::store::tokenize_source;
 use crate::tokenizer::Tok;
@@ -67,44 +68,52 @@ pub struct DataFacts {
 /// scaled from the sample.
 pub const MAX_SIMULATED_ROWS: u64 = 100_000;
 
-/// Run the stage's sampler and packer over document lengths alone: each phase of a mix that
-/// changes in turn (one phase for a fixed mix), each from a sample of its rows scaled up to all
-/// of them when it has more than its share of [`MAX_SIMULATED_ROWS`].
+/// Run the stage's sampler and packer over document lengths alone: each phase of a mix or a
+/// length that changes in turn (one phase when neither does), each from a sample of its rows
+/// scaled up to all of them when it has more than its share of [`MAX_SIMULATED_ROWS`].
 pub fn data_facts(recipe: &Recipe, stage: &Stage, stores: Mix) -> Result<DataFacts> {
     let mut loader = Loader::new(stores, &LoaderConfig::of_stage(recipe, stage, Split::Train))?;
-    let rows_total = stage.steps.saturating_mul(stage.batch_size as u64);
-    let starts: Vec<u64> = match stage.data.phases.as_slice() {
-        [] => vec![0],
-        phases => phases.iter().map(|(from, _)| *from).collect(),
-    };
-    let per_phase = MAX_SIMULATED_ROWS / starts.len() as u64;
+    let spans = stage.phase_spans();
+    let per_phase = MAX_SIMULATED_ROWS / spans.len() as u64;
     let mut sources = loader.stats().sources;
     for s in &mut sources {
         (s.tokens, s.docs, s.epochs) = (0, 0, 0.0);
     }
-    let mut rows_simulated = 0;
-    for (i, from) in starts.iter().enumerate() {
-        let until = starts.get(i + 1).copied().unwrap_or(stage.steps);
+    let (mut rows_simulated, mut rows_total) = (0, 0);
+    let mut pack = PackStats::default();
+    for (from, until) in spans {
         if !stage.data.phases.is_empty() {
-            loader.set_phase(i, stage.data.weights_at(*from));
+            loader.set_phase(stage.data.phase_at(from), stage.data.weights_at(from));
         }
-        let rows = until.saturating_sub(*from).saturating_mul(stage.batch_size as u64);
+        let shape = stage.shape_at(from);
+        loader.set_seq_len(shape.seq_len);
+        let rows = (until - from).saturating_mul(shape.batch_size as u64);
         let sample = rows.min(per_phase);
-        let before = loader.stats().sources;
+        let before = loader.stats();
         let mut left = sample;
         while left > 0 {
             let n = left.min(4096);
             loader.next_rows(n as usize);
             left -= n;
         }
+        let after = loader.stats();
         let scale = if sample > 0 { rows as f64 / sample as f64 } else { 0.0 };
-        for ((acc, after), before) in sources.iter_mut().zip(loader.stats().sources).zip(before) {
-            acc.tokens += ((after.tokens - before.tokens) as f64 * scale) as u64;
-            acc.docs += ((after.docs - before.docs) as f64 * scale) as u64;
-            acc.epochs += (after.epochs - before.epochs) * scale;
+        let scaled = |now: u64, then: u64| ((now - then) as f64 * scale) as u64;
+        for ((acc, now), then) in sources.iter_mut().zip(&after.sources).zip(&before.sources) {
+            acc.tokens += scaled(now.tokens, then.tokens);
+            acc.docs += scaled(now.docs, then.docs);
+            acc.epochs += (now.epochs - then.epochs) * scale;
         }
+        let (now, then) = (&after.pack, &before.pack);
+        pack.rows += scaled(now.rows, then.rows);
+        pack.positions += scaled(now.positions, then.positions);
+        pack.tokens += scaled(now.tokens, then.tokens);
+        pack.docs += scaled(now.docs, then.docs);
+        pack.docs_split += scaled(now.docs_split, then.docs_split);
         rows_simulated += sample;
+        rows_total += rows;
     }
-    let stats = LoaderStats { sources, ..loader.stats() };
+    pack.source_tokens = sources.iter().map(|s| s.tokens).collect();
+    let stats = LoaderStats { sources, pack, ..loader.stats() };
     Ok(DataFacts { stats, rows_simulated, rows_total })
 }

@@ -86,7 +86,8 @@ fn corpora() -> &'static Corpora {
 fn loader(mix: &[(&str, f64)], packing: Packing, seq_len: u32, loss_on: LossOn) -> Loader {
     let c = corpora();
     let mix = mix.iter().map(|(n, w)| (c.stores[*n].clone(), *w)).collect();
-    Loader::new(mix, &LoaderConfig { seq_len, packing, loss_on, seed: 11, split: Split::Train }).unwrap()
+    Loader::new(mix, &LoaderConfig { seq_len, packing, loss_on, seed: 11, split: Split::Train, random_draws: false })
+        .unwrap()
 }
 
 #[test]
@@ -150,7 +151,8 @@ fn mixing_tracks_the_weights_within_one_document_at_every_step() {
 fn assert_no_token_lost_or_duplicated(l: &Loader, rows: &[Row]) {
     let state = l.state();
     let mut pieces: BTreeMap<(u32, u32), Vec<(u32, u32)>> = BTreeMap::new();
-    let pending = state.packer.ready.iter().flatten().chain(state.packer.open.iter());
+    let pending =
+        state.packer.ready.iter().flatten().chain(state.packer.open.iter()).chain(state.packer.carried.iter());
     for p in rows.iter().flatten().chain(pending) {
         pieces.entry((p.source, p.doc)).or_default().push((p.start, p.len));
     }
@@ -218,6 +220,46 @@ fn every_packing_mode_keeps_every_token_once_with_correct_ids_and_positions() {
         if packing == Packing::Concat {
             assert_eq!(used, 300 * 257, "concat leaves no padding");
         }
+    }
+}
+
+#[test]
+fn a_length_that_changes_repacks_what_was_pending_and_resumes_exactly() {
+    for packing in [Packing::Concat, Packing::BestFit, Packing::Pad] {
+        let mix = [("moby", 0.7), ("chat", 0.3)];
+        let mut l = loader(&mix, packing, 256, LossOn::All);
+        let mut rows = Vec::new();
+        let mut straight = Vec::new();
+        // Grow, then shrink (a shorter length cuts carried pieces again).
+        for (seq_len, n) in [(64, 40), (256, 30), (32, 50)] {
+            l.set_seq_len(seq_len);
+            let part = l.next_rows(n);
+            let batch = l.materialize(&part);
+            assert_eq!(batch.seq_len, seq_len as usize);
+            assert!(part.iter().all(|r| r.iter().map(|p| p.len).sum::<u32>() <= seq_len + 1), "{packing}");
+            assert_rows_are_well_formed(&part, &batch);
+            straight.push(batch);
+            rows.extend(part);
+        }
+        assert_no_token_lost_or_duplicated(&l, &rows);
+        if packing == Packing::Concat {
+            let used: u64 = rows.iter().flatten().map(|p| p.len as u64).sum();
+            assert_eq!(used, 40 * 65 + 30 * 257 + 50 * 33, "concat leaves no padding at any length");
+        }
+
+        // A state saved right after a switch resumes into the same batches.
+        let mut first = loader(&mix, packing, 256, LossOn::All);
+        first.set_seq_len(64);
+        first.next_rows(40);
+        first.set_seq_len(256);
+        let saved = serde_json::to_string(&first.state()).unwrap();
+        let mut resumed = loader(&mix, packing, 256, LossOn::All);
+        resumed.restore(serde_json::from_str(&saved).unwrap());
+        resumed.set_seq_len(256);
+        assert_eq!(resumed.next_batch(30), straight[1], "{packing}: the rows after the switch");
+        resumed.set_seq_len(32);
+        assert_eq!(resumed.next_batch(50), straight[2], "{packing}: the rows after the second switch");
+        assert!((0.0..=1.0).contains(&resumed.stats().efficiency()));
     }
 }
 
@@ -299,7 +341,14 @@ fn a_restored_loader_yields_exactly_the_same_batches() {
 fn the_eval_split_is_disjoint_from_training() {
     let c = corpora();
     let moby = c.stores["moby"].clone();
-    let cfg = |split| LoaderConfig { seq_len: 128, packing: Packing::BestFit, loss_on: LossOn::All, seed: 1, split };
+    let cfg = |split| LoaderConfig {
+        seq_len: 128,
+        packing: Packing::BestFit,
+        loss_on: LossOn::All,
+        seed: 1,
+        split,
+        random_draws: false,
+    };
     let mut train = Loader::new(vec![(moby.clone(), 1.0)], &cfg(Split::Train)).unwrap();
     let mut eval = Loader::new(vec![(moby.clone(), 1.0)], &cfg(Split::Holdout)).unwrap();
     for p in train.next_rows(500).iter().flatten() {

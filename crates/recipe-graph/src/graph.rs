@@ -102,7 +102,7 @@ impl Graph {
             Tokenizer::File { .. } => None,
         };
 
-        let used = |s: &Source| recipe.stages.iter().any(|st| st.data.mix.iter().any(|(n, _)| n == &s.name));
+        let used = |s: &Source| recipe.stages.iter().any(|st| st.sources_read().contains(&s.name.as_str()));
         for source in recipe.sources.iter().filter(|s| used(s)) {
             let mut m = Material::default();
             put_source_reading(&mut m, source);
@@ -139,7 +139,15 @@ impl Graph {
                 let key = key_of(&nodes, &input);
                 m.inputs.insert(input, key);
             }
-            nodes.push(finish(stage.name.clone(), NodeKind::Stage { stage: stage.name.clone() }, m));
+            let mut node = finish(stage.name.clone(), NodeKind::Stage { stage: stage.name.clone() }, m);
+            // Sources only evaluated are read, but (like all of `eval`) outside the key.
+            for source in stage.sources_read() {
+                let input = tokenize_node(source);
+                if !node.deps.contains(&input) {
+                    node.deps.push(input);
+                }
+            }
+            nodes.push(node);
         }
         Ok(Graph { nodes })
     }

@@ -15,5 +15,5 @@ mod pretrained;
 
 pub use generate::{Sampling, generate};
 pub use llama::{Dtypes, KvCache, Llama, Lora, Param, document_mask, lora_names, magnitude_name};
-pub use loss::masked_cross_entropy;
+pub use loss::{masked_cross_entropy, masked_cross_entropy_rows};
 pub use pretrained::remap_layers;

@@ -226,7 +226,9 @@ fn run_stage(
     hooks: &Hooks,
 ) -> Result<NodeReport> {
     run.write_stage_config(node).map_err(|e| Error::RunDir(format!("{}: {e}", run.node_dir(node).display())))?;
-    let stores = stage_stores(stage, graph, run)?.ok_or_else(|| DataError::new("the stage's data is not prepared"))?;
+    let unprepared = || DataError::new("the stage's data is not prepared");
+    let stores = stage_stores(stage, graph, run)?.ok_or_else(unprepared)?;
+    let evaluated = open_stores(&stage.sources_evaluated(&recipe.sources), graph, run)?.ok_or_else(unprepared)?;
     let tokenizer = recipe_tokenizer(recipe, graph, run)?;
     let work_dir = run.node_dir(node);
     if let Some(merge) = &stage.merge {
@@ -257,6 +259,7 @@ fn run_stage(
         start_from: stage.start_stage().map(|a| run.final_dir(graph.node(a).expect("validated"))),
         teachers: load_teachers(recipe, graph, run, stage, device)?,
         stores,
+        evaluated,
         device,
         interrupt: hooks.interrupt,
         observer: hooks.observer,
@@ -328,14 +331,25 @@ pub fn recipe_tokenizer(recipe: &Recipe, graph: &Graph, run: &RunDir) -> std::re
 
 /// The token stores of a stage's mix with their weights, or `None` while any is missing.
 pub fn stage_stores(stage: &Stage, graph: &Graph, run: &RunDir) -> std::result::Result<Option<Mix>, DataError> {
+    let names: Vec<&str> = stage.data.mix.iter().map(|(n, _)| n.as_str()).collect();
+    let weights = stage.data.mix.iter().map(|(_, w)| *w);
+    Ok(open_stores(&names, graph, run)?.map(|stores| stores.into_iter().zip(weights).collect()))
+}
+
+/// The token stores of these sources, or `None` while any is missing.
+fn open_stores(
+    names: &[&str],
+    graph: &Graph,
+    run: &RunDir,
+) -> std::result::Result<Option<Vec<Arc<TokenStore>>>, DataError> {
     let mut out = Vec::new();
-    for (name, weight) in &stage.data.mix {
-        let node = graph.node(&tokenize_node(name)).expect("every mixed source has a node");
+    for name in names {
+        let node = graph.node(&tokenize_node(name)).expect("every source a stage reads has a node");
         let dir = run.final_dir(node);
         if !dir.is_dir() {
             return Ok(None);
         }
-        out.push((Arc::new(TokenStore::open(&dir)?), *weight));
+        out.push(Arc::new(TokenStore::open(&dir)?));
     }
     Ok(Some(out))
 }

@@ -1,6 +1,7 @@
 //! Held-out evaluation per source (`eval.by_source`): every evaluation line, the one before
 //! training included, has each held-out source's loss alone, and a stage that mixes one source
-//! gets exactly its overall held-out loss for it.
+//! gets exactly its overall held-out loss for it; `eval.sources` evaluates a source the mix has
+//! left (the old data of continual pre-training) without making it part of the stage's key.
 
 use std::path::Path;
 
@@ -51,6 +52,14 @@ seq_len = 32
 batch_size = 4
 data = {{ mix = {{ late = 1 }} }}
 eval = {{ every = 3, batches = 2, by_source = true }}
+[stages.moved_on]
+kind = "pretrain"
+after = "both"
+steps = 3
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ late = 1 }} }}
+eval = {{ every = 3, batches = 2, by_source = true, sources = ["early", "late"] }}
 "#,
         data.display()
     );
@@ -77,6 +86,31 @@ eval = {{ every = 3, batches = 2, by_source = true }}
     for line in evaluations("one") {
         assert_eq!(line["eval_loss_by_source"]["late"], line["eval_loss"], "one source alone is the whole: {line}");
     }
+
+    for (line, one) in evaluations("moved_on").iter().zip(evaluations("one")) {
+        let names: Vec<&String> = line["eval_loss_by_source"].as_object().unwrap().keys().collect();
+        assert_eq!(names, ["early", "late"], "{line}");
+        assert_eq!(line["eval_loss_by_source"]["late"], one["eval_loss_by_source"]["late"], "same training as `one`");
+        assert!(line["eval_loss_by_source"]["early"].as_f64().unwrap().is_finite());
+    }
+    // Which sources are evaluated is outside the key, as all of `eval` is.
+    let unnamed = text.replace(", sources = [\"early\", \"late\"]", "");
+    let unnamed = Graph::build(&Recipe::parse(&dir.path().join("r.toml"), &unnamed, &[], &Headers).unwrap()).unwrap();
+    assert_eq!(graph.node("moved_on").unwrap().key, unnamed.node("moved_on").unwrap().key);
+    assert!(graph.node("moved_on").unwrap().deps.contains(&"tokenize:early".to_string()));
+
+    let error = |from: &str, to: &str| {
+        let changed = text.replace(from, to);
+        assert_ne!(changed, text, "{from}");
+        Recipe::parse(&dir.path().join("r.toml"), &changed, &[], &Headers).unwrap_err().to_string()
+    };
+    let named = "by_source = true, sources = [\"early\", \"late\"]";
+    let e = error(named, "sources = [\"early\"]");
+    assert!(e.contains("`stages.moved_on.eval.sources` only applies with `by_source = true`"), "{e}");
+    let e = error(named, "by_source = true, sources = [\"unheld\"]");
+    assert!(e.contains("source `unheld` holds no data out") && e.contains("[sources.unheld]"), "{e}");
+    let e = error(named, "by_source = true, sources = [\"erly\"]");
+    assert!(e.contains("no source named `erly`") && e.contains("early"), "{e}");
 
     let ignored = text.replace(
         "eval = { every = 3, batches = 2, by_source = true }\n[stages.one]",

@@ -1,7 +1,9 @@
 //! A mix that changes (`mix = [[0, {...}], [STEP, {...}]]`): each phase draws its own
 //! proportions (from the next document drawn on; `concat` packing holds no buffer of drawn
 //! documents, so the switch shows at once), a source only a later phase reads gives nothing
-//! before it, and an interrupt on either side of the switch resumes bit-identically.
+//! before it, and an interrupt on either side of the switch resumes bit-identically. Online
+//! mixing (`mix = { kind = "online", ... }`) draws each step with the shares its bandit's
+//! update rule gives from the losses logged before, and resumes bit-identically too.
 
 use std::path::Path;
 
@@ -33,6 +35,10 @@ fn paragraphs(dir: &Path, name: &str, prefix: &str) {
 }
 
 fn recipe(dir: &Path) -> Recipe {
+    recipe_with(dir, &[])
+}
+
+fn recipe_with(dir: &Path, sets: &[&str]) -> Recipe {
     paragraphs(dir, "early", "chapter_1");
     paragraphs(dir, "late", "chapter_2");
     let data = dir.display();
@@ -67,12 +73,16 @@ eval = {{ every = 15, batches = 1 }}
 "#,
         data
     );
-    Recipe::parse(&dir.join("r.toml"), &text, &[], &Headers).unwrap_or_else(|e| panic!("{e}"))
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Recipe::parse(&dir.join("r.toml"), &text, &sets, &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn metrics(runs: &Path) -> Vec<Value> {
-    let r = recipe(runs);
-    let graph = Graph::build(&r).unwrap();
+    metrics_of(runs, &recipe(runs))
+}
+
+fn metrics_of(runs: &Path, r: &Recipe) -> Vec<Value> {
+    let graph = Graph::build(r).unwrap();
     let dir = RunDir::new(runs, &r.name).node_dir(graph.node("curriculum").unwrap());
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|l| l["loss"].is_number()).collect()
@@ -134,4 +144,50 @@ fn phases_must_start_at_zero_in_order_within_the_stage() {
     assert!(check("[[0, { a = 1 }], [10, { a = 1 }]]").contains("a step before the stage's last (10)"));
     assert!(check("[[0, { b = 1 }]]").contains("no source named `b`"));
     assert_eq!(check("[[0, { a = 1 }], [5, { a = 2 }]]"), "");
+    assert!(check("{ kind = \"online\", sources = [\"a\"] }").contains("only one is listed"));
+    assert!(check("{ kind = \"online\", sources = [\"a\", \"b\"] }").contains("no source named `b`"));
+    assert!(check("{ kind = \"onlin\", sources = [\"a\"] }").contains("did you mean `online`"));
+    assert!(check("{ kind = \"online\" }").contains("missing key `sources`"));
+    assert!(check("{ kind = \"online\", sources = [\"a\", \"a\"], smoothing = 1 }").contains("listed twice"));
+}
+
+const ONLINE: &[&str] = &[
+    "stages.curriculum.data.mix={ kind = \"online\", sources = [\"early\", \"late\"], smoothing = 0.5 }",
+    "stages.curriculum.steps=16",
+    "stages.curriculum.checkpoint_every=3",
+];
+
+#[test]
+fn online_mixing_draws_with_the_bandits_shares_and_resumes_exactly() {
+    let straight = tempfile::tempdir().unwrap();
+    let r = recipe_with(straight.path(), ONLINE);
+    execute_until(&r, straight.path(), None, None);
+    let lines = metrics_of(straight.path(), &r);
+    assert_eq!(lines.len(), 16);
+    // The shares each step logged are the policy of a bandit fed the per-source losses the
+    // steps before it logged: the trainer follows the update rule.
+    let mut bandit = recipe_data::Bandit::new(2);
+    for line in &lines {
+        let logged: Vec<f64> = ["early", "late"].iter().map(|s| line["mix_weights"][s].as_f64().unwrap()).collect();
+        let policy = bandit.policy();
+        assert!(logged.iter().zip(&policy).all(|(a, b)| (a - b).abs() < 1e-12), "{line}: {policy:?}");
+        let losses: Vec<Option<f64>> = ["early", "late"].iter().map(|s| line["loss_by_source"][s].as_f64()).collect();
+        assert!(losses.iter().flatten().all(|l| l.is_finite() && *l > 0.0), "{line}");
+        bandit.update(&losses, &policy, 0.5);
+    }
+    assert_eq!(lines[0]["mix_weights"]["early"], 0.5, "equal shares before any loss is seen");
+    assert_ne!(lines[15]["mix_weights"]["early"], 0.5, "the shares moved");
+    let last = lines.last().unwrap();
+    assert!(["early", "late"].iter().all(|s| last["source_tokens"][s].as_u64().unwrap() > 0), "{last}");
+
+    for stop in [4, 7] {
+        let crashed = tempfile::tempdir().unwrap();
+        let r = recipe_with(crashed.path(), ONLINE);
+        execute_until(&r, crashed.path(), Some(("curriculum", stop)), None);
+        execute_until(&r, crashed.path(), None, None);
+        let resumed = metrics_of(crashed.path(), &r);
+        let shares = |l: &[Value]| l.iter().map(|l| l["mix_weights"].to_string()).collect::<Vec<_>>();
+        assert_eq!(trained(&resumed), trained(&lines), "interrupted after step {stop}");
+        assert_eq!(shares(&resumed), shares(&lines), "interrupted after step {stop}");
+    }
 }

@@ -14,12 +14,27 @@ use crate::vocab::{MergeMethod, PeftMethod, Precision};
 pub struct Estimate {
     pub params_total: u64,
     pub params_trainable: u64,
-    /// Tokens the stage trains on: steps × batch_size × seq_len.
+    /// Tokens the stage trains on: steps × rows × length, phase by phase.
     pub tokens: u64,
     /// Training FLOPs, PaLM's accounting: per token 6·N (4·N + 6·N_trainable under PEFT) plus
     /// 12·n_layers·seq_len·d_model for attention, plus each teacher's forward pass.
     pub flops: f64,
     pub memory: Memory,
+    /// A stage whose mix or length changes: its tokens and FLOPs phase by phase.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseEstimate>,
+}
+
+/// Steps `from..until` of a stage, over which its data stays the same.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseEstimate {
+    pub from: u64,
+    pub until: u64,
+    pub seq_len: u32,
+    /// Rows per step.
+    pub batch_size: u32,
+    pub tokens: u64,
+    pub flops: f64,
 }
 
 /// Peak memory in bytes, by part.
@@ -98,8 +113,23 @@ impl Stage {
         }
     }
 
+    /// Tokens the stage trains on: per step, rows × length, over every phase.
     pub fn tokens(&self) -> u64 {
-        self.steps.saturating_mul(self.batch_size as u64 * self.seq_len as u64)
+        self.tokens_until(self.steps)
+    }
+
+    /// Tokens (row positions) of the stage's first `step` steps.
+    pub fn tokens_until(&self, step: u64) -> u64 {
+        self.phase_spans()
+            .iter()
+            .filter(|(from, _)| *from < step)
+            .map(|&(from, until)| self.span_tokens(from, until.min(step)))
+            .fold(0, u64::saturating_add)
+    }
+
+    fn span_tokens(&self, from: u64, until: u64) -> u64 {
+        let shape = self.shape_at(from);
+        (until - from).saturating_mul(shape.batch_size as u64 * shape.seq_len as u64)
     }
 
     pub fn estimate(&self, recipe: &Recipe) -> Estimate {
@@ -110,9 +140,7 @@ impl Stage {
         let total = m.param_count();
         let trainable = self.trainable_params();
         let frozen = if self.peft.is_some() { total } else { total - trainable };
-        let tokens = self.tokens() as f64;
-        let (s, l, d) = (self.seq_len as f64, m.n_layers as f64, m.d_model as f64);
-        let attention = 12.0 * l * s * d;
+        let (l, d) = (m.n_layers as f64, m.d_model as f64);
         // Forward 2·N and input gradients 2·N; weight gradients 2·N only for the matrices that
         // train (a frozen one computes none; PEFT's adapters also run forward and backward).
         let dense = match (&self.peft, self.freeze.is_empty()) {
@@ -130,8 +158,22 @@ impl Stage {
         };
         let stage_teachers = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model);
         let teachers: Vec<&Model> = stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).collect();
-        let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(self.seq_len)).sum();
-        let flops = tokens * (dense + attention + teacher_flops);
+        // Attention's share of a token's FLOPs grows with the length of its row.
+        let flops_per_token = |seq_len: u32| {
+            let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(seq_len)).sum();
+            dense + 12.0 * l * seq_len as f64 * d + teacher_flops
+        };
+        let phases: Vec<PhaseEstimate> = self
+            .phase_spans()
+            .into_iter()
+            .map(|(from, until)| {
+                let shape = self.shape_at(from);
+                let tokens = self.span_tokens(from, until);
+                let flops = tokens as f64 * flops_per_token(shape.seq_len);
+                PhaseEstimate { from, until, seq_len: shape.seq_len, batch_size: shape.batch_size, tokens, flops }
+            })
+            .collect();
+        let flops = phases.iter().map(|p| p.flops).sum();
 
         let (weight_bytes, act_bytes) = match self.precision {
             Precision::F32 => (4, 4),
@@ -142,7 +184,10 @@ impl Stage {
         let grad_bytes = if self.precision == Precision::Bf16 { 2 } else { 4 };
         let weights =
             if self.peft.is_some() { frozen * frozen_bytes + trainable * weight_bytes } else { total * weight_bytes };
-        let micro_tokens = self.micro_batch_size as u64 * self.seq_len as u64;
+        // The longest rows need the most: under `keep = "tokens"` a micro-batch holds as many
+        // tokens at every length, and attention's share per token grows with the length.
+        let longest = self.lengths.shape(self.seq_len, self.batch_size, self.micro_batch_size);
+        let micro_tokens = longest.micro_batch_size as u64 * self.seq_len as u64;
         let activations = micro_tokens.saturating_mul(per_token_activations(m, self.seq_len) * act_bytes);
         let teacher_bytes: u64 = teachers
             .iter()
@@ -163,9 +208,10 @@ impl Stage {
         Estimate {
             params_total: total,
             params_trainable: trainable,
-            tokens: self.tokens(),
+            tokens: phases.iter().map(|p| p.tokens).fold(0, u64::saturating_add),
             flops,
             memory: Memory { total: total_bytes, ..memory },
+            phases: if phases.len() > 1 { phases } else { Vec::new() },
         }
     }
 }
@@ -192,6 +238,7 @@ impl Stage {
             tokens: 0,
             flops,
             memory: Memory { total: memory.weights + memory.activations, ..memory },
+            phases: Vec::new(),
         }
     }
 }

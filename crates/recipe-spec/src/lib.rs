@@ -25,8 +25,10 @@ mod estimate;
 mod freeze;
 mod import;
 mod init;
+mod length;
 mod merge;
 mod model;
+mod online;
 mod peft;
 mod recipe;
 mod schedule;
@@ -41,12 +43,14 @@ pub use canonical::flatten;
 pub use checkpoint::{CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf};
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
 pub use distill::Distill;
-pub use estimate::{Estimate, Memory};
+pub use estimate::{Estimate, Memory, PhaseEstimate};
 pub use freeze::Freeze;
 pub use import::Import;
 pub use init::Init;
+pub use length::{Lengths, StepShape};
 pub use merge::{Merge, MergeInput};
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
+pub use online::Online;
 pub use peft::{PEFT_MODULES, Peft};
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
 pub use schedule::{Schedule, ScheduleKind};
@@ -54,6 +58,6 @@ pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, LossOn, MergeMethod,
-    OnError, OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
+    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn,
+    MergeMethod, OnError, OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
 };

@@ -14,8 +14,10 @@ use crate::distill::Distill;
 use crate::freeze::{Freeze, decode_freeze};
 use crate::import::{Import, import_architecture, import_teacher, is_path};
 use crate::init::Init;
+use crate::length::{LengthBounds, Lengths, StepShape, decode_lengths};
 use crate::merge::{Merge, MergeContext, MergeInput, decode_merge};
 use crate::model::{Model, ModelSpec, check_model, check_vocab, model_field_path};
+use crate::online::{Online, decode_online, is_online};
 use crate::peft::Peft;
 use crate::schedule::Schedule;
 use crate::source::{Source, check_source_ref};
@@ -50,8 +52,13 @@ pub struct Stage {
     pub model: Model,
     /// Default 1000 optimizer steps.
     pub steps: u64,
-    /// Default: `model.max_seq_len`.
+    /// Default: `model.max_seq_len`. The longest of `lengths`: what `batch_size` counts rows
+    /// of, what evaluation reads and what memory is planned for.
+    #[serde(skip)]
     pub seq_len: u32,
+    /// `seq_len` as written: one length, or lengths that grow in phases, with `keep`.
+    #[serde(flatten)]
+    pub lengths: Lengths,
     /// Default 8 sequences per optimizer step.
     pub batch_size: u32,
     /// Default: `batch_size` (no accumulation).
@@ -94,22 +101,49 @@ pub struct Stage {
 /// Stage fields that cannot change a stage; they are outside its content key.
 pub const NON_SEMANTIC_STAGE_FIELDS: &[&str] = &["checkpoint_every", "keep_checkpoints", "log_every", "eval"];
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Data {
     /// Required. Token proportions per source, normalised to sum to 1, sorted by source name:
     /// every source the stage reads, with the weights it ends on (0 for a source only an
-    /// earlier phase reads).
-    #[serde(serialize_with = "pairs_as_map")]
+    /// earlier phase reads); equal shares to start from under online mixing.
     pub mix: Vec<(String, f64)>,
     /// A mix that changes (`mix = [[0, {...}], [500, {...}]]`): from which step each phase's
     /// weights hold, normalised, over `mix`'s sources in its order (0 where a phase leaves a
     /// source out). Empty for one mix throughout.
-    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "phases_as_pairs")]
     pub phases: Vec<(u64, Vec<(String, f64)>)>,
+    /// Shares chosen while training (`mix = { kind = "online", sources = [...] }`).
+    pub online: Option<Online>,
     /// Default `best-fit`.
     pub packing: Packing,
     /// Default `assistant` for `sft` stages, `all` otherwise.
     pub loss_on: LossOn,
+}
+
+/// Written back as it was written: `mix` as weights (with `phases` when it changes), or as
+/// online mixing.
+impl Serialize for Data {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let as_map = |pairs: &[(String, f64)], keep: fn(f64) -> bool| -> serde_json::Map<String, serde_json::Value> {
+            pairs.iter().filter(|(_, w)| keep(*w)).map(|(n, w)| (n.clone(), serde_json::json!(w))).collect()
+        };
+        let mut map = s.serialize_map(None)?;
+        match &self.online {
+            Some(online) => map.serialize_entry(
+                "mix",
+                &serde_json::json!({ "kind": "online", "sources": online.sources, "smoothing": online.smoothing }),
+            )?,
+            None => map.serialize_entry("mix", &as_map(&self.mix, |_| true))?,
+        }
+        if !self.phases.is_empty() {
+            let written: Vec<(u64, serde_json::Map<String, serde_json::Value>)> =
+                self.phases.iter().map(|(from, w)| (*from, as_map(w, |w| w > 0.0))).collect();
+            map.serialize_entry("phases", &written)?;
+        }
+        map.serialize_entry("packing", &self.packing)?;
+        map.serialize_entry("loss_on", &self.loss_on)?;
+        map.end()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -139,6 +173,11 @@ pub struct Eval {
     /// when false, so that a greedy merge's key (which holds `eval`) stays as it was.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub by_source: bool,
+    /// Default: the sources of the mix that hold data out. With `by_source`, the sources
+    /// evaluated alone, mixed or not: continual pre-training reads its old data's loss here
+    /// after the mix has moved on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
 }
 
 const STAGE_KEYS: &[&str] = &[
@@ -149,6 +188,7 @@ const STAGE_KEYS: &[&str] = &[
     "model",
     "steps",
     "seq_len",
+    "keep",
     "batch_size",
     "micro_batch_size",
     "data",
@@ -221,6 +261,46 @@ impl Stage {
         out
     }
 
+    /// The shape of step `step`'s data: its length, and under `keep = "tokens"` the rows
+    /// that keep its tokens those of a step at the longest length.
+    pub fn shape_at(&self, step: u64) -> StepShape {
+        self.lengths.shape(self.lengths.at(step), self.batch_size, self.micro_batch_size)
+    }
+
+    /// The stretches of steps `from..until` over which the stage's data stays the same: split
+    /// wherever its mix or its length changes.
+    pub fn phase_spans(&self) -> Vec<(u64, u64)> {
+        let mut starts: Vec<u64> = std::iter::once(0)
+            .chain(self.data.phases.iter().map(|(from, _)| *from))
+            .chain(self.lengths.phases.iter().map(|(from, _)| *from))
+            .filter(|from| *from < self.steps.max(1))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let ends = starts.iter().skip(1).copied().chain(std::iter::once(self.steps));
+        starts.iter().copied().zip(ends).collect()
+    }
+
+    /// Every source the stage reads: its mix's, and those it evaluates alone.
+    pub fn sources_read(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.data.mix.iter().map(|(n, _)| n.as_str()).collect();
+        out.extend(self.eval.sources.iter().map(String::as_str).filter(|s| !out.contains(s)).collect::<Vec<_>>());
+        out
+    }
+
+    /// The sources evaluated alone (`eval.by_source`): those named in `eval.sources`, else the
+    /// mix's that hold data out.
+    pub fn sources_evaluated<'a>(&'a self, recipe_sources: &'a [Source]) -> Vec<&'a str> {
+        if !self.eval.by_source {
+            return Vec::new();
+        }
+        if !self.eval.sources.is_empty() {
+            return self.eval.sources.iter().map(String::as_str).collect();
+        }
+        let holds_out = |name: &str| recipe_sources.iter().any(|s| s.name == name && s.holdout > 0.0);
+        self.data.mix.iter().map(|(n, _)| n.as_str()).filter(|n| holds_out(n)).collect()
+    }
+
     /// The fields outside this stage's key. A greedy merge's result depends on its held-out
     /// evaluation, so there `eval` is in the key.
     pub fn non_semantic_fields(&self) -> Vec<&'static str> {
@@ -243,7 +323,7 @@ const DATA_KEYS: &[&str] = &["mix", "packing", "loss_on"];
 
 const OPTIM_KEYS: &[&str] = &["kind", "lr", "betas", "eps", "weight_decay", "grad_clip"];
 
-const EVAL_KEYS: &[&str] = &["every", "batches", "by_source"];
+const EVAL_KEYS: &[&str] = &["every", "batches", "by_source", "sources"];
 
 /// What decoding a stage needs from the rest of the recipe.
 pub(crate) struct StageContext<'a> {
@@ -359,15 +439,18 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     if steps == 0 && kind != StageKind::Merge {
         check_range(cx, &f.child_path("steps"), 0.0, false, "at least 1 step");
     }
-    let seq_len = f.opt(cx, "seq_len", decode::size(1, 1 << 22)).unwrap_or(model.max_seq_len);
-    if seq_len > model.max_seq_len {
-        let origin = cx.origins.get(&f.child_path("seq_len")).cloned().unwrap_or_else(|| f.origin.clone());
+    let bounds = LengthBounds {
+        default: model.max_seq_len,
+        max_seq_len: model.max_seq_len,
+        max_seq_len_path: field_path("max_seq_len"),
+        steps,
+    };
+    let lengths = decode_lengths(cx, &f, &bounds);
+    if kind == StageKind::Merge && lengths.grows() {
+        let origin = cx.origins.get(&f.child_path("seq_len")).cloned().unwrap_or_default();
         cx.diags.push(
-            Diagnostic::new(
-                &origin,
-                format!("seq_len ({seq_len}) exceeds the model's max_seq_len ({})", model.max_seq_len),
-            )
-            .label(format!("max_seq_len is set at `{}`", field_path("max_seq_len"))),
+            Diagnostic::new(&origin, "a merge trains nothing, so its length cannot grow")
+                .label("expected one length, for a greedy merge's evaluation"),
         );
     }
     let batch_size = f.opt(cx, "batch_size", decode::size(1, 1 << 20)).unwrap_or(8);
@@ -386,7 +469,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let greedy = merge.as_ref().is_some_and(|m| m.method == MergeMethod::Greedy);
     let data = if kind == StageKind::Merge && !greedy {
         only_for(cx, &f, "data", f.get("data").is_some(), false, "a training stage or a greedy merge");
-        Data { mix: Vec::new(), phases: Vec::new(), packing: Packing::BestFit, loss_on: LossOn::All }
+        Data { mix: Vec::new(), phases: Vec::new(), online: None, packing: Packing::BestFit, loss_on: LossOn::All }
     } else {
         decode_data(cx, &f, kind, sources, steps)
     };
@@ -417,13 +500,20 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         Some(node) => {
             let e = Fields::of(cx, node, &f.child_path("eval"), EVAL_KEYS);
             e.check_unknown(cx);
+            let by_source = e.opt(cx, "by_source", decode::boolean).unwrap_or(false);
+            let named = e.opt(cx, "sources", decode::strings).unwrap_or_default();
+            only_for(cx, &e, "sources", !named.is_empty(), by_source, "`by_source = true`");
+            for (source, origin) in &named {
+                check_held_out(cx, source, origin, sources);
+            }
             Eval {
                 every: e.opt(cx, "every", decode::count).unwrap_or(0),
                 batches: e.opt(cx, "batches", decode::size(1, 1 << 20)).unwrap_or(8),
-                by_source: e.opt(cx, "by_source", decode::boolean).unwrap_or(false),
+                by_source,
+                sources: named.into_iter().map(|(s, _)| s).collect(),
             }
         }
-        None => Eval { every: 0, batches: 8, by_source: false },
+        None => Eval { every: 0, batches: 8, by_source: false, sources: Vec::new() },
     };
     only_for(cx, &f, "eval.every", eval.every > 0 && kind == StageKind::Merge, false, "a training stage");
     only_for(cx, &f, "eval.by_source", eval.by_source, eval.every > 0, "`eval.every` > 0");
@@ -452,7 +542,8 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         model_overrides,
         model,
         steps,
-        seq_len,
+        seq_len: lengths.longest(),
+        lengths,
         batch_size,
         micro_batch_size,
         data,
@@ -471,6 +562,19 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     }
 }
 
+/// `name` must be a source that holds data out, to be evaluated on its own.
+fn check_held_out(cx: &mut Cx, name: &str, origin: &Origin, sources: &[Source]) {
+    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    check_source_ref(cx, name, origin, &names);
+    if sources.iter().any(|s| s.name == name && s.holdout == 0.0) {
+        cx.diags.push(
+            Diagnostic::new(origin, format!("source `{name}` holds no data out, so it cannot be evaluated"))
+                .label("evaluation reads the held-out split")
+                .help(format!("set `holdout = 0.05` in `[sources.{name}]`")),
+        );
+    }
+}
+
 fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source], steps: u64) -> Data {
     let source_names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     let default_loss_on = if kind == StageKind::Sft { LossOn::Assistant } else { LossOn::All };
@@ -479,15 +583,29 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source],
             Diagnostic::new(&stage.origin, format!("missing key `data` in `{}`", stage.path))
                 .label("expected `data = { mix = { SOURCE = 1.0 } }`"),
         );
-        return Data { mix: Vec::new(), phases: Vec::new(), packing: Packing::BestFit, loss_on: default_loss_on };
+        return Data {
+            mix: Vec::new(),
+            phases: Vec::new(),
+            online: None,
+            packing: Packing::BestFit,
+            loss_on: default_loss_on,
+        };
     };
     let f = Fields::of(cx, node, &stage.child_path("data"), DATA_KEYS);
     f.check_unknown(cx);
     let mut phases: Vec<(u64, Vec<(String, f64)>)> = Vec::new();
+    let mut online = None;
     if let Some(mix_node) = f.get("mix") {
         let mix_path = f.child_path("mix");
         cx.origins.insert(mix_path.clone(), mix_node.origin.clone());
         match &mix_node.val {
+            _ if is_online(mix_node) => {
+                let decoded = decode_online(cx, mix_node, &mix_path, &source_names);
+                // Equal shares until the bandit has seen a loss.
+                let share = 1.0 / decoded.sources.len().max(1) as f64;
+                phases.push((0, decoded.sources.iter().map(|n| (n.clone(), share)).collect()));
+                online = Some(decoded);
+            }
             Val::Array(items) if !items.is_empty() => {
                 for (i, item) in items.iter().enumerate() {
                     let path = format!("{mix_path}[{i}]");
@@ -557,7 +675,7 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source],
             }
         }
     }
-    Data { mix, phases, packing: f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit), loss_on }
+    Data { mix, phases, online, packing: f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit), loss_on }
 }
 
 /// One mix's `{ SOURCE = WEIGHT }` table: weights > 0 of known sources, normalised, sorted.
@@ -629,22 +747,4 @@ fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
         }
     }
     optim
-}
-
-/// Serialise phases as `[[from, { SOURCE = WEIGHT }], ...]`, the way they are written.
-fn phases_as_pairs<S: serde::Serializer>(phases: &[(u64, Vec<(String, f64)>)], s: S) -> Result<S::Ok, S::Error> {
-    let written: Vec<(u64, serde_json::Map<String, serde_json::Value>)> = phases
-        .iter()
-        .map(|(from, w)| {
-            (*from, w.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| (n.clone(), serde_json::json!(w))).collect())
-        })
-        .collect();
-    serde::Serialize::serialize(&written, s)
-}
-
-/// Serialise `(name, weight)` pairs as a JSON object.
-fn pairs_as_map<S: serde::Serializer>(pairs: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
-    let map: serde_json::Map<String, serde_json::Value> =
-        pairs.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
-    serde::Serialize::serialize(&map, s)
 }

@@ -48,6 +48,7 @@ words!(PeftMethod { Lora = "lora", Dora = "dora" });
 words!(MergeMethod { Uniform = "uniform", Weighted = "weighted", Greedy = "greedy", TaskArithmetic = "task-arithmetic" });
 words!(InitKind { Stack = "stack" });
 words!(AverageKind { Ema = "ema", Lawa = "lawa" });
+words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
 

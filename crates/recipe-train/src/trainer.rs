@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{load_checkpoint, training};
-use recipe_data::{Batch, Loader, LoaderConfig, LoaderState, Mix, Split};
-use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy, remap_layers};
+use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
+use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy_rows, remap_layers};
 use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct TrainState {
     /// Steps skipped so far for a non-finite loss or gradient (`on_nonfinite = "skip"`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub nonfinite_skipped: u64,
+    /// Online mixing's bandit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<Bandit>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -51,6 +55,11 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Row positions processed per second (padding included).
     pub tokens_per_s: f64,
+    /// Row positions trained so far in this stage, this step's included.
+    pub tokens: u64,
+    /// The length of this step's rows, when it changes over the stage (`seq_len` in phases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<u32>,
     /// Targets that counted towards the loss in this step.
     pub loss_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +88,12 @@ pub struct StepMetrics {
     /// Tokens of each source in the rows trained so far in this stage (what the mix became).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub source_tokens: BTreeMap<String, u64>,
+    /// Online mixing: the shares this step's documents were drawn with, and each source's mean
+    /// training loss in the step (what the bandit is rewarded with).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub mix_weights: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub loss_by_source: BTreeMap<String, f64>,
 }
 
 /// Receives progress; the binary draws a bar, tests collect the losses.
@@ -108,6 +123,8 @@ pub struct StageRun<'a> {
     /// A distillation stage's teachers, loaded frozen.
     pub teachers: Vec<Llama>,
     pub stores: Mix,
+    /// The sources evaluated alone (`eval.by_source`), in `Stage::sources_evaluated`'s order.
+    pub evaluated: Vec<Arc<TokenStore>>,
     pub device: &'a Device,
     pub interrupt: &'a AtomicBool,
     pub observer: &'a dyn Observer,
@@ -128,7 +145,12 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
 
     let model = build_model(stage, r.start_from.as_deref(), recipe.seed, r.device)?;
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
-    let objective = Objective { distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())) };
+    let online = stage.data.online.as_ref();
+    let objective = Objective {
+        distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())),
+        sources: if online.is_some() { stage.data.mix.len() } else { 0 },
+    };
+    let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
     let mut optimizer = AdamW::new(&stage.optim);
     let loader_config = |split| LoaderConfig::of_stage(recipe, stage, split);
     let mut loader = Loader::new(r.stores.clone(), &loader_config(Split::Train))?;
@@ -154,6 +176,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             scaler = ckpt.state.scaler.clone();
         }
         nonfinite_skipped = ckpt.state.nonfinite_skipped;
+        if let (Some(bandit), Some(saved)) = (bandit.as_mut(), &ckpt.state.bandit) {
+            *bandit = saved.clone();
+        }
         start_step = ckpt.state.step;
         r.observer.message(&format!("resuming `{}` from {}", stage.name, ckpt.dir.display()));
     }
@@ -181,14 +206,26 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         if !stage.data.phases.is_empty() {
             loader.set_phase(stage.data.phase_at(step), stage.data.weights_at(step));
         }
+        let policy = bandit.as_ref().map(Bandit::policy);
+        if let Some(shares) = &policy {
+            loader.set_phase(0, shares.clone());
+        }
+        let shape = stage.shape_at(step);
+        loader.set_seq_len(shape.seq_len);
         // Draw the whole step's data first: each micro-batch's loss is weighted by its share of
         // the step's loss tokens, so accumulation gives the exact mean over the batch.
         let batches: Vec<Batch> =
-            (0..accumulation).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
+            (0..accumulation).map(|_| loader.next_batch(shape.micro_batch_size as usize)).collect();
         let dropout_seed = step_seed(recipe.seed, step);
         let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-        let StepGradients { loss, loss_tokens, terms, grads } =
+        let StepGradients { loss, loss_tokens, terms, grads, by_source } =
             gradients(&model, &batches, r.device, &objective, Some(dropout_seed), loss_scale)?;
+        if let (Some(bandit), Some(shares), Some(online)) = (bandit.as_mut(), &policy, online) {
+            bandit.update(&by_source, shares, online.smoothing);
+        }
+        let named = |values: Vec<Option<f64>>| -> BTreeMap<String, f64> {
+            stage.data.mix.iter().zip(values).filter_map(|((n, _), v)| Some((n.clone(), v?))).collect()
+        };
         let grad_norm = match loss.is_finite() {
             true => update(&model, &mut optimizer, &grads, lr, loss_scale, scaler.as_mut())?,
             false => f64::NAN,
@@ -218,13 +255,15 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             }
         }
 
-        let positions = (stage.batch_size * stage.seq_len) as f64;
+        let positions = (shape.batch_size * shape.seq_len) as f64;
         let mut m = StepMetrics {
             step: done,
             loss,
             lr,
             grad_norm,
             tokens_per_s: positions / started.elapsed().as_secs_f64(),
+            tokens: stage.tokens_until(done),
+            seq_len: stage.lengths.grows().then_some(shape.seq_len),
             loss_tokens,
             eval_loss: None,
             eval_ppl: None,
@@ -236,6 +275,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             skipped_steps: (scaler.is_some() || stage.on_nonfinite == OnNonfinite::Skip)
                 .then(|| scaler.as_ref().map_or(0, |s| s.skipped) + nonfinite_skipped),
             source_tokens: loader.stats().sources.into_iter().map(|s| (s.name, s.tokens)).collect(),
+            mix_weights: named(policy.iter().flatten().map(|w| Some(*w)).collect()),
+            loss_by_source: named(by_source),
         };
         if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
@@ -266,6 +307,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 optimizer_steps: Some(optimizer.t),
                 scaler: scaler.clone(),
                 nonfinite_skipped,
+                bandit: bandit.clone(),
             };
             let dir = training::save(
                 &checkpoints,
@@ -322,6 +364,8 @@ pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: 
 #[derive(Default)]
 pub struct Objective<'a> {
     pub distill: Option<(&'a Distill, &'a [Llama])>,
+    /// When > 0, also the cross-entropy of each of this many sources (online mixing's reward).
+    pub sources: usize,
 }
 
 /// The seed of one step's adapter-dropout masks.
@@ -343,6 +387,9 @@ pub struct StepGradients {
     /// Per parameter, accumulated over the micro-batches on the parameters' device, in their
     /// dtype, multiplied by the loss scale.
     pub grads: Vec<Tensor>,
+    /// When the objective asks: per source, the mean cross-entropy of its loss tokens in the
+    /// step (`None` for a source without any).
+    pub by_source: Vec<Option<f64>>,
 }
 
 /// The step's loss and the gradient of every parameter, accumulated over the micro-batches.
@@ -358,10 +405,14 @@ pub fn gradients(
     let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
     let mut grads: Vec<Tensor> = Vec::new();
     let (mut loss, mut terms) = (0.0, None);
+    let mut source_sums = vec![(0.0, 0u64); objective.sources];
     for (i, batch) in batches.iter().enumerate() {
         model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(i as u64)));
         let micro = batch_loss(model, batch, device, objective)?;
         model.set_dropout_seed(None);
+        for (sum, (s, n)) in source_sums.iter_mut().zip(&micro.by_source) {
+            (sum.0, sum.1) = (sum.0 + s, sum.1 + n);
+        }
         let share = micro.count / (loss_tokens.max(1) as f64);
         if let Some((ce, kd)) = micro.terms {
             let (sum_ce, sum_kd) = terms.unwrap_or((0.0, 0.0));
@@ -383,7 +434,8 @@ pub fn gradients(
             }
         }
     }
-    Ok(StepGradients { loss, loss_tokens, terms, grads })
+    let by_source = source_sums.into_iter().map(|(sum, n)| (n > 0).then(|| sum / n as f64)).collect();
+    Ok(StepGradients { loss, loss_tokens, terms, grads, by_source })
 }
 
 /// Take one AdamW step at `lr` from gradients of the loss times `loss_scale`, clipped to the
@@ -421,6 +473,8 @@ pub struct MicroLoss {
     pub count: f64,
     /// When distilling: the cross-entropy and KD terms' values.
     pub terms: Option<(f64, f64)>,
+    /// When the objective asks: per source, its loss tokens' summed cross-entropy and count.
+    pub by_source: Vec<(f64, u64)>,
 }
 
 /// The mean loss of one micro-batch over its loss tokens.
@@ -432,9 +486,10 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
     let attn = document_mask(&batch.doc_ids, b, t, device)?;
     let logits = model.forward(&ids, &positions, &attn)?;
-    let (ce, count) = masked_cross_entropy(&logits, &targets, &mask)?;
+    let (ce, count, rows) = masked_cross_entropy_rows(&logits, &targets, &mask)?;
+    let by_source = sum_by_source(&rows, batch, objective.sources)?;
     let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else {
-        return Ok(MicroLoss { mean: ce, count, terms: None });
+        return Ok(MicroLoss { mean: ce, count, terms: None, by_source });
     };
     // Teachers hold no variables, so their forward passes record no graph.
     // The divergence in f32, whatever the models compute in.
@@ -446,7 +501,23 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;
     let terms = Some((ce.to_scalar::<f32>()? as f64, kd.to_scalar::<f32>()? as f64));
     let mean = ((kd * distill.alpha)? + (ce * (1.0 - distill.alpha))?)?;
-    Ok(MicroLoss { mean, count, terms })
+    Ok(MicroLoss { mean, count, terms, by_source })
+}
+
+/// Per source of `sources`, the summed cross-entropy `rows` of its loss tokens and their count.
+fn sum_by_source(rows: &Tensor, batch: &Batch, sources: usize) -> Result<Vec<(f64, u64)>> {
+    let mut out = vec![(0.0, 0); sources];
+    if sources == 0 {
+        return Ok(out);
+    }
+    let nll = rows.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    for ((value, mask), source) in nll.iter().zip(&batch.loss_mask).zip(&batch.source_ids) {
+        if *mask == 1 {
+            let slot = &mut out[*source as usize];
+            (slot.0, slot.1) = (slot.0 + *value as f64, slot.1 + 1);
+        }
+    }
+    Ok(out)
 }
 
 /// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
@@ -469,15 +540,14 @@ pub(crate) fn evaluate(
     Ok(sum / count.max(1.0))
 }
 
-/// The held-out loss of each source of the stage's mix that holds data out, alone: the same
-/// batches [`evaluate`] would draw if the stage mixed that source only.
+/// The held-out loss of each evaluated source alone: the same batches [`evaluate`] would draw
+/// if the stage mixed that source only.
 fn evaluate_by_source(model: &Llama, r: &StageRun, stage: &Stage) -> Result<BTreeMap<String, f64>> {
     let config = LoaderConfig::of_stage(r.recipe, stage, Split::Holdout);
     let mut out = BTreeMap::new();
-    for ((name, _), (store, _)) in stage.data.mix.iter().zip(&r.stores) {
-        if r.recipe.sources.iter().any(|s| &s.name == name && s.holdout > 0.0) {
-            out.insert(name.clone(), evaluate(model, &vec![(store.clone(), 1.0)], &config, stage, r.device)?);
-        }
+    for store in &r.evaluated {
+        let loss = evaluate(model, &vec![(store.clone(), 1.0)], &config, stage, r.device)?;
+        out.insert(store.meta.source.clone(), loss);
     }
     Ok(out)
 }

@@ -45,6 +45,7 @@ fn batch(seed: u64) -> Batch {
         loss_mask: (0..n).map(|i| u8::from(i % t != 9)).collect(),
         doc_ids: (0..n).map(|i| u32::from(i % t >= 10)).collect(),
         position_ids: (0..n).map(|i| (if i % t >= 10 { i % t - 10 } else { i % t }) as u32).collect(),
+        source_ids: vec![0; n],
     }
 }
 
