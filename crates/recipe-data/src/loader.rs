@@ -28,9 +28,9 @@ pub struct LoaderConfig {
     pub loss_on: LossOn,
     pub seed: u64,
     pub split: Split,
-    /// Draw each document's source at random with the current weights (online mixing, whose
-    /// bandit needs the shares to be draw probabilities), rather than keeping every source at
-    /// its share.
+    /// Draw each document's source at random, each source's expected share of the tokens being
+    /// its current weight (online mixing, whose bandit needs the shares to be probabilities),
+    /// rather than keeping every source at its share deterministically.
     pub random_draws: bool,
 }
 
@@ -145,14 +145,21 @@ impl Loader {
             split_tokens.push(pool.iter().map(|&d| store.doc_len(d as usize) as u64 + 1).sum());
             sources.push((store.meta.source.clone(), *weight, pool));
         }
+        let mean_doc_len: Vec<f64> = sources
+            .iter()
+            .zip(&split_tokens)
+            .map(|((_, _, pool), tokens)| *tokens as f64 / pool.len() as f64)
+            .collect();
         let stream = match config.split {
             Split::Train => "train",
             Split::Holdout => "eval",
         };
+        let sampler = Sampler::new(config.seed, stream, sources);
+        let sampler = if config.random_draws { sampler.drawing_at_random(mean_doc_len) } else { sampler };
         Ok(Loader {
             stores: mix.into_iter().map(|(s, _)| s).collect(),
             split_tokens,
-            sampler: Sampler::new(config.seed, stream, sources, config.random_draws),
+            sampler,
             packer: Packer::new(config.packing, config.seq_len),
             loss_on_assistant: config.loss_on == LossOn::Assistant,
         })

@@ -39,14 +39,16 @@ pub struct Sampler {
     pools: Vec<Vec<u32>>,
     /// Per source, the current epoch's order over its pool.
     orders: Vec<Vec<u32>>,
-    /// Choose sources at random with the weights as probabilities.
-    random_draws: bool,
+    /// When choosing sources at random: each source's mean document length (tokens), so that a
+    /// source is drawn with probability ∝ weight / mean length and its expected share of the
+    /// tokens is its weight.
+    random_draws: Option<Vec<f64>>,
     pub state: SamplerState,
 }
 
 impl Sampler {
     /// `stream` separates independent samplers over the same data (training, evaluation).
-    pub fn new(seed: u64, stream: &str, sources: Vec<(String, f64, Vec<u32>)>, random_draws: bool) -> Sampler {
+    pub fn new(seed: u64, stream: &str, sources: Vec<(String, f64, Vec<u32>)>) -> Sampler {
         let n = sources.len();
         let mut key = blake3::Hasher::new();
         key.update(&seed.to_le_bytes());
@@ -57,7 +59,7 @@ impl Sampler {
             weights: sources.iter().map(|(_, w, _)| *w).collect(),
             pools: sources.into_iter().map(|(_, _, p)| p).collect(),
             orders: Vec::new(),
-            random_draws,
+            random_draws: None,
             state: SamplerState {
                 taken: vec![0; n],
                 drawn: vec![0; n],
@@ -69,6 +71,12 @@ impl Sampler {
         };
         s.orders = (0..n).map(|i| s.order(i, 0)).collect();
         s
+    }
+
+    /// Draw each document's source at random, its expected share of the tokens being its
+    /// weight, given each source's mean document length in tokens.
+    pub fn drawing_at_random(self, mean_doc_len: Vec<f64>) -> Sampler {
+        Sampler { random_draws: Some(mean_doc_len), ..self }
     }
 
     pub fn restore(&mut self, state: SamplerState) {
@@ -106,7 +114,10 @@ impl Sampler {
     /// tokens taken so far in this phase. `len` gives a document's length in tokens,
     /// end-of-document token included.
     pub fn next(&mut self, len: impl Fn(usize, u32) -> u64) -> (usize, u32) {
-        let src = if self.random_draws { self.random_source() } else { self.furthest_below_share() };
+        let src = match &self.random_draws {
+            Some(mean_doc_len) => self.random_source(mean_doc_len),
+            None => self.furthest_below_share(),
+        };
         if self.state.cursor[src] as usize == self.orders[src].len() {
             self.state.epoch[src] += 1;
             self.state.cursor[src] = 0;
@@ -135,22 +146,21 @@ impl Sampler {
             .expect("a mix has a source of weight > 0")
     }
 
-    /// A source drawn with probability proportional to its weight, from a stream seeded by
-    /// (seed, stream, draws so far): the state restores it exactly.
-    fn random_source(&self) -> usize {
+    /// A source drawn with probability ∝ weight / mean document length, from a stream seeded
+    /// by (seed, stream, draws so far): the state restores it exactly.
+    fn random_source(&self, mean_doc_len: &[f64]) -> usize {
         let draws: u64 = self.state.drawn.iter().sum();
         let mut key = blake3::Hasher::new_keyed(&self.seed);
         key.update(b"source");
         key.update(&draws.to_le_bytes());
         let bits = u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
-        let total: f64 = self.weights.iter().sum();
-        let mut left = (bits >> 11) as f64 / (1u64 << 53) as f64 * total;
-        let last = self.weights.iter().rposition(|w| *w > 0.0).expect("a mix has a source of weight > 0");
-        self.weights
-            .iter()
-            .position(|w| {
-                left -= w;
-                *w > 0.0 && left < 0.0
+        let odds: Vec<f64> = self.weights.iter().zip(mean_doc_len).map(|(w, len)| w / len.max(1.0)).collect();
+        let mut left = (bits >> 11) as f64 / (1u64 << 53) as f64 * odds.iter().sum::<f64>();
+        let last = odds.iter().rposition(|o| *o > 0.0).expect("a mix has a source of weight > 0");
+        odds.iter()
+            .position(|o| {
+                left -= o;
+                *o > 0.0 && left < 0.0
             })
             .unwrap_or(last)
     }
@@ -171,10 +181,22 @@ mod tests {
     }
 
     #[test]
+    fn random_draws_give_each_source_its_weight_of_the_tokens() {
+        // Documents of 10 and 1,000 tokens: drawing documents with equal odds would give `b`
+        // 99% of the tokens.
+        let sources = vec![("a".to_string(), 0.75, (0..50).collect()), ("b".to_string(), 0.25, (0..50).collect())];
+        let len = [10, 1000];
+        let mut sampler = Sampler::new(1, "train", sources).drawing_at_random(vec![10.0, 1000.0]);
+        let taken = draw(&mut sampler, 400_000, &len);
+        let share = taken[0] as f64 / (taken[0] + taken[1]) as f64;
+        assert!((share - 0.75).abs() < 0.02, "{taken:?}");
+    }
+
+    #[test]
     fn a_new_phase_keeps_its_own_shares_and_restores_exactly() {
         let sources = vec![("a".to_string(), 1.0, (0..50).collect()), ("b".to_string(), 0.0, (0..50).collect())];
         let len = [10, 30];
-        let mut sampler = Sampler::new(1, "train", sources, false);
+        let mut sampler = Sampler::new(1, "train", sources);
         assert_eq!(draw(&mut sampler, 20, &len), [200, 0], "a source of weight 0 is never drawn");
         // The new shares hold within the phase, not over the whole run (which would draw only
         // `b` until it had caught up with the 200 tokens of `a`).
@@ -189,7 +211,6 @@ mod tests {
             1,
             "train",
             vec![("a".to_string(), 1.0, (0..50).collect()), ("b".to_string(), 0.0, (0..50).collect())],
-            false,
         );
         restored.restore(saved);
         restored.set_phase(1, vec![0.25, 0.75]);
