@@ -6,11 +6,10 @@
 
 use std::path::Path;
 
-use common::execute_until;
+use common::{execute_until, step_lines, trained};
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
 use recipe_spec::Recipe;
-use serde_json::Value;
 
 mod common;
 
@@ -50,19 +49,7 @@ eval = {{ every = 6, batches = 1 }}
     Recipe::parse(&dir.join("r.toml"), &text, &[], &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn metrics(runs: &Path, r: &Recipe) -> Vec<Value> {
-    let graph = Graph::build(r).unwrap();
-    let dir = RunDir::new(runs, &r.name).node_dir(graph.node("grow").unwrap());
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|l| l["loss"].is_number()).collect()
-}
-
-fn trained(lines: &[Value]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| format!("{} {} {} {} {}", l["step"], l["loss"], l["grad_norm"], l["tokens"], l["source_tokens"]))
-        .collect()
-}
+const TRAINED: &[&str] = &["step", "loss", "grad_norm", "tokens", "source_tokens"];
 
 #[test]
 fn each_step_has_its_phase_length_and_resumes_exactly_across_a_switch() {
@@ -79,7 +66,7 @@ fn each_step_has_its_phase_length_and_resumes_exactly_across_a_switch() {
     assert!(estimate.phases[0].flops < estimate.phases[2].flops, "attention costs more per token in longer rows");
 
     execute_until(&r, straight.path(), None, None);
-    let lines = metrics(straight.path(), &r);
+    let lines = step_lines(straight.path(), &r, "grow");
     let lengths: Vec<u64> = lines.iter().map(|l| l["seq_len"].as_u64().unwrap()).collect();
     assert_eq!(lengths, [8, 8, 8, 8, 16, 16, 16, 16, 32, 32, 32, 32]);
     let tokens: Vec<u64> = lines.iter().map(|l| l["tokens"].as_u64().unwrap()).collect();
@@ -100,7 +87,11 @@ fn each_step_has_its_phase_length_and_resumes_exactly_across_a_switch() {
         let r = recipe(crashed.path(), "tokens");
         execute_until(&r, crashed.path(), Some(("grow", stop)), None);
         execute_until(&r, crashed.path(), None, None);
-        assert_eq!(trained(&metrics(crashed.path(), &r)), trained(&lines), "interrupted after step {stop}");
+        assert_eq!(
+            trained(&step_lines(crashed.path(), &r, "grow"), TRAINED),
+            trained(&lines, TRAINED),
+            "interrupted after step {stop}"
+        );
     }
 }
 
@@ -111,7 +102,7 @@ fn keep_batch_keeps_the_rows_and_lengths_are_checked() {
     let stage = r.stage("grow").unwrap();
     assert_eq!(stage.tokens(), 4 * 4 * (8 + 16 + 32));
     execute_until(&r, dir.path(), None, None);
-    let tokens: Vec<u64> = metrics(dir.path(), &r).iter().map(|l| l["tokens"].as_u64().unwrap()).collect();
+    let tokens: Vec<u64> = step_lines(dir.path(), &r, "grow").iter().map(|l| l["tokens"].as_u64().unwrap()).collect();
     assert_eq!(&tokens[..6], [32, 64, 96, 128, 192, 256]);
 
     let check = |seq_len: &str, keep: &str| {

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use common::execute_until;
+use common::{execute_until, step_lines, trained};
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
 use recipe_spec::Recipe;
@@ -77,19 +77,10 @@ eval = {{ every = 15, batches = 1 }}
     Recipe::parse(&dir.join("r.toml"), &text, &sets, &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
 
+const TRAINED: &[&str] = &["step", "loss", "grad_norm", "source_tokens", "mix_weights"];
+
 fn metrics(runs: &Path) -> Vec<Value> {
-    metrics_of(runs, &recipe(runs))
-}
-
-fn metrics_of(runs: &Path, r: &Recipe) -> Vec<Value> {
-    let graph = Graph::build(r).unwrap();
-    let dir = RunDir::new(runs, &r.name).node_dir(graph.node("curriculum").unwrap());
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|l| l["loss"].is_number()).collect()
-}
-
-fn trained(lines: &[Value]) -> Vec<String> {
-    lines.iter().map(|l| format!("{} {} {} {}", l["step"], l["loss"], l["grad_norm"], l["source_tokens"])).collect()
+    step_lines(runs, &recipe(runs), "curriculum")
 }
 
 #[test]
@@ -123,7 +114,11 @@ fn each_phase_draws_its_own_mix_and_resumes_exactly_across_the_switch() {
         let r = recipe(crashed.path());
         execute_until(&r, crashed.path(), Some(("curriculum", stop)), None);
         execute_until(&r, crashed.path(), None, None);
-        assert_eq!(trained(&metrics(crashed.path())), trained(&lines), "interrupted after step {stop}");
+        assert_eq!(
+            trained(&metrics(crashed.path()), TRAINED),
+            trained(&lines, TRAINED),
+            "interrupted after step {stop}"
+        );
     }
 }
 
@@ -162,7 +157,7 @@ fn online_mixing_draws_with_the_bandits_shares_and_resumes_exactly() {
     let straight = tempfile::tempdir().unwrap();
     let r = recipe_with(straight.path(), ONLINE);
     execute_until(&r, straight.path(), None, None);
-    let lines = metrics_of(straight.path(), &r);
+    let lines = step_lines(straight.path(), &r, "curriculum");
     assert_eq!(lines.len(), 16);
     // The shares each step logged are the policy of a bandit fed the per-source losses the
     // steps before it logged: the trainer follows the update rule.
@@ -185,9 +180,7 @@ fn online_mixing_draws_with_the_bandits_shares_and_resumes_exactly() {
         let r = recipe_with(crashed.path(), ONLINE);
         execute_until(&r, crashed.path(), Some(("curriculum", stop)), None);
         execute_until(&r, crashed.path(), None, None);
-        let resumed = metrics_of(crashed.path(), &r);
-        let shares = |l: &[Value]| l.iter().map(|l| l["mix_weights"].to_string()).collect::<Vec<_>>();
-        assert_eq!(trained(&resumed), trained(&lines), "interrupted after step {stop}");
-        assert_eq!(shares(&resumed), shares(&lines), "interrupted after step {stop}");
+        let resumed = step_lines(crashed.path(), &r, "curriculum");
+        assert_eq!(trained(&resumed, TRAINED), trained(&lines, TRAINED), "interrupted after step {stop}");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::execute_until;
+use common::{execute_until, trained};
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
 use recipe_spec::Recipe;
@@ -72,13 +72,7 @@ fn results(r: &Recipe, run: &RunDir, stage: &str) -> (Vec<serde_json::Value>, Ve
     (lines, std::fs::read(dir.join("final/model.safetensors")).unwrap())
 }
 
-/// What training did, leaving out what differs between runs (the time a step took).
-fn trained(lines: &[serde_json::Value]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| format!("{} {} {} {} {}", l["step"], l["loss"], l["grad_norm"], l["eval_loss"], l["eval_loss_avg"]))
-        .collect()
-}
+const TRAINED: &[&str] = &["step", "loss", "grad_norm", "eval_loss", "eval_loss_avg"];
 
 fn node_dir(r: &Recipe, run: &RunDir, stage: &str) -> PathBuf {
     run.node_dir(Graph::build(r).unwrap().node(stage).unwrap())
@@ -202,7 +196,7 @@ checkpoint_every = 3
         let r = recipe(b.path(), &tail, &[]);
         train_until(&r, b.path(), Some(("averaged", 7)));
         let resumed = results(&r, &train(&r, b.path()), "averaged");
-        assert_eq!(trained(&straight.0), trained(&resumed.0), "{average}: resumed metrics");
+        assert_eq!(trained(&straight.0, TRAINED), trained(&resumed.0, TRAINED), "{average}: resumed metrics");
         assert!(straight.1 == resumed.1, "{average}: resumed result");
         // The same stage keeping its raw weights trains identically, and its result differs.
         let r = recipe(c.path(), &tail, &raw);

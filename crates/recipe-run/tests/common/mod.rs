@@ -1,5 +1,5 @@
 //! What the executor's tests share: running a recipe with an interrupt raised after a chosen
-//! step, as Ctrl-C would.
+//! step, as Ctrl-C would, and reading back the steps it trained.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -45,4 +45,23 @@ pub fn execute_until(
     let observer = Stopper { stage: Mutex::new(String::new()), stop_at, flag: &flag };
     let hooks = Hooks { interrupt: &flag, observer: &observer, data_progress: &recipe_data::Silent };
     execute(recipe, &graph, &run, only, &Device::Cpu, &hooks).unwrap()
+}
+
+/// The lines of `stage`'s `metrics.jsonl` that record a training step.
+#[allow(dead_code)] // not every test binary reads its metrics
+pub fn step_lines(runs: &Path, recipe: &Recipe, stage: &str) -> Vec<serde_json::Value> {
+    let graph = Graph::build(recipe).unwrap();
+    let dir = RunDir::new(runs, &recipe.name).node_dir(graph.node(stage).unwrap());
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["loss"].is_number())
+        .collect()
+}
+
+/// What training did at each step, as `fields` of its line: without the time a step took,
+/// which differs between runs.
+#[allow(dead_code)]
+pub fn trained(lines: &[serde_json::Value], fields: &[&str]) -> Vec<String> {
+    lines.iter().map(|l| fields.iter().map(|f| l[*f].to_string()).collect::<Vec<_>>().join(" ")).collect()
 }
