@@ -98,7 +98,7 @@ fn stage_facts(recipe: &Recipe, stage: &Stage, graph: &Graph, runs: &Path) -> Re
 
 fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts: Option<&DataFacts>) -> Value {
     let est = stage.estimate(recipe);
-    let curve: Vec<f64> = (0..stage.steps).map(|t| stage.optim.lr * stage.schedule.factor(t, stage.steps)).collect();
+    let curve: Vec<f64> = (0..stage.steps).map(|t| stage.optim.lr * stage.lr_factor(t)).collect();
     let samples: Vec<f64> =
         (0..CURVE_POINTS.min(curve.len())).map(|i| curve[i * curve.len() / CURVE_POINTS.min(curve.len())]).collect();
     // Over the whole stage: each phase of a mix that changes weighs by its steps.
@@ -247,7 +247,13 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         let trainable = s["params"]["trainable"].as_u64().unwrap_or(0);
         let total = s["params"]["total"].as_u64().unwrap_or(0);
         let peft = match (&stage.peft, stage.freeze.is_empty()) {
-            (Some(p), _) => format!("  ({} rank {} on {})", p.method, p.rank, p.targets.join(", ")),
+            (Some(p), _) => {
+                let restarts = match &p.relora {
+                    Some(r) => format!("; ReLoRA restarts every {} steps, re-warming over {}", r.every, r.warmup),
+                    None => String::new(),
+                };
+                format!("  ({} rank {} on {}{restarts})", p.method, p.rank, p.targets.join(", "))
+            }
             (None, false) => format!("  (frozen: {})", stage.freeze.patterns.join(", ")),
             (None, true) => String::new(),
         };

@@ -1,7 +1,8 @@
 //! `recipe smoke`: shrink the recipe — widths, depth, steps, sequence length, a slice of each
 //! source and, when it trains one, the tokenizer — keeping its graph and every feature it uses
-//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining, LoRA, distillation,
-//! freezing, weight averaging, stacking, merges),
+//! (gradient accumulation, evaluation, checkpoints, GQA, stage chaining, every PEFT method and
+//! ReLoRA's restarts, distillation, freezing, weight averaging, stacking, merges, lengths and
+//! mixes that change),
 //! train every stage in a separate run directory, and fail if a loss is not finite or does not
 //! fall. An imported checkpoint keeps its real size (its architecture is fixed), so a stage
 //! that imports one, or distills from one, takes fewer and smaller steps.
@@ -72,38 +73,27 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
             format!("{p}.checkpoint_every=15"),
             format!("{p}.log_every=10"),
         ]);
-        // Phases at the same fractions of the shrunk stage.
-        let starts = |froms: Vec<u64>| shrink_starts(&froms, st.steps, steps);
         if !st.data.phases.is_empty() {
-            let at = starts(st.data.phases.iter().map(|(from, _)| *from).collect());
-            let phases: Vec<String> = st
-                .data
-                .phases
-                .iter()
-                .zip(at)
-                .map(|((_, weights), at)| {
-                    let mix: Vec<String> =
-                        weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} = {w}")).collect();
-                    format!("[{at}, {{ {} }}]", mix.join(", "))
-                })
-                .collect();
-            sets.push(format!("{p}.data.mix=[{}]", phases.join(", ")));
+            let phases = shrink_phases(&st.data.phases, st.steps, steps, |weights| {
+                let mix: Vec<String> =
+                    weights.iter().filter(|(_, w)| *w > 0.0).map(|(n, w)| format!("{n} = {w}")).collect();
+                format!("{{ {} }}", mix.join(", "))
+            });
+            sets.push(format!("{p}.data.mix={phases}"));
         }
         if st.lengths.grows() {
             // The same ratios to the longest length, as near as whole rows allow.
-            let at = starts(st.lengths.phases.iter().map(|(from, _)| *from).collect());
-            let phases: Vec<String> = st
-                .lengths
-                .phases
-                .iter()
-                .zip(at)
-                .map(|((_, len), at)| {
-                    let wanted = (SEQ_LEN as u64 * *len as u64 / st.seq_len as u64).max(1) as u32;
-                    let len = (1..=wanted).rev().find(|d| SEQ_LEN.is_multiple_of(*d)).unwrap_or(1);
-                    format!("[{at}, {len}]")
-                })
-                .collect();
-            sets.push(format!("{p}.seq_len=[{}]", phases.join(", ")));
+            let phases = shrink_phases(&st.lengths.phases, st.steps, steps, |len| {
+                let wanted = (SEQ_LEN as u64 * *len as u64 / st.seq_len as u64).max(1) as u32;
+                (1..=wanted).rev().find(|d| SEQ_LEN.is_multiple_of(*d)).unwrap_or(1).to_string()
+            });
+            sets.push(format!("{p}.seq_len={phases}"));
+        }
+        if let Some(relora) = st.peft.as_ref().and_then(|p| p.relora.as_ref()) {
+            // Restarts within the shrunk stage.
+            let every = relora.every.min(steps / 4).max(2);
+            sets.push(format!("{p}.peft.relora.every={every}"));
+            sets.push(format!("{p}.peft.relora.warmup={}", relora.warmup.min(every - 1)));
         }
         if let Some(every) = st.average.as_ref().and_then(|a| a.every) {
             sets.push(format!("{p}.average.every={}", every.min(steps / 5)));
@@ -125,18 +115,20 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     sets
 }
 
-/// Phase starts `froms` of a stage of `steps` steps moved to the same fractions of `shrunk`
-/// steps, each still later than the one before.
-fn shrink_starts(froms: &[u64], steps: u64, shrunk: u64) -> Vec<u64> {
+/// Phases `[[FROM, VALUE], ...]` of a stage of `steps` steps written for one of `shrunk` steps:
+/// each at the same fraction of the stage (and later than the one before), its value as
+/// `value` writes it.
+fn shrink_phases<T>(phases: &[(u64, T)], steps: u64, shrunk: u64, value: impl Fn(&T) -> String) -> String {
     let mut last = 0;
-    froms
+    let written: Vec<String> = phases
         .iter()
         .enumerate()
-        .map(|(i, from)| {
+        .map(|(i, (from, v))| {
             last = if i == 0 { 0 } else { (from * shrunk / steps).max(last + 1) };
-            last
+            format!("[{last}, {}]", value(v))
         })
-        .collect()
+        .collect();
+    format!("[{}]", written.join(", "))
 }
 
 pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<(), Failure> {

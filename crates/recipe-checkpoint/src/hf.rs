@@ -114,36 +114,62 @@ pub fn torch_dtype(dtype: DType) -> &'static str {
     }
 }
 
-/// What a PEFT LoRA adapter's `adapter_config.json` records.
+/// What a PEFT adapter's `adapter_config.json` records.
 pub struct AdapterConfig<'a> {
+    pub kind: AdapterKind,
     pub rank: usize,
-    pub alpha: f64,
     pub dropout: f64,
     pub targets: &'a [String],
-    pub dora: bool,
     /// The model it adapts, as a name or path.
     pub base_model: &'a str,
 }
 
-/// The `adapter_config.json` of a PEFT LoRA adapter, as the `peft` library writes it.
+/// The `peft` library's adapter types this crate writes.
+pub enum AdapterKind {
+    Lora {
+        alpha: f64,
+        dora: bool,
+    },
+    /// VeRA with its shared projections saved in the adapter (`save_projection`), and the
+    /// value its λ_d vectors started at.
+    Vera {
+        d_initial: f64,
+    },
+}
+
+/// The `adapter_config.json` of a PEFT adapter, as the `peft` library writes it.
 pub fn adapter_config(a: &AdapterConfig) -> Value {
-    json!({
-        "peft_type": "LORA",
+    let mut config = json!({
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": a.base_model,
         "r": a.rank,
-        "lora_alpha": a.alpha,
-        "lora_dropout": a.dropout,
         "target_modules": a.targets,
         "bias": "none",
         "fan_in_fan_out": false,
-        "use_dora": a.dora,
         "inference_mode": true,
-    })
+    });
+    let specific = match a.kind {
+        AdapterKind::Lora { alpha, dora } => {
+            json!({ "peft_type": "LORA", "lora_alpha": alpha, "lora_dropout": a.dropout, "use_dora": dora })
+        }
+        AdapterKind::Vera { d_initial } => json!({
+            "peft_type": "VERA",
+            "vera_dropout": a.dropout,
+            "d_initial": d_initial,
+            "save_projection": true,
+            "projection_prng_key": 0,
+        }),
+    };
+    for (key, value) in specific.as_object().expect("an object") {
+        config[key] = value.clone();
+    }
+    config
 }
 
-/// The prefix `peft` puts before a base model's tensor names.
+/// The prefixes `peft` puts before a base model's tensor names, and before tensors the whole
+/// adapter shares (VeRA's projections).
 const PEFT_PREFIX: &str = "base_model.model.";
+const PEFT_SHARED_PREFIX: &str = "base_model.";
 
 /// Write a model folder: `model.safetensors` and its `config.json`.
 pub fn save_model(dir: &Path, weights: &[(String, Tensor)], config: &Value) -> candle_core::Result<()> {
@@ -151,9 +177,17 @@ pub fn save_model(dir: &Path, weights: &[(String, Tensor)], config: &Value) -> c
     write_json(dir, MODEL_CONFIG, config)
 }
 
-/// Write a PEFT adapter beside a model: its tensors under `peft`'s names, and its config.
-pub fn save_adapter(dir: &Path, adapter: &[(String, Tensor)], config: &AdapterConfig) -> candle_core::Result<()> {
-    save_tensors(dir, ADAPTER_WEIGHTS, adapter.iter().map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t.clone())))?;
+/// Write a PEFT adapter beside a model: its tensors under `peft`'s names — those named as in
+/// the model, and those the whole adapter shares — and its config.
+pub fn save_adapter(
+    dir: &Path,
+    adapter: &[(String, Tensor)],
+    shared: &[(String, Tensor)],
+    config: &AdapterConfig,
+) -> candle_core::Result<()> {
+    let named = adapter.iter().map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t.clone()));
+    let shared = shared.iter().map(|(n, t)| (format!("{PEFT_SHARED_PREFIX}{n}"), t.clone()));
+    save_tensors(dir, ADAPTER_WEIGHTS, named.chain(shared))?;
     write_json(dir, ADAPTER_CONFIG, &adapter_config(config))
 }
 

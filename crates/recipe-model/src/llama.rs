@@ -19,7 +19,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_kernels::Dropout;
-use recipe_spec::{Freeze, Model as Config, Peft, PeftMethod, Precision, Stage};
+use recipe_spec::{Freeze, Model as Config, Precision, Stage};
+
+use crate::adapters::Lora;
 
 /// The dtypes a model trains in: what its trainable weights are stored in (the master copy
 /// the optimizer updates) and what its matrix products and activations compute in. Norm
@@ -58,8 +60,9 @@ pub struct Llama {
     pub config: Config,
     /// What training updates: every weight, or under LoRA only the adapters.
     pub params: Vec<Param>,
-    /// Weights that get no gradient: the base weights under LoRA, every weight of a teacher.
-    frozen: HashMap<String, Tensor>,
+    /// Weights that get no gradient: the base weights under PEFT (and VeRA's shared
+    /// projections), every weight of a teacher.
+    pub(crate) frozen: HashMap<String, Tensor>,
     pub lora: Option<Lora>,
     /// Seeds this forward pass's adapter dropout; none means no dropout (evaluation).
     dropout_seed: Cell<Option<u64>>,
@@ -68,35 +71,6 @@ pub struct Llama {
     rope: (Tensor, Tensor),
     n_layers: usize,
     pub dtypes: Dtypes,
-}
-
-/// The LoRA adapters' settings.
-#[derive(Clone, Debug)]
-pub struct Lora {
-    pub rank: usize,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// Adapted projections, by module name (`q_proj`, ...).
-    pub targets: Vec<String>,
-    /// DoRA: a learnt magnitude per output row as well.
-    pub dora: bool,
-}
-
-impl Lora {
-    pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
-    }
-}
-
-/// The adapter matrices' names for the projection whose weight is `weight`.
-pub fn lora_names(weight: &str) -> (String, String) {
-    let stem = weight.trim_end_matches(".weight");
-    (format!("{stem}.lora_A.weight"), format!("{stem}.lora_B.weight"))
-}
-
-/// DoRA's magnitude vector for the projection whose weight is `weight`, named as `peft` names it.
-pub fn magnitude_name(weight: &str) -> String {
-    format!("{}.lora_magnitude_vector", weight.trim_end_matches(".weight"))
 }
 
 /// Per-layer keys and values of the tokens seen so far, for generation.
@@ -166,47 +140,6 @@ impl Llama {
         Llama::assemble(config, Vec::new(), frozen, None, device, Dtypes::F32)
     }
 
-    /// The base weights `tensors`, frozen, with LoRA adapters on `peft.targets` in every layer:
-    /// `A` `[rank, in]` uniform in ±1/sqrt(in) from the seeded stream, `B` `[out, rank]` zero,
-    /// and under DoRA `m` the row norms of `W`, so training starts from exactly the base model.
-    pub fn with_lora(
-        config: &Config,
-        tensors: Vec<(String, Tensor)>,
-        peft: &Peft,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Llama> {
-        let frozen = Llama::checked_frozen(config, tensors, device)?;
-        let lora = Lora {
-            rank: peft.rank as usize,
-            alpha: peft.alpha,
-            dropout: peft.dropout,
-            targets: peft.targets.clone(),
-            dora: peft.method == PeftMethod::Dora,
-        };
-        let mut rng = seeded(b"recipe lora init", seed);
-        let mut params = Vec::new();
-        for (name, shape, _) in config.layout() {
-            if !lora.targets.iter().any(|t| name.contains(&format!(".{t}."))) {
-                continue;
-            }
-            let (out, input) = (shape[0], shape[1]);
-            let (a, b) = lora_names(&name);
-            let bound = 1.0 / (input as f64).sqrt();
-            let a_init: Vec<f32> =
-                (0..lora.rank * input).map(|_| ((uniform(&mut rng) * 2.0 - 1.0) * bound) as f32).collect();
-            let a_var = Var::from_tensor(&Tensor::from_vec(a_init, (lora.rank, input), device)?)?;
-            let b_var = Var::from_tensor(&Tensor::zeros((out, lora.rank), DType::F32, device)?)?;
-            params.push(Param { name: a, var: a_var, decay: true });
-            params.push(Param { name: b, var: b_var, decay: true });
-            if lora.dora {
-                let m = Var::from_tensor(&row_norms(&frozen[&name])?)?;
-                params.push(Param { name: magnitude_name(&name), var: m, decay: false });
-            }
-        }
-        Llama::assemble(config, params, frozen, Some(lora), device, Dtypes::F32)
-    }
-
     /// The same model with the weights `freeze` names made constant: they take no gradient and
     /// no optimizer state, and keep the master dtype so that they leave training bit for bit
     /// as they came.
@@ -242,7 +175,7 @@ impl Llama {
     }
 
     /// Checked f32 copies cut off from any graph, so nothing can give them a gradient.
-    fn checked_frozen(
+    pub(crate) fn checked_frozen(
         config: &Config,
         tensors: Vec<(String, Tensor)>,
         device: &Device,
@@ -251,7 +184,7 @@ impl Llama {
         Ok(checked.into_iter().map(|(name, t)| (name, t.detach())).collect())
     }
 
-    fn assemble(
+    pub(crate) fn assemble(
         config: &Config,
         params: Vec<Param>,
         frozen: HashMap<String, Tensor>,
@@ -274,7 +207,8 @@ impl Llama {
         // PEFT's base weights and a teacher's are only computed with, so they are kept in the
         // compute dtype; weights frozen beside trainable ones are part of the result and keep
         // the master dtype (and are cast where used, like a trainable weight).
-        let kept = if self.lora.is_some() || self.params.is_empty() { dtypes.compute } else { dtypes.weights };
+        let computed_only = self.lora.as_ref().is_some_and(|l| !l.relora) || self.params.is_empty();
+        let kept = if computed_only { dtypes.compute } else { dtypes.weights };
         let params = self
             .params
             .into_iter()
@@ -296,7 +230,7 @@ impl Llama {
     }
 
     /// The weight `name` as stored: a frozen tensor, or a parameter's master copy.
-    fn stored(&self, name: &str) -> &Tensor {
+    pub(crate) fn stored(&self, name: &str) -> &Tensor {
         match self.frozen.get(name) {
             Some(t) => t,
             None => {
@@ -318,7 +252,7 @@ impl Llama {
         for (name, _, _) in self.config.layout() {
             let mut w = self.stored(&name).to_dtype(self.dtypes.weights)?;
             if let Some(lora) = &self.lora
-                && let Some((a, b)) = self.adapter(&name)
+                && let Some((a, b)) = self.adapter(&name)?
             {
                 let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
                 w = (w.to_dtype(DType::F32)? + (b.matmul(&a)? * lora.scale())?)?;
@@ -332,21 +266,9 @@ impl Llama {
         Ok(out)
     }
 
-    fn magnitude(&self, weight: &str) -> Option<&Tensor> {
-        let name = magnitude_name(weight);
-        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor())
-    }
-
-    /// `A` and `B` of the projection whose weight is `weight`, when it is adapted.
-    fn adapter(&self, weight: &str) -> Option<(&Tensor, &Tensor)> {
-        let (a, b) = lora_names(weight);
-        let find = |n: &str| self.params.iter().find(|p| p.name == n).map(|p| p.var.as_tensor());
-        Some((find(&a)?, find(&b)?))
-    }
-
     /// `x · Wᵀ` for the weight `name`, plus the LoRA update when the projection is adapted.
     fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)) else {
+        let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)?) else {
             return match self.frozen.get(name) {
                 Some(w) => recipe_kernels::frozen_linear(x, &w.to_dtype(self.dtypes.compute)?),
                 None => x.matmul(&self.p(name)?.t()?),
@@ -358,7 +280,9 @@ impl Llama {
             Some(seed) if lora.dropout > 0.0 => Some(Dropout { p: lora.dropout, seed: dropout_seed(seed, name) }),
             _ => None,
         };
-        let adapted = recipe_kernels::lora_linear(x, self.stored(name), a, b, lora.scale(), dropout)?;
+        // ReLoRA's base weights keep the master dtype.
+        let base = self.stored(name).to_dtype(compute)?;
+        let adapted = recipe_kernels::lora_linear(x, &base, a, b, lora.scale(), dropout)?;
         let Some(m) = self.magnitude(name) else { return Ok(adapted) };
         // The norm in f32: a half-precision sum of squares over a row loses too much.
         let wide = |t: &Tensor| t.to_dtype(DType::F32);
@@ -497,12 +421,12 @@ pub fn document_mask(doc_ids: &[u32], b: usize, t: usize, device: &Device) -> Re
 }
 
 /// The Euclidean norm of each row of `w` `[out, in]`, as `[out]`.
-fn row_norms(w: &Tensor) -> Result<Tensor> {
+pub(crate) fn row_norms(w: &Tensor) -> Result<Tensor> {
     w.sqr()?.sum(1)?.sqrt()
 }
 
 /// A stream for one purpose (`domain`) and seed.
-fn seeded(domain: &[u8], seed: u64) -> ChaCha8Rng {
+pub(crate) fn seeded(domain: &[u8], seed: u64) -> ChaCha8Rng {
     let mut key = blake3::Hasher::new();
     key.update(domain);
     key.update(&seed.to_le_bytes());
@@ -510,7 +434,7 @@ fn seeded(domain: &[u8], seed: u64) -> ChaCha8Rng {
 }
 
 /// Uniform in [0, 1) with 53 random bits.
-fn uniform(rng: &mut ChaCha8Rng) -> f64 {
+pub(crate) fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
-use recipe_checkpoint::{AdapterConfig, config_json, load_checkpoint, save_adapter, save_model};
-use recipe_spec::{CheckpointFormat, Model};
+use recipe_checkpoint::{AdapterConfig, AdapterKind, config_json, load_checkpoint, save_adapter, save_model};
+use recipe_spec::{CheckpointFormat, Model, PeftMethod};
 
+use crate::adapters::VERA_D_INITIAL;
 use crate::llama::Llama;
 
 impl Llama {
@@ -18,21 +19,21 @@ impl Llama {
     }
 
     /// Write `model.safetensors` (LoRA merged in, in the master dtype) and `config.json` into
-    /// `dir`; under LoRA also the adapter alone, `adapter_model.safetensors` and
-    /// `adapter_config.json`, naming `base_model` as what it adapts. `eos` lists the tokens that
+    /// `dir`; under PEFT also the adapter alone, `adapter_model.safetensors` and
+    /// `adapter_config.json` as the `peft` library writes them (Tied-LoRA as the LoRA adapter
+    /// it equals), naming `base_model` as what it adapts. `eos` lists the tokens that
     /// end generation, the end-of-document token first.
     pub fn save_pretrained(&self, dir: &Path, eos: &[u32], base_model: &str) -> Result<()> {
         save_model(dir, &self.weights()?, &config_json(&self.config, eos, self.dtypes.weights))?;
         if let Some(lora) = &self.lora {
-            let config = AdapterConfig {
-                rank: lora.rank,
-                alpha: lora.alpha,
-                dropout: lora.dropout,
-                targets: &lora.targets,
-                dora: lora.dora,
-                base_model,
+            let kind = match lora.method {
+                PeftMethod::Vera => AdapterKind::Vera { d_initial: VERA_D_INITIAL },
+                method => AdapterKind::Lora { alpha: lora.alpha, dora: method == PeftMethod::Dora },
             };
-            save_adapter(dir, &self.trainable_tensors(), &config)?;
+            let config =
+                AdapterConfig { kind, rank: lora.rank, dropout: lora.dropout, targets: &lora.targets, base_model };
+            let tensors = self.adapter_tensors()?;
+            save_adapter(dir, &tensors.named, &tensors.shared, &config)?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
-//! LoRA and DoRA: only the adapters are parameters, backward computes no gradient the size of
-//! any base weight, the adapters start as a no-op, and merging them into the weights gives the
-//! same outputs as running them beside the frozen weights.
+//! LoRA, DoRA, VeRA and Tied-LoRA: only the adapters are parameters, backward computes no
+//! gradient the size of any base weight, the adapters start as a no-op, merging them into the
+//! weights gives the same outputs as running them beside the frozen weights, and the adapter
+//! written for the `peft` library computes, by `peft`'s own formula, the same merged weights.
+//! ReLoRA's restart leaves the model's function as it was.
 
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
@@ -32,7 +34,14 @@ fn peft(targets: &[&str]) -> Peft {
 }
 
 fn peft_with(method: PeftMethod, targets: &[&str]) -> Peft {
-    Peft { method, rank: 2, alpha: 4.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() }
+    Peft {
+        method,
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        relora: None,
+    }
 }
 
 const ALL: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -55,35 +64,47 @@ fn logits(m: &Llama) -> (Tensor, Tensor) {
     (z, loss)
 }
 
-/// Give every B matrix random values and move every magnitude, as after some training.
+/// Give every B matrix (VeRA: every λ_b) random values and move every other vector, as after
+/// some training.
 fn train_a_little(m: &Llama) {
     for (i, p) in m.params.iter().enumerate() {
         let noise = (Tensor::randn(0f32, 0.5, p.var.shape(), &Device::Cpu).unwrap() * (1.0 + i as f64 / 10.0)).unwrap();
-        if p.name.contains("lora_B") {
+        if p.name.contains("lora_B") || p.name.contains("lambda_b") {
             p.var.set(&noise).unwrap();
-        } else if p.name.contains("magnitude") {
+        } else if p.var.rank() == 1 {
             p.var.set(&(p.var.as_tensor() + (noise * 0.1).unwrap()).unwrap()).unwrap();
         }
     }
 }
 
+fn diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
 #[test]
 fn only_adapters_train_and_no_base_weight_gets_a_gradient() {
-    for (method, per_projection) in [(PeftMethod::Lora, 2), (PeftMethod::Dora, 3)] {
-        only_adapters_train(method, per_projection);
+    // Per method: parameters for 7 projections in 2 layers, and what every name holds.
+    let shared = 7 * 2; // Tied-LoRA's A and B per module
+    for (method, count, marker) in [
+        (PeftMethod::Lora, 2 * 7 * 2, ".lora_"),
+        (PeftMethod::Dora, 3 * 7 * 2, ".lora_"),
+        (PeftMethod::Vera, 2 * 7 * 2, ".vera_lambda_"),
+        (PeftMethod::TiedLora, shared + 2 * 7 * 2, "tied_lora"),
+    ] {
+        only_adapters_train(method, count, marker);
     }
 }
 
-fn only_adapters_train(method: PeftMethod, per_projection: usize) {
+fn only_adapters_train(method: PeftMethod, count: usize, marker: &str) {
     let c = config();
     let m = Llama::with_lora(&c, base(&c), &peft_with(method, ALL), 1, &Device::Cpu).unwrap();
-    assert_eq!(m.params.len(), per_projection * 7 * 2, "adapters for 7 projections in 2 layers");
-    assert!(m.params.iter().all(|p| p.name.contains(".lora_")));
+    assert_eq!(m.params.len(), count, "{method}");
+    assert!(m.params.iter().all(|p| p.name.contains(marker)), "{method}");
     train_a_little(&m);
     let grads = logits(&m).1.backward().unwrap();
     for p in &m.params {
         let g = grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("{} has no gradient", p.name));
-        assert!(g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{}", p.name);
+        assert!(g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{method}: {}", p.name);
     }
     // No buffer in the gradient store has the shape of a base weight matrix: none was computed.
     // Under plain LoRA not even a norm's; DoRA's per-row scales share that shape by design.
@@ -97,7 +118,7 @@ fn only_adapters_train(method: PeftMethod, per_projection: usize) {
 
 #[test]
 fn adapters_start_as_the_base_model_and_merge_exactly() {
-    for method in [PeftMethod::Lora, PeftMethod::Dora] {
+    for method in [PeftMethod::Lora, PeftMethod::Dora, PeftMethod::Vera, PeftMethod::TiedLora] {
         start_and_merge(method);
     }
 }
@@ -107,7 +128,6 @@ fn start_and_merge(method: PeftMethod) {
     let plain = Llama::from_tensors(&c, base(&c), &Device::Cpu).unwrap();
     let targets = peft_with(method, &["q_proj", "v_proj", "down_proj"]);
     let lora = Llama::with_lora(&c, base(&c), &targets, 1, &Device::Cpu).unwrap();
-    let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff(&logits(&plain).0, &logits(&lora).0) < 1e-5, "{method}: at the start the adapters add nothing");
 
     train_a_little(&lora);
@@ -134,6 +154,99 @@ fn the_adapter_is_written_peft_style_beside_the_merged_model() {
     assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(2), Some(4.0)));
     assert_eq!(config["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
     let merged = Llama::load_pretrained(&c, dir.path(), &Device::Cpu).unwrap();
-    let diff = (logits(&lora).0 - logits(&merged).0).unwrap().abs().unwrap().max_all().unwrap();
-    assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    assert!(diff(&logits(&lora).0, &logits(&merged).0) < 1e-5);
+}
+
+/// The base weights with an adapter file's update added as the `peft` library computes it
+/// (`get_delta_weight` of its LoRA and VeRA layers).
+fn merged_by_peft_formula(c: &Model, dir: &std::path::Path) -> Vec<(String, Tensor)> {
+    let adapter = candle_core::safetensors::load(dir.join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(ADAPTER_CONFIG)).unwrap()).unwrap();
+    let rows = |m: &Tensor, by: &Tensor| m.broadcast_mul(&by.unsqueeze(1).unwrap()).unwrap();
+    base(c)
+        .into_iter()
+        .map(|(name, w)| {
+            let stem = format!("base_model.model.{}", name.trim_end_matches(".weight"));
+            let delta = match config["peft_type"].as_str().unwrap() {
+                "LORA" => adapter.get(&format!("{stem}.lora_A.weight")).map(|a| {
+                    let b = &adapter[&format!("{stem}.lora_B.weight")];
+                    let scale = config["lora_alpha"].as_f64().unwrap() / config["r"].as_f64().unwrap();
+                    (b.matmul(a).unwrap() * scale).unwrap()
+                }),
+                "VERA" => adapter.get(&format!("{stem}.vera_lambda_d")).map(|d| {
+                    let (out, input) = w.dims2().unwrap();
+                    let lambda_b = &adapter[&format!("{stem}.vera_lambda_b")];
+                    let a = adapter["base_model.vera_A"].narrow(1, 0, input).unwrap();
+                    let b = adapter["base_model.vera_B"].narrow(0, 0, out).unwrap();
+                    rows(&b, lambda_b).matmul(&rows(&a, d)).unwrap()
+                }),
+                other => panic!("{other}"),
+            };
+            let w = match delta {
+                Some(d) => (w + d).unwrap(),
+                None => w,
+            };
+            (name, w)
+        })
+        .collect()
+}
+
+#[test]
+fn vera_and_tied_lora_are_written_as_peft_adapters_that_merge_to_the_same_model() {
+    let c = config();
+    for (method, peft_type) in [(PeftMethod::Vera, "VERA"), (PeftMethod::TiedLora, "LORA")] {
+        let adapted = Llama::with_lora(&c, base(&c), &peft_with(method, ALL), 1, &Device::Cpu).unwrap();
+        train_a_little(&adapted);
+        let dir = tempfile::tempdir().unwrap();
+        adapted.save_pretrained(dir.path(), &[0], "base-model").unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap()).unwrap();
+        assert_eq!(config["peft_type"], peft_type);
+        let adapter = candle_core::safetensors::load(dir.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
+        if method == PeftMethod::Vera {
+            assert_eq!((config["save_projection"].as_bool(), config["d_initial"].as_f64()), (Some(true), Some(0.1)));
+            // One shared pair, as large as the largest projection in each direction.
+            assert_eq!(adapter["base_model.vera_A"].dims(), [2, 20]);
+            assert_eq!(adapter["base_model.vera_B"].dims(), [20, 2]);
+            assert_eq!(adapter["base_model.model.model.layers.1.mlp.down_proj.vera_lambda_b"].dims(), [8]);
+            assert_eq!(adapter.len(), 2 + 2 * 7 * 2);
+        } else {
+            assert_eq!(adapter.len(), 2 * 7 * 2, "a LoRA pair per projection");
+        }
+        let by_peft = Llama::from_tensors(&c, merged_by_peft_formula(&c, dir.path()), &Device::Cpu).unwrap();
+        assert!(diff(&logits(&adapted).0, &logits(&by_peft).0) < 1e-5, "{method}: peft's merge of the file");
+        let exported = Llama::load_pretrained(&c, dir.path(), &Device::Cpu).unwrap();
+        assert!(diff(&logits(&adapted).0, &logits(&exported).0) < 1e-5, "{method}: the merged export");
+    }
+}
+
+#[test]
+fn a_relora_restart_merges_the_update_and_keeps_the_function() {
+    let c = config();
+    let mut relora = peft_with(PeftMethod::Lora, ALL);
+    relora.relora = Some(recipe_spec::ReLora { every: 10, warmup: 2, prune: 0.99 });
+    let mut m = Llama::with_lora(&c, base(&c), &relora, 1, &Device::Cpu).unwrap();
+    train_a_little(&m);
+    let before = logits(&m).0;
+    // A copy: a restart sets the variables in place.
+    let a_before = m.trainable_tensors()[0].1.copy().unwrap();
+    let reset = m.restart_adapters(1, 1).unwrap();
+    assert_eq!(reset.len(), 2 * 7 * 2, "every A and B restarts");
+    assert!(diff(&before, &logits(&m).0) < 1e-5, "the update moved into the base weights");
+    for (name, t) in m.trainable_tensors() {
+        if name.contains("lora_B") {
+            assert_eq!(t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        }
+    }
+    assert!(diff(&a_before, &m.trainable_tensors()[0].1) > 0.0, "A is drawn afresh");
+    // The merged base weights are what a checkpoint keeps, and give the model back.
+    let bases: std::collections::HashMap<String, Tensor> = m.merged_bases().into_iter().collect();
+    assert_eq!(bases.len(), 7 * 2);
+    let mut fresh = Llama::with_lora(&c, base(&c), &relora, 1, &Device::Cpu).unwrap();
+    for ((_, t), p) in m.trainable_tensors().iter().zip(&fresh.params) {
+        p.var.set(t).unwrap();
+    }
+    assert!(diff(&before, &logits(&fresh).0) > 1e-3, "without the bases the update is lost");
+    fresh.restore_bases(&bases).unwrap();
+    assert!(diff(&before, &logits(&fresh).0) < 1e-5);
 }

@@ -99,16 +99,22 @@ impl Stage {
                 .map(|(_, s, _)| elements(s))
                 .sum(),
             Some(p) => {
-                let per_layer: u64 = p
-                    .targets
+                let r = p.rank as u64;
+                let layers = self.model.n_layers as u64;
+                p.targets
                     .iter()
                     .map(|t| {
                         let (i, o) = self.model.projection_shape(t);
-                        let magnitude = if p.method == PeftMethod::Dora { o } else { 0 };
-                        p.rank as u64 * (i + o) + magnitude
+                        match p.method {
+                            PeftMethod::Lora => layers * r * (i + o),
+                            PeftMethod::Dora => layers * (r * (i + o) + o),
+                            // λ_d and λ_b per projection; the projections are frozen.
+                            PeftMethod::Vera => layers * (r + o),
+                            // One A and B per module, u and v per projection.
+                            PeftMethod::TiedLora => r * (i + o) + layers * (r + o),
+                        }
                     })
-                    .sum();
-                per_layer * self.model.n_layers as u64
+                    .sum()
             }
         }
     }

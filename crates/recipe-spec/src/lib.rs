@@ -51,7 +51,7 @@ pub use length::{Lengths, StepShape};
 pub use merge::{Merge, MergeInput};
 pub use model::{MODEL_KEYS, Model, ModelSpec, SHAPE_FIELDS, swiglu_hidden};
 pub use online::Online;
-pub use peft::{PEFT_MODULES, Peft};
+pub use peft::{PEFT_MODULES, Peft, ReLora};
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
 pub use schedule::{Schedule, ScheduleKind};
 pub use source::Source;

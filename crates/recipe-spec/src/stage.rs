@@ -261,6 +261,13 @@ impl Stage {
         out
     }
 
+    /// The learning rate's factor at `step`: the schedule's, times ReLoRA's re-warming after
+    /// each restart.
+    pub fn lr_factor(&self, step: u64) -> f64 {
+        let rewarm = self.peft.as_ref().and_then(|p| p.relora.as_ref()).map_or(1.0, |r| r.warm_factor(step));
+        self.schedule.factor(step, self.steps) * rewarm
+    }
+
     /// The shape of step `step`'s data: its length, and under `keep = "tokens"` the rows
     /// that keep its tokens those of a step at the longest length.
     pub fn shape_at(&self, step: u64) -> StepShape {
@@ -477,6 +484,25 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
     let precision = f.word::<Precision>(cx, "precision").unwrap_or(Precision::F32);
     let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft")));
+    if let Some(every) = peft.as_ref().and_then(|p| p.relora.as_ref()).map(|r| r.every).filter(|e| *e >= steps) {
+        let origin = cx.origins.get(&f.child_path("peft.relora.every")).cloned().unwrap_or_default();
+        cx.diags.push(
+            Diagnostic::new(
+                &origin,
+                format!("ReLoRA's first restart would come after step {every}, but the stage has {steps}"),
+            )
+            .label(format!("expected fewer than {steps} steps")),
+        );
+    }
+    let relora = peft.as_ref().is_some_and(|p| p.relora.is_some());
+    only_for(
+        cx,
+        &f,
+        "average",
+        f.get("average").is_some() && relora,
+        false,
+        "adapters that do not restart (not with ReLoRA)",
+    );
     let freeze = decode_freeze(cx, &f, &model, peft.is_some());
     let average = f.get("average").map(|node| Average::decode(cx, node, &f.child_path("average")));
     if let Some(every) = average.as_ref().and_then(|a| a.every).filter(|every| *every > steps) {

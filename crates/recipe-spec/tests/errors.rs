@@ -269,6 +269,33 @@ fn peft_targets_must_name_modules() {
 }
 
 #[test]
+fn peft_methods_take_only_their_own_fields() {
+    let f = Fixture::new();
+    let peft = |with: &str| replace(BASE, "peft = { rank = 4, ", &format!("peft = {{ rank = 4, {with}, "));
+    assert_has(
+        &f.errors(&peft("method = \"vera\", alpha = 8")),
+        &["`stages.sft.peft.alpha` only applies with `method` lora, dora or tied-lora"],
+    );
+    assert_has(
+        &f.errors(&peft("method = \"dora\", relora = { every = 10 }")),
+        &["`stages.sft.peft.relora` only applies with `method = \"lora\"`"],
+    );
+    assert_has(
+        &f.errors(&peft("relora = { every = 50 }")),
+        &["ReLoRA's first restart would come after step 50, but the stage has 50", "expected fewer than 50 steps"],
+    );
+    assert_has(&f.errors(&peft("relora = { every = 10, warmup = 10 }")), &["fewer steps than `every`"]);
+    assert_has(&f.errors(&peft("relora = { warmup = 1 }")), &["missing key `every` in `stages.sft.peft.relora`"]);
+    assert_has(&f.errors(&peft("method = \"tied_lora\"")), &["did you mean `tied-lora`?"]);
+    let averaged =
+        replace(&peft("relora = { every = 10 }"), "[stages.sft]", "[stages.sft]\naverage = { kind = \"ema\" }");
+    assert_has(&f.errors(&averaged), &["`stages.sft.average` only applies with adapters that do not restart"]);
+    for ok in ["method = \"vera\"", "method = \"tied-lora\", alpha = 8", "relora = { every = 10, prune = 0.9 }"] {
+        f.parse(&peft(ok), &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
 fn globs_that_match_nothing_are_errors() {
     let f = Fixture::new();
     let text = replace(BASE, "path = \"data/*.txt\"", "path = \"dta/*.txt\"");

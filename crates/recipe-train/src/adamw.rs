@@ -47,6 +47,29 @@ impl AdamW {
         Ok(())
     }
 
+    /// Zero the state of the parameters `names` but for the largest `1 − share` of their first
+    /// moments by magnitude, each kept with its second moment: ReLoRA's partial reset. Pruning
+    /// the two moments apart would keep first moments whose second moment is gone, and a step
+    /// with a zero gradient (a fresh adapter's `A`) would then divide them by `eps`.
+    pub fn prune(&mut self, names: &[String], share: f64) -> Result<()> {
+        for name in names {
+            let Some(mv) = self.moments.get(name) else { continue };
+            let (mut m, mut v) = (mv.get(0)?.to_vec1::<f32>()?, mv.get(1)?.to_vec1::<f32>()?);
+            let cut = ((m.len() as f64 * share).floor() as usize).min(m.len());
+            if cut > 0 {
+                let mut magnitudes: Vec<f32> = m.iter().map(|x| x.abs()).collect();
+                let (_, threshold, _) = magnitudes.select_nth_unstable_by(cut - 1, f32::total_cmp);
+                let threshold = *threshold;
+                for (m, v) in m.iter_mut().zip(v.iter_mut()).filter(|(m, _)| m.abs() <= threshold) {
+                    (*m, *v) = (0.0, 0.0);
+                }
+            }
+            let n = m.len();
+            mv.set(&Tensor::stack(&[Tensor::from_vec(m, n, mv.device())?, Tensor::from_vec(v, n, mv.device())?], 0)?)?;
+        }
+        Ok(())
+    }
+
     /// The moments as named tensors `m.NAME` and `v.NAME`, for a checkpoint.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
@@ -120,6 +143,18 @@ mod tests {
             let got = params[0].var.to_vec1::<f32>().unwrap()[0] as f64;
             assert!((got - expected).abs() < 1e-5, "decay {decay}: {got} vs {expected}");
         }
+    }
+
+    #[test]
+    fn pruning_keeps_the_largest_first_moments_with_their_second_moments() {
+        let mut opt = AdamW::new(&optim());
+        let m = [1.0f32, -5.0, 0.1, 3.0];
+        let v = [0.5f32, 0.25, 9.0, 0.75];
+        let state = Tensor::stack(&[Tensor::new(&m, &Device::Cpu).unwrap(), Tensor::new(&v, &Device::Cpu).unwrap()], 0);
+        opt.moments.insert("w".into(), Var::from_tensor(&state.unwrap()).unwrap());
+        opt.prune(&["w".into(), "absent".into()], 0.5).unwrap();
+        let kept = opt.moments["w"].to_vec2::<f32>().unwrap();
+        assert_eq!(kept, [vec![0.0, -5.0, 0.0, 3.0], vec![0.0, 0.25, 0.0, 0.75]]);
     }
 
     #[test]

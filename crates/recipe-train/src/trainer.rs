@@ -143,7 +143,8 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let checkpoints = checkpoints_dir(r.work_dir);
     let metrics_path = r.work_dir.join("metrics.jsonl");
 
-    let model = build_model(stage, r.start_from.as_deref(), recipe.seed, r.device)?;
+    let mut model = build_model(stage, r.start_from.as_deref(), recipe.seed, r.device)?;
+    let relora = stage.peft.as_ref().and_then(|p| p.relora.as_ref());
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let online = stage.data.online.as_ref();
     let objective = Objective {
@@ -167,6 +168,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             let t = ckpt.model.get(&p.name).ok_or_else(|| Error::Run(format!("checkpoint lacks {}", p.name)))?;
             p.var.set(t)?;
         }
+        model.restore_bases(&ckpt.model)?;
         optimizer.restore(ckpt.state.optimizer_steps.unwrap_or(ckpt.state.step), &ckpt.optimizer)?;
         loader.restore(ckpt.state.loader.clone());
         if let Some(averager) = averager.as_mut() {
@@ -201,7 +203,11 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     r.observer.start(&stage.name, start_step, stage.steps);
     for step in start_step..stage.steps {
         let started = Instant::now();
-        let lr = stage.optim.lr * stage.schedule.factor(step, stage.steps);
+        let lr = stage.optim.lr * stage.lr_factor(step);
+        if let Some(relora) = relora.filter(|r| r.restarts_before(step)) {
+            let reset = model.restart_adapters(recipe.seed, step / relora.every)?;
+            optimizer.prune(&reset, relora.prune)?;
+        }
 
         if !stage.data.phases.is_empty() {
             loader.set_phase(stage.data.phase_at(step), stage.data.weights_at(step));
@@ -313,7 +319,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 &checkpoints,
                 done,
                 &state,
-                &model.trainable_tensors(),
+                &[model.trainable_tensors(), model.merged_bases()].concat(),
                 &[optimizer.state_tensors()?, averager.as_ref().map(Averager::state_tensors).unwrap_or_default()]
                     .concat(),
                 stage.keep_checkpoints as usize,
