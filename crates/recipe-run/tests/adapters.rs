@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use common::{execute_until, step_lines, trained};
+use common::{execute_until, step_lines, tiny_recipe, trained};
 use recipe_checkpoint::Headers;
 use recipe_spec::Recipe;
 use serde_json::Value;
@@ -21,19 +21,10 @@ fn recipe(dir: &Path) -> Recipe {
         )
     };
     let all = r#"targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]"#;
+    let head = tiny_recipe("adapters", 2);
     let text = format!(
         r#"
-[recipe]
-name = "adapters"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.early]
+{head}[sources.early]
 path = "{0}/chapter_1*.txt"
 [sources.late]
 path = "{0}/chapter_2*.txt"

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use common::execute_until;
+use common::{execute_until, tiny_recipe};
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
 use recipe_spec::Recipe;
@@ -17,19 +17,10 @@ mod common;
 fn each_held_out_source_is_evaluated_alone_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/moby-dick");
+    let head = tiny_recipe("by-source", 1);
     let text = format!(
         r#"
-[recipe]
-name = "by-source"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.early]
+{head}[sources.early]
 path = "{0}/chapter_1*.txt"
 holdout = 0.2
 [sources.late]

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use common::{execute_until, step_lines, trained};
+use common::{execute_until, step_lines, tiny_recipe, trained};
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
 use recipe_spec::Recipe;
@@ -15,19 +15,10 @@ mod common;
 
 fn recipe(dir: &Path, keep: &str) -> Recipe {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/moby-dick");
+    let head = tiny_recipe("grow", 1);
     let text = format!(
         r#"
-[recipe]
-name = "grow"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.early]
+{head}[sources.early]
 path = "{0}/chapter_1*.txt"
 holdout = 0.2
 [sources.late]

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use common::{execute_until, step_lines, trained};
+use common::{execute_until, step_lines, tiny_recipe, trained};
 use recipe_checkpoint::Headers;
 use recipe_graph::{Graph, RunDir};
 use recipe_spec::Recipe;
@@ -42,19 +42,10 @@ fn recipe_with(dir: &Path, sets: &[&str]) -> Recipe {
     paragraphs(dir, "early", "chapter_1");
     paragraphs(dir, "late", "chapter_2");
     let data = dir.display();
+    let head = tiny_recipe("phases", 1);
     let text = format!(
         r#"
-[recipe]
-name = "phases"
-[model]
-d_model = 32
-n_layers = 1
-n_heads = 4
-d_ff = 64
-max_seq_len = 32
-[tokenizer]
-train = {{ vocab_size = 400 }}
-[sources.early]
+{head}[sources.early]
 path = "{0}/early.jsonl"
 format = "jsonl"
 holdout = 0.2

@@ -65,3 +65,13 @@ pub fn step_lines(runs: &Path, recipe: &Recipe, stage: &str) -> Vec<serde_json::
 pub fn trained(lines: &[serde_json::Value], fields: &[&str]) -> Vec<String> {
     lines.iter().map(|l| fields.iter().map(|f| l[*f].to_string()).collect::<Vec<_>>().join(" ")).collect()
 }
+
+/// `[recipe]` named `name`, a tiny model of `n_layers` (32 wide, 32 tokens of context) and a
+/// 400-token BPE trained on the recipe's sources: the head of the executor tests' recipes.
+#[allow(dead_code)]
+pub fn tiny_recipe(name: &str, n_layers: u32) -> String {
+    format!(
+        "[recipe]\nname = \"{name}\"\n[model]\nd_model = 32\nn_layers = {n_layers}\nn_heads = 4\nd_ff = 64\n\
+         max_seq_len = 32\n[tokenizer]\ntrain = {{ vocab_size = 400 }}\n"
+    )
+}
