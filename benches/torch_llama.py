@@ -1,16 +1,21 @@
 """The same Llama as `recipe`'s (RMSNorm, RoPE, SwiGLU, GQA, untied head, no biases) in plain
-PyTorch, trained on random tokens to measure throughput: bf16 autocast, SDPA attention, fused
-AdamW; eager and torch.compile. Prints one JSON line per mode with tokens/s and MFU.
+PyTorch, trained on random tokens to measure throughput: SDPA attention, AdamW (fused on the
+GPU), in f32 or under bf16 autocast; eager and torch.compile. Prints one JSON line per mode with
+tokens/s, MFU and memory.
 
     python3 benches/torch_llama.py --vocab 32000 --d-model 768 --layers 12 --heads 12 \
         --d-ff 2048 --seq 1024 --batch 16 --steps 20
+    python3 benches/torch_llama.py --device cpu --precision f32 --modes eager \
+        --vocab 512 --d-model 128 --layers 4 --heads 4 --d-ff 512 --seq 256 --batch 8
 
 MFU counts 6·N (N without the embeddings) + 12·layers·d_model·seq FLOPs per token (PaLM's
-convention) against the GPU's dense bf16 peak (989 TFLOP/s for an H100 or H200 SXM).
+convention) against `--peak-tflops` (default: the GPU's dense bf16 peak, 989 TFLOP/s for an H100
+or H200 SXM). On the CPU, `peak_mib` is the peak resident memory above what it was after
+`import torch` (so the interpreter and the library are not counted).
 """
 import argparse
 import json
-import math
+import resource
 import time
 
 import torch
@@ -74,15 +79,20 @@ class Llama(nn.Module):
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def run(a, compiled):
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(a, compiled, rss_after_import):
     torch.manual_seed(0)
-    model = Llama(a).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    cuda = a.device == "cuda"
+    model = Llama(a).to(a.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
     step_fn = torch.compile(model) if compiled else model
-    ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device="cuda")
+    ids = torch.randint(0, a.vocab, (a.batch, a.seq + 1), device=a.device)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(a.device, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
             loss = step_fn(ids[:, :-1], ids[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -90,14 +100,16 @@ def run(a, compiled):
         opt.zero_grad(set_to_none=True)
         return loss
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(a.warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(a.steps):
         loss = step()
-    torch.cuda.synchronize()
+    sync()
     seconds = (time.perf_counter() - start) / a.steps
     tokens = a.batch * a.seq / seconds
     n = sum(p.numel() for p in model.parameters()) - model.embed_tokens.weight.numel()
@@ -108,7 +120,11 @@ def run(a, compiled):
         "step_s": round(seconds, 4),
         "mfu": round(tokens * flops_per_token / (a.peak_tflops * 1e12), 4),
         "loss": round(loss.item(), 4),
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        **(
+            {"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+            if cuda
+            else {"peak_mib": round(peak_rss_mib() - rss_after_import, 1)}
+        ),
         "params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -127,10 +143,15 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--modes", default="eager,compile")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--precision", choices=["bf16", "f32"], default="bf16", help="bf16: autocast")
     a = p.parse_args()
+    rss_after_import = peak_rss_mib()
     torch.backends.cuda.matmul.allow_tf32 = True
+    name = torch.cuda.get_device_name() if a.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     for mode in a.modes.split(","):
-        print(json.dumps({"device": torch.cuda.get_device_name(), **run(a, mode == "compile")}), flush=True)
+        result = run(a, mode == "compile", rss_after_import)
+        print(json.dumps({"device": name, "precision": a.precision, **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,25 @@
 
 mod adamw;
 mod alloc;
+mod attention;
 mod cross_entropy;
 mod frozen_linear;
 mod lora;
 mod rms_norm;
 mod rope;
 mod softmax;
+mod swiglu;
 
 pub use adamw::{AdamWStep, adamw_moments, adamw_step, adamw_step_composed, squared_norm, squared_norm_composed};
 pub use alloc::{Allocator, retain_freed_memory};
+pub use attention::{KeySpans, attention, attention_composed};
 pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_composed};
 pub use frozen_linear::frozen_linear;
 pub use lora::{Dropout, lora_linear, lora_linear_composed};
 pub use rms_norm::{rms_norm, rms_norm_composed};
 pub use rope::{rope, rope_composed};
 pub use softmax::{masked_softmax, masked_softmax_composed};
+pub use swiglu::{swiglu, swiglu_composed};
 
 use candle_core::{DType, Tensor};
 
@@ -81,5 +85,18 @@ pub fn for_each_row_mut<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize
         // exactly one call, so no two rows overlap, and `out` outlives the call.
         let row = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(r * row_len), row_len) };
         f(r, row)
+    });
+}
+
+/// Call `f(c, chunk)` for each chunk of at most `len` elements of `out` (the last may be
+/// shorter), in parallel: chunk `c` starts at `c · len`.
+pub fn for_each_chunk_mut<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let (n, len) = (out.len(), len.max(1));
+    let base = out.as_mut_ptr() as usize;
+    parallel_for(n.div_ceil(len), |c| {
+        let at = c * len;
+        // Safety: as in `for_each_row_mut`, chunks are disjoint and inside `out`.
+        let chunk = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(at), len.min(n - at)) };
+        f(c, chunk)
     });
 }

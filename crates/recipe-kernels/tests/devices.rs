@@ -52,6 +52,8 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
     let mask =
         Tensor::from_vec((0..n).map(|i| if i % 5 == 4 { 0f32 } else { 1.0 }).collect(), n, &Device::Cpu).unwrap();
     let dropout = Some(Dropout { p: 0.25, seed: 5 });
+    let spans = KeySpans::documents(&docs, b, t);
+    let spans_composed = spans.clone();
     vec![
         Case {
             name: "rms_norm",
@@ -66,6 +68,24 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             trainable: vec![true, false],
             op: Box::new(|i| masked_softmax(&i[0], &i[1], 0.35)),
             reference: Box::new(|i| masked_softmax_composed(&i[0], &i[1], 0.35)),
+        },
+        Case {
+            name: "attention",
+            inputs: vec![
+                uniform(rng, &[b, h, t, hd], 1.5),
+                uniform(rng, &[b, 1, t, hd], 1.5),
+                uniform(rng, &[b, 1, t, hd], 1.5),
+            ],
+            trainable: vec![true, true, true],
+            op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, 0.35)),
+            reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, 0.35)),
+        },
+        Case {
+            name: "swiglu",
+            inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
+            trainable: vec![true, true],
+            op: Box::new(|i| swiglu(&i[0], &i[1])),
+            reference: Box::new(|i| swiglu_composed(&i[0], &i[1])),
         },
         Case {
             name: "rope",

@@ -17,6 +17,7 @@ mod pretrained;
 
 pub use adapters::{AdapterTensors, Lora, VERA_D_INITIAL, VERA_SHARED, lora_names, magnitude_name};
 pub use generate::{Sampling, generate};
-pub use llama::{Dtypes, KvCache, Llama, Param, document_mask};
+pub use llama::{Dtypes, KvCache, Llama, Param};
 pub use loss::{masked_cross_entropy, masked_cross_entropy_rows};
 pub use pretrained::remap_layers;
+pub use recipe_kernels::KeySpans;

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use recipe_kernels::Dropout;
+use recipe_kernels::{Dropout, KeySpans};
 use recipe_spec::{Freeze, Model as Config, Precision, Stage};
 
 use crate::adapters::Lora;
@@ -297,13 +297,14 @@ impl Llama {
     }
 
     /// Logits `[B·T, vocab]` for token ids `[B, T]`, with per-token positions `[B·T]` (restarting
-    /// at each packed document) and an additive attention mask `[B, 1, T, T]`.
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// at each packed document) and the keys each position attends (its document up to itself:
+    /// [`KeySpans::documents`]).
+    pub fn forward(&self, ids: &Tensor, positions: &Tensor, spans: &KeySpans) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let mut x = self.p("model.embed_tokens.weight")?.index_select(&ids.flatten_all()?, 0)?;
         let (cos, sin) = self.rotary(positions, b, t)?;
         for i in 0..self.n_layers {
-            x = self.block(i, &x, b, t, &cos, &sin, mask, None)?;
+            x = self.block(i, &x, b, t, &cos, &sin, spans, None)?;
         }
         self.head(&x)
     }
@@ -317,14 +318,11 @@ impl Llama {
         let positions = Tensor::from_vec(positions, t, device)?;
         let (cos, sin) = self.rotary(&positions, 1, t)?;
         let mut x = self.p("model.embed_tokens.weight")?.index_select(&ids.flatten_all()?, 0)?;
-        let (past, total) = (cache.len, cache.len + t);
-        let mask: Vec<f32> =
-            (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::MIN / 2.0 })).collect();
-        let mask = Tensor::from_vec(mask, (1, 1, t, total), device)?;
+        let spans = KeySpans::after(cache.len, t);
         for i in 0..self.n_layers {
-            x = self.block(i, &x, 1, t, &cos, &sin, &mask, Some(&mut cache.layers[i]))?;
+            x = self.block(i, &x, 1, t, &cos, &sin, &spans, Some(&mut cache.layers[i]))?;
         }
-        cache.len = total;
+        cache.len += t;
         self.head(&x.narrow(0, t - 1, 1)?)
     }
 
@@ -356,7 +354,7 @@ impl Llama {
         t: usize,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        spans: &KeySpans,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
@@ -376,25 +374,14 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
-        let scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
-        let probs = recipe_kernels::masked_softmax(&scores, mask, 1.0 / (hd as f64).sqrt())?;
-        let attn = probs.matmul(&v.contiguous()?)?;
-        let attn = attn.transpose(1, 2)?.reshape((b * t, h * hd))?;
+        let attn = recipe_kernels::attention(&q, &k, &v, spans, 1.0 / (hd as f64).sqrt())?;
+        let attn = attn.reshape((b * t, h * hd))?;
         let x = (x + linear(&attn, "self_attn.o_proj")?)?;
 
         let normed = recipe_kernels::rms_norm(&x, &p("post_attention_layernorm")?, c.norm_eps)?;
-        let gated = (linear(&normed, "mlp.gate_proj")?.silu()? * linear(&normed, "mlp.up_proj")?)?;
+        let gated = recipe_kernels::swiglu(&linear(&normed, "mlp.gate_proj")?, &linear(&normed, "mlp.up_proj")?)?;
         x + linear(&gated, "mlp.down_proj")?
     }
-}
-
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kvh, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, kvh, n, t, hd))?.reshape((b, kvh * n, t, hd))
 }
 
 fn rope_tables(c: &Config, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
@@ -405,19 +392,6 @@ fn rope_tables(c: &Config, device: &Device, dtype: DType) -> Result<(Tensor, Ten
     let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (n, half), device)?;
     let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (n, half), device)?;
     Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
-}
-
-/// The additive attention mask `[B, 1, T, T]` for packed rows: position i may attend to j when
-/// j ≤ i and both belong to the same document; 0 where it may, `f32::MIN / 2` where not. Built
-/// on `device` from the `[B·T]` document ids, so only those cross from the host.
-pub fn document_mask(doc_ids: &[u32], b: usize, t: usize, device: &Device) -> Result<Tensor> {
-    let docs = Tensor::from_slice(doc_ids, (b, t), device)?;
-    let same_doc = docs.unsqueeze(2)?.broadcast_eq(&docs.unsqueeze(1)?)?;
-    let causal = Tensor::tril2(t, DType::U8, device)?;
-    let allowed = same_doc.broadcast_mul(&causal)?.to_dtype(DType::F32)?;
-    // allowed · M − M: exactly 0 or −M.
-    let m = f64::from(f32::MAX / 2.0);
-    allowed.affine(m, -m)?.unsqueeze(1)
 }
 
 /// The Euclidean norm of each row of `w` `[out, in]`, as `[out]`.

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use recipe_model::{Llama, document_mask, masked_cross_entropy};
+use recipe_model::{KeySpans, Llama, masked_cross_entropy};
 use recipe_spec::{Model, Peft, PeftMethod};
 
 fn config() -> Model {
@@ -57,7 +57,7 @@ fn logits(m: &Llama) -> (Tensor, Tensor) {
     let ids = Tensor::from_vec(vec![1u32, 4, 2, 7, 3, 9, 5, 5, 6, 0], (b, t), &dev).unwrap();
     let positions = Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 0, 1, 2, 3, 4], b * t, &dev).unwrap();
     let docs = [0u32, 0, 0, 1, 1, 0, 0, 0, 0, 0];
-    let attn = document_mask(&docs, b, t, &dev).unwrap();
+    let attn = KeySpans::documents(&docs, b, t);
     let targets = Tensor::from_vec(vec![4u32, 2, 0, 3, 9, 5, 6, 0, 8, 10], b * t, &dev).unwrap();
     let z = m.forward(&ids, &positions, &attn).unwrap();
     let loss = masked_cross_entropy(&z, &targets, &Tensor::ones(b * t, DType::F32, &dev).unwrap()).unwrap().0;

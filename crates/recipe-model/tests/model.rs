@@ -3,7 +3,7 @@
 //! row with a document mask computes each document as if it were alone.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use recipe_model::{Llama, document_mask, masked_cross_entropy};
+use recipe_model::{KeySpans, Llama, masked_cross_entropy};
 use recipe_spec::Model;
 
 fn tiny(tie: bool) -> Model {
@@ -42,7 +42,7 @@ fn loss(m: &Llama, dtype: DType) -> Tensor {
     let positions = Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 5], b * t, &dev).unwrap();
     let targets = Tensor::from_vec(vec![4u32, 2, 0, 3, 9, 1, 5, 6, 0, 8, 10, 2], b * t, &dev).unwrap();
     let mask = Tensor::from_vec(vec![1f64, 1., 0., 1., 1., 0., 1., 1., 1., 1., 1., 0.], b * t, &dev).unwrap();
-    let attn = document_mask(&docs, b, t, &dev).unwrap().to_dtype(dtype).unwrap();
+    let attn = KeySpans::documents(&docs, b, t);
     let logits = m.forward(&ids, &positions, &attn).unwrap();
     masked_cross_entropy(&logits, &targets, &mask.to_dtype(dtype).unwrap()).unwrap().0
 }
@@ -99,7 +99,7 @@ fn the_kv_cache_reproduces_the_full_forward_pass() {
         .forward(
             &Tensor::from_slice(&ids, (1, t), &dev).unwrap(),
             &Tensor::from_vec((0..t as u32).collect::<Vec<_>>(), t, &dev).unwrap(),
-            &document_mask(&vec![0; t], 1, t, &dev).unwrap(),
+            &KeySpans::documents(&vec![0; t], 1, t),
         )
         .unwrap();
     let mut cache = m.new_cache();
@@ -120,14 +120,14 @@ fn a_packed_document_computes_as_if_it_were_alone() {
         .forward(
             &Tensor::from_slice(&[2u32, 7, 1, 5, 3, 3, 8], (1, 7), &dev).unwrap(),
             &Tensor::from_slice(&[0u32, 1, 2, 0, 1, 2, 3], 7, &dev).unwrap(),
-            &document_mask(&[0, 0, 0, 1, 1, 1, 1], 1, 7, &dev).unwrap(),
+            &KeySpans::documents(&[0, 0, 0, 1, 1, 1, 1], 1, 7),
         )
         .unwrap();
     let alone = m
         .forward(
             &Tensor::from_slice(&[5u32, 3, 3, 8], (1, 4), &dev).unwrap(),
             &Tensor::from_slice(&[0u32, 1, 2, 3], 4, &dev).unwrap(),
-            &document_mask(&[0, 0, 0, 0], 1, 4, &dev).unwrap(),
+            &KeySpans::documents(&[0, 0, 0, 0], 1, 4),
         )
         .unwrap();
     for i in 0..4 {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
-use recipe_model::{Dtypes, Llama, document_mask, masked_cross_entropy_rows, remap_layers};
+use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_layers};
 use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
@@ -490,8 +490,8 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
     let targets = Tensor::from_slice(&batch.target_ids, b * t, device)?;
     let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
-    let attn = document_mask(&batch.doc_ids, b, t, device)?;
-    let logits = model.forward(&ids, &positions, &attn)?;
+    let spans = KeySpans::documents(&batch.doc_ids, b, t);
+    let logits = model.forward(&ids, &positions, &spans)?;
     let (ce, count, rows) = masked_cross_entropy_rows(&logits, &targets, &mask)?;
     let by_source = sum_by_source(&rows, batch, objective.sources)?;
     let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else {
@@ -501,7 +501,7 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     // The divergence in f32, whatever the models compute in.
     let teacher_logits = teachers
         .iter()
-        .map(|t| t.forward(&ids, &positions, &attn)?.to_dtype(DType::F32))
+        .map(|t| t.forward(&ids, &positions, &spans)?.to_dtype(DType::F32))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let teacher = teacher_log_probs(&teacher_logits, distill.temperature)?;
     let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;

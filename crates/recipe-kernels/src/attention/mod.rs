@@ -1,0 +1,97 @@
+//! Attention over spans of keys, fused and tiled (flash-style): `softmax(scale · q·kᵀ) · v`
+//! where each query sees one contiguous span of its row's keys — in training, from the start
+//! of its document to itself (causal attention inside packed documents); when generating, the
+//! whole cache and itself. Grouped-query heads share their key/value head in place.
+//!
+//! Forward, per (row, head) and per block of queries: the scores against the keys the block
+//! can see (the union of its spans, so tiles past the diagonal or before the document are never
+//! computed), softmax in place, times `v`; it keeps each query's log-sum-exp. At most a block
+//! × keys of scores exists at a time, never the `T × T` matrix per layer. Backward recomputes a
+//! block's probabilities from the log-sum-exp: with `D = Σ dO·O` per query,
+//! `dS = P ⊙ (dO·vᵀ − D)`, `dq = scale · dS·k`, `dk += scale · dSᵀ·q`, `dv += Pᵀ·dO`; each
+//! (row, key/value head) is one task, so its sums run in a fixed order and resume is exact.
+
+mod composed;
+mod cpu;
+
+use std::sync::Arc;
+
+use candle_core::{Device, Result, Tensor};
+pub use composed::attention_composed;
+
+use crate::{Backend, widened};
+
+/// Which keys each query attends: query `i` of row `r` sees keys `lo..hi` of row `r`.
+#[derive(Clone, Debug)]
+pub struct KeySpans {
+    spans: Arc<[(u32, u32)]>,
+    rows: usize,
+    queries: usize,
+    keys: usize,
+}
+
+impl KeySpans {
+    /// Causal attention inside documents: `doc_ids` `[rows · t]` numbers each position's
+    /// document within its row (documents are contiguous runs, as packing lays them out); a
+    /// position sees its document's positions up to itself.
+    pub fn documents(doc_ids: &[u32], rows: usize, t: usize) -> KeySpans {
+        assert_eq!(doc_ids.len(), rows * t, "one document id per position");
+        let mut spans = Vec::with_capacity(rows * t);
+        for row in doc_ids.chunks_exact(t.max(1)) {
+            let mut start = 0;
+            for (i, doc) in row.iter().enumerate() {
+                if i > 0 && *doc != row[i - 1] {
+                    start = i;
+                }
+                spans.push((start as u32, i as u32 + 1));
+            }
+        }
+        KeySpans { spans: spans.into(), rows, queries: t, keys: t }
+    }
+
+    /// `t` new queries after `past` cached keys, in one row: query `i` sees keys `0..=past + i`.
+    pub fn after(past: usize, t: usize) -> KeySpans {
+        let spans: Vec<(u32, u32)> = (0..t).map(|i| (0, (past + i + 1) as u32)).collect();
+        KeySpans { spans: spans.into(), rows: 1, queries: t, keys: past + t }
+    }
+
+    /// The same pattern as an additive mask `[rows, 1, queries, keys]`: 0 where a query sees a
+    /// key, `f32::MIN / 2` where not (what a plain softmax needs).
+    pub fn additive_mask(&self, device: &Device) -> Result<Tensor> {
+        let (tq, tk) = (self.queries, self.keys);
+        let mut mask = vec![f32::MIN / 2.0; self.rows * tq * tk];
+        for (q, &(lo, hi)) in self.spans.iter().enumerate() {
+            mask[q * tk + lo as usize..q * tk + hi as usize].fill(0.0);
+        }
+        Tensor::from_vec(mask, (self.rows, 1, tq, tk), device)
+    }
+
+    fn check(&self, q: &Tensor, k: &Tensor) -> Result<()> {
+        let (b, _, tq, _) = q.dims4()?;
+        let tk = k.dim(2)?;
+        if (b, tq, tk) != (self.rows, self.queries, self.keys) {
+            candle_core::bail!(
+                "attention: spans for {} rows of {} queries over {} keys, tensors have {b} rows of {tq} over {tk}",
+                self.rows,
+                self.queries,
+                self.keys
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Attention of `q` `[B, H, Tq, hd]` over `k`, `v` `[B, KVH, Tk, hd]` (H a multiple of KVH),
+/// each query over its span of keys; the result is `[B, Tq, H, hd]` (heads side by side, as the
+/// output projection reads them). Computed in f32 for half-precision inputs; the result has
+/// `q`'s dtype.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
+    spans.check(q, k)?;
+    let dtype = widened(q.dtype());
+    let (q32, k32, v32) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+    let out = match Backend::of(q) {
+        Backend::Cpu => cpu::attention(&q32, &k32, &v32, spans, scale)?,
+        Backend::Composed => attention_composed(&q32, &k32, &v32, spans, scale)?,
+    };
+    out.to_dtype(q.dtype())
+}
