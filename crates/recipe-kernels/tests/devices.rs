@@ -120,6 +120,13 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             op: Box::new(move |i| lora_linear(&i[0], &i[1], &i[2], &i[3], 2.0, dropout)),
             reference: Box::new(move |i| lora_linear_composed(&i[0], &i[1], &i[2], &i[3], 2.0, dropout)),
         },
+        Case {
+            name: "linear",
+            inputs: vec![uniform(rng, &[13, 24], 1.0), uniform(rng, &[10, 24], 1.0)],
+            trainable: vec![true, true],
+            op: Box::new(|i| linear(&i[0], &i[1])),
+            reference: Box::new(|i| i[0].matmul(&i[1].t()?)),
+        },
     ]
 }
 

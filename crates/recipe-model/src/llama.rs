@@ -2,11 +2,11 @@
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
 //! untied output head. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
 //! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
-//! RMSNorm, rotary embedding and masked softmax of `recipe-kernels`. Tensors carry Hugging Face
-//! names.
+//! projection, RMSNorm, rotary embedding, attention and SwiGLU of `recipe-kernels`. Tensors
+//! carry Hugging Face names.
 //!
-//! Weights are either trainable [`Param`]s or frozen tensors. Frozen projections go through
-//! `frozen_linear`, whose backward computes no weight gradient; under LoRA every base weight
+//! Weights are either trainable [`Param`]s or frozen tensors. Projections go through
+//! `linear`, frozen ones through `frozen_linear`, whose backward computes no weight gradient; under LoRA every base weight
 //! is frozen and each adapted projection adds `(alpha / rank) · B·A·x`, with `A` and `B` the
 //! only parameters. DoRA (Liu et al. 2024) also learns each output row's magnitude `m`:
 //! `y = m / ‖W + s·B·A‖ ⊙ (W + s·B·A)·x`, the norm per output row and, as the paper's §4.3
@@ -271,7 +271,7 @@ impl Llama {
         let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)?) else {
             return match self.frozen.get(name) {
                 Some(w) => recipe_kernels::frozen_linear(x, &w.to_dtype(self.dtypes.compute)?),
-                None => x.matmul(&self.p(name)?.t()?),
+                None => recipe_kernels::linear(x, &self.p(name)?),
             };
         };
         let compute = self.dtypes.compute;

@@ -9,6 +9,7 @@ use gemm::Parallelism;
 use num_traits::Float;
 
 use super::KeySpans;
+use crate::exp::ExpInPlace;
 use crate::{contiguous, parallel_for};
 
 pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
@@ -49,7 +50,7 @@ impl Dims {
 }
 
 /// A float the kernel computes in, which `gemm` multiplies.
-trait Real: Float + Send + Sync + 'static {}
+trait Real: Float + ExpInPlace + Send + Sync + 'static {}
 impl Real for f32 {}
 impl Real for f64 {}
 
@@ -150,14 +151,13 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], sc
             }
             for (i, (row, &(a, e))) in s.chunks_exact_mut(n.max(1)).zip(block).enumerate() {
                 let (a, e) = (a as usize - lo, e as usize - lo);
-                let max = row[a..e].iter().fold(T::neg_infinity(), |m, &x| m.max(x));
-                let mut sum = T::zero();
-                for x in &mut row[a..e] {
-                    *x = ((*x - max) * scale).exp();
-                    sum = sum + *x;
-                }
+                let seen = &mut row[a..e];
+                let max = seen.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+                seen.iter_mut().for_each(|x| *x = (*x - max) * scale);
+                T::exp_in_place(seen);
+                let sum = seen.iter().fold(T::zero(), |s, &x| s + x);
                 let inv = sum.recip();
-                row[a..e].iter_mut().for_each(|x| *x = *x * inv);
+                seen.iter_mut().for_each(|x| *x = *x * inv);
                 row[..a].fill(T::zero());
                 row[e..].fill(T::zero());
                 let value = (max * scale).to_f64().unwrap_or(0.0) + sum.to_f64().unwrap_or(0.0).ln();
@@ -242,8 +242,9 @@ fn backward<T: Real>(
                     let lse = T::from(lse[(r * h + head) * tq + i0 + i]).unwrap_or(T::zero());
                     let at_row = row_of(i);
                     let dsum = (0..hd).fold(T::zero(), |s, c| s + dout[at_row + c] * o[at_row + c]);
-                    for (x, g) in pr[a..e].iter_mut().zip(&mut dpr[a..e]) {
-                        *x = (*x * scale - lse).exp();
+                    pr[a..e].iter_mut().for_each(|x| *x = *x * scale - lse);
+                    T::exp_in_place(&mut pr[a..e]);
+                    for (x, g) in pr[a..e].iter().zip(&mut dpr[a..e]) {
                         *g = *x * (*g - dsum);
                     }
                     for range in [0..a, e..n] {

@@ -2,6 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use crate::exp::ExpInPlace;
 use crate::{contiguous, for_each_row_mut};
 
 pub(super) fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -21,7 +22,16 @@ macro_rules! kernels {
             for_each_row_mut(&mut nll, 1, |r, out| {
                 let row = &logits[r * v..(r + 1) * v];
                 let max = row.iter().cloned().fold(<$t>::NEG_INFINITY, <$t>::max);
-                let log_z = row.iter().map(|x| (x - max).exp()).sum::<$t>().ln() + max;
+                // Exponentiated a piece at a time, in place in a buffer on the stack.
+                let mut sum = 0.0;
+                let mut piece = [0.0; 256];
+                for xs in row.chunks(piece.len()) {
+                    let e = &mut piece[..xs.len()];
+                    e.iter_mut().zip(xs).for_each(|(o, x)| *o = x - max);
+                    <$t>::exp_in_place(e);
+                    sum += e.iter().sum::<$t>();
+                }
+                let log_z = sum.ln() + max;
                 out[0] = mask[r] * (log_z - row[targets[r] as usize]);
             });
             nll
@@ -36,11 +46,9 @@ macro_rules! kernels {
                     return;
                 }
                 let max = row.iter().cloned().fold(<$t>::NEG_INFINITY, <$t>::max);
-                let mut sum = 0.0;
-                for (o, x) in out.iter_mut().zip(row) {
-                    *o = (x - max).exp();
-                    sum += *o;
-                }
+                out.iter_mut().zip(row).for_each(|(o, x)| *o = x - max);
+                <$t>::exp_in_place(out);
+                let sum: $t = out.iter().sum();
                 let scale = weight[r] / sum;
                 out.iter_mut().for_each(|o| *o *= scale);
                 out[targets[r] as usize] -= weight[r];

@@ -2,6 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use crate::exp::ExpInPlace;
 use crate::{contiguous, for_each_chunk_mut};
 
 pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
@@ -16,14 +17,21 @@ struct SwiGluGrad;
 /// Elements per parallel chunk.
 const CHUNK: usize = 4096;
 
+/// `out = exp(−g)` over `out`'s length: the sigmoid's exponential, vectorised.
+fn exp_of_negated<T: ExpInPlace + Copy + std::ops::Neg<Output = T>>(out: &mut [T], g: &[T]) {
+    out.iter_mut().zip(g).for_each(|(o, &a)| *o = -a);
+    T::exp_in_place(out);
+}
+
 macro_rules! kernels {
     ($t:ty, $forward:ident, $backward:ident) => {
         fn $forward(g: &[$t], u: &[$t]) -> Vec<$t> {
             let mut y = vec![0.0; g.len()];
             for_each_chunk_mut(&mut y, CHUNK, |c, yc| {
                 let at = c * CHUNK;
+                exp_of_negated(yc, &g[at..]);
                 for ((o, &a), &b) in yc.iter_mut().zip(&g[at..]).zip(&u[at..]) {
-                    *o = a / (1.0 + (-a).exp()) * b;
+                    *o = a / (1.0 + *o) * b;
                 }
             });
             y
@@ -35,15 +43,17 @@ macro_rules! kernels {
             let (dg, du) = out.split_at_mut(n);
             for_each_chunk_mut(dg, CHUNK, |c, dgc| {
                 let at = c * CHUNK;
+                exp_of_negated(dgc, &g[at..]);
                 for (((o, &a), &b), &d) in dgc.iter_mut().zip(&g[at..]).zip(&u[at..]).zip(&dy[at..]) {
-                    let s = 1.0 / (1.0 + (-a).exp());
+                    let s = 1.0 / (1.0 + *o);
                     *o = d * b * s * (1.0 + a * (1.0 - s));
                 }
             });
             for_each_chunk_mut(du, CHUNK, |c, duc| {
                 let at = c * CHUNK;
+                exp_of_negated(duc, &g[at..]);
                 for ((o, &a), &d) in duc.iter_mut().zip(&g[at..]).zip(&dy[at..]) {
-                    *o = d * a / (1.0 + (-a).exp());
+                    *o = d * a / (1.0 + *o);
                 }
             });
             out

@@ -1,5 +1,5 @@
-//! The frozen projection against `x · wᵀ`: same output, same input gradient, and no gradient
-//! for the weight even when the weight is a variable.
+//! The projection ops against `x · wᵀ`: same output, same gradients — of the input, and of the
+//! weight for `linear`; `frozen_linear` gives the weight no gradient even when it is a variable.
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
@@ -7,7 +7,7 @@ use rand_core::SeedableRng;
 
 mod common;
 use common::{assert_close, random};
-use recipe_kernels::frozen_linear;
+use recipe_kernels::{frozen_linear, linear};
 
 #[test]
 fn matches_the_matmul_and_gives_the_weight_no_gradient() {
@@ -25,10 +25,17 @@ fn matches_the_matmul_and_gives_the_weight_no_gradient() {
         let tol = if dtype == DType::F32 { 1e-6 } else { 1e-12 };
         assert_close(&frozen, &plain, tol);
         let ga = (frozen * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), tol);
         assert!(gb.get(&wb).is_some(), "Candle's matmul computes the weight's gradient");
         assert!(ga.get(&wa).is_none(), "the frozen projection must not");
+
+        let (xc, wc) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+        let trained = linear(&xc, &wc).unwrap();
+        assert_close(&trained, &plain, tol);
+        let gc = (trained * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(gc.get(&xc).unwrap(), gb.get(&xb).unwrap(), tol);
+        assert_close(gc.get(&wc).unwrap(), gb.get(&wb).unwrap(), tol);
     }
 }
 
@@ -40,4 +47,5 @@ fn a_transposed_input_is_read_through_its_strides() {
     let w = Tensor::from_vec(random(&mut rng, 12, 1.0), (3, 4), &dev).unwrap().to_dtype(DType::F32).unwrap();
     let x = xt.t().unwrap();
     assert_close(&frozen_linear(&x, &w).unwrap(), &x.matmul(&w.t().unwrap()).unwrap(), 1e-6);
+    assert_close(&linear(&x, &w).unwrap(), &x.matmul(&w.t().unwrap()).unwrap(), 1e-6);
 }
