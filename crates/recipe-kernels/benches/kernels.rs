@@ -1,6 +1,6 @@
 //! Each fused kernel against the Candle composition it replaces, forward and forward+backward,
 //! at the shapes of the "tiny" reference configuration (B 8, H 4, T 256, head dim 32,
-//! d_model 128), the "small" one's vocabulary (8192) for cross-entropy, and SmolLM2-135M's
+//! d_model 128, d_ff 512; attention causal over one document per row), the "small" one's vocabulary (8192) for cross-entropy, and SmolLM2-135M's
 //! MLP width for the frozen and LoRA projections.
 //! `cargo bench -p recipe-kernels --bench kernels`
 
@@ -44,10 +44,22 @@ fn bench(c: &mut Criterion) {
         k::masked_softmax_composed(x, &mask, 0.17)? * &dy
     });
 
-    let q = var(&[b, h, t, hd]);
+    let (q, k_, v_) = (var(&[b, h, t, hd]), var(&[b, h, t, hd]), var(&[b, h, t, hd]));
+    let spans = k::KeySpans::documents(&vec![0; b * t], b, t);
+    let causal = spans.additive_mask(&dev).unwrap();
+    let dy = Tensor::randn(0f32, 1.0, (b, t, h, hd), &dev).unwrap();
+    pair(c, "causal attention 8x4x256x32", &q, &|x| k::attention(x, &k_, &v_, &spans, 0.17)? * &dy, &|x| {
+        let scores = x.matmul(&k_.t()?)?;
+        let probs = k::masked_softmax_composed(&scores, &causal, 0.17)?;
+        probs.matmul(&v_)?.transpose(1, 2)? * &dy
+    });
+
     let cos = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
     let sin = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
     pair(c, "rope 8x4x256x32", &q, &|x| k::rope(x, &cos, &sin), &|x| k::rope_composed(x, &cos, &sin));
+
+    let (gate, up) = (var(&[b * t, 4 * d]), var(&[b * t, 4 * d]));
+    pair(c, "swiglu 2048x512", &gate, &|g| k::swiglu(g, &up), &|g| k::swiglu_composed(g, &up));
 
     let x = var(&[b * t, d]);
     let w = Tensor::randn(0f32, 1.0, d, &dev).unwrap();
@@ -66,7 +78,9 @@ fn bench(c: &mut Criterion) {
     // or not.
     let x = var(&[512, 576]);
     let w = var(&[1536, 576]);
-    pair(c, "frozen projection 512x576 -> 1536", &x, &|x| k::frozen_linear(x, &w), &|x| x.matmul(&w.t()?));
+    pair(c, "frozen projection 512x576 -> 1536", &x, &|x| k::frozen_linear(x, &w, k::Products::Exact), &|x| {
+        x.matmul(&w.t()?)
+    });
 
     let (a, up) = (var(&[8, 576]), var(&[1536, 8]));
     let frozen = w.as_tensor().detach();

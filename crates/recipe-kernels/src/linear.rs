@@ -6,22 +6,59 @@
 //! a teacher's) `frozen_linear` skips `dw` — a weight-sized buffer and 2·N·in·out FLOPs that
 //! Candle's matmul would compute and throw away. The forward pass is the backend's own matrix
 //! product, so one implementation serves the CPU, CUDA and Metal.
+//!
+//! [`Products::Bf16`] is bf16-mixed precision where the CPU has no bf16 dot products: every
+//! product takes operands rounded to bf16 (to nearest, ties to even) and gives a result rounded
+//! to bf16, accumulating in f32 between — the numbers a bf16 matrix unit with f32 accumulation
+//! gives, and what PyTorch's bf16 autocast does to a projection — while the multiplication runs
+//! at f32 speed and the tensors around it stay f32.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+use crate::{contiguous, for_each_chunk_mut};
+
+/// What a projection's products compute in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Products {
+    /// The operands' own dtype.
+    #[default]
+    Exact,
+    /// f32 operands rounded to bf16, the result rounded to bf16 (CPU).
+    Bf16,
+}
 
 /// `x` `[N, in]` times the transpose of `w` `[out, in]`, with the gradients of both.
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Linear { weight_grad: true })
+pub fn linear(x: &Tensor, w: &Tensor, products: Products) -> Result<Tensor> {
+    apply(x, w, Linear { weight_grad: true, products })
 }
 
 /// [`linear`] for a weight that never gets a gradient, even when it is a variable.
-pub fn frozen_linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2(w, Linear { weight_grad: false })
+pub fn frozen_linear(x: &Tensor, w: &Tensor, products: Products) -> Result<Tensor> {
+    apply(x, w, Linear { weight_grad: false, products })
+}
+
+fn apply(x: &Tensor, w: &Tensor, op: Linear) -> Result<Tensor> {
+    match op.products {
+        Products::Exact => x.apply_op2(w, op),
+        // Rounding reads the operands' elements in order.
+        Products::Bf16 => x.contiguous()?.apply_op2(&w.contiguous()?, op),
+    }
 }
 
 struct Linear {
     weight_grad: bool,
+    products: Products,
+}
+
+impl Linear {
+    /// `t` as the products see it.
+    fn operand(&self, t: &Tensor) -> Result<Tensor> {
+        match self.products {
+            Products::Exact => Ok(t.detach()),
+            Products::Bf16 => round_to_bf16(t),
+        }
+    }
 }
 
 impl CustomOp2 for Linear {
@@ -30,7 +67,18 @@ impl CustomOp2 for Linear {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        project(x, xl, w, wl)
+        if self.products == Products::Exact {
+            return project(x, xl, w, wl);
+        }
+        let rounded = |s: &CpuStorage, l: &Layout| -> Result<(CpuStorage, Layout)> {
+            let values = contiguous::<f32>(s, l)?;
+            Ok((CpuStorage::F32(rounded_to_bf16(values)), Layout::contiguous(l.shape())))
+        };
+        let ((x, xl), (w, wl)) = (rounded(x, xl)?, rounded(w, wl)?);
+        let (y, shape) = project(&x, &xl, &w, &wl)?;
+        let CpuStorage::F32(mut y) = y else { candle_core::bail!("linear: bf16 products need f32 tensors") };
+        round_in_place(&mut y);
+        Ok((CpuStorage::F32(y), shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -56,8 +104,13 @@ impl CustomOp2 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = x.track_op().then(|| dy.matmul(&w.detach())).transpose()?;
-        let dw = (self.weight_grad && w.track_op()).then(|| dy.t()?.matmul(&x.detach())).transpose()?;
+        let dy = self.operand(dy)?;
+        let result = |t: Tensor| match self.products {
+            Products::Exact => Ok(t),
+            Products::Bf16 => round_to_bf16(&t),
+        };
+        let dx = x.track_op().then(|| result(dy.matmul(&self.operand(w)?)?)).transpose()?;
+        let dw = (self.weight_grad && w.track_op()).then(|| result(dy.t()?.matmul(&self.operand(x)?)?)).transpose()?;
         Ok((dx, dw))
     }
 }
@@ -71,4 +124,44 @@ fn project<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<
     }
     let y = x.matmul(w, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
     Ok((y, Shape::from((n, out))))
+}
+
+/// Elements per parallel chunk when rounding.
+const CHUNK: usize = 1 << 14;
+
+/// `v` rounded to the nearest bf16 (ties to even), kept as f32. NaN stays NaN.
+fn to_bf16(v: f32) -> f32 {
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+    if v.is_nan() { v } else { f32::from_bits(rounded) }
+}
+
+fn round_in_place(values: &mut [f32]) {
+    for_each_chunk_mut(values, CHUNK, |_, chunk| chunk.iter_mut().for_each(|v| *v = to_bf16(*v)));
+}
+
+fn rounded_to_bf16(values: &[f32]) -> Vec<f32> {
+    let mut out = values.to_vec();
+    round_in_place(&mut out);
+    out
+}
+
+/// `t` (f32) rounded to bf16 values, kept in f32, with no gradient.
+pub fn round_to_bf16(t: &Tensor) -> Result<Tensor> {
+    match t.device().is_cpu() {
+        true => t.contiguous()?.apply_op1_no_bwd(&RoundToBf16),
+        false => t.detach().to_dtype(DType::BF16)?.to_dtype(DType::F32),
+    }
+}
+
+struct RoundToBf16;
+
+impl CustomOp1 for RoundToBf16 {
+    fn name(&self) -> &'static str {
+        "round-to-bf16"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(rounded_to_bf16(contiguous::<f32>(s, l)?)), l.shape().clone()))
+    }
 }

@@ -105,7 +105,7 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             name: "frozen_linear",
             inputs: vec![uniform(rng, &[13, 24], 1.0), uniform(rng, &[10, 24], 1.0)],
             trainable: vec![true, false],
-            op: Box::new(|i| frozen_linear(&i[0], &i[1])),
+            op: Box::new(|i| frozen_linear(&i[0], &i[1], Products::Exact)),
             reference: Box::new(|i| i[0].matmul(&i[1].t()?)),
         },
         Case {
@@ -124,7 +124,7 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             name: "linear",
             inputs: vec![uniform(rng, &[13, 24], 1.0), uniform(rng, &[10, 24], 1.0)],
             trainable: vec![true, true],
-            op: Box::new(|i| linear(&i[0], &i[1])),
+            op: Box::new(|i| linear(&i[0], &i[1], Products::Exact)),
             reference: Box::new(|i| i[0].matmul(&i[1].t()?)),
         },
     ]

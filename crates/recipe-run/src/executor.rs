@@ -302,7 +302,7 @@ fn load_teachers(recipe: &Recipe, graph: &Graph, run: &RunDir, stage: &Stage, de
                 .map_err(|e| fail(format!("cannot load teacher {}: {e}", path.display())))?;
             // Teachers compute in the student's dtype.
             Llama::frozen(config, tensors, device)
-                .and_then(|t| t.in_precision(Dtypes::of(stage.precision)))
+                .and_then(|t| t.in_precision(Dtypes::on(stage.precision, device)))
                 .map_err(|e| fail(format!("teacher {} does not fit its config: {e}", path.display())))
         })
         .collect()

@@ -99,7 +99,7 @@ fn bench(cr: &mut Criterion) {
         });
         // The whole step in each other precision (f16-mixed scales its loss).
         for precision in [Precision::Bf16Mixed, Precision::F16Mixed, Precision::Bf16] {
-            let model = Llama::init(&model_config, 0, &dev).and_then(|m| m.in_precision(Dtypes::of(precision)));
+            let model = Llama::init(&model_config, 0, &dev).and_then(|m| m.in_precision(Dtypes::on(precision, &dev)));
             let model = model.expect("init");
             let mut optimizer = AdamW::new(&optim);
             let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);

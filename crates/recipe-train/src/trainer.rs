@@ -362,7 +362,7 @@ pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: 
                 .map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))?
         }
     };
-    Ok(model.in_precision(Dtypes::of(stage.precision))?)
+    Ok(model.in_precision(Dtypes::on(stage.precision, device))?)
 }
 
 /// What a micro-batch's loss is made of: cross-entropy on the data, mixed with the KD term

@@ -59,7 +59,7 @@ struct Step {
 }
 
 fn one_step(precision: Precision, device: &Device) -> Step {
-    let model = Llama::init(&config(), 3, device).unwrap().in_precision(Dtypes::of(precision)).unwrap();
+    let model = Llama::init(&config(), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
     let optim =
         Optim { kind: "adamw".into(), lr: 1e-2, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
     let mut optimizer = AdamW::new(&optim);
