@@ -131,7 +131,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(HERE.parent / "target/bench-vs-torch"))
     a = p.parse_args()
-    work = Path(a.work)
+    work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     threads = str(a.threads)
     env = dict(os.environ, RAYON_NUM_THREADS=threads, OMP_NUM_THREADS=threads)

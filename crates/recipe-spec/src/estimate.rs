@@ -191,10 +191,10 @@ impl Stage {
         let weights =
             if self.peft.is_some() { frozen * frozen_bytes + trainable * weight_bytes } else { total * weight_bytes };
         // The longest rows need the most: under `keep = "tokens"` a micro-batch holds as many
-        // tokens at every length, and attention's share per token grows with the length.
+        // tokens at every length, and otherwise more at the longest.
         let longest = self.lengths.shape(self.seq_len, self.batch_size, self.micro_batch_size);
         let micro_tokens = longest.micro_batch_size as u64 * self.seq_len as u64;
-        let activations = micro_tokens.saturating_mul(per_token_activations(m, self.seq_len) * act_bytes);
+        let activations = micro_tokens.saturating_mul(per_token_activations(m) * act_bytes);
         let teacher_bytes: u64 = teachers
             .iter()
             .map(|t| t.param_count() * frozen_bytes + micro_tokens.saturating_mul(t.vocab_size as u64 * 4))
@@ -250,11 +250,12 @@ impl Stage {
 }
 
 /// Values kept per token for the backward pass: per block the norm inputs and outputs, q, k,
-/// v before and after rotation, the attention probabilities and scores (materialised), the
-/// attention output, and the MLP's gate, up, activation and product; then the final norm and
-/// the logits, their softmax and its gradient.
-fn per_token_activations(m: &Model, seq_len: u32) -> u64 {
+/// v before and after rotation, the attention output and each head's log-sum-exp (the fused
+/// attention keeps no scores), and the MLP's gate, up, activation and product; then the final
+/// norm and the logits, their softmax and its gradient; and the gradients backward holds at
+/// its widest, a block's worth.
+fn per_token_activations(m: &Model) -> u64 {
     let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.projection_shape("k_proj").1, m.n_heads as u64);
-    let block = 7 * d + 3 * kv + 2 * h * seq_len as u64 + 4 * ff;
-    m.n_layers as u64 * block + 2 * d + 3 * m.vocab_size as u64
+    let block = 7 * d + 3 * kv + h + 4 * ff;
+    (m.n_layers as u64 + 1) * block + 2 * d + 3 * m.vocab_size as u64
 }

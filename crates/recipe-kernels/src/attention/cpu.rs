@@ -109,6 +109,23 @@ unsafe fn matmul<T: Real>(
     }
 }
 
+/// `out` (rows × n) = the scores of queries `i0..i0 + rows` against keys `lo..lo + n`.
+fn block_scores<T: Real>(
+    q: &[T],
+    k: &[T],
+    (i0, rows): (usize, usize),
+    (lo, n): (usize, usize),
+    hd: usize,
+    out: &mut [T],
+) {
+    assert!(q.len() >= (i0 + rows) * hd && k.len() >= (lo + n) * hd && out.len() >= rows * n);
+    // Safety: the assertion keeps every read and write inside the slices.
+    unsafe {
+        let (qb, kb) = (q[i0 * hd..].as_ptr(), k[lo * hd..].as_ptr());
+        matmul((rows, n, hd), out.as_mut_ptr(), n, false, qb, (hd, 1), kb, (1, hd), T::one());
+    }
+}
+
 /// The queries `i0..i1` of a row: the union `lo..hi` of their spans.
 fn union(spans: &[(u32, u32)]) -> (usize, usize) {
     let lo = spans.iter().map(|s| s.0).min().unwrap_or(0) as usize;
@@ -133,22 +150,7 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], sc
             let (lo, hi) = union(block);
             let n = hi - lo;
             let s = &mut scores[..(i1 - i0) * n];
-            // Safety: every pointer and extent lies inside its buffer; this task alone writes
-            // head `head` of rows `r`'s queries.
-            unsafe {
-                let qb = q[i0 * hd..].as_ptr();
-                matmul(
-                    (i1 - i0, n, hd),
-                    s.as_mut_ptr(),
-                    n,
-                    false,
-                    qb,
-                    (hd, 1),
-                    k[lo * hd..].as_ptr(),
-                    (1, hd),
-                    T::one(),
-                );
-            }
+            block_scores(q, k, (i0, i1 - i0), (lo, n), hd, s);
             for (i, (row, &(a, e))) in s.chunks_exact_mut(n.max(1)).zip(block).enumerate() {
                 let (a, e) = (a as usize - lo, e as usize - lo);
                 let seen = &mut row[a..e];
@@ -216,21 +218,10 @@ fn backward<T: Real>(
                 let n = hi - lo;
                 let (p, dp) = (&mut probs[..rows * n], &mut dprobs[..rows * n]);
                 let row_of = |i: usize| ((r * tq + i0 + i) * h + head) * hd;
+                block_scores(q, k, (i0, rows), (lo, n), hd, p);
                 // Safety: pointers and extents inside their buffers; this task alone writes the
                 // gradients of key/value head `kv` of row `r` and of its query heads.
                 unsafe {
-                    let qb = q[i0 * hd..].as_ptr();
-                    matmul(
-                        (rows, n, hd),
-                        p.as_mut_ptr(),
-                        n,
-                        false,
-                        qb,
-                        (hd, 1),
-                        k[lo * hd..].as_ptr(),
-                        (1, hd),
-                        T::one(),
-                    );
                     let dob = dout[row_of(0)..].as_ptr();
                     let vb = v[lo * hd..].as_ptr();
                     matmul((rows, n, hd), dp.as_mut_ptr(), n, false, dob, (h * hd, 1), vb, (1, hd), T::one());

@@ -41,19 +41,18 @@ macro_rules! kernels {
             let n = g.len();
             let mut out = vec![0.0; 2 * n];
             let (dg, du) = out.split_at_mut(n);
+            let du_at = du.as_mut_ptr() as usize;
             for_each_chunk_mut(dg, CHUNK, |c, dgc| {
                 let at = c * CHUNK;
-                exp_of_negated(dgc, &g[at..]);
-                for (((o, &a), &b), &d) in dgc.iter_mut().zip(&g[at..]).zip(&u[at..]).zip(&dy[at..]) {
-                    let s = 1.0 / (1.0 + *o);
-                    *o = d * b * s * (1.0 + a * (1.0 - s));
-                }
-            });
-            for_each_chunk_mut(du, CHUNK, |c, duc| {
-                let at = c * CHUNK;
+                // Safety: `du` is as long as `dg`, and only this call touches its chunk `c`.
+                let duc = unsafe { std::slice::from_raw_parts_mut((du_at as *mut $t).add(at), dgc.len()) };
+                // One exponential per element serves both gradients.
                 exp_of_negated(duc, &g[at..]);
-                for ((o, &a), &d) in duc.iter_mut().zip(&g[at..]).zip(&dy[at..]) {
-                    *o = d * a / (1.0 + *o);
+                let inputs = g[at..].iter().zip(&u[at..]).zip(&dy[at..]);
+                for ((o, p), ((&a, &b), &d)) in dgc.iter_mut().zip(duc.iter_mut()).zip(inputs) {
+                    let s = 1.0 / (1.0 + *p);
+                    *o = d * b * s * (1.0 + a * (1.0 - s));
+                    *p = d * a * s;
                 }
             });
             out
