@@ -52,6 +52,15 @@ struct Linear {
 }
 
 impl Linear {
+    /// A GPU multiplies half precision natively, so rounding there is not implemented.
+    #[cfg(any(feature = "cuda", feature = "metal"))]
+    fn exact_only(&self) -> Result<()> {
+        if self.products == Products::Bf16 {
+            candle_core::bail!("linear: bf16-rounded products are for the CPU; a GPU computes in bf16");
+        }
+        Ok(())
+    }
+
     /// `t` as the products see it.
     fn operand(&self, t: &Tensor) -> Result<Tensor> {
         match self.products {
@@ -89,6 +98,7 @@ impl CustomOp2 for Linear {
         w: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.exact_only()?;
         project(x, xl, w, wl)
     }
 
@@ -100,6 +110,7 @@ impl CustomOp2 for Linear {
         w: &candle_core::MetalStorage,
         wl: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
+        self.exact_only()?;
         project(x, xl, w, wl)
     }
 

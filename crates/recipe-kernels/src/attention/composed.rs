@@ -18,7 +18,8 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, 
         }
     };
     let scores = q.contiguous()?.matmul(&repeat(k)?.t()?.contiguous()?)?;
-    let mask = spans.additive_mask(q.device())?.to_dtype(q.dtype())?;
+    // In f32 whatever the scores' dtype: the softmax widens its inputs.
+    let mask = spans.additive_mask(q.device())?;
     let probs = masked_softmax(&scores, &mask, scale)?;
     probs.matmul(&repeat(v)?)?.transpose(1, 2)?.contiguous()
 }

@@ -83,15 +83,16 @@ impl KeySpans {
 
 /// Attention of `q` `[B, H, Tq, hd]` over `k`, `v` `[B, KVH, Tk, hd]` (H a multiple of KVH),
 /// each query over its span of keys; the result is `[B, Tq, H, hd]` (heads side by side, as the
-/// output projection reads them). Computed in f32 for half-precision inputs; the result has
-/// `q`'s dtype.
+/// output projection reads them), in `q`'s dtype. The CPU kernel computes half-precision
+/// inputs in f32; the composed fallback multiplies in their dtype, the softmax in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
     spans.check(q, k)?;
-    let dtype = widened(q.dtype());
-    let (q32, k32, v32) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
-    let out = match Backend::of(q) {
-        Backend::Cpu => cpu::attention(&q32, &k32, &v32, spans, scale)?,
-        Backend::Composed => attention_composed(&q32, &k32, &v32, spans, scale)?,
-    };
-    out.to_dtype(q.dtype())
+    match Backend::of(q) {
+        Backend::Cpu => {
+            let dtype = widened(q.dtype());
+            let (q32, k32, v32) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+            cpu::attention(&q32, &k32, &v32, spans, scale)?.to_dtype(q.dtype())
+        }
+        Backend::Composed => attention_composed(q, k, v, spans, scale),
+    }
 }
