@@ -256,7 +256,6 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
-    recipe_kernels::retain_freed_memory();
     // Safety: no other thread has started.
     unsafe { recipe_kernels::spin_briefly() };
     let cli = Cli::parse();

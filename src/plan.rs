@@ -6,7 +6,7 @@ use std::path::Path;
 use recipe_data::{DataFacts, data_facts};
 use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
 use recipe_run::stage_stores;
-use recipe_spec::{Keep, Merge, MergeMethod, Recipe, Stage, Tokenizer};
+use recipe_spec::{Keep, Merge, MergeMethod, Precision, Recipe, Stage, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::render::{bytes, count, sparkline};
@@ -278,6 +278,12 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                 t => format!(", teachers {}", bytes(t)),
             }
         );
+        if stage.precision == Precision::Bf16Mixed {
+            // The estimate counts bf16 activations, as a GPU keeps them.
+            let on_cpu = mem["total"].as_u64().unwrap_or(0) + mem["activations"].as_u64().unwrap_or(0);
+            let _ =
+                writeln!(out, "            {} on the CPU, where bf16-mixed keeps activations in f32", bytes(on_cpu));
+        }
         let _ = writeln!(out, "  run       {}", s["reason"].as_str().unwrap_or(""));
     }
     out

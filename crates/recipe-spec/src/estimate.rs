@@ -249,13 +249,14 @@ impl Stage {
     }
 }
 
-/// Values kept per token for the backward pass: per block the norm inputs and outputs, q, k,
-/// v before and after rotation, the attention output and each head's log-sum-exp (the fused
-/// attention keeps no scores), and the MLP's gate, up, activation and product; then the final
-/// norm and the logits, their softmax and its gradient; and the gradients backward holds at
-/// its widest, a block's worth.
+/// Values kept per token for the backward pass: per block the residual stream at its three
+/// points, both norms' outputs, the projections' outputs (q, o, down: d each; k, v: kv each),
+/// q and k laid out by head and rotated, v laid out by head, the attention output and each
+/// head's log-sum-exp (the fused attention keeps no scores), and the MLP's gate, up and
+/// product; then the final norm and the logits, their softmax and its gradient; and the
+/// gradients backward holds at its widest, a block's worth.
 fn per_token_activations(m: &Model) -> u64 {
     let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.projection_shape("k_proj").1, m.n_heads as u64);
-    let block = 7 * d + 3 * kv + h + 4 * ff;
+    let block = 11 * d + 5 * kv + h + 3 * ff;
     (m.n_layers as u64 + 1) * block + 2 * d + 3 * m.vocab_size as u64
 }

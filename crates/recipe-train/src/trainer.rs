@@ -138,6 +138,9 @@ pub fn checkpoints_dir(work_dir: &Path) -> std::path::PathBuf {
 /// Train one stage to its last step, resuming from the newest valid checkpoint in its
 /// working folder, or until `interrupt` is set.
 pub fn train_stage(r: &StageRun) -> Result<Outcome> {
+    // From here on the same tensors are freed and allocated every step; what tokenizing freed
+    // before has gone back to the system.
+    recipe_kernels::retain_freed_memory();
     let (recipe, stage) = (r.recipe, r.stage);
     std::fs::create_dir_all(r.work_dir).map_err(io(r.work_dir))?;
     let checkpoints = checkpoints_dir(r.work_dir);
