@@ -61,7 +61,7 @@ impl Linear {
         Ok(())
     }
 
-    /// `t` as the products see it.
+    /// `t` as the products see it (and a product's result as it leaves).
     fn operand(&self, t: &Tensor) -> Result<Tensor> {
         match self.products {
             Products::Exact => Ok(t.detach()),
@@ -115,14 +115,11 @@ impl CustomOp2 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // Gradients are products too: their results are rounded like their operands.
         let dy = self.operand(dy)?;
-        let result = |t: Tensor| match self.products {
-            Products::Exact => Ok(t),
-            Products::Bf16 => round_to_bf16(&t),
-        };
-        let dx = x.track_op().then(|| result(dy.matmul(&self.operand(w)?)?)).transpose()?;
-        let dw = (self.weight_grad && w.track_op()).then(|| result(dy.t()?.matmul(&self.operand(x)?)?)).transpose()?;
-        Ok((dx, dw))
+        let dx = x.track_op().then(|| self.operand(&dy.matmul(&self.operand(w)?)?)).transpose()?;
+        let dw = (self.weight_grad && w.track_op()).then(|| self.operand(&dy.t()?.matmul(&self.operand(x)?)?));
+        Ok((dx, dw.transpose()?))
     }
 }
 

@@ -6,8 +6,8 @@
 //! carry Hugging Face names.
 //!
 //! Weights are either trainable [`Param`]s or frozen tensors. Projections go through
-//! `linear`, frozen ones through `frozen_linear`, whose backward computes no weight gradient; under LoRA every base weight
-//! is frozen and each adapted projection adds `(alpha / rank) · B·A·x`, with `A` and `B` the
+//! `linear`, frozen ones through `frozen_linear`, whose backward computes no weight gradient;
+//! under LoRA every base weight is frozen and each adapted projection adds `(alpha / rank) · B·A·x`, with `A` and `B` the
 //! only parameters. DoRA (Liu et al. 2024) also learns each output row's magnitude `m`:
 //! `y = m / ‖W + s·B·A‖ ⊙ (W + s·B·A)·x`, the norm per output row and, as the paper's §4.3
 //! suggests, treated as a constant in the backward pass so no weight-sized gradient is needed.
@@ -140,7 +140,7 @@ impl Llama {
             HashMap::new(),
             None,
             device,
-            Dtypes { weights: dtype, compute: dtype, products: Products::Exact },
+            Dtypes { weights: dtype, compute: dtype, ..Dtypes::F32 },
         )
     }
 
