@@ -7,8 +7,8 @@
 //!
 //! Weights are either trainable [`Param`]s or frozen tensors. Projections go through
 //! `linear`, frozen ones through `frozen_linear`, whose backward computes no weight gradient;
-//! under LoRA every base weight is frozen and each adapted projection adds `(alpha / rank) · B·A·x`, with `A` and `B` the
-//! only parameters. DoRA (Liu et al. 2024) also learns each output row's magnitude `m`:
+//! under LoRA every base weight is frozen and each adapted projection adds
+//! `(alpha / rank) · B·A·x`, with `A` and `B` the only parameters. DoRA (Liu et al. 2024) also learns each output row's magnitude `m`:
 //! `y = m / ‖W + s·B·A‖ ⊙ (W + s·B·A)·x`, the norm per output row and, as the paper's §4.3
 //! suggests, treated as a constant in the backward pass so no weight-sized gradient is needed.
 
