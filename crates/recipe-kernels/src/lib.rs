@@ -95,28 +95,67 @@ pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
 }
 
+/// A buffer that parallel tasks write at disjoint places, shared between the threads as its
+/// address: each task takes its own part with [`Disjoint::part`] or [`Disjoint::at`].
+pub(crate) struct Disjoint<T> {
+    address: usize,
+    len: usize,
+    element: std::marker::PhantomData<*mut T>,
+}
+
+// Safety: what crosses threads is parts of the buffer, each to one task: as `&mut [T]` would.
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Clone for Disjoint<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    pub(crate) fn of(buf: &mut [T]) -> Disjoint<T> {
+        Disjoint { address: buf.as_mut_ptr() as usize, len: buf.len(), element: std::marker::PhantomData }
+    }
+
+    /// Elements `start..start + len`.
+    ///
+    /// # Safety
+    /// No other live reference or task touches them, and the buffer outlives the slice.
+    pub(crate) unsafe fn part<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+        assert!(start + len <= self.len, "a part inside the buffer");
+        // Safety: inside the buffer (asserted); exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut((self.address as *mut T).add(start), len) }
+    }
+
+    /// Where element `offset` is, for writes of `extent` elements from there (a matrix product's
+    /// rows with their stride included).
+    ///
+    /// # Safety
+    /// As for [`Disjoint::part`], for every element the caller writes through the pointer.
+    pub(crate) unsafe fn at(self, offset: usize, extent: usize) -> *mut T {
+        assert!(offset + extent <= self.len, "writes inside the buffer");
+        // Safety: inside the buffer (asserted).
+        unsafe { (self.address as *mut T).add(offset) }
+    }
+}
+
 /// Call `f(r, row)` for each row of `row_len` elements of `out`, in parallel.
 pub fn for_each_row_mut<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let rows = out.len() / row_len.max(1);
-    // The buffer's address as a plain integer, so the closure can be shared between threads.
-    let base = out.as_mut_ptr() as usize;
-    parallel_for(rows, |r| {
-        // Safety: r < rows, so the row lies inside `out`; parallel_for hands each index to
-        // exactly one call, so no two rows overlap, and `out` outlives the call.
-        let row = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(r * row_len), row_len) };
-        f(r, row)
-    });
+    let buf = Disjoint::of(out);
+    // Safety: parallel_for hands each index to exactly one call, so no two rows overlap, and
+    // `out` outlives the call.
+    parallel_for(rows, |r| f(r, unsafe { buf.part(r * row_len, row_len) }));
 }
 
 /// Call `f(c, chunk)` for each chunk of at most `len` elements of `out` (the last may be
 /// shorter), in parallel: chunk `c` starts at `c · len`.
 pub fn for_each_chunk_mut<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let (n, len) = (out.len(), len.max(1));
-    let base = out.as_mut_ptr() as usize;
-    parallel_for(n.div_ceil(len), |c| {
-        let at = c * len;
-        // Safety: as in `for_each_row_mut`, chunks are disjoint and inside `out`.
-        let chunk = unsafe { std::slice::from_raw_parts_mut((base as *mut T).add(at), len.min(n - at)) };
-        f(c, chunk)
-    });
+    let buf = Disjoint::of(out);
+    // Safety: as in `for_each_row_mut`.
+    parallel_for(n.div_ceil(len), |c| f(c, unsafe { buf.part(c * len, len.min(n - c * len)) }));
 }

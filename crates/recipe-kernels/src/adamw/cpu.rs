@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use half::{bf16, f16};
 
 use super::AdamWStep;
-use crate::parallel_for;
+use crate::{Disjoint, parallel_for};
 
 /// Elements per task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 1 << 15;
@@ -24,22 +24,6 @@ struct Moments {
 /// The parameter from `m, v`.
 struct Apply {
     step: AdamWStep,
-}
-
-/// Raw pointers that may cross to the worker threads: each task touches its own chunk only.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The chunk of `len` elements from `start`.
-    ///
-    /// Safety: the chunk lies inside the buffer, no other live slice overlaps it, and the
-    /// buffer outlives the slice.
-    unsafe fn chunk<'a>(&self, start: usize, len: usize) -> &'a mut [T] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
-    }
 }
 
 fn contiguous_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
@@ -61,11 +45,11 @@ impl InplaceOp2 for Moments {
         let n = g.len();
         let (m, v) = mv.split_at_mut(n);
         let (b1, b2, scale) = (self.step.beta1 as f32, self.step.beta2 as f32, self.step.grad_scale as f32);
-        let (m, v) = (Shared(m.as_mut_ptr()), Shared(v.as_mut_ptr()));
+        let (m, v) = (Disjoint::of(m), Disjoint::of(v));
         parallel_for(n.div_ceil(CHUNK), |c| {
             let range = c * CHUNK..((c + 1) * CHUNK).min(n);
             // Safety: chunks are disjoint and inside both halves of `mv`, which outlives the call.
-            let (m, v) = unsafe { (m.chunk(range.start, range.len()), v.chunk(range.start, range.len())) };
+            let (m, v) = unsafe { (m.part(range.start, range.len()), v.part(range.start, range.len())) };
             for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(&g[range]) {
                 let g = g * scale;
                 *m = b1 * *m + (1.0 - b1) * g;
@@ -115,11 +99,11 @@ impl Apply {
         let (m, v) = mv.split_at(n);
         let (lr_bc1, inv_sqrt_bc2, decay) = self.step.factors();
         let eps = self.step.eps as f32;
-        let p = Shared(p.as_mut_ptr());
+        let p = Disjoint::of(p);
         parallel_for(n.div_ceil(CHUNK), |c| {
             let range = c * CHUNK..((c + 1) * CHUNK).min(n);
             // Safety: chunks are disjoint and inside `p`, which outlives the call.
-            let p = unsafe { p.chunk(range.start, range.len()) };
+            let p = unsafe { p.part(range.start, range.len()) };
             for ((p, m), v) in p.iter_mut().zip(&m[range.clone()]).zip(&v[range.clone()]) {
                 let w = p.get();
                 *p = W::put(w - (decay * w + lr_bc1 * m / (v.sqrt() * inv_sqrt_bc2 + eps)));

@@ -10,7 +10,7 @@ use num_traits::Float;
 
 use super::KeySpans;
 use crate::exp::ExpInPlace;
-use crate::{contiguous, parallel_for};
+use crate::{Disjoint, contiguous, parallel_for};
 
 pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
     let op = Attention { spans: spans.clone(), scale, lse: OnceLock::new() };
@@ -53,22 +53,6 @@ impl Dims {
 trait Real: Float + ExpInPlace + Send + Sync + 'static {}
 impl Real for f32 {}
 impl Real for f64 {}
-
-/// A buffer written by several tasks at disjoint places, shared as a plain address.
-#[derive(Clone, Copy)]
-struct Shared(usize);
-
-impl Shared {
-    fn of<T>(buf: &mut [T]) -> Shared {
-        Shared(buf.as_mut_ptr() as usize)
-    }
-
-    fn at<T>(self, offset: usize) -> *mut T {
-        // Safety (of the callers): offsets stay inside the buffer, and no two tasks write the
-        // same elements.
-        unsafe { (self.0 as *mut T).add(offset) }
-    }
-}
 
 /// `dst (m×n) = beta · lhs (m×k) · rhs (k×n)`, plus `dst` when `accumulate`; strides are
 /// (row, column) in elements.
@@ -137,7 +121,7 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], sc
     let Dims { b, h, kvh, tq, tk, hd } = d;
     let mut out = vec![T::zero(); b * tq * h * hd];
     let mut lse = vec![0.0; b * h * tq];
-    let (out_at, lse_at) = (Shared::of(&mut out), Shared::of(&mut lse));
+    let (out_at, lse_at) = (Disjoint::of(&mut out), Disjoint::of(&mut lse));
     parallel_for(b * h, |task| {
         let (r, head) = (task / h, task % h);
         let kv = (r * kvh + head / (h / kvh)) * tk * hd;
@@ -164,10 +148,10 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], sc
                 row[e..].fill(T::zero());
                 let value = (max * scale).to_f64().unwrap_or(0.0) + sum.to_f64().unwrap_or(0.0).ln();
                 // Safety: one slot per (task, query).
-                unsafe { *lse_at.at::<f64>(task * tq + i0 + i) = value };
+                unsafe { lse_at.part(task * tq + i0 + i, 1)[0] = value };
             }
             unsafe {
-                let dst = out_at.at::<T>(((r * tq + i0) * h + head) * hd);
+                let dst = out_at.at(((r * tq + i0) * h + head) * hd, (i1 - i0 - 1) * h * hd + hd);
                 matmul(
                     (i1 - i0, hd, n),
                     dst,
@@ -199,7 +183,7 @@ fn backward<T: Real>(
     let Dims { b, h, kvh, tq, tk, hd } = d;
     let group = h / kvh;
     let mut grads = vec![T::zero(); q.len() + 2 * k.len()];
-    let at = Shared::of(&mut grads);
+    let at = Disjoint::of(&mut grads);
     let (dk_base, dv_base) = (q.len(), q.len() + k.len());
     parallel_for(b * kvh, |task| {
         let r = task / kvh;
@@ -244,11 +228,11 @@ fn backward<T: Real>(
                     }
                 }
                 unsafe {
-                    let dq = at.at::<T>(qh + i0 * hd);
+                    let dq = at.at(qh + i0 * hd, rows * hd);
                     matmul((rows, hd, n), dq, hd, false, dp.as_ptr(), (n, 1), k[lo * hd..].as_ptr(), (hd, 1), scale);
-                    let dk = at.at::<T>(dk_base + kv + lo * hd);
+                    let dk = at.at(dk_base + kv + lo * hd, n * hd);
                     matmul((n, hd, rows), dk, hd, true, dp.as_ptr(), (1, n), q[i0 * hd..].as_ptr(), (hd, 1), scale);
-                    let dv = at.at::<T>(dv_base + kv + lo * hd);
+                    let dv = at.at(dv_base + kv + lo * hd, n * hd);
                     let dob = dout[row_of(0)..].as_ptr();
                     matmul((n, hd, rows), dv, hd, true, p.as_ptr(), (1, n), dob, (h * hd, 1), T::one());
                 }

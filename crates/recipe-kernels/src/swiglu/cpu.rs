@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::exp::ExpInPlace;
-use crate::{contiguous, for_each_chunk_mut};
+use crate::{Disjoint, contiguous, for_each_chunk_mut};
 
 pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
@@ -41,11 +41,11 @@ macro_rules! kernels {
             let n = g.len();
             let mut out = vec![0.0; 2 * n];
             let (dg, du) = out.split_at_mut(n);
-            let du_at = du.as_mut_ptr() as usize;
+            let du = Disjoint::of(du);
             for_each_chunk_mut(dg, CHUNK, |c, dgc| {
                 let at = c * CHUNK;
                 // Safety: `du` is as long as `dg`, and only this call touches its chunk `c`.
-                let duc = unsafe { std::slice::from_raw_parts_mut((du_at as *mut $t).add(at), dgc.len()) };
+                let duc = unsafe { du.part(at, dgc.len()) };
                 // One exponential per element serves both gradients.
                 exp_of_negated(duc, &g[at..]);
                 let inputs = g[at..].iter().zip(&u[at..]).zip(&dy[at..]);
