@@ -1,7 +1,7 @@
 //! Each fused kernel against the Candle composition it replaces, forward and forward+backward,
 //! at the shapes of the "tiny" reference configuration (B 8, H 4, T 256, head dim 32,
 //! d_model 128, d_ff 512; attention causal over one document per row), the "small" one's vocabulary (8192) for cross-entropy, and SmolLM2-135M's
-//! MLP width for the frozen and LoRA projections.
+//! MLP width for the projections (trained, frozen, LoRA).
 //! `cargo bench -p recipe-kernels --bench kernels`
 
 use candle_core::{Device, Result, Tensor, Var};
@@ -80,6 +80,11 @@ fn bench(c: &mut Criterion) {
     let w = var(&[1536, 576]);
     pair(c, "frozen projection 512x576 -> 1536", &x, &|x| k::frozen_linear(x, &w, k::Products::Exact), &|x| {
         x.matmul(&w.t()?)
+    });
+
+    let w_trained = var(&[1536, 576]);
+    pair(c, "projection 512x576 -> 1536", &x, &|x| k::linear(x, &w_trained, k::Products::Exact), &|x| {
+        x.matmul(&w_trained.t()?)
     });
 
     let (a, up) = (var(&[8, 576]), var(&[1536, 8]));
