@@ -1,7 +1,8 @@
 //! Each fused kernel against the Candle composition it replaces, forward and forward+backward,
 //! at the shapes of the "tiny" reference configuration (B 8, H 4, T 256, head dim 32,
-//! d_model 128, d_ff 512; attention causal over one document per row), the "small" one's vocabulary (8192) for cross-entropy, and SmolLM2-135M's
-//! MLP width for the projections (trained, frozen, LoRA).
+//! d_model 128, d_ff 512; attention causal over one document per row), the "small" one's
+//! vocabulary (8192) for cross-entropy, and SmolLM2-135M's MLP width for the projections
+//! (trained, frozen, LoRA).
 //! `cargo bench -p recipe-kernels --bench kernels`
 
 use candle_core::{Device, Result, Tensor, Var};
