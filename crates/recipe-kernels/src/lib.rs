@@ -17,6 +17,7 @@ mod alloc;
 mod attention;
 mod cross_entropy;
 mod exp;
+mod lanes;
 mod linear;
 mod lora;
 mod rms_norm;

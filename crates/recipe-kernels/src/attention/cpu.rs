@@ -10,7 +10,7 @@ use num_traits::Float;
 
 use super::KeySpans;
 use crate::exp::ExpInPlace;
-use crate::{Disjoint, contiguous, parallel_for};
+use crate::{Disjoint, contiguous, lanes, parallel_for};
 
 pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
     let op = Attention { spans: spans.clone(), scale, lse: OnceLock::new() };
@@ -138,10 +138,10 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], sc
             for (i, (row, &(a, e))) in s.chunks_exact_mut(n.max(1)).zip(block).enumerate() {
                 let (a, e) = (a as usize - lo, e as usize - lo);
                 let seen = &mut row[a..e];
-                let max = seen.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
+                let max = lanes::max(seen);
                 seen.iter_mut().for_each(|x| *x = (*x - max) * scale);
                 T::exp_in_place(seen);
-                let sum = seen.iter().fold(T::zero(), |s, &x| s + x);
+                let sum = lanes::sum(seen);
                 let inv = sum.recip();
                 seen.iter_mut().for_each(|x| *x = *x * inv);
                 row[..a].fill(T::zero());

@@ -3,6 +3,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::exp::ExpInPlace;
+use crate::lanes;
 use crate::{contiguous, for_each_row_mut};
 
 pub(super) fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -21,7 +22,7 @@ macro_rules! kernels {
             let mut nll = vec![0.0; targets.len()];
             for_each_row_mut(&mut nll, 1, |r, out| {
                 let row = &logits[r * v..(r + 1) * v];
-                let max = row.iter().cloned().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let max = lanes::max(row);
                 // Exponentiated a piece at a time, in place in a buffer on the stack.
                 let mut sum = 0.0;
                 let mut piece = [0.0; 256];
@@ -29,7 +30,7 @@ macro_rules! kernels {
                     let e = &mut piece[..xs.len()];
                     e.iter_mut().zip(xs).for_each(|(o, x)| *o = x - max);
                     <$t>::exp_in_place(e);
-                    sum += e.iter().sum::<$t>();
+                    sum += lanes::sum(e);
                 }
                 let log_z = sum.ln() + max;
                 out[0] = mask[r] * (log_z - row[targets[r] as usize]);
@@ -45,10 +46,10 @@ macro_rules! kernels {
                 if weight[r] == 0.0 {
                     return;
                 }
-                let max = row.iter().cloned().fold(<$t>::NEG_INFINITY, <$t>::max);
+                let max = lanes::max(row);
                 out.iter_mut().zip(row).for_each(|(o, x)| *o = x - max);
                 <$t>::exp_in_place(out);
-                let sum: $t = out.iter().sum();
+                let sum = lanes::sum(out);
                 let scale = weight[r] / sum;
                 out.iter_mut().for_each(|o| *o *= scale);
                 out[targets[r] as usize] -= weight[r];

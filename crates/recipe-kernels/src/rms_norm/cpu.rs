@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::{contiguous, for_each_row_mut};
+use crate::{contiguous, for_each_row_mut, lanes};
 
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
@@ -27,7 +27,7 @@ macro_rules! kernels {
             let mut y = vec![0.0; x.len()];
             for_each_row_mut(&mut y, d, |r, yr| {
                 let xr = &x[r * d..(r + 1) * d];
-                let ms: $t = xr.iter().map(|v| v * v).sum::<$t>() / d as $t;
+                let ms: $t = lanes::dot(xr, xr) / d as $t;
                 let inv = 1.0 / (ms + eps as $t).sqrt();
                 for ((o, a), b) in yr.iter_mut().zip(xr).zip(w) {
                     *o = a * inv * b;
@@ -44,9 +44,9 @@ macro_rules! kernels {
             let (dx, partial) = out.split_at_mut(x.len());
             for_each_row_mut(dx, d, |r, dxr| {
                 let (xr, gr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-                let ms: $t = xr.iter().map(|v| v * v).sum::<$t>() / d as $t;
+                let ms: $t = lanes::dot(xr, xr) / d as $t;
                 let inv = 1.0 / (ms + eps as $t).sqrt();
-                let mean: $t = xr.iter().zip(gr).zip(w).map(|((a, g), b)| g * b * a * inv).sum::<$t>() / d as $t;
+                let mean: $t = inv * lanes::sum_of(d, |i| gr[i] * w[i] * xr[i]) / d as $t;
                 for (((o, a), g), b) in dxr.iter_mut().zip(xr).zip(gr).zip(w) {
                     *o = inv * (g * b - a * inv * mean);
                 }
@@ -54,7 +54,7 @@ macro_rules! kernels {
             for_each_row_mut(partial, d, |block, acc| {
                 for r in block * BLOCK_ROWS..((block + 1) * BLOCK_ROWS).min(rows) {
                     let (xr, gr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-                    let ms: $t = xr.iter().map(|v| v * v).sum::<$t>() / d as $t;
+                    let ms: $t = lanes::dot(xr, xr) / d as $t;
                     let inv = 1.0 / (ms + eps as $t).sqrt();
                     for ((s, a), g) in acc.iter_mut().zip(xr).zip(gr) {
                         *s += g * a * inv;

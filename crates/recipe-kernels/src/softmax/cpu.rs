@@ -1,6 +1,7 @@
 //! The CPU kernel.
 
-use crate::{contiguous, for_each_row_mut};
+use crate::exp::ExpInPlace;
+use crate::{contiguous, for_each_row_mut, lanes};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 pub(super) fn masked_softmax(x: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
@@ -50,17 +51,13 @@ macro_rules! kernels {
             for_each_row_mut(&mut out, tk, |r, y| {
                 let xr = &x[r * tk..(r + 1) * tk];
                 let br = &bias[rows.bias_row(r) * tk..(rows.bias_row(r) + 1) * tk];
-                let mut max = <$t>::NEG_INFINITY;
                 for ((yj, xj), bj) in y.iter_mut().zip(xr).zip(br) {
                     *yj = scale * xj + bj;
-                    max = max.max(*yj);
                 }
-                let mut sum = 0.0;
-                for yj in y.iter_mut() {
-                    *yj = (*yj - max).exp();
-                    sum += *yj;
-                }
-                let inv = 1.0 / sum;
+                let max = lanes::max(y);
+                y.iter_mut().for_each(|v| *v -= max);
+                <$t>::exp_in_place(y);
+                let inv = 1.0 / lanes::sum(y);
                 y.iter_mut().for_each(|v| *v *= inv);
             });
             out
@@ -71,7 +68,7 @@ macro_rules! kernels {
             let mut dx = vec![0.0; y.len()];
             for_each_row_mut(&mut dx, tk, |r, out| {
                 let (yr, gr) = (&y[r * tk..(r + 1) * tk], &dy[r * tk..(r + 1) * tk]);
-                let dot: $t = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                let dot = lanes::dot(yr, gr);
                 for ((o, a), g) in out.iter_mut().zip(yr).zip(gr) {
                     *o = scale * a * (g - dot);
                 }
