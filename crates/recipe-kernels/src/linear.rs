@@ -24,7 +24,8 @@ pub enum Products {
     /// The operands' own dtype.
     #[default]
     Exact,
-    /// f32 operands rounded to bf16, the result rounded to bf16 (CPU).
+    /// f32 operands rounded to bf16, the result rounded to bf16 (what bf16-mixed uses on the
+    /// CPU; it works on every device).
     Bf16,
 }
 
@@ -52,13 +53,20 @@ struct Linear {
 }
 
 impl Linear {
-    /// A GPU multiplies half precision natively, so rounding there is not implemented.
+    /// The forward pass on a GPU's storage: rounding goes through the backend's own dtype
+    /// conversions (the CPU has a one-pass kernel for it in `cpu_fwd`).
     #[cfg(any(feature = "cuda", feature = "metal"))]
-    fn exact_only(&self) -> Result<()> {
-        if self.products == Products::Bf16 {
-            candle_core::bail!("linear: bf16-rounded products are for the CPU; a GPU computes in bf16");
+    fn forward_on<S: BackendStorage>(&self, x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
+        if self.products == Products::Exact {
+            return project(x, xl, w, wl);
         }
-        Ok(())
+        let rounded = |s: &S, l: &Layout| -> Result<(S, Layout)> {
+            let contiguous = Layout::contiguous(l.shape());
+            Ok((s.to_dtype(l, DType::BF16)?.to_dtype(&contiguous, DType::F32)?, contiguous))
+        };
+        let ((x, xl), (w, wl)) = (rounded(x, xl)?, rounded(w, wl)?);
+        let (y, shape) = project(&x, &xl, &w, &wl)?;
+        Ok((rounded(&y, &Layout::contiguous(&shape))?.0, shape))
     }
 
     /// `t` as the products see it (and a product's result as it leaves).
@@ -98,8 +106,7 @@ impl CustomOp2 for Linear {
         w: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.exact_only()?;
-        project(x, xl, w, wl)
+        self.forward_on(x, xl, w, wl)
     }
 
     #[cfg(feature = "metal")]
@@ -110,8 +117,7 @@ impl CustomOp2 for Linear {
         w: &candle_core::MetalStorage,
         wl: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
-        self.exact_only()?;
-        project(x, xl, w, wl)
+        self.forward_on(x, xl, w, wl)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
