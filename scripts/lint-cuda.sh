@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint the `--features cuda` build on a machine with no CUDA toolkit. Clippy type-checks the
+# Lint the `--features cuda,nccl` build on a machine with no CUDA toolkit. Clippy type-checks the
 # Rust and links nothing, so candle's CUDA kernels need not really be compiled (that alone
 # takes about half an hour of nvcc on two cores): a stand-in nvcc writes every file it is
 # asked for empty, and cudarc is told the toolkit's version. Its own target folder keeps
@@ -32,4 +32,7 @@ NVCC
 chmod +x "$stub/bin/nvcc"
 export NVCC=$stub/bin/nvcc CUDARC_CUDA_VERSION=13000 CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export PATH=$stub/bin:$PATH
-cargo clippy --workspace --all-targets --features cuda --target-dir target/cuda-lint -- -D warnings
+# NCCL too (cudarc loads it at run time), and its id exchange over MPI where MPI is installed.
+features=cuda,nccl
+command -v mpicc >/dev/null && features=$features,mpi
+cargo clippy --workspace --all-targets --features "$features" --target-dir target/cuda-lint -- -D warnings

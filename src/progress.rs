@@ -125,6 +125,16 @@ impl recipe_train::Observer for TrainBar {
     }
 }
 
+/// What a rank other than the leader shows: nothing (the leader shows the run's progress).
+pub struct Quiet;
+
+impl recipe_train::Observer for Quiet {
+    fn start(&self, _: &str, _: u64, _: u64) {}
+    fn step(&self, _: &recipe_train::StepMetrics) {}
+    fn message(&self, _: &str) {}
+    fn finish(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use candle_core::Device;
+use recipe_dist::Launch;
 use recipe_graph::{Graph, RunDir, State};
 use recipe_run::{Hooks, NodeReport, execute};
 use recipe_train::Observer;
@@ -15,15 +16,16 @@ use recipe_spec::Recipe;
 
 use crate::{Failure, load};
 
-/// The device `--device` names: `cpu`, `cuda` (GPU 0), `cuda:N`, `metal`, or `auto` (CUDA if
-/// this build has it and a GPU answers, else Metal likewise, else the CPU). The choice is
-/// logged.
-pub fn device(name: &str) -> Result<Device, Failure> {
+/// The device `--device` names: `cpu`, `cuda` (GPU 0, or under a launcher of several
+/// processes the GPU of this process's local rank), `cuda:N`, `metal`, or `auto` (CUDA if this
+/// build has it and a GPU answers, else Metal likewise, else the CPU). The choice is logged.
+pub fn device(name: &str, launch: &Launch) -> Result<Device, Failure> {
+    let local_gpu = if launch.world > 1 { launch.local_rank } else { 0 };
     let device = match name {
         "cpu" => Device::Cpu,
-        "auto" => auto_device(),
+        "auto" => auto_device(local_gpu),
         "metal" => metal()?,
-        "cuda" => cuda(0)?,
+        "cuda" => cuda(local_gpu)?,
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(ordinal)) => cuda(ordinal)?,
             _ => {
@@ -37,9 +39,9 @@ pub fn device(name: &str) -> Result<Device, Failure> {
     Ok(device)
 }
 
-fn auto_device() -> Device {
+fn auto_device(gpu: usize) -> Device {
     let found = if candle_core::utils::cuda_is_available() {
-        Device::new_cuda(0).ok()
+        Device::new_cuda(gpu).ok()
     } else if candle_core::utils::metal_is_available() {
         Device::new_metal(0).ok()
     } else {
@@ -129,7 +131,8 @@ pub fn run(
     device_name: &str,
     tensorboard: bool,
 ) -> Result<(), Failure> {
-    let device = device(device_name)?;
+    let launch = Launch::from_env().map_err(|e| Failure::Invalid(format!("error: {e}\n")))?;
+    let device = device(device_name, &launch)?;
     let recipe = load::load(path, sets)?;
     if let Some(name) = stage {
         load::stage(&recipe, name)?;
@@ -139,16 +142,32 @@ pub fn run(
     let interrupt = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(interrupt.clone(), signal.clone())?;
-    let train_bar = crate::progress::TrainBar::new(stages_to_train(&recipe, &graph, runs, stage)?);
-    let events = tensorboard.then(|| TensorBoard::new(&run.root.join(recipe_graph::TENSORBOARD_DIR)));
+    let comm = recipe_dist::join(&launch, &device).map_err(|e| Failure::Run(e.to_string()))?;
+    if launch.world > 1 {
+        tracing::info!(
+            "rank {} of {} ({}), summing over {}",
+            launch.rank,
+            launch.world,
+            launch.launcher,
+            comm.engine()
+        );
+    }
+    // The leader shows progress and writes events; the other ranks are quiet.
+    let leads = comm.leads();
+    let train_bar =
+        crate::progress::TrainBar::new(if leads { stages_to_train(&recipe, &graph, runs, stage)? } else { Vec::new() });
+    let events = (tensorboard && leads).then(|| TensorBoard::new(&run.root.join(recipe_graph::TENSORBOARD_DIR)));
     let both = events.as_ref().map(|events| Both(&train_bar, events));
-    let observer: &dyn Observer = match &both {
-        Some(both) => both,
-        None => &train_bar,
+    let observer: &dyn Observer = match (&both, leads) {
+        (_, false) => &crate::progress::Quiet,
+        (Some(both), true) => both,
+        (None, true) => &train_bar,
     };
     let bar = crate::progress::Bar::new();
-    let hooks = Hooks { interrupt: &interrupt, observer, data_progress: &bar };
-    let reports = execute(&recipe, &graph, &run, stage, &device, &hooks).map_err(|e| Failure::Run(e.to_string()))?;
+    let data_progress: &dyn recipe_data::Progress = if leads { &bar } else { &recipe_data::Silent };
+    let hooks = Hooks { interrupt: &interrupt, observer, data_progress };
+    let reports = execute(&recipe, &graph, &run, stage, &device, comm.as_ref(), &hooks)
+        .map_err(|e| Failure::Run(e.to_string()))?;
     let mut ran = 0;
     for (name, report) in &reports {
         match report {

@@ -74,6 +74,53 @@ pub struct Batch {
     pub source_ids: Vec<u32>,
 }
 
+impl Batch {
+    /// Rank `rank`'s share of a step's micro-batches when `world` ranks train it: its rows
+    /// `[R·rank/world, R·(rank+1)/world)` of all `R` rows in draw order, in micro-batches of at
+    /// most as many rows as the step's, and the index of its first row (which seeds adapter
+    /// dropout). Shares are disjoint and together are the whole step, so summing what each rank
+    /// computes gives the step's loss and gradient; a rank of a step with fewer rows than ranks
+    /// may get none.
+    pub fn share(step: &[Batch], rank: usize, world: usize) -> (Vec<Batch>, usize) {
+        let total: usize = step.iter().map(|b| b.rows).sum();
+        let (first, end) = (total * rank / world, total * (rank + 1) / world);
+        let Some(micro) = step.first().map(|b| b.rows.max(1)) else { return (Vec::new(), first) };
+        let mut out: Vec<Batch> = Vec::new();
+        let rows = step.iter().flat_map(|b| (0..b.rows).map(move |r| (b, r)));
+        for (batch, row) in rows.skip(first).take(end - first) {
+            if out.last().is_none_or(|b| b.rows == micro) {
+                out.push(Batch::empty(batch.seq_len));
+            }
+            out.last_mut().expect("pushed").push_row(batch, row);
+        }
+        (out, first)
+    }
+
+    fn empty(seq_len: usize) -> Batch {
+        Batch {
+            rows: 0,
+            seq_len,
+            input_ids: Vec::new(),
+            target_ids: Vec::new(),
+            loss_mask: Vec::new(),
+            doc_ids: Vec::new(),
+            position_ids: Vec::new(),
+            source_ids: Vec::new(),
+        }
+    }
+
+    fn push_row(&mut self, from: &Batch, row: usize) {
+        let span = row * from.seq_len..(row + 1) * from.seq_len;
+        self.input_ids.extend_from_slice(&from.input_ids[span.clone()]);
+        self.target_ids.extend_from_slice(&from.target_ids[span.clone()]);
+        self.loss_mask.extend_from_slice(&from.loss_mask[span.clone()]);
+        self.doc_ids.extend_from_slice(&from.doc_ids[span.clone()]);
+        self.position_ids.extend_from_slice(&from.position_ids[span.clone()]);
+        self.source_ids.extend_from_slice(&from.source_ids[span]);
+        self.rows += 1;
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoaderState {
     pub sampler: SamplerState,

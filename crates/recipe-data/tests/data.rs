@@ -471,3 +471,44 @@ fn a_tokens_source_is_copied_into_the_cache_as_its_documents() {
     let err = tokenize_source(recipe.source("s").unwrap(), &tok, &dir.path().join("bad"), &Silent).unwrap_err();
     assert!(err.to_string().contains("token id 65535, outside the tokenizer's vocabulary"), "{err}");
 }
+
+fn numbered_batch(first_row: u32, rows: usize, seq_len: usize) -> Batch {
+    let ids: Vec<u32> = (0..rows * seq_len).map(|i| first_row * seq_len as u32 + i as u32).collect();
+    Batch {
+        rows,
+        seq_len,
+        input_ids: ids.clone(),
+        target_ids: ids.iter().map(|i| i + 1).collect(),
+        loss_mask: ids.iter().map(|i| (i % 3 != 0) as u8).collect(),
+        doc_ids: ids.iter().map(|i| i / 5).collect(),
+        position_ids: ids.iter().map(|i| i % 5).collect(),
+        source_ids: ids.iter().map(|i| i % 2).collect(),
+    }
+}
+
+#[test]
+fn ranks_shares_of_a_step_are_disjoint_and_together_the_whole_step_in_order() {
+    let step = [numbered_batch(0, 3, 4), numbered_batch(3, 3, 4), numbered_batch(6, 3, 4)];
+    let whole = |batches: &[Batch]| -> Vec<u32> { batches.iter().flat_map(|b| b.input_ids.clone()).collect() };
+    for world in 1..=10 {
+        let mut rows_seen = Vec::new();
+        let mut next_first = 0;
+        for rank in 0..world {
+            let (share, first) = Batch::share(&step, rank, world);
+            assert_eq!(first, next_first, "world {world} rank {rank}");
+            for b in &share {
+                assert!(b.rows >= 1 && b.rows <= 3, "micro-batches keep the step's size at most");
+                assert_eq!(b.input_ids.len(), b.rows * 4);
+                assert_eq!(b.source_ids.len(), b.rows * 4);
+                let row0 = b.input_ids[0] / 4;
+                assert_eq!(b.loss_mask[..4], step[(row0 / 3) as usize].loss_mask[(row0 as usize % 3) * 4..][..4]);
+            }
+            next_first += share.iter().map(|b| b.rows).sum::<usize>();
+            rows_seen.extend(whole(&share));
+        }
+        assert_eq!(rows_seen, whole(&step), "world {world}");
+    }
+    // Two ranks of nine rows: 4 and 5, the second in micro-batches of 3 and 2.
+    let (share, first) = Batch::share(&step, 1, 2);
+    assert_eq!((first, share.iter().map(|b| b.rows).collect::<Vec<_>>()), (4, vec![3, 2]));
+}

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 use recipe_checkpoint::{load_checkpoint, read_tokenizer};
 use recipe_data::{DataError, Mix, Progress, TOKENIZER_FILE, Tok, TokenStore, tokenize, train_tokenizer};
+use recipe_dist::Communicator;
 use recipe_graph::{Graph, Node, NodeKind, RecordedState, RunDir, TOKENIZER_NODE, tokenize_node};
 use recipe_model::{Dtypes, Llama};
 use recipe_spec::{CheckpointFormat, MergeInput, MergeMethod, Recipe, Stage, Tokenizer, TokenizerFile};
@@ -73,28 +74,41 @@ pub struct Hooks<'a> {
     pub data_progress: &'a dyn Progress,
 }
 
-/// Run the recipe's graph, or only what stage `only` needs, training stages on `device`.
-/// Stops after the first interrupted stage.
+/// Run the recipe's graph, or only what stage `only` needs, training stages on `device`
+/// with the ranks of `comm`. Stops after the first interrupted stage.
+///
+/// Of several ranks, the leader alone holds the lock and writes: it prepares the data and
+/// publishes each stage, which every rank trains. The others follow node by node, meeting it
+/// after each, so that what a node needs is published before any rank reads it.
 pub fn execute(
     recipe: &Recipe,
     graph: &Graph,
     run: &RunDir,
     only: Option<&str>,
     device: &Device,
+    comm: &dyn Communicator,
     hooks: &Hooks,
 ) -> Result<Vec<(String, NodeReport)>> {
-    let _writer = hold(run)?;
+    let _writer = comm.leads().then(|| hold(run)).transpose()?;
+    let meet = || comm.barrier().map_err(|e| Error::RunDir(e.to_string()));
+    meet()?;
     let mut reports = Vec::new();
     for node in nodes(graph, only) {
         let report = match &node.kind {
             NodeKind::Stage { stage } => {
                 let stage = recipe.stage(stage).expect("graph nodes come from the recipe");
-                lifecycle(recipe, run, node, |staging| {
-                    run_stage(recipe, graph, run, node, stage, staging, device, hooks)
-                })?
+                let train =
+                    |staging: Option<&Path>| run_stage(recipe, graph, run, node, stage, staging, device, comm, hooks);
+                match comm.leads() {
+                    true => lifecycle(recipe, run, node, |staging| train(Some(staging)))?,
+                    false if run.final_dir(node).is_dir() => NodeReport::Skipped,
+                    false => train(None)?,
+                }
             }
-            _ => run_data_node(recipe, graph, run, node, hooks.data_progress)?,
+            _ if comm.leads() => run_data_node(recipe, graph, run, node, hooks.data_progress)?,
+            _ => NodeReport::Skipped,
         };
+        meet()?;
         let interrupted = matches!(report, NodeReport::Interrupted(_));
         reports.push((node.name.clone(), report));
         if interrupted {
@@ -213,7 +227,8 @@ fn build_data_node(
 }
 
 /// Train a stage, resuming from its checkpoints (or merge its inputs), and write its model and
-/// tokenizer into `staging` in the Hugging Face layout.
+/// tokenizer into `staging` in the Hugging Face layout. A rank without `staging` (not the
+/// leader) trains its share and writes nothing; a merge is the leader's alone.
 #[allow(clippy::too_many_arguments)]
 fn run_stage(
     recipe: &Recipe,
@@ -221,11 +236,17 @@ fn run_stage(
     run: &RunDir,
     node: &Node,
     stage: &Stage,
-    staging: &Path,
+    staging: Option<&Path>,
     device: &Device,
+    comm: &dyn Communicator,
     hooks: &Hooks,
 ) -> Result<NodeReport> {
-    run.write_stage_config(node).map_err(|e| Error::RunDir(format!("{}: {e}", run.node_dir(node).display())))?;
+    if staging.is_none() && stage.merge.is_some() {
+        return Ok(NodeReport::Skipped);
+    }
+    if staging.is_some() {
+        run.write_stage_config(node).map_err(|e| Error::RunDir(format!("{}: {e}", run.node_dir(node).display())))?;
+    }
     let unprepared = || DataError::new("the stage's data is not prepared");
     let stores = stage_stores(stage, graph, run)?.ok_or_else(unprepared)?;
     let evaluated = open_stores(&stage.sources_evaluated(&recipe.sources), graph, run)?.ok_or_else(unprepared)?;
@@ -249,7 +270,9 @@ fn run_stage(
             observer: hooks.observer,
         };
         let model = merge_stage(&merge_run)?;
-        save_stage_result(recipe, stage, &model, &tokenizer, staging)?;
+        if let Some(staging) = staging {
+            save_stage_result(recipe, stage, &model, &tokenizer, staging)?;
+        }
         return Ok(NodeReport::Ran(format!("{} of {} inputs", merge.method, merge.inputs.len())));
     }
     let stage_run = StageRun {
@@ -261,6 +284,7 @@ fn run_stage(
         stores,
         evaluated,
         device,
+        comm,
         interrupt: hooks.interrupt,
         observer: hooks.observer,
     };
@@ -268,7 +292,9 @@ fn run_stage(
         Outcome::Finished(model) => model,
         Outcome::Interrupted(step) => return Ok(NodeReport::Interrupted(step)),
     };
-    save_stage_result(recipe, stage, &model, &tokenizer, staging)?;
+    if let Some(staging) = staging {
+        save_stage_result(recipe, stage, &model, &tokenizer, staging)?;
+    }
     Ok(NodeReport::Ran(format!("{} steps", stage.steps)))
 }
 

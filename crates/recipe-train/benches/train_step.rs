@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
-use recipe_train::{AdamW, LossScaler, Objective, batch_loss, gradients, update};
+use recipe_train::{AdamW, LossScaler, Objective, batch_loss, gradients, loss_tokens, update};
 
 #[global_allocator]
 static ALLOCATOR: recipe_kernels::Allocator = recipe_kernels::Allocator;
@@ -92,8 +92,16 @@ fn bench(cr: &mut Criterion) {
         });
         group.bench_function("step", |b| {
             b.iter(|| {
-                let step = gradients(&model, std::slice::from_ref(&batch), &dev, &Objective::default(), None, 1.0)
-                    .expect("gradients");
+                let step = gradients(
+                    &model,
+                    std::slice::from_ref(&batch),
+                    loss_tokens(std::slice::from_ref(&batch)),
+                    &dev,
+                    &Objective::default(),
+                    None,
+                    1.0,
+                )
+                .expect("gradients");
                 update(&model, &mut optimizer, &step.grads, 1e-3, 1.0, None).expect("update")
             })
         });
@@ -107,8 +115,16 @@ fn bench(cr: &mut Criterion) {
                 b.iter(|| {
                     let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
                     let objective = Objective::default();
-                    let step = gradients(&model, std::slice::from_ref(&batch), &dev, &objective, None, scale)
-                        .expect("gradients");
+                    let step = gradients(
+                        &model,
+                        std::slice::from_ref(&batch),
+                        loss_tokens(std::slice::from_ref(&batch)),
+                        &dev,
+                        &objective,
+                        None,
+                        scale,
+                    )
+                    .expect("gradients");
                     update(&model, &mut optimizer, &step.grads, 1e-3, scale, scaler.as_mut()).expect("update")
                 })
             });

@@ -33,6 +33,12 @@ impl From<recipe_checkpoint::training::Error> for Error {
     }
 }
 
+impl From<recipe_dist::Error> for Error {
+    fn from(e: recipe_dist::Error) -> Self {
+        Error::Run(e.0)
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
         Error::Candle(e)

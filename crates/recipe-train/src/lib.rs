@@ -24,5 +24,5 @@ pub use merge::{MergeRun, merge_stage};
 pub use scaler::LossScaler;
 pub use trainer::{
     MicroLoss, Objective, Observer, Outcome, StageRun, StepGradients, StepMetrics, TrainState, batch_loss, build_model,
-    checkpoints_dir, gradients, train_stage, update,
+    checkpoints_dir, gradients, loss_tokens, train_stage, update,
 };

@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
+use recipe_dist::Communicator;
 use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_layers};
 use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,9 @@ pub struct StageRun<'a> {
     /// The sources evaluated alone (`eval.by_source`), in `Stage::sources_evaluated`'s order.
     pub evaluated: Vec<Arc<TokenStore>>,
     pub device: &'a Device,
+    /// The ranks training this stage together; each takes its share of every step's rows,
+    /// and only the leader writes the working folder.
+    pub comm: &'a dyn Communicator,
     pub interrupt: &'a AtomicBool,
     pub observer: &'a dyn Observer,
 }
@@ -187,19 +191,26 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         start_step = ckpt.state.step;
         r.observer.message(&format!("resuming `{}` from {}", stage.name, ckpt.dir.display()));
     }
-    truncate_metrics(&metrics_path, start_step)?;
-    record_session(r.work_dir, start_step, stage, r.device)?;
-    let mut metrics_file =
-        std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+    agree_on_start(r.comm, start_step, &checkpoints)?;
+    let leads = r.comm.leads();
+    let mut metrics_file = None;
+    if leads {
+        truncate_metrics(&metrics_path, start_step)?;
+        record_session(r.work_dir, start_step, stage, r.device, r.comm)?;
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io(&metrics_path))?;
+        metrics_file = Some(file);
+    }
 
-    if start_step == 0 && stage.eval.every > 0 {
+    // Evaluation is the leader's alone: the others wait for it at the next step's sums.
+    if let Some(metrics_file) = metrics_file.as_mut().filter(|_| start_step == 0 && stage.eval.every > 0) {
         // The starting point, so that what the stage changed can be read off the metrics.
         let eval_loss = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
         let mut line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
         if stage.eval.by_source {
             line["eval_loss_by_source"] = serde_json::json!(evaluate_by_source(&model, r, stage)?);
         }
-        append_line(&mut metrics_file, &line.to_string()).map_err(io(&metrics_path))?;
+        append_line(metrics_file, &line.to_string()).map_err(io(&metrics_path))?;
         r.observer.message(&format!("`{}` before training: eval loss {eval_loss:.4}", stage.name));
     }
     let accumulation = (stage.batch_size / stage.micro_batch_size) as usize;
@@ -223,12 +234,20 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         loader.set_seq_len(shape.seq_len);
         // Draw the whole step's data first: each micro-batch's loss is weighted by its share of
         // the step's loss tokens, so accumulation gives the exact mean over the batch.
+        // Every rank draws the whole step, so the loader's state stays global; each trains
+        // its share of the rows, and the sums over ranks are the whole step's.
         let batches: Vec<Batch> =
             (0..accumulation).map(|_| loader.next_batch(shape.micro_batch_size as usize)).collect();
-        let dropout_seed = step_seed(recipe.seed, step);
+        let loss_tokens = loss_tokens(&batches);
+        let (share, first_row) = Batch::share(&batches, r.comm.rank(), r.comm.world());
+        let dropout_seed = step_seed(recipe.seed, step).wrapping_add(first_row as u64);
         let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-        let StepGradients { loss, loss_tokens, terms, grads, by_source } =
-            gradients(&model, &batches, r.device, &objective, Some(dropout_seed), loss_scale)?;
+        let mut step_gradients =
+            gradients(&model, &share, loss_tokens, r.device, &objective, Some(dropout_seed), loss_scale)?;
+        let interrupted = sum_over_ranks(r.comm, &mut step_gradients, r.interrupt.load(Ordering::SeqCst))?;
+        let StepGradients { loss, terms, grads, .. } = &step_gradients;
+        let (loss, terms) = (*loss, *terms);
+        let by_source = step_gradients.by_source();
         if let (Some(bandit), Some(shares), Some(online)) = (bandit.as_mut(), &policy, online) {
             bandit.update(&by_source, shares, online.smoothing);
         }
@@ -236,7 +255,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             stage.data.mix.iter().zip(values).filter_map(|((n, _), v)| Some((n.clone(), v?))).collect()
         };
         let grad_norm = match loss.is_finite() {
-            true => update(&model, &mut optimizer, &grads, lr, loss_scale, scaler.as_mut())?,
+            true => update(&model, &mut optimizer, grads, lr, loss_scale, scaler.as_mut())?,
             false => f64::NAN,
         };
         let done = step + 1;
@@ -287,7 +306,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             mix_weights: named(policy.iter().flatten().map(|w| Some(*w)).collect()),
             loss_by_source: named(by_source),
         };
-        if stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
+        if leads && stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
             let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
             m.eval_loss = Some(eval);
             m.eval_ppl = Some(eval.exp());
@@ -301,15 +320,19 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 m.eval_loss_avg = Some(eval_avg);
             }
         }
-        append_line(&mut metrics_file, &serde_json::to_string(&m).expect("plain data")).map_err(io(&metrics_path))?;
+        if let Some(metrics_file) = metrics_file.as_mut() {
+            append_line(metrics_file, &serde_json::to_string(&m).expect("plain data")).map_err(io(&metrics_path))?;
+        }
         if done % stage.log_every == 0 || done == stage.steps {
             tracing::debug!(stage = %stage.name, step = done, loss, lr, grad_norm, "step");
         }
         r.observer.step(&m);
 
-        let interrupted = r.interrupt.load(Ordering::SeqCst);
-        if done < stage.steps && (interrupted || (stage.checkpoint_every > 0 && done % stage.checkpoint_every == 0)) {
-            metrics_file.sync_all().map_err(io(&metrics_path))?;
+        let checkpoint_due = stage.checkpoint_every > 0 && done % stage.checkpoint_every == 0;
+        if done < stage.steps && leads && (interrupted || checkpoint_due) {
+            if let Some(metrics_file) = &metrics_file {
+                metrics_file.sync_all().map_err(io(&metrics_path))?;
+            }
             let state = TrainState {
                 step: done,
                 loader: loader.state(),
@@ -328,10 +351,13 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
                 stage.keep_checkpoints as usize,
             )?;
             tracing::debug!("checkpoint {}", dir.display());
-            if interrupted {
-                r.observer.finish();
-                return Ok(Outcome::Interrupted(done));
-            }
+        }
+        if done < stage.steps && interrupted {
+            // No rank leaves before the leader's checkpoint is written: a launcher stops
+            // every rank once one has exited.
+            r.comm.barrier()?;
+            r.observer.finish();
+            return Ok(Outcome::Interrupted(done));
         }
     }
     if let Some(averager) = &averager
@@ -386,43 +412,58 @@ fn step_seed(seed: u64, step: u64) -> u64 {
     u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// What one optimizer step's micro-batches gave.
+/// What one optimizer step's micro-batches gave (on one rank: what its share gave).
 pub struct StepGradients {
-    /// The mean loss over all the step's loss tokens.
+    /// The mean loss over all the step's loss tokens (one rank's share of that sum).
     pub loss: f64,
-    pub loss_tokens: u64,
     /// Distillation's two terms, cross-entropy and KD (T² included), averaged the same way.
     pub terms: Option<(f64, f64)>,
     /// Per parameter, accumulated over the micro-batches on the parameters' device, in their
     /// dtype, multiplied by the loss scale.
     pub grads: Vec<Tensor>,
-    /// When the objective asks: per source, the mean cross-entropy of its loss tokens in the
-    /// step (`None` for a source without any).
-    pub by_source: Vec<Option<f64>>,
+    /// When the objective asks: per source, its loss tokens' summed cross-entropy and count.
+    pub source_sums: Vec<(f64, u64)>,
 }
 
-/// The step's loss and the gradient of every parameter, accumulated over the micro-batches.
-/// `dropout_seed` turns adapter dropout on; the gradients are of the loss times `loss_scale`.
+impl StepGradients {
+    /// Per source, the mean cross-entropy of its loss tokens in the step (`None` for a source
+    /// without any).
+    pub fn by_source(&self) -> Vec<Option<f64>> {
+        self.source_sums.iter().map(|&(sum, n)| (n > 0).then(|| sum / n as f64)).collect()
+    }
+}
+
+/// Targets that count towards the loss in these batches.
+pub fn loss_tokens(batches: &[Batch]) -> u64 {
+    batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum()
+}
+
+/// The loss of `batches` as a part of a step with `step_loss_tokens` loss tokens in all, and
+/// the gradient of every parameter, accumulated over the micro-batches (zero when there are
+/// none). `dropout_seed` turns adapter dropout on, each micro-batch's masks seeded by it plus
+/// the micro-batch's first row; the gradients are of the loss times `loss_scale`.
 pub fn gradients(
     model: &Llama,
     batches: &[Batch],
+    step_loss_tokens: u64,
     device: &Device,
     objective: &Objective,
     dropout_seed: Option<u64>,
     loss_scale: f64,
 ) -> Result<StepGradients> {
-    let loss_tokens: u64 = batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum();
     let mut grads: Vec<Tensor> = Vec::new();
     let (mut loss, mut terms) = (0.0, None);
     let mut source_sums = vec![(0.0, 0u64); objective.sources];
-    for (i, batch) in batches.iter().enumerate() {
-        model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(i as u64)));
+    let mut first_row = 0;
+    for batch in batches {
+        model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(first_row as u64)));
+        first_row += batch.rows;
         let micro = batch_loss(model, batch, device, objective)?;
         model.set_dropout_seed(None);
         for (sum, (s, n)) in source_sums.iter_mut().zip(&micro.by_source) {
             (sum.0, sum.1) = (sum.0 + s, sum.1 + n);
         }
-        let share = micro.count / (loss_tokens.max(1) as f64);
+        let share = micro.count / (step_loss_tokens.max(1) as f64);
         if let Some((ce, kd)) = micro.terms {
             let (sum_ce, sum_kd) = terms.unwrap_or((0.0, 0.0));
             terms = Some((sum_ce + ce * share, sum_kd + kd * share));
@@ -443,8 +484,52 @@ pub fn gradients(
             }
         }
     }
-    let by_source = source_sums.into_iter().map(|(sum, n)| (n > 0).then(|| sum / n as f64)).collect();
-    Ok(StepGradients { loss, loss_tokens, terms, grads, by_source })
+    if batches.is_empty() {
+        grads = model.params.iter().map(|p| p.var.zeros_like()).collect::<candle_core::Result<_>>()?;
+        terms = objective.distill.filter(|(d, _)| d.alpha > 0.0).map(|_| (0.0, 0.0));
+    }
+    Ok(StepGradients { loss, terms, grads, source_sums })
+}
+
+/// Sum the ranks' parts of a step — loss, KD terms, per-source sums, gradients — so that every
+/// rank holds the whole step's; and whether any rank was interrupted, so that all stop after
+/// the same step.
+fn sum_over_ranks(comm: &dyn Communicator, step: &mut StepGradients, interrupted: bool) -> Result<bool> {
+    if comm.world() == 1 {
+        return Ok(interrupted);
+    }
+    let (ce, kd) = step.terms.unwrap_or_default();
+    let mut values = vec![step.loss, ce, kd, interrupted as u8 as f64];
+    values.extend(step.source_sums.iter().flat_map(|&(sum, n)| [sum, n as f64]));
+    comm.sum(&mut values)?;
+    step.loss = values[0];
+    step.terms = step.terms.map(|_| (values[1], values[2]));
+    for (slot, pair) in step.source_sums.iter_mut().zip(values[4..].chunks(2)) {
+        *slot = (pair[0], pair[1] as u64);
+    }
+    comm.sum_tensors(&mut step.grads)?;
+    Ok(values[3] > 0.0)
+}
+
+/// Every rank resumes from the same checkpoint, or none trains: ranks that see different
+/// checkpoints do not share one run directory.
+fn agree_on_start(comm: &dyn Communicator, start_step: u64, checkpoints: &Path) -> Result<()> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    let mut steps = vec![0.0; comm.world()];
+    steps[comm.rank()] = start_step as f64;
+    comm.sum(&mut steps)?;
+    if steps.iter().any(|&s| s != start_step as f64) {
+        let seen: Vec<String> = steps.iter().enumerate().map(|(rank, s)| format!("rank {rank}: step {s}")).collect();
+        return Err(Error::Run(format!(
+            "the ranks found different checkpoints in {} ({}); every rank must see the same run directory (a \
+             shared filesystem across nodes)",
+            checkpoints.display(),
+            seen.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// Take one AdamW step at `lr` from gradients of the loss times `loss_scale`, clipped to the
@@ -569,7 +654,13 @@ fn append_line(file: &mut std::fs::File, line: &str) -> std::io::Result<()> {
 
 /// Append to `sessions.jsonl` where and how this run of the stage trains, so that a report can
 /// say which device and precision produced which steps.
-fn record_session(work_dir: &Path, start_step: u64, stage: &Stage, device: &Device) -> Result<()> {
+fn record_session(
+    work_dir: &Path,
+    start_step: u64,
+    stage: &Stage,
+    device: &Device,
+    comm: &dyn Communicator,
+) -> Result<()> {
     let device = match device.location() {
         candle_core::DeviceLocation::Cpu => "cpu".to_string(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
@@ -581,6 +672,8 @@ fn record_session(work_dir: &Path, start_step: u64, stage: &Stage, device: &Devi
         "device": device,
         "threads": candle_core::utils::get_num_threads(),
         "precision": stage.precision,
+        "world_size": comm.world(),
+        "collectives": comm.engine(),
     });
     let path = work_dir.join("sessions.jsonl");
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;

@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
-use recipe_train::{AdamW, LossScaler, Objective, gradients, update};
+use recipe_train::{AdamW, LossScaler, Objective, gradients, loss_tokens, update};
 
 fn config() -> Model {
     Model {
@@ -68,7 +68,8 @@ fn one_step(precision: Precision, device: &Device) -> Step {
     // A copy: the update writes the parameters in place.
     let on_cpu = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(&Device::Cpu).unwrap().copy().unwrap();
     let before: Vec<Tensor> = model.params.iter().map(|p| on_cpu(p.var.as_tensor())).collect();
-    let step = gradients(&model, &[batch(1), batch(2)], device, &Objective::default(), None, scale).unwrap();
+    let batches = [batch(1), batch(2)];
+    let step = gradients(&model, &batches, loss_tokens(&batches), device, &Objective::default(), None, scale).unwrap();
     let grads = step.grads.iter().map(|g| (on_cpu(g) / scale).unwrap()).collect();
     let norm = update(&model, &mut optimizer, &step.grads, 1e-2, scale, scaler.as_mut()).unwrap();
     let (mut moved, mut count) = (0.0, 0);

@@ -44,7 +44,7 @@ pub fn execute_until(
     let flag = AtomicBool::new(false);
     let observer = Stopper { stage: Mutex::new(String::new()), stop_at, flag: &flag };
     let hooks = Hooks { interrupt: &flag, observer: &observer, data_progress: &recipe_data::Silent };
-    execute(recipe, &graph, &run, only, &Device::Cpu, &hooks).unwrap()
+    execute(recipe, &graph, &run, only, &Device::Cpu, &recipe_dist::Solo, &hooks).unwrap()
 }
 
 /// The lines of `stage`'s `metrics.jsonl` that record a training step.
