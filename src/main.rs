@@ -45,6 +45,11 @@ enum Verb {
     Plan {
         #[command(flatten)]
         recipe: RecipeArgs,
+        /// Plan for this many data-parallel ranks (processes under mpirun, torchrun or srun):
+        /// each stage's rows, micro-batch, tokens and memory per rank, and the bytes each rank
+        /// sends per step to sum the gradients.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        world_size: u32,
         #[command(flatten)]
         output: Output,
     },
@@ -283,7 +288,9 @@ fn main() -> ExitCode {
                 loaded.sources.len()
             );
         }),
-        Verb::Plan { recipe, output } => plan::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, output.json),
+        Verb::Plan { recipe, world_size, output } => {
+            plan::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, *world_size, output.json)
+        }
         Verb::Train { recipe, stage, device, tensorboard } => {
             train::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref(), device, *tensorboard)
         }

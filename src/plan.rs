@@ -17,11 +17,11 @@ const CURVE_POINTS: usize = 48;
 /// `plan` warns when a stage would pass over a source more often than this.
 const MAX_QUIET_EPOCHS: f64 = 4.0;
 
-pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(), Failure> {
+pub fn run(path: &Path, sets: &[String], runs: &Path, world: u32, as_json: bool) -> Result<(), Failure> {
     let recipe = load::load(path, sets)?;
     let graph = load::graph(&recipe)?;
     let states = load::node_states(&recipe, &graph, runs)?;
-    let doc = document(path, &recipe, &graph, &states, runs)?;
+    let doc = document(path, &recipe, &graph, &states, runs, world)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&doc).expect("plain data"));
     } else {
@@ -30,14 +30,16 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, as_json: bool) -> Result<(
     Ok(())
 }
 
-/// The plan as data: the graph's nodes and, per stage, its costs, data facts and LR curve;
-/// `plan --json` prints it and `report` shows it beside the curves.
+/// The plan as data: the graph's nodes and, per stage, its costs (memory per rank of `world`
+/// data-parallel ranks), data facts and LR curve; `plan --json` prints it and `report` shows
+/// it beside the curves.
 pub fn document(
     path: &Path,
     recipe: &Recipe,
     graph: &Graph,
     states: &[NodeStatus],
     runs: &Path,
+    world: u32,
 ) -> Result<Value, Failure> {
     let state_of = |name: &str| states.iter().find(|s| s.name == name).expect("status covers every node");
     let nodes: Vec<Value> = graph
@@ -57,7 +59,7 @@ pub fn document(
         .filter_map(|n| Some((n, recipe.stage(n.stage_name()?)?)))
         .map(|(n, stage)| {
             let facts = stage_facts(recipe, stage, graph, runs)?;
-            Ok(stage_json(recipe, stage, &n.key, state_of(&n.name), facts.as_ref()))
+            Ok(stage_json(recipe, stage, &n.key, state_of(&n.name), facts.as_ref(), world))
         })
         .collect::<Result<_, Failure>>()?;
     Ok(json!({
@@ -96,8 +98,15 @@ fn stage_facts(recipe: &Recipe, stage: &Stage, graph: &Graph, runs: &Path) -> Re
     }
 }
 
-fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts: Option<&DataFacts>) -> Value {
-    let est = stage.estimate(recipe);
+fn stage_json(
+    recipe: &Recipe,
+    stage: &Stage,
+    key: &str,
+    st: &NodeStatus,
+    facts: Option<&DataFacts>,
+    world: u32,
+) -> Value {
+    let est = stage.estimate_on(recipe, world);
     let curve: Vec<f64> = (0..stage.steps).map(|t| stage.optim.lr * stage.lr_factor(t)).collect();
     let samples: Vec<f64> =
         (0..CURVE_POINTS.min(curve.len())).map(|i| curve[i * curve.len() / CURVE_POINTS.min(curve.len())]).collect();
@@ -118,12 +127,19 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
             (name.clone(), info)
         })
         .collect();
-    let warnings: Vec<String> = facts
+    let mut warnings: Vec<String> = facts
         .into_iter()
         .flat_map(|f| &f.stats.sources)
         .filter(|s| s.epochs > MAX_QUIET_EPOCHS)
         .map(|s| format!("source `{}` would be repeated {:.1} times", s.name, s.epochs))
         .collect();
+    if stage.merge.is_none() && !stage.batch_size.is_multiple_of(world) {
+        let idle = if stage.batch_size < world { "; some ranks get no rows and only wait" } else { "" };
+        warnings.push(format!(
+            "{} rows per step do not divide among {world} ranks: some train one row more than others{idle}",
+            stage.batch_size
+        ));
+    }
     let packing = match facts {
         Some(f) => json!({
             "mode": stage.data.packing,
@@ -153,6 +169,7 @@ fn stage_json(recipe: &Recipe, stage: &Stage, key: &str, st: &NodeStatus, facts:
         "phases": est.phases,
         "memory_bytes": est.memory.total,
         "memory": est.memory,
+        "ranks": est.ranks,
         "sources": sources,
         "packing": packing,
         "data_facts": if facts.is_some() { "measured on the tokenized sources" } else { "run `recipe prepare` to tokenize the sources and measure" },
@@ -264,6 +281,19 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             None => training_lines(&mut out, stage, s),
         }
         let _ = writeln!(out, "  compute   {:.2e} FLOPs", s["flops"].as_f64().unwrap_or(0.0));
+        let ranks = &s["ranks"];
+        let world = ranks["world"].as_u64().unwrap_or(1);
+        if world > 1 && stage.merge.is_none() {
+            let _ = writeln!(
+                out,
+                "  ranks     {world} × up to {} sequences a step (micro-batch {}), {} tokens each; every step each \
+                 sends and receives {} of gradients; memory below is per rank",
+                ranks["rows"],
+                ranks["micro_batch_size"],
+                count(ranks["tokens"].as_f64().unwrap_or(0.0)),
+                bytes(ranks["all_reduce_bytes"].as_u64().unwrap_or(0)),
+            );
+        }
         let _ = writeln!(
             out,
             "  memory    {} peak at {} (weights {}, grads {}, optimizer {}, activations {}{})",

@@ -74,7 +74,7 @@ fn recipe_report(
     let run = RunDir::new(args.runs, &recipe.name);
     let lock = load::lock(&run)?;
     let states = load::node_states(recipe, graph, args.runs)?;
-    let plan = plan::document(path, recipe, graph, &states, args.runs)?;
+    let plan = plan::document(path, recipe, graph, &states, args.runs, 1)?;
     let at = Place { recipe, run: &run, lock: lock.as_ref(), earlier: args.earlier };
     let mut stages = Vec::new();
     for (node, st) in graph.nodes.iter().zip(&states) {

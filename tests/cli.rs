@@ -92,6 +92,33 @@ fn plan_json_has_the_documented_fields() {
 }
 
 #[test]
+fn plan_with_a_world_size_gives_each_rank_s_rows_tokens_memory_and_traffic() {
+    let runs = tempfile::tempdir().unwrap();
+    let stage = |world: &str| {
+        let plan = json(&recipe(&["plan", "recipes/quickstart.toml", "--json", "--world-size", world], runs.path()));
+        plan["stages"][0].clone()
+    };
+    let (one, four, three) = (stage("1"), stage("4"), stage("3"));
+    assert_eq!(one["ranks"]["world"], 1);
+    assert_eq!(one["ranks"]["all_reduce_bytes"], 0);
+    // 16 rows a step: 4 each on 4 ranks, and micro-batches no larger than a share.
+    assert_eq!((four["ranks"]["rows"].as_u64(), four["ranks"]["micro_batch_size"].as_u64()), (Some(4), Some(4)));
+    assert_eq!(four["ranks"]["tokens"].as_u64().unwrap() * 4, one["tokens"].as_u64().unwrap());
+    let trainable = one["params"]["trainable"].as_u64().unwrap();
+    assert_eq!(four["ranks"]["all_reduce_bytes"].as_u64(), Some(2 * 3 * trainable * 4 / 4), "a ring all-reduce in f32");
+    let memory = |s: &Value, part: &str| s["memory"][part].as_u64().unwrap();
+    assert_eq!(memory(&four, "activations") * 4, memory(&one, "activations"));
+    assert_eq!(memory(&four, "optimizer"), memory(&one, "optimizer"), "every rank holds the optimizer");
+    // 16 rows do not divide among 3.
+    assert_eq!(three["ranks"]["rows"], 6);
+    assert!(three["warnings"].to_string().contains("do not divide among 3 ranks"), "{}", three["warnings"]);
+    let text = recipe(&["plan", "recipes/quickstart.toml", "--world-size", "4"], runs.path());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("ranks     4 × up to 4 sequences a step"));
+    let zero = recipe(&["plan", "recipes/quickstart.toml", "--world-size", "0"], runs.path());
+    assert_eq!(zero.status.code(), Some(2), "a world of no ranks is refused");
+}
+
+#[test]
 fn an_invalid_recipe_exits_2_with_every_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");

@@ -19,10 +19,31 @@ pub struct Estimate {
     /// Training FLOPs, PaLM's accounting: per token 6·N (4·N + 6·N_trainable under PEFT) plus
     /// 12·n_layers·seq_len·d_model for attention, plus each teacher's forward pass.
     pub flops: f64,
+    /// Peak memory of one rank (of the one process when it trains alone).
     pub memory: Memory,
+    /// How the stage's steps divide among the ranks of a data-parallel run.
+    pub ranks: Ranks,
     /// A stage whose mix or length changes: its tokens and FLOPs phase by phase.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseEstimate>,
+}
+
+/// One rank's part of a stage trained by `world` data-parallel ranks: each takes a share of
+/// every step's rows, holds the whole model, its gradients and optimizer state, and sums the
+/// gradients with the others every step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Ranks {
+    pub world: u32,
+    /// The most rows a rank trains per step (shares differ by one when the batch does not
+    /// divide); at the stage's full length.
+    pub rows: u32,
+    /// The largest micro-batch a rank runs: the stage's, or its whole share when smaller.
+    pub micro_batch_size: u32,
+    /// Tokens a rank trains over the stage (with shares of `rows`).
+    pub tokens: u64,
+    /// Bytes each rank sends, and receives, per step to sum the gradients (in f32) with a ring
+    /// all-reduce: 2·(world − 1)/world of them.
+    pub all_reduce_bytes: u64,
 }
 
 /// Steps `from..until` of a stage, over which its data stays the same.
@@ -139,7 +160,14 @@ impl Stage {
     }
 
     pub fn estimate(&self, recipe: &Recipe) -> Estimate {
+        self.estimate_on(recipe, 1)
+    }
+
+    /// The estimate when `world` data-parallel ranks train the stage; its memory is one rank's.
+    pub fn estimate_on(&self, recipe: &Recipe, world: u32) -> Estimate {
+        let world = world.max(1);
         if let Some(merge) = &self.merge {
+            // The leader alone merges.
             return self.merge_estimate(merge);
         }
         let m = &self.model;
@@ -193,7 +221,9 @@ impl Stage {
         // The longest rows need the most: under `keep = "tokens"` a micro-batch holds as many
         // tokens at every length, and otherwise more at the longest.
         let longest = self.lengths.shape(self.seq_len, self.batch_size, self.micro_batch_size);
-        let micro_tokens = longest.micro_batch_size as u64 * self.seq_len as u64;
+        let rows = longest.batch_size.div_ceil(world);
+        let micro_rows = longest.micro_batch_size.min(rows);
+        let micro_tokens = micro_rows as u64 * self.seq_len as u64;
         let activations = micro_tokens.saturating_mul(per_token_activations(m) * act_bytes);
         let teacher_bytes: u64 = teachers
             .iter()
@@ -211,12 +241,21 @@ impl Stage {
         let total_bytes = [memory.weights, memory.grads, memory.optimizer, memory.activations, memory.teachers]
             .into_iter()
             .fold(0, u64::saturating_add);
+        let tokens = phases.iter().map(|p| p.tokens).fold(0, u64::saturating_add);
+        let ranks = Ranks {
+            world,
+            rows,
+            micro_batch_size: micro_rows,
+            tokens: tokens.div_ceil(world as u64),
+            all_reduce_bytes: 2 * (world as u64 - 1) * trainable * 4 / world as u64,
+        };
         Estimate {
             params_total: total,
             params_trainable: trainable,
-            tokens: phases.iter().map(|p| p.tokens).fold(0, u64::saturating_add),
+            tokens,
             flops,
             memory: Memory { total: total_bytes, ..memory },
+            ranks,
             phases: if phases.len() > 1 { phases } else { Vec::new() },
         }
     }
@@ -244,6 +283,7 @@ impl Stage {
             tokens: 0,
             flops,
             memory: Memory { total: memory.weights + memory.activations, ..memory },
+            ranks: Ranks { world: 1, rows: 0, micro_batch_size: 0, tokens: 0, all_reduce_bytes: 0 },
             phases: Vec::new(),
         }
     }
