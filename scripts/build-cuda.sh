@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Build `recipe` and the GPU test binaries with `--features cuda` (the toolkit from
+# Build `recipe` with `--features cuda,nccl` and the GPU test binaries (the toolkit and NCCL from
 # scripts/cuda-toolkit.sh; a clean build takes about ten minutes on two cores) into
 # target/cuda, and pack them gzipped into .gpu/ for scripts/gpu-check.sh on a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/cuda-toolkit.sh)"
-cargo build --release --features cuda --target-dir target/cuda
+cargo build --release --features cuda,nccl --target-dir target/cuda
 args=(--release --features recipe-kernels/cuda --target-dir target/cuda)
 mkdir -p .gpu
 # Stripped, the three fit the 64 MiB a device call carries.

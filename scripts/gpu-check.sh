@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The CUDA backend's device checks, in one run, on a machine with an NVIDIA GPU and PyTorch
 # (as `python3`): the GPU tests; `recipe train --device cuda` on the quickstart in f32 and
-# bf16-mixed; kill -9 and resume on the GPU, which must match an uninterrupted run bit for bit;
-# and the 134M-parameter throughput next to PyTorch eager and torch.compile.
+# bf16-mixed; the f32 run again under torchrun, summing through NCCL (world size 1); kill -9
+# and resume on the GPU, which must match an uninterrupted run bit for bit; and the
+# 134M-parameter throughput next to PyTorch eager and torch.compile.
 #
 # Build here first with scripts/build-cuda.sh, which leaves gzipped binaries in .gpu/; run this
 # from the repository root there. CUDA_LIBS names the folder that holds libcudart, libcublas,
 # libcurand and libnvrtc of CUDA 13.
 set -uo pipefail
 CUDA_LIBS=${CUDA_LIBS:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib}
-export LD_LIBRARY_PATH=$CUDA_LIBS:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
+# NCCL (`recipe` is built with it), from the same PyTorch install unless told otherwise.
+NCCL_LIBS=${NCCL_LIBS:-$CUDA_LIBS/../../nccl/lib}
+export LD_LIBRARY_PATH=$CUDA_LIBS:$NCCL_LIBS:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 work=$(mktemp -d)
 for f in .gpu/*.gz; do
     name=$(basename "$f" .gz)
@@ -22,6 +25,7 @@ trace() { python3 -c 'import json,sys; [print(*(json.loads(l).get(k) for k in ("
 metrics() { ls "$1"/*/pretrain/*/metrics.jsonl; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+ldd "$recipe" | grep 'not found' && echo "set CUDA_LIBS / NCCL_LIBS to the folders of these libraries"
 
 section "GPU tests"
 "$work/kernels-devices" --nocapture --test-threads 1 2>&1 | grep -v '^checking'
@@ -41,6 +45,17 @@ tps = sorted(l["tokens_per_s"] for l in lines if "tokens_per_s" in l)
 print(f"{sys.argv[2]}: eval {evals}; median {tps[len(tps)//2]:.0f} tokens/s; wall {float(sys.argv[4])-float(sys.argv[3]):.1f} s")
 PY
 done
+
+section "NCCL: the quickstart under torchrun, world size 1 (f32), against the plain CUDA run"
+python3 -m torch.distributed.run --nproc-per-node 1 --no-python "$recipe" train recipes/quickstart.toml \
+    --device cuda --runs "$work/nccl" 2>&1 | grep -E 'rank|device|error'
+grep -o '"world_size":[0-9]*,"collectives":"[a-z]*"' "$(dirname "$(metrics "$work/nccl")")/sessions.jsonl"
+if diff <(trace "$(metrics "$work/q-f32")") <(trace "$(metrics "$work/nccl")") >/dev/null; then
+    echo "nccl: per-step losses, lr, grad norms and eval losses bit-identical to the run without a launcher"
+else
+    echo "nccl: MISMATCH"
+    diff <(trace "$(metrics "$work/q-f32")") <(trace "$(metrics "$work/nccl")") | head
+fi
 
 section "kill -9 and resume on CUDA (bf16-mixed)"
 set_bf16=(--set 'stages.pretrain.precision="bf16-mixed"' --set 'stages.pretrain.checkpoint_every=50')

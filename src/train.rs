@@ -143,7 +143,7 @@ pub fn run(
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(interrupt.clone(), signal.clone())?;
     let comm = recipe_dist::join(&launch, &device).map_err(|e| Failure::Run(e.to_string()))?;
-    if launch.world > 1 {
+    if launch.launcher != recipe_dist::Launcher::Alone {
         tracing::info!(
             "rank {} of {} ({}), summing over {}",
             launch.rank,

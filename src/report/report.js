@@ -291,7 +291,7 @@
     const facts = [
       ['state', (s) => el('span', { class: `state-${s.key.state}` }, stateText(s.key))],
       ['key', (s) => el('span', { class: 'mono' }, s.key.key)],
-      ['device', (s) => [...new Set(s.key.sessions.map((x) => x.device + (x.device === 'cpu' ? ` (${x.threads} threads)` : '')))].join(', ') || '—'],
+      ['device', (s) => [...new Set(s.key.sessions.map((x) => (x.world_size > 1 ? `${x.world_size} ranks over ${x.collectives}, rank 0 on ` : '') + x.device + (x.device === 'cpu' ? ` (${x.threads} threads)` : '')))].join(', ') || '—'],
       ['precision', (s) => [...new Set(s.key.sessions.map((x) => x.precision))].join(', ') || (s.key.config && s.key.config[`stages.${stage.name}.precision`]) || '—'],
       ['sessions', (s) => s.key.sessions.map((x) => `${x.started_at} from step ${x.start_step}`).join('; ') || '—'],
       ['greedy soup', (s) => {

@@ -128,14 +128,16 @@ pub(crate) fn sum_through_host(tensors: &mut [Tensor], mut reduce: impl FnMut(&m
 }
 
 /// The communicator for this process as its launcher started it, for training on `device`:
-/// [`Solo`] when it is alone; MPI for CPU processes; NCCL for CUDA devices.
+/// [`Solo`] when no launcher started it; MPI for CPU processes; NCCL for CUDA devices. A
+/// launcher's single process joins its engine too, so a world of one runs the same path.
 pub fn join(launch: &Launch, device: &Device) -> Result<Box<dyn Communicator>> {
-    if launch.world == 1 {
+    if launch.launcher == Launcher::Alone {
         return Ok(Box::new(Solo));
     }
     match device {
         Device::Cpu => join_mpi(launch),
         Device::Cuda(_) => join_nccl(launch, device),
+        Device::Metal(_) if launch.world == 1 => Ok(Box::new(Solo)),
         Device::Metal(_) => Err(Error(format!(
             "{} started {} processes, but Metal has no collective engine; train on one process",
             launch.launcher, launch.world
@@ -150,6 +152,9 @@ fn join_mpi(launch: &Launch) -> Result<Box<dyn Communicator>> {
 
 #[cfg(not(feature = "mpi"))]
 fn join_mpi(launch: &Launch) -> Result<Box<dyn Communicator>> {
+    if launch.world == 1 {
+        return Ok(Box::new(Solo));
+    }
     Err(Error(format!(
         "{} started {} processes on the CPU, but this build of recipe has no MPI; build it with \
          `--features mpi` (README: \"Several processes\")",
@@ -164,6 +169,9 @@ fn join_nccl(launch: &Launch, device: &Device) -> Result<Box<dyn Communicator>> 
 
 #[cfg(not(feature = "nccl"))]
 fn join_nccl(launch: &Launch, _: &Device) -> Result<Box<dyn Communicator>> {
+    if launch.world == 1 {
+        return Ok(Box::new(Solo));
+    }
     Err(Error(format!(
         "{} started {} processes on CUDA devices, but this build of recipe has no NCCL; build it \
          with `--features cuda,nccl` (README: \"Several processes\")",

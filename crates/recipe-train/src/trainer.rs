@@ -244,7 +244,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
         let mut step_gradients =
             gradients(&model, &share, loss_tokens, r.device, &objective, Some(dropout_seed), loss_scale)?;
-        let interrupted = sum_over_ranks(r.comm, &mut step_gradients, r.interrupt.load(Ordering::SeqCst))?;
+        sum_over_ranks(r.comm, &mut step_gradients)?;
         let StepGradients { loss, terms, grads, .. } = &step_gradients;
         let (loss, terms) = (*loss, *terms);
         let by_source = step_gradients.by_source();
@@ -328,6 +328,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         }
         r.observer.step(&m);
 
+        let interrupted = any_rank(r.comm, r.interrupt.load(Ordering::SeqCst))?;
         let checkpoint_due = stage.checkpoint_every > 0 && done % stage.checkpoint_every == 0;
         if done < stage.steps && leads && (interrupted || checkpoint_due) {
             if let Some(metrics_file) = &metrics_file {
@@ -492,23 +493,32 @@ pub fn gradients(
 }
 
 /// Sum the ranks' parts of a step — loss, KD terms, per-source sums, gradients — so that every
-/// rank holds the whole step's; and whether any rank was interrupted, so that all stop after
-/// the same step.
-fn sum_over_ranks(comm: &dyn Communicator, step: &mut StepGradients, interrupted: bool) -> Result<bool> {
+/// rank holds the whole step's.
+fn sum_over_ranks(comm: &dyn Communicator, step: &mut StepGradients) -> Result<()> {
     if comm.world() == 1 {
-        return Ok(interrupted);
+        return Ok(());
     }
     let (ce, kd) = step.terms.unwrap_or_default();
-    let mut values = vec![step.loss, ce, kd, interrupted as u8 as f64];
+    let mut values = vec![step.loss, ce, kd];
     values.extend(step.source_sums.iter().flat_map(|&(sum, n)| [sum, n as f64]));
     comm.sum(&mut values)?;
     step.loss = values[0];
     step.terms = step.terms.map(|_| (values[1], values[2]));
-    for (slot, pair) in step.source_sums.iter_mut().zip(values[4..].chunks(2)) {
+    for (slot, pair) in step.source_sums.iter_mut().zip(values[3..].chunks(2)) {
         *slot = (pair[0], pair[1] as u64);
     }
     comm.sum_tensors(&mut step.grads)?;
-    Ok(values[3] > 0.0)
+    Ok(())
+}
+
+/// Whether any rank's `flag` is set, so that all stop after the same step.
+fn any_rank(comm: &dyn Communicator, flag: bool) -> Result<bool> {
+    if comm.world() == 1 {
+        return Ok(flag);
+    }
+    let mut votes = [flag as u8 as f64];
+    comm.sum(&mut votes)?;
+    Ok(votes[0] > 0.0)
 }
 
 /// Every rank resumes from the same checkpoint, or none trains: ranks that see different
