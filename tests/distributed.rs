@@ -252,6 +252,34 @@ fn a_rank_killed_with_kill_9_resumes_on_2_then_1_then_2_ranks() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+#[test]
+fn sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    if !mpi_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let runs = dir.path().join("runs");
+    let mut mpirun = train(&recipe, &runs, 2).stderr(Stdio::null()).spawn().unwrap();
+    let ranks = ranks_of(&mpirun, 2);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !last_logged_step(&runs, "first").is_some_and(|s| s >= 6) {
+        assert!(Instant::now() < deadline && mpirun.try_wait().unwrap().is_none(), "step 6 never came");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Rank 1 alone: the ranks agree after each step whether any was signalled.
+    Command::new("kill").args(["-TERM", &ranks[1].to_string()]).status().unwrap();
+    assert!(!mpirun.wait().unwrap().success());
+    let stopped = last_logged_step(&runs, "first").unwrap();
+    assert!(stopped < 40, "the signal came after the stage ended");
+    let checkpoints = stage_dir(&runs, "first").join("checkpoints");
+    assert!(
+        checkpoints.join(format!("step-{stopped:06}")).is_dir(),
+        "no checkpoint at step {stopped}, where the ranks stopped: {:?}",
+        std::fs::read_dir(&checkpoints).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+    );
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
