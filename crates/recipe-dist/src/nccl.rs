@@ -5,7 +5,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::nccl::{Comm, Id, ReduceOp};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
-use crate::{Communicator, Error, Launch, Launcher, Result, buckets, rendezvous};
+use crate::{Communicator, Error, Launch, Result, buckets, rendezvous};
 
 pub struct Nccl {
     sum: AllReduce,
@@ -24,7 +24,7 @@ impl Nccl {
         let own = (launch.rank == 0).then(Id::new).transpose().map_err(|e| fail(&e))?;
         let own_bytes = own.map(|id| id.internal().map(|c| c as u8));
         #[cfg(feature = "mpi")]
-        let (bytes, mpi) = if launch.launcher == Launcher::Mpirun {
+        let (bytes, mpi) = if launch.launcher == crate::Launcher::Mpirun {
             let mpi = crate::mpi::Mpi::join(launch)?;
             (mpi.broadcast_from_0(own_bytes.unwrap_or([0; 128])), Some(mpi))
         } else {
