@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::small_recipe;
+use common::{leftovers, small_recipe};
 
 /// Two chained stages; the first's steps of 6 rows in micro-batches of 2, so that 2 ranks take
 /// 3 rows each (a micro-batch of 2 and one of 1) and 4 ranks take 1 or 2.
@@ -248,8 +248,8 @@ fn a_rank_killed_with_kill_9_resumes_on_2_then_1_then_2_ranks() {
     assert_eq!(seen[0], (2, 0), "{seen:?}");
     assert!(seen[1].0 == 1 && seen[1].1 >= 8 && seen[1].1 <= 30, "{seen:?}");
     assert!(seen[2].0 == 2 && seen[2].1 >= 28, "{seen:?}");
-    let leftovers: Vec<_> = walk(&runs).into_iter().filter(|p| p.to_string_lossy().contains(".staging-")).collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let left = leftovers(&runs);
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint() 
     let mut mpirun = train(&recipe, &runs, 2).stderr(Stdio::null()).spawn().unwrap();
     let ranks = ranks_of(&mpirun, 2);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !last_logged_step(&runs, "first").is_some_and(|s| s >= 6) {
+    while last_logged_step(&runs, "first").is_none_or(|s| s < 6) {
         assert!(Instant::now() < deadline && mpirun.try_wait().unwrap().is_none(), "step 6 never came");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -278,16 +278,4 @@ fn sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint() 
         "no checkpoint at step {stopped}, where the ranks stopped: {:?}",
         std::fs::read_dir(&checkpoints).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        }
-        out.push(path);
-    }
-    out
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 mod common;
 
-use common::small_recipe;
+use common::{leftovers, small_recipe};
 
 /// Two chained stages over a slice of the committed corpus, checkpointing often.
 fn campaign_recipe(dir: &Path) -> PathBuf {
@@ -58,22 +58,6 @@ fn results(runs: &Path) -> Vec<Vec<u8>> {
             std::fs::read(&done[0]).unwrap()
         })
         .collect()
-}
-
-/// Files and folders that only a writer in the middle of writing should have.
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with(".staging-") || name.contains(".tmp-") || name.starts_with(".tmp") {
-            found.push(path.clone());
-        }
-        if path.is_dir() {
-            found.extend(leftovers(&path));
-        }
-    }
-    found
 }
 
 #[test]

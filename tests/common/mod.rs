@@ -32,3 +32,20 @@ path = "{}/data/moby-dick/{chapters}"
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Files and folders that only a writer in the middle of writing should have.
+#[allow(dead_code)] // the tests that kill writers use it, not every test binary
+pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".staging-") || name.contains(".tmp-") || name.starts_with(".tmp") {
+            found.push(path.clone());
+        }
+        if path.is_dir() {
+            found.extend(leftovers(&path));
+        }
+    }
+    found
+}
