@@ -179,7 +179,12 @@ pub fn run(
             NodeReport::Interrupted(step) => {
                 tracing::info!("{name}: interrupted; checkpoint at step {step}, `recipe train` resumes it");
                 // A shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
-                return Err(Failure::Stopped(128 + signal.load(Ordering::SeqCst) as u8));
+                // A rank stopped because another was signalled answers as if terminated.
+                let sig = match signal.load(Ordering::SeqCst) {
+                    0 => signal_hook::consts::SIGTERM,
+                    sig => sig,
+                };
+                return Err(Failure::Stopped(128 + sig as u8));
             }
         }
     }
