@@ -143,6 +143,14 @@ pub fn run(
     let signal = Arc::new(AtomicI32::new(0));
     stop_on_signals(interrupt.clone(), signal.clone())?;
     let comm = recipe_dist::join(&launch, &device).map_err(|e| Failure::Run(e.to_string()))?;
+    if comm.world() > 1 {
+        // A panicking rank must end the job like a failing one, not unwind into MPI's shutdown.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::abort();
+        }));
+    }
     if launch.launcher != recipe_dist::Launcher::Alone {
         tracing::info!(
             "rank {} of {} ({}), summing over {}",
@@ -166,8 +174,14 @@ pub fn run(
     let bar = crate::progress::Bar::new();
     let data_progress: &dyn recipe_data::Progress = if leads { &bar } else { &recipe_data::Silent };
     let hooks = Hooks { interrupt: &interrupt, observer, data_progress };
-    let reports = execute(&recipe, &graph, &run, stage, &device, comm.as_ref(), &hooks)
-        .map_err(|e| Failure::Run(e.to_string()))?;
+    let reports = match execute(&recipe, &graph, &run, stage, &device, comm.as_ref(), &hooks) {
+        Ok(reports) => reports,
+        Err(e) if comm.world() > 1 => {
+            eprintln!("error: rank {}: {e}", comm.rank());
+            comm.abort(1)
+        }
+        Err(e) => return Err(Failure::Run(e.to_string())),
+    };
     let mut ran = 0;
     for (name, report) in &reports {
         match report {

@@ -253,6 +253,36 @@ fn a_rank_killed_with_kill_9_resumes_on_2_then_1_then_2_ranks() {
 }
 
 #[test]
+fn a_rank_that_sees_another_run_directory_fails_the_launch_at_once_saying_why() {
+    if !mpi_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let bin = env!("CARGO_BIN_EXE_recipe");
+    let rank = |runs: &str| {
+        ["-np", "1", "-x", &format!("RECIPE_RUNS={}", dir.path().join(runs).display()), bin, "train"]
+            .map(String::from)
+            .into_iter()
+            .chain([recipe.display().to_string()])
+    };
+    // Two ranks, each with its own `--runs`: as two nodes without a shared filesystem.
+    let out = Command::new("mpirun")
+        .arg("--oversubscribe")
+        .args(rank("a"))
+        .arg(":")
+        .args(rank("b"))
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("error: rank 1: the data rank 0 prepared is not in"), "{stderr}");
+    assert!(stderr.contains("shared filesystem"), "{stderr}");
+}
+
+#[test]
 fn sigterm_to_one_rank_stops_every_rank_after_the_same_step_with_a_checkpoint() {
     if !mpi_available() {
         return;

@@ -59,6 +59,12 @@ pub trait Communicator {
     fn leads(&self) -> bool {
         self.rank() == 0
     }
+    /// End this process with `code`, and every other rank with it: a rank that fails must not
+    /// leave the others waiting for it in the next sum (nor itself wait for them in MPI's
+    /// orderly shutdown).
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// One process: every collective is the identity.

@@ -69,4 +69,7 @@ impl Communicator for Mpi {
         self.world.barrier();
         Ok(())
     }
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
 }

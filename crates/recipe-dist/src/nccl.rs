@@ -14,7 +14,7 @@ pub struct Nccl {
     world: usize,
     // Under mpirun the id came over MPI, which stays initialised for the run.
     #[cfg(feature = "mpi")]
-    _mpi: Option<crate::mpi::Mpi>,
+    mpi: Option<crate::mpi::Mpi>,
 }
 
 impl Nccl {
@@ -40,7 +40,7 @@ impl Nccl {
             rank: launch.rank,
             world: launch.world,
             #[cfg(feature = "mpi")]
-            _mpi: mpi,
+            mpi,
         })
     }
 }
@@ -88,6 +88,14 @@ impl Communicator for Nccl {
             }
         }
         Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        // Under mpirun, MPI ends every rank; torchrun and srun end the others when one exits.
+        #[cfg(feature = "mpi")]
+        if let Some(mpi) = &self.mpi {
+            mpi.abort(code)
+        }
+        std::process::exit(code)
     }
 }
 

@@ -247,7 +247,14 @@ fn run_stage(
     if staging.is_some() {
         run.write_stage_config(node).map_err(|e| Error::RunDir(format!("{}: {e}", run.node_dir(node).display())))?;
     }
-    let unprepared = || DataError::new("the stage's data is not prepared");
+    let unprepared = || match comm.leads() {
+        true => DataError::new("the stage's data is not prepared"),
+        false => DataError::new(format!(
+            "the data rank 0 prepared is not in {}: every rank must see the same run directory (a shared \
+             filesystem across nodes)",
+            run.root.display()
+        )),
+    };
     let stores = stage_stores(stage, graph, run)?.ok_or_else(unprepared)?;
     let evaluated = open_stores(&stage.sources_evaluated(&recipe.sources), graph, run)?.ok_or_else(unprepared)?;
     let tokenizer = recipe_tokenizer(recipe, graph, run)?;
