@@ -47,7 +47,11 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
     // Round to nearest by adding and removing 1.5·2²³ (exact for |v| < 2²²), which vectorises
     // where `round` would be a libm call on the baseline CPU.
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    // The same n as an integer, read from the low bits of `shifted` (whose last place is 1):
+    // `n as i32` saturates, which compiles to a compare and branch per element.
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     // ln 2 in two parts, so n·C1 is exact.
     let r = mul_add::<FMA>(n, 2.121_944_4e-4, mul_add::<FMA>(n, -0.693_359_4, x));
     let mut p = 1.987_569_2e-4;
@@ -55,7 +59,7 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
         p = mul_add::<FMA>(p, r, c);
     }
     let e = mul_add::<FMA>(p, r * r, r + 1.0);
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e * f32::from_bits(((n_int + 127) as u32) << 23)
 }
 
 #[cfg(test)]
