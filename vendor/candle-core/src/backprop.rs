@@ -710,17 +710,22 @@ impl GradStore {
 
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
     /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
-    /// Add `grad` to the gradient of `tensor`; the first gradient is taken as it is (made
-    /// contiguous), with no zeroed buffer to add it to.
+    /// Add `grad` to the gradient of `tensor`; a first gradient that is contiguous is taken as
+    /// it is, with no zeroed buffer to add it to.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
                 let sum = entry.get().add(grad)?;
                 entry.insert(sum);
             }
-            Entry::Vacant(entry) => {
+            // A strided gradient (a transpose's, a broadcast's) is still summed into zeros:
+            // the addition lays it out faster than `contiguous` copies it.
+            Entry::Vacant(entry) if grad.is_contiguous() => {
                 check_fits(tensor, grad)?;
-                entry.insert(grad.contiguous()?);
+                entry.insert(grad.clone());
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(tensor.zeros_like()?.add(grad)?);
             }
         }
         Ok(())
