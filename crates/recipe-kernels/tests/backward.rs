@@ -1,6 +1,7 @@
 //! Candle's backward pass as vendored (`vendor/candle-core/PATCHES.md`): a tensor's first
-//! gradient is kept as it arrives, made contiguous, instead of being added to zeros; later
-//! ones are summed onto it. The gradients must be what the unpatched pass gives.
+//! gradient is kept as it arrives when it is contiguous (a strided one is still laid out by
+//! adding it to zeros); later ones are summed onto it. The gradients must be what the
+//! unpatched pass gives.
 
 use candle_core::{Device, Result, Tensor, Var};
 
