@@ -1401,6 +1401,21 @@ impl Map2 for ConvTranspose2D<'_> {
     }
 }
 
+/// The destination of a matrix product, written by several threads at disjoint blocks.
+#[derive(Clone, Copy)]
+struct PoolPtr<T>(*mut T);
+
+// Safety: the threads a `PoolPtr` is shared with write disjoint elements.
+unsafe impl<T> Send for PoolPtr<T> {}
+unsafe impl<T> Sync for PoolPtr<T> {}
+
+impl<T> PoolPtr<T> {
+    // A method, so closures capture the whole (Sync) struct rather than its raw field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 struct MatMul((usize, usize, usize, usize));
 
 impl MatMul {
@@ -1485,12 +1500,6 @@ impl Map2 for MatMul {
         // gemm writes every element (read_dst is false): the buffer needs no zero fill.
         let mut dst: Vec<T> = Vec::with_capacity(len);
         let dst_start = dst.spare_capacity_mut().as_mut_ptr() as *mut T;
-        let num_threads = crate::utils::get_num_threads();
-        let parallelism = if num_threads > 1 {
-            Parallelism::Rayon(num_threads)
-        } else {
-            Parallelism::None
-        };
         let (b, m, n, k) = if b_skip == 0 && a_skip == m * k {
             // A batch-invariant rhs lets the batches of lhs stack into the rows of a single
             // (b * m, k) matrix, which the destination already matches row for row.
@@ -1505,15 +1514,20 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
-        for step in 0..b {
-            let lhs_p = &lhs[step * a_skip..];
-            let rhs_p = &rhs[step * b_skip..];
+        let dst_ptr = PoolPtr(dst_start);
+        // A product of `rows × cols` of the destination starting at (`row`, `col`) of batch
+        // `step`, single-threaded: the threads are Candle's barrier pool, not gemm's rayon
+        // pool, so a training step runs on one set of threads instead of two that take turns
+        // spinning on the same cores.
+        let block = |step: usize, (row, rows): (usize, usize), (col, cols): (usize, usize)| {
+            let lhs_p = &lhs[step * a_skip + row * lhs_rs..];
+            let rhs_p = &rhs[step * b_skip + col * rhs_cs..];
             unsafe {
                 gemm(
-                    /* m: usize = */ m,
-                    /* n: usize = */ n,
+                    /* m: usize = */ rows,
+                    /* n: usize = */ cols,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_start.add(step * c_skip),
+                    /* dst: *mut T = */ dst_ptr.get().add(step * c_skip + row * dst_rs + col * dst_cs),
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1528,8 +1542,32 @@ impl Map2 for MatMul {
                     /* conj_dst: bool = */ false,
                     /* conj_lhs: bool = */ false,
                     /* conj_rhs: bool = */ false,
-                    parallelism,
+                    Parallelism::None,
                 )
+            }
+        };
+        let pool = crate::utils::barrier_pool();
+        let threads = pool.n_workers() + 1;
+        if threads == 1 || m * n * k < gemm::get_threading_threshold() {
+            (0..b).for_each(|step| block(step, (0, m), (0, n)));
+        } else if b >= threads {
+            pool.execute_chunked(b, |steps| steps.for_each(|step| block(step, (0, m), (0, n))));
+        } else {
+            // Each thread packs all of the operand it does not split: split the longer side of
+            // the destination, so the operand that is packed twice is the smaller one. Parts
+            // are whole multiples of 16 (gemm's f32 register tile on AVX2 is 16 × 6) so only
+            // the last thread's part can have a ragged edge.
+            const ALIGN: usize = 16;
+            let (split, len) = if m >= n { (0, m) } else { (1, n) };
+            let parts = len.div_ceil(ALIGN);
+            for step in 0..b {
+                pool.execute_static(parts, |range| {
+                    let part = (range.start * ALIGN, (range.end * ALIGN).min(len) - range.start * ALIGN);
+                    match split {
+                        0 => block(step, part, (0, n)),
+                        _ => block(step, (0, m), part),
+                    }
+                });
             }
         }
         // Safety: the products above wrote all `len` elements.
