@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::exp::ExpInPlace;
 use crate::lanes;
-use crate::{contiguous, for_each_row_mut};
+use crate::{contiguous, for_each_row_mut, unfilled};
 
 pub(super) fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op3(&targets.contiguous()?, &mask.contiguous()?, CrossEntropy)
@@ -40,10 +40,12 @@ macro_rules! kernels {
 
         fn $backward(logits: &[$t], targets: &[u32], weight: &[$t]) -> Vec<$t> {
             let v = logits.len() / targets.len().max(1);
-            let mut d = vec![0.0; logits.len()];
+            // Safety: the rows cover `d`, and each is written in full (a row without weight as zeros).
+            let mut d = unsafe { unfilled(logits.len()) };
             for_each_row_mut(&mut d, v, |r, out| {
                 let row = &logits[r * v..(r + 1) * v];
                 if weight[r] == 0.0 {
+                    out.fill(0.0);
                     return;
                 }
                 let max = lanes::max(row);

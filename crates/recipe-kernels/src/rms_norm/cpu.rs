@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use crate::{contiguous, for_each_row_mut, lanes};
+use crate::{contiguous, for_each_row_mut, lanes, unfilled};
 
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
@@ -24,7 +24,8 @@ macro_rules! kernels {
     ($t:ty, $forward:ident, $backward:ident) => {
         fn $forward(x: &[$t], w: &[$t], eps: f64) -> Vec<$t> {
             let d = w.len();
-            let mut y = vec![0.0; x.len()];
+            // Safety: the rows cover `y`, and each is written in full.
+            let mut y = unsafe { unfilled(x.len()) };
             for_each_row_mut(&mut y, d, |r, yr| {
                 let xr = &x[r * d..(r + 1) * d];
                 let ms: $t = lanes::dot(xr, xr) / d as $t;
@@ -40,8 +41,10 @@ macro_rules! kernels {
             let d = w.len();
             let rows = x.len() / d;
             let blocks = rows.div_ceil(BLOCK_ROWS);
-            let mut out = vec![0.0; x.len() + blocks * d];
+            // Safety: the rows cover `dx`, each written in full; the partial sums are zeroed.
+            let mut out = unsafe { unfilled(x.len() + blocks * d) };
             let (dx, partial) = out.split_at_mut(x.len());
+            partial.fill(0.0);
             for_each_row_mut(dx, d, |r, dxr| {
                 let (xr, gr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
                 let ms: $t = lanes::dot(xr, xr) / d as $t;

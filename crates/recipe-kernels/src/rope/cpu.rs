@@ -1,6 +1,6 @@
 //! The CPU kernel.
 
-use crate::{contiguous, for_each_row_mut};
+use crate::{contiguous, for_each_row_mut, unfilled};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -13,7 +13,8 @@ macro_rules! rotate {
     ($t:ty, $name:ident) => {
         fn $name(x: &[$t], cos: &[$t], sin: &[$t], heads: usize, t: usize, hd: usize) -> Vec<$t> {
             let half = hd / 2;
-            let mut out = vec![0.0; x.len()];
+            // Safety: the rows cover `out`, and each writes both of its halves (`hd` is even).
+            let mut out = unsafe { unfilled(x.len()) };
             for_each_row_mut(&mut out, hd, |r, y| {
                 let angle_row = (r / (heads * t)) * t + r % t;
                 let (c, s) = (&cos[angle_row * half..][..half], &sin[angle_row * half..][..half]);

@@ -1,7 +1,7 @@
 //! The CPU kernel.
 
 use crate::exp::ExpInPlace;
-use crate::{contiguous, for_each_row_mut, lanes};
+use crate::{contiguous, for_each_row_mut, lanes, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 pub(super) fn masked_softmax(x: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
@@ -47,7 +47,8 @@ macro_rules! kernels {
     ($t:ty, $forward:ident, $backward:ident) => {
         fn $forward(x: &[$t], bias: &[$t], rows: &Rows, scale: f64) -> Vec<$t> {
             let (tk, scale) = (rows.tk, scale as $t);
-            let mut out = vec![0.0; x.len()];
+            // Safety: the rows cover `out`, and each is written in full.
+            let mut out = unsafe { unfilled(x.len()) };
             for_each_row_mut(&mut out, tk, |r, y| {
                 let xr = &x[r * tk..(r + 1) * tk];
                 let br = &bias[rows.bias_row(r) * tk..(rows.bias_row(r) + 1) * tk];
@@ -65,7 +66,8 @@ macro_rules! kernels {
 
         fn $backward(y: &[$t], dy: &[$t], tk: usize, scale: f64) -> Vec<$t> {
             let scale = scale as $t;
-            let mut dx = vec![0.0; y.len()];
+            // Safety: the rows cover `dx`, and each is written in full.
+            let mut dx = unsafe { unfilled(y.len()) };
             for_each_row_mut(&mut dx, tk, |r, out| {
                 let (yr, gr) = (&y[r * tk..(r + 1) * tk], &dy[r * tk..(r + 1) * tk]);
                 let dot = lanes::dot(yr, gr);

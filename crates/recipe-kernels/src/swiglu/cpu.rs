@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::exp::ExpInPlace;
-use crate::{Disjoint, contiguous, for_each_chunk_mut};
+use crate::{Disjoint, contiguous, for_each_chunk_mut, unfilled};
 
 pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
@@ -26,7 +26,8 @@ fn exp_of_negated<T: ExpInPlace + Copy + std::ops::Neg<Output = T>>(out: &mut [T
 macro_rules! kernels {
     ($t:ty, $forward:ident, $backward:ident) => {
         fn $forward(g: &[$t], u: &[$t]) -> Vec<$t> {
-            let mut y = vec![0.0; g.len()];
+            // Safety: the chunks cover `y`, and each is written in full.
+            let mut y = unsafe { unfilled(g.len()) };
             for_each_chunk_mut(&mut y, CHUNK, |c, yc| {
                 let at = c * CHUNK;
                 exp_of_negated(yc, &g[at..]);
@@ -39,7 +40,8 @@ macro_rules! kernels {
 
         fn $backward(g: &[$t], u: &[$t], dy: &[$t]) -> Vec<$t> {
             let n = g.len();
-            let mut out = vec![0.0; 2 * n];
+            // Safety: the chunks of `dg` cover it, and each writes its own and `du`'s in full.
+            let mut out = unsafe { unfilled(2 * n) };
             let (dg, du) = out.split_at_mut(n);
             let du = Disjoint::of(du);
             for_each_chunk_mut(dg, CHUNK, |c, dgc| {
