@@ -1554,18 +1554,24 @@ impl Map2 for MatMul {
             pool.execute_chunked(b, |steps| steps.for_each(|step| block(step, (0, m), (0, n))));
         } else {
             // Each thread packs all of the operand it does not split: split the longer side of
-            // the destination, so the operand that is packed twice is the smaller one. Parts
+            // the destination, so the operand that is packed again is the smaller one. Blocks
             // are whole multiples of 16 (gemm's f32 register tile on AVX2 is 16 × 6) so only
-            // the last thread's part can have a ragged edge.
+            // the last one can have a ragged edge.
             const ALIGN: usize = 16;
             let (split, len) = if m >= n { (0, m) } else { (1, n) };
-            let parts = len.div_ceil(ALIGN);
+            let units = len.div_ceil(ALIGN);
+            // Up to four blocks a thread, none under 64 rows: a thread that starts late takes
+            // fewer blocks instead of the others waiting for it, while the operand every block
+            // packs again stays a small part of its work.
+            let blocks = (len / 64).clamp(threads, 4 * threads).min(units);
             for step in 0..b {
-                pool.execute_static(parts, |range| {
-                    let part = (range.start * ALIGN, (range.end * ALIGN).min(len) - range.start * ALIGN);
-                    match split {
-                        0 => block(step, part, (0, n)),
-                        _ => block(step, (0, m), part),
+                pool.execute_chunked(blocks, |range| {
+                    for i in range {
+                        let (from, to) = (i * units / blocks * ALIGN, ((i + 1) * units / blocks * ALIGN).min(len));
+                        match split {
+                            0 => block(step, (from, to - from), (0, n)),
+                            _ => block(step, (0, m), (from, to - from)),
+                        }
                     }
                 });
             }
