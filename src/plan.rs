@@ -296,7 +296,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         }
         let _ = writeln!(
             out,
-            "  memory    {} peak at {} (weights {}, grads {}, optimizer {}, activations {}{})",
+            "  memory    {} peak at {} (weights {}, grads {}, optimizer {}, activations {}{}, runtime {})",
             bytes(mem["total"].as_u64().unwrap_or(0)),
             stage.precision,
             bytes(mem["weights"].as_u64().unwrap_or(0)),
@@ -306,7 +306,8 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             match mem["teachers"].as_u64().unwrap_or(0) {
                 0 => String::new(),
                 t => format!(", teachers {}", bytes(t)),
-            }
+            },
+            bytes(mem["runtime"].as_u64().unwrap_or(0)),
         );
         if stage.precision == Precision::Bf16Mixed {
             // The estimate counts bf16 activations, as a GPU keeps them.

@@ -204,8 +204,8 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 /// scalar; held-out losses apart; the tokens each source gave, as of the last
 /// step; and the summed step time.
 fn curves(lines: &[Value], positions: u64) -> Value {
-    const SCALARS: [&str; 8] =
-        ["loss", "lr", "grad_norm", "tokens_per_s", "ce_loss", "kd_loss", "loss_scale", "seq_len"];
+    const SCALARS: [&str; 9] =
+        ["loss", "lr", "grad_norm", "tokens_per_s", "ce_loss", "kd_loss", "loss_scale", "seq_len", "peak_memory_mib"];
     // Tokens as `plan` and tokens/s count them: row positions, padding included. Metrics
     // written before `tokens` was recorded had `positions` every step.
     let tokens_at = |l: &Value| l["tokens"].as_u64().unwrap_or_else(|| l["step"].as_u64().unwrap_or(0) * positions);

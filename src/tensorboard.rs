@@ -54,6 +54,7 @@ impl Observer for TensorBoard {
             ("train/ce_loss", m.ce_loss),
             ("train/kd_loss", m.kd_loss),
             ("train/loss_scale", m.loss_scale),
+            ("train/peak_memory_mib", m.peak_memory_mib),
             ("eval/loss", m.eval_loss),
         ];
         let scalars: Vec<(&str, f32)> = scalars.iter().filter_map(|(tag, v)| Some((*tag, (*v)? as f32))).collect();

@@ -208,6 +208,56 @@ fn prepare_tokenizes_once_and_plan_then_reports_measured_data_facts() {
 }
 
 /// A small one-stage recipe over the committed corpus, in `dir`, checkpointing every 4 steps.
+#[test]
+fn plan_s_memory_estimate_is_within_a_fifth_of_the_peak_train_measures() {
+    let dir = tempfile::tempdir().unwrap();
+    // Big enough that the activations, not the process, make the peak.
+    let text = format!(
+        r#"
+[recipe]
+name = "peak"
+[model]
+d_model = 128
+n_layers = 4
+n_heads = 4
+d_ff = 512
+max_seq_len = 256
+[tokenizer]
+train = {{ vocab_size = 512 }}
+[sources.moby]
+path = "{}/data/moby-dick/chapter_1*.txt"
+[stages.pretrain]
+kind = "pretrain"
+steps = 3
+seq_len = 256
+batch_size = 8
+data = {{ mix = {{ moby = 1 }} }}
+"#,
+        root().display()
+    );
+    let path = dir.path().join("peak.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let plan = json(&recipe(&["plan", p, "--json"], dir.path()));
+    let estimate = plan["stages"][0]["memory_bytes"].as_u64().unwrap() as f64 / (1u64 << 20) as f64;
+    // The tokenizer trains in a process of its own: what its training leaves in the allocator
+    // is not the stage's (README, Performance).
+    assert!(recipe(&["prepare", p], dir.path()).status.success());
+    let out = recipe(&["train", p], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(dir.path().join("peak/pretrain")).unwrap().next().unwrap().unwrap().path();
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let Some(measured) = last["peak_memory_mib"].as_f64() else {
+        eprintln!("skipped: this system does not report peak resident memory (/proc/self/status)");
+        return;
+    };
+    assert!(
+        (estimate - measured).abs() <= 0.2 * measured,
+        "plan estimated {estimate:.1} MiB, the run peaked at {measured:.1} MiB"
+    );
+}
+
 fn resumable_recipe(dir: &Path) -> PathBuf {
     let stage = r#"
 [stages.pretrain]

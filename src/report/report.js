@@ -309,6 +309,10 @@
       ['planned tokens', (s) => (s.key.current && s.stage.plan ? num(s.stage.plan.tokens) : '—')],
       ['compute (FLOPs)', (s) => (s.key.current && s.stage.plan ? s.stage.plan.flops.toExponential(2) : '—')],
       ['peak memory (estimate)', (s) => (s.key.current && s.stage.plan ? `${num(s.stage.plan.memory_bytes)}B` : '—')],
+      ['peak memory (measured, resident)', (s) => {
+        const mib = s.key.curves.steps.peak_memory_mib;
+        return mib && mib.length ? `${num(Math.max(...mib) * 1048576)}B` : '—';
+      }],
       ['packing', (s) => {
         const p = s.key.current && s.stage.plan ? s.stage.plan.packing : null;
         if (!p) return '—';

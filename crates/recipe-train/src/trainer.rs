@@ -86,6 +86,10 @@ pub struct StepMetrics {
     pub loss_scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_steps: Option<u64>,
+    /// The process's peak resident memory so far, in MiB (Linux): what `plan`'s memory estimate
+    /// predicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_memory_mib: Option<f64>,
     /// Tokens of each source in the rows trained so far in this stage (what the mix became).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub source_tokens: BTreeMap<String, u64>,
@@ -302,6 +306,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             loss_scale: scaler.as_ref().map(|s| s.scale),
             skipped_steps: (scaler.is_some() || stage.on_nonfinite == OnNonfinite::Skip)
                 .then(|| scaler.as_ref().map_or(0, |s| s.skipped) + nonfinite_skipped),
+            peak_memory_mib: peak_resident_bytes().map(|b| b as f64 / (1u64 << 20) as f64),
             source_tokens: loader.stats().sources.into_iter().map(|s| (s.name, s.tokens)).collect(),
             mix_weights: named(policy.iter().flatten().map(|w| Some(*w)).collect()),
             loss_by_source: named(by_source),
@@ -704,4 +709,11 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     recipe_graph::write_atomic(path, kept.as_bytes()).map_err(io(path))
+}
+
+/// The process's peak resident set (`VmHWM`), where the system reports it.
+fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().strip_suffix("kB")?.trim();
+    kib.parse::<u64>().ok().map(|k| k << 10)
 }
