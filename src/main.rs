@@ -261,8 +261,6 @@ pub enum Failure {
 }
 
 fn main() -> ExitCode {
-    // Safety: no other thread has started.
-    unsafe { recipe_kernels::spin_briefly() };
     let cli = Cli::parse();
     // Of several ranks, the leader logs the run; the others say only what goes wrong.
     let follower = recipe_dist::Launch::from_env().is_ok_and(|l| l.rank > 0);

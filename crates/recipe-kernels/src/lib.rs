@@ -71,25 +71,6 @@ pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
     }
 }
 
-/// How many times Candle's CPU workers spin waiting for the next op before they sleep, unless
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise. Candle's default, 25,000, keeps an idle
-/// worker spinning through much of a matrix product, which runs on a second pool (rayon's):
-/// with a thread per core the spinning takes a core from the product. 1,000 gave 10% more
-/// tokens/s on the tiny reference configuration with 2 threads.
-const SPIN_LIMIT: &str = "1000";
-
-/// Sets Candle's worker pool to spin briefly (see [`SPIN_LIMIT`]). Programs that train call it
-/// first thing in `main`.
-///
-/// # Safety
-/// No other thread may exist yet: it sets an environment variable.
-pub unsafe fn spin_briefly() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        // Safety: the caller guarantees no other thread reads the environment meanwhile.
-        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", SPIN_LIMIT) };
-    }
-}
-
 /// Run `f(i)` for every `i` in `0..n` on Candle's own CPU worker pool, so that kernels and
 /// Candle's ops never compete for the cores with a second pool of spinning threads.
 pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
@@ -168,6 +149,9 @@ pub fn for_each_chunk_mut<T: Send>(out: &mut [T], len: usize, f: impl Fn(usize, 
 ///
 /// # Safety
 /// The caller writes every element before reading it or handing the buffer on.
+// The elements are plain floats, written before anything reads them: the lint's concern, a read
+// of uninitialised memory, is what the caller promises does not happen.
+#[allow(clippy::uninit_vec)]
 pub(crate) unsafe fn unfilled<T: Copy>(n: usize) -> Vec<T> {
     let mut buf = Vec::with_capacity(n);
     // Safety: the capacity is `n`; the caller's promise covers the contents.

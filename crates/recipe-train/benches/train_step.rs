@@ -49,8 +49,6 @@ fn random_batch(c: &Config) -> Batch {
 
 fn bench(cr: &mut Criterion) {
     recipe_kernels::retain_freed_memory();
-    // Safety: criterion runs the benches on the main thread before starting any other.
-    unsafe { recipe_kernels::spin_briefly() };
     let dev = Device::Cpu;
     for c in &CONFIGS {
         let model_config = Model {
