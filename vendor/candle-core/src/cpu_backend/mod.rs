@@ -1558,9 +1558,9 @@ impl Map2 for MatMul {
             // are whole multiples of 16 (gemm's f32 register tile on AVX2 is 16 × 6) so only
             // the last one can have a ragged edge.
             const ALIGN: usize = 16;
-            let (split, len) = if m >= n { (0, m) } else { (1, n) };
+            let (by_rows, len) = (m >= n, m.max(n));
             let units = len.div_ceil(ALIGN);
-            // Up to four blocks a thread, none under 64 rows: a thread that starts late takes
+            // Up to four blocks a thread, of at least 64 rows where there are enough: a thread that starts late takes
             // fewer blocks instead of the others waiting for it, while the operand every block
             // packs again stays a small part of its work.
             let blocks = (len / 64).clamp(threads, 4 * threads).min(units);
@@ -1568,9 +1568,9 @@ impl Map2 for MatMul {
                 pool.execute_chunked(blocks, |range| {
                     for i in range {
                         let (from, to) = (i * units / blocks * ALIGN, ((i + 1) * units / blocks * ALIGN).min(len));
-                        match split {
-                            0 => block(step, (from, to - from), (0, n)),
-                            _ => block(step, (0, m), (from, to - from)),
+                        match by_rows {
+                            true => block(step, (from, to - from), (0, n)),
+                            false => block(step, (0, m), (from, to - from)),
                         }
                     }
                 });
