@@ -29,7 +29,7 @@ pub use adamw::{AdamWStep, adamw_moments, adamw_step, adamw_step_composed, squar
 pub use alloc::{Allocator, retain_freed_memory};
 pub use attention::{KeySpans, attention, attention_composed};
 pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_composed};
-pub use linear::{Products, frozen_linear, linear, round_to_bf16};
+pub use linear::{Products, cpu_has_bf16_dot_products, frozen_linear, linear, round_to_bf16};
 pub use lora::{Dropout, lora_linear, lora_linear_composed};
 pub use rms_norm::{rms_norm, rms_norm_composed};
 pub use rope::{rope, rope_composed};

@@ -676,20 +676,29 @@ fn record_session(
     device: &Device,
     comm: &dyn Communicator,
 ) -> Result<()> {
-    let device = match device.location() {
+    let location = match device.location() {
         candle_core::DeviceLocation::Cpu => "cpu".to_string(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     };
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "started_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "start_step": start_step,
-        "device": device,
+        "device": location,
         "threads": candle_core::utils::get_num_threads(),
         "precision": stage.precision,
         "world_size": comm.world(),
         "collectives": comm.engine(),
     });
+    // The CPU picks how bf16-mixed multiplies at run time; the same recipe may meet either.
+    if device.is_cpu() && stage.precision == Precision::Bf16Mixed {
+        let products = match recipe_kernels::cpu_has_bf16_dot_products() {
+            true => "bf16 dot products (AVX512-BF16)",
+            false => "bf16-rounded operands multiplied in f32",
+        };
+        tracing::info!("bf16-mixed on this CPU: {products}");
+        line["bf16_products"] = products.into();
+    }
     let path = work_dir.join("sessions.jsonl");
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
     append_line(&mut file, &line.to_string()).map_err(io(&path))

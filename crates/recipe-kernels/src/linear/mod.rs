@@ -7,16 +7,30 @@
 //! Candle's matmul would compute and throw away. The forward pass is the backend's own matrix
 //! product, so one implementation serves the CPU, CUDA and Metal.
 //!
-//! [`Products::Bf16`] is bf16-mixed precision where the CPU has no bf16 dot products: every
-//! product takes operands rounded to bf16 (to nearest, ties to even) and gives a result rounded
-//! to bf16, accumulating in f32 between — the numbers a bf16 matrix unit with f32 accumulation
-//! gives, and what PyTorch's bf16 autocast does to a projection — while the multiplication runs
-//! at f32 speed and the tensors around it stay f32.
+//! [`Products::Bf16`] is bf16-mixed precision on f32 tensors: every product takes operands
+//! rounded to bf16 (to nearest, ties to even) and gives a result rounded to bf16, accumulating
+//! in f32 between — the numbers a bf16 matrix unit with f32 accumulation gives, and what
+//! PyTorch's bf16 autocast does to a projection — while the tensors around it stay f32. On a
+//! CPU with bf16 dot products (AVX512-BF16) the products run on them (`bf16_dot`), at twice
+//! the f32 rate; elsewhere the rounded values are multiplied in f32, at f32 speed. The two
+//! differ only in the order of the additions (and in subnormals, which the hardware flushes).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use crate::{contiguous, for_each_chunk_mut};
+
+#[cfg(target_arch = "x86_64")]
+mod bf16_dot;
+
+/// Whether [`Products::Bf16`] runs on this CPU's bf16 dot products (AVX512-BF16) rather than
+/// on bf16-rounded values multiplied in f32. Checked at run time.
+pub fn cpu_has_bf16_dot_products() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return bf16_dot::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// What a projection's products compute in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,11 +83,12 @@ impl Linear {
         Ok((rounded(&y, &Layout::contiguous(&shape))?.0, shape))
     }
 
-    /// `t` as the products see it (and a product's result as it leaves).
-    fn operand(&self, t: &Tensor) -> Result<Tensor> {
+    /// `a · b` as this op's products compute it, with no gradient.
+    fn product(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         match self.products {
-            Products::Exact => Ok(t.detach()),
-            Products::Bf16 => round_to_bf16(t),
+            Products::Exact => a.detach().matmul(&b.detach()),
+            Products::Bf16 if a.device().is_cpu() && cpu_has_bf16_dot_products() => a.apply_op2_no_bwd(b, &Bf16Product),
+            Products::Bf16 => round_to_bf16(&round_to_bf16(a)?.matmul(&round_to_bf16(b)?)?),
         }
     }
 }
@@ -86,6 +101,11 @@ impl CustomOp2 for Linear {
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         if self.products == Products::Exact {
             return project(x, xl, w, wl);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if bf16_dot::available() {
+            let y = bf16_dot::product(strided(x, xl)?, strided(w, &wl.transpose(0, 1)?)?);
+            return Ok((CpuStorage::F32(y), Shape::from((xl.dims()[0], wl.dims()[0]))));
         }
         let rounded = |s: &CpuStorage, l: &Layout| -> Result<(CpuStorage, Layout)> {
             let values = contiguous::<f32>(s, l)?;
@@ -121,11 +141,10 @@ impl CustomOp2 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // Gradients are products too: their results are rounded like their operands.
-        let dy = self.operand(dy)?;
-        let dx = x.track_op().then(|| self.operand(&dy.matmul(&self.operand(w)?)?)).transpose()?;
-        let dw = (self.weight_grad && w.track_op()).then(|| self.operand(&dy.t()?.matmul(&self.operand(x)?)?));
-        Ok((dx, dw.transpose()?))
+        // Gradients are products too: their operands and results are rounded alike.
+        let dx = x.track_op().then(|| self.product(dy, w)).transpose()?;
+        let dw = (self.weight_grad && w.track_op()).then(|| self.product(&dy.t()?, x)).transpose()?;
+        Ok((dx, dw))
     }
 }
 
@@ -138,6 +157,36 @@ fn project<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<
     }
     let y = x.matmul(w, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
     Ok((y, Shape::from((n, out))))
+}
+
+/// `a · b` on bf16 dot products ([`Products::Bf16`] where the CPU has them), for backward.
+struct Bf16Product;
+
+impl CustomOp2 for Bf16Product {
+    fn name(&self) -> &'static str {
+        "bf16-product"
+    }
+
+    fn cpu_fwd(&self, a: &CpuStorage, al: &Layout, b: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        #[cfg(target_arch = "x86_64")]
+        if bf16_dot::available() {
+            let (a, b) = (strided(a, al)?, strided(b, bl)?);
+            if a.cols != b.rows {
+                candle_core::bail!("bf16 product: [{}, {}] times [{}, {}]", a.rows, a.cols, b.rows, b.cols);
+            }
+            let shape = Shape::from((a.rows, b.cols));
+            return Ok((CpuStorage::F32(bf16_dot::product(a, b)), shape));
+        }
+        candle_core::bail!("bf16 product: this CPU has no bf16 dot products")
+    }
+}
+
+/// A 2-d f32 CPU tensor as the dot-product kernel reads it.
+#[cfg(target_arch = "x86_64")]
+fn strided<'a>(s: &'a CpuStorage, l: &Layout) -> Result<bf16_dot::Strided<'a>> {
+    let (rows, cols) = l.shape().dims2()?;
+    let (row_stride, col_stride) = (l.stride()[0], l.stride()[1]);
+    Ok(bf16_dot::Strided { data: &s.as_slice::<f32>()?[l.start_offset()..], rows, cols, row_stride, col_stride })
 }
 
 /// Elements per parallel chunk when rounding.
