@@ -16,7 +16,6 @@
 //! depend on the number of threads.
 
 use std::arch::x86_64::*;
-use std::borrow::Cow;
 
 use crate::{Disjoint, parallel_for, unfilled};
 
@@ -101,84 +100,134 @@ pub(crate) fn product(a: Strided, b: Strided) -> Vec<f32> {
 }
 
 /// `lines` lines of `len` elements (element `e` of line `l` at `l·line_stride + e·step`) as bf16
-/// pairs along the line, in panels of `width` lines: `[panel][pair][width]`, zero-padded.
+/// pairs along the line, in panels of `width` (at most 32) lines: `[panel][pair][width]`,
+/// zero-padded.
 fn pack(data: &[f32], lines: usize, len: usize, line_stride: usize, step: usize, width: usize) -> Vec<u32> {
     let pairs = len.div_ceil(2);
     let panel_len = pairs * width;
-    let mut packed = vec![0u32; lines.div_ceil(width) * panel_len];
-    let panels = Disjoint::of(&mut packed);
-    parallel_for(lines.div_ceil(width), |panel| {
-        // Safety: one task per panel, and `packed` outlives the loop.
-        let dst = unsafe { panels.part(panel * panel_len, panel_len) };
+    let panels = lines.div_ceil(width);
+    // Safety: the packing below writes every element of every panel, padding included.
+    let mut packed = unsafe { unfilled::<u32>(panels * panel_len) };
+    let out = Disjoint::of(&mut packed);
+    if line_stride == 1 && step != 1 {
+        // Neighbouring lines are neighbours in memory: read element rows front to back (a
+        // panel at a time would read a few bytes of every row: one cache miss each) and write
+        // each pair position's part of every panel.
+        parallel_for(pairs.div_ceil(16), |chunk| {
+            let positions = 16 * chunk..(16 * chunk + 16).min(pairs);
+            // Safety: each chunk writes its own pair positions of the panels; the lines'
+            // elements are inside `data` (checked by `product`), and so are the CPU's features.
+            unsafe { pack_across(data, lines, len, step, width, positions, out) };
+        });
+        return packed;
+    }
+    parallel_for(panels, |panel| {
         let (first, count) = (panel * width, width.min(lines - panel * width));
-        if line_stride == 1 && step != 1 {
-            // Neighbouring lines are neighbours in memory: a vector of lines at a time.
-            for (p, dst) in dst.chunks_exact_mut(width).enumerate() {
-                let (even, odd) = (2 * p * step + first, (2 * p + 1 < len).then(|| (2 * p + 1) * step + first));
-                for at in (0..count).step_by(16) {
-                    // Safety: elements `first .. first + count` of rows `2p` and `2p + 1` are in
-                    // bounds (checked by `product`); the CPU has the features (likewise).
-                    unsafe { pair_lanes(data, even + at, odd.map(|odd| odd + at), 16.min(count - at), &mut dst[at..]) };
-                }
-            }
-        } else {
-            let mut line_pairs = vec![0u32; pairs];
-            for l in 0..count {
-                let start = (first + l) * line_stride;
-                let line: Cow<[f32]> = match step {
-                    1 => Cow::Borrowed(&data[start..start + len]),
-                    _ => Cow::Owned((0..len).map(|e| data[start + e * step]).collect()),
-                };
-                // Safety: the CPU has the features (checked by `product`).
-                unsafe { pair_line(&line, &mut line_pairs) };
-                for (p, &pair) in line_pairs.iter().enumerate() {
-                    dst[p * width + l] = pair;
-                }
-            }
-        }
+        // Safety: one task per panel and `packed` outlives the loop; the lines' elements are
+        // inside `data` (checked by `product`), and so are the CPU's features.
+        unsafe {
+            pack_along(data, first, count, len, line_stride, step, width, out.part(panel * panel_len, panel_len))
+        };
     });
     packed
 }
 
-/// `out[p]` = the pair (`line[2p]`, `line[2p + 1]`) as bf16, the second in the high half.
+/// Pair positions `positions` of every panel, for lines that are neighbours in memory: a
+/// vector of lines at a time from each of the pair's two element rows.
+///
+/// # Safety
+/// The `lines` lines lie inside `data`; `out` is the packed panels and no other task writes
+/// these positions; the CPU has the features.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pair_line(line: &[f32], out: &mut [u32]) {
-    for (c, out) in out.chunks_mut(16).enumerate() {
-        let at = 32 * c;
-        let valid = |from: usize| lane_mask(line.len().saturating_sub(from));
-        // Safety: the masks keep the loads inside `line` and the store inside `out`.
-        unsafe {
-            let low = _mm512_maskz_loadu_ps(valid(at), line.as_ptr().add(at));
-            let high = _mm512_maskz_loadu_ps(valid(at + 16), line.as_ptr().add((at + 16).min(line.len())));
-            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
-            _mm512_mask_storeu_epi32(out.as_mut_ptr().cast(), lane_mask(out.len()), pairs);
+unsafe fn pack_across(
+    data: &[f32],
+    lines: usize,
+    len: usize,
+    step: usize,
+    width: usize,
+    positions: std::ops::Range<usize>,
+    out: Disjoint<u32>,
+) {
+    let panel_len = len.div_ceil(2) * width;
+    for p in positions {
+        for first in (0..lines).step_by(width) {
+            // Safety: this pair position of this panel (`at` checks it is inside the buffer).
+            let dst = unsafe { out.at(first / width * panel_len + p * width, width) };
+            for at in (0..width).step_by(16) {
+                let (load, store) = (lane_mask((lines - first).saturating_sub(at)), lane_mask(width - at));
+                let from = first + at;
+                // Safety: the load mask reads only the panel's lines (the caller's promise); the
+                // store mask writes only this pair's `width` elements of the panel.
+                unsafe {
+                    let bf16 = |element: usize| {
+                        let values = _mm512_maskz_loadu_ps(load, data.as_ptr().wrapping_add(element * step + from));
+                        _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(values)))
+                    };
+                    let mut pairs = bf16(2 * p);
+                    if 2 * p + 1 < len {
+                        pairs = _mm512_or_si512(pairs, _mm512_slli_epi32::<16>(bf16(2 * p + 1)));
+                    }
+                    _mm512_mask_storeu_epi32(dst.add(at).cast(), store, pairs);
+                }
+            }
         }
     }
 }
 
-/// `lanes` neighbouring lines' pairs at one pair position: elements from `data[even..]` (low
-/// halves) and `data[odd..]` (high halves, zero where the line has no odd element), written to
-/// `out[..lanes]`.
+/// One panel of lines laid out along memory (or strided): 16 pairs of every line at a time,
+/// converted a vector a line, then written across the lines.
 ///
 /// # Safety
-/// `lanes ≤ 16` elements from `even` (and `odd`) lie inside `data`; the CPU has the features.
+/// Lines `first .. first + count` lie inside `data`; `dst` is the panel; the CPU has the features.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pair_lanes(data: &[f32], even: usize, odd: Option<usize>, lanes: usize, out: &mut [u32]) {
-    let mask = lane_mask(lanes);
-    // Safety: the caller's promise covers the loads; the mask keeps the store inside `out`'s
-    // first `lanes` elements, which the caller's panel holds.
-    unsafe {
-        let widened = |from: usize| {
-            let bf16: __m256i =
-                std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, data.as_ptr().add(from))));
-            _mm512_cvtepu16_epi32(bf16)
-        };
-        let low = widened(even);
-        let pairs = match odd {
-            Some(odd) => _mm512_or_si512(low, _mm512_slli_epi32::<16>(widened(odd))),
-            None => low,
-        };
-        _mm512_mask_storeu_epi32(out.as_mut_ptr().cast(), mask, pairs);
+#[allow(clippy::too_many_arguments)] // the panel's geometry
+unsafe fn pack_along(
+    data: &[f32],
+    first: usize,
+    count: usize,
+    len: usize,
+    line_stride: usize,
+    step: usize,
+    width: usize,
+    dst: &mut [u32],
+) {
+    let pairs = len.div_ceil(2);
+    assert!(width <= COLS && dst.len() == pairs * width);
+    let mut block = [[0u32; 16]; COLS];
+    let mut gathered = [0f32; 32];
+    for start in (0..pairs).step_by(16) {
+        let at = 2 * start;
+        for (l, converted) in block.iter_mut().enumerate().take(width) {
+            if l >= count {
+                *converted = [0; 16];
+                continue;
+            }
+            let line = (first + l) * line_stride;
+            let values = match step {
+                // Safety: the line's elements are inside `data` (the caller's promise).
+                1 => unsafe { data.as_ptr().add(line + at) },
+                _ => {
+                    for (e, g) in gathered.iter_mut().enumerate() {
+                        *g = if at + e < len { data[line + (at + e) * step] } else { 0.0 };
+                    }
+                    gathered.as_ptr()
+                }
+            };
+            let valid = |from: usize| lane_mask((len - at).saturating_sub(from));
+            // Safety: the masks keep the loads inside the line's remaining elements.
+            unsafe {
+                let low = _mm512_maskz_loadu_ps(valid(0), values);
+                let high = _mm512_maskz_loadu_ps(valid(16), values.wrapping_add(16));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
+                _mm512_storeu_si512(converted.as_mut_ptr().cast(), pairs);
+            }
+        }
+        for q in 0..16.min(pairs - start) {
+            let row = &mut dst[(start + q) * width..][..width];
+            for (d, converted) in row.iter_mut().zip(&block) {
+                *d = converted[q];
+            }
+        }
     }
 }
 
