@@ -118,7 +118,8 @@ def run_torch(c, precision, env):
 
 def planned_mib(binary, recipe, work, env):
     out = subprocess.run([binary, "plan", str(recipe)], cwd=work, env=env, capture_output=True, text=True).stdout
-    m = re.search(r"memory\s+([\d.]+) (MiB|GiB) peak", out)
+    # Under bf16-mixed the CPU's own figure (activations in f32) follows the GPU's.
+    m = re.search(r"([\d.]+) (MiB|GiB) on the CPU, where", out) or re.search(r"memory\s+([\d.]+) (MiB|GiB) peak", out)
     return float(m.group(1)) * (1024 if m.group(2) == "GiB" else 1) if m else float("nan")
 
 

@@ -2,7 +2,7 @@
 //! at the shapes of the "tiny" reference configuration (B 8, H 4, T 256, head dim 32,
 //! d_model 128, d_ff 512; attention causal over one document per row), the "small" one's
 //! vocabulary (8192) for cross-entropy, and SmolLM2-135M's MLP width for the projections
-//! (trained, frozen, LoRA).
+//! (trained, frozen, bf16, LoRA).
 //! `cargo bench -p recipe-kernels --bench kernels`
 
 use candle_core::{Device, Result, Tensor, Var};
@@ -55,16 +55,23 @@ fn bench(c: &mut Criterion) {
         probs.matmul(&v_)?.transpose(1, 2)? * &dy
     });
 
+    // Each output is multiplied by a random gradient, so that backward starts from a tensor as
+    // it does in training (`sum_all`'s gradient is a broadcast, which a kernel lays out first).
     let cos = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
     let sin = Tensor::randn(0f32, 1.0, (b, 1, t, hd / 2), &dev).unwrap();
-    pair(c, "rope 8x4x256x32", &q, &|x| k::rope(x, &cos, &sin), &|x| k::rope_composed(x, &cos, &sin));
+    let dy = Tensor::randn(0f32, 1.0, (b, h, t, hd), &dev).unwrap();
+    pair(c, "rope 8x4x256x32", &q, &|x| k::rope(x, &cos, &sin)? * &dy, &|x| k::rope_composed(x, &cos, &sin)? * &dy);
 
     let (gate, up) = (var(&[b * t, 4 * d]), var(&[b * t, 4 * d]));
-    pair(c, "swiglu 2048x512", &gate, &|g| k::swiglu(g, &up), &|g| k::swiglu_composed(g, &up));
+    let dy = Tensor::randn(0f32, 1.0, (b * t, 4 * d), &dev).unwrap();
+    pair(c, "swiglu 2048x512", &gate, &|g| k::swiglu(g, &up)? * &dy, &|g| k::swiglu_composed(g, &up)? * &dy);
 
     let x = var(&[b * t, d]);
     let w = Tensor::randn(0f32, 1.0, d, &dev).unwrap();
-    pair(c, "rms norm 2048x128", &x, &|x| k::rms_norm(x, &w, 1e-5), &|x| k::rms_norm_composed(x, &w, 1e-5));
+    let dy = Tensor::randn(0f32, 1.0, (b * t, d), &dev).unwrap();
+    pair(c, "rms norm 2048x128", &x, &|x| k::rms_norm(x, &w, 1e-5)? * &dy, &|x| {
+        k::rms_norm_composed(x, &w, 1e-5)? * &dy
+    });
 
     let n = 2048;
     let logits = var(&[n, 8192]);
@@ -86,6 +93,13 @@ fn bench(c: &mut Criterion) {
     let w_trained = var(&[1536, 576]);
     pair(c, "projection 512x576 -> 1536", &x, &|x| k::linear(x, &w_trained, k::Products::Exact), &|x| {
         x.matmul(&w_trained.t()?)
+    });
+
+    // bf16-mixed's projection (bf16 dot products where the CPU has them) against the same
+    // numbers from Candle ops: operands and result rounded through bf16, multiplied in f32.
+    let bf16 = |t: &Tensor| t.to_dtype(candle_core::DType::BF16)?.to_dtype(candle_core::DType::F32);
+    pair(c, "bf16 projection 512x576 -> 1536", &x, &|x| k::linear(x, &w_trained, k::Products::Bf16), &|x| {
+        bf16(&bf16(x)?.matmul(&bf16(&w_trained)?.t()?)?)
     });
 
     let (a, up) = (var(&[8, 576]), var(&[1536, 8]));

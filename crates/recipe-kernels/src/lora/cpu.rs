@@ -46,7 +46,10 @@ impl CustomOp3 for LoraLinear {
         let rows = |cols: usize| Layout::contiguous((n, cols));
         let dropped = match self.dropout {
             Some(d) => {
-                let mask = CpuStorage::F64(d.mask(n * k)).to_dtype(&rows(k), x.dtype())?;
+                let mask = match x {
+                    CpuStorage::F32(_) => CpuStorage::F32(d.mask_of(n * k)),
+                    _ => CpuStorage::F64(d.mask_of(n * k)).to_dtype(&rows(k), x.dtype())?,
+                };
                 Some(x.binary_impl::<Mul>(&mask, xl, &rows(k))?)
             }
             None => None,

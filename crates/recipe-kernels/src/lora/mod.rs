@@ -10,10 +10,10 @@
 mod composed;
 mod cpu;
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor, WithDType};
 pub use composed::lora_linear_composed;
 
-use crate::Backend;
+use crate::{Backend, for_each_chunk_mut, unfilled};
 
 /// `x` `[N, in]` through the frozen `w` `[out, in]` plus the adapter `a` `[r, in]`, `b`
 /// `[out, r]` scaled by `scale`, all in one dtype.
@@ -42,17 +42,32 @@ pub struct Dropout {
 impl Dropout {
     /// The mask, `0` or `1 / (1 - p)` per element.
     pub fn mask(&self, n: usize) -> Vec<f64> {
-        let keep = 1.0 / (1.0 - self.p);
-        (0..n as u64)
-            .map(|i| {
-                let u = (splitmix64(self.seed ^ splitmix64(i)) >> 11) as f64 / (1u64 << 53) as f64;
-                if u < self.p { 0.0 } else { keep }
-            })
-            .collect()
+        self.mask_of(n)
     }
 
+    /// The mask in `T`, drawn in parallel (each element's value depends only on its index).
+    pub(crate) fn mask_of<T: WithDType>(&self, n: usize) -> Vec<T> {
+        const CHUNK: usize = 1 << 14;
+        let (keep, zero) = (T::from_f64(1.0 / (1.0 - self.p)), T::from_f64(0.0));
+        // Safety: the chunks cover the buffer and each is written in full.
+        let mut mask = unsafe { unfilled::<T>(n) };
+        for_each_chunk_mut(&mut mask, CHUNK, |c, chunk| {
+            for (i, m) in (c * CHUNK..).zip(chunk.iter_mut()) {
+                let u = (splitmix64(self.seed ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
+                *m = if u < self.p { zero } else { keep };
+            }
+        });
+        mask
+    }
+
+    /// The mask shaped and typed like `x` (half precision rounded from f64, as a cast of the
+    /// f64 mask would be).
     pub(crate) fn mask_like(&self, x: &Tensor) -> Result<Tensor> {
-        Tensor::from_vec(self.mask(x.elem_count()), x.shape(), x.device())?.to_dtype(x.dtype())
+        let n = x.elem_count();
+        match x.dtype() {
+            DType::F32 => Tensor::from_vec(self.mask_of::<f32>(n), x.shape(), x.device()),
+            dtype => Tensor::from_vec(self.mask_of::<f64>(n), x.shape(), x.device())?.to_dtype(dtype),
+        }
     }
 }
 
