@@ -77,6 +77,23 @@ pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
 }
 
+/// `f()`, built for AVX2 and FMA where the CPU has them: `f` is inlined into a function compiled
+/// for them, so its loops vectorise at that width (the crate itself is built for the baseline
+/// CPU, whose vectors are a quarter as wide).
+#[inline(always)]
+pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // Safety: the CPU has both features.
+        return unsafe { avx2_fma(f) };
+    }
+    f()
+}
+
 /// A buffer that parallel tasks write at disjoint places, shared between the threads as its
 /// address: each task takes its own part with [`Disjoint::part`] or [`Disjoint::at`].
 pub(crate) struct Disjoint<T> {

@@ -3,7 +3,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::exp::ExpInPlace;
-use crate::{Disjoint, contiguous, for_each_chunk_mut, unfilled};
+use crate::{Disjoint, contiguous, for_each_chunk_mut, unfilled, vectorised};
 
 pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
@@ -29,11 +29,16 @@ macro_rules! kernels {
             // Safety: the chunks cover `y`, and each is written in full.
             let mut y = unsafe { unfilled(g.len()) };
             for_each_chunk_mut(&mut y, CHUNK, |c, yc| {
-                let at = c * CHUNK;
-                exp_of_negated(yc, &g[at..]);
-                for ((o, &a), &b) in yc.iter_mut().zip(&g[at..]).zip(&u[at..]) {
-                    *o = a / (1.0 + *o) * b;
-                }
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        let at = c * CHUNK;
+                        exp_of_negated(yc, &g[at..]);
+                        for ((o, &a), &b) in yc.iter_mut().zip(&g[at..]).zip(&u[at..]) {
+                            *o = a / (1.0 + *o) * b;
+                        }
+                    },
+                )
             });
             y
         }
@@ -48,14 +53,19 @@ macro_rules! kernels {
                 let at = c * CHUNK;
                 // Safety: `du` is as long as `dg`, and only this call touches its chunk `c`.
                 let duc = unsafe { du.part(at, dgc.len()) };
-                // One exponential per element serves both gradients.
-                exp_of_negated(duc, &g[at..]);
-                let inputs = g[at..].iter().zip(&u[at..]).zip(&dy[at..]);
-                for ((o, p), ((&a, &b), &d)) in dgc.iter_mut().zip(duc.iter_mut()).zip(inputs) {
-                    let s = 1.0 / (1.0 + *p);
-                    *o = d * b * s * (1.0 + a * (1.0 - s));
-                    *p = d * a * s;
-                }
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        // One exponential per element serves both gradients.
+                        exp_of_negated(duc, &g[at..]);
+                        let inputs = g[at..].iter().zip(&u[at..]).zip(&dy[at..]);
+                        for ((o, p), ((&a, &b), &d)) in dgc.iter_mut().zip(duc.iter_mut()).zip(inputs) {
+                            let s = 1.0 / (1.0 + *p);
+                            *o = d * b * s * (1.0 + a * (1.0 - s));
+                            *p = d * a * s;
+                        }
+                    },
+                )
             });
             out
         }
