@@ -205,7 +205,14 @@ unsafe fn pack_along(
             let line = (first + l) * line_stride;
             let values = match step {
                 // Safety: the line's elements are inside `data` (the caller's promise).
-                1 => unsafe { data.as_ptr().add(line + at) },
+                1 => unsafe {
+                    let values = data.as_ptr().add(line + at);
+                    // A panel reads its lines side by side, more streams than the hardware
+                    // prefetcher follows: ask for each line's next kilobyte.
+                    _mm_prefetch::<_MM_HINT_T0>(values.wrapping_add(256).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(values.wrapping_add(272).cast());
+                    values
+                },
                 _ => {
                     for (e, g) in gathered.iter_mut().enumerate() {
                         *g = if at + e < len { data[line + (at + e) * step] } else { 0.0 };
