@@ -109,8 +109,8 @@ fn bench(c: &mut Criterion) {
         c,
         "lora projection 512x576 -> 1536, rank 8",
         &x,
-        &|x| k::lora_linear(x, &frozen, &a, &up, 2.0, dropout),
-        &|x| k::lora_linear_composed(x, &frozen, &a, &up, 2.0, dropout),
+        &|x| k::lora_linear(x, &frozen, &a, &up, 2.0, dropout, k::Products::Exact),
+        &|x| k::lora_linear_composed(x, &frozen, &a, &up, 2.0, dropout, k::Products::Exact),
     );
 }
 

@@ -117,8 +117,10 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
                 uniform(rng, &[10, 4], 1.0),
             ],
             trainable: vec![true, false, true, true],
-            op: Box::new(move |i| lora_linear(&i[0], &i[1], &i[2], &i[3], 2.0, dropout)),
-            reference: Box::new(move |i| lora_linear_composed(&i[0], &i[1], &i[2], &i[3], 2.0, dropout)),
+            op: Box::new(move |i| lora_linear(&i[0], &i[1], &i[2], &i[3], 2.0, dropout, Products::Exact)),
+            reference: Box::new(move |i| {
+                lora_linear_composed(&i[0], &i[1], &i[2], &i[3], 2.0, dropout, Products::Exact)
+            }),
         },
         Case {
             name: "linear",

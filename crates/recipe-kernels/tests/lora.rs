@@ -8,7 +8,7 @@ use rand_core::SeedableRng;
 
 mod common;
 use common::{assert_close, random};
-use recipe_kernels::{Dropout, lora_linear, lora_linear_composed};
+use recipe_kernels::{Dropout, Products, cpu_has_bf16_dot_products, frozen_linear, lora_linear, lora_linear_composed};
 
 #[test]
 fn matches_the_composition_forward_and_backward() {
@@ -26,8 +26,8 @@ fn matches_the_composition_forward_and_backward() {
                 (tensor((n, k)), tensor((out, k)), tensor((r, k)), tensor((out, r)), tensor((n, out)));
             let vars = || [&x, &w, &a, &b].map(|t| Var::from_tensor(t).unwrap());
             let ([xf, wf, af, bf], [xr, wr, ar, br]) = (vars(), vars());
-            let fused = lora_linear(&xf, &wf, &af, &bf, 1.7, dropout).unwrap();
-            let plain = lora_linear_composed(&xr, &wr, &ar, &br, 1.7, dropout).unwrap();
+            let fused = lora_linear(&xf, &wf, &af, &bf, 1.7, dropout, Products::Exact).unwrap();
+            let plain = lora_linear_composed(&xr, &wr, &ar, &br, 1.7, dropout, Products::Exact).unwrap();
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
             assert_close(&fused, &plain, tol);
             let gf = (fused * &dy).unwrap().sum_all().unwrap().backward().unwrap();
@@ -38,6 +38,37 @@ fn matches_the_composition_forward_and_backward() {
             assert!(gf.get(&wf).is_none(), "the frozen weight gets no gradient");
         }
     }
+}
+
+#[test]
+fn bf16_products_round_the_base_product_as_a_frozen_projection_does() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(22);
+    let (n, k, out, r) = (40, 70, 36, 4);
+    let mut tensor = |shape: (usize, usize)| {
+        Tensor::from_vec(random(&mut rng, shape.0 * shape.1, 1.5), shape, &dev).unwrap().to_dtype(DType::F32).unwrap()
+    };
+    let (x, w, a, b, dy) = (tensor((n, k)), tensor((out, k)), tensor((r, k)), tensor((out, r)), tensor((n, out)));
+    let dropout = Some(Dropout { p: 0.2, seed: 3 });
+    let vars = || [&x, &a, &b].map(|t| Var::from_tensor(t).unwrap());
+    let ([xf, af, bf], [xr, ar, br]) = (vars(), vars());
+    let fused = lora_linear(&xf, &w, &af, &bf, 1.7, dropout, Products::Bf16).unwrap();
+    let plain = lora_linear_composed(&xr, &w, &ar, &br, 1.7, dropout, Products::Bf16).unwrap();
+    // Dot products in hardware may round a sum to the neighbouring bf16 value.
+    let tol = if cpu_has_bf16_dot_products() { 1.0 / 128.0 } else { 1e-5 };
+    assert_close(&fused, &plain, tol);
+    let gf = (fused.clone() * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (plain * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    for (f, r) in [(&xf, &xr), (&af, &ar), (&bf, &br)] {
+        assert_close(gf.get(f).unwrap(), gr.get(r).unwrap(), tol);
+    }
+    // The base product is the frozen projection's, in bf16: it differs from f32's.
+    let base = frozen_linear(&x, &w, Products::Bf16).unwrap();
+    let exact = lora_linear(&x, &w, &a, &b, 1.7, dropout, Products::Exact).unwrap();
+    let adapter = (&exact - x.matmul(&w.t().unwrap()).unwrap()).unwrap();
+    assert_close(&fused, &(base + adapter).unwrap(), 1e-5);
+    let off = (&fused - &exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(off > 1e-3, "bf16 products change the output ({off})");
 }
 
 #[test]

@@ -304,7 +304,7 @@ impl Llama {
         };
         // ReLoRA's base weights keep the master dtype.
         let base = self.stored(name).to_dtype(compute)?;
-        let adapted = recipe_kernels::lora_linear(x, &base, a, b, lora.scale(), dropout)?;
+        let adapted = recipe_kernels::lora_linear(x, &base, a, b, lora.scale(), dropout, self.dtypes.products)?;
         let Some(m) = self.magnitude(name) else { return Ok(adapted) };
         // The norm in f32: a half-precision sum of squares over a row loses too much.
         let wide = |t: &Tensor| t.to_dtype(DType::F32);

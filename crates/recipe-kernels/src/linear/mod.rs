@@ -68,7 +68,7 @@ struct Linear {
 
 impl Linear {
     /// The forward pass on a GPU's storage: rounding goes through the backend's own dtype
-    /// conversions (the CPU has a one-pass kernel for it in `cpu_fwd`).
+    /// conversions (the CPU has a one-pass kernel for it in `project_on_cpu`).
     #[cfg(any(feature = "cuda", feature = "metal"))]
     fn forward_on<S: BackendStorage>(&self, x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
         if self.products == Products::Exact {
@@ -82,15 +82,6 @@ impl Linear {
         let (y, shape) = project(&x, &xl, &w, &wl)?;
         Ok((rounded(&y, &Layout::contiguous(&shape))?.0, shape))
     }
-
-    /// `a · b` as this op's products compute it, with no gradient.
-    fn product(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        match self.products {
-            Products::Exact => a.detach().matmul(&b.detach()),
-            Products::Bf16 if a.device().is_cpu() && cpu_has_bf16_dot_products() => a.apply_op2_no_bwd(b, &Bf16Product),
-            Products::Bf16 => round_to_bf16(&round_to_bf16(a)?.matmul(&round_to_bf16(b)?)?),
-        }
-    }
 }
 
 impl CustomOp2 for Linear {
@@ -99,23 +90,7 @@ impl CustomOp2 for Linear {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
-        if self.products == Products::Exact {
-            return project(x, xl, w, wl);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if bf16_dot::available() {
-            let y = bf16_dot::product(strided(x, xl)?, strided(w, &wl.transpose(0, 1)?)?);
-            return Ok((CpuStorage::F32(y), Shape::from((xl.dims()[0], wl.dims()[0]))));
-        }
-        let rounded = |s: &CpuStorage, l: &Layout| -> Result<(CpuStorage, Layout)> {
-            let values = contiguous::<f32>(s, l)?;
-            Ok((CpuStorage::F32(rounded_to_bf16(values)), Layout::contiguous(l.shape())))
-        };
-        let ((x, xl), (w, wl)) = (rounded(x, xl)?, rounded(w, wl)?);
-        let (y, shape) = project(&x, &xl, &w, &wl)?;
-        let CpuStorage::F32(mut y) = y else { candle_core::bail!("linear: bf16 products need f32 tensors") };
-        round_in_place(&mut y);
-        Ok((CpuStorage::F32(y), shape))
+        project_on_cpu(x, xl, w, wl, self.products)
     }
 
     #[cfg(feature = "cuda")]
@@ -142,9 +117,47 @@ impl CustomOp2 for Linear {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // Gradients are products too: their operands and results are rounded alike.
-        let dx = x.track_op().then(|| self.product(dy, w)).transpose()?;
-        let dw = (self.weight_grad && w.track_op()).then(|| self.product(&dy.t()?, x)).transpose()?;
+        let dx = x.track_op().then(|| product(self.products, dy, w)).transpose()?;
+        let dw = (self.weight_grad && w.track_op()).then(|| product(self.products, &dy.t()?, x)).transpose()?;
         Ok((dx, dw))
+    }
+}
+
+/// `x · wᵀ` on the CPU as `products` computes it: the forward pass of a projection (LoRA's
+/// frozen base too). Bf16 products need contiguous f32 operands where the CPU has no bf16 dot
+/// products.
+pub(crate) fn project_on_cpu(
+    x: &CpuStorage,
+    xl: &Layout,
+    w: &CpuStorage,
+    wl: &Layout,
+    products: Products,
+) -> Result<(CpuStorage, Shape)> {
+    if products == Products::Exact {
+        return project(x, xl, w, wl);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bf16_dot::available() {
+        let y = bf16_dot::product(strided(x, xl)?, strided(w, &wl.transpose(0, 1)?)?);
+        return Ok((CpuStorage::F32(y), Shape::from((xl.dims()[0], wl.dims()[0]))));
+    }
+    let rounded = |s: &CpuStorage, l: &Layout| -> Result<(CpuStorage, Layout)> {
+        let values = contiguous::<f32>(s, l)?;
+        Ok((CpuStorage::F32(rounded_to_bf16(values)), Layout::contiguous(l.shape())))
+    };
+    let ((x, xl), (w, wl)) = (rounded(x, xl)?, rounded(w, wl)?);
+    let (y, shape) = project(&x, &xl, &w, &wl)?;
+    let CpuStorage::F32(mut y) = y else { candle_core::bail!("linear: bf16 products need f32 tensors") };
+    round_in_place(&mut y);
+    Ok((CpuStorage::F32(y), shape))
+}
+
+/// `a · b` as `products` computes it, with no gradient: a projection's backward products.
+pub(crate) fn product(products: Products, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match products {
+        Products::Exact => a.detach().matmul(&b.detach()),
+        Products::Bf16 if a.device().is_cpu() && cpu_has_bf16_dot_products() => a.apply_op2_no_bwd(b, &Bf16Product),
+        Products::Bf16 => round_to_bf16(&round_to_bf16(a)?.matmul(&round_to_bf16(b)?)?),
     }
 }
 

@@ -4,6 +4,7 @@
 use candle_core::{Result, Tensor};
 
 use super::Dropout;
+use crate::{Products, frozen_linear};
 
 pub fn lora_linear_composed(
     x: &Tensor,
@@ -12,10 +13,15 @@ pub fn lora_linear_composed(
     b: &Tensor,
     scale: f64,
     dropout: Option<Dropout>,
+    products: Products,
 ) -> Result<Tensor> {
     let dropped = match dropout {
         Some(d) => (x * d.mask_like(x)?)?,
         None => x.clone(),
     };
-    x.matmul(&w.t()?)? + (dropped.matmul(&a.t()?)?.matmul(&b.t()?)? * scale)?
+    let base = match products {
+        Products::Exact => x.matmul(&w.t()?)?,
+        Products::Bf16 => frozen_linear(x, w, products)?,
+    };
+    base + (dropped.matmul(&a.t()?)?.matmul(&b.t()?)? * scale)?
 }

@@ -5,6 +5,8 @@ use candle_core::op::{Add, Mul};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::Dropout;
+use crate::Products;
+use crate::linear::{product, project_on_cpu};
 
 pub(super) fn lora_linear(
     x: &Tensor,
@@ -13,15 +15,19 @@ pub(super) fn lora_linear(
     b: &Tensor,
     scale: f64,
     dropout: Option<Dropout>,
+    products: Products,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
-    x.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraLinear { w: w.detach(), scale, dropout })
+    let w = w.contiguous()?.detach();
+    x.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraLinear { w, scale, dropout, products })
 }
 
+/// The base product follows `products`; the adapter's small products stay in the dtype.
 struct LoraLinear {
     w: Tensor,
     scale: f64,
     dropout: Option<Dropout>,
+    products: Products,
 }
 
 impl CustomOp3 for LoraLinear {
@@ -42,7 +48,7 @@ impl CustomOp3 for LoraLinear {
         let (r, out) = (al.shape().dims2()?.0, bl.shape().dims2()?.0);
         let (w_storage, wl) = self.w.storage_and_layout();
         let candle_core::Storage::Cpu(w) = &*w_storage else { candle_core::bail!("lora-linear: w is not on the CPU") };
-        let y = x.matmul(w, (1, n, out, k), xl, &wl.transpose(0, 1)?)?;
+        let (y, _) = project_on_cpu(x, xl, w, wl, self.products)?;
         let rows = |cols: usize| Layout::contiguous((n, cols));
         let dropped = match self.dropout {
             Some(d) => {
@@ -85,7 +91,7 @@ impl CustomOp3 for LoraLinear {
             Some(m) => (through_adapter * m)?,
             None => through_adapter,
         };
-        let dx = (dy.matmul(&self.w)? + through_adapter)?;
+        let dx = (product(self.products, dy, &self.w)? + through_adapter)?;
         let da = g.t()?.matmul(&dropped)?;
         let db = (dy.t()?.matmul(&dropped.matmul(&a.t()?)?)? * self.scale)?;
         Ok((Some(dx), Some(da), Some(db)))

@@ -13,10 +13,12 @@ mod cpu;
 use candle_core::{DType, Result, Tensor, WithDType};
 pub use composed::lora_linear_composed;
 
-use crate::{Backend, for_each_chunk_mut, unfilled};
+use crate::{Backend, Products, for_each_chunk_mut, unfilled};
 
 /// `x` `[N, in]` through the frozen `w` `[out, in]` plus the adapter `a` `[r, in]`, `b`
-/// `[out, r]` scaled by `scale`, all in one dtype.
+/// `[out, r]` scaled by `scale`, all in one dtype. The base product `x · wᵀ` (forward, and
+/// `dy · w` in backward) computes as `products` says, like a frozen projection's; the
+/// adapter's products, a rank's width, in the tensors' dtype.
 pub fn lora_linear(
     x: &Tensor,
     w: &Tensor,
@@ -24,10 +26,11 @@ pub fn lora_linear(
     b: &Tensor,
     scale: f64,
     dropout: Option<Dropout>,
+    products: Products,
 ) -> Result<Tensor> {
     match Backend::of(x) {
-        Backend::Cpu => cpu::lora_linear(x, w, a, b, scale, dropout),
-        Backend::Composed => lora_linear_composed(x, &w.detach(), a, b, scale, dropout),
+        Backend::Cpu => cpu::lora_linear(x, w, a, b, scale, dropout, products),
+        Backend::Composed => lora_linear_composed(x, &w.detach(), a, b, scale, dropout, products),
     }
 }
 
