@@ -180,7 +180,7 @@ impl CustomOp2 for Bf16Product {
         "bf16-product"
     }
 
-    // Only x86-64 has the kernel; elsewhere the op is never built (`Linear::product` checks).
+    // Only x86-64 has the kernel; elsewhere the op is never built (`product` checks).
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn cpu_fwd(&self, a: &CpuStorage, al: &Layout, b: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
         #[cfg(target_arch = "x86_64")]
