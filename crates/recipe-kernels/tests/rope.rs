@@ -37,3 +37,26 @@ fn matches_the_composition_forward_and_backward() {
         assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), tol);
     }
 }
+
+/// Attention's heads are a transposed view of a projection, `[B, T, H, hd]` seen as
+/// `[B, H, T, hd]`: the kernel reads them through their strides, and a transposed gradient too.
+#[test]
+fn rotates_a_transposed_view_as_its_copy() {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (b, h, t, hd) = (2, 3, 5, 8);
+    let projection = Tensor::from_vec(random(&mut rng, b * t * h * hd, 2.0), (b, t, h * hd), &dev).unwrap();
+    let angles = random(&mut rng, b * t * hd / 2, 2.0);
+    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (b, 1, t, hd / 2), &dev).unwrap();
+    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (b, 1, t, hd / 2), &dev).unwrap();
+    let dy = Tensor::from_vec(random(&mut rng, b * t * h * hd, 2.0), (b, t, h, hd), &dev).unwrap().transpose(1, 2).unwrap();
+    let (xa, xb) = (Var::from_tensor(&projection).unwrap(), Var::from_tensor(&projection).unwrap());
+    let heads = |x: &Tensor| x.reshape((b, t, h, hd)).unwrap().transpose(1, 2).unwrap();
+    let strided = rope(&heads(&xa), &cos, &sin).unwrap();
+    let copied = rope(&heads(&xb).contiguous().unwrap(), &cos, &sin).unwrap();
+    assert!(!heads(&xa).is_contiguous(), "the heads are a strided view");
+    assert_close(&strided, &copied, 0.0);
+    let ga = (strided * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (copied * &dy.contiguous().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_close(ga.get(&xa).unwrap(), gb.get(&xb).unwrap(), 0.0);
+}
