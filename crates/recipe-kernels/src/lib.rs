@@ -16,6 +16,8 @@ mod adamw;
 mod alloc;
 mod attention;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod exp;
 mod lanes;
 mod linear;
@@ -42,13 +44,21 @@ use candle_core::{DType, Tensor};
 pub(crate) enum Backend {
     /// The native CPU kernel.
     Cpu,
+    /// The native CUDA kernel, in the input's own dtype.
+    #[cfg(feature = "cuda")]
+    Cuda,
     /// The composed fallback.
     Composed,
 }
 
 impl Backend {
     pub(crate) fn of(t: &Tensor) -> Backend {
-        if t.device().is_cpu() { Backend::Cpu } else { Backend::Composed }
+        match t.device() {
+            candle_core::Device::Cpu => Backend::Cpu,
+            #[cfg(feature = "cuda")]
+            candle_core::Device::Cuda(_) => Backend::Cuda,
+            _ => Backend::Composed,
+        }
     }
 }
 

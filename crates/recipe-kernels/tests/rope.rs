@@ -49,7 +49,8 @@ fn rotates_a_transposed_view_as_its_copy() {
     let angles = random(&mut rng, b * t * hd / 2, 2.0);
     let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (b, 1, t, hd / 2), &dev).unwrap();
     let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (b, 1, t, hd / 2), &dev).unwrap();
-    let dy = Tensor::from_vec(random(&mut rng, b * t * h * hd, 2.0), (b, t, h, hd), &dev).unwrap().transpose(1, 2).unwrap();
+    let dy =
+        Tensor::from_vec(random(&mut rng, b * t * h * hd, 2.0), (b, t, h, hd), &dev).unwrap().transpose(1, 2).unwrap();
     let (xa, xb) = (Var::from_tensor(&projection).unwrap(), Var::from_tensor(&projection).unwrap());
     let heads = |x: &Tensor| x.reshape((b, t, h, hd)).unwrap().transpose(1, 2).unwrap();
     let strided = rope(&heads(&xa), &cos, &sin).unwrap();

@@ -1,7 +1,7 @@
-//! The CPU kernel: two in-place passes over contiguous chunks, spread over Candle's workers.
+//! The ops, and their CPU kernel (the CUDA kernels' launches are in `cuda.rs`): two in-place passes over contiguous chunks, spread over Candle's workers.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
 use half::{bf16, f16};
 
 use super::AdamWStep;
@@ -11,7 +11,7 @@ use crate::{Disjoint, parallel_for};
 const CHUNK: usize = 1 << 15;
 
 pub(super) fn adamw_step(param: &Var, grad: &Tensor, moments: &Var, step: &AdamWStep) -> Result<()> {
-    let grad = grad.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
+    let grad = grad.flatten_all()?.contiguous()?;
     moments.inplace_op2(&grad, &Moments { step: *step })?;
     param.inplace_op2(moments.as_tensor(), &Apply { step: *step })
 }
@@ -57,6 +57,17 @@ impl InplaceOp2 for Moments {
             }
         });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        crate::cuda::for_dtype!(s2.dtype(), super::cuda::moments((s1, l1), (s2, l2), &self.step))
     }
 }
 
@@ -127,6 +138,17 @@ impl InplaceOp2 for Apply {
             other => candle_core::bail!("adamw updates f32, bf16 or f16 parameters, not {:?}", other.dtype()),
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        crate::cuda::for_dtype!(s1.dtype(), super::cuda::apply((s1, l1), (s2, l2), &self.step))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The CPU kernel.
+//! The op, and its CPU kernel; the CUDA kernels' launches are in `cuda.rs`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -116,6 +116,21 @@ impl CustomOp3 for CrossEntropy {
         Ok((out, Shape::from(l2.shape().elem_count())))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let nll = crate::cuda::for_dtype!(s1.dtype(), super::cuda::forward((s1, l1), (s2, l2), (s3, l3)))?;
+        Ok((nll, Shape::from(l2.shape().elem_count())))
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -146,5 +161,20 @@ impl CustomOp3 for CrossEntropyGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let out = dispatch([s1, s2, s3], [l1, l2, l3], backward_f32, backward_f64)?;
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let d = crate::cuda::for_dtype!(s1.dtype(), super::cuda::backward((s1, l1), (s2, l2), (s3, l3)))?;
+        Ok((d, l1.shape().clone()))
     }
 }

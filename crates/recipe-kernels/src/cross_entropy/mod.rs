@@ -5,6 +5,8 @@
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 pub use composed::cross_entropy_rows_composed;
@@ -16,9 +18,11 @@ use crate::{Backend, widened};
 /// `mask` `[N]` is cast to that dtype.
 pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let dtype = widened(logits.dtype());
-    let (logits32, mask) = (logits.to_dtype(dtype)?, mask.to_dtype(dtype)?);
     match Backend::of(logits) {
-        Backend::Cpu => cpu::cross_entropy_rows(&logits32, targets, &mask),
-        Backend::Composed => cross_entropy_rows_composed(&logits32, targets, &mask),
+        Backend::Cpu => cpu::cross_entropy_rows(&logits.to_dtype(dtype)?, targets, &mask.to_dtype(dtype)?),
+        // The logits stay in their dtype; the loss and the mask are f32.
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => cpu::cross_entropy_rows(logits, targets, &mask.to_dtype(candle_core::DType::F32)?),
+        Backend::Composed => cross_entropy_rows_composed(&logits.to_dtype(dtype)?, targets, &mask.to_dtype(dtype)?),
     }
 }

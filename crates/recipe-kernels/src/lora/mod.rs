@@ -30,7 +30,8 @@ pub fn lora_linear(
 ) -> Result<Tensor> {
     match Backend::of(x) {
         Backend::Cpu => cpu::lora_linear(x, w, a, b, scale, dropout, products),
-        Backend::Composed => lora_linear_composed(x, &w.detach(), a, b, scale, dropout, products),
+        // CUDA too: its products are cuBLAS's either way.
+        _ => lora_linear_composed(x, &w.detach(), a, b, scale, dropout, products),
     }
 }
 

@@ -5,6 +5,8 @@
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 pub use composed::rms_norm_composed;
@@ -15,10 +17,10 @@ use crate::{Backend, widened};
 /// half-precision inputs; the result has `x`'s dtype.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = widened(x.dtype());
-    let (x32, w32) = (x.to_dtype(dtype)?, w.to_dtype(dtype)?);
-    let y = match Backend::of(x) {
-        Backend::Cpu => cpu::rms_norm(&x32, &w32, eps)?,
-        Backend::Composed => rms_norm_composed(&x32, &w32, eps)?,
-    };
-    y.to_dtype(x.dtype())
+    match Backend::of(x) {
+        Backend::Cpu => cpu::rms_norm(&x.to_dtype(dtype)?, &w.to_dtype(dtype)?, eps)?.to_dtype(x.dtype()),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => cpu::rms_norm(x, &w.to_dtype(x.dtype())?, eps),
+        Backend::Composed => rms_norm_composed(&x.to_dtype(dtype)?, &w.to_dtype(dtype)?, eps)?.to_dtype(x.dtype()),
+    }
 }

@@ -1,6 +1,7 @@
-//! The CPU kernel: one task per (row, head) plane, reading `x` through its strides, so the
-//! transposed view of a projection that attention's heads are (`[B, T, H, hd]` seen as
-//! `[B, H, T, hd]`) is rotated where it lies, without a copy first.
+//! The op, and its CPU kernel (the CUDA kernel's launch is in `cuda.rs`): one task per
+//! (row, head) plane, reading `x` through its strides, so the transposed view of a projection
+//! that attention's heads are (`[B, T, H, hd]` seen as `[B, H, T, hd]`) is rotated where it
+//! lies, without a copy first.
 
 use std::ops::{Add, Mul, Sub};
 
@@ -39,7 +40,14 @@ impl Rows {
 
 /// `y = [x₁·c − x₂·s, x₂·c + x₁·s]` for `x` of `[B, H, T, hd]` read through `rows`, and
 /// `c`, `s` of `[B, 1, T, hd/2]`; `y` is contiguous. `sign` −1 rotates the other way.
-fn rotate<T>(x: &[T], rows: Rows, cos: &[T], sin: &[T], (b, heads, t, hd): (usize, usize, usize, usize), sign: T) -> Vec<T>
+fn rotate<T>(
+    x: &[T],
+    rows: Rows,
+    cos: &[T],
+    sin: &[T],
+    (b, heads, t, hd): (usize, usize, usize, usize),
+    sign: T,
+) -> Vec<T>
 where
     T: Copy + Send + Sync + Add<Output = T> + Sub<Output = T> + Mul<Output = T>,
 {
@@ -112,6 +120,26 @@ impl CustomOp3 for Rope {
             _ => candle_core::bail!("rope supports f32 and f64 of one dtype"),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (b, _, t, hd) = l1.shape().dims4()?;
+        if hd % 2 != 0 || l2.shape().dims() != [b, 1, t, hd / 2] || l3.shape() != l2.shape() {
+            candle_core::bail!("rope: cos/sin {:?} do not fit x {:?}", l2.shape(), l1.shape());
+        }
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let y = crate::cuda::for_dtype!(s1.dtype(), super::cuda::rotate((s1, l1), (s2, l2), (s3, l3), sign))?;
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(

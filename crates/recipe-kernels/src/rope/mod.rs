@@ -5,20 +5,27 @@
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 pub use composed::rope_composed;
 
 use crate::{Backend, widened};
 
-/// Rotate `x` by the per-token angles whose cosines and sines are given. The CPU kernel
-/// rotates half-precision input in f32; the composed fallback in `x`'s dtype, as Hugging Face
-/// does. The result has `x`'s dtype.
+/// Rotate `x` by the per-token angles whose cosines and sines are given. The CPU and CUDA
+/// kernels rotate half-precision input in f32; the composed fallback in `x`'s dtype, as
+/// Hugging Face does. The result has `x`'s dtype.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     match Backend::of(x) {
         Backend::Cpu => {
             let dtype = widened(x.dtype());
             cpu::rope(&x.to_dtype(dtype)?, &cos.to_dtype(dtype)?, &sin.to_dtype(dtype)?)?.to_dtype(x.dtype())
+        }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let f32 = candle_core::DType::F32;
+            cpu::rope(x, &cos.to_dtype(f32)?, &sin.to_dtype(f32)?)
         }
         Backend::Composed => rope_composed(x, &cos.to_dtype(x.dtype())?, &sin.to_dtype(x.dtype())?),
     }

@@ -1,4 +1,4 @@
-//! The CPU kernel.
+//! The op, and its CPU kernel; the CUDA kernels' launches are in `cuda.rs`.
 
 use crate::exp::ExpInPlace;
 use crate::{contiguous, for_each_row_mut, lanes, unfilled};
@@ -102,6 +102,20 @@ impl CustomOp2 for MaskedSoftmax {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        Rows::of(l1, l2)?;
+        let y = crate::cuda::for_dtype!(s1.dtype(), super::cuda::forward((s1, l1), (s2, l2), self.scale))?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(&self, _x: &Tensor, _bias: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = y.apply_op2_no_bwd(&dy.contiguous()?, &MaskedSoftmaxGrad { scale: self.scale })?;
         Ok((Some(dx), None))
@@ -125,5 +139,21 @@ impl CustomOp2 for MaskedSoftmaxGrad {
             _ => candle_core::bail!("masked_softmax supports f32 and f64 of one dtype"),
         };
         Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("masked_softmax: gradient {:?} does not fit {:?}", l2.shape(), l1.shape());
+        }
+        let dx = crate::cuda::for_dtype!(s1.dtype(), super::cuda::backward((s1, l1), (s2, l2), self.scale))?;
+        Ok((dx, l1.shape().clone()))
     }
 }

@@ -5,6 +5,8 @@
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 pub use composed::masked_softmax_composed;
@@ -15,10 +17,12 @@ use crate::{Backend, widened};
 /// scores; the probabilities have `x`'s dtype.
 pub fn masked_softmax(x: &Tensor, bias: &Tensor, scale: f64) -> Result<Tensor> {
     let dtype = widened(x.dtype());
-    let (x32, bias) = (x.to_dtype(dtype)?, bias.to_dtype(dtype)?);
-    let y = match Backend::of(x) {
-        Backend::Cpu => cpu::masked_softmax(&x32, &bias, scale)?,
-        Backend::Composed => masked_softmax_composed(&x32, &bias, scale)?,
-    };
-    y.to_dtype(x.dtype())
+    match Backend::of(x) {
+        Backend::Cpu => cpu::masked_softmax(&x.to_dtype(dtype)?, &bias.to_dtype(dtype)?, scale)?.to_dtype(x.dtype()),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => cpu::masked_softmax(x, &bias.to_dtype(candle_core::DType::F32)?, scale),
+        Backend::Composed => {
+            masked_softmax_composed(&x.to_dtype(dtype)?, &bias.to_dtype(dtype)?, scale)?.to_dtype(x.dtype())
+        }
+    }
 }

@@ -4,6 +4,8 @@
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{Result, Tensor};
 pub use composed::swiglu_composed;
@@ -18,6 +20,8 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             let dtype = widened(gate.dtype());
             cpu::swiglu(&gate.to_dtype(dtype)?, &up.to_dtype(dtype)?)?.to_dtype(gate.dtype())
         }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => cpu::swiglu(gate, &up.to_dtype(gate.dtype())?),
         Backend::Composed => swiglu_composed(gate, up),
     }
 }
