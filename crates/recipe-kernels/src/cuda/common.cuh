@@ -10,11 +10,20 @@ struct f16 { unsigned short bits; };
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
+#ifdef RECIPE_EMULATED
+// The CPU emulation (scripts/cuda-emulator) converts with the compiler's own f16.
+__device__ __forceinline__ float to_f32(f16 x) {
+    _Float16 h;
+    memcpy(&h, &x.bits, 2);
+    return (float)h;
+}
+#else
 __device__ __forceinline__ float to_f32(f16 x) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
     return f;
 }
+#endif
 
 template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
@@ -31,7 +40,12 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
 }
 template <> __device__ __forceinline__ f16 from_f32<f16>(float x) {
     f16 r;
+#ifdef RECIPE_EMULATED
+    _Float16 h = (_Float16)x;
+    memcpy(&r.bits, &h, 2);
+#else
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+#endif
     return r;
 }
 

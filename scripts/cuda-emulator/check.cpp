@@ -1,0 +1,254 @@
+// The fused ops' CUDA kernels, run on the CPU by emulate.hpp with the grids `cuda.rs` launches,
+// against references computed here in double precision from the ops' formulas: forward and
+// every gradient, at shapes that leave ragged blocks, rows longer than a block, and more than
+// one span of rows. Exits non-zero on the first mismatch.
+#include "emulate.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "../../crates/recipe-kernels/src/cuda/common.cuh"
+#include "../../crates/recipe-kernels/src/adamw/kernels.cu"
+#include "../../crates/recipe-kernels/src/cross_entropy/kernels.cu"
+#include "../../crates/recipe-kernels/src/rms_norm/kernels.cu"
+#include "../../crates/recipe-kernels/src/rope/kernels.cu"
+#include "../../crates/recipe-kernels/src/softmax/kernels.cu"
+#include "../../crates/recipe-kernels/src/swiglu/kernels.cu"
+
+#define ENTRY(NAME, SUFFIX) NAME##_##SUFFIX##_entry::NAME##_##SUFFIX
+
+using Floats = std::vector<float>;
+using Doubles = std::vector<double>;
+
+static std::mt19937 rng(2026);
+
+static Floats uniform(size_t n, float half_width) {
+    std::uniform_real_distribution<float> d(-half_width, half_width);
+    Floats v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
+static dim3 per_row(size_t rows) { return dim3{(unsigned)rows, 1, 1}; }
+static dim3 per_element(size_t n) { return dim3{(unsigned)((n + BLOCK - 1) / BLOCK), 1, 1}; }
+static const dim3 block{BLOCK, 1, 1};
+
+static int failures = 0;
+
+template <typename Got>
+static void expect(const std::string& what, const Got& got, const Doubles& want, double tol) {
+    double worst = 0.0;
+    size_t at = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double g = got[i], w = want[i];
+        const double err = std::isnan(w) ? (std::isnan(g) ? 0.0 : INFINITY) : std::fabs(g - w) / (1.0 + std::fabs(w));
+        if (!(err <= worst)) worst = err, at = i;
+    }
+    const bool ok = worst <= tol && got.size() >= want.size();
+    std::printf("%s %s: largest relative error %.2e (element %zu)\n", ok ? "ok" : "FAILED", what.c_str(), worst, at);
+    if (!ok) ++failures;
+}
+
+static void rms_norm() {
+    for (auto [rows, d] : {std::pair<size_t, size_t>{5, 300}, {130, 70}}) {
+        const float eps = 1e-5f;
+        Floats x = uniform(rows * d, 2.0f), w = uniform(d, 1.5f), dy = uniform(rows * d, 1.0f);
+        Doubles y(rows * d), dx(rows * d), dw(d, 0.0);
+        for (size_t r = 0; r < rows; ++r) {
+            double ss = 0, proj = 0;
+            for (size_t i = 0; i < d; ++i) ss += (double)x[r * d + i] * x[r * d + i];
+            const double inv = 1.0 / std::sqrt(ss / d + eps);
+            for (size_t i = 0; i < d; ++i) proj += (double)dy[r * d + i] * w[i] * x[r * d + i] * inv;
+            for (size_t i = 0; i < d; ++i) {
+                y[r * d + i] = x[r * d + i] * inv * w[i];
+                dx[r * d + i] = inv * (dy[r * d + i] * w[i] - x[r * d + i] * inv * proj / d);
+                dw[i] += dy[r * d + i] * x[r * d + i] * inv;
+            }
+        }
+        const std::string shape = " " + std::to_string(rows) + "x" + std::to_string(d);
+        Floats got(rows * d);
+        launch(per_row(rows), block, [&] { ENTRY(rms_norm_forward, f32)(x.data(), w.data(), got.data(), d, eps); });
+        expect("rms_norm forward" + shape, got, y, 1e-5);
+        // As `cuda.rs`: dx and each row's 1/rms, partial sums of dw over spans of 64 rows, dw.
+        const unsigned span = 64, spans = (rows + span - 1) / span, columns = (d + BLOCK - 1) / BLOCK;
+        Floats gdx(rows * d), inv(rows), partial(spans * d), gdw(d);
+        launch(per_row(rows), block, [&] {
+            ENTRY(rms_norm_dx, f32)(x.data(), w.data(), dy.data(), gdx.data(), inv.data(), d, eps);
+        });
+        launch(dim3{columns, spans, 1}, block, [&] {
+            ENTRY(rms_norm_dw_partial, f32)(x.data(), dy.data(), inv.data(), partial.data(), rows, d, span);
+        });
+        launch(dim3{columns, 1, 1}, block, [&] { ENTRY(rms_norm_dw, f32)(partial.data(), gdw.data(), spans, d); });
+        expect("rms_norm dx" + shape, gdx, dx, 1e-5);
+        expect("rms_norm dw" + shape, gdw, dw, 1e-5);
+        // bf16: the same row through the bf16 entry point, within bf16's rounding.
+        std::vector<bf16> xb(rows * d), wb(d), yb(rows * d);
+        for (size_t i = 0; i < x.size(); ++i) xb[i] = from_f32<bf16>(x[i]);
+        for (size_t i = 0; i < d; ++i) wb[i] = from_f32<bf16>(w[i]);
+        launch(per_row(rows), block, [&] { ENTRY(rms_norm_forward, bf16)(xb.data(), wb.data(), yb.data(), d, eps); });
+        Floats yb32(rows * d);
+        for (size_t i = 0; i < yb.size(); ++i) yb32[i] = to_f32(yb[i]);
+        expect("rms_norm forward in bf16" + shape, yb32, y, 3e-2);
+    }
+}
+
+static void swiglu() {
+    const size_t n = 1000;
+    Floats g = uniform(n, 5.0f), u = uniform(n, 2.0f), dy = uniform(n, 1.0f);
+    Doubles y(n), dgu(2 * n);
+    for (size_t i = 0; i < n; ++i) {
+        const double a = g[i], s = 1.0 / (1.0 + std::exp(-a));
+        y[i] = a * s * u[i];
+        dgu[i] = dy[i] * u[i] * s * (1.0 + a * (1.0 - s));
+        dgu[n + i] = dy[i] * a * s;
+    }
+    Floats got(n), out(2 * n);
+    launch(per_element(n), block, [&] { ENTRY(swiglu_forward, f32)(g.data(), u.data(), got.data(), n); });
+    expect("swiglu forward", got, y, 1e-6);
+    launch(per_element(n), block, [&] { ENTRY(swiglu_backward, f32)(g.data(), u.data(), dy.data(), out.data(), n); });
+    expect("swiglu backward", out, dgu, 1e-6);
+    std::vector<f16> gh(n), uh(n), yh(n);
+    for (size_t i = 0; i < n; ++i) gh[i] = from_f32<f16>(g[i]), uh[i] = from_f32<f16>(u[i]);
+    launch(per_element(n), block, [&] { ENTRY(swiglu_forward, f16)(gh.data(), uh.data(), yh.data(), n); });
+    Floats yh32(n);
+    for (size_t i = 0; i < n; ++i) yh32[i] = to_f32(yh[i]);
+    expect("swiglu forward in f16", yh32, y, 4e-3);
+}
+
+static void rope() {
+    const size_t b = 2, h = 3, t = 5, hd = 8, half = hd / 2;
+    // x is stored [B, T, H, hd] and read as [B, H, T, hd], as attention's heads are.
+    Floats x = uniform(b * t * h * hd, 2.0f), angles = uniform(b * t * half, 3.0f);
+    Floats cos(angles.size()), sin(angles.size());
+    for (size_t i = 0; i < angles.size(); ++i) cos[i] = std::cos(angles[i]), sin[i] = std::sin(angles[i]);
+    for (float sign : {1.0f, -1.0f}) {
+        Doubles want(b * h * t * hd);
+        for (size_t bi = 0; bi < b; ++bi)
+            for (size_t hi = 0; hi < h; ++hi)
+                for (size_t p = 0; p < t; ++p)
+                    for (size_t j = 0; j < half; ++j) {
+                        const double c = cos[(bi * t + p) * half + j], s = sign * sin[(bi * t + p) * half + j];
+                        const double x1 = x[((bi * t + p) * h + hi) * hd + j], x2 = x[((bi * t + p) * h + hi) * hd + half + j];
+                        const size_t row = (bi * h + hi) * t + p;
+                        want[row * hd + j] = x1 * c - x2 * s;
+                        want[row * hd + half + j] = x2 * c + x1 * s;
+                    }
+        Floats got(want.size());
+        const size_t pairs = b * h * t * half;
+        launch(per_element(pairs), block, [&] {
+            ENTRY(rope_rotate, f32)(x.data(), t * h * hd, hd, h * hd, cos.data(), sin.data(), got.data(), h, t, half,
+                                    pairs, sign);
+        });
+        expect(sign > 0 ? "rope of a transposed view" : "rope backward (rotating back)", got, want, 1e-6);
+    }
+}
+
+static void masked_softmax() {
+    const size_t b = 2, h = 2, tq = 3, tk = 300;
+    const float scale = 0.35f;
+    Floats x = uniform(b * h * tq * tk, 4.0f), bias(b * tq * tk), dy = uniform(b * h * tq * tk, 1.0f);
+    for (size_t i = 0; i < bias.size(); ++i) bias[i] = (i % 7 == 3) ? -1.7e38f : 0.0f;
+    Doubles y(x.size()), dx(x.size());
+    for (size_t r = 0; r < b * h * tq; ++r) {
+        const size_t br = (r / (h * tq)) * tq + r % tq;
+        double m = -INFINITY, sum = 0, dot = 0;
+        for (size_t i = 0; i < tk; ++i) m = std::max(m, (double)scale * x[r * tk + i] + bias[br * tk + i]);
+        for (size_t i = 0; i < tk; ++i) sum += std::exp(scale * x[r * tk + i] + bias[br * tk + i] - m);
+        for (size_t i = 0; i < tk; ++i) y[r * tk + i] = std::exp(scale * x[r * tk + i] + bias[br * tk + i] - m) / sum;
+        for (size_t i = 0; i < tk; ++i) dot += y[r * tk + i] * dy[r * tk + i];
+        for (size_t i = 0; i < tk; ++i) dx[r * tk + i] = scale * y[r * tk + i] * (dy[r * tk + i] - dot);
+    }
+    Floats got(x.size()), yf(x.size()), gdx(x.size());
+    launch(per_row(b * h * tq), block, [&] {
+        ENTRY(masked_softmax_forward, f32)(x.data(), bias.data(), got.data(), h, tq, tk, scale);
+    });
+    expect("masked softmax forward", got, y, 1e-6);
+    for (size_t i = 0; i < y.size(); ++i) yf[i] = (float)y[i];
+    launch(per_row(b * h * tq), block, [&] {
+        ENTRY(masked_softmax_backward, f32)(yf.data(), dy.data(), gdx.data(), tk, scale);
+    });
+    expect("masked softmax backward", gdx, dx, 1e-6);
+}
+
+static void cross_entropy() {
+    const size_t n = 5, v = 700;
+    Floats logits = uniform(n * v, 6.0f), mask{1.0f, 0.5f, 0.0f, 1.0f, 0.0f}, dnll{0.3f, -1.0f, 2.0f, 0.7f, 1.0f};
+    // Row 2 has no weight and a target outside the vocabulary: no loss, no gradient, no read.
+    std::vector<u32> targets{3, 699, 100000, 0, 12};
+    Doubles nll(n), d(n * v);
+    Floats weight(n);
+    for (size_t r = 0; r < n; ++r) {
+        weight[r] = mask[r] * dnll[r];
+        if (mask[r] == 0.0f) continue;
+        double m = -INFINITY, sum = 0;
+        for (size_t i = 0; i < v; ++i) m = std::max(m, (double)logits[r * v + i]);
+        for (size_t i = 0; i < v; ++i) sum += std::exp(logits[r * v + i] - m);
+        nll[r] = mask[r] * (std::log(sum) + m - logits[r * v + targets[r]]);
+        for (size_t i = 0; i < v; ++i)
+            d[r * v + i] = weight[r] * (std::exp(logits[r * v + i] - m) / sum - (i == targets[r] ? 1.0 : 0.0));
+    }
+    Floats got(n), gd(n * v);
+    launch(per_row(n), block, [&] {
+        ENTRY(cross_entropy_forward, f32)(logits.data(), targets.data(), mask.data(), got.data(), v);
+    });
+    expect("cross-entropy forward", got, nll, 1e-6);
+    launch(per_row(n), block, [&] {
+        ENTRY(cross_entropy_backward, f32)(logits.data(), targets.data(), weight.data(), gd.data(), v);
+    });
+    expect("cross-entropy backward", gd, d, 1e-6);
+    // A counted row whose target is outside the vocabulary: NaN, loudly.
+    targets[0] = 700;
+    launch(per_row(n), block, [&] {
+        ENTRY(cross_entropy_forward, f32)(logits.data(), targets.data(), mask.data(), got.data(), v);
+    });
+    nll[0] = NAN;
+    expect("cross-entropy of a target outside the vocabulary", got, nll, 1e-6);
+}
+
+static void adamw() {
+    const size_t n = 700;
+    const float b1 = 0.9f, b2 = 0.95f, scale = 0.5f, lr_bc1 = 0.1f, inv_sqrt_bc2 = 3.2f, decay = 0.001f, eps = 1e-8f;
+    Floats grad = uniform(n, 0.5f), mv = uniform(2 * n, 0.1f), p = uniform(n, 1.0f);
+    for (size_t i = n; i < 2 * n; ++i) mv[i] = std::fabs(mv[i]);
+    Doubles want_mv(2 * n), want_p(n);
+    for (size_t i = 0; i < n; ++i) {
+        const double g = (double)grad[i] * scale;
+        want_mv[i] = b1 * mv[i] + (1.0 - b1) * g;
+        want_mv[n + i] = b2 * mv[n + i] + (1.0 - b2) * g * g;
+        want_p[i] = p[i] - (decay * p[i] + lr_bc1 * want_mv[i] / (std::sqrt(want_mv[n + i]) * inv_sqrt_bc2 + eps));
+    }
+    launch(per_element(n), block, [&] { ENTRY(adamw_moments, f32)(mv.data(), grad.data(), n, b1, b2, scale); });
+    expect("adamw moments", mv, want_mv, 1e-6);
+    launch(per_element(n), block, [&] {
+        ENTRY(adamw_apply, f32)(p.data(), mv.data(), n, lr_bc1, inv_sqrt_bc2, decay, eps);
+    });
+    expect("adamw parameter", p, want_p, 1e-6);
+}
+
+static void conversions() {
+    // Round to nearest, ties to even, NaN kept quiet: as the `half` crate rounds on the CPU.
+    const float cases[] = {1.0f, 1.00390625f, 1.01171875f, -3.3e38f, 1e-40f, INFINITY, -0.0f};
+    const unsigned short want[] = {0x3f80, 0x3f80, 0x3f82, 0xff78, 0x0001, 0x7f80, 0x8000};
+    Floats got, expected;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
+        got.push_back(from_f32<bf16>(cases[i]).bits);
+        expected.push_back(want[i]);
+    }
+    expect("bf16 rounding", got, Doubles(expected.begin(), expected.end()), 0.0);
+    const bf16 nan = from_f32<bf16>(NAN);
+    expect("bf16 NaN", Floats{std::isnan(to_f32(nan)) ? 1.0f : 0.0f}, Doubles{1.0}, 0.0);
+}
+
+int main() {
+    rms_norm();
+    swiglu();
+    rope();
+    masked_softmax();
+    cross_entropy();
+    adamw();
+    conversions();
+    if (failures) std::printf("%d checks failed\n", failures);
+    return failures ? 1 : 0;
+}
