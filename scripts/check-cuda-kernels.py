@@ -70,7 +70,7 @@ def main():
         # The kernels the op's `cuda.rs` names: its string literals that are identifiers, but
         # for the module's own name.
         rust = open(os.path.join(os.path.dirname(path), "cuda.rs")).read()
-        wanted = set(re.findall(r'"([a-z][a-z0-9_]*)"', rust)) - {op}
+        wanted = set(re.findall(r'"([a-z][a-z0-9_]*)(?:_\{[^}]*\})?"', rust)) - {op}
         for arch in ([], ["--gpu-architecture=sm_90"]):
             result, log, ptx = compile_source(nvrtc, f"{op}.cu", source, arch)
             label = f"{op} ({arch[0] if arch else 'default architecture'})"
@@ -78,11 +78,12 @@ def main():
                 failed = True
                 print(f"FAILED {label}\n{log}\n")
                 continue
+            # A name may be instantiated per head dimension too: NAME_HD_SUFFIX.
             missing = [
                 f"{name}_{suffix}"
                 for name in sorted(wanted)
                 for suffix in ("f32", "bf16", "f16")
-                if not arch and f".entry {name}_{suffix}(" not in ptx
+                if not arch and not re.search(rf"\.entry {name}(_\d+)?_{suffix}\(", ptx)
             ]
             if missing:
                 failed = True

@@ -11,6 +11,7 @@
 
 #include "../../crates/recipe-kernels/src/cuda/common.cuh"
 #include "../../crates/recipe-kernels/src/adamw/kernels.cu"
+#include "../../crates/recipe-kernels/src/attention/kernels.cu"
 #include "../../crates/recipe-kernels/src/cross_entropy/kernels.cu"
 #include "../../crates/recipe-kernels/src/rms_norm/kernels.cu"
 #include "../../crates/recipe-kernels/src/rope/kernels.cu"
@@ -227,6 +228,78 @@ static void adamw() {
     expect("adamw parameter", p, want_p, 1e-6);
 }
 
+// Causal attention inside packed documents with grouped-query heads, against the softmax of
+// every score: output and log-sum-exp, then dq, dk, dv for a random output gradient.
+static void attention() {
+    const u32 b = 2, heads = 4, kv_heads = 2, t = 70, hd = 32;
+    const float scale = 0.3f;
+    // Row 0 holds documents [0, 30) and [30, 70); row 1 one document.
+    std::vector<u32> spans(2 * b * t);
+    for (u32 r = 0; r < b; ++r)
+        for (u32 i = 0; i < t; ++i) spans[2 * (r * t + i)] = (r == 0 && i >= 30) ? 30 : 0, spans[2 * (r * t + i) + 1] = i + 1;
+    Floats q = uniform(b * heads * t * hd, 1.5f), k = uniform(b * kv_heads * t * hd, 1.5f),
+           v = uniform(b * kv_heads * t * hd, 1.5f), dout = uniform(b * t * heads * hd, 1.0f);
+    Doubles out(b * t * heads * hd, 0.0), lse(b * heads * t), dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+    const u32 group = heads / kv_heads;
+    for (u32 r = 0; r < b; ++r)
+        for (u32 h = 0; h < heads; ++h)
+            for (u32 i = 0; i < t; ++i) {
+                const u32 lo = spans[2 * (r * t + i)], hi = spans[2 * (r * t + i) + 1], g = h / group;
+                auto qv = [&](u32 d) { return (double)q[((r * heads + h) * t + i) * hd + d]; };
+                auto kv = [&](const Floats& m, u32 j, u32 d) { return (double)m[((r * kv_heads + g) * t + j) * hd + d]; };
+                Doubles s(t, -INFINITY);
+                double m = -INFINITY, sum = 0;
+                for (u32 j = lo; j < hi; ++j) {
+                    s[j] = 0;
+                    for (u32 d = 0; d < hd; ++d) s[j] += qv(d) * kv(k, j, d);
+                    s[j] *= scale;
+                    m = std::max(m, s[j]);
+                }
+                for (u32 j = lo; j < hi; ++j) sum += std::exp(s[j] - m);
+                lse[(r * heads + h) * t + i] = m + std::log(sum);
+                const size_t o_at = ((r * t + i) * heads + h) * hd;
+                double delta = 0;
+                Doubles p(t, 0.0), dp(t, 0.0);
+                for (u32 j = lo; j < hi; ++j) {
+                    p[j] = std::exp(s[j] - m) / sum;
+                    for (u32 d = 0; d < hd; ++d) out[o_at + d] += p[j] * kv(v, j, d);
+                }
+                for (u32 d = 0; d < hd; ++d) delta += out[o_at + d] * dout[o_at + d];
+                for (u32 j = lo; j < hi; ++j) {
+                    for (u32 d = 0; d < hd; ++d) dp[j] += dout[o_at + d] * kv(v, j, d);
+                    const double ds = p[j] * (dp[j] - delta);
+                    for (u32 d = 0; d < hd; ++d) {
+                        dq[((r * heads + h) * t + i) * hd + d] += scale * ds * kv(k, j, d);
+                        dk[((r * kv_heads + g) * t + j) * hd + d] += scale * ds * qv(d);
+                        dv[((r * kv_heads + g) * t + j) * hd + d] += p[j] * dout[o_at + d];
+                    }
+                }
+            }
+    // The grids `attention/cuda.rs` launches.
+    const unsigned rows_per_block = BLOCK / 4, query_blocks = (t + rows_per_block - 1) / rows_per_block;
+    Floats got(out.size()), got_lse(lse.size()), delta(lse.size()), gdq(q.size()), gdk(k.size()), gdv(v.size());
+    launch(dim3{query_blocks, b * heads, 1}, block, [&] {
+        ENTRY(attention_forward_32, f32)(q.data(), k.data(), v.data(), spans.data(), got.data(), got_lse.data(), heads,
+                                         kv_heads, t, t, scale);
+    });
+    expect("attention forward", got, out, 1e-5);
+    expect("attention log-sum-exp", got_lse, lse, 1e-5);
+    launch(per_element(b * t * heads), block, [&] {
+        ENTRY(attention_delta_32, f32)(got.data(), dout.data(), delta.data(), heads, t, b * t * heads);
+    });
+    launch(dim3{query_blocks, b * heads, 1}, block, [&] {
+        ENTRY(attention_dq_32, f32)(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
+                                    delta.data(), gdq.data(), heads, kv_heads, t, t, scale);
+    });
+    expect("attention dq", gdq, dq, 1e-5);
+    launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
+        ENTRY(attention_dkv_32, f32)(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
+                                     delta.data(), gdk.data(), gdv.data(), heads, kv_heads, t, t, scale);
+    });
+    expect("attention dk", gdk, dk, 1e-5);
+    expect("attention dv", gdv, dv, 1e-5);
+}
+
 static void conversions() {
     // Round to nearest, ties to even, NaN kept quiet: as the `half` crate rounds on the CPU.
     const float cases[] = {1.0f, 1.00390625f, 1.01171875f, -3.3e38f, 1e-40f, INFINITY, -0.0f};
@@ -248,6 +321,7 @@ int main() {
     masked_softmax();
     cross_entropy();
     adamw();
+    attention();
     conversions();
     if (failures) std::printf("%d checks failed\n", failures);
     return failures ? 1 : 0;

@@ -60,7 +60,7 @@ inline unsigned __float_as_uint(float f) {
     return u;
 }
 #include <math.h>  // expf, fmaxf, logf, sqrtf as CUDA names them
-using std::min;
+using std::max, std::min;
 
 // Run `body` as a kernel launch: every block of `grid`, one after another, each with
 // `block.x` threads.

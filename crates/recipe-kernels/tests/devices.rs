@@ -54,6 +54,12 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
     let dropout = Some(Dropout { p: 0.25, seed: 5 });
     let spans = KeySpans::documents(&docs, b, t);
     let spans_composed = spans.clone();
+    // At a head dimension the CUDA kernels are built for, over more than one tile of 32 keys
+    // and one block of 64 queries, two documents in the first row.
+    let (long_t, long_hd) = (70, 32);
+    let long_docs: Vec<u32> = (0..b * long_t).map(|i| u32::from(i < 30)).collect();
+    let long_spans = KeySpans::documents(&long_docs, b, long_t);
+    let long_spans_composed = long_spans.clone();
     vec![
         Case {
             name: "rms_norm",
@@ -79,6 +85,17 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             trainable: vec![true, true, true],
             op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, 0.35)),
             reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, 0.35)),
+        },
+        Case {
+            name: "attention at head dimension 32",
+            inputs: vec![
+                uniform(rng, &[b, 4, long_t, long_hd], 1.5),
+                uniform(rng, &[b, 2, long_t, long_hd], 1.5),
+                uniform(rng, &[b, 2, long_t, long_hd], 1.5),
+            ],
+            trainable: vec![true, true, true],
+            op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &long_spans, 0.2)),
+            reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &long_spans_composed, 0.2)),
         },
         Case {
             name: "swiglu",

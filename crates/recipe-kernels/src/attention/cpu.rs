@@ -13,7 +13,13 @@ use crate::exp::ExpInPlace;
 use crate::{Disjoint, contiguous, lanes, parallel_for};
 
 pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
-    let op = Attention { spans: spans.clone(), scale, lse: OnceLock::new() };
+    let op = Attention {
+        spans: spans.clone(),
+        scale,
+        lse: OnceLock::new(),
+        #[cfg(feature = "cuda")]
+        on_cuda: OnceLock::new(),
+    };
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -26,20 +32,23 @@ struct Attention {
     /// Each query's log-sum-exp of its scaled scores `[B, H, Tq]`, kept by forward for
     /// backward.
     lse: OnceLock<Vec<f64>>,
+    /// The same and the spans, on the GPU, when forward ran there.
+    #[cfg(feature = "cuda")]
+    on_cuda: OnceLock<std::sync::Arc<super::cuda::Saved>>,
 }
 
 #[derive(Clone, Copy)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kvh: usize,
-    tq: usize,
-    tk: usize,
-    hd: usize,
+pub(super) struct Dims {
+    pub(super) b: usize,
+    pub(super) h: usize,
+    pub(super) kvh: usize,
+    pub(super) tq: usize,
+    pub(super) tk: usize,
+    pub(super) hd: usize,
 }
 
 impl Dims {
-    fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
+    pub(super) fn of(q: &Layout, k: &Layout, v: &Layout) -> Result<Dims> {
         let (b, h, tq, hd) = q.shape().dims4()?;
         let (kb, kvh, tk, khd) = k.shape().dims4()?;
         if (kb, khd) != (b, hd) || k.shape() != v.shape() || kvh == 0 || h % kvh != 0 {
@@ -276,6 +285,26 @@ impl CustomOp3 for Attention {
         Ok((out, Shape::from((d.b, d.tq, d.h, d.hd))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let d = Dims::of(l1, l2, l3)?;
+        let (out, saved) = crate::cuda::for_dtype!(
+            s1.dtype(),
+            super::cuda::forward((s1, l1), (s2, l2), (s3, l3), d, &self.spans.spans, self.scale)
+        )?;
+        let _ = self.on_cuda.set(std::sync::Arc::new(saved));
+        Ok((out, Shape::from((d.b, d.tq, d.h, d.hd))))
+    }
+
     fn bwd(
         &self,
         q: &Tensor,
@@ -284,8 +313,15 @@ impl CustomOp3 for Attention {
         o: &Tensor,
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(lse) = self.lse.get() else { candle_core::bail!("attention: backward before forward") };
         let dout = dout.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if let Some(saved) = self.on_cuda.get() {
+            let op =
+                CudaGrad { k: k.clone(), v: v.clone(), o: o.clone(), dout, saved: saved.clone(), scale: self.scale };
+            let grads = q.apply_op1_no_bwd(&op)?;
+            return split_grads(&grads, q, k, v);
+        }
+        let Some(lse) = self.lse.get() else { candle_core::bail!("attention: backward before forward") };
         let guards = [q, k, v, o, &dout].map(|t| t.storage_and_layout());
         let d = Dims::of(guards[0].1, guards[1].1, guards[2].1)?;
         let cpu = |i: usize| -> Result<&CpuStorage> {
@@ -313,10 +349,70 @@ impl CustomOp3 for Attention {
             _ => candle_core::bail!("attention supports f32 and f64"),
         };
         drop(guards);
-        let (nq, nk) = (q.elem_count(), k.elem_count());
-        let dq = grads.narrow(0, 0, nq)?.reshape(q.shape())?;
-        let dk = grads.narrow(0, nq, nk)?.reshape(k.shape())?;
-        let dv = grads.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        split_grads(&grads, q, k, v)
+    }
+}
+
+/// `dq`, `dk`, `dv` out of one buffer `[dq..., dk..., dv...]`.
+fn split_grads(
+    grads: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (nq, nk) = (q.elem_count(), k.elem_count());
+    let dq = grads.narrow(0, 0, nq)?.reshape(q.shape())?;
+    let dk = grads.narrow(0, nq, nk)?.reshape(k.shape())?;
+    let dv = grads.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+    Ok((Some(dq), Some(dk), Some(dv)))
+}
+
+/// Attention's backward on the GPU, applied to `q`: the other operands ride along (a custom op
+/// takes at most three inputs), read in place while it runs.
+#[cfg(feature = "cuda")]
+struct CudaGrad {
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    dout: Tensor,
+    saved: std::sync::Arc<super::cuda::Saved>,
+    scale: f64,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp1 for CudaGrad {
+    fn name(&self) -> &'static str {
+        "attention-grad"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("attention: the GPU's backward ran on a CPU tensor")
+    }
+
+    fn cuda_fwd(&self, q: &candle_core::CudaStorage, ql: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let guards = [&self.k, &self.v, &self.o, &self.dout].map(|t| t.storage_and_layout());
+        let cuda = |i: usize| -> Result<(&candle_core::CudaStorage, &Layout)> {
+            match &*guards[i].0 {
+                Storage::Cuda(s) => Ok((s, guards[i].1)),
+                _ => candle_core::bail!("attention: the GPU's backward needs every operand on the GPU"),
+            }
+        };
+        let d = Dims::of(ql, guards[0].1, guards[1].1)?;
+        let grads = crate::cuda::for_dtype!(
+            q.dtype(),
+            super::cuda::backward(
+                &q.device,
+                (q, ql),
+                cuda(0)?,
+                cuda(1)?,
+                cuda(2)?,
+                cuda(3)?,
+                &self.saved,
+                d,
+                self.scale
+            )
+        )?;
+        Ok((grads, Shape::from(ql.shape().elem_count() + 2 * guards[0].1.shape().elem_count())))
     }
 }

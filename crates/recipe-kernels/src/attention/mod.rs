@@ -10,9 +10,17 @@
 //! block's probabilities from the log-sum-exp: with `D = Σ dO·O` per query,
 //! `dS = P ⊙ (dO·vᵀ − D)`, `dq = scale · dS·k`, `dk += scale · dSᵀ·q`, `dv += Pᵀ·dO`; each
 //! (row, key/value head) is one task, so its sums run in a fixed order and resume is exact.
+//!
+//! On CUDA (`kernels.cu`, head dimensions 32, 64 and 128) the same scheme runs with four
+//! threads per query, each holding a quarter of the head dimension in registers, tiles of 32
+//! keys in shared memory and the softmax online; backward is a pass for `dq` per block of
+//! queries and one for `dk`, `dv` per block of keys (every query head of the group, in order),
+//! so no sum depends on timing there either.
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use std::sync::Arc;
 
@@ -84,7 +92,8 @@ impl KeySpans {
 /// Attention of `q` `[B, H, Tq, hd]` over `k`, `v` `[B, KVH, Tk, hd]` (H a multiple of KVH),
 /// each query over its span of keys; the result is `[B, Tq, H, hd]` (heads side by side, as the
 /// output projection reads them), in `q`'s dtype. The CPU kernel computes half-precision
-/// inputs in f32; the composed fallback multiplies in their dtype, the softmax in f32.
+/// inputs in f32, and so does the CUDA kernel (head dimensions 32, 64 and 128) reading them in
+/// their dtype; the composed fallback multiplies in their dtype, the softmax in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
     spans.check(q, k)?;
     match Backend::of(q) {
@@ -93,7 +102,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f6
             let (q32, k32, v32) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
             cpu::attention(&q32, &k32, &v32, spans, scale)?.to_dtype(q.dtype())
         }
-        // CUDA too, until its tiled kernel lands.
+        // The kernels are built for the common head dimensions; others compose.
+        #[cfg(feature = "cuda")]
+        Backend::Cuda if cuda::has_kernel_for(q.dim(3)?) => cpu::attention(q, k, v, spans, scale),
         _ => attention_composed(q, k, v, spans, scale),
     }
 }

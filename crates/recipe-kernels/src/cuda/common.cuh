@@ -80,15 +80,16 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return m;
 }
 
-// `extern "C"` entry points named `NAME_f32`, `NAME_bf16`, `NAME_f16` for a kernel template
-// `NAME<T>`: `KERNELS(NAME, (params, which may name T), (args))`. Each entry point sits in a
-// namespace of its own, where `T` is its element type.
-#define KERNEL_FOR(NAME, SUFFIX, TYPE, PARAMS, ARGS) \
-    namespace NAME##_##SUFFIX##_entry { \
+// `extern "C"` entry point `ENTRY_SUFFIX` whose body is `CALL` (in parentheses), with `T` the
+// element type `TYPE`. Each entry point sits in a namespace of its own, where `T` is defined.
+#define KERNEL_FOR(ENTRY, SUFFIX, TYPE, PARAMS, CALL) \
+    namespace ENTRY##_##SUFFIX##_entry { \
     typedef TYPE T; \
-    extern "C" __global__ void __launch_bounds__(BLOCK) NAME##_##SUFFIX PARAMS { NAME<T> ARGS; } \
+    extern "C" __global__ void __launch_bounds__(BLOCK) ENTRY##_##SUFFIX PARAMS { CALL; } \
     }
+// Entry points `NAME_f32`, `NAME_bf16`, `NAME_f16` for a kernel template `NAME<T>`:
+// `KERNELS(NAME, (params, which may name T), (args))`.
 #define KERNELS(NAME, PARAMS, ARGS) \
-    KERNEL_FOR(NAME, f32, float, PARAMS, ARGS) \
-    KERNEL_FOR(NAME, bf16, bf16, PARAMS, ARGS) \
-    KERNEL_FOR(NAME, f16, f16, PARAMS, ARGS)
+    KERNEL_FOR(NAME, f32, float, PARAMS, NAME<T> ARGS) \
+    KERNEL_FOR(NAME, bf16, bf16, PARAMS, NAME<T> ARGS) \
+    KERNEL_FOR(NAME, f16, f16, PARAMS, NAME<T> ARGS)
