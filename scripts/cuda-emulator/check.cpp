@@ -229,9 +229,11 @@ static void adamw() {
 }
 
 // Causal attention inside packed documents with grouped-query heads, against the softmax of
-// every score: output and log-sum-exp, then dq, dk, dv for a random output gradient.
-static void attention() {
-    const u32 b = 2, heads = 4, kv_heads = 2, t = 70, hd = 32;
+// every score: output and log-sum-exp, then dq, dk, dv for a random output gradient; the
+// kernels' f32 entry points for head dimension `hd`.
+template <typename Forward, typename Delta, typename Dq, typename Dkv>
+static void attention(u32 hd, Forward forward, Delta delta_of, Dq dq_of, Dkv dkv_of) {
+    const u32 b = 2, heads = 4, kv_heads = 2, t = 70;
     const float scale = 0.3f;
     // Row 0 holds documents [0, 30) and [30, 70); row 1 one document.
     std::vector<u32> spans(2 * b * t);
@@ -279,25 +281,26 @@ static void attention() {
     const unsigned rows_per_block = BLOCK / 4, query_blocks = (t + rows_per_block - 1) / rows_per_block;
     Floats got(out.size()), got_lse(lse.size()), delta(lse.size()), gdq(q.size()), gdk(k.size()), gdv(v.size());
     launch(dim3{query_blocks, b * heads, 1}, block, [&] {
-        ENTRY(attention_forward_32, f32)(q.data(), k.data(), v.data(), spans.data(), got.data(), got_lse.data(), heads,
+        forward(q.data(), k.data(), v.data(), spans.data(), got.data(), got_lse.data(), heads,
                                          kv_heads, t, t, scale);
     });
-    expect("attention forward", got, out, 1e-5);
-    expect("attention log-sum-exp", got_lse, lse, 1e-5);
+    const std::string at = " at head dimension " + std::to_string(hd);
+    expect("attention forward" + at, got, out, 1e-5);
+    expect("attention log-sum-exp" + at, got_lse, lse, 1e-5);
     launch(per_element(b * t * heads), block, [&] {
-        ENTRY(attention_delta_32, f32)(got.data(), dout.data(), delta.data(), heads, t, b * t * heads);
+        delta_of(got.data(), dout.data(), delta.data(), heads, t, b * t * heads);
     });
     launch(dim3{query_blocks, b * heads, 1}, block, [&] {
-        ENTRY(attention_dq_32, f32)(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
+        dq_of(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
                                     delta.data(), gdq.data(), heads, kv_heads, t, t, scale);
     });
-    expect("attention dq", gdq, dq, 1e-5);
+    expect("attention dq" + at, gdq, dq, 1e-5);
     launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
-        ENTRY(attention_dkv_32, f32)(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
+        dkv_of(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
                                      delta.data(), gdk.data(), gdv.data(), heads, kv_heads, t, t, scale);
     });
-    expect("attention dk", gdk, dk, 1e-5);
-    expect("attention dv", gdv, dv, 1e-5);
+    expect("attention dk" + at, gdk, dk, 1e-5);
+    expect("attention dv" + at, gdv, dv, 1e-5);
 }
 
 static void conversions() {
@@ -321,7 +324,10 @@ int main() {
     masked_softmax();
     cross_entropy();
     adamw();
-    attention();
+    attention(32, ENTRY(attention_forward_32, f32), ENTRY(attention_delta_32, f32), ENTRY(attention_dq_32, f32),
+              ENTRY(attention_dkv_32, f32));
+    attention(64, ENTRY(attention_forward_64, f32), ENTRY(attention_delta_64, f32), ENTRY(attention_dq_64, f32),
+              ENTRY(attention_dkv_64, f32));
     conversions();
     if (failures) std::printf("%d checks failed\n", failures);
     return failures ? 1 : 0;

@@ -3,7 +3,8 @@
 // dimension in registers; tiles of keys (or queries) pass through shared memory. Query `i` of
 // row `b` sees keys `spans[2(b·tq + i)] .. spans[2(b·tq + i) + 1]`; a block visits only the
 // tiles its spans reach. Every sum runs in a fixed order (no atomics), so results repeat bit for
-// bit. Layouts: q, dq `[B, H, Tq, HD]`; k, v, dk, dv `[B, KVH, Tk, HD]`; out, dout
+// bit. Thread `part` (0..3) of a query holds the head elements `part + 4d`: in shared memory the
+// four read neighbouring words, so a warp's reads never collide in a bank. Layouts: q, dq `[B, H, Tq, HD]`; k, v, dk, dv `[B, KVH, Tk, HD]`; out, dout
 // `[B, Tq, H, HD]`; lse, delta `[B, H, Tq]` f32.
 
 // Queries (forward, dq) or keys (dk, dv) per block: four threads each.
@@ -57,8 +58,8 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
     u32 lo = 0, hi = 0;
     if (active) lo = spans[2 * ((size_t)b * tq + i)], hi = spans[2 * ((size_t)b * tq + i) + 1];
     float qr[S], o[S];
-    const T* qi = q + (((size_t)b * heads + h) * tq + (active ? i : 0)) * HD + part * S;
-    for (int d = 0; d < S; ++d) qr[d] = to_f32(qi[d]) * scale, o[d] = 0.0f;
+    const T* qi = q + (((size_t)b * heads + h) * tq + (active ? i : 0)) * HD + part;
+    for (int d = 0; d < S; ++d) qr[d] = to_f32(qi[4 * d]) * scale, o[d] = 0.0f;
     const T* kg = k + ((size_t)b * kv_heads + g) * tk * HD;
     const T* vg = v + ((size_t)b * kv_heads + g) * tk * HD;
     float m = NEG_INFINITY, l = 0.0f;
@@ -73,7 +74,7 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
         float tile_max = NEG_INFINITY;
         for (int j = 0; j < TILE; ++j) {
             float dot = 0.0f;
-            for (int d = 0; d < S; ++d) dot += qr[d] * ks[j][part * S + d];
+            for (int d = 0; d < S; ++d) dot += qr[d] * ks[j][part + 4 * d];
             dot = quad_sum(dot);
             const u32 key = k0 + j;
             s[j] = (key >= lo && key < hi) ? dot : NEG_INFINITY;
@@ -87,14 +88,14 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
         for (int j = 0; j < TILE; ++j) {
             const float p = s[j] == NEG_INFINITY ? 0.0f : expf(s[j] - m_new);
             l += p;
-            for (int d = 0; d < S; ++d) o[d] += p * vs[j][part * S + d];
+            for (int d = 0; d < S; ++d) o[d] += p * vs[j][part + 4 * d];
         }
         m = m_new;
     }
     if (!active) return;
-    T* oi = out + (((size_t)b * tq + i) * heads + h) * HD + part * S;
+    T* oi = out + (((size_t)b * tq + i) * heads + h) * HD + part;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int d = 0; d < S; ++d) oi[d] = from_f32<T>(o[d] * inv);
+    for (int d = 0; d < S; ++d) oi[4 * d] = from_f32<T>(o[d] * inv);
     if (part == 0) lse[((size_t)b * heads + h) * tq + i] = l > 0.0f ? m + logf(l) : NEG_INFINITY;
 }
 
@@ -123,9 +124,9 @@ __device__ void attention_dq(const T* q, const T* k, const T* v, const u32* span
     u32 lo = 0, hi = 0;
     if (active) lo = spans[2 * ((size_t)b * tq + i)], hi = spans[2 * ((size_t)b * tq + i) + 1];
     float qr[S], dor[S], acc[S];
-    const T* qi = q + (((size_t)b * heads + h) * tq + row) * HD + part * S;
-    const T* doi = dout + (((size_t)b * tq + row) * heads + h) * HD + part * S;
-    for (int d = 0; d < S; ++d) qr[d] = to_f32(qi[d]) * scale, dor[d] = to_f32(doi[d]), acc[d] = 0.0f;
+    const T* qi = q + (((size_t)b * heads + h) * tq + row) * HD + part;
+    const T* doi = dout + (((size_t)b * tq + row) * heads + h) * HD + part;
+    for (int d = 0; d < S; ++d) qr[d] = to_f32(qi[4 * d]) * scale, dor[d] = to_f32(doi[4 * d]), acc[d] = 0.0f;
     const float lse_i = lse[((size_t)b * heads + h) * tq + row], delta_i = delta[((size_t)b * heads + h) * tq + row];
     const T* kg = k + ((size_t)b * kv_heads + g) * tk * HD;
     const T* vg = v + ((size_t)b * kv_heads + g) * tk * HD;
@@ -138,18 +139,18 @@ __device__ void attention_dq(const T* q, const T* k, const T* v, const u32* span
         __syncthreads();
         for (int j = 0; j < TILE; ++j) {
             float s = 0.0f, dp = 0.0f;
-            for (int d = 0; d < S; ++d) s += qr[d] * ks[j][part * S + d], dp += dor[d] * vs[j][part * S + d];
+            for (int d = 0; d < S; ++d) s += qr[d] * ks[j][part + 4 * d], dp += dor[d] * vs[j][part + 4 * d];
             s = quad_sum(s);
             dp = quad_sum(dp);
             const u32 key = k0 + j;
             const float p = (key >= lo && key < hi) ? expf(s - lse_i) : 0.0f;
             const float ds = p * (dp - delta_i);
-            for (int d = 0; d < S; ++d) acc[d] += ds * ks[j][part * S + d];
+            for (int d = 0; d < S; ++d) acc[d] += ds * ks[j][part + 4 * d];
         }
     }
     if (!active) return;
-    T* dqi = dq + (((size_t)b * heads + h) * tq + i) * HD + part * S;
-    for (int d = 0; d < S; ++d) dqi[d] = from_f32<T>(acc[d] * scale);
+    T* dqi = dq + (((size_t)b * heads + h) * tq + i) * HD + part;
+    for (int d = 0; d < S; ++d) dqi[4 * d] = from_f32<T>(acc[d] * scale);
 }
 
 // dk_j = scale · Σ_i dS_ij q_i and dv_j = Σ_i P_ij dout_i over every query head of the key's
@@ -167,8 +168,8 @@ __device__ void attention_dkv(const T* q, const T* k, const T* v, const u32* spa
     const u32 key = active ? j : 0;
     const u32 last = min(first + ROWS_PER_BLOCK, tk);
     float kr[S], vr[S], dka[S], dva[S];
-    const size_t kv_at = (((size_t)b * kv_heads + g) * tk + key) * HD + part * S;
-    for (int d = 0; d < S; ++d) kr[d] = to_f32(k[kv_at + d]), vr[d] = to_f32(v[kv_at + d]), dka[d] = 0.0f, dva[d] = 0.0f;
+    const size_t kv_at = (((size_t)b * kv_heads + g) * tk + key) * HD + part;
+    for (int d = 0; d < S; ++d) kr[d] = to_f32(k[kv_at + 4 * d]), vr[d] = to_f32(v[kv_at + 4 * d]), dka[d] = 0.0f, dva[d] = 0.0f;
     for (u32 h = g * group; h < (g + 1) * group; ++h) {
         const size_t bh = (size_t)b * heads + h;
         for (u32 q0 = 0; q0 < tq; q0 += TILE) {
@@ -190,18 +191,18 @@ __device__ void attention_dkv(const T* q, const T* k, const T* v, const u32* spa
             __syncthreads();
             for (int r = 0; r < TILE; ++r) {
                 float s = 0.0f, dp = 0.0f;
-                for (int d = 0; d < S; ++d) s += qs[r][part * S + d] * kr[d], dp += dos[r][part * S + d] * vr[d];
+                for (int d = 0; d < S; ++d) s += qs[r][part + 4 * d] * kr[d], dp += dos[r][part + 4 * d] * vr[d];
                 s = quad_sum(s) * scale;
                 dp = quad_sum(dp);
                 const bool sees = active && key >= lo_s[r] && key < hi_s[r];
                 const float p = sees ? expf(s - lse_s[r]) : 0.0f;
                 const float ds = p * (dp - delta_s[r]);
-                for (int d = 0; d < S; ++d) dva[d] += p * dos[r][part * S + d], dka[d] += ds * qs[r][part * S + d];
+                for (int d = 0; d < S; ++d) dva[d] += p * dos[r][part + 4 * d], dka[d] += ds * qs[r][part + 4 * d];
             }
         }
     }
     if (!active) return;
-    for (int d = 0; d < S; ++d) dk[kv_at + d] = from_f32<T>(dka[d] * scale), dv[kv_at + d] = from_f32<T>(dva[d]);
+    for (int d = 0; d < S; ++d) dk[kv_at + 4 * d] = from_f32<T>(dka[d] * scale), dv[kv_at + 4 * d] = from_f32<T>(dva[d]);
 }
 
 // Entry points `NAME_HD_f32`, `NAME_HD_bf16`, `NAME_HD_f16` for head dimensions 32, 64, 128.
