@@ -40,6 +40,41 @@ pub use swiglu::{swiglu, swiglu_composed};
 
 use candle_core::{DType, Tensor};
 
+/// A custom op's `cuda_fwd`, in CUDA builds only, over its two or three inputs' storages and
+/// layouts: `cuda_fwd!(self, |s1, l1, s2, l2| body)`, `body` giving the output's storage and
+/// shape (`BackendStorage` is in scope for it).
+macro_rules! cuda_fwd {
+    ($self:ident, |$s1:ident, $l1:ident, $s2:ident, $l2:ident| $body:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$self,
+            $s1: &candle_core::CudaStorage,
+            $l1: &candle_core::Layout,
+            $s2: &candle_core::CudaStorage,
+            $l2: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            use candle_core::backend::BackendStorage;
+            $body
+        }
+    };
+    ($self:ident, |$s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident, $l3:ident| $body:expr) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$self,
+            $s1: &candle_core::CudaStorage,
+            $l1: &candle_core::Layout,
+            $s2: &candle_core::CudaStorage,
+            $l2: &candle_core::Layout,
+            $s3: &candle_core::CudaStorage,
+            $l3: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+            use candle_core::backend::BackendStorage;
+            $body
+        }
+    };
+}
+pub(crate) use cuda_fwd;
+
 /// Where an op runs for a given input.
 pub(crate) enum Backend {
     /// The native CPU kernel.

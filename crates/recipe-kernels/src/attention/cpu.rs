@@ -285,17 +285,7 @@ impl CustomOp3 for Attention {
         Ok((out, Shape::from((d.b, d.tq, d.h, d.hd))))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         let d = Dims::of(l1, l2, l3)?;
         let (out, saved) = crate::cuda::for_dtype!(
             s1.dtype(),
@@ -303,7 +293,7 @@ impl CustomOp3 for Attention {
         )?;
         let _ = self.on_cuda.set(std::sync::Arc::new(saved));
         Ok((out, Shape::from((d.b, d.tq, d.h, d.hd))))
-    }
+    });
 
     fn bwd(
         &self,

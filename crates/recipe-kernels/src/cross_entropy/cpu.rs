@@ -116,20 +116,10 @@ impl CustomOp3 for CrossEntropy {
         Ok((out, Shape::from(l2.shape().elem_count())))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         let nll = crate::cuda::for_dtype!(s1.dtype(), super::cuda::forward((s1, l1), (s2, l2), (s3, l3)))?;
         Ok((nll, Shape::from(l2.shape().elem_count())))
-    }
+    });
 
     fn bwd(
         &self,
@@ -163,18 +153,8 @@ impl CustomOp3 for CrossEntropyGrad {
         Ok((out, l1.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         let d = crate::cuda::for_dtype!(s1.dtype(), super::cuda::backward((s1, l1), (s2, l2), (s3, l3)))?;
         Ok((d, l1.shape().clone()))
-    }
+    });
 }

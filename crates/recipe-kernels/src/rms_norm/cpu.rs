@@ -105,19 +105,11 @@ impl CustomOp2 for RmsNorm {
         Ok((y, l1.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2| {
         check(l1, l2)?;
         let y = crate::cuda::for_dtype!(s1.dtype(), super::cuda::forward(s1, l1, s2, l2, self.eps))?;
         Ok((y, l1.shape().clone()))
-    }
+    });
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let both = x.apply_op3_no_bwd(w, &dy.contiguous()?, &RmsNormGrad { eps: self.eps })?;
@@ -157,20 +149,10 @@ impl CustomOp3 for RmsNormGrad {
         Ok((out, Shape::from(len)))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         check(l1, l2)?;
         let out = crate::cuda::for_dtype!(s1.dtype(), super::cuda::backward((s1, l1), (s2, l2), (s3, l3), self.eps))?;
         let len = l1.shape().elem_count() + l2.shape().elem_count();
         Ok((out, Shape::from(len)))
-    }
+    });
 }

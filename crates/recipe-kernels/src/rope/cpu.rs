@@ -122,17 +122,7 @@ impl CustomOp3 for Rope {
         Ok((out, l1.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         let (b, _, t, hd) = l1.shape().dims4()?;
         if hd % 2 != 0 || l2.shape().dims() != [b, 1, t, hd / 2] || l3.shape() != l2.shape() {
             candle_core::bail!("rope: cos/sin {:?} do not fit x {:?}", l2.shape(), l1.shape());
@@ -140,7 +130,7 @@ impl CustomOp3 for Rope {
         let sign = if self.inverse { -1.0 } else { 1.0 };
         let y = crate::cuda::for_dtype!(s1.dtype(), super::cuda::rotate((s1, l1), (s2, l2), (s3, l3), sign))?;
         Ok((y, l1.shape().clone()))
-    }
+    });
 
     fn bwd(
         &self,

@@ -102,19 +102,11 @@ impl CustomOp2 for MaskedSoftmax {
         Ok((out, l1.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2| {
         Rows::of(l1, l2)?;
         let y = crate::cuda::for_dtype!(s1.dtype(), super::cuda::forward((s1, l1), (s2, l2), self.scale))?;
         Ok((y, l1.shape().clone()))
-    }
+    });
 
     fn bwd(&self, _x: &Tensor, _bias: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = y.apply_op2_no_bwd(&dy.contiguous()?, &MaskedSoftmaxGrad { scale: self.scale })?;
@@ -141,19 +133,11 @@ impl CustomOp2 for MaskedSoftmaxGrad {
         Ok((out, l1.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2| {
         if l1.shape() != l2.shape() {
             candle_core::bail!("masked_softmax: gradient {:?} does not fit {:?}", l2.shape(), l1.shape());
         }
         let dx = crate::cuda::for_dtype!(s1.dtype(), super::cuda::backward((s1, l1), (s2, l2), self.scale))?;
         Ok((dx, l1.shape().clone()))
-    }
+    });
 }

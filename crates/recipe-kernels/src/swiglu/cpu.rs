@@ -101,19 +101,11 @@ impl CustomOp2 for SwiGlu {
         Ok((y, l1.shape().clone()))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2| {
         check(l1, l2)?;
         let y = crate::cuda::for_dtype!(s1.dtype(), super::cuda::forward((s1, l1), (s2, l2)))?;
         Ok((y, l1.shape().clone()))
-    }
+    });
 
     fn bwd(&self, g: &Tensor, u: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let both = g.apply_op3_no_bwd(u, &dy.contiguous()?, &SwiGluGrad)?;
@@ -152,20 +144,10 @@ impl CustomOp3 for SwiGluGrad {
         Ok((out, Shape::from(2 * l1.shape().elem_count())))
     }
 
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+    crate::cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         check(l1, l2)?;
         check(l1, l3)?;
         let out = crate::cuda::for_dtype!(s1.dtype(), super::cuda::backward((s1, l1), (s2, l2), (s3, l3)))?;
         Ok((out, Shape::from(2 * l1.shape().elem_count())))
-    }
+    });
 }
