@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Compile every fused op's CUDA C with NVRTC, as `recipe` does on a GPU at run time, on a
-machine without one: each `crates/recipe-kernels/src/<op>/kernels.cu` after `cuda/common.cuh`,
-to PTX for NVRTC's default architecture (what `recipe` loads) and to SASS for sm_90 (which
-runs the assembler too, so register and shared-memory overruns show). Prints each module's
-log and fails on any error or warning, and when an entry point the Rust side names is missing.
+machine without one: each `crates/recipe-kernels/src/<op>/*.cu` after `cuda/common.cuh`, to PTX
+for the virtual architecture its first line names (`// arch: compute_80`; else NVRTC's default,
+what `recipe` loads) and to SASS for sm_90 (which runs the assembler too, so register and
+shared-memory overruns show). Prints each module's log and fails on any error or warning, and
+when a kernel name the op's `cuda.rs` spells out is in none of its modules' entry points.
 
 Needs NVRTC: `pip install nvidia-cuda-nvrtc==13.0.88`; scripts/check-cuda-kernels.sh sets it up."""
 
@@ -20,9 +21,7 @@ def load_nvrtc():
     import nvidia  # the pip namespace package that holds cu13/lib
 
     for base in nvidia.__path__:
-        for lib in glob.glob(os.path.join(base, "cu1*", "lib", "libnvrtc.so.*")) + glob.glob(
-            os.path.join(base, "cuda_nvrtc", "lib", "libnvrtc.so.*")
-        ):
+        for lib in glob.glob(os.path.join(base, "cu1*", "lib", "libnvrtc.so.*")):
             if "alt" not in lib and "builtins" not in lib:
                 # NVRTC opens its builtins by name; loaded first, they are found in the process.
                 for builtins in glob.glob(os.path.join(os.path.dirname(lib), "libnvrtc-builtins.so.*")):
@@ -42,7 +41,7 @@ def compile_source(nvrtc, name, source, options):
     log = ctypes.create_string_buffer(size.value)
     nvrtc.nvrtcGetProgramLog(prog, log)
     ptx = ""
-    if result == 0:
+    if result == 0 and not any(o.startswith("--gpu-architecture=sm_") for o in options):
         nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(size))
         buf = ctypes.create_string_buffer(size.value)
         nvrtc.nvrtcGetPTX(prog, buf)
@@ -61,35 +60,46 @@ def main():
     nvrtc = load_nvrtc()
     common = open(os.path.join(ROOT, "cuda", "common.cuh")).read()
     failed = False
-    modules = sorted(glob.glob(os.path.join(ROOT, "*", "kernels.cu")))
-    if not modules:
-        sys.exit("no kernels.cu found")
-    for path in modules:
-        op = os.path.basename(os.path.dirname(path))
-        source = common + "\n" + open(path).read()
-        # The kernels the op's `cuda.rs` names: its string literals that are identifiers, but
-        # for the module's own name.
-        rust = open(os.path.join(os.path.dirname(path), "cuda.rs")).read()
-        wanted = set(re.findall(r'"([a-z][a-z0-9_]*)(?:_\{[^}]*\})?"', rust)) - {op}
-        for arch in ([], ["--gpu-architecture=sm_90"]):
-            result, log, ptx = compile_source(nvrtc, f"{op}.cu", source, arch)
-            label = f"{op} ({arch[0] if arch else 'default architecture'})"
-            if result != 0 or log:
+    folders = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(ROOT, "*", "*.cu"))})
+    if not folders:
+        sys.exit("no kernels found")
+    for folder in folders:
+        op = os.path.basename(folder)
+        entries = set()
+        for path in sorted(glob.glob(os.path.join(folder, "*.cu"))):
+            text = open(path).read()
+            arch = re.match(r"// arch: (\w+)", text)
+            virtual = [f"--gpu-architecture={arch.group(1)}"] if arch else []
+            source = common + "\n" + text
+            label = f"{op}/{os.path.basename(path)}"
+            for options in (virtual, ["--gpu-architecture=sm_90"]):
+                result, log, ptx = compile_source(nvrtc, label, source, options)
+                what = f"{label} ({options[0].split('=')[1] if options else 'default architecture'})"
+                if result != 0 or log:
+                    failed = True
+                    print(f"FAILED {what}\n{log}\n")
+                    continue
+                found = re.findall(r"\.entry (\w+)\(", ptx)
+                entries.update(found)
+                print(f"ok {what}" + (f": {len(found)} entry points" if ptx else ""))
+        # Every identifier the op's cuda.rs spells out in a string, but for module names, is a
+        # kernel name or a part of one (`format!` may build the rest: `attention_mma_dq_64_bf16`).
+        rust = open(os.path.join(folder, "cuda.rs")).read()
+        modules = set(re.findall(r'name: "(\w+)"', rust))
+        archs = re.findall(r'source: include_str!\("([\w.]+)"\),\s*arch: (?:None|Some\("(\w+)"\))', rust)
+        for file, arch in archs:
+            marked = re.match(r"// arch: (\w+)", open(os.path.join(folder, file)).read())
+            if (marked.group(1) if marked else "") != arch:
                 failed = True
-                print(f"FAILED {label}\n{log}\n")
-                continue
-            # A name may be instantiated per head dimension too: NAME_HD_SUFFIX.
-            missing = [
-                f"{name}_{suffix}"
-                for name in sorted(wanted)
-                for suffix in ("f32", "bf16", "f16")
-                if not arch and not re.search(rf"\.entry {name}(_\d+)?_{suffix}\(", ptx)
-            ]
-            if missing:
-                failed = True
-                print(f"FAILED {label}: no entry point {', '.join(missing)}")
-                continue
-            print(f"ok {label}" + (f": {len(wanted) * 3} entry points" if not arch else ""))
+                print(f"FAILED {op}: cuda.rs compiles {file} for {arch or 'the default'}, its first line says otherwise")
+        if len(archs) != len(modules):
+            failed = True
+            print(f"FAILED {op}: every Module in cuda.rs needs `source: include_str!(...), arch: ...`")
+        named = set(re.findall(r'"([a-z][a-z0-9_]*)(?:_\{[^}]*\})?"', rust)) - modules - {a for _, a in archs}
+        missing = [n for n in sorted(named) if not any(re.search(rf"(^|_){n}(_|$)", e) for e in entries)]
+        if missing:
+            failed = True
+            print(f"FAILED {op}: cuda.rs names {', '.join(missing)}, which no entry point of its modules has")
     sys.exit(1 if failed else 0)
 
 

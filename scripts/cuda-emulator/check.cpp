@@ -12,6 +12,7 @@
 #include "../../crates/recipe-kernels/src/cuda/common.cuh"
 #include "../../crates/recipe-kernels/src/adamw/kernels.cu"
 #include "../../crates/recipe-kernels/src/attention/kernels.cu"
+#include "../../crates/recipe-kernels/src/attention/mma.cu"
 #include "../../crates/recipe-kernels/src/cross_entropy/kernels.cu"
 #include "../../crates/recipe-kernels/src/rms_norm/kernels.cu"
 #include "../../crates/recipe-kernels/src/rope/kernels.cu"
@@ -231,16 +232,32 @@ static void adamw() {
 // Causal attention inside packed documents with grouped-query heads, against the softmax of
 // every score: output and log-sum-exp, then dq, dk, dv for a random output gradient; the
 // kernels' f32 entry points for head dimension `hd`.
-template <typename Forward, typename Delta, typename Dq, typename Dkv>
-static void attention(u32 hd, Forward forward, Delta delta_of, Dq dq_of, Dkv dkv_of) {
-    const u32 b = 2, heads = 4, kv_heads = 2, t = 70;
+template <typename T>
+static std::vector<T> rounded(Floats& v) {
+    std::vector<T> out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = from_f32<T>(v[i]), v[i] = to_f32(out[i]);
+    return out;
+}
+template <typename T>
+static Floats widened(const std::vector<T>& v) {
+    Floats out(v.size());
+    for (size_t i = 0; i < v.size(); ++i) out[i] = to_f32(v[i]);
+    return out;
+}
+
+template <typename T, typename Forward, typename Delta, typename Dq, typename Dkv>
+static void attention(const std::string& kernels, u32 hd, unsigned rows_per_block, double tol, Forward forward,
+                      Delta delta_of, Dq dq_of, Dkv dkv_of) {
+    const u32 b = 2, heads = 4, kv_heads = 2, t = 150;
     const float scale = 0.3f;
-    // Row 0 holds documents [0, 30) and [30, 70); row 1 one document.
+    // Row 0 holds documents [0, 30) and [30, 150); row 1 one document.
     std::vector<u32> spans(2 * b * t);
     for (u32 r = 0; r < b; ++r)
         for (u32 i = 0; i < t; ++i) spans[2 * (r * t + i)] = (r == 0 && i >= 30) ? 30 : 0, spans[2 * (r * t + i) + 1] = i + 1;
     Floats q = uniform(b * heads * t * hd, 1.5f), k = uniform(b * kv_heads * t * hd, 1.5f),
            v = uniform(b * kv_heads * t * hd, 1.5f), dout = uniform(b * t * heads * hd, 1.0f);
+    // The kernels read T; the reference takes the same rounded values.
+    auto qt = rounded<T>(q), kt = rounded<T>(k), vt = rounded<T>(v), dot = rounded<T>(dout);
     Doubles out(b * t * heads * hd, 0.0), lse(b * heads * t), dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
     const u32 group = heads / kv_heads;
     for (u32 r = 0; r < b; ++r)
@@ -278,29 +295,29 @@ static void attention(u32 hd, Forward forward, Delta delta_of, Dq dq_of, Dkv dkv
                 }
             }
     // The grids `attention/cuda.rs` launches.
-    const unsigned rows_per_block = BLOCK / 4, query_blocks = (t + rows_per_block - 1) / rows_per_block;
-    Floats got(out.size()), got_lse(lse.size()), delta(lse.size()), gdq(q.size()), gdk(k.size()), gdv(v.size());
+    const unsigned query_blocks = (t + rows_per_block - 1) / rows_per_block;
+    std::vector<T> got(out.size()), gdq(q.size()), gdk(k.size()), gdv(v.size());
+    Floats got_lse(lse.size()), delta(lse.size());
     launch(dim3{query_blocks, b * heads, 1}, block, [&] {
-        forward(q.data(), k.data(), v.data(), spans.data(), got.data(), got_lse.data(), heads,
-                                         kv_heads, t, t, scale);
+        forward(qt.data(), kt.data(), vt.data(), spans.data(), got.data(), got_lse.data(), heads, kv_heads, t, t, scale);
     });
-    const std::string at = " at head dimension " + std::to_string(hd);
-    expect("attention forward" + at, got, out, 1e-5);
-    expect("attention log-sum-exp" + at, got_lse, lse, 1e-5);
+    const std::string at = " (" + kernels + ", head dimension " + std::to_string(hd) + ")";
+    expect("attention forward" + at, widened(got), out, tol);
+    expect("attention log-sum-exp" + at, got_lse, lse, tol);
     launch(per_element(b * t * heads), block, [&] {
-        delta_of(got.data(), dout.data(), delta.data(), heads, t, b * t * heads);
+        delta_of(got.data(), dot.data(), delta.data(), heads, t, b * t * heads);
     });
     launch(dim3{query_blocks, b * heads, 1}, block, [&] {
-        dq_of(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
-                                    delta.data(), gdq.data(), heads, kv_heads, t, t, scale);
+        dq_of(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdq.data(), heads,
+              kv_heads, t, t, scale);
     });
-    expect("attention dq" + at, gdq, dq, 1e-5);
+    expect("attention dq" + at, widened(gdq), dq, tol);
     launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
-        dkv_of(q.data(), k.data(), v.data(), spans.data(), dout.data(), got_lse.data(),
-                                     delta.data(), gdk.data(), gdv.data(), heads, kv_heads, t, t, scale);
+        dkv_of(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdk.data(),
+               gdv.data(), heads, kv_heads, t, t, scale);
     });
-    expect("attention dk" + at, gdk, dk, 1e-5);
-    expect("attention dv" + at, gdv, dv, 1e-5);
+    expect("attention dk" + at, widened(gdk), dk, tol);
+    expect("attention dv" + at, widened(gdv), dv, tol);
 }
 
 static void conversions() {
@@ -324,10 +341,21 @@ int main() {
     masked_softmax();
     cross_entropy();
     adamw();
-    attention(32, ENTRY(attention_forward_32, f32), ENTRY(attention_delta_32, f32), ENTRY(attention_dq_32, f32),
-              ENTRY(attention_dkv_32, f32));
-    attention(64, ENTRY(attention_forward_64, f32), ENTRY(attention_delta_64, f32), ENTRY(attention_dq_64, f32),
-              ENTRY(attention_dkv_64, f32));
+    const unsigned simt = BLOCK / 4, mma = BLOCK / 32 * 16;
+    attention<float>("f32", 32, simt, 1e-5, ENTRY(attention_forward_32, f32), ENTRY(attention_delta_32, f32),
+                     ENTRY(attention_dq_32, f32), ENTRY(attention_dkv_32, f32));
+    attention<float>("f32", 64, simt, 1e-5, ENTRY(attention_forward_64, f32), ENTRY(attention_delta_64, f32),
+                     ENTRY(attention_dq_64, f32), ENTRY(attention_dkv_64, f32));
+    // Tensor cores: products of bf16 (f16) operands, the probabilities and their gradients
+    // rounded to bf16 (f16) on the way into the second product, as FlashAttention does.
+    attention<bf16>("bf16 tensor cores", 32, mma, 3e-2, ENTRY(attention_mma_forward_32, bf16),
+                    ENTRY(attention_delta_32, bf16), ENTRY(attention_mma_dq_32, bf16),
+                    ENTRY(attention_mma_dkv_32, bf16));
+    attention<bf16>("bf16 tensor cores", 64, mma, 3e-2, ENTRY(attention_mma_forward_64, bf16),
+                    ENTRY(attention_delta_64, bf16), ENTRY(attention_mma_dq_64, bf16),
+                    ENTRY(attention_mma_dkv_64, bf16));
+    attention<f16>("f16 tensor cores", 64, mma, 4e-3, ENTRY(attention_mma_forward_64, f16),
+                   ENTRY(attention_delta_64, f16), ENTRY(attention_mma_dq_64, f16), ENTRY(attention_mma_dkv_64, f16));
     conversions();
     if (failures) std::printf("%d checks failed\n", failures);
     return failures ? 1 : 0;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <barrier>
 #include <cmath>
 #include <cstring>
@@ -31,6 +32,8 @@ inline dim3 blockDim, gridDim;
 namespace emulated {
 inline std::unique_ptr<std::barrier<>> block_barrier;
 inline std::vector<float> shuffle_slots;
+inline std::vector<std::array<unsigned, 4>> mma_a;
+inline std::vector<std::array<unsigned, 2>> mma_b;
 }  // namespace emulated
 
 inline void __syncthreads() { emulated::block_barrier->arrive_and_wait(); }
@@ -42,6 +45,32 @@ inline float __shfl_xor_sync(unsigned, float v, int offset) {
     const float other = emulated::shuffle_slots[(t & ~31u) | ((t % 32) ^ offset)];
     __syncthreads();
     return other;
+}
+
+// `d += a·b` for one m16n8k16 tile of the warp (`mma.sync.aligned.m16n8k16.row.col`, 16-bit
+// A and B, f32 C and D), the fragments laid out as the PTX ISA gives them: with g = lane / 4
+// and t = lane % 4, A's registers hold (row g, k 2t..2t+1), (g + 8, 2t..), (g, 2t + 8..),
+// (g + 8, 2t + 8..); B's (k 2t..2t+1, column g), (k 2t + 8.., g); D's (g, 2t..2t+1) and
+// (g + 8, 2t..2t+1). The lower half of a register is the lower index. `to_float` reads a half.
+inline void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2], float (*to_float)(unsigned short)) {
+    const unsigned t = threadIdx.x, base = t & ~31u, lane = t % 32, g = lane / 4, tig = lane % 4;
+    emulated::mma_a[t] = {a[0], a[1], a[2], a[3]};
+    emulated::mma_b[t] = {b[0], b[1]};
+    __syncthreads();
+    auto half = [&](unsigned word, unsigned k) { return to_float((unsigned short)(k % 2 ? word >> 16 : word & 0xffffu)); };
+    auto at_a = [&](unsigned row, unsigned k) {
+        return half(emulated::mma_a[base + (row % 8) * 4 + (k % 8) / 2][(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
+    };
+    auto at_b = [&](unsigned k, unsigned col) {
+        return half(emulated::mma_b[base + col * 4 + (k % 8) / 2][k >= 8 ? 1 : 0], k);
+    };
+    for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = g + (i >= 2 ? 8 : 0), col = 2 * tig + (i & 1);
+        float sum = 0.0f;
+        for (unsigned k = 0; k < 16; ++k) sum += at_a(row, k) * at_b(k, col);
+        d[i] += sum;
+    }
+    __syncthreads();
 }
 
 inline float __uint_as_float(unsigned u) {
@@ -68,6 +97,8 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
     gridDim = grid;
     blockDim = block;
     emulated::shuffle_slots.assign(block.x, 0.0f);
+    emulated::mma_a.assign(block.x, {});
+    emulated::mma_b.assign(block.x, {});
     for (unsigned by = 0; by < grid.y; ++by) {
         for (unsigned bx = 0; bx < grid.x; ++bx) {
             emulated::block_barrier = std::make_unique<std::barrier<>>(block.x);

@@ -8,7 +8,7 @@ use candle_core::{CudaStorage, DType, Layout, Result};
 use super::AdamWStep;
 use crate::cuda::{Module, contiguous, count, kernel, launch, per_element};
 
-const KERNELS: Module = Module { name: "adamw", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "adamw", source: include_str!("kernels.cu"), arch: None };
 
 /// The f32 moments `[m..., v...]` from a gradient of type T.
 pub(super) fn moments<T: CudaDType + DeviceRepr>(

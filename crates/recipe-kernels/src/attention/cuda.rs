@@ -1,19 +1,51 @@
-//! The CUDA kernels' launches (`kernels.cu`): forward keeps each query's log-sum-exp and the
-//! spans on the device for backward, which runs `delta = Σ dout·out`, then `dq` per block of
-//! queries and `dk`, `dv` per block of keys.
+//! The CUDA kernels' launches: forward keeps each query's log-sum-exp and the spans on the
+//! device for backward, which runs `delta = Σ dout·out`, then `dq` per block of queries and
+//! `dk`, `dv` per block of keys. bf16 and f16 at head dimensions 32 and 64 run on tensor cores
+//! (`mma.cu`, sm_80 and newer); the rest on the CUDA cores (`kernels.cu`).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
-use candle_core::{CudaStorage, Layout, Result};
+use candle_core::{CudaStorage, DType, Layout, Result};
 
 use super::cpu::Dims;
 use crate::cuda::{BLOCK, Module, contiguous, count, kernel, launch, per_element, unfilled};
 
-const KERNELS: Module = Module { name: "attention", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "attention", source: include_str!("kernels.cu"), arch: None };
 
-/// Queries (or keys) per block: four threads each (`ROWS_PER_BLOCK` in `kernels.cu`).
-const ROWS_PER_BLOCK: usize = BLOCK as usize / 4;
+const TENSOR_CORE_KERNELS: Module =
+    Module { name: "attention_mma", source: include_str!("mma.cu"), arch: Some("compute_80") };
+
+/// Which kernels run, and how many queries (or keys) a block of each takes (`ROWS_PER_BLOCK`
+/// in the `.cu` files).
+#[derive(Clone, Copy)]
+pub(super) struct Kernels {
+    module: &'static Module,
+    prefix: &'static str,
+    rows_per_block: usize,
+}
+
+const CUDA_CORES: Kernels = Kernels { module: &KERNELS, prefix: "attention", rows_per_block: BLOCK as usize / 4 };
+const TENSOR_CORES: Kernels =
+    Kernels { module: &TENSOR_CORE_KERNELS, prefix: "attention_mma", rows_per_block: BLOCK as usize / 32 * 16 };
+
+impl Kernels {
+    /// Tensor cores for 16-bit inputs at head dimensions 32 and 64 on sm_80 and newer, whose
+    /// operands start on a whole pair of elements (their kernels read two at a time).
+    fn for_inputs(device: &CudaDevice, dtype: DType, hd: usize, layouts: [&Layout; 3]) -> Result<Kernels> {
+        let sixteen_bits = matches!(dtype, DType::BF16 | DType::F16);
+        let paired = layouts.iter().all(|l| l.start_offset() % 2 == 0);
+        if sixteen_bits && matches!(hd, 32 | 64) && paired && crate::cuda::compute_capability(device)?.0 >= 8 {
+            Ok(TENSOR_CORES)
+        } else {
+            Ok(CUDA_CORES)
+        }
+    }
+
+    fn name(&self, step: &str, hd: usize) -> String {
+        format!("{}_{step}_{hd}", self.prefix)
+    }
+}
 
 /// Whether the kernels are built for heads of `hd` (others run the composed fallback).
 pub(super) fn has_kernel_for(hd: usize) -> bool {
@@ -26,6 +58,8 @@ pub(super) struct Saved {
     spans: CudaSlice<u32>,
     /// Each query's log-sum-exp of its scaled scores, `[B, H, Tq]`.
     lse: CudaSlice<f32>,
+    /// The kernels forward ran, which backward runs too.
+    kernels: Kernels,
 }
 
 fn grid(blocks_x: usize, blocks_y: usize) -> Result<LaunchConfig> {
@@ -46,19 +80,20 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     scale: f64,
 ) -> Result<(CudaStorage, Saved)> {
     let device = &q.device;
+    let kernels = Kernels::for_inputs(device, q.dtype(), d.hd, [ql, kl, vl])?;
     let (qs, ks, vs) = (contiguous::<T>(q, ql)?, contiguous::<T>(k, kl)?, contiguous::<T>(v, vl)?);
     let flat: Vec<u32> = spans.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
     let spans = device.clone_htod(flat.as_slice())?;
     let mut out = unfilled::<T>(device, qs.len())?;
     let mut lse = unfilled::<f32>(device, d.b * d.h * d.tq)?;
     let (h, kvh, tq, tk, scale) = (count(d.h)?, count(d.kvh)?, count(d.tq)?, count(d.tk)?, scale as f32);
-    let f = kernel(device, &KERNELS, &format!("attention_forward_{}", d.hd), q.dtype())?;
+    let f = kernel(device, kernels.module, &kernels.name("forward", d.hd), q.dtype())?;
     let stream = device.cuda_stream();
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&spans).arg(&mut out).arg(&mut lse);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-    launch(args, grid(d.tq.div_ceil(ROWS_PER_BLOCK), d.b * d.h)?)?;
-    Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Saved { spans, lse }))
+    launch(args, grid(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
+    Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Saved { spans, lse, kernels }))
 }
 
 /// `[dq..., dk..., dv...]` in one buffer, as the CPU kernel returns them.
@@ -92,16 +127,17 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     args.arg(&os).arg(&dos).arg(&mut delta).arg(&h).arg(&tq).arg(&queries32);
     launch(args, per_element(queries)?)?;
 
-    let f = kernel(device, &KERNELS, &format!("attention_dq_{}", d.hd), dtype)?;
+    let kernels = saved.kernels;
+    let f = kernel(device, kernels.module, &kernels.name("dq", d.hd), dtype)?;
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dq);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-    launch(args, grid(d.tq.div_ceil(ROWS_PER_BLOCK), d.b * d.h)?)?;
+    launch(args, grid(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
 
-    let f = kernel(device, &KERNELS, &format!("attention_dkv_{}", d.hd), dtype)?;
+    let f = kernel(device, kernels.module, &kernels.name("dkv", d.hd), dtype)?;
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dk).arg(&mut dv);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-    launch(args, grid(d.tk.div_ceil(ROWS_PER_BLOCK), d.b * d.kvh)?)?;
+    launch(args, grid(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
     Ok(CudaStorage::wrap_cuda_slice(grads, device.clone()))
 }

@@ -229,3 +229,6 @@ HEAD_DIM_KERNELS(attention_dkv,
                  (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse,
                   const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale),
                  (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale))
+
+#undef ROWS_PER_BLOCK
+#undef TILE

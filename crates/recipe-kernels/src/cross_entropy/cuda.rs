@@ -7,7 +7,7 @@ use candle_core::{CudaStorage, Layout, Result};
 
 use crate::cuda::{Module, contiguous, count, kernel, launch, per_row, unfilled};
 
-const KERNELS: Module = Module { name: "cross_entropy", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "cross_entropy", source: include_str!("kernels.cu"), arch: None };
 
 /// Kernel `name` over `logits` `[N, V]` of T, `targets` `[N]` of u32 and a per-row f32
 /// (the mask forward, the weight backward), into `len` elements of `O`.

@@ -25,22 +25,31 @@ pub(crate) const BLOCK: u32 = 256;
 pub(crate) struct Module {
     pub(crate) name: &'static str,
     pub(crate) source: &'static str,
+    /// The virtual architecture it needs (its first line says so too, `// arch: compute_80`,
+    /// for scripts/check-cuda-kernels.py); NVRTC's default when none.
+    pub(crate) arch: Option<&'static str>,
 }
 
-/// The PTX of each module compiled so far, shared by every device (NVRTC's default virtual
-/// architecture, which the driver compiles for whatever GPU loads it).
+/// The PTX of each module compiled so far, shared by every device (for a virtual architecture,
+/// which the driver compiles for whatever GPU loads it).
 fn compiled(module: &Module) -> Result<String> {
     static PTX: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
     let mut cache = PTX.get_or_init(Default::default).lock().expect("no thread panics holding the PTX cache");
     if let Some(ptx) = cache.get(module.name) {
         return Ok(ptx.clone());
     }
-    let options = nvrtc::CompileOptions { name: Some(format!("{}.cu", module.name)), ..Default::default() };
+    let options =
+        nvrtc::CompileOptions { name: Some(format!("{}.cu", module.name)), arch: module.arch, ..Default::default() };
     let ptx = nvrtc::compile_ptx_with_opts(format!("{COMMON}\n{}", module.source), options)
         .map_err(|e| candle_core::Error::Cuda(format!("compiling the {} kernels: {e}", module.name).into()))?
         .to_src();
     cache.insert(module.name, ptx.clone());
     Ok(ptx)
+}
+
+/// The device's compute capability, major version first.
+pub(crate) fn compute_capability(device: &CudaDevice) -> Result<(i32, i32)> {
+    device.cuda_stream().context().compute_capability().w()
 }
 
 /// Kernel `name` of `module` for elements of `dtype` (`name_f32`, `name_bf16`, `name_f16`).

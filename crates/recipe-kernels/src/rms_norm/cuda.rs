@@ -7,7 +7,7 @@ use candle_core::{CudaStorage, Layout, Result};
 
 use crate::cuda::{BLOCK, Module, contiguous, count, kernel, launch, per_row, unfilled};
 
-const KERNELS: Module = Module { name: "rms_norm", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "rms_norm", source: include_str!("kernels.cu"), arch: None };
 
 /// Rows per partial sum of `dw`, unless there are more spans than a grid's second dimension
 /// holds (65,535).

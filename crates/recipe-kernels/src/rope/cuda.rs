@@ -7,7 +7,7 @@ use candle_core::{CudaStorage, Layout, Result};
 
 use crate::cuda::{Module, contiguous, count, kernel, launch, per_element, unfilled};
 
-const KERNELS: Module = Module { name: "rope", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "rope", source: include_str!("kernels.cu"), arch: None };
 
 /// `x` `[B, H, T, hd]` of T, read through its strides (its rows of unit stride), rotated by
 /// the f32 `cos`, `sin` `[B, 1, T, hd/2]`; `sign` −1 rotates back.

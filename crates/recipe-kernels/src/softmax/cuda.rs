@@ -7,7 +7,7 @@ use candle_core::{CudaStorage, Layout, Result};
 
 use crate::cuda::{Module, contiguous, count, kernel, launch, per_row, unfilled};
 
-const KERNELS: Module = Module { name: "softmax", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "softmax", source: include_str!("kernels.cu"), arch: None };
 
 /// `x` `[B, H, Tq, Tk]` of T, `bias` `[B, 1, Tq, Tk]` of f32.
 pub(super) fn forward<T: CudaDType + DeviceRepr>(

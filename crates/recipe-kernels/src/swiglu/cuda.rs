@@ -7,7 +7,7 @@ use candle_core::{CudaStorage, Layout, Result};
 
 use crate::cuda::{Module, contiguous, count, kernel, launch, per_element, unfilled};
 
-const KERNELS: Module = Module { name: "swiglu", source: include_str!("kernels.cu") };
+const KERNELS: Module = Module { name: "swiglu", source: include_str!("kernels.cu"), arch: None };
 
 pub(super) fn forward<T: CudaDType + DeviceRepr>(
     (g, gl): (&CudaStorage, &Layout),
