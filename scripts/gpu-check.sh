@@ -97,17 +97,21 @@ fi
 
 if want throughput; then
 section "throughput: 134M Llama, seq 1024, batch 16, bf16-mixed, AdamW"
-"$recipe" train benches/gpu-134m.toml --device cuda --runs "$work/bench" 2>&1 | grep -E 'device|error'
-python3 - "$(ls "$work"/bench/gpu-134m/pretrain/*/metrics.jsonl)" <<'PY'
+# Attention on tensor cores (the default), then on the CUDA cores.
+for attention in tensor-cores cuda-cores; do
+RECIPE_CUDA_ATTENTION=$attention "$recipe" train benches/gpu-134m.toml --device cuda --runs "$work/bench-$attention" 2>&1 |
+    grep -E 'device|error'
+python3 - "$(ls "$work"/bench-$attention/gpu-134m/pretrain/*/metrics.jsonl)" "$attention" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1]) if "tokens_per_s" in l]
 tps = sorted(l["tokens_per_s"] for l in lines[5:])
 tok = tps[len(tps) // 2]
 n = 134_105_856 - 32000 * 768  # parameters without the embedding
 flops = 6 * n + 12 * 12 * 768 * 1024
-print(json.dumps({"impl": "recipe", "tokens_per_s": round(tok), "mfu": round(tok * flops / 989e12, 4),
-                  "loss": [round(l["loss"], 3) for l in lines[::5]]}))
+print(json.dumps({"impl": f"recipe, attention on {sys.argv[2]}", "tokens_per_s": round(tok),
+                  "mfu": round(tok * flops / 989e12, 4), "loss": [round(l["loss"], 3) for l in lines[::5]]}))
 PY
+done
 python3 benches/torch_llama.py --steps 20
 fi
 

@@ -32,10 +32,17 @@ const TENSOR_CORES: Kernels =
 impl Kernels {
     /// Tensor cores for 16-bit inputs at head dimensions 32 and 64 on sm_80 and newer, whose
     /// operands start on a whole pair of elements (their kernels read two at a time).
+    /// `RECIPE_CUDA_ATTENTION=cuda-cores` keeps them on the CUDA cores (to compare the two).
     fn for_inputs(device: &CudaDevice, dtype: DType, hd: usize, layouts: [&Layout; 3]) -> Result<Kernels> {
+        let allowed = match std::env::var("RECIPE_CUDA_ATTENTION").as_deref() {
+            Err(_) | Ok("tensor-cores") => true,
+            Ok("cuda-cores") => false,
+            Ok(other) => candle_core::bail!("RECIPE_CUDA_ATTENTION={other}: expected tensor-cores or cuda-cores"),
+        };
         let sixteen_bits = matches!(dtype, DType::BF16 | DType::F16);
         let paired = layouts.iter().all(|l| l.start_offset() % 2 == 0);
-        if sixteen_bits && matches!(hd, 32 | 64) && paired && crate::cuda::compute_capability(device)?.0 >= 8 {
+        if allowed && sixteen_bits && matches!(hd, 32 | 64) && paired && crate::cuda::compute_capability(device)?.0 >= 8
+        {
             Ok(TENSOR_CORES)
         } else {
             Ok(CUDA_CORES)
