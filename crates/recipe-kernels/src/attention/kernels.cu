@@ -19,24 +19,6 @@ __device__ __forceinline__ float quad_sum(float v) {
     return v;
 }
 
-// The keys the block's queries reach: [*lo, *hi), to every thread.
-__device__ __forceinline__ void key_range(const u32* spans, u32 b, u32 first, u32 tq, u32 tk, u32* lo, u32* hi) {
-    __shared__ u32 range[2];
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32 l = tk, h = 0;
-        for (u32 i = first; i < min(first + ROWS_PER_BLOCK, tq); ++i) {
-            l = min(l, spans[2 * ((size_t)b * tq + i)]);
-            h = max(h, spans[2 * ((size_t)b * tq + i) + 1]);
-        }
-        range[0] = l;
-        range[1] = max(l, h);
-    }
-    __syncthreads();
-    *lo = range[0];
-    *hi = range[1];
-}
-
 // Rows `first .. first + TILE` of a `[rows, HD]` matrix into shared `tile` in f32 (zeros past
 // `rows`).
 template <typename T, int HD>
@@ -64,7 +46,7 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
     const T* vg = v + ((size_t)b * kv_heads + g) * tk * HD;
     float m = NEG_INFINITY, l = 0.0f;
     u32 first_key, end_key;
-    key_range(spans, b, first, tq, tk, &first_key, &end_key);
+    keys_reached(spans, b, first, ROWS_PER_BLOCK, tq, tk, &first_key, &end_key);
     for (u32 k0 = first_key; k0 < end_key; k0 += TILE) {
         __syncthreads();
         load_tile<T, HD>(ks, kg, HD, k0, tk);
@@ -131,7 +113,7 @@ __device__ void attention_dq(const T* q, const T* k, const T* v, const u32* span
     const T* kg = k + ((size_t)b * kv_heads + g) * tk * HD;
     const T* vg = v + ((size_t)b * kv_heads + g) * tk * HD;
     u32 first_key, end_key;
-    key_range(spans, b, first, tq, tk, &first_key, &end_key);
+    keys_reached(spans, b, first, ROWS_PER_BLOCK, tq, tk, &first_key, &end_key);
     for (u32 k0 = first_key; k0 < end_key; k0 += TILE) {
         __syncthreads();
         load_tile<T, HD>(ks, kg, HD, k0, tk);
@@ -173,19 +155,9 @@ __device__ void attention_dkv(const T* q, const T* k, const T* v, const u32* spa
     for (u32 h = g * group; h < (g + 1) * group; ++h) {
         const size_t bh = (size_t)b * heads + h;
         for (u32 q0 = 0; q0 < tq; q0 += TILE) {
-            __syncthreads();
-            if (threadIdx.x < TILE) {
-                const u32 i = q0 + threadIdx.x;
-                lo_s[threadIdx.x] = i < tq ? spans[2 * ((size_t)b * tq + i)] : 0;
-                hi_s[threadIdx.x] = i < tq ? spans[2 * ((size_t)b * tq + i) + 1] : 0;
-                lse_s[threadIdx.x] = i < tq ? lse[bh * tq + i] : 0.0f;
-                delta_s[threadIdx.x] = i < tq ? delta[bh * tq + i] : 0.0f;
-            }
-            __syncthreads();
             // Skip the tile unless one of its queries sees one of the block's keys.
-            bool reaches = false;
-            for (int r = 0; r < TILE; ++r) reaches |= lo_s[r] < last && hi_s[r] > first;
-            if (!reaches) continue;
+            if (!stage_queries(spans, lse, delta, b, bh, q0, TILE, tq, first, last, lo_s, hi_s, lse_s, delta_s))
+                continue;
             load_tile<T, HD>(qs, q + bh * tq * HD, HD, q0, tq);
             load_tile<T, HD>(dos, dout + ((size_t)b * tq * heads + h) * HD, (size_t)heads * HD, q0, tq);
             __syncthreads();

@@ -101,24 +101,6 @@ __device__ __forceinline__ void times_tile(float (*acc)[4], const float (*p)[4],
     }
 }
 
-// The keys the block's queries reach: [*lo, *hi), to every thread.
-__device__ __forceinline__ void block_keys(const u32* spans, u32 b, u32 first, u32 tq, u32 tk, u32* lo, u32* hi) {
-    __shared__ u32 range[2];
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32 l = tk, h = 0;
-        for (u32 i = first; i < min(first + ROWS_PER_BLOCK, tq); ++i) {
-            l = min(l, spans[2 * ((size_t)b * tq + i)]);
-            h = max(h, spans[2 * ((size_t)b * tq + i) + 1]);
-        }
-        range[0] = l;
-        range[1] = max(l, h);
-    }
-    __syncthreads();
-    *lo = range[0];
-    *hi = range[1];
-}
-
 template <typename T, int HD>
 __device__ void attention_mma_forward(const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse,
                                       u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale) {
@@ -139,7 +121,7 @@ __device__ void attention_mma_forward(const T* q, const T* k, const T* v, const 
     float o[HD / 8][4] = {};
     float m[2] = {NEG_INFINITY, NEG_INFINITY}, l[2] = {0.0f, 0.0f};
     u32 first_key, end_key;
-    block_keys(spans, b, first, tq, tk, &first_key, &end_key);
+    keys_reached(spans, b, first, ROWS_PER_BLOCK, tq, tk, &first_key, &end_key);
     for (u32 k0 = first_key; k0 < end_key; k0 += TILE) {
         __syncthreads();
         load_tile<T, HD>(ks, kg, HD, k0, tk);
@@ -208,7 +190,7 @@ __device__ void attention_mma_dq(const T* q, const T* k, const T* v, const u32* 
     const T* vg = v + ((size_t)b * kv_heads + kvg) * tk * HD;
     float acc[HD / 8][4] = {};
     u32 first_key, end_key;
-    block_keys(spans, b, first, tq, tk, &first_key, &end_key);
+    keys_reached(spans, b, first, ROWS_PER_BLOCK, tq, tk, &first_key, &end_key);
     for (u32 k0 = first_key; k0 < end_key; k0 += TILE) {
         __syncthreads();
         load_tile<T, HD>(ks, kg, HD, k0, tk);
@@ -255,18 +237,9 @@ __device__ void attention_mma_dkv(const T* q, const T* k, const T* v, const u32*
     for (u32 h = kvg * group; h < (kvg + 1) * group; ++h) {
         const size_t bh = (size_t)b * heads + h;
         for (u32 q0 = 0; q0 < tq; q0 += TILE) {
-            __syncthreads();
-            if (threadIdx.x < TILE) {
-                const u32 i = q0 + threadIdx.x;
-                lo_s[threadIdx.x] = i < tq ? spans[2 * ((size_t)b * tq + i)] : 0u;
-                hi_s[threadIdx.x] = i < tq ? spans[2 * ((size_t)b * tq + i) + 1] : 0u;
-                lse_s[threadIdx.x] = i < tq ? lse[bh * tq + i] : 0.0f;
-                delta_s[threadIdx.x] = i < tq ? delta[bh * tq + i] : 0.0f;
-            }
-            __syncthreads();
-            bool reaches = false;
-            for (int r = 0; r < TILE; ++r) reaches |= lo_s[r] < last && hi_s[r] > first;
-            if (!reaches) continue;
+            // Skip the tile unless one of its queries sees one of the block's keys.
+            if (!stage_queries(spans, lse, delta, b, bh, q0, TILE, tq, first, last, lo_s, hi_s, lse_s, delta_s))
+                continue;
             load_tile<T, HD>(qs, q + bh * tq * HD, HD, q0, tq);
             load_tile<T, HD>(dos, dout + ((size_t)b * tq * heads + h) * HD, (size_t)heads * HD, q0, tq);
             __syncthreads();

@@ -80,6 +80,49 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return m;
 }
 
+// Attention's, for both its modules (CUDA cores and tensor cores).
+//
+// The keys that queries `first .. first + count` (of `tq`) of row `b` reach, as spans
+// `[lo, hi)` per query (`spans[2(b·tq + i)]`, `spans[2(b·tq + i) + 1]`): `[*lo, *hi)`, to every
+// thread of the block (which calls this together).
+__device__ __forceinline__ void keys_reached(const u32* spans, u32 b, u32 first, u32 count, u32 tq, u32 tk, u32* lo,
+                                             u32* hi) {
+    __shared__ u32 range[2];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32 l = tk, h = 0;
+        for (u32 i = first; i < min(first + count, tq); ++i) {
+            l = min(l, spans[2 * ((size_t)b * tq + i)]);
+            h = max(h, spans[2 * ((size_t)b * tq + i) + 1]);
+        }
+        range[0] = l;
+        range[1] = max(l, h);
+    }
+    __syncthreads();
+    *lo = range[0];
+    *hi = range[1];
+}
+
+// Queries `q0 .. q0 + count` (of `tq`, count ≤ BLOCK) of row `b`, head row `bh`, into shared
+// memory: their spans, log-sum-exps and deltas (zeros past `tq`). Returns, to every thread,
+// whether one of them sees a key of `[first, last)`.
+__device__ __forceinline__ bool stage_queries(const u32* spans, const float* lse, const float* delta, u32 b, size_t bh,
+                                              u32 q0, u32 count, u32 tq, u32 first, u32 last, u32* lo_s, u32* hi_s,
+                                              float* lse_s, float* delta_s) {
+    __syncthreads();
+    if (threadIdx.x < count) {
+        const u32 i = q0 + threadIdx.x;
+        lo_s[threadIdx.x] = i < tq ? spans[2 * ((size_t)b * tq + i)] : 0u;
+        hi_s[threadIdx.x] = i < tq ? spans[2 * ((size_t)b * tq + i) + 1] : 0u;
+        lse_s[threadIdx.x] = i < tq ? lse[bh * tq + i] : 0.0f;
+        delta_s[threadIdx.x] = i < tq ? delta[bh * tq + i] : 0.0f;
+    }
+    __syncthreads();
+    bool reaches = false;
+    for (u32 r = 0; r < count; ++r) reaches |= lo_s[r] < last && hi_s[r] > first;
+    return reaches;
+}
+
 // `extern "C"` entry point `ENTRY_SUFFIX` whose body is `CALL` (in parentheses), with `T` the
 // element type `TYPE`. Each entry point sits in a namespace of its own, where `T` is defined.
 #define KERNEL_FOR(ENTRY, SUFFIX, TYPE, PARAMS, CALL) \
