@@ -1,5 +1,5 @@
-//! The CUDA side of the fused ops: each op's CUDA C (`<op>/kernels.cu`, compiled after
-//! `common.cuh`) is compiled by NVRTC the first time a process launches one of its kernels, then
+//! The CUDA side of the fused ops: each op's CUDA C (`<op>/kernels.cu`, and attention's
+//! `mma.cu`, each compiled after `common.cuh`) is compiled by NVRTC the first time a process launches one of its kernels, then
 //! loaded once per device; the helpers here take operands out of Candle's storage and launch.
 //! Kernels exist for f32, bf16 and f16 (`NAME_f32`, `NAME_bf16`, `NAME_f16`) and compute in f32.
 //! Reductions run in a fixed order per block, never through atomics, so results repeat bit for
@@ -31,19 +31,21 @@ pub(crate) struct Module {
 }
 
 /// The PTX of each module compiled so far, shared by every device (for a virtual architecture,
-/// which the driver compiles for whatever GPU loads it).
-fn compiled(module: &Module) -> Result<String> {
-    static PTX: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
+/// which the driver compiles for whatever GPU loads it). Kept for the process's life (a few
+/// modules, compiled once each), so a launch reads it without a copy.
+fn compiled(module: &Module) -> Result<&'static str> {
+    static PTX: OnceLock<Mutex<HashMap<&'static str, &'static str>>> = OnceLock::new();
     let mut cache = PTX.get_or_init(Default::default).lock().expect("no thread panics holding the PTX cache");
     if let Some(ptx) = cache.get(module.name) {
-        return Ok(ptx.clone());
+        return Ok(ptx);
     }
     let options =
         nvrtc::CompileOptions { name: Some(format!("{}.cu", module.name)), arch: module.arch, ..Default::default() };
     let ptx = nvrtc::compile_ptx_with_opts(format!("{COMMON}\n{}", module.source), options)
         .map_err(|e| candle_core::Error::Cuda(format!("compiling the {} kernels: {e}", module.name).into()))?
         .to_src();
-    cache.insert(module.name, ptx.clone());
+    let ptx: &'static str = Box::leak(ptx.into_boxed_str());
+    cache.insert(module.name, ptx);
     Ok(ptx)
 }
 
@@ -61,7 +63,7 @@ pub(crate) fn kernel(device: &CudaDevice, module: &Module, name: &str, dtype: DT
         other => candle_core::bail!("the {} kernels take f32, bf16 or f16, not {other:?}", module.name),
     };
     let ptx = compiled(module)?;
-    Ok(device.get_or_load_custom_func(&format!("{name}_{suffix}"), module.name, &ptx)?.into_cuda_function())
+    Ok(device.get_or_load_custom_func(&format!("{name}_{suffix}"), module.name, ptx)?.into_cuda_function())
 }
 
 /// Launch a kernel with the arguments pushed on `args`
