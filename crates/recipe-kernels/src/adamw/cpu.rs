@@ -1,4 +1,5 @@
-//! The ops, and their CPU kernel (the CUDA kernels' launches are in `cuda.rs`): two in-place passes over contiguous chunks, spread over Candle's workers.
+//! The ops, and their CPU kernel (the CUDA kernels' launches are in `cuda.rs`): two in-place
+//! passes over contiguous chunks, spread over Candle's workers.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};

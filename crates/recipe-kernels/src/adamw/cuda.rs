@@ -3,7 +3,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaDType;
 use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
-use candle_core::{CudaStorage, DType, Layout, Result};
+use candle_core::{CudaStorage, Layout, Result};
 
 use super::AdamWStep;
 use crate::cuda::{Module, contiguous, count, kernel, launch, per_element};
@@ -41,7 +41,7 @@ pub(super) fn apply<T: CudaDType + DeviceRepr>(
     let mvs = contiguous::<f32>(mv, mvl)?;
     let Some((start, end)) = pl.contiguous_offsets() else { candle_core::bail!("adamw needs contiguous tensors") };
     let n = end - start;
-    if mvs.len() != 2 * n || mv.dtype() != DType::F32 {
+    if mvs.len() != 2 * n {
         candle_core::bail!("adamw: moments {:?} do not fit a parameter of {n}", mvl.shape());
     }
     let dtype = p.dtype();
