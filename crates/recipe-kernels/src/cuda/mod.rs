@@ -1,6 +1,7 @@
 //! The CUDA side of the fused ops: each op's CUDA C (`<op>/kernels.cu`, and attention's
-//! `mma.cu`, each compiled after `common.cuh`) is compiled by NVRTC the first time a process launches one of its kernels, then
-//! loaded once per device; the helpers here take operands out of Candle's storage and launch.
+//! `mma.cu`, each compiled after `common.cuh`) is compiled by NVRTC the first time a process
+//! launches one of its kernels, then loaded once per device; the helpers here take operands out
+//! of Candle's storage and launch.
 //! Kernels exist for f32, bf16 and f16 (`NAME_f32`, `NAME_bf16`, `NAME_f16`) and compute in f32.
 //! Reductions run in a fixed order per block, never through atomics, so results repeat bit for
 //! bit and resume stays exact.
