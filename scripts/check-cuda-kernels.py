@@ -3,7 +3,9 @@
 machine without one: each `crates/recipe-kernels/src/<op>/*.cu` after `cuda/common.cuh`, to PTX
 for the virtual architecture its first line names (`// arch: compute_80`; else NVRTC's default,
 what `recipe` loads) and to SASS for sm_90 (which runs the assembler too, so register and
-shared-memory overruns show). Prints each module's log and fails on any error or warning, and
+shared-memory overruns show, and it warns when a kernel spills registers or puts an array in
+local memory: slow on a GPU, so an error here). Prints each module's log and fails on any
+error or warning, and
 when a kernel name the op's `cuda.rs` spells out is in none of its modules' entry points.
 
 Needs NVRTC: `pip install nvidia-cuda-nvrtc==13.0.88`; scripts/check-cuda-kernels.sh sets it up."""
@@ -72,7 +74,7 @@ def main():
             virtual = [f"--gpu-architecture={arch.group(1)}"] if arch else []
             source = common + "\n" + text
             label = f"{op}/{os.path.basename(path)}"
-            for options in (virtual, ["--gpu-architecture=sm_90"]):
+            for options in (virtual, ["--gpu-architecture=sm_90", "--ptxas-options=--warn-on-spills", "--ptxas-options=--warn-on-local-memory-usage"]):
                 result, log, ptx = compile_source(nvrtc, label, source, options)
                 what = f"{label} ({options[0].split('=')[1] if options else 'default architecture'})"
                 if result != 0 or log:

@@ -10,5 +10,5 @@ nvrtc=target/nvrtc-py
 PYTHONPATH=$nvrtc python3 scripts/check-cuda-kernels.py
 # Their arithmetic and indexing, run on the CPU by a small CUDA emulation against double
 # references (scripts/cuda-emulator/check.cpp).
-g++ -std=c++20 -O1 -pthread -Wall -Werror -fno-strict-aliasing -o target/cuda-emulated scripts/cuda-emulator/check.cpp
+g++ -std=c++20 -O1 -pthread -Wall -Werror -Wno-unknown-pragmas -fno-strict-aliasing -o target/cuda-emulated scripts/cuda-emulator/check.cpp
 target/cuda-emulated

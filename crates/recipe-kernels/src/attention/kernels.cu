@@ -54,6 +54,8 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
         __syncthreads();
         float s[TILE];
         float tile_max = NEG_INFINITY;
+        // Unrolled, so that `s` stays in registers.
+#pragma unroll
         for (int j = 0; j < TILE; ++j) {
             float dot = 0.0f;
             for (int d = 0; d < S; ++d) dot += qr[d] * ks[j][part + 4 * d];
@@ -67,6 +69,7 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
         const float alpha = m == NEG_INFINITY ? 0.0f : expf(m - m_new);
         l *= alpha;
         for (int d = 0; d < S; ++d) o[d] *= alpha;
+#pragma unroll
         for (int j = 0; j < TILE; ++j) {
             const float p = s[j] == NEG_INFINITY ? 0.0f : expf(s[j] - m_new);
             l += p;
