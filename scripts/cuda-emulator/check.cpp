@@ -247,7 +247,7 @@ static Floats widened(const std::vector<T>& v) {
 
 template <typename T, typename Forward, typename Delta, typename Dq, typename Dkv>
 static void attention(const std::string& kernels, u32 hd, unsigned rows_per_block, double tol, Forward forward,
-                      Delta delta_of, Dq dq_of, Dkv dkv_of) {
+                      Delta delta_of, Dq dq_of, std::initializer_list<Dkv> key_passes) {
     const u32 b = 2, heads = 4, kv_heads = 2, t = 150;
     const float scale = 0.3f;
     // Row 0 holds documents [0, 30) and [30, 150); row 1 one document.
@@ -312,10 +312,11 @@ static void attention(const std::string& kernels, u32 hd, unsigned rows_per_bloc
               kv_heads, t, t, scale);
     });
     expect("attention dq" + at, widened(gdq), dq, tol);
-    launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
-        dkv_of(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdk.data(),
-               gdv.data(), heads, kv_heads, t, t, scale);
-    });
+    for (Dkv pass : key_passes)
+        launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
+            pass(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdk.data(),
+                 gdv.data(), heads, kv_heads, t, t, scale);
+        });
     expect("attention dk" + at, widened(gdk), dk, tol);
     expect("attention dv" + at, widened(gdv), dv, tol);
 }
@@ -343,19 +344,28 @@ int main() {
     adamw();
     const unsigned simt = BLOCK / 4, mma = BLOCK / 32 * 16;
     attention<float>("f32", 32, simt, 1e-5, ENTRY(attention_forward_32, f32), ENTRY(attention_delta_32, f32),
-                     ENTRY(attention_dq_32, f32), ENTRY(attention_dkv_32, f32));
+                     ENTRY(attention_dq_32, f32), {ENTRY(attention_dkv_32, f32)});
     attention<float>("f32", 64, simt, 1e-5, ENTRY(attention_forward_64, f32), ENTRY(attention_delta_64, f32),
-                     ENTRY(attention_dq_64, f32), ENTRY(attention_dkv_64, f32));
+                     ENTRY(attention_dq_64, f32), {ENTRY(attention_dkv_64, f32)});
+    attention<float>("f32", 128, simt, 1e-5, ENTRY(attention_forward_128, f32), ENTRY(attention_delta_128, f32),
+                     ENTRY(attention_dq_128, f32), {ENTRY(attention_dkv_128, f32)});
     // Tensor cores: products of bf16 (f16) operands, the probabilities and their gradients
     // rounded to bf16 (f16) on the way into the second product, as FlashAttention does.
     attention<bf16>("bf16 tensor cores", 32, mma, 3e-2, ENTRY(attention_mma_forward_32, bf16),
                     ENTRY(attention_delta_32, bf16), ENTRY(attention_mma_dq_32, bf16),
-                    ENTRY(attention_mma_dkv_32, bf16));
+                    {ENTRY(attention_mma_dkv_32, bf16)});
     attention<bf16>("bf16 tensor cores", 64, mma, 3e-2, ENTRY(attention_mma_forward_64, bf16),
                     ENTRY(attention_delta_64, bf16), ENTRY(attention_mma_dq_64, bf16),
-                    ENTRY(attention_mma_dkv_64, bf16));
+                    {ENTRY(attention_mma_dkv_64, bf16)});
     attention<f16>("f16 tensor cores", 64, mma, 4e-3, ENTRY(attention_mma_forward_64, f16),
-                   ENTRY(attention_delta_64, f16), ENTRY(attention_mma_dq_64, f16), ENTRY(attention_mma_dkv_64, f16));
+                   ENTRY(attention_delta_64, f16), ENTRY(attention_mma_dq_64, f16), {ENTRY(attention_mma_dkv_64, f16)});
+    // Head dimension 128: dk and dv in passes of their own.
+    attention<bf16>("bf16 tensor cores", 128, mma, 3e-2, ENTRY(attention_mma_forward_128, bf16),
+                    ENTRY(attention_delta_128, bf16), ENTRY(attention_mma_dq_128, bf16),
+                    {ENTRY(attention_mma_dk_128, bf16), ENTRY(attention_mma_dv_128, bf16)});
+    attention<f16>("f16 tensor cores", 128, mma, 4e-3, ENTRY(attention_mma_forward_128, f16),
+                   ENTRY(attention_delta_128, f16), ENTRY(attention_mma_dq_128, f16),
+                   {ENTRY(attention_mma_dk_128, f16), ENTRY(attention_mma_dv_128, f16)});
     conversions();
     if (failures) std::printf("%d checks failed\n", failures);
     return failures ? 1 : 0;

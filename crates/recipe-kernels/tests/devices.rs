@@ -54,12 +54,6 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
     let dropout = Some(Dropout { p: 0.25, seed: 5 });
     let spans = KeySpans::documents(&docs, b, t);
     let spans_composed = spans.clone();
-    // At a head dimension the CUDA kernels are built for, over more than one tile of 32 keys
-    // and one block of 64 queries, two documents in the first row.
-    let (long_t, long_hd) = (70, 32);
-    let long_docs: Vec<u32> = (0..b * long_t).map(|i| u32::from(i < 30)).collect();
-    let long_spans = KeySpans::documents(&long_docs, b, long_t);
-    let long_spans_composed = long_spans.clone();
     vec![
         Case {
             name: "rms_norm",
@@ -86,17 +80,8 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, 0.35)),
             reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, 0.35)),
         },
-        Case {
-            name: "attention at head dimension 32",
-            inputs: vec![
-                uniform(rng, &[b, 4, long_t, long_hd], 1.5),
-                uniform(rng, &[b, 2, long_t, long_hd], 1.5),
-                uniform(rng, &[b, 2, long_t, long_hd], 1.5),
-            ],
-            trainable: vec![true, true, true],
-            op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &long_spans, 0.2)),
-            reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &long_spans_composed, 0.2)),
-        },
+        long_attention(rng, "attention at head dimension 32", 32),
+        long_attention(rng, "attention at head dimension 128", 128),
         Case {
             name: "swiglu",
             inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
@@ -147,6 +132,26 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             reference: Box::new(|i| i[0].matmul(&i[1].t()?)),
         },
     ]
+}
+
+/// Attention at a head dimension the CUDA kernels are built for, over more than one tile of keys
+/// and one block of queries, grouped-query heads, two documents in the first row.
+fn long_attention(rng: &mut ChaCha8Rng, name: &'static str, hd: usize) -> Case {
+    let (b, t) = (2, 70);
+    let docs: Vec<u32> = (0..b * t).map(|i| u32::from(i < 30)).collect();
+    let spans = KeySpans::documents(&docs, b, t);
+    let spans_composed = spans.clone();
+    Case {
+        name,
+        inputs: vec![
+            uniform(rng, &[b, 4, t, hd], 1.5),
+            uniform(rng, &[b, 2, t, hd], 1.5),
+            uniform(rng, &[b, 2, t, hd], 1.5),
+        ],
+        trainable: vec![true, true, true],
+        op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, 0.2)),
+        reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, 0.2)),
+    }
 }
 
 /// The output and the gradients of the trainable inputs of `f` on `inputs`, for the loss

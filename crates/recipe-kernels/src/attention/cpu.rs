@@ -289,7 +289,7 @@ impl CustomOp3 for Attention {
         let d = Dims::of(l1, l2, l3)?;
         let (out, saved) = crate::cuda::for_dtype!(
             s1.dtype(),
-            super::cuda::forward((s1, l1), (s2, l2), (s3, l3), d, &self.spans.spans, self.scale)
+            super::cuda::forward((s1, l1), (s2, l2), (s3, l3), d, &self.spans, self.scale)
         )?;
         let _ = self.on_cuda.set(std::sync::Arc::new(saved));
         Ok((out, Shape::from((d.b, d.tq, d.h, d.hd))))

@@ -1,13 +1,17 @@
 //! The CUDA kernels' launches: forward keeps each query's log-sum-exp and the spans on the
 //! device for backward, which runs `delta = Σ dout·out`, then `dq` per block of queries and
-//! `dk`, `dv` per block of keys. bf16 and f16 at head dimensions 32 and 64 run on tensor cores
-//! (`mma.cu`, sm_80 and newer); the rest on the CUDA cores (`kernels.cu`).
+//! `dk`, `dv` per block of keys. bf16 and f16 run on tensor cores (`mma.cu`, sm_80 and newer);
+//! f32 on the CUDA cores (`kernels.cu`).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
+use std::sync::{Arc, Mutex};
+
+use candle_core::cuda_backend::DeviceId;
 use candle_core::{CudaStorage, DType, Layout, Result};
 
+use super::KeySpans;
 use super::cpu::Dims;
 use crate::cuda::{BLOCK, Module, contiguous, count, kernel, launch, per_element, unfilled};
 
@@ -30,10 +34,10 @@ const TENSOR_CORES: Kernels =
     Kernels { module: &TENSOR_CORE_KERNELS, prefix: "attention_mma", rows_per_block: BLOCK as usize / 32 * 16 };
 
 impl Kernels {
-    /// Tensor cores for 16-bit inputs at head dimensions 32 and 64 on sm_80 and newer, whose
-    /// operands start on a whole pair of elements (their kernels read two at a time).
-    /// `RECIPE_CUDA_ATTENTION=cuda-cores` keeps them on the CUDA cores (to compare the two).
-    fn for_inputs(device: &CudaDevice, dtype: DType, hd: usize, layouts: [&Layout; 3]) -> Result<Kernels> {
+    /// Tensor cores for 16-bit inputs on sm_80 and newer, whose operands start on a whole pair
+    /// of elements (their kernels read two at a time). `RECIPE_CUDA_ATTENTION=cuda-cores` keeps
+    /// them on the CUDA cores (to compare the two).
+    fn for_inputs(device: &CudaDevice, dtype: DType, layouts: [&Layout; 3]) -> Result<Kernels> {
         let allowed = match std::env::var("RECIPE_CUDA_ATTENTION").as_deref() {
             Err(_) | Ok("tensor-cores") => true,
             Ok("cuda-cores") => false,
@@ -41,8 +45,7 @@ impl Kernels {
         };
         let sixteen_bits = matches!(dtype, DType::BF16 | DType::F16);
         let paired = layouts.iter().all(|l| l.start_offset() % 2 == 0);
-        if allowed && sixteen_bits && matches!(hd, 32 | 64) && paired && crate::cuda::compute_capability(device)?.0 >= 8
-        {
+        if allowed && sixteen_bits && paired && crate::cuda::compute_capability(device)?.0 >= 8 {
             Ok(TENSOR_CORES)
         } else {
             Ok(CUDA_CORES)
@@ -52,6 +55,12 @@ impl Kernels {
     fn name(&self, step: &str, hd: usize) -> String {
         format!("{}_{step}_{hd}", self.prefix)
     }
+
+    /// The passes over blocks of keys: `dk` and `dv` in one, but on tensor cores at head
+    /// dimension 128, where each has a pass of its own (both would not fit in registers).
+    fn key_passes(&self, hd: usize) -> &'static [&'static str] {
+        if self.prefix == TENSOR_CORES.prefix && hd == 128 { &["dk", "dv"] } else { &["dkv"] }
+    }
 }
 
 /// Whether the kernels are built for heads of `hd` (others run the composed fallback).
@@ -59,10 +68,33 @@ pub(super) fn has_kernel_for(hd: usize) -> bool {
     matches!(hd, 32 | 64 | 128)
 }
 
+/// `[lo, hi)` of each query's keys, `[B · Tq · 2]`, on the device that holds them.
+type OnDevice = (DeviceId, Arc<CudaSlice<u32>>);
+
+/// Where a [`KeySpans`] keeps its spans once uploaded (shared by its clones).
+pub(super) type Uploaded = Arc<Mutex<Option<OnDevice>>>;
+
+impl KeySpans {
+    /// The spans on `device`: uploaded by the first call, the same copy after (one
+    /// host-to-device copy per micro-batch, not one per layer).
+    fn on(&self, device: &CudaDevice) -> Result<Arc<CudaSlice<u32>>> {
+        let mut uploaded = self.on_cuda.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((id, spans)) = uploaded.as_ref()
+            && *id == device.id()
+        {
+            return Ok(spans.clone());
+        }
+        let flat: Vec<u32> = self.spans.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
+        let spans = Arc::new(device.clone_htod(flat.as_slice())?);
+        *uploaded = Some((device.id(), spans.clone()));
+        Ok(spans)
+    }
+}
+
 /// What forward leaves on the device for backward.
 pub(super) struct Saved {
     /// `[lo, hi)` of each query's keys, `[B · Tq · 2]`.
-    spans: CudaSlice<u32>,
+    spans: Arc<CudaSlice<u32>>,
     /// Each query's log-sum-exp of its scaled scores, `[B, H, Tq]`.
     lse: CudaSlice<f32>,
     /// The kernels forward ran, which backward runs too.
@@ -83,21 +115,20 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     (k, kl): (&CudaStorage, &Layout),
     (v, vl): (&CudaStorage, &Layout),
     d: Dims,
-    spans: &[(u32, u32)],
+    spans: &KeySpans,
     scale: f64,
 ) -> Result<(CudaStorage, Saved)> {
     let device = &q.device;
-    let kernels = Kernels::for_inputs(device, q.dtype(), d.hd, [ql, kl, vl])?;
+    let kernels = Kernels::for_inputs(device, q.dtype(), [ql, kl, vl])?;
     let (qs, ks, vs) = (contiguous::<T>(q, ql)?, contiguous::<T>(k, kl)?, contiguous::<T>(v, vl)?);
-    let flat: Vec<u32> = spans.iter().flat_map(|&(lo, hi)| [lo, hi]).collect();
-    let spans = device.clone_htod(flat.as_slice())?;
+    let spans = spans.on(device)?;
     let mut out = unfilled::<T>(device, qs.len())?;
     let mut lse = unfilled::<f32>(device, d.b * d.h * d.tq)?;
     let (h, kvh, tq, tk, scale) = (count(d.h)?, count(d.kvh)?, count(d.tq)?, count(d.tk)?, scale as f32);
     let f = kernel(device, kernels.module, &kernels.name("forward", d.hd), q.dtype())?;
     let stream = device.cuda_stream();
     let mut args = stream.launch_builder(&f);
-    args.arg(&qs).arg(&ks).arg(&vs).arg(&spans).arg(&mut out).arg(&mut lse);
+    args.arg(&qs).arg(&ks).arg(&vs).arg(&*spans).arg(&mut out).arg(&mut lse);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
     launch(args, grid(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
     Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Saved { spans, lse, kernels }))
@@ -137,14 +168,16 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     let kernels = saved.kernels;
     let f = kernel(device, kernels.module, &kernels.name("dq", d.hd), dtype)?;
     let mut args = stream.launch_builder(&f);
-    args.arg(&qs).arg(&ks).arg(&vs).arg(&saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dq);
+    args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dq);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
     launch(args, grid(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
 
-    let f = kernel(device, kernels.module, &kernels.name("dkv", d.hd), dtype)?;
-    let mut args = stream.launch_builder(&f);
-    args.arg(&qs).arg(&ks).arg(&vs).arg(&saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dk).arg(&mut dv);
-    args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-    launch(args, grid(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
+    for pass in kernels.key_passes(d.hd) {
+        let f = kernel(device, kernels.module, &kernels.name(pass, d.hd), dtype)?;
+        let mut args = stream.launch_builder(&f);
+        args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta);
+        args.arg(&mut dk).arg(&mut dv).arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
+        launch(args, grid(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
+    }
     Ok(CudaStorage::wrap_cuda_slice(grads, device.clone()))
 }

@@ -1,8 +1,9 @@
 // arch: compute_80
 // Attention over spans of keys on tensor cores, for bf16 and f16 (f32 stays with `kernels.cu`),
-// head dimensions 32 and 64: the same tiled scheme as `kernels.cu` (forward keeps each query's
-// log-sum-exp; backward is `dq` per block of queries, `dk`, `dv` per block of keys), with every
-// product an `mma.m16n8k16` (16-bit operands, f32 accumulators), as FlashAttention-2 does.
+// head dimensions 32, 64 and 128: the same tiled scheme as `kernels.cu` (forward keeps each
+// query's log-sum-exp; backward is `dq` per block of queries, `dk`, `dv` per block of keys),
+// with every product an `mma.m16n8k16` (16-bit operands, f32 accumulators), as FlashAttention-2
+// does.
 // Each warp owns 16 queries (or keys); with g = lane / 4 and t = lane % 4 a thread holds rows
 // g and g + 8 of the warp's tiles, columns 2t and 2t + 1 of every 8. Scores, probabilities and
 // their gradients stay in registers, where a product's f32 result is, in the layout the next
@@ -216,10 +217,12 @@ __device__ void attention_mma_dq(const T* q, const T* k, const T* v, const u32* 
     }
 }
 
-// dk = scale · dSᵀ·q and dv = Pᵀ·dout for the warp's 16 keys, over every query head of the
-// group in order and every tile of queries that sees one of the block's keys.
-template <typename T, int HD>
-__device__ void attention_mma_dkv(const T* q, const T* k, const T* v, const u32* spans, const T* dout,
+// dk = scale · dSᵀ·q (when DK) and dv = Pᵀ·dout (when DV) for the warp's 16 keys, over every
+// query head of the group in order and every tile of queries that sees one of the block's keys.
+// At head dimension 128 both accumulators would not fit in registers beside the operands, so
+// `dk` and `dv` are two passes there (each recomputes P).
+template <typename T, int HD, bool DK, bool DV>
+__device__ void attention_mma_key_pass(const T* q, const T* k, const T* v, const u32* spans, const T* dout,
                                   const float* lse, const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq,
                                   u32 tk, float scale) {
     __shared__ T qs[TILE][HD], dos[TILE][HD];
@@ -232,7 +235,7 @@ __device__ void attention_mma_dkv(const T* q, const T* k, const T* v, const u32*
     const size_t kv_at = ((size_t)b * kv_heads + kvg) * tk * HD;
     u32 ka[HD / 16][4], va[HD / 16][4];
     load_a<T, HD>(ka, k + kv_at, HD, key0, tk);
-    load_a<T, HD>(va, v + kv_at, HD, key0, tk);
+    if constexpr (DK) load_a<T, HD>(va, v + kv_at, HD, key0, tk);
     float dka[HD / 8][4] = {}, dva[HD / 8][4] = {};
     for (u32 h = kvg * group; h < (kvg + 1) * group; ++h) {
         const size_t bh = (size_t)b * heads + h;
@@ -246,17 +249,17 @@ __device__ void attention_mma_dkv(const T* q, const T* k, const T* v, const u32*
             // Rows are keys, columns queries: sᵀ = k·qᵀ and dpᵀ = v·doutᵀ.
             float st[TILE / 8][4] = {}, dpt[TILE / 8][4] = {};
             times_rows<T, HD>(st, ka, qs);
-            times_rows<T, HD>(dpt, va, dos);
+            if constexpr (DK) times_rows<T, HD>(dpt, va, dos);
             for (int n = 0; n < TILE / 8; ++n)
                 for (int i = 0; i < 4; ++i) {
                     const u32 key = key0 + g + 8 * (i / 2), query = n * 8 + 2 * t + (i & 1);
                     const bool sees = key < tk && key >= lo_s[query] && key < hi_s[query];
                     const float p = sees ? expf(st[n][i] * scale - lse_s[query]) : 0.0f;
                     st[n][i] = p;
-                    dpt[n][i] = p * (dpt[n][i] - delta_s[query]);
+                    if constexpr (DK) dpt[n][i] = p * (dpt[n][i] - delta_s[query]);
                 }
-            times_tile<T, HD>(dva, st, dos);
-            times_tile<T, HD>(dka, dpt, qs);
+            if constexpr (DV) times_tile<T, HD>(dva, st, dos);
+            if constexpr (DK) times_tile<T, HD>(dka, dpt, qs);
         }
     }
     for (int r = 0; r < 2; ++r) {
@@ -266,33 +269,49 @@ __device__ void attention_mma_dkv(const T* q, const T* k, const T* v, const u32*
         T* dv_at = dv + kv_at + (size_t)key * HD;
         for (int n = 0; n < HD / 8; ++n)
             for (int c = 0; c < 2; ++c) {
-                dk_at[n * 8 + 2 * t + c] = from_f32<T>(dka[n][2 * r + c] * scale);
-                dv_at[n * 8 + 2 * t + c] = from_f32<T>(dva[n][2 * r + c]);
+                if constexpr (DK) dk_at[n * 8 + 2 * t + c] = from_f32<T>(dka[n][2 * r + c] * scale);
+                if constexpr (DV) dv_at[n * 8 + 2 * t + c] = from_f32<T>(dva[n][2 * r + c]);
             }
     }
 }
 
-// Entry points `NAME_HD_bf16` and `NAME_HD_f16` for head dimensions 32 and 64.
+#define DKV_PARAMS \
+    (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse, const float* delta, T* dk, \
+     T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale)
+#define DKV_ARGS (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale)
+template <typename T, int HD> __device__ void attention_mma_dk DKV_PARAMS { attention_mma_key_pass<T, HD, true, false> DKV_ARGS; }
+template <typename T, int HD> __device__ void attention_mma_dv DKV_PARAMS { attention_mma_key_pass<T, HD, false, true> DKV_ARGS; }
+template <typename T, int HD> __device__ void attention_mma_dkv DKV_PARAMS { attention_mma_key_pass<T, HD, true, true> DKV_ARGS; }
+
+// Entry points `NAME_HD_bf16` and `NAME_HD_f16`.
 #define MMA_KERNELS_FOR(NAME, HD, PARAMS, ARGS) \
     KERNEL_FOR(NAME##_##HD, bf16, bf16, PARAMS, (NAME<T, HD> ARGS)) \
     KERNEL_FOR(NAME##_##HD, f16, f16, PARAMS, (NAME<T, HD> ARGS))
-#define MMA_KERNELS(NAME, PARAMS, ARGS) \
-    MMA_KERNELS_FOR(NAME, 32, PARAMS, ARGS) \
-    MMA_KERNELS_FOR(NAME, 64, PARAMS, ARGS)
+#define FORWARD_PARAMS \
+    (const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse, u32 heads, u32 kv_heads, u32 tq, u32 tk, \
+     float scale)
+#define DQ_PARAMS \
+    (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse, const float* delta, T* dq, \
+     u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale)
+#define FORWARD_AND_DQ(HD) \
+    MMA_KERNELS_FOR(attention_mma_forward, HD, FORWARD_PARAMS, (q, k, v, spans, out, lse, heads, kv_heads, tq, tk, scale)) \
+    MMA_KERNELS_FOR(attention_mma_dq, HD, DQ_PARAMS, (q, k, v, spans, dout, lse, delta, dq, heads, kv_heads, tq, tk, scale))
 
-MMA_KERNELS(attention_mma_forward,
-            (const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse, u32 heads, u32 kv_heads, u32 tq,
-             u32 tk, float scale),
-            (q, k, v, spans, out, lse, heads, kv_heads, tq, tk, scale))
-MMA_KERNELS(attention_mma_dq,
-            (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse, const float* delta,
-             T* dq, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale),
-            (q, k, v, spans, dout, lse, delta, dq, heads, kv_heads, tq, tk, scale))
-MMA_KERNELS(attention_mma_dkv,
-            (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse, const float* delta,
-             T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale),
-            (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale))
+FORWARD_AND_DQ(32)
+FORWARD_AND_DQ(64)
+FORWARD_AND_DQ(128)
+// dk and dv: one pass at head dimensions 32 and 64, a pass each at 128.
+MMA_KERNELS_FOR(attention_mma_dkv, 32, DKV_PARAMS, DKV_ARGS)
+MMA_KERNELS_FOR(attention_mma_dkv, 64, DKV_PARAMS, DKV_ARGS)
+MMA_KERNELS_FOR(attention_mma_dk, 128, DKV_PARAMS, DKV_ARGS)
+MMA_KERNELS_FOR(attention_mma_dv, 128, DKV_PARAMS, DKV_ARGS)
 
+#undef DKV_PARAMS
+#undef DKV_ARGS
+#undef FORWARD_PARAMS
+#undef DQ_PARAMS
+#undef FORWARD_AND_DQ
+#undef MMA_KERNELS_FOR
 #undef WARPS
 #undef ROWS_PER_BLOCK
 #undef TILE

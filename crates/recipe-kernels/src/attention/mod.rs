@@ -15,8 +15,8 @@
 //! threads per query, each holding a quarter of the head dimension in registers, tiles of 32
 //! keys in shared memory and the softmax online; backward is a pass for `dq` per block of
 //! queries and one for `dk`, `dv` per block of keys (every query head of the group, in order),
-//! so no sum depends on timing there either. bf16 and f16 at head dimensions 32 and 64 on
-//! sm_80 and newer take the tensor-core version of the same passes (`mma.cu`).
+//! so no sum depends on timing there either. bf16 and f16 on sm_80 and newer take the
+//! tensor-core version of the same passes (`mma.cu`).
 
 mod composed;
 mod cpu;
@@ -37,9 +37,24 @@ pub struct KeySpans {
     rows: usize,
     queries: usize,
     keys: usize,
+    /// The spans on the GPU, uploaded by the first layer that attends there with them (or a
+    /// clone of them); every other layer of the pass reuses that copy.
+    #[cfg(feature = "cuda")]
+    on_cuda: cuda::Uploaded,
 }
 
 impl KeySpans {
+    fn new(spans: Vec<(u32, u32)>, rows: usize, queries: usize, keys: usize) -> KeySpans {
+        KeySpans {
+            spans: spans.into(),
+            rows,
+            queries,
+            keys,
+            #[cfg(feature = "cuda")]
+            on_cuda: Default::default(),
+        }
+    }
+
     /// Causal attention inside documents: `doc_ids` `[rows · t]` numbers each position's
     /// document within its row (documents are contiguous runs, as packing lays them out); a
     /// position sees its document's positions up to itself.
@@ -55,13 +70,12 @@ impl KeySpans {
                 spans.push((start as u32, i as u32 + 1));
             }
         }
-        KeySpans { spans: spans.into(), rows, queries: t, keys: t }
+        KeySpans::new(spans, rows, t, t)
     }
 
     /// `t` new queries after `past` cached keys, in one row: query `i` sees keys `0..=past + i`.
     pub fn after(past: usize, t: usize) -> KeySpans {
-        let spans: Vec<(u32, u32)> = (0..t).map(|i| (0, (past + i + 1) as u32)).collect();
-        KeySpans { spans: spans.into(), rows: 1, queries: t, keys: past + t }
+        KeySpans::new((0..t).map(|i| (0, (past + i + 1) as u32)).collect(), 1, t, past + t)
     }
 
     /// The same pattern as an additive mask `[rows, 1, queries, keys]`: 0 where a query sees a
