@@ -14,6 +14,7 @@
 #include "../../crates/recipe-kernels/src/attention/kernels.cu"
 #include "../../crates/recipe-kernels/src/attention/mma.cu"
 #include "../../crates/recipe-kernels/src/cross_entropy/kernels.cu"
+#include "../../crates/recipe-kernels/src/lora/kernels.cu"
 #include "../../crates/recipe-kernels/src/rms_norm/kernels.cu"
 #include "../../crates/recipe-kernels/src/rope/kernels.cu"
 #include "../../crates/recipe-kernels/src/softmax/kernels.cu"
@@ -245,6 +246,34 @@ static Floats widened(const std::vector<T>& v) {
     return out;
 }
 
+// LoRA's dropout mask against the masks `Dropout::mask` draws on the CPU (printed by the Rust
+// side: 1 kept, 0 dropped), the threshold ⌈p·2⁵³⌉ and keep 1 / (1 − p) as `lora/cuda.rs` passes
+// them; and in bf16 over two blocks.
+static void dropout_mask() {
+    const struct {
+        double p;
+        u64 seed;
+        const char* kept;
+    } cases[] = {{0.25, 5, "0111111110111110111001111111111101010101"},
+                 {0.5, 0xDEADBEEF1234ull, "1100101001100000100111111001001010001111"}};
+    for (const auto& c : cases) {
+        const u32 n = 40;
+        const u64 threshold = (u64)std::ceil(c.p * 9007199254740992.0);
+        const float keep = (float)(1.0 / (1.0 - c.p));
+        Floats got(n);
+        launch(per_element(n), block, [&] { ENTRY(dropout_mask, f32)(got.data(), n, c.seed, threshold, keep); });
+        Doubles want(n);
+        for (u32 i = 0; i < n; ++i) want[i] = c.kept[i] == '1' ? keep : 0.0;
+        expect("dropout mask p = " + std::to_string(c.p), got, want, 0.0);
+    }
+    const u32 n = 300;
+    std::vector<bf16> got(n);
+    Floats f32(n);
+    launch(per_element(n), block, [&] { ENTRY(dropout_mask, bf16)(got.data(), n, 5, 2251799813685248ull, 1.3359375f); });
+    launch(per_element(n), block, [&] { ENTRY(dropout_mask, f32)(f32.data(), n, 5, 2251799813685248ull, 1.3359375f); });
+    expect("dropout mask in bf16", widened(got), Doubles(f32.begin(), f32.end()), 0.0);
+}
+
 template <typename T, typename Forward, typename Delta, typename Dq, typename Dkv>
 static void attention(const std::string& kernels, u32 hd, unsigned rows_per_block, double tol, Forward forward,
                       Delta delta_of, Dq dq_of, std::initializer_list<Dkv> key_passes) {
@@ -342,6 +371,7 @@ int main() {
     masked_softmax();
     cross_entropy();
     adamw();
+    dropout_mask();
     const unsigned simt = BLOCK / 4, mma = BLOCK / 32 * 16;
     attention<float>("f32", 32, simt, 1e-5, ENTRY(attention_forward_32, f32), ENTRY(attention_delta_32, f32),
                      ENTRY(attention_dq_32, f32), {ENTRY(attention_dkv_32, f32)});

@@ -66,22 +66,26 @@ struct Linear {
     products: Products,
 }
 
-impl Linear {
-    /// The forward pass on a GPU's storage: rounding goes through the backend's own dtype
-    /// conversions (the CPU has a one-pass kernel for it in `project_on_cpu`).
-    #[cfg(any(feature = "cuda", feature = "metal"))]
-    fn forward_on<S: BackendStorage>(&self, x: &S, xl: &Layout, w: &S, wl: &Layout) -> Result<(S, Shape)> {
-        if self.products == Products::Exact {
-            return project(x, xl, w, wl);
-        }
-        let rounded = |s: &S, l: &Layout| -> Result<(S, Layout)> {
-            let contiguous = Layout::contiguous(l.shape());
-            Ok((s.to_dtype(l, DType::BF16)?.to_dtype(&contiguous, DType::F32)?, contiguous))
-        };
-        let ((x, xl), (w, wl)) = (rounded(x, xl)?, rounded(w, wl)?);
-        let (y, shape) = project(&x, &xl, &w, &wl)?;
-        Ok((rounded(&y, &Layout::contiguous(&shape))?.0, shape))
+/// `x · wᵀ` on a GPU's storage as `products` computes it: rounding goes through the backend's
+/// own dtype conversions (the CPU has a one-pass kernel for it in `project_on_cpu`).
+#[cfg(any(feature = "cuda", feature = "metal"))]
+pub(crate) fn project_on_gpu<S: BackendStorage>(
+    x: &S,
+    xl: &Layout,
+    w: &S,
+    wl: &Layout,
+    products: Products,
+) -> Result<(S, Shape)> {
+    if products == Products::Exact {
+        return project(x, xl, w, wl);
     }
+    let rounded = |s: &S, l: &Layout| -> Result<(S, Layout)> {
+        let contiguous = Layout::contiguous(l.shape());
+        Ok((s.to_dtype(l, DType::BF16)?.to_dtype(&contiguous, DType::F32)?, contiguous))
+    };
+    let ((x, xl), (w, wl)) = (rounded(x, xl)?, rounded(w, wl)?);
+    let (y, shape) = project(&x, &xl, &w, &wl)?;
+    Ok((rounded(&y, &Layout::contiguous(&shape))?.0, shape))
 }
 
 impl CustomOp2 for Linear {
@@ -101,7 +105,7 @@ impl CustomOp2 for Linear {
         w: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.forward_on(x, xl, w, wl)
+        project_on_gpu(x, xl, w, wl, self.products)
     }
 
     #[cfg(feature = "metal")]
@@ -112,7 +116,7 @@ impl CustomOp2 for Linear {
         w: &candle_core::MetalStorage,
         wl: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
-        self.forward_on(x, xl, w, wl)
+        project_on_gpu(x, xl, w, wl, self.products)
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {

@@ -9,6 +9,8 @@
 
 mod composed;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use candle_core::{DType, Result, Tensor, WithDType};
 pub use composed::lora_linear_composed;
@@ -29,9 +31,8 @@ pub fn lora_linear(
     products: Products,
 ) -> Result<Tensor> {
     match Backend::of(x) {
-        Backend::Cpu => cpu::lora_linear(x, w, a, b, scale, dropout, products),
-        // CUDA too: its products are cuBLAS's either way.
-        _ => lora_linear_composed(x, &w.detach(), a, b, scale, dropout, products),
+        Backend::Composed => lora_linear_composed(x, &w.detach(), a, b, scale, dropout, products),
+        _ => cpu::lora_linear(x, w, a, b, scale, dropout, products),
     }
 }
 
@@ -49,24 +50,48 @@ impl Dropout {
         self.mask_of(n)
     }
 
-    /// The mask in `T`, drawn in parallel (each element's value depends only on its index).
+    /// The mask in `T`, drawn in parallel (each element's value depends only on its index):
+    /// element `i` is dropped when `u < p`, `u` the top 53 bits of a hash of `seed` and `i` read
+    /// as a fraction of 2⁵³.
     pub(crate) fn mask_of<T: WithDType>(&self, n: usize) -> Vec<T> {
         const CHUNK: usize = 1 << 14;
         let (keep, zero) = (T::from_f64(1.0 / (1.0 - self.p)), T::from_f64(0.0));
+        let threshold = self.threshold();
         // Safety: the chunks cover the buffer and each is written in full.
         let mut mask = unsafe { unfilled::<T>(n) };
         for_each_chunk_mut(&mut mask, CHUNK, |c, chunk| {
             for (i, m) in (c * CHUNK..).zip(chunk.iter_mut()) {
-                let u = (splitmix64(self.seed ^ splitmix64(i as u64)) >> 11) as f64 / (1u64 << 53) as f64;
-                *m = if u < self.p { zero } else { keep };
+                *m = if splitmix64(self.seed ^ splitmix64(i as u64)) >> 11 < threshold { zero } else { keep };
             }
         });
         mask
     }
 
+    /// `u < p` in integers, as the GPU tests it too: for the 53-bit `z` (`u = z / 2⁵³`),
+    /// `z < p·2⁵³` exactly when `z < ⌈p·2⁵³⌉`.
+    fn threshold(&self) -> u64 {
+        (self.p * (1u64 << 53) as f64).ceil() as u64
+    }
+
+    /// The kept elements' value `1 / (1 − p)` in `dtype` (half precision rounded from f64, as
+    /// a cast of the f64 mask rounds it), held in an f32.
+    #[cfg(feature = "cuda")]
+    fn keep_in(&self, dtype: DType) -> f32 {
+        let keep = 1.0 / (1.0 - self.p);
+        match dtype {
+            DType::BF16 => half::bf16::from_f64(keep).to_f32(),
+            DType::F16 => half::f16::from_f64(keep).to_f32(),
+            _ => keep as f32,
+        }
+    }
+
     /// The mask shaped and typed like `x` (half precision rounded from f64, as a cast of the
-    /// f64 mask would be).
+    /// f64 mask would be), drawn where `x` lives when that is a GPU.
     pub(crate) fn mask_like(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            return x.apply_op1_no_bwd(&cuda::MaskLike(*self));
+        }
         let n = x.elem_count();
         match x.dtype() {
             DType::F32 => Tensor::from_vec(self.mask_of::<f32>(n), x.shape(), x.device()),
