@@ -14,6 +14,7 @@
 #include "../../crates/recipe-kernels/src/attention/kernels.cu"
 #include "../../crates/recipe-kernels/src/attention/mma.cu"
 #include "../../crates/recipe-kernels/src/cross_entropy/kernels.cu"
+#include "../../crates/recipe-kernels/src/embedding/kernels.cu"
 #include "../../crates/recipe-kernels/src/lora/kernels.cu"
 #include "../../crates/recipe-kernels/src/rms_norm/kernels.cu"
 #include "../../crates/recipe-kernels/src/rope/kernels.cu"
@@ -210,6 +211,27 @@ static void cross_entropy() {
     expect("cross-entropy of a target outside the vocabulary", got, nll, 1e-6);
 }
 
+// The embedding table's gradient: rows wider than a block, a frequent token, a token that never
+// occurs; positions grouped by token as `Groups::of` groups them.
+static void embedding_backward() {
+    const u32 n = 50, rows = 9, cols = 300;
+    std::vector<u32> ids(n);
+    for (u32 i = 0; i < n; ++i) ids[i] = i % 3 == 0 ? 4 : (u32)(rng() % (rows - 1));
+    std::vector<u32> offsets(rows + 1, 0), order(n);
+    for (u32 id : ids) ++offsets[id + 1];
+    for (u32 v = 0; v < rows; ++v) offsets[v + 1] += offsets[v];
+    std::vector<u32> next(offsets.begin(), offsets.end() - 1);
+    for (u32 i = 0; i < n; ++i) order[next[ids[i]]++] = i;
+    Floats dy = uniform(n * cols, 1.0f), got(rows * cols);
+    Doubles want(rows * cols, 0.0);
+    for (u32 i = 0; i < n; ++i)
+        for (u32 c = 0; c < cols; ++c) want[ids[i] * cols + c] += dy[i * cols + c];
+    launch(dim3{rows, (cols + BLOCK - 1) / BLOCK, 1}, block, [&] {
+        ENTRY(embedding_backward, f32)(dy.data(), offsets.data(), order.data(), got.data(), cols);
+    });
+    expect("embedding backward", got, want, 1e-6);
+}
+
 static void adamw() {
     const size_t n = 700;
     const float b1 = 0.9f, b2 = 0.95f, scale = 0.5f, lr_bc1 = 0.1f, inv_sqrt_bc2 = 3.2f, decay = 0.001f, eps = 1e-8f;
@@ -371,6 +393,7 @@ int main() {
     masked_softmax();
     cross_entropy();
     adamw();
+    embedding_backward();
     dropout_mask();
     const unsigned simt = BLOCK / 4, mma = BLOCK / 32 * 16;
     attention<float>("f32", 32, simt, 1e-5, ENTRY(attention_forward_32, f32), ENTRY(attention_delta_32, f32),

@@ -4,10 +4,11 @@
 //! once.
 //!
 //! Each op is a folder: `mod.rs` holds the public function, which picks the implementation for
-//! the tensor's device; `cpu.rs` the native CPU kernel; `composed.rs` the composed fallback —
-//! plain Candle ops with gradients Candle derives — which runs on every device without a native
-//! kernel (CUDA and Metal, for now) and is the reference the native kernels are tested
-//! against. Kernels compute in f32 (or f64) and widen half-precision inputs at their edges: mixed
+//! the tensor's device; `cpu.rs` the op and its native CPU kernel; `kernels.cu` and `cuda.rs`
+//! its CUDA kernels and their launches; `composed.rs` the composed fallback — plain Candle ops
+//! with gradients Candle derives — which runs where there is no native kernel (Metal, and on
+//! CUDA attention at uncommon head dimensions) and is the reference the native kernels are
+//! tested against. Kernels compute in f32 (or f64) and widen half-precision inputs at their edges: mixed
 //! precision keeps norm statistics, softmax and the loss in f32. It also holds the allocator
 //! setup that programs which train declare (the binary and the benches). It knows nothing of
 //! models, recipes or files.
@@ -18,6 +19,7 @@ mod attention;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod embedding;
 mod exp;
 mod lanes;
 mod linear;
@@ -31,6 +33,7 @@ pub use adamw::{AdamWStep, adamw_moments, adamw_step, adamw_step_composed, squar
 pub use alloc::{Allocator, retain_freed_memory};
 pub use attention::{KeySpans, attention, attention_composed};
 pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_composed};
+pub use embedding::{embedding, embedding_composed};
 pub use linear::{Products, cpu_has_bf16_dot_products, frozen_linear, linear, round_to_bf16};
 pub use lora::{Dropout, lora_linear, lora_linear_composed};
 pub use rms_norm::{rms_norm, rms_norm_composed};

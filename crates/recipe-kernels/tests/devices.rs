@@ -83,6 +83,22 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
         long_attention(rng, "attention at head dimension 32", 32),
         long_attention(rng, "attention at head dimension 128", 128),
         Case {
+            name: "embedding",
+            // Token 4 at a third of the positions, as frequent tokens are.
+            inputs: vec![
+                uniform(rng, &[37, 24], 1.0),
+                Tensor::from_vec(
+                    (0..60).map(|i| if i % 3 == 0 { 4 } else { rng.next_u32() % 37 }).collect(),
+                    60,
+                    &Device::Cpu,
+                )
+                .unwrap(),
+            ],
+            trainable: vec![true, false],
+            op: Box::new(|i| embedding(&i[0], &i[1])),
+            reference: Box::new(|i| embedding_composed(&i[0], &i[1])),
+        },
+        Case {
             name: "swiglu",
             inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
             trainable: vec![true, true],

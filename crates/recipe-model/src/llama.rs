@@ -267,6 +267,13 @@ impl Llama {
         self.stored(name).to_dtype(self.dtypes.compute)
     }
 
+    /// The rows of the embedding table at `ids`, in the compute dtype. Gathered from the stored
+    /// table, so under mixed precision the table's gradient sums in its master dtype.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        recipe_kernels::embedding(self.stored("model.embed_tokens.weight"), &ids.flatten_all()?)?
+            .to_dtype(self.dtypes.compute)
+    }
+
     /// The full model's weights in layout order, in the master dtype, with any adapter merged
     /// in (in f32): `W + (alpha / rank) · B·A`, under DoRA rescaled row by row to `m`.
     pub fn weights(&self) -> Result<Vec<(String, Tensor)>> {
@@ -323,7 +330,7 @@ impl Llama {
     /// [`KeySpans::documents`]).
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, spans: &KeySpans) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let mut x = self.p("model.embed_tokens.weight")?.index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.embed(ids)?;
         let (cos, sin) = self.rotary(positions, b, t)?;
         for i in 0..self.n_layers {
             x = self.block(i, &x, b, t, &cos, &sin, spans, None)?;
@@ -339,7 +346,7 @@ impl Llama {
         let positions: Vec<u32> = (cache.len..cache.len + t).map(|p| p as u32).collect();
         let positions = Tensor::from_vec(positions, t, device)?;
         let (cos, sin) = self.rotary(&positions, 1, t)?;
-        let mut x = self.p("model.embed_tokens.weight")?.index_select(&ids.flatten_all()?, 0)?;
+        let mut x = self.embed(&ids)?;
         let spans = KeySpans::after(cache.len, t);
         for i in 0..self.n_layers {
             x = self.block(i, &x, 1, t, &cos, &sin, &spans, Some(&mut cache.layers[i]))?;
