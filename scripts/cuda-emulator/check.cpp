@@ -211,6 +211,17 @@ static void cross_entropy() {
     expect("cross-entropy of a target outside the vocabulary", got, nll, 1e-6);
 }
 
+// The gradient norm's partial sums, as `adamw/cuda.rs` chunks a tensor: 3 blocks of 7000
+// elements over 20001 (the last one short).
+static void squared_norm() {
+    const u32 n = 20001, per_block = 7000, blocks = 3;
+    Floats x = uniform(n, 2.0f), got(blocks);
+    Doubles want(blocks, 0.0);
+    for (u32 i = 0; i < n; ++i) want[i / per_block] += (double)x[i] * x[i];
+    launch(dim3{blocks, 1, 1}, block, [&] { ENTRY(squared_norm_partials, f32)(x.data(), n, per_block, got.data()); });
+    expect("squared norm partial sums", got, want, 1e-6);
+}
+
 // The embedding table's gradient: rows wider than a block, a frequent token, a token that never
 // occurs; positions grouped by token as `Groups::of` groups them.
 static void embedding_backward() {
@@ -393,6 +404,7 @@ int main() {
     masked_softmax();
     cross_entropy();
     adamw();
+    squared_norm();
     embedding_backward();
     dropout_mask();
     const unsigned simt = BLOCK / 4, mma = BLOCK / 32 * 16;

@@ -21,3 +21,20 @@ __device__ void adamw_apply(T* p, const float* mv, u32 n, float lr_bc1, float in
 }
 KERNELS(adamw_apply, (T* p, const float* mv, u32 n, float lr_bc1, float inv_sqrt_bc2, float decay, float eps),
         (p, mv, n, lr_bc1, inv_sqrt_bc2, decay, eps))
+
+// Σ x² over chunks of `per_block` elements, a block each, in f32: partial `b` is the sum of
+// elements `b·per_block ..`, in an order that depends only on the sizes. The host adds the
+// partials in f64, in order.
+template <typename T>
+__device__ void squared_norm_partials(const T* x, u32 n, u32 per_block, float* partials) {
+    __shared__ float scratch[BLOCK / 32];
+    const size_t start = (size_t)blockIdx.x * per_block, end = min(start + per_block, (size_t)n);
+    float sum = 0.0f;
+    for (size_t i = start + threadIdx.x; i < end; i += BLOCK) {
+        const float v = to_f32(x[i]);
+        sum += v * v;
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+KERNELS(squared_norm_partials, (const T* x, u32 n, u32 per_block, float* partials), (x, n, per_block, partials))

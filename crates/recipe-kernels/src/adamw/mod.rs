@@ -64,13 +64,14 @@ pub fn adamw_step(param: &Var, grad: &Tensor, moments: &Var, step: &AdamWStep) -
     }
 }
 
-/// `Σ g²` over every element of every tensor, in f64 on the CPU; one transfer to the host
-/// elsewhere.
+/// `Σ g²` over every element of every tensor, in f64 on the CPU; elsewhere partial sums in
+/// f32 on the device, in a fixed order, with one transfer to the host for all of them.
 pub fn squared_norm(tensors: &[Tensor]) -> Result<f64> {
-    match tensors.first().map(Backend::of) {
+    match tensors.first().map(|t| (Backend::of(t), t.device())) {
         None => Ok(0.0),
-        Some(Backend::Cpu) => tensors.iter().map(cpu::squared_norm).sum(),
-        // One transfer to the host for all the sums; Candle's CUDA sums are deterministic.
+        Some((Backend::Cpu, _)) => tensors.iter().map(cpu::squared_norm).sum(),
+        #[cfg(feature = "cuda")]
+        Some((Backend::Cuda, candle_core::Device::Cuda(device))) => cuda::squared_norm(device, tensors),
         Some(_) => squared_norm_composed(tensors),
     }
 }
