@@ -458,7 +458,10 @@ pub fn gradients(
     loss_scale: f64,
 ) -> Result<StepGradients> {
     let mut grads: Vec<Tensor> = Vec::new();
-    let (mut loss, mut terms) = (0.0, None);
+    let mut terms = None;
+    // Each micro-batch's share of the loss, read once every backward pass is queued: reading a
+    // value back from a GPU waits for all the work queued before it.
+    let mut losses = Vec::with_capacity(batches.len());
     let mut source_sums = vec![(0.0, 0u64); objective.sources];
     let mut first_row = 0;
     for batch in batches {
@@ -475,8 +478,8 @@ pub fn gradients(
             terms = Some((sum_ce + ce * share, sum_kd + kd * share));
         }
         let weighted = (micro.mean * share)?;
-        loss += weighted.to_scalar::<f32>()? as f64;
-        let mut store = (weighted * loss_scale)?.backward()?;
+        let mut store = (&weighted * loss_scale)?.backward()?;
+        losses.push(weighted);
         let first = grads.is_empty();
         for (i, p) in model.params.iter().enumerate() {
             let g = match store.remove(p.var.as_tensor()) {
@@ -493,6 +496,10 @@ pub fn gradients(
     if batches.is_empty() {
         grads = model.params.iter().map(|p| p.var.zeros_like()).collect::<candle_core::Result<_>>()?;
         terms = objective.distill.filter(|(d, _)| d.alpha > 0.0).map(|_| (0.0, 0.0));
+    }
+    let mut loss = 0.0;
+    for weighted in losses {
+        loss += weighted.to_scalar::<f32>()? as f64;
     }
     Ok(StepGradients { loss, terms, grads, source_sums })
 }
@@ -595,7 +602,8 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
     let spans = KeySpans::documents(&batch.doc_ids, b, t);
     let logits = model.forward(&ids, &positions, &spans)?;
-    let (ce, count, rows) = masked_cross_entropy_rows(&logits, &targets, &mask)?;
+    let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
+    let (ce, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
     let by_source = sum_by_source(&rows, batch, objective.sources)?;
     let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else {
         return Ok(MicroLoss { mean: ce, count, terms: None, by_source });
