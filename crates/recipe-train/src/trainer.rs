@@ -473,13 +473,10 @@ pub fn gradients(
             (sum.0, sum.1) = (sum.0 + s, sum.1 + n);
         }
         let share = micro.count / (step_loss_tokens.max(1) as f64);
-        if let Some((ce, kd)) = micro.terms {
-            let (sum_ce, sum_kd) = terms.unwrap_or((0.0, 0.0));
-            terms = Some((sum_ce + ce * share, sum_kd + kd * share));
-        }
         let weighted = (micro.mean * share)?;
         let mut store = (&weighted * loss_scale)?.backward()?;
-        losses.push(weighted);
+        // Detached: the micro-batch's graph is freed now, not with the step.
+        losses.push((weighted.detach(), micro.terms, share));
         let first = grads.is_empty();
         for (i, p) in model.params.iter().enumerate() {
             let g = match store.remove(p.var.as_tensor()) {
@@ -498,8 +495,13 @@ pub fn gradients(
         terms = objective.distill.filter(|(d, _)| d.alpha > 0.0).map(|_| (0.0, 0.0));
     }
     let mut loss = 0.0;
-    for weighted in losses {
-        loss += weighted.to_scalar::<f32>()? as f64;
+    let value = |t: Tensor| t.to_scalar::<f32>().map(f64::from);
+    for (weighted, micro_terms, share) in losses {
+        loss += value(weighted)?;
+        if let Some((ce, kd)) = micro_terms {
+            let (sum_ce, sum_kd) = terms.unwrap_or((0.0, 0.0));
+            terms = Some((sum_ce + value(ce)? * share, sum_kd + value(kd)? * share));
+        }
     }
     Ok(StepGradients { loss, terms, grads, source_sums })
 }
@@ -587,8 +589,8 @@ pub struct MicroLoss {
     pub mean: Tensor,
     /// How many loss tokens there were.
     pub count: f64,
-    /// When distilling: the cross-entropy and KD terms' values.
-    pub terms: Option<(f64, f64)>,
+    /// When distilling: the cross-entropy and KD terms (scalars on the device, detached).
+    pub terms: Option<(Tensor, Tensor)>,
     /// When the objective asks: per source, its loss tokens' summed cross-entropy and count.
     pub by_source: Vec<(f64, u64)>,
 }
@@ -616,8 +618,8 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
         .collect::<candle_core::Result<Vec<_>>>()?;
     let teacher = teacher_log_probs(&teacher_logits, distill.temperature)?;
     let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;
-    let terms = Some((ce.to_scalar::<f32>()? as f64, kd.to_scalar::<f32>()? as f64));
-    let mean = ((kd * distill.alpha)? + (ce * (1.0 - distill.alpha))?)?;
+    let mean = ((&kd * distill.alpha)? + (&ce * (1.0 - distill.alpha))?)?;
+    let terms = Some((ce.detach(), kd.detach()));
     Ok(MicroLoss { mean, count, terms, by_source })
 }
 
