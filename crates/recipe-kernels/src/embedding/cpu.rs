@@ -1,14 +1,12 @@
 //! The op, and its CPU kernel; the CUDA kernel's launch is in `cuda.rs`. Forward is the
 //! backend's own gather (`index_select` on the storage), on every backend.
 
-use std::sync::Arc;
-
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use half::{bf16, f16};
 
 use super::Groups;
-use crate::{contiguous, for_each_row_mut};
+use crate::{contiguous, for_each_row_mut, unfilled};
 
 pub(super) fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     table.apply_op2(ids, Embedding)
@@ -44,7 +42,7 @@ impl CustomOp2 for Embedding {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // The ids come to the host (from a GPU, one small copy) to be grouped by token.
         let groups = Groups::of(&ids.to_vec1::<u32>()?, table.dim(0)?)?;
-        let sums = RowSums { groups: Arc::new(groups) };
+        let sums = RowSums { groups };
         Ok((Some(dy.contiguous()?.apply_op1_no_bwd(&sums)?), None))
     }
 }
@@ -52,7 +50,7 @@ impl CustomOp2 for Embedding {
 /// The table's gradient from the output's: row `v` the sum of the gradient rows at token `v`'s
 /// positions, in order.
 struct RowSums {
-    groups: Arc<Groups>,
+    groups: Groups,
 }
 
 impl RowSums {
@@ -68,11 +66,16 @@ impl RowSums {
         widen: impl Fn(T) -> A + Sync,
         narrow: impl Fn(A) -> T + Sync,
     ) -> Vec<T> {
-        let Groups { offsets, order } = &*self.groups;
-        let mut out = vec![T::zero(); self.groups.rows() * d];
+        let Groups { offsets, order } = &self.groups;
+        // Safety: every row is written in full below.
+        let mut out = unsafe { unfilled(self.groups.rows() * d) };
         for_each_row_mut(&mut out, d, |v, row| {
+            let positions = &order[offsets[v] as usize..offsets[v + 1] as usize];
+            if positions.is_empty() {
+                return row.fill(T::zero());
+            }
             let mut acc = vec![A::zero(); d];
-            for &position in &order[offsets[v] as usize..offsets[v + 1] as usize] {
+            for &position in positions {
                 let g = &dy[position as usize * d..][..d];
                 acc.iter_mut().zip(g).for_each(|(a, &x)| *a = *a + widen(x));
             }
