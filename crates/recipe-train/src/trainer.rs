@@ -469,14 +469,11 @@ pub fn gradients(
         first_row += batch.rows;
         let micro = batch_loss(model, batch, device, objective)?;
         model.set_dropout_seed(None);
-        for (sum, (s, n)) in source_sums.iter_mut().zip(&micro.by_source) {
-            (sum.0, sum.1) = (sum.0 + s, sum.1 + n);
-        }
         let share = micro.count / (step_loss_tokens.max(1) as f64);
         let weighted = (micro.mean * share)?;
         let mut store = (&weighted * loss_scale)?.backward()?;
         // Detached: the micro-batch's graph is freed now, not with the step.
-        losses.push((weighted.detach(), micro.terms, share));
+        losses.push((weighted.detach(), micro.terms, micro.rows, share));
         let first = grads.is_empty();
         for (i, p) in model.params.iter().enumerate() {
             let g = match store.remove(p.var.as_tensor()) {
@@ -496,8 +493,13 @@ pub fn gradients(
     }
     let mut loss = 0.0;
     let value = |t: Tensor| t.to_scalar::<f32>().map(f64::from);
-    for (weighted, micro_terms, share) in losses {
+    for ((weighted, micro_terms, rows, share), batch) in losses.into_iter().zip(batches) {
         loss += value(weighted)?;
+        if let Some(rows) = rows {
+            for (sum, (s, n)) in source_sums.iter_mut().zip(sum_by_source(&rows, batch, objective.sources)?) {
+                (sum.0, sum.1) = (sum.0 + s, sum.1 + n);
+            }
+        }
         if let Some((ce, kd)) = micro_terms {
             let (sum_ce, sum_kd) = terms.unwrap_or((0.0, 0.0));
             terms = Some((sum_ce + value(ce)? * share, sum_kd + value(kd)? * share));
@@ -591,8 +593,9 @@ pub struct MicroLoss {
     pub count: f64,
     /// When distilling: the cross-entropy and KD terms (scalars on the device, detached).
     pub terms: Option<(Tensor, Tensor)>,
-    /// When the objective asks: per source, its loss tokens' summed cross-entropy and count.
-    pub by_source: Vec<(f64, u64)>,
+    /// When the objective asks for losses by source: each position's cross-entropy `[N]`
+    /// (detached), for [`sum_by_source`].
+    pub rows: Option<Tensor>,
 }
 
 /// The mean loss of one micro-batch over its loss tokens.
@@ -606,9 +609,9 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let logits = model.forward(&ids, &positions, &spans)?;
     let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
     let (ce, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
-    let by_source = sum_by_source(&rows, batch, objective.sources)?;
+    let rows = (objective.sources > 0).then(|| rows.detach());
     let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else {
-        return Ok(MicroLoss { mean: ce, count, terms: None, by_source });
+        return Ok(MicroLoss { mean: ce, count, terms: None, rows });
     };
     // Teachers hold no variables, so their forward passes record no graph.
     // The divergence in f32, whatever the models compute in.
@@ -620,15 +623,12 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;
     let mean = ((&kd * distill.alpha)? + (&ce * (1.0 - distill.alpha))?)?;
     let terms = Some((ce.detach(), kd.detach()));
-    Ok(MicroLoss { mean, count, terms, by_source })
+    Ok(MicroLoss { mean, count, terms, rows })
 }
 
 /// Per source of `sources`, the summed cross-entropy `rows` of its loss tokens and their count.
 fn sum_by_source(rows: &Tensor, batch: &Batch, sources: usize) -> Result<Vec<(f64, u64)>> {
     let mut out = vec![(0.0, 0); sources];
-    if sources == 0 {
-        return Ok(out);
-    }
     let nll = rows.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     for ((value, mask), source) in nll.iter().zip(&batch.loss_mask).zip(&batch.source_ids) {
         if *mask == 1 {
