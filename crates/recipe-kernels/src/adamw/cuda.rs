@@ -1,12 +1,12 @@
 //! The CUDA kernels' launches (`kernels.cu`): the update in place, and the squared norm.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, DeviceRepr, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use candle_core::{CudaStorage, Layout, Result, Storage, Tensor};
 
 use super::AdamWStep;
-use crate::cuda::{BLOCK, Module, contiguous, count, for_dtype, kernel, launch, per_element, unfilled};
+use crate::cuda::{Module, blocks, contiguous, count, for_dtype, kernel, launch, per_element, unfilled};
 
 const KERNELS: Module = Module { name: "adamw", source: include_str!("kernels.cu"), arch: None };
 
@@ -63,8 +63,8 @@ const MOST_BLOCKS: usize = 1024;
 /// How many blocks sum a tensor of `n` elements, and how many elements each takes: a function
 /// of `n` alone, so the sums repeat bit for bit.
 fn chunks(n: usize) -> (usize, usize) {
-    let blocks = n.div_ceil(PER_BLOCK).clamp(1, MOST_BLOCKS);
-    (blocks, n.div_ceil(blocks).max(1))
+    let parts = n.div_ceil(PER_BLOCK).clamp(1, MOST_BLOCKS);
+    (parts, n.div_ceil(parts).max(1))
 }
 
 /// `Σ x²` over every element of every tensor (all on `device`): each tensor's partial sums in
@@ -78,10 +78,10 @@ pub(super) fn squared_norm(device: &CudaDevice, tensors: &[Tensor]) -> Result<f6
         let t = t.contiguous()?;
         let (storage, layout) = t.storage_and_layout();
         let Storage::Cuda(s) = &*storage else { candle_core::bail!("squared_norm: tensors on more than one device") };
-        let blocks = chunks(t.elem_count()).0;
-        let out = partials.slice_mut(at..at + blocks);
+        let parts = chunks(t.elem_count()).0;
+        let out = partials.slice_mut(at..at + parts);
         for_dtype!(s.dtype(), partial_sums((s, layout), out))?;
-        at += blocks;
+        at += parts;
     }
     Ok(device.clone_dtoh(&partials)?.iter().take(total).map(|&p| p as f64).sum())
 }
@@ -92,11 +92,11 @@ fn partial_sums<T: CudaDType + DeviceRepr>(
 ) -> Result<()> {
     let device = &x.device;
     let xs = contiguous::<T>(x, l)?;
-    let (blocks, per_block) = chunks(xs.len());
+    let (parts, per_block) = chunks(xs.len());
     let (n, per_block) = (count(xs.len())?, count(per_block)?);
     let f = kernel(device, &KERNELS, "squared_norm_partials", x.dtype())?;
     let stream = device.cuda_stream();
     let mut args = stream.launch_builder(&f);
     args.arg(&xs).arg(&n).arg(&per_block).arg(&mut out);
-    launch(args, LaunchConfig { grid_dim: (count(blocks)?, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+    launch(args, blocks(parts, 1)?)
 }

@@ -3,17 +3,16 @@
 //! `dk`, `dv` per block of keys. bf16 and f16 run on tensor cores (`mma.cu`, sm_80 and newer);
 //! f32 on the CUDA cores (`kernels.cu`).
 
-use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{CudaDType, CudaDevice};
 use std::sync::{Arc, Mutex};
 
-use candle_core::cuda_backend::DeviceId;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CudaStorage, DType, Layout, Result};
 
 use super::KeySpans;
 use super::cpu::Dims;
-use crate::cuda::{BLOCK, Module, contiguous, count, kernel, launch, per_element, unfilled};
+use crate::cuda::{BLOCK, Module, blocks, contiguous, count, kernel, launch, per_element, unfilled};
 
 const KERNELS: Module = Module { name: "attention", source: include_str!("kernels.cu"), arch: None };
 
@@ -101,14 +100,6 @@ pub(super) struct Saved {
     kernels: Kernels,
 }
 
-fn grid(blocks_x: usize, blocks_y: usize) -> Result<LaunchConfig> {
-    Ok(LaunchConfig {
-        grid_dim: (count(blocks_x)?, count(blocks_y)?, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
 /// `[B, Tq, H, hd]` and what backward needs.
 pub(super) fn forward<T: CudaDType + DeviceRepr>(
     (q, ql): (&CudaStorage, &Layout),
@@ -130,7 +121,7 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&*spans).arg(&mut out).arg(&mut lse);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-    launch(args, grid(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
+    launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
     Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Saved { spans, lse, kernels }))
 }
 
@@ -170,14 +161,14 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dq);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-    launch(args, grid(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
+    launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
 
     for pass in kernels.key_passes(d.hd) {
         let f = kernel(device, kernels.module, &kernels.name(pass, d.hd), dtype)?;
         let mut args = stream.launch_builder(&f);
         args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta);
         args.arg(&mut dk).arg(&mut dv).arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
-        launch(args, grid(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
+        launch(args, blocks(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
     }
     Ok(CudaStorage::wrap_cuda_slice(grads, device.clone()))
 }

@@ -82,7 +82,15 @@ pub(crate) fn launch(mut args: LaunchArgs<'_>, config: LaunchConfig) -> Result<(
 
 /// One block of `BLOCK` threads per row.
 pub(crate) fn per_row(rows: usize) -> Result<LaunchConfig> {
-    Ok(LaunchConfig { grid_dim: (grid(rows)?, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
+    blocks(rows, 1)
+}
+
+/// A grid of `x` × `y` blocks of `BLOCK` threads.
+pub(crate) fn blocks(x: usize, y: usize) -> Result<LaunchConfig> {
+    if y > 65535 {
+        candle_core::bail!("{y} blocks are more than a CUDA grid's second dimension holds");
+    }
+    Ok(LaunchConfig { grid_dim: (grid(x)?, y as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 })
 }
 
 /// One thread per element, `BLOCK` to a block.

@@ -2,11 +2,11 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaDType;
-use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
 use candle_core::{CudaStorage, Layout, Result};
 
 use super::Groups;
-use crate::cuda::{BLOCK, Module, contiguous, count, kernel, launch, unfilled};
+use crate::cuda::{BLOCK, Module, blocks, contiguous, count, kernel, launch, unfilled};
 
 const KERNELS: Module = Module { name: "embedding", source: include_str!("kernels.cu"), arch: None };
 
@@ -26,11 +26,6 @@ pub(super) fn row_sums<T: CudaDType + DeviceRepr>(
     let stream = device.cuda_stream();
     let mut args = stream.launch_builder(&f);
     args.arg(&dys).arg(&offsets).arg(&order).arg(&mut dw).arg(&cols);
-    let config = LaunchConfig {
-        grid_dim: (count(rows)?, count(d.div_ceil(BLOCK as usize))?, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    launch(args, config)?;
+    launch(args, blocks(rows, d.div_ceil(BLOCK as usize))?)?;
     Ok(CudaStorage::wrap_cuda_slice(dw, device.clone()))
 }
