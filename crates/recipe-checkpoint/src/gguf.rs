@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
-use recipe_spec::{Model, ModelSpec};
+use recipe_spec::{Model, ModelSpec, RopeScaling};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -38,6 +38,17 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
     };
     let float = |key: &str, default: f64| g.metadata.get(key).and_then(|v| v.to_f32().ok()).map_or(default, f64::from);
     let n_heads = int("llama.attention.head_count")?;
+    if g.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err("it scales its rotary frequencies by a `rope_freqs.weight` tensor (Llama 3.1's \
+                    `rope_scaling`), which is not read from GGUF; import the Hugging Face checkpoint"
+            .into());
+    }
+    let text = |key: &str| g.metadata.get(key).and_then(|v| v.to_string().ok()).cloned();
+    let rope_scaling = match text("llama.rope.scaling.type").as_deref() {
+        None | Some("none") => None,
+        Some("linear") => Some(RopeScaling::Linear { factor: float("llama.rope.scaling.factor", 1.0) }),
+        Some(other) => return Err(format!("its rotary scaling `{other}` is not implemented (only `linear` is)")),
+    };
     Ok(ModelSpec {
         arch: Some("llama".into()),
         vocab_size: Some(int("llama.vocab_size").unwrap_or(vocab_size)),
@@ -49,6 +60,7 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         max_seq_len: Some(int("llama.context_length")?),
         tie_embeddings: Some(!g.tensor_infos.contains_key("output.weight")),
         rope_theta: Some(float("llama.rope.freq_base", 10000.0)),
+        rope_scaling,
         // Stored as f32; the nearest f64 with few digits is what the model was trained with.
         norm_eps: Some(round_to_f32_precision(float("llama.attention.layer_norm_rms_epsilon", 1e-5))),
         init_std: None,

@@ -114,8 +114,9 @@ fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u3
     let n_layers =
         (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.input_layernorm.weight"))).count();
     let narrow = |v: u64| u32::try_from(v).map_err(|_| "a dimension is too large".to_string());
+    let qkv_bias = shapes.contains_key("model.layers.0.self_attn.q_proj.bias");
     let spec = ModelSpec {
-        arch: Some("llama".into()),
+        arch: Some(if qkv_bias { "qwen2" } else { "llama" }.into()),
         vocab_size: Some(narrow(embed[0])?),
         d_model: Some(narrow(embed[1])?),
         n_layers: Some(n_layers as u32),

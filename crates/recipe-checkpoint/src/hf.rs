@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use recipe_spec::{Model, ModelSpec};
+use recipe_spec::{Model, ModelSpec, RopeScaling};
 use serde_json::{Map, Value, json};
 
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -35,21 +35,81 @@ pub const HF_CONFIG: &[(&str, &str, IfAbsent)] = &[
     ("d_ff", "intermediate_size", IfAbsent::Required),
     ("max_seq_len", "max_position_embeddings", IfAbsent::Required),
     ("tie_embeddings", "tie_word_embeddings", IfAbsent::Value("false")),
-    ("rope_theta", "rope_theta", IfAbsent::Value("10000.0")),
     ("norm_eps", "rms_norm_eps", IfAbsent::Value("1e-6")),
 ];
+
+/// The rotary embedding's base and scaling, from `rope_parameters` (as `transformers` 5 writes
+/// them) or else `rope_theta` and `rope_scaling` (as earlier versions did, the kind first
+/// called `type`, then `rope_type`).
+fn read_rope(c: &Value) -> Result<(f64, Option<RopeScaling>), String> {
+    let (theta, scaling) = match &c["rope_parameters"] {
+        Value::Null => (&c["rope_theta"], &c["rope_scaling"]),
+        parameters => (&parameters["rope_theta"], parameters),
+    };
+    let theta = match theta {
+        Value::Null => 10000.0,
+        theta => theta.as_f64().filter(|t| *t > 0.0).ok_or(format!("its rope_theta ({theta}) is not a number > 0"))?,
+    };
+    let number =
+        |key: &str| scaling[key].as_f64().ok_or(format!("its rotary scaling ({scaling}) lacks the number `{key}`"));
+    let scaling = match scaling["rope_type"].as_str().or(scaling["type"].as_str()) {
+        None if scaling.is_null() => None,
+        Some("default") => None,
+        Some("linear") => Some(RopeScaling::Linear { factor: number("factor")? }),
+        Some("llama3") => Some(RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_seq_len: number("original_max_position_embeddings")? as u32,
+        }),
+        kind => {
+            let kind = kind.map_or("untyped".into(), |k| format!("`{k}`"));
+            return Err(format!(
+                "its config.json asks for {kind} rotary scaling ({scaling}); only `linear` and `llama3` are implemented"
+            ));
+        }
+    };
+    Ok((theta, scaling))
+}
+
+/// `rope_theta` and `rope_scaling` as `transformers` 4 writes them (version 5 reads them too).
+fn write_rope(config: &mut Value, model: &Model) {
+    config["rope_theta"] = json!(model.rope_theta);
+    config["rope_scaling"] = match model.rope_scaling {
+        None => Value::Null,
+        Some(RopeScaling::Linear { factor }) => json!({ "rope_type": "linear", "factor": factor }),
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len }) => json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": original_max_seq_len,
+        }),
+    };
+}
 
 /// The architecture in a Hugging Face `config.json`; anything this trainer cannot reproduce
 /// exactly is an error rather than a silently different model.
 pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    // Mistral is Llama with sliding-window attention, which over no more tokens than its window
+    // is full causal attention: imported as Llama, with `max_seq_len` at most the window.
     let model_type = c["model_type"].as_str().unwrap_or("");
-    if model_type != "llama" {
-        return Err(format!("its config.json has model_type \"{model_type}\"; only \"llama\" can be imported"));
-    }
+    let arch = match model_type {
+        "llama" | "mistral" => "llama",
+        "qwen2" => "qwen2",
+        _ => {
+            return Err(format!(
+                "its config.json has model_type \"{model_type}\"; only llama, mistral and qwen2 can be imported"
+            ));
+        }
+    };
+    let slides = model_type == "mistral"
+        || c["use_sliding_window"].as_bool() == Some(true)
+        || c["layer_types"].as_array().is_some_and(|types| types.iter().any(|t| t != "full_attention"));
+    let window = c["sliding_window"].as_u64().filter(|_| slides);
     for (key, fine) in [
-        ("rope_scaling", c["rope_scaling"].is_null()),
         ("attention_bias", !c["attention_bias"].as_bool().unwrap_or(false)),
         ("mlp_bias", !c["mlp_bias"].as_bool().unwrap_or(false)),
         ("hidden_act", c["hidden_act"].as_str().is_none_or(|a| a == "silu")),
@@ -59,7 +119,7 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         }
     }
     let mut fields = Map::new();
-    fields.insert("arch".into(), "llama".into());
+    fields.insert("arch".into(), arch.into());
     for (ours, theirs, if_absent) in HF_CONFIG {
         let value = match (&c[*theirs], if_absent) {
             (Value::Null, IfAbsent::Required) => return Err(format!("config.json lacks `{theirs}`")),
@@ -69,8 +129,18 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         };
         fields.insert(ours.to_string(), value);
     }
-    let spec: ModelSpec = serde_json::from_value(Value::Object(fields))
-        .map_err(|e| format!("its config.json holds a value out of range: {e}"))?;
+    if let (Some(window), Some(longest)) = (window, fields["max_seq_len"].as_u64())
+        && window < longest
+    {
+        fields.insert("max_seq_len".into(), window.into());
+    }
+    let (rope_theta, rope_scaling) = read_rope(&c)?;
+    let spec = ModelSpec {
+        rope_theta: Some(rope_theta),
+        rope_scaling,
+        ..serde_json::from_value(Value::Object(fields))
+            .map_err(|e| format!("its config.json holds a value out of range: {e}"))?
+    };
     let (d_model, n_heads) = (spec.d_model.unwrap_or(0), spec.n_heads.unwrap_or(0));
     if let Some(head_dim) = c["head_dim"].as_u64()
         && n_heads > 0
@@ -81,26 +151,33 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     Ok(spec)
 }
 
-/// `config.json` for `LlamaForCausalLM`. `eos` lists the tokens that end generation, the
+/// `config.json` for `LlamaForCausalLM` (or `Qwen2ForCausalLM`). `eos` lists the tokens that end generation, the
 /// end-of-document token first (also written as `bos_token_id`); a chat model adds
 /// `<|im_end|>`, so `transformers` stops at the end of an answer too. `dtype` is what
 /// `model.safetensors` holds.
 pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     let fields = serde_json::to_value(model).expect("plain struct");
+    let (class, model_type) = match model.arch.as_str() {
+        "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
     let mut config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [class],
+        "model_type": model_type,
         "head_dim": model.head_dim(),
         "hidden_act": "silu",
-        "attention_bias": false,
-        "mlp_bias": false,
         "bos_token_id": eos.first(),
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
         "torch_dtype": torch_dtype(dtype),
     });
+    if !model.qkv_bias() {
+        config["attention_bias"] = false.into();
+        config["mlp_bias"] = false.into();
+    }
     for (ours, theirs, _) in HF_CONFIG {
         config[*theirs] = fields[*ours].clone();
     }
+    write_rope(&mut config, model);
     config
 }
 
@@ -215,6 +292,7 @@ mod tests {
             max_seq_len: Some(128),
             tie_embeddings: Some(false),
             rope_theta: Some(50000.0),
+            rope_scaling: Some(RopeScaling::Linear { factor: 2.0 }),
             norm_eps: Some(1e-6),
             ..ModelSpec::default()
         };
@@ -238,5 +316,68 @@ mod tests {
         assert_eq!((spec.tie_embeddings, spec.rope_theta, spec.norm_eps), (Some(false), Some(10000.0), Some(1e-6)));
         std::fs::write(&path, config.replace(r#""vocab_size": 300, "#, "")).unwrap();
         assert_eq!(read_config(&path).unwrap_err(), "config.json lacks `vocab_size`");
+    }
+
+    /// Mistral imports as Llama, no longer than its attention window; Qwen2 as `qwen2`, with its
+    /// window only when it slides.
+    #[test]
+    fn model_types_map_to_architectures_within_their_attention_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_CONFIG);
+        let read = |model_type: &str, window: &str| {
+            let config = format!(
+                r#"{{"model_type": "{model_type}", "vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 128 {window}}}"#
+            );
+            std::fs::write(&path, config).unwrap();
+            read_config(&path).map(|spec| (spec.arch.unwrap(), spec.max_seq_len.unwrap()))
+        };
+        assert_eq!(read("mistral", r#", "sliding_window": 64"#), Ok(("llama".into(), 64)));
+        assert_eq!(read("mistral", r#", "sliding_window": null"#), Ok(("llama".into(), 128)));
+        assert_eq!(read("mistral", r#", "sliding_window": 4096"#), Ok(("llama".into(), 128)));
+        let qwen2_window = r#", "sliding_window": 32, "use_sliding_window": false"#;
+        assert_eq!(read("qwen2", qwen2_window), Ok(("qwen2".into(), 128)), "a window that does not slide");
+        let sliding = qwen2_window.replace("false", "true");
+        assert_eq!(read("qwen2", &sliding), Ok(("qwen2".into(), 32)));
+        let layer_types = r#", "sliding_window": 32, "layer_types": ["full_attention", "sliding_attention"]"#;
+        assert_eq!(read("qwen2", layer_types), Ok(("qwen2".into(), 32)));
+        let gemma = read("gemma2", "").unwrap_err();
+        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral and qwen2"#), "{gemma}");
+    }
+
+    /// The rotary base and scaling as each `transformers` version spells them.
+    #[test]
+    fn rotary_settings_are_read_as_every_transformers_version_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_CONFIG);
+        let read = |rope: &str| {
+            let config = format!(
+                r#"{{"model_type": "llama", "vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 64, {rope}}}"#
+            );
+            std::fs::write(&path, config).unwrap();
+            read_config(&path).map(|spec| (spec.rope_theta.unwrap(), spec.rope_scaling))
+        };
+        let llama3 = Some(RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_seq_len: 8192,
+        });
+        let llama3_keys = r#""factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192"#;
+        // transformers 5
+        assert_eq!(read(r#""rope_parameters": {"rope_type": "default", "rope_theta": 50000.0}"#), Ok((50000.0, None)));
+        let v5 = format!(r#""rope_parameters": {{"rope_type": "llama3", "rope_theta": 500000.0, {llama3_keys}}}"#);
+        assert_eq!(read(&v5), Ok((500000.0, llama3)));
+        // transformers 4, and its older spelling of the kind
+        let v4 = format!(r#""rope_theta": 500000.0, "rope_scaling": {{"rope_type": "llama3", {llama3_keys}}}"#);
+        assert_eq!(read(&v4), Ok((500000.0, llama3)));
+        let linear = read(r#""rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}"#);
+        assert_eq!(linear, Ok((10000.0, Some(RopeScaling::Linear { factor: 2.0 }))));
+        let yarn = read(r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#).unwrap_err();
+        assert!(yarn.contains("`yarn` rotary scaling") && yarn.contains("only `linear` and `llama3`"), "{yarn}");
+        let partial = read(r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#).unwrap_err();
+        assert!(partial.contains("lacks the number `low_freq_factor`"), "{partial}");
     }
 }

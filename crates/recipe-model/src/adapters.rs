@@ -52,7 +52,7 @@ impl Lora {
     }
 
     fn adapts(&self, weight: &str) -> bool {
-        self.targets.iter().any(|t| weight.contains(&format!(".{t}.")))
+        self.targets.iter().any(|t| weight.ends_with(&format!(".{t}.weight")))
     }
 }
 

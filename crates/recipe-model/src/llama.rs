@@ -1,6 +1,6 @@
 //! The Llama-style decoder: token embedding, pre-norm blocks of RMSNorm → grouped-query causal
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
-//! untied output head. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
+//! untied output head; `qwen2` adds a bias to the query, key and value projections. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
 //! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
 //! projection, RMSNorm, rotary embedding, attention and SwiGLU of `recipe-kernels`. Tensors
 //! carry Hugging Face names.
@@ -96,7 +96,8 @@ pub struct KvCache {
 
 impl Llama {
     /// A freshly initialised model: weights normal(0, init_std), the attention and MLP output
-    /// projections further scaled by 1/sqrt(2·n_layers) (GPT-2's residual scaling), norms 1.
+    /// projections further scaled by 1/sqrt(2·n_layers) (GPT-2's residual scaling), norms 1,
+    /// biases 0.
     /// The draw is seeded, so the same seed gives the same weights on every machine.
     pub fn init(config: &Config, seed: u64, device: &Device) -> Result<Llama> {
         let mut rng = seeded(b"recipe model init", seed);
@@ -107,6 +108,8 @@ impl Llama {
             let numel: usize = shape.iter().product();
             let data: Vec<f32> = if name.ends_with("norm.weight") {
                 vec![1.0; numel]
+            } else if name.ends_with(".bias") {
+                vec![0.0; numel]
             } else {
                 let s = if name.contains("o_proj") || name.contains("down_proj") { residual_std } else { std };
                 normal(&mut rng, numel, s)
@@ -393,9 +396,13 @@ impl Llama {
 
         let normed = recipe_kernels::rms_norm(x, &p("input_layernorm")?, c.norm_eps)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
-        let q = recipe_kernels::rope(&heads(linear(&normed, "self_attn.q_proj")?, h)?, cos, sin)?;
-        let mut k = recipe_kernels::rope(&heads(linear(&normed, "self_attn.k_proj")?, kvh)?, cos, sin)?;
-        let mut v = heads(linear(&normed, "self_attn.v_proj")?, kvh)?;
+        let qkv = |n: &str| {
+            let y = linear(&normed, n)?;
+            if c.qkv_bias() { y.broadcast_add(&self.p(&format!("model.layers.{i}.{n}.bias"))?) } else { Ok(y) }
+        };
+        let q = recipe_kernels::rope(&heads(qkv("self_attn.q_proj")?, h)?, cos, sin)?;
+        let mut k = recipe_kernels::rope(&heads(qkv("self_attn.k_proj")?, kvh)?, cos, sin)?;
+        let mut v = heads(qkv("self_attn.v_proj")?, kvh)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -416,7 +423,7 @@ impl Llama {
 fn rope_tables(c: &Config, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
     let half = (c.head_dim() / 2) as usize;
     let n = c.max_seq_len as usize;
-    let inv: Vec<f64> = (0..half).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f64 / (2 * half) as f64)).collect();
+    let inv = c.rope_frequencies();
     let angles: Vec<f64> = (0..n).flat_map(|p| inv.iter().map(move |f| p as f64 * f)).collect();
     let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (n, half), device)?;
     let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (n, half), device)?;

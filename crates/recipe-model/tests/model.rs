@@ -1,5 +1,5 @@
 //! The model's numerics: every parameter gets a gradient, the gradients match finite
-//! differences in f64, the KV cache gives the same logits as a full forward pass, and a packed
+//! differences in f64 (Llama's, and Qwen2's with its projection biases), the KV cache gives the same logits as a full forward pass, and a packed
 //! row with a document mask computes each document as if it were alone.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -18,6 +18,7 @@ fn tiny(tie: bool) -> Model {
         max_seq_len: 16,
         tie_embeddings: tie,
         rope_theta: 10000.0,
+        rope_scaling: None,
         norm_eps: 1e-5,
         init_std: 0.3,
         from: None,
@@ -47,24 +48,38 @@ fn loss(m: &Llama, dtype: DType) -> Tensor {
     masked_cross_entropy(&logits, &targets, &mask.to_dtype(dtype).unwrap()).unwrap().0
 }
 
+/// `tiny` with Qwen2's biases on the query, key and value projections.
+fn tiny_qwen2(tie: bool) -> Model {
+    Model { arch: "qwen2".into(), ..tiny(tie) }
+}
+
 #[test]
 fn every_parameter_receives_a_nonzero_gradient() {
-    for tie in [true, false] {
-        let m = model(&tiny(tie), DType::F32);
+    for (config, per_layer) in [(tiny(true), 9), (tiny(false), 9), (tiny_qwen2(true), 12), (tiny_qwen2(false), 12)] {
+        let tie = config.tie_embeddings;
+        let m = model(&config, DType::F32);
         let grads = loss(&m, DType::F32).backward().unwrap();
         for p in &m.params {
             let g = grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("{} has no gradient", p.name));
             let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(norm > 0.0, "{} has a zero gradient", p.name);
         }
-        assert_eq!(m.params.len(), 1 + 2 * 9 + 1 + usize::from(!tie));
+        assert_eq!(m.params.len(), 1 + 2 * per_layer + 1 + usize::from(!tie));
     }
 }
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    let m = model(&tiny(false), DType::F64);
-    let grads = loss(&m, DType::F64).backward().unwrap();
+    for config in [tiny(false), tiny_qwen2(false)] {
+        let checked = check_gradients(&model(&config, DType::F64));
+        assert!(checked >= 60, "{}: {checked} coordinates", config.arch);
+    }
+}
+
+/// Compare the gradient of a few coordinates of every parameter with central differences;
+/// how many were compared.
+fn check_gradients(m: &Llama) -> usize {
+    let grads = loss(m, DType::F64).backward().unwrap();
     let eps = 1e-6;
     let mut checked = 0;
     for p in &m.params {
@@ -76,7 +91,7 @@ fn gradients_match_finite_differences_in_f64() {
                 let mut w = base.clone();
                 w[k] += delta;
                 p.var.set(&Tensor::from_vec(w, p.var.shape(), &Device::Cpu).unwrap()).unwrap();
-                let l = loss(&m, DType::F64).to_scalar::<f64>().unwrap();
+                let l = loss(m, DType::F64).to_scalar::<f64>().unwrap();
                 p.var.set(&Tensor::from_vec(base.clone(), p.var.shape(), &Device::Cpu).unwrap()).unwrap();
                 l
             };
@@ -86,7 +101,7 @@ fn gradients_match_finite_differences_in_f64() {
             checked += 1;
         }
     }
-    assert!(checked >= 60);
+    checked
 }
 
 #[test]

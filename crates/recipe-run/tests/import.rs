@@ -120,3 +120,57 @@ fn a_sharded_model_folder_loads_like_a_single_file() {
     assert_eq!((info.arch.d_model, info.arch.n_layers, info.arch.vocab_size), (Some(32), Some(2), Some(50)));
     assert_eq!((info.arch.tie_embeddings, info.arch.n_heads), (Some(true), None));
 }
+
+/// A checkpoint `transformers` 5 saved (`scripts/make-transformers-fixture.py`), imported:
+/// its architecture, after checking that its logits on the saved tokens are `transformers'`
+/// and that an export reads back as the same architecture.
+fn import_transformers_fixture(name: &str) -> recipe_spec::Model {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let config = inspect(&dir).unwrap().arch.resolve(None);
+    let model =
+        Llama::frozen(&config, load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap(), &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let ids: Vec<u32> = expected["ids"].to_vec1::<i64>().unwrap().into_iter().map(|i| i as u32).collect();
+    let t = ids.len();
+    let positions = candle_core::Tensor::arange(0u32, t as u32, &Device::Cpu).unwrap();
+    let tokens = candle_core::Tensor::from_vec(ids, (1, t), &Device::Cpu).unwrap();
+    let logits = model.forward(&tokens, &positions, &recipe_model::KeySpans::after(0, t)).unwrap();
+    let (ours, theirs) = (logits.to_vec2::<f32>().unwrap(), expected["logits"].to_vec2::<f32>().unwrap());
+    assert_eq!(ours.len(), t);
+    let worst = ours.iter().flatten().zip(theirs.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "{name}: logits differ from transformers' by up to {worst}");
+
+    let exported = tempfile::tempdir().unwrap();
+    model.save_pretrained(exported.path(), &[0], name).unwrap();
+    assert_eq!(inspect(exported.path()).unwrap().arch.resolve(None), config);
+    config
+}
+
+/// Llama 3.1's rotary scaling and a base of 50000, both in the `rope_parameters` that
+/// `transformers` 5 writes, over three times the scaling's original context.
+#[test]
+fn a_transformers_llama3_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("llama3-rope");
+    assert_eq!((config.arch.as_str(), config.rope_theta), ("llama", 50000.0));
+    let scaling = recipe_spec::RopeScaling::Llama3 {
+        factor: 4.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_seq_len: 32,
+    };
+    assert_eq!(config.rope_scaling, Some(scaling));
+}
+
+/// Qwen2: biases on the query, key and value projections, tied embeddings.
+#[test]
+fn a_transformers_qwen2_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("qwen2");
+    assert_eq!((config.arch.as_str(), config.rope_theta, config.tie_embeddings), ("qwen2", 1e6, true));
+}
+
+/// Mistral: Llama with a sliding attention window, longer here than the model's context.
+#[test]
+fn a_transformers_mistral_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("mistral");
+    assert_eq!((config.arch.as_str(), config.max_seq_len), ("llama", 128));
+}

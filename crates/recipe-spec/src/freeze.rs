@@ -41,10 +41,11 @@ impl Freeze {
     }
 }
 
-/// `model.layers.3.mlp.up_proj.weight` → `layers.3.mlp.up_proj`.
+/// `model.layers.3.mlp.up_proj.weight` → `layers.3.mlp.up_proj`; a projection's bias goes
+/// with its weight.
 fn short_name(name: &str) -> &str {
     let name = name.strip_prefix("model.").unwrap_or(name);
-    name.strip_suffix(".weight").unwrap_or(name)
+    name.strip_suffix(".weight").or_else(|| name.strip_suffix(".bias")).unwrap_or(name)
 }
 
 /// Whether `pattern`'s parts match the first parts of `name`: equal, `*`, or a range `A-B`

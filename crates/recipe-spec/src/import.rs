@@ -123,7 +123,9 @@ pub(crate) fn import_architecture(
     let beside_from = if overrides.from.is_some() { overrides } else { spec };
     let mine = serde_json::to_value(beside_from).expect("plain struct");
     for field in MODEL_KEYS {
-        let (Some(t), Some(m)) = (theirs.get(field), mine.get(field)) else { continue };
+        // The one architecture field a checkpoint may leave out: then it has no rotary scaling.
+        let unscaled = (*field == "rope_scaling").then_some(&serde_json::Value::Null);
+        let (Some(t), Some(m)) = (theirs.get(field).or(unscaled), mine.get(field)) else { continue };
         let differs = match (t.as_f64(), m.as_f64()) {
             (Some(t), Some(m)) if *field == "max_seq_len" => m > t,
             (Some(t), Some(m)) => (t - m).abs() > 1e-6 * t.abs().max(m.abs()),

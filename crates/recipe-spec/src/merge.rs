@@ -37,7 +37,7 @@ pub struct Merge {
 #[derive(Clone, Debug, PartialEq)]
 pub enum MergeInput {
     Stage(String),
-    Checkpoint(Import),
+    Checkpoint(Box<Import>),
 }
 
 impl MergeInput {
@@ -103,7 +103,7 @@ pub(crate) fn decode_merge(cx: &mut Cx, f: &Fields, is_merge: bool, context: &Me
         if !context.stage_names.iter().any(|s| s == written) && is_path(written, context.base_dir) {
             let MergeContext { stage, base_dir, checkpoints, tokenizer, .. } = *context;
             return import_teacher(cx, checkpoints, stage, written, origin, base_dir, tokenizer)
-                .map(MergeInput::Checkpoint);
+                .map(|import| MergeInput::Checkpoint(Box::new(import)));
         }
         (context.check_stage_ref)(cx, written, origin);
         Some(MergeInput::Stage(written.to_string()))

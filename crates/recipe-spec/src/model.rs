@@ -18,11 +18,16 @@ pub const MODEL_KEYS: &[&str] = &[
     "max_seq_len",
     "tie_embeddings",
     "rope_theta",
+    "rope_scaling",
     "norm_eps",
     "init_std",
     "from",
     "layers",
 ];
+
+/// The architectures: `llama` (RMSNorm, RoPE, SwiGLU, grouped-query attention), and `qwen2`,
+/// the same with a bias on the query, key and value projections (Qwen2 and Qwen2.5).
+pub const ARCHS: &[&str] = &["llama", "qwen2"];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
 /// must agree with it on each of these.
@@ -53,6 +58,8 @@ pub struct ModelSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub norm_eps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_std: Option<f64>,
@@ -67,7 +74,7 @@ pub struct ModelSpec {
 /// A fully resolved architecture: every default applied, the vocabulary taken from the tokenizer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Model {
-    /// Only `llama` (RMSNorm, RoPE, SwiGLU, grouped-query attention).
+    /// One of [`ARCHS`]; default `llama`.
     pub arch: String,
     /// Default: the tokenizer's vocabulary size.
     pub vocab_size: u32,
@@ -87,6 +94,10 @@ pub struct Model {
     pub tie_embeddings: bool,
     /// Default 10000.
     pub rope_theta: f64,
+    /// Default none: the frequencies `rope_theta` gives. Absent from the key when none, so
+    /// that keys written before the field existed stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     /// Default 1e-5.
     pub norm_eps: f64,
     /// Default 0.02; residual output projections are further scaled by 1/sqrt(2·n_layers).
@@ -116,6 +127,7 @@ impl Model {
             max_seq_len: Some(self.max_seq_len),
             tie_embeddings: Some(self.tie_embeddings),
             rope_theta: Some(self.rope_theta),
+            rope_scaling: self.rope_scaling,
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
             from: None,
@@ -123,8 +135,45 @@ impl Model {
         }
     }
 
+    /// Whether the query, key and value projections add a bias (`qwen2`).
+    pub fn qkv_bias(&self) -> bool {
+        self.arch == "qwen2"
+    }
+
     pub fn head_dim(&self) -> u32 {
         self.d_model / self.n_heads.max(1)
+    }
+
+    /// The rotary embedding's angular frequency for each pair of a head's dimensions:
+    /// `rope_theta^(-2i/head_dim)`, then scaled as `rope_scaling` says, exactly as
+    /// `transformers` computes them (in f64 here, where it uses f32).
+    pub fn rope_frequencies(&self) -> Vec<f64> {
+        let half = self.head_dim() / 2;
+        let plain = (0..half).map(|i| 1.0 / self.rope_theta.powf(f64::from(2 * i) / f64::from(2 * half)));
+        match self.rope_scaling {
+            None => plain.collect(),
+            Some(RopeScaling::Linear { factor }) => plain.map(|f| f / factor).collect(),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len }) => {
+                let context = f64::from(original_max_seq_len);
+                plain
+                    .map(|f| {
+                        // Wavelengths shorter than the context / high_freq_factor keep their
+                        // frequency, longer than context / low_freq_factor are divided by
+                        // `factor`, and those between blend the two.
+                        let wavelength = 2.0 * std::f64::consts::PI / f;
+                        if wavelength < context / high_freq_factor {
+                            f
+                        } else if wavelength > context / low_freq_factor {
+                            f / factor
+                        } else {
+                            let smooth =
+                                (context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Every weight's Hugging Face name, its shape (`[out, in]` for a projection) and whether
@@ -141,6 +190,11 @@ impl Model {
             out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d], true));
             out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d], true));
             out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d], true));
+            if c.qkv_bias() {
+                out.push((format!("{p}.self_attn.q_proj.bias"), vec![d], false));
+                out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv], false));
+                out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv], false));
+            }
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d], true));
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
@@ -161,7 +215,7 @@ impl ModelSpec {
         let f = Fields::of(cx, node, path, MODEL_KEYS);
         f.check_unknown(cx);
         ModelSpec {
-            arch: f.opt(cx, "arch", decode::choice(&["llama"])).map(str::to_string),
+            arch: f.opt(cx, "arch", decode::choice(ARCHS)).map(str::to_string),
             vocab_size: f.opt(cx, "vocab_size", decode::size(1, 1 << 24)),
             d_model: f.opt(cx, "d_model", decode::size(1, 1 << 16)),
             n_layers: f.opt(cx, "n_layers", decode::size(1, 1 << 12)),
@@ -171,6 +225,7 @@ impl ModelSpec {
             max_seq_len: f.opt(cx, "max_seq_len", decode::size(1, 1 << 22)),
             tie_embeddings: f.opt(cx, "tie_embeddings", decode::boolean),
             rope_theta: f.opt(cx, "rope_theta", positive),
+            rope_scaling: f.opt(cx, "rope_scaling", RopeScaling::decode),
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
             from: f.opt(cx, "from", decode::string),
@@ -191,6 +246,7 @@ impl ModelSpec {
             max_seq_len: over.max_seq_len.or(self.max_seq_len),
             tie_embeddings: over.tie_embeddings.or(self.tie_embeddings),
             rope_theta: over.rope_theta.or(self.rope_theta),
+            rope_scaling: over.rope_scaling.or(self.rope_scaling),
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
             from: over.from.clone().or_else(|| self.from.clone()),
@@ -219,11 +275,62 @@ impl ModelSpec {
             max_seq_len: self.max_seq_len.unwrap_or(512),
             tie_embeddings: self.tie_embeddings.unwrap_or(true),
             rope_theta: self.rope_theta.unwrap_or(10000.0),
+            rope_scaling: self.rope_scaling,
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
             from: self.from.clone(),
             layers: self.layers,
             import: None,
+        }
+    }
+}
+
+/// How the rotary frequencies are stretched for contexts longer than the ones a model was
+/// first trained on: `linear` (position interpolation) divides every frequency by `factor`;
+/// `llama3` (Llama 3.1 and 3.2) divides only the low ones, keeps the high ones and blends those
+/// between, by wavelength against `original_max_seq_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RopeScaling {
+    Linear { factor: f64 },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_seq_len: u32 },
+}
+
+const ROPE_SCALING_KEYS: &[&str] = &["kind", "factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len"];
+
+impl RopeScaling {
+    fn decode(cx: &mut Cx, node: &Node, path: &str) -> Option<RopeScaling> {
+        let f = Fields::of(cx, node, path, ROPE_SCALING_KEYS);
+        f.check_unknown(cx);
+        let kind = f.required(cx, "kind", "\"llama3\"", decode::choice(&["linear", "llama3"]));
+        let factor = f.required(cx, "factor", "8.0", decode::float);
+        if let Some(factor) = factor {
+            decode::check_range(cx, &f.child_path("factor"), factor, factor >= 1.0, "a factor ≥ 1");
+        }
+        let llama3 = kind == Some("llama3");
+        let low = f.opt(cx, "low_freq_factor", positive);
+        let high = f.opt(cx, "high_freq_factor", positive);
+        for (key, given) in [("low_freq_factor", low.is_some()), ("high_freq_factor", high.is_some())] {
+            decode::only_for(cx, &f, key, given, llama3, "kind = \"llama3\"");
+        }
+        let original = if llama3 {
+            f.required(cx, "original_max_seq_len", "8192", decode::size(1, 1 << 22))
+        } else {
+            let given = f.opt(cx, "original_max_seq_len", decode::size(1, 1 << 22));
+            decode::only_for(cx, &f, "original_max_seq_len", given.is_some(), false, "kind = \"llama3\"");
+            None
+        };
+        let (low_freq_factor, high_freq_factor) = (low.unwrap_or(1.0), high.unwrap_or(4.0));
+        if llama3 && low_freq_factor >= high_freq_factor {
+            let path = f.child_path(if high.is_some() { "high_freq_factor" } else { "low_freq_factor" });
+            let what = format!("low_freq_factor ({low_freq_factor}) below high_freq_factor ({high_freq_factor})");
+            decode::check_range(cx, &path, high_freq_factor, false, &what);
+        }
+        match (kind?, factor?) {
+            ("linear", factor) => Some(RopeScaling::Linear { factor }),
+            (_, factor) => {
+                Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len: original? })
+            }
         }
     }
 }

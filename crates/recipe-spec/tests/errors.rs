@@ -586,3 +586,40 @@ fn names_cannot_leave_the_run_directory() {
     let ok = "b".repeat(64);
     f.parse(&replace(BASE, "name = \"t\"", &format!("name = \"{ok}\"")), &[]).unwrap();
 }
+
+#[test]
+fn rotary_scaling_is_read_and_checked() {
+    let f = Fixture::new();
+    let scaled =
+        replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nrope_scaling = { kind = \"linear\", factor = 4.0 }");
+    let r = f.parse(&scaled, &[]).unwrap();
+    assert_eq!(r.stage("sft").unwrap().model.rope_scaling, Some(recipe_spec::RopeScaling::Linear { factor: 4.0 }));
+    let r =
+        f.parse(BASE, &["model.rope_scaling={ kind = \"llama3\", factor = 8, original_max_seq_len = 64 }"]).unwrap();
+    assert_eq!(
+        r.stage("pretrain").unwrap().model.rope_scaling,
+        Some(recipe_spec::RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_seq_len: 64
+        }),
+        "Llama 3.1's frequency factors are the defaults"
+    );
+    let cases: &[(&str, &str)] = &[
+        ("{ kind = \"llama3\", factor = 8.0 }", "missing key `original_max_seq_len` in `model.rope_scaling`"),
+        ("{ kind = \"linear\", factor = 2.0, low_freq_factor = 1.0 }", "only applies with kind = \"llama3\""),
+        ("{ kind = \"linear\", factor = 0.5 }", "expected a factor ≥ 1, found 0.5"),
+        ("{ kind = \"yarn\", factor = 2.0 }", "expected one of"),
+        (
+            "{ kind = \"llama3\", factor = 8.0, original_max_seq_len = 64, high_freq_factor = 1.0 }",
+            "low_freq_factor (1) below high_freq_factor (1)",
+        ),
+    ];
+    for (table, message) in cases {
+        let text = replace(BASE, "max_seq_len = 128", &format!("max_seq_len = 128\nrope_scaling = {table}"));
+        let out = f.errors(&text);
+        assert!(out.contains(message), "{table}: expected {message:?} in:\n{out}");
+        assert!(out.contains("r.toml:"), "{table}: no position in:\n{out}");
+    }
+}

@@ -62,6 +62,7 @@ fn bench(cr: &mut Criterion) {
             max_seq_len: c.seq as u32,
             tie_embeddings: true,
             rope_theta: 10000.0,
+            rope_scaling: None,
             norm_eps: 1e-5,
             init_std: 0.02,
             from: None,

@@ -141,6 +141,7 @@ mod tests {
             max_seq_len: 4,
             tie_embeddings: true,
             rope_theta: 10000.0,
+            rope_scaling: None,
             norm_eps: 1e-5,
             init_std: 0.02,
             from: None,

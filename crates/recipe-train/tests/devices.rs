@@ -25,6 +25,7 @@ fn config() -> Model {
         max_seq_len: 16,
         tie_embeddings: false,
         rope_theta: 10000.0,
+        rope_scaling: None,
         norm_eps: 1e-5,
         init_std: 0.02,
         from: None,

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Make the `transformers` reference checkpoints that crates/recipe-run/tests/import.rs reads.
+
+Each is a tiny model saved by `transformers` itself (version 5 writes the rotary settings in
+`rope_parameters`), with its logits on 96 fixed tokens in `expected.safetensors`:
+- `llama3-rope`: a `LlamaForCausalLM` with Llama 3.1's rotary scaling and a base of 50000,
+  run over three times the context the scaling counts from, so that every band of
+  frequencies (kept, blended, divided) shapes the logits;
+- `qwen2`: a `Qwen2ForCausalLM` (biases on the query, key and value projections) with tied
+  embeddings and a base of 1e6, as Qwen2.5's small models have;
+- `mistral`: a `MistralForCausalLM` with its default sliding window of 4096 tokens.
+Run once, with `transformers` and `torch` installed (e.g. in the venv that
+scripts/bench-vs-torch.sh makes):
+
+    target/torch-venv/bin/pip install transformers
+    target/torch-venv/bin/python scripts/make-transformers-fixture.py crates/recipe-run/tests/fixtures
+"""
+import os
+import sys
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+SHAPES = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+)
+
+
+def save(out, model):
+    torch.manual_seed(1)
+    # The default initialisation (std 0.02, zero biases) gives near-uniform logits; wider
+    # weights make the comparison sensitive to every part of the model.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.15)
+    model.eval().save_pretrained(out)
+    os.remove(f"{out}/generation_config.json")  # not read by the tests
+    ids = torch.randint(0, model.config.vocab_size, (1, 96))
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    save_file({"ids": ids[0].to(torch.int64), "logits": logits.float().contiguous()}, f"{out}/expected.safetensors")
+    print(f"transformers {transformers.__version__}: {out}")
+
+
+root = sys.argv[1]
+llama3 = LlamaConfig(
+    **SHAPES,
+    tie_word_embeddings=False,
+    rope_theta=50000.0,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 4.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    },
+)
+save(os.path.join(root, "llama3-rope"), LlamaForCausalLM(llama3))
+qwen2 = Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)
+save(os.path.join(root, "qwen2"), Qwen2ForCausalLM(qwen2))
+save(os.path.join(root, "mistral"), MistralForCausalLM(MistralConfig(**SHAPES)))
