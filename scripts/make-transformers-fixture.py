@@ -8,7 +8,9 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
   frequencies (kept, blended, divided) shapes the logits;
 - `qwen2`: a `Qwen2ForCausalLM` (biases on the query, key and value projections) with tied
   embeddings and a base of 1e6, as Qwen2.5's small models have;
-- `mistral`: a `MistralForCausalLM` with its default sliding window of 4096 tokens.
+- `mistral`: a `MistralForCausalLM` with its default sliding window of 4096 tokens;
+- `qwen3`: a `Qwen3ForCausalLM` (an RMSNorm over each query and key head) whose heads of 32
+  are wider together (128) than the model (64), as Qwen3's are.
 Run once, with `transformers` and `torch` installed (e.g. in the venv that
 scripts/bench-vs-torch.sh makes):
 
@@ -28,6 +30,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 SHAPES = dict(
@@ -78,3 +82,4 @@ save(os.path.join(root, "llama3-rope"), LlamaForCausalLM(llama3))
 qwen2 = Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)
 save(os.path.join(root, "qwen2"), Qwen2ForCausalLM(qwen2))
 save(os.path.join(root, "mistral"), MistralForCausalLM(MistralConfig(**SHAPES)))
+save(os.path.join(root, "qwen3"), Qwen3ForCausalLM(Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)))

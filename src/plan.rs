@@ -6,7 +6,7 @@ use std::path::Path;
 use recipe_data::{DataFacts, data_facts};
 use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
 use recipe_run::stage_stores;
-use recipe_spec::{Keep, Merge, MergeMethod, Precision, Recipe, Stage, Tokenizer};
+use recipe_spec::{Keep, Merge, MergeMethod, Precision, Recipe, RopeScaling, Stage, Tokenizer};
 use serde_json::{Value, json};
 
 use crate::render::{bytes, count, sparkline};
@@ -215,12 +215,21 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         let m = &stage.model;
         let _ =
             writeln!(out, "\nstage {} ({})  key {}", stage.name, stage.kind, &s["key"].as_str().unwrap_or("")[..12]);
+        let rope_scaling = match m.rope_scaling {
+            None => String::new(),
+            Some(RopeScaling::Linear { factor }) => format!(" · rope linear ×{factor}"),
+            Some(RopeScaling::Llama3 { factor, original_max_seq_len, .. }) => {
+                format!(" · rope llama3 ×{factor} from {original_max_seq_len}")
+            }
+        };
         let _ = writeln!(
             out,
-            "  model     d_model {} · {} layers · {} heads ({} kv) · d_ff {} · vocab {}{}",
+            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}",
+            m.arch,
             m.d_model,
             m.n_layers,
             m.n_heads,
+            m.head_dim(),
             m.n_kv_heads,
             m.d_ff,
             m.vocab_size,

@@ -48,10 +48,7 @@ fn inspect(path: &Path) -> Result<CheckpointInfo, String> {
     };
     let (arch, kv_width_of_unknown_heads) = match config {
         Some(config) => (read_config(&config)?, None),
-        None => {
-            let (arch, kv_width) = arch_from_shapes(&safetensors_shapes(path)?)?;
-            (arch, Some(kv_width))
-        }
+        None => arch_from_shapes(&safetensors_shapes(path)?)?,
     };
     let tokenizer_json = match format {
         CheckpointFormat::HfDir => path.join("tokenizer.json"),
@@ -100,8 +97,9 @@ fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<u64>>, String> 
         .collect())
 }
 
-/// What tensor shapes alone fix, and the key/value width; the head count stays with the recipe.
-fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u32), String> {
+/// What tensor shapes alone fix, and the key/value width when the head count stays with the
+/// recipe (Qwen3's per-head norms give the head size, and with it the counts).
+fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, Option<u32>), String> {
     // A matrix: its shape has two dimensions (a damaged header may say anything).
     let dims = |name: &str| match shapes.get(name) {
         Some(shape) if shape.len() == 2 => Ok(shape),
@@ -110,13 +108,30 @@ fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u3
     };
     let embed = dims("model.embed_tokens.weight")?;
     let gate = dims("model.layers.0.mlp.gate_proj.weight")?;
+    let q = dims("model.layers.0.self_attn.q_proj.weight")?;
     let kv = dims("model.layers.0.self_attn.k_proj.weight")?;
     let n_layers =
         (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.input_layernorm.weight"))).count();
     let narrow = |v: u64| u32::try_from(v).map_err(|_| "a dimension is too large".to_string());
     let qkv_bias = shapes.contains_key("model.layers.0.self_attn.q_proj.bias");
+    let head_dim = shapes.get("model.layers.0.self_attn.q_norm.weight").and_then(|s| s.first().copied());
+    let arch = match (head_dim, qkv_bias) {
+        (Some(_), _) => "qwen3",
+        (None, true) => "qwen2",
+        (None, false) => "llama",
+    };
+    if head_dim.is_none() && q[0] != embed[1] {
+        return Err(format!(
+            "its query projection is {} wide, not d_model ({}): put its config.json beside it to give the head size",
+            q[0], embed[1]
+        ));
+    }
+    let heads = |width: u64| head_dim.filter(|hd| *hd > 0).map(|hd| narrow(width / hd)).transpose();
     let spec = ModelSpec {
-        arch: Some(if qkv_bias { "qwen2" } else { "llama" }.into()),
+        arch: Some(arch.into()),
+        n_heads: heads(q[0])?,
+        n_kv_heads: heads(kv[0])?,
+        head_dim: head_dim.map(narrow).transpose()?,
         vocab_size: Some(narrow(embed[0])?),
         d_model: Some(narrow(embed[1])?),
         n_layers: Some(n_layers as u32),
@@ -124,5 +139,6 @@ fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, u3
         tie_embeddings: Some(!shapes.contains_key("lm_head.weight")),
         ..ModelSpec::default()
     };
-    Ok((spec, narrow(kv[0])?))
+    let kv_width_of_unknown_heads = if head_dim.is_some() { None } else { Some(narrow(kv[0])?) };
+    Ok((spec, kv_width_of_unknown_heads))
 }

@@ -99,9 +99,10 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let arch = match model_type {
         "llama" | "mistral" => "llama",
         "qwen2" => "qwen2",
+        "qwen3" => "qwen3",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral and qwen2 can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, qwen2 and qwen3 can be imported"
             ));
         }
     };
@@ -141,17 +142,18 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         ..serde_json::from_value(Value::Object(fields))
             .map_err(|e| format!("its config.json holds a value out of range: {e}"))?
     };
-    let (d_model, n_heads) = (spec.d_model.unwrap_or(0), spec.n_heads.unwrap_or(0));
-    if let Some(head_dim) = c["head_dim"].as_u64()
-        && n_heads > 0
-        && head_dim != (d_model / n_heads) as u64
-    {
-        return Err(format!("its head_dim ({head_dim}) is not hidden_size / num_attention_heads"));
-    }
-    Ok(spec)
+    let head_dim = match &c["head_dim"] {
+        // What `transformers`' Qwen3 configuration assumes.
+        Value::Null if arch == "qwen3" => Some(128),
+        Value::Null => None,
+        hd => Some(
+            hd.as_u64().and_then(|hd| u32::try_from(hd).ok()).ok_or(format!("its head_dim ({hd}) is not a size"))?,
+        ),
+    };
+    Ok(ModelSpec { head_dim, ..spec })
 }
 
-/// `config.json` for `LlamaForCausalLM` (or `Qwen2ForCausalLM`). `eos` lists the tokens that end generation, the
+/// `config.json` for `LlamaForCausalLM` (or `Qwen2ForCausalLM`, `Qwen3ForCausalLM`). `eos` lists the tokens that end generation, the
 /// end-of-document token first (also written as `bos_token_id`); a chat model adds
 /// `<|im_end|>`, so `transformers` stops at the end of an answer too. `dtype` is what
 /// `model.safetensors` holds.
@@ -159,6 +161,7 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     let fields = serde_json::to_value(model).expect("plain struct");
     let (class, model_type) = match model.arch.as_str() {
         "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+        "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut config = json!({
@@ -342,7 +345,7 @@ mod tests {
         let layer_types = r#", "sliding_window": 32, "layer_types": ["full_attention", "sliding_attention"]"#;
         assert_eq!(read("qwen2", layer_types), Ok(("qwen2".into(), 32)));
         let gemma = read("gemma2", "").unwrap_err();
-        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral and qwen2"#), "{gemma}");
+        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, qwen2 and qwen3"#), "{gemma}");
     }
 
     /// The rotary base and scaling as each `transformers` version spells them.

@@ -1,6 +1,7 @@
 //! The Llama-style decoder: token embedding, pre-norm blocks of RMSNorm → grouped-query causal
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
-//! untied output head; `qwen2` adds a bias to the query, key and value projections. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
+//! untied output head; `qwen2` adds a bias to the query, key and value projections, `qwen3` an
+//! RMSNorm over each query and key head. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
 //! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
 //! projection, RMSNorm, rotary embedding, attention and SwiGLU of `recipe-kernels`. Tensors
 //! carry Hugging Face names.
@@ -400,8 +401,17 @@ impl Llama {
             let y = linear(&normed, n)?;
             if c.qkv_bias() { y.broadcast_add(&self.p(&format!("model.layers.{i}.{n}.bias"))?) } else { Ok(y) }
         };
-        let q = recipe_kernels::rope(&heads(qkv("self_attn.q_proj")?, h)?, cos, sin)?;
-        let mut k = recipe_kernels::rope(&heads(qkv("self_attn.k_proj")?, kvh)?, cos, sin)?;
+        // Qwen3 normalises each query and key head on its own.
+        let normed_heads = |y: Tensor, n: usize, norm: &str| {
+            let y = if c.qk_norm() {
+                recipe_kernels::rms_norm(&y.reshape((b * t * n, hd))?, &p(norm)?, c.norm_eps)?
+            } else {
+                y
+            };
+            heads(y, n)
+        };
+        let q = recipe_kernels::rope(&normed_heads(qkv("self_attn.q_proj")?, h, "self_attn.q_norm")?, cos, sin)?;
+        let mut k = recipe_kernels::rope(&normed_heads(qkv("self_attn.k_proj")?, kvh, "self_attn.k_norm")?, cos, sin)?;
         let mut v = heads(qkv("self_attn.v_proj")?, kvh)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {

@@ -19,6 +19,7 @@ fn config() -> Model {
         n_layers: 2,
         n_heads: 2,
         n_kv_heads: 1,
+        explicit_head_dim: None,
         d_ff: 20,
         max_seq_len: 16,
         tie_embeddings: false,

@@ -1,5 +1,6 @@
 //! The model's numerics: every parameter gets a gradient, the gradients match finite
-//! differences in f64 (Llama's, and Qwen2's with its projection biases), the KV cache gives the same logits as a full forward pass, and a packed
+//! differences in f64 (Llama's, Qwen2's with its projection biases, Qwen3's with its per-head
+//! norms and heads that are not d_model / n_heads wide), the KV cache gives the same logits as a full forward pass, and a packed
 //! row with a document mask computes each document as if it were alone.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -14,6 +15,7 @@ fn tiny(tie: bool) -> Model {
         n_layers: 2,
         n_heads: 2,
         n_kv_heads: 1,
+        explicit_head_dim: None,
         d_ff: 12,
         max_seq_len: 16,
         tie_embeddings: tie,
@@ -53,9 +55,16 @@ fn tiny_qwen2(tie: bool) -> Model {
     Model { arch: "qwen2".into(), ..tiny(tie) }
 }
 
+/// `tiny` with Qwen3's per-head norms, and heads of 6 where d_model / n_heads is 4.
+fn tiny_qwen3(tie: bool) -> Model {
+    Model { arch: "qwen3".into(), explicit_head_dim: Some(6), ..tiny(tie) }
+}
+
 #[test]
 fn every_parameter_receives_a_nonzero_gradient() {
-    for (config, per_layer) in [(tiny(true), 9), (tiny(false), 9), (tiny_qwen2(true), 12), (tiny_qwen2(false), 12)] {
+    let configs =
+        [(tiny(true), 9), (tiny(false), 9), (tiny_qwen2(true), 12), (tiny_qwen2(false), 12), (tiny_qwen3(false), 11)];
+    for (config, per_layer) in configs {
         let tie = config.tie_embeddings;
         let m = model(&config, DType::F32);
         let grads = loss(&m, DType::F32).backward().unwrap();
@@ -70,7 +79,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    for config in [tiny(false), tiny_qwen2(false)] {
+    for config in [tiny(false), tiny_qwen2(false), tiny_qwen3(false)] {
         let checked = check_gradients(&model(&config, DType::F64));
         assert!(checked >= 60, "{}: {checked} coordinates", config.arch);
     }

@@ -174,3 +174,29 @@ fn a_transformers_mistral_checkpoint_computes_its_reference_logits() {
     let config = import_transformers_fixture("mistral");
     assert_eq!((config.arch.as_str(), config.max_seq_len), ("llama", 128));
 }
+
+/// Qwen3: each query and key head RMS-normalised, heads wider together than the model.
+#[test]
+fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("qwen3");
+    assert_eq!((config.arch.as_str(), config.d_model, config.n_heads, config.head_dim()), ("qwen3", 64, 4, 32));
+    // Without its config.json, the per-head norms give the head size and with it the counts.
+    let lone = tempfile::tempdir().unwrap();
+    let weights = lone.path().join("weights.safetensors");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3/model.safetensors");
+    std::fs::copy(&fixture, &weights).unwrap();
+    let info = inspect(&weights).unwrap();
+    assert_eq!(info.kv_width_of_unknown_heads, None);
+    let from_shapes = info.arch.resolve(None);
+    assert_eq!(
+        (from_shapes.arch.as_str(), from_shapes.n_heads, from_shapes.n_kv_heads, from_shapes.head_dim()),
+        ("qwen3", 4, 2, 32)
+    );
+    // A Llama's query projection that is not d_model wide says nothing of the head size.
+    let llama = lone.path().join("llama.safetensors");
+    let mut tensors = candle_core::safetensors::load(&fixture, &Device::Cpu).unwrap();
+    tensors.retain(|name, _| !name.contains("_norm."));
+    candle_core::safetensors::save(&tensors, &llama).unwrap();
+    let error = inspect(&llama).unwrap_err();
+    assert!(error.contains("query projection is 128 wide, not d_model (64)"), "{error}");
+}

@@ -14,6 +14,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "n_layers",
     "n_heads",
     "n_kv_heads",
+    "head_dim",
     "d_ff",
     "max_seq_len",
     "tie_embeddings",
@@ -25,14 +26,15 @@ pub const MODEL_KEYS: &[&str] = &[
     "layers",
 ];
 
-/// The architectures: `llama` (RMSNorm, RoPE, SwiGLU, grouped-query attention), and `qwen2`,
-/// the same with a bias on the query, key and value projections (Qwen2 and Qwen2.5).
-pub const ARCHS: &[&str] = &["llama", "qwen2"];
+/// The architectures: `llama` (RMSNorm, RoPE, SwiGLU, grouped-query attention); `qwen2`, the
+/// same with a bias on the query, key and value projections (Qwen2 and Qwen2.5); `qwen3`, Llama
+/// with an RMSNorm over each query and key head before the rotary embedding (Qwen3).
+pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
 /// must agree with it on each of these.
 pub const SHAPE_FIELDS: &[&str] =
-    &["arch", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings"];
+    &["arch", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "tie_embeddings"];
 
 /// What a `[model]` table or a stage's `model = {...}` says; unset fields inherit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub struct ModelSpec {
     pub n_heads: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub n_kv_heads: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub d_ff: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,6 +90,10 @@ pub struct Model {
     pub n_heads: u32,
     /// Default: `n_heads` (plain multi-head attention).
     pub n_kv_heads: u32,
+    /// Set only where it is not `d_model / n_heads` (Qwen3: heads of 128 at any width); absent
+    /// from the key otherwise, so that writing the default changes nothing.
+    #[serde(rename = "head_dim", skip_serializing_if = "Option::is_none")]
+    pub explicit_head_dim: Option<u32>,
     /// Default: the SwiGLU rule, 8/3 · d_model rounded up to a multiple of 64.
     pub d_ff: u32,
     /// Default 512.
@@ -123,6 +131,7 @@ impl Model {
             n_layers: Some(self.n_layers),
             n_heads: Some(self.n_heads),
             n_kv_heads: Some(self.n_kv_heads),
+            head_dim: self.explicit_head_dim,
             d_ff: Some(self.d_ff),
             max_seq_len: Some(self.max_seq_len),
             tie_embeddings: Some(self.tie_embeddings),
@@ -140,8 +149,13 @@ impl Model {
         self.arch == "qwen2"
     }
 
+    /// Whether each query and key head is RMS-normalised before the rotary embedding (`qwen3`).
+    pub fn qk_norm(&self) -> bool {
+        self.arch == "qwen3"
+    }
+
     pub fn head_dim(&self) -> u32 {
-        self.d_model / self.n_heads.max(1)
+        self.explicit_head_dim.unwrap_or(self.d_model / self.n_heads.max(1))
     }
 
     /// The rotary embedding's angular frequency for each pair of a head's dimensions:
@@ -181,21 +195,25 @@ impl Model {
     /// shapes, which the model builds from and `plan` counts.
     pub fn layout(&self) -> Vec<(String, Vec<usize>, bool)> {
         let c = self;
-        let (v, d, ff) = (c.vocab_size as usize, c.d_model as usize, c.d_ff as usize);
-        let kv = (c.d_model / c.n_heads * c.n_kv_heads) as usize;
+        let (v, d, ff, hd) = (c.vocab_size as usize, c.d_model as usize, c.d_ff as usize, c.head_dim() as usize);
+        let (q, kv) = (c.n_heads as usize * hd, c.n_kv_heads as usize * hd);
         let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], false)];
         for i in 0..c.n_layers {
             let p = format!("model.layers.{i}");
             out.push((format!("{p}.input_layernorm.weight"), vec![d], false));
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d], true));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d], true));
             out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d], true));
             out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d], true));
             if c.qkv_bias() {
-                out.push((format!("{p}.self_attn.q_proj.bias"), vec![d], false));
+                out.push((format!("{p}.self_attn.q_proj.bias"), vec![q], false));
                 out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv], false));
                 out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv], false));
             }
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d], true));
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q], true));
+            if c.qk_norm() {
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd], false));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd], false));
+            }
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
             out.push((format!("{p}.mlp.up_proj.weight"), vec![ff, d], true));
@@ -221,6 +239,7 @@ impl ModelSpec {
             n_layers: f.opt(cx, "n_layers", decode::size(1, 1 << 12)),
             n_heads: f.opt(cx, "n_heads", decode::size(1, 1 << 12)),
             n_kv_heads: f.opt(cx, "n_kv_heads", decode::size(1, 1 << 12)),
+            head_dim: f.opt(cx, "head_dim", decode::size(2, 1 << 12)),
             d_ff: f.opt(cx, "d_ff", decode::size(1, 1 << 20)),
             max_seq_len: f.opt(cx, "max_seq_len", decode::size(1, 1 << 22)),
             tie_embeddings: f.opt(cx, "tie_embeddings", decode::boolean),
@@ -242,6 +261,7 @@ impl ModelSpec {
             n_layers: over.n_layers.or(self.n_layers),
             n_heads: over.n_heads.or(self.n_heads),
             n_kv_heads: over.n_kv_heads.or(self.n_kv_heads),
+            head_dim: over.head_dim.or(self.head_dim),
             d_ff: over.d_ff.or(self.d_ff),
             max_seq_len: over.max_seq_len.or(self.max_seq_len),
             tie_embeddings: over.tie_embeddings.or(self.tie_embeddings),
@@ -271,6 +291,7 @@ impl ModelSpec {
             n_layers: self.n_layers.unwrap_or(4),
             n_heads,
             n_kv_heads: self.n_kv_heads.unwrap_or(n_heads),
+            explicit_head_dim: self.head_dim.filter(|hd| hd * n_heads != d_model),
             d_ff: self.d_ff.unwrap_or_else(|| swiglu_hidden(d_model)),
             max_seq_len: self.max_seq_len.unwrap_or(512),
             tie_embeddings: self.tie_embeddings.unwrap_or(true),
@@ -374,12 +395,21 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
         let origin = cx.origins.get(&path).cloned().unwrap_or(Origin::Default);
         cx.diags.push(crate::Diagnostic::new(&origin, msg).label(label));
     };
-    if !m.d_model.is_multiple_of(m.n_heads) {
+    if let Some(head_dim) = m.explicit_head_dim {
+        if !head_dim.is_multiple_of(2) {
+            fail(
+                cx,
+                "head_dim",
+                format!("head_dim ({head_dim}) is odd"),
+                "rotary embeddings need an even head dimension".into(),
+            );
+        }
+    } else if !m.d_model.is_multiple_of(m.n_heads) {
         fail(
             cx,
             "n_heads",
             format!("n_heads ({}) does not divide d_model ({})", m.n_heads, m.d_model),
-            "d_model must be a multiple of n_heads".into(),
+            "d_model must be a multiple of n_heads, or `head_dim` set".into(),
         );
     } else if !m.head_dim().is_multiple_of(2) {
         fail(

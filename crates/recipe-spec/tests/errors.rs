@@ -176,6 +176,7 @@ fn out_of_range_values_are_errors() {
         ("mix = { books = 1.0 }", "mix = { books = 0 }", "expected a weight > 0, found 0"),
         ("n_heads = 4", "n_heads = 5", "n_heads (5) does not divide d_model (64)"),
         ("n_heads = 4", "n_heads = 4\nn_kv_heads = 3", "n_kv_heads (3) does not divide n_heads (4)"),
+        ("n_heads = 4", "n_heads = 4\nhead_dim = 7", "head_dim (7) is odd"),
         (
             "batch_size = 8",
             "batch_size = 8\nmicro_batch_size = 3",
@@ -552,6 +553,7 @@ fn a_bare_safetensors_file_needs_the_head_count_from_the_recipe() {
         ("model.embed_tokens.weight", vec![600, 16]),
         ("lm_head.weight", vec![600, 16]),
         ("model.layers.0.input_layernorm.weight", vec![16]),
+        ("model.layers.0.self_attn.q_proj.weight", vec![16, 16]),
         ("model.layers.0.self_attn.k_proj.weight", vec![8, 16]),
         ("model.layers.0.mlp.gate_proj.weight", vec![48, 16]),
     ] {
@@ -622,4 +624,17 @@ fn rotary_scaling_is_read_and_checked() {
         assert!(out.contains(message), "{table}: expected {message:?} in:\n{out}");
         assert!(out.contains("r.toml:"), "{table}: no position in:\n{out}");
     }
+}
+
+/// `head_dim` frees the head size from `d_model / n_heads` (Qwen3); written at its default,
+/// it changes nothing, not even the key.
+#[test]
+fn head_dim_may_differ_from_d_model_over_n_heads() {
+    let f = Fixture::new();
+    let r = f.parse(BASE, &["model.n_heads=5", "model.head_dim=32", "model.arch=qwen3"]).unwrap();
+    let m = &r.stage("pretrain").unwrap().model;
+    assert_eq!((m.n_heads, m.head_dim(), m.projection_shape("q_proj")), (5, 32, (64, 160)));
+    let plain = f.parse(BASE, &[]).unwrap();
+    let spelled = f.parse(BASE, &["model.head_dim=16"]).unwrap();
+    assert_eq!(plain.stage("pretrain").unwrap().model, spelled.stage("pretrain").unwrap().model);
 }

@@ -58,6 +58,7 @@ fn bench(cr: &mut Criterion) {
             n_layers: c.n_layers,
             n_heads: c.n_heads,
             n_kv_heads: c.n_heads,
+            explicit_head_dim: None,
             d_ff: c.d_ff,
             max_seq_len: c.seq as u32,
             tie_embeddings: true,

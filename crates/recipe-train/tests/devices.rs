@@ -21,6 +21,7 @@ fn config() -> Model {
         n_layers: 2,
         n_heads: 4,
         n_kv_heads: 2,
+        explicit_head_dim: None,
         d_ff: 256,
         max_seq_len: 16,
         tie_embeddings: false,
