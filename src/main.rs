@@ -99,8 +99,8 @@ enum Verb {
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Send the prompt as a user turn in the ChatML template and print the assistant's
-        /// answer, stopping at `<|im_end|>`.
+        /// Send the prompt as a user turn and print the assistant's answer, stopping where the
+        /// turn ends: in ChatML when the tokenizer has its tokens, else in Llama 3's template.
         #[arg(long)]
         chat: bool,
     },

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use recipe_checkpoint::{Headers, load_checkpoint, training};
-use recipe_data::{Message, Role, TOKENIZER_FILE, Tok, chatml_prompt};
+use recipe_data::{Message, Role, TOKENIZER_FILE, Tok, chat_prompt};
 use recipe_graph::RunDir;
 use recipe_model::{Llama, Sampling, generate};
 use recipe_run::{load_tokenizer, recipe_tokenizer};
@@ -38,8 +38,11 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     let (prompt, stop) = match a.chat {
         true => {
             let user = Message { role: Role::User, content: a.prompt.to_string() };
-            let ids = chatml_prompt(&tok, &[user]).map_err(|e| fail(&e))?;
-            (ids, tok.chatml().map(|[_, end]| end))
+            let template = tok.chat_template().ok_or_else(|| {
+                Failure::Run("--chat needs a tokenizer with a chat template's tokens (ChatML's or Llama 3's)".into())
+            })?;
+            let ids = chat_prompt(&tok, template, &[user]).map_err(|e| fail(&e))?;
+            (ids, tok.template_ids(template).and_then(|ids| ids.last().copied()))
         }
         false => (tok.encode(a.prompt).map_err(|e| fail(&e))?, Some(tok.eos())),
     };

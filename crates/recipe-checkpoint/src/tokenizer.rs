@@ -1,7 +1,7 @@
 //! Tokenizer files, a `tokenizer.json` or a `.gguf`'s metadata: loaded whole for the pipeline,
 //! or summarised (size, ChatML tokens, a fingerprint of the vocabulary) for validation.
 
-use recipe_spec::{CHATML_TOKENS, TokenizerFacts, TokenizerFile};
+use recipe_spec::{ChatTemplate, TokenizerFacts, TokenizerFile};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -55,7 +55,10 @@ pub(crate) fn gguf_facts(g: &candle_core::quantized::gguf_file::Content) -> Resu
 fn facts_of(mut by_id: Vec<(u64, &str)>) -> TokenizerFacts {
     by_id.sort();
     by_id.dedup();
-    let has_chatml = CHATML_TOKENS.iter().all(|c| by_id.iter().any(|(_, t)| t == c));
+    let templates = ChatTemplate::ALL
+        .into_iter()
+        .filter(|template| template.tokens().iter().all(|c| by_id.iter().any(|(_, t)| t == c)))
+        .collect();
     let mut hasher = blake3::Hasher::new();
     for (id, token) in &by_id {
         hasher.update(&id.to_le_bytes());
@@ -64,7 +67,7 @@ fn facts_of(mut by_id: Vec<(u64, &str)>) -> TokenizerFacts {
     }
     TokenizerFacts {
         vocab_size: by_id.last().map_or(0, |(id, _)| *id as u32 + 1),
-        has_chatml,
+        templates,
         fingerprint: hasher.finalize().to_hex().to_string(),
     }
 }

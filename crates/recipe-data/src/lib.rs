@@ -1,6 +1,6 @@
 //! `recipe-data` turns a recipe's sources into exactly the token rows a stage trains on.
 //! It reads documents (`text`, `jsonl`, `chat-jsonl`, pre-tokenized `tokens`) with errors that
-//! name file and line, loads or trains tokenizers, writes each source's tokenization once into
+//! name file and line, formats conversations with their chat template, loads or trains tokenizers, writes each source's tokenization once into
 //! a memory-mappable cache with a deterministic holdout split, mixes sources by token weight
 //! with a seeded sampler, packs documents into rows (`concat`, `best-fit`, `pad`) with loss
 //! masks, document ids and positions, and resumes exactly from a small serialisable state.
@@ -8,6 +8,7 @@
 //! recording that a node finished, belong to the executor (`recipe-run`). It prints nothing:
 //! long work reports through [`Progress`].
 
+mod chat;
 mod documents;
 mod error;
 mod loader;
@@ -19,6 +20,7 @@ mod progress;
 mod store;
 mod tokenizer;
 
+pub use chat::{chat_prompt, format_chat};
 pub use documents::{Doc, Documents, MAX_LINE_BYTES, Message, Role, read_source};
 pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, LoaderStats, Mix, PAD_DOC, SourceStats, Split};
@@ -27,5 +29,5 @@ pub use online::Bandit;
 pub use pack::{PackStats, Packer, PackerState, Piece, Row};
 pub use prepare::{DataFacts, MAX_SIMULATED_ROWS, TOKENIZER_FILE, data_facts, tokenize, train_tokenizer};
 pub use progress::{Progress, Silent};
-pub use store::{StoreMeta, TokenStore, chatml_prompt, format_chatml, is_held_out, tokenize_source};
+pub use store::{StoreMeta, TokenStore, is_held_out, tokenize_source};
 pub use tokenizer::Tok;

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use rayon::prelude::*;
-use recipe_spec::{Source, SourceFormat, TokenDtype};
+use recipe_spec::{ChatTemplate, Source, SourceFormat, TokenDtype};
 use serde::{Deserialize, Serialize};
 
-use crate::documents::{Doc, Role, TokenFile, read_source};
+use crate::chat::format_chat;
+use crate::documents::{Doc, TokenFile, read_source};
 use crate::error::{DataError, Result};
 use crate::progress::Progress;
 use crate::tokenizer::Tok;
@@ -53,39 +54,6 @@ pub fn is_held_out(identity: &[u8], fraction: f64) -> bool {
     (x as f64 / u64::MAX as f64) < fraction
 }
 
-/// Token ids of a chat in the ChatML template, and for each token whether it belongs to an
-/// assistant turn (its content and closing `<|im_end|>`, so the model learns to stop).
-pub fn format_chatml(tok: &Tok, messages: &[crate::documents::Message]) -> Result<(Vec<u32>, Vec<u8>)> {
-    let [start, end] = tok
-        .chatml()
-        .ok_or_else(|| DataError::new("the tokenizer lacks the ChatML tokens <|im_start|> and <|im_end|>"))?;
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    let newline = tok.encode("\n")?;
-    for m in messages {
-        let assistant = u8::from(m.role == Role::Assistant);
-        let mut push = |part: &[u32], bit: u8| {
-            ids.extend_from_slice(part);
-            mask.extend(std::iter::repeat_n(bit, part.len()));
-        };
-        push(&[start], 0);
-        push(&tok.encode(&format!("{}\n", m.role.as_str()))?, 0);
-        push(&tok.encode(&m.content)?, assistant);
-        push(&[end], assistant);
-        push(&newline, 0);
-    }
-    Ok((ids, mask))
-}
-
-/// The ids that prompt a chat model for its next assistant turn: the conversation so far in
-/// ChatML, then `<|im_start|>assistant\n`.
-pub fn chatml_prompt(tok: &Tok, messages: &[crate::documents::Message]) -> Result<Vec<u32>> {
-    let (mut ids, _) = format_chatml(tok, messages)?;
-    let [start, _] = tok.chatml().expect("format_chatml checked the ChatML tokens");
-    ids.push(start);
-    ids.extend(tok.encode("assistant\n")?);
-    Ok(ids)
-}
-
 /// Read, split and tokenize a source into `dir` (which should be a staging folder that the
 /// caller renames into place). Parallel over documents.
 pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Progress) -> Result<StoreMeta> {
@@ -104,7 +72,8 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
             let out = match doc {
                 Doc::Text(t) => (tok.encode(t)?, None, held),
                 Doc::Chat(m) => {
-                    let (ids, mask) = format_chatml(tok, m)?;
+                    let template = source.template.unwrap_or(ChatTemplate::ChatMl);
+                    let (ids, mask) = format_chat(tok, template, m)?;
                     (ids, Some(mask), held)
                 }
                 Doc::Tokens(_) => unreachable!("a tokens source is copied, not tokenized"),

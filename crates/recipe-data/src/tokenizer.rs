@@ -1,11 +1,11 @@
 //! The pipeline's tokenizer: any `tokenizers` tokenizer (read from a file by
 //! `recipe-checkpoint`), or a byte-level BPE trained from the recipe's sources, with what the
-//! pipeline needs: the end-of-document id, the ChatML ids, and plain encoding without added
-//! special tokens.
+//! pipeline needs: the end-of-document id, the chat templates' ids, and plain encoding without
+//! added special tokens.
 
 use std::path::Path;
 
-use recipe_spec::{CHATML_TOKENS, TokenizerTrain};
+use recipe_spec::{ChatTemplate, TokenizerTrain};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
@@ -20,7 +20,6 @@ const EOS_NAMES: &[&str] = &["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"
 pub struct Tok {
     inner: Tokenizer,
     eos: u32,
-    chatml: Option<[u32; 2]>,
 }
 
 impl Tok {
@@ -29,11 +28,7 @@ impl Tok {
         let eos = EOS_NAMES.iter().find_map(|n| inner.token_to_id(n)).ok_or_else(|| {
             DataError::new(format!("the tokenizer has no end-of-document token (one of {})", EOS_NAMES.join(", ")))
         })?;
-        let chatml = match CHATML_TOKENS.map(|t| inner.token_to_id(t)) {
-            [Some(start), Some(end)] => Some([start, end]),
-            _ => None,
-        };
-        Ok(Tok { inner, eos, chatml })
+        Ok(Tok { inner, eos })
     }
 
     /// Train a byte-level BPE on `texts`. Decoding returns the exact input bytes.
@@ -73,9 +68,23 @@ impl Tok {
         self.eos
     }
 
-    /// `<|im_start|>` and `<|im_end|>`, when the tokenizer has them.
-    pub fn chatml(&self) -> Option<[u32; 2]> {
-        self.chatml
+    /// The ids of `template`'s special tokens, in [`ChatTemplate::tokens`]' order, when the
+    /// tokenizer has them all.
+    pub fn template_ids(&self, template: ChatTemplate) -> Option<Vec<u32>> {
+        template.tokens().iter().map(|t| self.inner.token_to_id(t)).collect()
+    }
+
+    /// The template a chat with this tokenizer takes when nothing says which: the first of
+    /// [`ChatTemplate::ALL`] whose tokens it has.
+    pub fn chat_template(&self) -> Option<ChatTemplate> {
+        ChatTemplate::ALL.into_iter().find(|t| self.template_ids(*t).is_some())
+    }
+
+    /// The id that ends a turn in each template the tokenizer has, other than the
+    /// end-of-document id: where generation stops besides that.
+    pub fn turn_ends(&self) -> Vec<u32> {
+        let ends = ChatTemplate::ALL.into_iter().filter_map(|t| self.template_ids(t)?.last().copied());
+        ends.filter(|end| *end != self.eos).collect()
     }
 
     /// Ids range over `0..vocab_size()`.

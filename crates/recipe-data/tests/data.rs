@@ -8,10 +8,10 @@ use std::sync::{Arc, OnceLock};
 
 use recipe_checkpoint::Headers;
 use recipe_data::{
-    Batch, Doc, Loader, LoaderConfig, PAD_DOC, Row, Silent, Split, Tok, TokenStore, format_chatml, read_source,
+    Batch, Doc, Loader, LoaderConfig, PAD_DOC, Row, Silent, Split, Tok, TokenStore, format_chat, read_source,
     tokenize_source,
 };
-use recipe_spec::{LossOn, Packing, Recipe};
+use recipe_spec::{ChatTemplate, LossOn, Packing, Recipe};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -283,6 +283,45 @@ fn best_fit_packs_the_shipped_corpora_tightly_at_512() {
     }
 }
 
+/// Llama 3's template, as its `tokenizer_config.json` renders it: the conversation's start,
+/// each role in a header, contents trimmed, each turn ended by `<|eot_id|>`; the mask is the
+/// assistant's content and its `<|eot_id|>`, and the prompt for the next turn is the
+/// assistant's header.
+#[test]
+fn the_llama3_template_renders_as_llama3_does() {
+    let special_tokens =
+        ["<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
+    let config = recipe_spec::TokenizerTrain {
+        kind: "bpe".into(),
+        vocab_size: 400,
+        sources: Vec::new(),
+        min_frequency: 2,
+        special_tokens: special_tokens.map(String::from).to_vec(),
+    };
+    let tok = Tok::train(&config, ["What is a whale? A large mammal of the sea."].into_iter()).unwrap();
+    assert_eq!((tok.chat_template(), tok.turn_ends().len()), (Some(ChatTemplate::Llama3), 1));
+    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    let messages = [
+        message(recipe_data::Role::System, "Be brief."),
+        message(recipe_data::Role::User, " What is a whale?\n"),
+        message(recipe_data::Role::Assistant, "A large mammal."),
+    ];
+    let (ids, mask) = format_chat(&tok, ChatTemplate::Llama3, &messages).unwrap();
+    assert_eq!(
+        tok.decode(&ids),
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nWhat is a whale?<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\nA large mammal.<|eot_id|>"
+    );
+    let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+    let eot = tok.template_ids(ChatTemplate::Llama3).unwrap()[3];
+    assert_eq!(masked, [tok.encode("A large mammal.").unwrap(), vec![eot]].concat());
+    let prompt = recipe_data::chat_prompt(&tok, ChatTemplate::Llama3, &messages[..2]).unwrap();
+    assert!(tok.decode(&prompt).ends_with("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"));
+    let chatml = format_chat(&tok, ChatTemplate::ChatMl, &messages).unwrap_err().to_string();
+    assert!(chatml.contains("lacks the chatml template's tokens <|im_start|>, <|im_end|>"), "{chatml}");
+}
+
 #[test]
 fn the_chat_loss_mask_covers_exactly_the_assistant_turns() {
     let c = corpora();
@@ -290,7 +329,7 @@ fn the_chat_loss_mask_covers_exactly_the_assistant_turns() {
     let mut l = loader(&[("chat", 1.0)], Packing::Pad, 256, LossOn::Assistant);
     let rows = l.next_rows(50);
     let batch = l.materialize(&rows);
-    let [start, end] = c.tok.chatml().unwrap();
+    let [start, end] = c.tok.template_ids(ChatTemplate::ChatMl).unwrap()[..] else { panic!("ChatML's two tokens") };
     let s = batch.seq_len;
     for (r, row) in rows.iter().enumerate() {
         let piece = row[0];
@@ -306,7 +345,7 @@ fn the_chat_loss_mask_covers_exactly_the_assistant_turns() {
         recipe_data::Message { role: recipe_data::Role::User, content: "What is AI?".into() },
         recipe_data::Message { role: recipe_data::Role::Assistant, content: "A field of study.".into() },
     ];
-    let (ids, mask) = format_chatml(&c.tok, &messages).unwrap();
+    let (ids, mask) = format_chat(&c.tok, ChatTemplate::ChatMl, &messages).unwrap();
     let answer = c.tok.encode("A field of study.").unwrap();
     let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
     assert_eq!(masked, [answer, vec![end]].concat());

@@ -313,7 +313,7 @@ fn save_stage_result(recipe: &Recipe, stage: &Stage, model: &Llama, tokenizer: &
         (None, None) => String::new(),
     };
     let mut eos = vec![tokenizer.eos()];
-    eos.extend(tokenizer.chatml().map(|[_, end]| end).filter(|end| *end != tokenizer.eos()));
+    eos.extend(tokenizer.turn_ends());
     model.save_pretrained(staging, &eos, &base_model)?;
     tokenizer.save(&staging.join(TOKENIZER_FILE))?;
     Ok(())

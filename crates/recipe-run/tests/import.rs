@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use recipe_checkpoint::{Headers, load_checkpoint};
-use recipe_data::{Message, Role, chatml_prompt};
+use recipe_data::{Message, Role, chat_prompt};
 use recipe_model::{Llama, Sampling, generate};
 use recipe_run::load_tokenizer;
 use recipe_spec::{CheckpointFormat, CheckpointInfo, CheckpointReader, TokenizerFile};
@@ -41,8 +41,8 @@ fn smollm2_from_gguf_knows_the_capital_of_france() {
         },
         Message { role: Role::User, content: "What is the capital of France?".into() },
     ];
-    let prompt = chatml_prompt(&tok, &messages).unwrap();
-    let stop = tok.chatml().map(|[_, end]| end);
+    let prompt = chat_prompt(&tok, recipe_spec::ChatTemplate::ChatMl, &messages).unwrap();
+    let stop = tok.turn_ends().first().copied();
     let sampling = Sampling { max_new_tokens: 16, temperature: 0.0, top_p: 1.0, seed: 0, stop };
     let answer = tok.decode(&generate(&model, &prompt, &sampling).unwrap());
     assert!(answer.contains("Paris"), "answered {answer:?}");

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::ModelSpec;
-use crate::vocab::CheckpointFormat;
+use crate::vocab::{ChatTemplate, CheckpointFormat};
 
 /// Reads checkpoint and tokenizer headers for validation.
 pub trait CheckpointReader {
@@ -37,7 +37,8 @@ pub struct CheckpointInfo {
 pub struct TokenizerFacts {
     /// One more than the largest id.
     pub vocab_size: u32,
-    pub has_chatml: bool,
+    /// The chat templates whose special tokens it has.
+    pub templates: Vec<ChatTemplate>,
     /// blake3 over every (id, token) pair: equal exactly when two tokenizers map the same
     /// strings to the same ids, whatever file they were read from.
     pub fingerprint: String,

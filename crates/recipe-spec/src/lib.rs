@@ -58,6 +58,6 @@ pub use source::Source;
 pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    AverageKind, AverageUse, CHATML_TOKENS, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn,
-    MergeMethod, OnError, OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
+    AverageKind, AverageUse, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn, MergeMethod, OnError,
+    OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
 };

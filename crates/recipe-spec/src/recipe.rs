@@ -226,7 +226,7 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
             written: String::new(),
             file: TokenizerFile::Json(PathBuf::new()),
             vocab_size: 0,
-            has_chatml: false,
+            templates: Vec::new(),
             fingerprint: String::new(),
         }),
         sources,

@@ -10,7 +10,7 @@ use crate::decode::{self, Cx, Fields};
 use crate::diag::{Diagnostic, Origin};
 use crate::source::{Source, check_source_ref};
 use crate::tree::Node;
-use crate::vocab::{CHATML_TOKENS, SourceFormat};
+use crate::vocab::{ChatTemplate, SourceFormat};
 
 #[derive(Clone, Debug, Serialize)]
 pub enum Tokenizer {
@@ -24,9 +24,9 @@ pub enum Tokenizer {
         file: TokenizerFile,
         /// Read from the file.
         vocab_size: u32,
-        /// Whether the file has both ChatML special tokens.
+        /// The chat templates whose special tokens the file has.
         #[serde(skip)]
-        has_chatml: bool,
+        templates: Vec<ChatTemplate>,
         #[serde(skip)]
         fingerprint: String,
     },
@@ -97,7 +97,7 @@ pub(crate) fn decode_tokenizer(
                     written,
                     file,
                     vocab_size: t.vocab_size,
-                    has_chatml: t.has_chatml,
+                    templates: t.templates,
                     fingerprint: t.fingerprint,
                 }),
                 Err(why) => {
@@ -140,28 +140,36 @@ pub(crate) fn decode_tokenizer(
     }
 }
 
-/// A chat source is formatted with ChatML, so the tokenizer must have its special tokens.
+/// A chat source is formatted with its template, so the tokenizer must have the template's
+/// special tokens.
 pub(crate) fn check_chat_tokens(cx: &mut Cx, sources: &[Source], tokenizer: Option<&Tokenizer>) {
-    let has_chatml = match tokenizer {
-        Some(Tokenizer::File { has_chatml, .. }) => *has_chatml,
-        Some(Tokenizer::Train(t)) => CHATML_TOKENS.iter().all(|c| t.special_tokens.iter().any(|s| s == c)),
-        None => return,
+    let has = |template: ChatTemplate| match tokenizer {
+        Some(Tokenizer::File { templates, .. }) => templates.contains(&template),
+        Some(Tokenizer::Train(t)) => template.tokens().iter().all(|c| t.special_tokens.iter().any(|s| s == c)),
+        None => true,
     };
     for s in sources.iter().filter(|s| s.format == SourceFormat::ChatJsonl) {
-        if !has_chatml {
-            let origin = cx.origins.get(&format!("sources.{}.format", s.name)).cloned().unwrap_or_default();
-            let fix = match tokenizer {
-                Some(Tokenizer::Train(_)) => "add them to `tokenizer.train.special_tokens`",
-                _ => "use a tokenizer that defines them",
-            };
-            cx.diags.push(
-                Diagnostic::new(
-                    &origin,
-                    format!("source `{}` is chat data, but the tokenizer lacks the ChatML tokens", s.name),
-                )
-                .label(format!("the chatml template needs {}", CHATML_TOKENS.join(" and ")))
-                .help(fix),
-            );
+        let Some(template) = s.template.filter(|t| !has(*t)) else { continue };
+        let origin = cx
+            .origins
+            .get(&format!("sources.{}.template", s.name))
+            .or_else(|| cx.origins.get(&format!("sources.{}.format", s.name)))
+            .cloned()
+            .unwrap_or_default();
+        let mut fix = match tokenizer {
+            Some(Tokenizer::Train(_)) => "add them to `tokenizer.train.special_tokens`".to_string(),
+            _ => "use a tokenizer that defines them".to_string(),
+        };
+        if let Some(other) = ChatTemplate::ALL.into_iter().find(|t| has(*t)) {
+            fix += &format!(", or `template = \"{other}\"`, whose tokens the tokenizer has");
         }
+        cx.diags.push(
+            Diagnostic::new(
+                &origin,
+                format!("source `{}` is chat data, but the tokenizer lacks the {template} template's tokens", s.name),
+            )
+            .label(format!("the {template} template needs {}", template.tokens().join(", ")))
+            .help(fix),
+        );
     }
 }

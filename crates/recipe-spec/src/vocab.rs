@@ -38,7 +38,7 @@ pub(crate) use words;
 words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill", Merge = "merge" });
 words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
 words!(OnError { Fail = "fail", Skip = "skip" });
-words!(ChatTemplate { ChatMl = "chatml" });
+words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3" });
 words!(TokenDtype { U16 = "u16", U32 = "u32" });
 words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
 words!(LossOn { All = "all", Assistant = "assistant" });
@@ -52,8 +52,20 @@ words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
 
-/// The special tokens the ChatML template writes around each turn.
-pub const CHATML_TOKENS: [&str; 2] = ["<|im_start|>", "<|im_end|>"];
+impl ChatTemplate {
+    /// Every template, in the order `sample --chat` prefers them.
+    pub const ALL: [ChatTemplate; 2] = [ChatTemplate::ChatMl, ChatTemplate::Llama3];
+
+    /// The special tokens the template writes, which the tokenizer must have; the last ends
+    /// a turn. ChatML's open and close each turn; Llama 3's start the conversation, surround
+    /// each role's name and end each turn.
+    pub fn tokens(self) -> &'static [&'static str] {
+        match self {
+            ChatTemplate::ChatMl => &["<|im_start|>", "<|im_end|>"],
+            ChatTemplate::Llama3 => &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        }
+    }
+}
 
 /// How a checkpoint is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -398,7 +398,7 @@ fn tokenizer_files_give_the_vocabulary() {
 }
 
 #[test]
-fn chat_sources_need_the_chatml_tokens() {
+fn chat_sources_need_their_templates_tokens() {
     let f = Fixture::new();
     let text = replace(
         BASE,
@@ -409,11 +409,27 @@ fn chat_sources_need_the_chatml_tokens() {
     assert_has(
         &out,
         &[
-            "error: source `chat` is chat data, but the tokenizer lacks the ChatML tokens",
-            "the chatml template needs <|im_start|> and <|im_end|>",
+            "error: source `chat` is chat data, but the tokenizer lacks the chatml template's tokens",
+            "the chatml template needs <|im_start|>, <|im_end|>",
             "help: add them to `tokenizer.train.special_tokens`",
         ],
     );
+    // The default tokens are ChatML's, so Llama 3's template points back at it.
+    let llama3 = replace(BASE, "format = \"chat-jsonl\"", "format = \"chat-jsonl\"\ntemplate = \"llama3\"");
+    let out = f.errors(&llama3);
+    assert_has(
+        &out,
+        &[
+            "error: source `chat` is chat data, but the tokenizer lacks the llama3 template's tokens",
+            &at(&llama3, "\"llama3\""),
+            "the llama3 template needs <|begin_of_text|>, <|start_header_id|>, <|end_header_id|>, <|eot_id|>",
+            "or `template = \"chatml\"`, whose tokens the tokenizer has",
+        ],
+    );
+    let specials = r#"special_tokens = ["<|endoftext|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]"#;
+    let with_tokens = replace(&llama3, "sources = [\"books\"] }", &format!("sources = [\"books\"], {specials} }}"));
+    let r = f.parse(&with_tokens, &[]).unwrap();
+    assert_eq!(r.source("chat").unwrap().template, Some(recipe_spec::ChatTemplate::Llama3));
 }
 
 #[test]

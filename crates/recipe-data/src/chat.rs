@@ -1,0 +1,92 @@
+//! Chat templates: a conversation as token ids, with the mask of what the model learns to
+//! say. Both templates write each turn as its role's header, the content, and a token that
+//! ends the turn; an assistant turn's content and that token are the masked part, so the
+//! model learns to stop.
+//!
+//! ```text
+//! chatml  <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n
+//! llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>
+//! ```
+//!
+//! Llama 3's trims each content, as its `tokenizer_config.json` template does; the system
+//! prompt Llama 3.1 adds when there is none (its knowledge cut-off and today's date) is not
+//! added: a conversation that wants it carries it.
+
+use recipe_spec::ChatTemplate;
+
+use crate::documents::{Message, Role};
+use crate::error::{DataError, Result};
+use crate::tokenizer::Tok;
+
+/// A template's special tokens, looked up in a tokenizer.
+enum Ids {
+    ChatMl { start: u32, end: u32 },
+    Llama3 { begin: u32, header_start: u32, header_end: u32, eot: u32 },
+}
+
+fn ids(tok: &Tok, template: ChatTemplate) -> Result<Ids> {
+    let ids = tok.template_ids(template).ok_or_else(|| {
+        DataError::new(format!("the tokenizer lacks the {template} template's tokens {}", template.tokens().join(", ")))
+    })?;
+    Ok(match template {
+        ChatTemplate::ChatMl => Ids::ChatMl { start: ids[0], end: ids[1] },
+        ChatTemplate::Llama3 => Ids::Llama3 { begin: ids[0], header_start: ids[1], header_end: ids[2], eot: ids[3] },
+    })
+}
+
+/// Token ids of a conversation in `template`, and for each token whether it belongs to an
+/// assistant turn.
+pub fn format_chat(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> Result<(Vec<u32>, Vec<u8>)> {
+    let ids = ids(tok, template)?;
+    let (mut out, mut mask) = (Vec::new(), Vec::new());
+    let mut push = |part: &[u32], bit: u8| {
+        out.extend_from_slice(part);
+        mask.extend(std::iter::repeat_n(bit, part.len()));
+    };
+    if let Ids::Llama3 { begin, .. } = ids {
+        push(&[begin], 0);
+    }
+    for m in messages {
+        let assistant = u8::from(m.role == Role::Assistant);
+        match ids {
+            Ids::ChatMl { start, end } => {
+                push(&[start], 0);
+                push(&tok.encode(&format!("{}\n", m.role.as_str()))?, 0);
+                push(&tok.encode(&m.content)?, assistant);
+                push(&[end], assistant);
+                push(&tok.encode("\n")?, 0);
+            }
+            Ids::Llama3 { header_start, header_end, eot, .. } => {
+                push(&header(tok, header_start, header_end, m.role)?, 0);
+                push(&tok.encode(m.content.trim())?, assistant);
+                push(&[eot], assistant);
+            }
+        }
+    }
+    Ok((out, mask))
+}
+
+/// `<|start_header_id|>role<|end_header_id|>\n\n`.
+fn header(tok: &Tok, start: u32, end: u32, role: Role) -> Result<Vec<u32>> {
+    let mut ids = vec![start];
+    ids.extend(tok.encode(role.as_str())?);
+    ids.push(end);
+    ids.extend(tok.encode("\n\n")?);
+    Ok(ids)
+}
+
+/// The ids that prompt a chat model for its next assistant turn: the conversation so far,
+/// then the assistant's header.
+pub fn chat_prompt(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> Result<Vec<u32>> {
+    let (mut out, _) = format_chat(tok, template, messages)?;
+    match ids(tok, template)? {
+        Ids::ChatMl { start, .. } => {
+            out.push(start);
+            out.extend(tok.encode("assistant\n")?);
+        }
+        Ids::Llama3 { header_start, header_end, .. } => {
+            out.extend(header(tok, header_start, header_end, Role::Assistant)?)
+        }
+    }
+    Ok(out)
+}
