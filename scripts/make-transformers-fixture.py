@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make the `transformers` reference checkpoints that crates/recipe-run/tests/import.rs reads.
+"""Make the `transformers` and `peft` references that crates/recipe-run/tests/import.rs reads.
 
 Each is a tiny model saved by `transformers` itself (version 5 writes the rotary settings in
 `rope_parameters`), with its logits on 96 fixed tokens in `expected.safetensors`:
@@ -11,15 +11,20 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `mistral`: a `MistralForCausalLM` with its default sliding window of 4096 tokens;
 - `qwen3`: a `Qwen3ForCausalLM` (an RMSNorm over each query and key head) whose heads of 32
   are wider together (128) than the model (64), as Qwen3's are.
-Run once, with `transformers` and `torch` installed (e.g. in the venv that
+and two `peft` adapters over `qwen3`, saved by `peft` with random `A` and `B` (so that they
+change the logits), with the logits of the adapted model:
+- `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
+- `qwen3-dora`: DoRA of rank 2 on every projection.
+Run once, with `transformers`, `peft` and `torch` installed (e.g. in the venv that
 scripts/bench-vs-torch.sh makes):
 
-    target/torch-venv/bin/pip install transformers
+    target/torch-venv/bin/pip install transformers peft
     target/torch-venv/bin/python scripts/make-transformers-fixture.py crates/recipe-run/tests/fixtures
 """
 import os
 import sys
 
+import peft
 import torch
 import transformers
 from safetensors.torch import save_file
@@ -46,7 +51,7 @@ SHAPES = dict(
 )
 
 
-def save(out, model):
+def randomise(model):
     torch.manual_seed(1)
     # The default initialisation (std 0.02, zero biases) gives near-uniform logits; wider
     # weights make the comparison sensitive to every part of the model.
@@ -56,13 +61,36 @@ def save(out, model):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.15)
-    model.eval().save_pretrained(out)
-    os.remove(f"{out}/generation_config.json")  # not read by the tests
+
+
+def save_expected(out, model):
     ids = torch.randint(0, model.config.vocab_size, (1, 96))
     with torch.no_grad():
         logits = model(ids).logits[0]
     save_file({"ids": ids[0].to(torch.int64), "logits": logits.float().contiguous()}, f"{out}/expected.safetensors")
-    print(f"transformers {transformers.__version__}: {out}")
+    print(f"transformers {transformers.__version__}, peft {peft.__version__}: {out}")
+
+
+def save(out, model):
+    randomise(model)
+    model.eval().save_pretrained(out)
+    os.remove(f"{out}/generation_config.json")  # not read by the tests
+    save_expected(out, model)
+    return model
+
+
+def save_adapter(out, base, config):
+    torch.manual_seed(3)
+    adapted = peft.get_peft_model(base, config).eval()
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_" in name and "magnitude" not in name:
+                p.normal_(0.0, 0.3)
+            elif "magnitude" in name:
+                p.mul_(1.0 + 0.2 * torch.randn_like(p))
+    adapted.save_pretrained(out)
+    os.remove(f"{out}/README.md")  # peft's model card, not read by the tests
+    save_expected(out, adapted)
 
 
 root = sys.argv[1]
@@ -82,4 +110,12 @@ save(os.path.join(root, "llama3-rope"), LlamaForCausalLM(llama3))
 qwen2 = Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)
 save(os.path.join(root, "qwen2"), Qwen2ForCausalLM(qwen2))
 save(os.path.join(root, "mistral"), MistralForCausalLM(MistralConfig(**SHAPES)))
-save(os.path.join(root, "qwen3"), Qwen3ForCausalLM(Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)))
+qwen3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
+save(os.path.join(root, "qwen3"), Qwen3ForCausalLM(qwen3))
+lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+all_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+dora = peft.LoraConfig(r=2, lora_alpha=6, target_modules=all_modules, use_dora=True, init_lora_weights=False)
+for name, config in [("qwen3-lora", lora), ("qwen3-dora", dora)]:
+    base = Qwen3ForCausalLM(qwen3)
+    randomise(base)  # the same weights as `qwen3`'s
+    save_adapter(os.path.join(root, name), base, config)

@@ -278,7 +278,8 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                     Some(r) => format!("; ReLoRA restarts every {} steps, re-warming over {}", r.every, r.warmup),
                     None => String::new(),
                 };
-                format!("  ({} rank {} on {}{restarts})", p.method, p.rank, p.targets.join(", "))
+                let start = p.from.as_ref().map_or(String::new(), |from| format!(", starting from adapter `{from}`"));
+                format!("  ({} rank {} on {}{start}{restarts})", p.method, p.rank, p.targets.join(", "))
             }
             (None, false) => format!("  (frozen: {})", stage.freeze.patterns.join(", ")),
             (None, true) => String::new(),

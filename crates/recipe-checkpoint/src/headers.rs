@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use recipe_spec::{
-    CheckpointFormat, CheckpointInfo, CheckpointReader, ModelSpec, TokenizerFacts, TokenizerFile, is_gguf,
+    AdapterInfo, CheckpointFormat, CheckpointInfo, CheckpointReader, ModelSpec, TokenizerFacts, TokenizerFile, is_gguf,
 };
 use serde_json::Value;
 
 use crate::gguf;
-use crate::hf::read_config;
+use crate::hf::{ADAPTER_WEIGHTS, read_adapter_config, read_config, unprefixed};
 use crate::tokenizer::{gguf_facts, tokenizer_facts};
 
 /// Reads checkpoint headers and tokenizer files from disk.
@@ -23,6 +23,20 @@ impl CheckpointReader for Headers {
 
     fn tokenizer_facts(&self, file: &TokenizerFile) -> Result<TokenizerFacts, String> {
         tokenizer_facts(file)
+    }
+
+    fn adapter(&self, path: &Path) -> Result<AdapterInfo, String> {
+        if !path.is_dir() {
+            return Err("no such folder".into());
+        }
+        let mut info = read_adapter_config(path)?;
+        let weights = path.join(ADAPTER_WEIGHTS);
+        if !weights.is_file() {
+            return Err(format!("the folder has no {ADAPTER_WEIGHTS}"));
+        }
+        info.shapes =
+            safetensors_shapes(&weights)?.into_iter().map(|(name, shape)| (unprefixed(&name), shape)).collect();
+        Ok(info)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use recipe_spec::{Model, ModelSpec, RopeScaling};
+use recipe_spec::{AdapterInfo, Model, ModelSpec, PeftMethod, RopeScaling};
 use serde_json::{Map, Value, json};
 
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -250,6 +250,82 @@ pub fn adapter_config(a: &AdapterConfig) -> Value {
 /// adapter shares (VeRA's projections).
 const PEFT_PREFIX: &str = "base_model.model.";
 const PEFT_SHARED_PREFIX: &str = "base_model.";
+
+/// A tensor's name in the model, from its name in a `peft` adapter.
+pub(crate) fn unprefixed(name: &str) -> String {
+    name.strip_prefix(PEFT_PREFIX).unwrap_or(name).to_string()
+}
+
+/// The settings of a `peft` LoRA or DoRA adapter in `dir` (its tensors' shapes left empty).
+/// A setting this trainer would not reproduce exactly is an error: other adapter types,
+/// rank-stabilised scaling, per-module ranks or alphas, trained biases, token rows or whole
+/// modules, some layers only or some modules left out, or targets given as a pattern.
+pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
+    let path = dir.join(ADAPTER_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    match c["peft_type"].as_str() {
+        Some("LORA") => {}
+        other => {
+            let kind = other.map_or("no peft_type".to_string(), |k| format!("peft_type {k}"));
+            return Err(format!(
+                "its {ADAPTER_CONFIG} has {kind}; only LoRA and DoRA adapters (LORA) can be started from"
+            ));
+        }
+    }
+    let empty = |v: &Value| {
+        v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+    };
+    for (key, fine) in [
+        ("use_rslora", !c["use_rslora"].as_bool().unwrap_or(false)),
+        ("rank_pattern", empty(&c["rank_pattern"])),
+        ("alpha_pattern", empty(&c["alpha_pattern"])),
+        ("bias", c["bias"].as_str().is_none_or(|b| b == "none")),
+        ("modules_to_save", empty(&c["modules_to_save"])),
+        ("layers_to_transform", empty(&c["layers_to_transform"])),
+        ("fan_in_fan_out", !c["fan_in_fan_out"].as_bool().unwrap_or(false)),
+        ("lora_bias", !c["lora_bias"].as_bool().unwrap_or(false)),
+        ("use_qalora", !c["use_qalora"].as_bool().unwrap_or(false)),
+        ("exclude_modules", empty(&c["exclude_modules"])),
+        ("layer_replication", empty(&c["layer_replication"])),
+        ("target_parameters", empty(&c["target_parameters"])),
+        ("trainable_token_indices", empty(&c["trainable_token_indices"])),
+        ("alora_invocation_tokens", empty(&c["alora_invocation_tokens"])),
+    ] {
+        if !fine {
+            return Err(format!(
+                "its {ADAPTER_CONFIG} sets `{key}` = {}, which this trainer does not implement",
+                c[key]
+            ));
+        }
+    }
+    let rank = c["r"].as_u64().and_then(|r| u32::try_from(r).ok()).filter(|r| *r > 0);
+    let rank = rank.ok_or(format!("its {ADAPTER_CONFIG} has no rank `r` ≥ 1"))?;
+    let targets = match &c["target_modules"] {
+        Value::Array(list) => list.iter().map(|t| t.as_str().map(str::to_string)).collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    let mut targets = targets.ok_or(format!(
+        "its {ADAPTER_CONFIG}'s target_modules ({}) is not a list of module names",
+        c["target_modules"]
+    ))?;
+    targets.sort_by_key(|t| recipe_spec::PEFT_MODULES.iter().position(|m| m == t));
+    let dora = c["use_dora"].as_bool().unwrap_or(false);
+    Ok(AdapterInfo {
+        method: if dora { PeftMethod::Dora } else { PeftMethod::Lora },
+        rank,
+        // What `peft` assumes when it is absent.
+        alpha: c["lora_alpha"].as_f64().unwrap_or(8.0),
+        targets,
+        shapes: Default::default(),
+    })
+}
+
+/// The tensors of the `peft` adapter in `dir`, by their names in the model.
+pub fn load_adapter(dir: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
+    let tensors = candle_core::safetensors::load(dir.join(ADAPTER_WEIGHTS), &candle_core::Device::Cpu)?;
+    Ok(tensors.into_iter().map(|(name, t)| (unprefixed(&name), t)).collect())
+}
 
 /// Write a model folder: `model.safetensors` and its `config.json`.
 pub fn save_model(dir: &Path, weights: &[(String, Tensor)], config: &Value) -> candle_core::Result<()> {

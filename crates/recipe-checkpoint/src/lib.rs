@@ -18,7 +18,7 @@ mod weights;
 pub use headers::Headers;
 pub use hf::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, AdapterKind, HF_CONFIG, IfAbsent, MODEL_CONFIG, MODEL_WEIGHTS,
-    adapter_config, config_json, read_config, save_adapter, save_model, torch_dtype,
+    adapter_config, config_json, load_adapter, read_adapter_config, read_config, save_adapter, save_model, torch_dtype,
 };
 pub use tokenizer::read_tokenizer;
 pub use weights::load_checkpoint;

@@ -125,6 +125,9 @@ impl Graph {
             if let Some(from) = &stage.model.from {
                 m.files.insert(from.clone(), hash_path(&recipe.resolve(from))?);
             }
+            if let Some((path, _)) = stage.peft.as_ref().and_then(|p| p.adapter.as_ref()) {
+                m.files.insert(stage.peft.as_ref().and_then(|p| p.from.clone()).unwrap_or_default(), hash_path(path)?);
+            }
             for teacher in &stage.teacher_checkpoints {
                 m.files.insert(teacher.written.clone(), hash_path(&teacher.path)?);
             }

@@ -18,7 +18,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Error, Result, Tensor, Var};
+use recipe_checkpoint::load_adapter;
 use recipe_spec::{Model as Config, Peft, PeftMethod};
 
 use crate::llama::{Llama, Param, row_norms, seeded, uniform};
@@ -94,7 +95,8 @@ fn var(values: Vec<f32>, shape: &[usize], device: &Device) -> Result<Var> {
 
 impl Llama {
     /// The base weights `tensors`, frozen, with `peft`'s adapters on `peft.targets` in every
-    /// layer, drawn from the seeded stream, so that training starts from exactly the base model.
+    /// layer, drawn from the seeded stream, so that training starts from exactly the base model;
+    /// or, with `peft.from`, the LoRA or DoRA adapter it names.
     pub fn with_lora(
         config: &Config,
         tensors: Vec<(String, Tensor)>,
@@ -122,14 +124,39 @@ impl Llama {
         let param = |name: String, var: Var, decay: bool| Param { name, var, decay };
         match lora.method {
             PeftMethod::Lora | PeftMethod::Dora => {
+                let mut start = match &peft.adapter {
+                    Some((dir, _)) => Some(load_adapter(dir)?.into_iter().collect::<HashMap<_, _>>()),
+                    None => None,
+                };
                 let mut rng = seeded(b"recipe lora init", seed);
                 for (name, out, input) in &adapted {
                     let (a, b) = lora_names(name);
-                    let a_init = uniform_values(&mut rng, r * input, 1.0 / (*input as f64).sqrt());
-                    params.push(param(a, var(a_init, &[r, *input], device)?, true));
-                    params.push(param(b, Var::from_tensor(&Tensor::zeros((*out, r), DType::F32, device)?)?, true));
-                    if lora.method == PeftMethod::Dora {
-                        params.push(param(magnitude_name(name), Var::from_tensor(&row_norms(&frozen[name])?)?, false));
+                    let magnitude = magnitude_name(name);
+                    let (a_init, b_init, m_init) = match &mut start {
+                        Some(tensors) => {
+                            let mut take = |n: &str| {
+                                let t =
+                                    tensors.remove(n).ok_or_else(|| Error::Msg(format!("the adapter has no {n}")))?;
+                                t.to_dtype(DType::F32)?.to_device(device)
+                            };
+                            let m = if lora.method == PeftMethod::Dora { Some(take(&magnitude)?) } else { None };
+                            (take(&a)?, take(&b)?, m)
+                        }
+                        None => {
+                            let a_init = uniform_values(&mut rng, r * input, 1.0 / (*input as f64).sqrt());
+                            let m =
+                                if lora.method == PeftMethod::Dora { Some(row_norms(&frozen[name])?) } else { None };
+                            (
+                                Tensor::from_vec(a_init, (r, *input), device)?,
+                                Tensor::zeros((*out, r), DType::F32, device)?,
+                                m,
+                            )
+                        }
+                    };
+                    params.push(param(a, Var::from_tensor(&a_init)?, true));
+                    params.push(param(b, Var::from_tensor(&b_init)?, true));
+                    if let Some(m) = m_init {
+                        params.push(param(magnitude, Var::from_tensor(&m)?, false));
                     }
                 }
             }

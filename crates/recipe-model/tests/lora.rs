@@ -45,6 +45,8 @@ fn peft_with(method: PeftMethod, targets: &[&str]) -> Peft {
         dropout: 0.0,
         targets: targets.iter().map(|t| t.to_string()).collect(),
         relora: None,
+        from: None,
+        adapter: None,
     }
 }
 

@@ -130,6 +130,16 @@ fn import_transformers_fixture(name: &str) -> recipe_spec::Model {
     let model =
         Llama::frozen(&config, load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap(), &Device::Cpu).unwrap();
     let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    assert_logits(name, &model, &expected);
+
+    let exported = tempfile::tempdir().unwrap();
+    model.save_pretrained(exported.path(), &[0], name).unwrap();
+    assert_eq!(inspect(exported.path()).unwrap().arch.resolve(None), config);
+    config
+}
+
+/// `model`'s logits on the fixture's tokens are the fixture's, within 1e-4.
+fn assert_logits(name: &str, model: &Llama, expected: &std::collections::HashMap<String, candle_core::Tensor>) {
     let ids: Vec<u32> = expected["ids"].to_vec1::<i64>().unwrap().into_iter().map(|i| i as u32).collect();
     let t = ids.len();
     let positions = candle_core::Tensor::arange(0u32, t as u32, &Device::Cpu).unwrap();
@@ -138,12 +148,7 @@ fn import_transformers_fixture(name: &str) -> recipe_spec::Model {
     let (ours, theirs) = (logits.to_vec2::<f32>().unwrap(), expected["logits"].to_vec2::<f32>().unwrap());
     assert_eq!(ours.len(), t);
     let worst = ours.iter().flatten().zip(theirs.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-4, "{name}: logits differ from transformers' by up to {worst}");
-
-    let exported = tempfile::tempdir().unwrap();
-    model.save_pretrained(exported.path(), &[0], name).unwrap();
-    assert_eq!(inspect(exported.path()).unwrap().arch.resolve(None), config);
-    config
+    assert!(worst < 1e-4, "{name}: logits differ from the reference's by up to {worst}");
 }
 
 /// Llama 3.1's rotary scaling and a base of 50000, both in the `rope_parameters` that
@@ -199,4 +204,38 @@ fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
     candle_core::safetensors::save(&tensors, &llama).unwrap();
     let error = inspect(&llama).unwrap_err();
     assert!(error.contains("query projection is 128 wide, not d_model (64)"), "{error}");
+}
+
+/// Adapters `peft` saved over the `qwen3` checkpoint, with random `A` and `B`: a stage that
+/// starts from one computes the adapted model's logits as `peft` does, for LoRA and DoRA.
+#[test]
+fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let base = fixtures.join("qwen3");
+    let config = inspect(&base).unwrap().arch.resolve(None);
+    for (name, method, rank, targets) in [
+        ("qwen3-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
+        ("qwen3-dora", recipe_spec::PeftMethod::Dora, 2, recipe_spec::PEFT_MODULES.to_vec()),
+    ] {
+        let dir = fixtures.join(name);
+        let info = recipe_spec::CheckpointReader::adapter(&Headers, &dir).unwrap();
+        assert_eq!(
+            (info.method, info.rank, info.targets.clone()),
+            (method, rank, targets.iter().map(|t| t.to_string()).collect())
+        );
+        let peft = recipe_spec::Peft {
+            method,
+            rank,
+            alpha: info.alpha,
+            dropout: 0.0,
+            targets: info.targets.clone(),
+            relora: None,
+            from: Some(name.into()),
+            adapter: Some((dir.clone(), info)),
+        };
+        let tensors = load_checkpoint(&base, CheckpointFormat::HfDir, &config).unwrap();
+        let model = Llama::with_lora(&config, tensors, &peft, 0, &Device::Cpu).unwrap();
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        assert_logits(name, &model, &expected);
+    }
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::ModelSpec;
-use crate::vocab::{ChatTemplate, CheckpointFormat};
+use crate::vocab::{ChatTemplate, CheckpointFormat, PeftMethod};
 
 /// Reads checkpoint and tokenizer headers for validation.
 pub trait CheckpointReader {
@@ -16,6 +16,22 @@ pub trait CheckpointReader {
     fn inspect(&self, path: &Path) -> Result<CheckpointInfo, String>;
     /// What validation needs from a tokenizer file.
     fn tokenizer_facts(&self, file: &TokenizerFile) -> Result<TokenizerFacts, String>;
+    /// A `peft` adapter folder's settings and tensor shapes.
+    fn adapter(&self, path: &Path) -> Result<AdapterInfo, String>;
+}
+
+/// What a `peft` LoRA or DoRA adapter (`adapter_config.json` and `adapter_model.safetensors`)
+/// says about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterInfo {
+    /// `lora`, or `dora` when it was saved with `use_dora`.
+    pub method: PeftMethod,
+    pub rank: u32,
+    pub alpha: f64,
+    /// The projections it adapts (`target_modules`).
+    pub targets: Vec<String>,
+    /// Each tensor's shape, by its name in the model (without `peft`'s `base_model.model.`).
+    pub shapes: std::collections::BTreeMap<String, Vec<u64>>,
 }
 
 /// A checkpoint's self-description.

@@ -40,7 +40,7 @@ mod vocab;
 
 pub use average::Average;
 pub use canonical::flatten;
-pub use checkpoint::{CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf};
+pub use checkpoint::{AdapterInfo, CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf};
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
 pub use distill::Distill;
 pub use estimate::{Estimate, Memory, PhaseEstimate};

@@ -1,9 +1,14 @@
-//! A stage's `peft` table: LoRA, DoRA, VeRA or Tied-LoRA adapters over frozen base weights.
+//! A stage's `peft` table: LoRA, DoRA, VeRA or Tied-LoRA adapters over frozen base weights,
+//! fresh or (`from`) starting from a `peft` LoRA or DoRA adapter.
+
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::checkpoint::{AdapterInfo, CheckpointReader};
 use crate::decode::{self, Cx, Fields, check_range};
-use crate::diag::{Diagnostic, suggestion};
+use crate::diag::{Diagnostic, Origin, suggestion};
+use crate::model::Model;
 use crate::tree::Node;
 use crate::vocab::PeftMethod;
 
@@ -26,6 +31,15 @@ pub struct Peft {
     /// Default none. LoRA only: restart the adapters every so many steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relora: Option<ReLora>,
+    /// Default none: the adapters start as `peft` starts them (`B` = 0, so training starts
+    /// from the base model). A `peft` LoRA or DoRA adapter folder, as written (relative to the
+    /// recipe's folder), to start from instead; its method, rank, alpha and targets are the
+    /// stage's. Its files enter the stage's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `from` resolved, and what the adapter says about itself.
+    #[serde(skip)]
+    pub adapter: Option<(PathBuf, AdapterInfo)>,
 }
 
 /// ReLoRA ("ReLoRA: High-Rank Training Through Low-Rank Updates", Lialin et al.): every
@@ -44,7 +58,7 @@ pub struct ReLora {
     pub prune: f64,
 }
 
-const PEFT_KEYS: &[&str] = &["method", "rank", "alpha", "dropout", "targets", "relora"];
+const PEFT_KEYS: &[&str] = &["method", "rank", "alpha", "dropout", "targets", "relora", "from"];
 const RELORA_KEYS: &[&str] = &["every", "warmup", "prune"];
 
 impl ReLora {
@@ -75,44 +89,156 @@ impl ReLora {
 }
 
 impl Peft {
-    pub(crate) fn decode(cx: &mut Cx, node: &Node, path: &str) -> Peft {
+    pub(crate) fn decode(
+        cx: &mut Cx,
+        node: &Node,
+        path: &str,
+        base_dir: &Path,
+        checkpoints: &dyn CheckpointReader,
+    ) -> Peft {
         let f = Fields::of(cx, node, path, PEFT_KEYS);
         f.check_unknown(cx);
-        let method = f.word::<PeftMethod>(cx, "method").unwrap_or(PeftMethod::Lora);
-        let rank = f.opt(cx, "rank", decode::size(1, 1 << 16)).unwrap_or(8);
-        let alpha = f.opt(cx, "alpha", decode::float).unwrap_or(16.0);
-        check_range(cx, &f.child_path("alpha"), alpha, alpha > 0.0, "a number > 0");
+        let from = f.opt(cx, "from", decode::string);
+        let adapter = from.as_ref().and_then(|written| read_adapter(cx, &f, written, base_dir, checkpoints));
+        let info = adapter.as_ref().map(|(_, info)| info);
+        let method = f.word::<PeftMethod>(cx, "method");
+        let rank = f.opt(cx, "rank", decode::size(1, 1 << 16));
+        let alpha = f.opt(cx, "alpha", decode::float);
+        if let Some(alpha) = alpha {
+            check_range(cx, &f.child_path("alpha"), alpha, alpha > 0.0, "a number > 0");
+        }
+        let targets = f.opt(cx, "targets", decode::strings).map(|list| checked_targets(cx, &f, list));
+        let (method, rank, alpha, targets) = match info {
+            None => (
+                method.unwrap_or(PeftMethod::Lora),
+                rank.unwrap_or(8),
+                alpha.unwrap_or(16.0),
+                targets.unwrap_or_else(|| vec!["q_proj".into(), "v_proj".into()]),
+            ),
+            Some(info) => {
+                let written = from.as_deref().unwrap_or_default();
+                let mut agree = |key: &str, mine: Option<String>, theirs: String| {
+                    if let Some(mine) = mine.filter(|m| *m != theirs) {
+                        let origin = cx.origins.get(&f.child_path(key)).cloned().unwrap_or_default();
+                        cx.diags.push(
+                            Diagnostic::new(
+                                &origin,
+                                format!("`{}` is {mine}, but adapter `{written}` has {theirs}", f.child_path(key)),
+                            )
+                            .label(format!("the stage starts from `{written}`, so its {key} is the adapter's"))
+                            .help(format!("remove `{key}`: it comes from the adapter")),
+                        );
+                    }
+                };
+                agree("method", method.map(|m| m.to_string()), info.method.to_string());
+                agree("rank", rank.map(|r| r.to_string()), info.rank.to_string());
+                agree("alpha", alpha.map(|a| a.to_string()), info.alpha.to_string());
+                agree("targets", targets.map(|t| format!("{t:?}")), format!("{:?}", info.targets));
+                (info.method, info.rank, info.alpha, info.targets.clone())
+            }
+        };
         let vera = method == PeftMethod::Vera;
         decode::only_for(cx, &f, "alpha", f.get("alpha").is_some(), !vera, "`method` lora, dora or tied-lora");
         let dropout = f.opt(cx, "dropout", decode::float).unwrap_or(0.0);
         check_range(cx, &f.child_path("dropout"), dropout, (0.0..1.0).contains(&dropout), "a probability in [0, 1)");
-        let targets = match f.opt(cx, "targets", decode::strings) {
-            Some(list) => {
-                for (t, origin) in &list {
-                    if !PEFT_MODULES.contains(&t.as_str()) {
-                        let mut d = Diagnostic::new(origin, format!("`{t}` names no module of the llama architecture"))
-                            .label(format!("expected one of: {}", PEFT_MODULES.join(", ")));
-                        if let Some(h) = suggestion(t, PEFT_MODULES.iter().copied()) {
-                            d = d.help(h);
-                        }
-                        cx.diags.push(d);
-                    }
-                }
-                if list.is_empty() {
-                    cx.diags.push(
-                        Diagnostic::new(&f.origin, format!("`{path}.targets` is empty"))
-                            .label("expected modules to adapt"),
-                    );
-                }
-                let mut names: Vec<String> = list.into_iter().map(|(t, _)| t).collect();
-                names.sort_by_key(|t| PEFT_MODULES.iter().position(|m| m == t));
-                names.dedup();
-                names
-            }
-            None => vec!["q_proj".into(), "v_proj".into()],
-        };
         let relora = f.get("relora").and_then(|node| ReLora::decode(cx, node, &f.child_path("relora")));
         decode::only_for(cx, &f, "relora", relora.is_some(), method == PeftMethod::Lora, "`method = \"lora\"`");
-        Peft { method, rank, alpha, dropout, targets, relora }
+        Peft { method, rank, alpha, dropout, targets, relora, from, adapter }
     }
+
+    /// An adapter to start from must fit the stage's model: `A` and `B` of every adapted
+    /// projection (and DoRA's magnitudes) at the shapes the model and the rank give.
+    pub(crate) fn check_adapter_fits(&self, cx: &mut Cx, path: &str, model: &Model) {
+        let Some((_, info)) = &self.adapter else { return };
+        let written = self.from.as_deref().unwrap_or_default();
+        let origin = cx.origins.get(&format!("{path}.from")).cloned().unwrap_or_default();
+        let rank = u64::from(self.rank);
+        for (name, shape, _) in model.layout() {
+            let Some(target) = self.targets.iter().find(|t| name.ends_with(&format!(".{t}.weight"))) else { continue };
+            let stem = name.trim_end_matches(".weight");
+            let (out, input) = (shape[0] as u64, shape[1] as u64);
+            let mut wanted = vec![
+                (format!("{stem}.lora_A.weight"), vec![rank, input]),
+                (format!("{stem}.lora_B.weight"), vec![out, rank]),
+            ];
+            if self.method == PeftMethod::Dora {
+                wanted.push((format!("{stem}.lora_magnitude_vector"), vec![out]));
+            }
+            for (tensor, expected) in wanted {
+                let found = info.shapes.get(&tensor);
+                if found != Some(&expected) {
+                    let what = found.map_or("is missing".to_string(), |s| format!("has shape {s:?}"));
+                    cx.diags.push(
+                        Diagnostic::new(
+                            &origin,
+                            format!("adapter `{written}` does not fit this stage's model: `{tensor}` {what}"),
+                        )
+                        .label(format!("{target} of this model wants it at {expected:?}")),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The adapter folder `written` says about itself, or a diagnostic at `from`.
+fn read_adapter(
+    cx: &mut Cx,
+    f: &Fields,
+    written: &str,
+    base_dir: &Path,
+    checkpoints: &dyn CheckpointReader,
+) -> Option<(PathBuf, AdapterInfo)> {
+    let path = base_dir.join(written);
+    let origin: Origin = cx.origins.get(&f.child_path("from")).cloned().unwrap_or_default();
+    match checkpoints.adapter(&path) {
+        Ok(info) => {
+            for t in info.targets.iter().filter(|t| !PEFT_MODULES.contains(&t.as_str())) {
+                cx.diags.push(
+                    Diagnostic::new(
+                        &origin,
+                        format!("adapter `{written}` adapts `{t}`, no module of the llama architecture"),
+                    )
+                    .label(format!("its target_modules must be among: {}", PEFT_MODULES.join(", "))),
+                );
+            }
+            Some((path, info))
+        }
+        Err(why) => {
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("cannot start from adapter `{written}`: {why}")).label(
+                    "expected a folder with adapter_config.json and adapter_model.safetensors, as peft saves them",
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `targets` as written, each checked against the modules PEFT can adapt, in layer order.
+fn checked_targets(cx: &mut Cx, f: &Fields, list: Vec<(String, Origin)>) -> Vec<String> {
+    for (t, origin) in &list {
+        if !PEFT_MODULES.contains(&t.as_str()) {
+            let mut d = Diagnostic::new(origin, format!("`{t}` names no module of the llama architecture"))
+                .label(format!("expected one of: {}", PEFT_MODULES.join(", ")));
+            if let Some(h) = suggestion(t, PEFT_MODULES.iter().copied()) {
+                d = d.help(h);
+            }
+            cx.diags.push(d);
+        }
+    }
+    if list.is_empty() {
+        cx.diags.push(
+            Diagnostic::new(&f.origin, format!("`{}.targets` is empty", f.path)).label("expected modules to adapt"),
+        );
+    }
+    in_layer_order(list.into_iter().map(|(t, _)| t).collect())
+}
+
+/// Module names sorted as they come in a block, without repeats.
+fn in_layer_order(mut names: Vec<String>) -> Vec<String> {
+    names.sort_by_key(|t| PEFT_MODULES.iter().position(|m| m == t));
+    names.dedup();
+    names
 }

@@ -483,7 +483,10 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
     let optim = decode_optim(cx, &f);
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
     let precision = f.word::<Precision>(cx, "precision").unwrap_or(Precision::F32);
-    let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft")));
+    let peft = f.get("peft").map(|node| Peft::decode(cx, node, &f.child_path("peft"), base_dir, checkpoints));
+    if let Some(peft) = &peft {
+        peft.check_adapter_fits(cx, &f.child_path("peft"), &model);
+    }
     if let Some(every) = peft.as_ref().and_then(|p| p.relora.as_ref()).map(|r| r.every).filter(|e| *e >= steps) {
         let origin = cx.origins.get(&f.child_path("peft.relora.every")).cloned().unwrap_or_default();
         cx.diags.push(

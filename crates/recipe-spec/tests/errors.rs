@@ -654,3 +654,67 @@ fn head_dim_may_differ_from_d_model_over_n_heads() {
     let spelled = f.parse(BASE, &["model.head_dim=16"]).unwrap();
     assert_eq!(plain.stage("pretrain").unwrap().model, spelled.stage("pretrain").unwrap().model);
 }
+
+/// `peft.from` takes the method, rank, alpha and targets from a `peft` adapter, refuses
+/// fields that say otherwise, and checks that the adapter fits the model.
+#[test]
+fn a_peft_stage_may_start_from_an_adapter_that_fits() {
+    use candle_core::{DType, Device, Tensor};
+    let f = Fixture::new();
+    let write_adapter = |dir: &str, input: usize| {
+        let mut tensors = Vec::new();
+        for layer in 0..2 {
+            for module in ["q_proj", "v_proj"] {
+                let stem = format!("model.layers.{layer}.self_attn.{module}");
+                tensors.push((
+                    format!("{stem}.lora_A.weight"),
+                    Tensor::zeros((4, input), DType::F32, &Device::Cpu).unwrap(),
+                ));
+                tensors
+                    .push((format!("{stem}.lora_B.weight"), Tensor::zeros((64, 4), DType::F32, &Device::Cpu).unwrap()));
+            }
+        }
+        let targets = ["q_proj".to_string(), "v_proj".to_string()];
+        let config = recipe_checkpoint::AdapterConfig {
+            kind: recipe_checkpoint::AdapterKind::Lora { alpha: 8.0, dora: false },
+            rank: 4,
+            dropout: 0.0,
+            targets: &targets,
+            base_model: "",
+        };
+        let path = f.dir.path().join(dir);
+        std::fs::create_dir_all(&path).unwrap();
+        recipe_checkpoint::save_adapter(&path, &tensors, &[], &config).unwrap();
+    };
+    write_adapter("adapter", 64);
+    let starting =
+        replace(BASE, "peft = { rank = 4, targets = [\"q_proj\", \"v_proj\"] }", "peft = { from = \"adapter\" }");
+    let r = f.parse(&starting, &[]).unwrap();
+    let peft = r.stage("sft").unwrap().peft.as_ref().unwrap();
+    assert_eq!(
+        (peft.rank, peft.alpha, peft.targets.as_slice()),
+        (4, 8.0, ["q_proj", "v_proj"].map(String::from).as_slice())
+    );
+
+    let contradicting = replace(&starting, "from = \"adapter\"", "from = \"adapter\", rank = 8, method = \"dora\"");
+    assert_has(
+        &f.errors(&contradicting),
+        &[
+            "error: `stages.sft.peft.rank` is 8, but adapter `adapter` has 4",
+            &at(&contradicting, "8, method"),
+            "help: remove `rank`: it comes from the adapter",
+            "error: `stages.sft.peft.method` is dora, but adapter `adapter` has lora",
+        ],
+    );
+    write_adapter("narrow", 32);
+    let misfit = replace(&starting, "from = \"adapter\"", "from = \"narrow\"");
+    assert_has(
+        &f.errors(&misfit),
+        &[
+            "error: adapter `narrow` does not fit this stage's model: `model.layers.0.self_attn.q_proj.lora_A.weight` has shape [4, 32]",
+            "q_proj of this model wants it at [4, 64]",
+        ],
+    );
+    let missing = replace(&starting, "from = \"adapter\"", "from = \"nowhere\"");
+    assert_has(&f.errors(&missing), &["error: cannot start from adapter `nowhere`: no such folder"]);
+}
