@@ -134,7 +134,8 @@ pub fn read_source(source: &Source) -> Result<Documents> {
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
 /// Call `f` with the number and content of each non-blank line of `file` (without its line
-/// ending), streaming: memory stays bounded by [`MAX_LINE_BYTES`].
+/// ending, and the first without a byte-order mark), streaming: memory stays bounded by
+/// [`MAX_LINE_BYTES`].
 fn for_each_line(file: &Path, mut f: impl FnMut(usize, Result<&[u8]>) -> Result<()>) -> Result<()> {
     use std::io::{BufRead, Read};
     let io = |e: std::io::Error| DataError::in_file(file, e.to_string());
@@ -165,6 +166,7 @@ fn for_each_line(file: &Path, mut f: impl FnMut(usize, Result<&[u8]>) -> Result<
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let text = if number == 1 { without_bom(text) } else { text };
         if !text.iter().all(u8::is_ascii_whitespace) {
             f(number, Ok(text))?;
         }
@@ -172,8 +174,17 @@ fn for_each_line(file: &Path, mut f: impl FnMut(usize, Result<&[u8]>) -> Result<
     Ok(())
 }
 
+/// `bytes` without the UTF-8 byte-order mark that Windows tools put at the start of a file:
+/// it is no part of the text (and no JSON parser takes it).
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 fn read_text(file: &Path) -> Result<Doc> {
-    let bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+    let mut bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+    if without_bom(&bytes).len() < bytes.len() {
+        bytes.drain(..3);
+    }
     match String::from_utf8(bytes) {
         Ok(text) => Ok(Doc::Text(text)),
         Err(e) => {

@@ -443,6 +443,22 @@ fn bad_input_names_file_and_line() {
     assert_eq!(err, "DIR/a.idx: expected n_docs + 1 little-endian u64 offsets");
 }
 
+/// Files as Windows tools write them: a byte-order mark first, CRLF line endings.
+#[test]
+fn a_byte_order_mark_and_crlf_endings_are_not_part_of_the_data() {
+    let docs =
+        bad_source("jsonl", "", &[("a.dat", b"\xEF\xBB\xBF{\"text\":\"one\"}\r\n\r\n{\"text\":\"two\"}\r\n")]).unwrap();
+    assert_eq!(docs.docs, [Doc::Text("one".into()), Doc::Text("two".into())]);
+    let chat = b"\xEF\xBB\xBF{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\r\n";
+    assert_eq!(bad_source("chat-jsonl", "", &[("a.dat", chat)]).unwrap().docs.len(), 1);
+    let docs = bad_source("text", "", &[("a.dat", b"\xEF\xBB\xBFCall me Ishmael.")]).unwrap();
+    assert_eq!(docs.docs, [Doc::Text("Call me Ishmael.".into())]);
+    // Only at the very start: elsewhere it is a character of the text.
+    let err =
+        bad_source("jsonl", "", &[("a.dat", b"{\"text\":\"one\"}\n\xEF\xBB\xBF{\"text\":\"two\"}\n")]).unwrap_err();
+    assert!(err.starts_with("DIR/a.dat:2: malformed JSON"), "{err}");
+}
+
 #[test]
 fn skip_mode_skips_bad_records_and_counts_them() {
     let docs = bad_source(
