@@ -168,8 +168,7 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// A loader over `mix` (stores with their normalised weights).
-    /// A loader over `mix`. Evaluation reads the sources that hold documents out, in their
+    /// A loader over `mix` (stores with their normalised weights). Evaluation reads the sources that hold documents out, in their
     /// mix proportions; a source without held-out documents is left out of it.
     pub fn new(mut mix: Mix, config: &LoaderConfig) -> Result<Loader> {
         let holdout = config.split == Split::Holdout;
@@ -181,6 +180,15 @@ impl Loader {
             if mix.is_empty() {
                 return Err(DataError::new("no source of the mix has held-out documents"));
             }
+        }
+        if config.loss_on == LossOn::Assistant
+            && let Some((store, _)) = mix.iter().find(|(store, _)| !store.has_assistant_tokens())
+        {
+            return Err(DataError::new(format!(
+                "source `{}` has no assistant turn, so with loss_on = \"assistant\" nothing of it would be \
+                 trained on; add assistant messages, or set loss_on = \"all\"",
+                store.meta.source
+            )));
         }
         let mut sources = Vec::new();
         let mut split_tokens = Vec::new();

@@ -318,6 +318,14 @@ impl TokenStore {
         }
     }
 
+    /// Whether any token belongs to an assistant turn (every token of a non-chat source does).
+    pub fn has_assistant_tokens(&self) -> bool {
+        match &self.mask {
+            Some(m) => m.contains(&1),
+            None => !self.meta.chat,
+        }
+    }
+
     /// Whether token `i` of `doc` belongs to an assistant turn; every token of a non-chat
     /// source does.
     pub fn is_assistant(&self, doc: usize, i: usize) -> bool {

@@ -567,3 +567,32 @@ fn ranks_shares_of_a_step_are_disjoint_and_together_the_whole_step_in_order() {
     let (share, first) = Batch::share(&step, 1, 2);
     assert_eq!((first, share.iter().map(|b| b.rows).collect::<Vec<_>>()), (4, vec![3, 2]));
 }
+
+/// Chat data without one assistant turn gives an assistant-only loss nothing to train on:
+/// the loader says so instead of training on zero tokens.
+#[test]
+fn an_assistant_only_loss_over_chats_without_an_answer_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let chats = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi there\"}]}\n\
+                 {\"messages\":[{\"role\":\"system\",\"content\":\"be kind\"},{\"role\":\"user\",\"content\":\"hello\"}]}\n";
+    std::fs::write(dir.path().join("a.jsonl"), chats).unwrap();
+    let text = "[tokenizer]\ntrain = { vocab_size = 300 }\n[sources.questions]\npath = \"a.jsonl\"\nformat = \"chat-jsonl\"\n\
+                [stages.a]\nkind = \"sft\"\ndata = { mix = { questions = 1 } }\n";
+    let recipe = Recipe::parse(&dir.path().join("r.toml"), text, &[], &Headers).unwrap();
+    let recipe_spec::Tokenizer::Train(cfg) = &recipe.tokenizer else { unreachable!() };
+    let tok = Tok::train(cfg, ["hi there hello"].into_iter()).unwrap();
+    let out = dir.path().join("cache");
+    tokenize_source(recipe.source("questions").unwrap(), &tok, &out, &Silent).unwrap();
+    let store = Arc::new(TokenStore::open(&out).unwrap());
+    let config = |loss_on| LoaderConfig {
+        seq_len: 16,
+        packing: Packing::Pad,
+        loss_on,
+        seed: 0,
+        split: Split::Train,
+        random_draws: false,
+    };
+    let err = Loader::new(vec![(store.clone(), 1.0)], &config(LossOn::Assistant)).err().unwrap().to_string();
+    assert!(err.starts_with("source `questions` has no assistant turn"), "{err}");
+    assert!(Loader::new(vec![(store, 1.0)], &config(LossOn::All)).is_ok());
+}
