@@ -1,6 +1,8 @@
 //! One training step where the tensors live against the same step on the CPU: the loss, the
 //! gradient norm and every updated weight agree within the precision's tolerance. Two packed
-//! documents per row, GQA, gradient accumulation over two micro-batches. On the CPU the test
+//! documents per row, GQA, gradient accumulation over two micro-batches; Llama, and the
+//! Qwen2 (projection biases) and Qwen3 (per-head norms, heads wider together than the model)
+//! variants. On the CPU the test
 //! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
 //! precision against the CPU's; without a GPU it says it was skipped.
 
@@ -12,16 +14,17 @@ use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
 use recipe_train::{AdamW, LossScaler, Objective, gradients, loss_tokens, update};
 
-fn config() -> Model {
+/// Llama, Qwen2 or Qwen3, heads of 32 (a dimension the CUDA attention kernels are built for).
+fn config(arch: &str) -> Model {
+    let qwen3 = arch == "qwen3";
     Model {
-        arch: "llama".into(),
+        arch: arch.into(),
         vocab_size: 97,
-        // Heads of 32, a dimension the CUDA attention kernels are built for.
-        d_model: 128,
+        d_model: if qwen3 { 96 } else { 128 },
         n_layers: 2,
         n_heads: 4,
         n_kv_heads: 2,
-        explicit_head_dim: None,
+        explicit_head_dim: qwen3.then_some(32),
         d_ff: 256,
         max_seq_len: 16,
         tie_embeddings: false,
@@ -61,8 +64,10 @@ struct Step {
     mean_update: f64,
 }
 
-fn one_step(precision: Precision, device: &Device) -> Step {
-    let model = Llama::init(&config(), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
+const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
+    let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
     let optim =
         Optim { kind: "adamw".into(), lr: 1e-2, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
     let mut optimizer = AdamW::new(&optim);
@@ -105,9 +110,12 @@ const PRECISIONS: [(Precision, f64); 4] =
 
 #[test]
 fn every_precision_steps_like_f32_on_the_cpu() {
-    let reference = one_step(Precision::F32, &Device::Cpu);
-    for (precision, tol) in PRECISIONS {
-        assert_same_step(&format!("{precision} on the CPU"), one_step(precision, &Device::Cpu), &reference, tol);
+    for arch in ARCHS {
+        let reference = one_step(arch, Precision::F32, &Device::Cpu);
+        for (precision, tol) in PRECISIONS {
+            let got = one_step(arch, precision, &Device::Cpu);
+            assert_same_step(&format!("{arch} in {precision} on the CPU"), got, &reference, tol);
+        }
     }
 }
 
@@ -117,9 +125,11 @@ fn a_cuda_step_equals_the_cpu_step() {
         eprintln!("skipped: no CUDA device (build with --features cuda on a machine with a GPU)");
         return;
     };
-    for (precision, tol) in PRECISIONS {
-        let want = one_step(precision, &Device::Cpu);
-        assert_same_step(&format!("{precision} on CUDA"), one_step(precision, &cuda), &want, tol);
-        eprintln!("{precision}: a CUDA step equals the CPU step");
+    for arch in ARCHS {
+        for (precision, tol) in PRECISIONS {
+            let want = one_step(arch, precision, &Device::Cpu);
+            assert_same_step(&format!("{arch} in {precision} on CUDA"), one_step(arch, precision, &cuda), &want, tol);
+            eprintln!("{arch} in {precision}: a CUDA step equals the CPU step");
+        }
     }
 }
