@@ -16,7 +16,7 @@ mod status;
 mod tensorboard;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -81,10 +81,11 @@ enum Verb {
         /// checkpoint.
         #[arg(long, required_unless_present = "model")]
         stage: Option<String>,
-        /// A checkpoint to sample instead of a stage: a Hugging Face model folder, a
-        /// `.safetensors` file with its `config.json` beside it, or a `.gguf` file.
+        /// A checkpoint to sample instead of a stage: a Hugging Face model folder (or the hub
+        /// id of one in the Hugging Face cache, `ORG/NAME`), a `.safetensors` file with its
+        /// `config.json` beside it, or a `.gguf` file.
         #[arg(long, conflicts_with_all = ["recipe", "stage"])]
-        model: Option<PathBuf>,
+        model: Option<String>,
         /// The text to continue.
         #[arg(long)]
         prompt: String,
@@ -294,7 +295,7 @@ fn main() -> ExitCode {
         }
         Verb::Sample { recipe, overrides, stage, model, prompt, max_tokens, temperature, top_p, seed, chat } => {
             let from = match (model, recipe, stage) {
-                (Some(path), _, _) => sample::From::Checkpoint(path),
+                (Some(written), _, _) => sample::From::Checkpoint(recipe_spec::hub::locate(Path::new(""), written)),
                 (None, Some(recipe), Some(stage)) => sample::From::Stage { recipe, sets: &overrides.sets, stage },
                 _ => unreachable!("clap requires a recipe and a stage, or a model"),
             };

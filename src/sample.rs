@@ -1,7 +1,7 @@
 //! `recipe sample`: generate text from a finished stage, a stage still training (its newest
 //! checkpoint), or any checkpoint on disk.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use recipe_checkpoint::{Headers, load_checkpoint, training};
@@ -16,7 +16,7 @@ use crate::{Failure, load};
 /// What to sample.
 pub enum From<'a> {
     Stage { recipe: &'a Path, sets: &'a [String], stage: &'a str },
-    Checkpoint(&'a Path),
+    Checkpoint(PathBuf),
 }
 
 pub struct SampleArgs<'a> {
@@ -32,7 +32,7 @@ pub struct SampleArgs<'a> {
 pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
     let (model, tok) = match a.from {
-        From::Checkpoint(path) => checkpoint(path)?,
+        From::Checkpoint(ref path) => checkpoint(path)?,
         From::Stage { recipe, sets, stage } => stage_model(recipe, sets, stage, runs)?,
     };
     let (prompt, stop) = match a.chat {

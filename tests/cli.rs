@@ -475,6 +475,28 @@ fn sample_reads_a_checkpoint_as_well_as_a_stage() {
     let from_folder = recipe(&[&["sample", "--model", model][..], &greedy[..]].concat(), &runs);
     assert!(from_folder.status.success(), "{}", String::from_utf8_lossy(&from_folder.stderr));
     assert_eq!(from_folder.stdout, from_stage.stdout, "the same weights say the same");
+    // The same folder as a model in the Hugging Face cache, named by its hub id.
+    let hub = dir.path().join("hub");
+    let repo = hub.join("models--test-org--whale");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    std::fs::rename(&final_dir, repo.join("snapshots/0123abcd")).unwrap();
+    let with_cache = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recipe"));
+        command.args(args).arg("--runs").arg(&runs).env("HF_HUB_CACHE", &hub).current_dir(dir.path()).output().unwrap()
+    };
+    let from_hub = with_cache(&[&["sample", "--model", "test-org/whale"][..], &greedy[..]].concat());
+    assert!(from_hub.status.success(), "{}", String::from_utf8_lossy(&from_hub.stderr));
+    assert_eq!(from_hub.stdout, from_stage.stdout, "a hub id names the cached snapshot");
+    let importing = "[tokenizer]\npath = \"test-org/whale\"\n[sources.moby]\npath = \"x.txt\"\n\
+                     [stages.more]\nkind = \"pretrain\"\nsteps = 2\nseq_len = 16\ndata = { mix = { moby = 1 } }\n\
+                     model = { from = \"test-org/whale\" }\n";
+    std::fs::write(dir.path().join("x.txt"), "Call me Ishmael.").unwrap();
+    std::fs::write(dir.path().join("more.toml"), importing).unwrap();
+    let plan = with_cache(&["plan", "more.toml"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("test-org/whale"));
     let neither = recipe(&["sample", "--prompt", "x"], &runs);
     assert_eq!(neither.status.code(), Some(2));
     let nothing = recipe(&["sample", "--model", dir.path().to_str().unwrap(), "--prompt", "x"], &runs);

@@ -186,7 +186,7 @@ pub(crate) fn import_teacher(
     base_dir: &Path,
     tokenizer: Option<&Tokenizer>,
 ) -> Option<Import> {
-    let path = base_dir.join(written);
+    let path = crate::hub::locate(base_dir, written);
     let info = read_checkpoint(cx, checkpoints, &path, written, origin)?;
     check_same_tokenizer(cx, stage, &info, written, origin, tokenizer);
     if info.kv_width_of_unknown_heads.is_some() {

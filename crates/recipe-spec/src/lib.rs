@@ -23,6 +23,7 @@ mod diag;
 mod distill;
 mod estimate;
 mod freeze;
+pub mod hub;
 mod import;
 mod init;
 mod length;

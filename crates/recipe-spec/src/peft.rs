@@ -190,7 +190,7 @@ fn read_adapter(
     base_dir: &Path,
     checkpoints: &dyn CheckpointReader,
 ) -> Option<(PathBuf, AdapterInfo)> {
-    let path = base_dir.join(written);
+    let path = crate::hub::locate(base_dir, written);
     let origin: Origin = cx.origins.get(&f.child_path("from")).cloned().unwrap_or_default();
     match checkpoints.adapter(&path) {
         Ok(info) => {

@@ -112,9 +112,10 @@ impl Recipe {
         self.sources.iter().find(|s| s.name == name)
     }
 
-    /// A path written in the recipe, resolved against the recipe's folder.
+    /// A checkpoint path written in the recipe: against the recipe's folder, or a hub id in
+    /// the Hugging Face cache ([`crate::hub::locate`]).
     pub fn resolve(&self, written: &str) -> PathBuf {
-        self.base_dir.join(written)
+        crate::hub::locate(&self.base_dir, written)
     }
 
     /// The path at which a stage's model field was set: the stage's override if it has one,

@@ -425,9 +425,15 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         );
     }
     let (spec, imported) = match &spec.from {
-        Some(from) => {
-            import_architecture(cx, checkpoints, name, &model_overrides, &spec, &base_dir.join(from), tokenizer)
-        }
+        Some(from) => import_architecture(
+            cx,
+            checkpoints,
+            name,
+            &model_overrides,
+            &spec,
+            &crate::hub::locate(base_dir, from),
+            tokenizer,
+        ),
         None => (spec, None),
     };
     let mut model = spec.resolve(tokenizer_vocab);

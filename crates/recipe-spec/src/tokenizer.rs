@@ -89,7 +89,7 @@ pub(crate) fn decode_tokenizer(
         }
         (Some(_), None) => {
             let written = f.opt(cx, "path", decode::string)?;
-            let resolved = base_dir.join(&written);
+            let resolved = crate::hub::locate(base_dir, &written);
             let origin = cx.origins.get("tokenizer.path").cloned().unwrap_or_default();
             let file = TokenizerFile::locate(&resolved);
             match checkpoints.tokenizer_facts(&file) {
