@@ -182,6 +182,13 @@ enum Verb {
         /// The folder to write into.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Start from this checkpoint instead of pretraining a small model: a Hugging Face
+        /// model folder, or the hub id of one in the Hugging Face cache (`Qwen/Qwen3-0.6B`).
+        /// Its tokenizer is the recipe's; chat data takes the chat template it has the tokens
+        /// of. `pretrain` continues its pretraining, `sft` fine-tunes it, `lora` trains LoRA
+        /// adapters on all seven projections, `distill` distils it into a small student.
+        #[arg(long)]
+        from: Option<String>,
     },
     /// List the run directories under `--runs`: each node's state and key, and the disk used.
     Runs {
@@ -322,7 +329,7 @@ fn main() -> ExitCode {
         Verb::Report { recipes, overrides, out, earlier } => {
             report::run(&report::ReportArgs { recipes, sets: &overrides.sets, runs: &cli.runs, out, earlier: *earlier })
         }
-        Verb::New { kind, name, dir } => new::run(*kind, name, dir),
+        Verb::New { kind, name, dir, from } => new::run(*kind, name, dir, from.as_deref()),
         Verb::Runs { output } => runs::list(&cli.runs, output.json),
         Verb::Gc { recipes, overrides, yes } => runs::gc(recipes, &overrides.sets, &cli.runs, *yes),
         Verb::Completions { shell } => {

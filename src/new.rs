@@ -1,9 +1,14 @@
-//! `recipe new KIND NAME`: a commented starter recipe that validates and trains as written,
-//! with a small public-domain corpus beside it (three chapters of Moby-Dick, a paragraph per
-//! document, and chat turns made from their sentences), so a first run needs nothing else.
+//! `recipe new KIND NAME [--from CHECKPOINT]`: a commented starter recipe that validates and
+//! trains as written, with a small public-domain corpus beside it (three chapters of
+//! Moby-Dick, a paragraph per document, and chat turns made from their sentences), so a first
+//! run needs nothing else: a small model trained from scratch, or a checkpoint (a folder or a
+//! cached hub id) continued, fine-tuned, adapted or distilled.
 
 use std::fmt::Write as _;
 use std::path::Path;
+
+use recipe_checkpoint::Headers;
+use recipe_spec::{ChatTemplate, CheckpointReader};
 
 use crate::Failure;
 
@@ -26,7 +31,7 @@ const CHAPTERS: [&str; 3] = [
     include_str!("../data/moby-dick/chapter_3.txt"),
 ];
 
-pub fn run(kind: Kind, name: &str, dir: &Path) -> Result<(), Failure> {
+pub fn run(kind: Kind, name: &str, dir: &Path, from: Option<&str>) -> Result<(), Failure> {
     if !recipe_spec::is_plain_name(name) {
         return Err(Failure::Invalid(format!(
             "error: invalid name `{name}`: expected a letter or digit, then letters, digits, `_` and `-`, at most {} in all\n",
@@ -40,13 +45,17 @@ pub fn run(kind: Kind, name: &str, dir: &Path) -> Result<(), Failure> {
             return Err(Failure::Invalid(format!("error: {} exists; choose another name\n", taken.display())));
         }
     }
+    let body = match from {
+        Some(written) => from_checkpoint(kind, name, &checkpoint(written)?),
+        None => starter(kind, name),
+    };
     let fail = |path: &Path, e: std::io::Error| Failure::Run(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(&data).map_err(|e| fail(&data, e))?;
     let text = data.join("text.jsonl");
     std::fs::write(&text, paragraphs()).map_err(|e| fail(&text, e))?;
     let chat = data.join("chat.jsonl");
     std::fs::write(&chat, chat_turns()).map_err(|e| fail(&chat, e))?;
-    std::fs::write(&recipe, starter(kind, name)).map_err(|e| fail(&recipe, e))?;
+    std::fs::write(&recipe, body).map_err(|e| fail(&recipe, e))?;
     println!("wrote {} and {}/", recipe.display(), data.display());
     println!("next: recipe plan {0}, then recipe train {0}", recipe.display());
     Ok(())
@@ -80,6 +89,148 @@ fn chat_turns() -> String {
         let _ = writeln!(out, "{turn}");
     }
     out
+}
+
+/// A checkpoint a starter recipe begins from: how the recipe names it, its longest context,
+/// and the chat template its tokenizer has the tokens of.
+struct Checkpoint {
+    written: String,
+    max_seq_len: u32,
+    template: Option<ChatTemplate>,
+}
+
+/// `written` as a path from here (written into the recipe absolute, since the recipe may live
+/// elsewhere) or a hub id in the Hugging Face cache (written as it is), read and checked.
+fn checkpoint(written: &str) -> Result<Checkpoint, Failure> {
+    let here = Path::new(written);
+    let (path, written) = match here.exists() {
+        true => {
+            let absolute = std::path::absolute(here).map_err(|e| Failure::Run(format!("{written}: {e}")))?;
+            (absolute.clone(), absolute.display().to_string())
+        }
+        false => (recipe_spec::hub::locate(Path::new(""), written), written.to_string()),
+    };
+    let invalid = |why: String| Failure::Invalid(format!("error: cannot start from `{written}`: {why}\n"));
+    if !path.exists() {
+        return Err(invalid("no such folder here, nor a model by that id in the Hugging Face cache".into()));
+    }
+    let info = Headers.inspect(&path).map_err(invalid)?;
+    if info.kv_width_of_unknown_heads.is_some() {
+        return Err(invalid("it has no config.json beside it".into()));
+    }
+    let tokenizer = info.tokenizer.ok_or_else(|| invalid("no tokenizer is stored with it".into()))?;
+    Ok(Checkpoint {
+        written,
+        max_seq_len: info.arch.max_seq_len.unwrap_or(512),
+        template: ChatTemplate::ALL.into_iter().find(|t| tokenizer.templates.contains(t)),
+    })
+}
+
+/// A starter over `from`: its tokenizer and architecture, the stage `kind` asks for.
+fn from_checkpoint(kind: Kind, name: &str, from: &Checkpoint) -> String {
+    let Checkpoint { written, max_seq_len, template } = from;
+    let seq_len = (*max_seq_len).min(512);
+    let model = match kind {
+        Kind::Distill => format!(
+            "[model]                     # the small student, trained from scratch\n\
+             d_model = 256\nn_layers = 4\nn_heads = 4\nmax_seq_len = {seq_len}\n"
+        ),
+        _ => format!("[model]\nfrom = \"{written}\"          # the architecture and starting weights\n"),
+    };
+    let mut r = format!(
+        r#"# A starter recipe from `recipe new --from`: edit freely. `recipe plan {name}.toml` shows what
+# a run costs (memory included); `recipe train {name}.toml` runs it (`--device cuda` on a GPU,
+# where `precision = "bf16-mixed"` is the usual choice); README.md lists every field.
+
+[recipe]
+name = "{name}"
+seed = 0
+
+{model}
+[tokenizer]
+path = "{written}"          # the checkpoint's own tokenizer
+
+[sources.text]               # one JSON object per line, its text in "text"
+path = "{name}-data/text.jsonl"
+format = "jsonl"
+holdout = 0.1               # a tenth of the documents, by content hash, for evaluation
+"#
+    );
+    let chat = matches!(kind, Kind::Sft | Kind::Lora);
+    if chat {
+        let template = template.unwrap_or(ChatTemplate::ChatMl);
+        let _ = write!(
+            r,
+            r#"
+[sources.chat]              # one JSON object per line: {{"messages": [{{"role", "content"}}, ...]}}
+path = "{name}-data/chat.jsonl"
+format = "chat-jsonl"
+template = "{template}"       # the chat format the checkpoint's tokenizer has the tokens of
+holdout = 0.1
+"#
+        );
+    }
+    let stage = match kind {
+        Kind::Pretrain => format!(
+            r#"
+[stages.continued]
+kind = "pretrain"           # continued pretraining of the checkpoint on the text
+steps = 100
+seq_len = {seq_len}
+batch_size = 8
+micro_batch_size = 2        # gradient accumulation: 4 micro-batches a step
+data = {{ mix = {{ text = 1.0 }} }}
+optim = {{ lr = 2e-5 }}
+schedule = {{ kind = "cosine", warmup = 10 }}
+eval = {{ every = 50, batches = 4 }}
+"#
+        ),
+        Kind::Sft => format!(
+            r#"
+[stages.sft]
+kind = "sft"                # every weight trains; the loss counts the assistant's turns only
+steps = 100
+seq_len = {seq_len}
+batch_size = 8
+micro_batch_size = 2
+data = {{ mix = {{ chat = 1.0 }} }}
+optim = {{ lr = 1e-5 }}
+schedule = {{ kind = "cosine", warmup = 10 }}
+eval = {{ every = 50, batches = 4 }}
+"#
+        ),
+        Kind::Lora => format!(
+            r#"
+[stages.lora]
+kind = "sft"                # the base weights stay frozen; only the adapters train
+steps = 100
+seq_len = {seq_len}
+batch_size = 8
+micro_batch_size = 2
+data = {{ mix = {{ chat = 1.0 }} }}
+peft = {{ method = "lora", rank = 16, alpha = 32, targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }}
+optim = {{ lr = 2e-4, weight_decay = 0.0 }}
+schedule = {{ kind = "cosine", warmup = 10 }}
+eval = {{ every = 50, batches = 4 }}
+"#
+        ),
+        Kind::Distill => format!(
+            r#"
+[stages.student]
+kind = "distill"
+teacher = "{written}"       # the checkpoint teaches the student, which shares its tokenizer
+distill = {{ loss = "forward-kl", temperature = 2.0, alpha = 0.5 }}      # alpha·KD + (1 − alpha)·CE
+steps = 200
+seq_len = {seq_len}
+batch_size = 8
+data = {{ mix = {{ text = 1.0 }} }}
+optim = {{ lr = 3e-3 }}
+eval = {{ every = 100, batches = 4 }}
+"#
+        ),
+    };
+    r.push_str(&stage);
+    r
 }
 
 fn starter(kind: Kind, name: &str) -> String {

@@ -50,11 +50,13 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     }
     for st in &recipe.stages {
         let p = format!("stages.{}", st.name);
+        // An imported model may support less.
+        let seq_len = SEQ_LEN.min(st.model.max_seq_len);
         if let Some(merge) = &st.merge {
             // A merge trains nothing; a greedy one evaluates on a few short batches.
             if merge.method == MergeMethod::Greedy {
                 sets.extend([
-                    format!("{p}.seq_len={SEQ_LEN}"),
+                    format!("{p}.seq_len={seq_len}"),
                     format!("{p}.batch_size=8"),
                     format!("{p}.eval.batches=2"),
                 ]);
@@ -66,7 +68,7 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
         let (steps, batch) = if real_size { (STEPS_WITH_CHECKPOINT, 4) } else { (STEPS, 8) };
         sets.extend([
             format!("{p}.steps={steps}"),
-            format!("{p}.seq_len={SEQ_LEN}"),
+            format!("{p}.seq_len={seq_len}"),
             format!("{p}.batch_size={batch}"),
             format!("{p}.micro_batch_size={}", if accumulate { batch / 2 } else { batch }),
             format!("{p}.schedule.warmup={}", st.schedule.warmup.min(4)),
@@ -84,8 +86,8 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
         if st.lengths.grows() {
             // The same ratios to the longest length, as near as whole rows allow.
             let phases = shrink_phases(&st.lengths.phases, st.steps, steps, |len| {
-                let wanted = (SEQ_LEN as u64 * *len as u64 / st.seq_len as u64).max(1) as u32;
-                (1..=wanted).rev().find(|d| SEQ_LEN.is_multiple_of(*d)).unwrap_or(1).to_string()
+                let wanted = (seq_len as u64 * *len as u64 / st.seq_len as u64).max(1) as u32;
+                (1..=wanted).rev().find(|d| seq_len.is_multiple_of(*d)).unwrap_or(1).to_string()
             });
             sets.push(format!("{p}.seq_len={phases}"));
         }
@@ -137,8 +139,9 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<()
     all.extend(shrink(&recipe));
     let small = load::load(path, &all)?;
     tracing::info!(
-        "smoke: {} stages at seq_len {SEQ_LEN}, {DOCS_PER_SOURCE} documents per source; models trained from \
-         scratch at d_model 64 for {STEPS} steps, stages with a full-size checkpoint for {STEPS_WITH_CHECKPOINT}",
+        "smoke: {} stages at seq_len {SEQ_LEN} (less where an imported model is shorter), {DOCS_PER_SOURCE} \
+         documents per source; models trained from scratch at d_model 64 for {STEPS} steps, stages with a \
+         full-size checkpoint for {STEPS_WITH_CHECKPOINT}",
         small.stages.len()
     );
     crate::train::run(path, &all, runs, None, device, false)?;

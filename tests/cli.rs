@@ -554,6 +554,48 @@ fn recipe_new_writes_starters_that_validate_and_train() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// `recipe new KIND --from CHECKPOINT`: each kind over a trained model's folder validates,
+/// takes the checkpoint's tokenizer and chat template, and trains.
+#[test]
+fn recipe_new_from_a_checkpoint_writes_starters_that_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let chat_stage = r#"
+[sources.chat]
+path = "chat.jsonl"
+format = "chat-jsonl"
+[stages.pretrain]
+kind = "pretrain"
+steps = 4
+seq_len = 32
+batch_size = 4
+data = { mix = { moby = 1 } }
+"#;
+    let chat = r#"{"messages":[{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#;
+    std::fs::write(dir.path().join("chat.jsonl"), chat).unwrap();
+    let base = common::small_recipe(dir.path(), "base", "chapter_1.txt", chat_stage);
+    assert!(recipe(&["train", base.to_str().unwrap()], &runs).status.success());
+    let trained = std::fs::read_dir(runs.join("base/pretrain")).unwrap().next().unwrap().unwrap().path().join("final");
+    let out_dir = dir.path().join("starters");
+    for kind in ["pretrain", "sft", "lora", "distill"] {
+        let name = format!("from-{kind}");
+        let args = ["new", kind, &name, "--dir", out_dir.to_str().unwrap(), "--from", trained.to_str().unwrap()];
+        let out = recipe(&args, &runs);
+        assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
+        let path = out_dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("path = \"{}\"", trained.display())), "{kind}: the checkpoint's tokenizer");
+        if kind == "lora" {
+            assert!(text.contains("template = \"chatml\""), "the trained tokenizer has ChatML's tokens");
+        }
+        let smoke = recipe(&["smoke", path.to_str().unwrap()], &runs);
+        assert!(smoke.status.success(), "{kind}: {}", String::from_utf8_lossy(&smoke.stderr));
+    }
+    let nowhere = recipe(&["new", "lora", "x", "--dir", out_dir.to_str().unwrap(), "--from", "no-org/no-model"], &runs);
+    assert_eq!(nowhere.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("nor a model by that id in the Hugging Face cache"));
+}
+
 #[test]
 fn tensorboard_reads_the_event_files_train_writes() {
     let reader = root().join("assets/tensorboard-py");
