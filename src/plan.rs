@@ -215,6 +215,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         let m = &stage.model;
         let _ =
             writeln!(out, "\nstage {} ({})  key {}", stage.name, stage.kind, &s["key"].as_str().unwrap_or("")[..12]);
+        let window = m.sliding_window.map_or(String::new(), |w| format!(" · sliding window {w}"));
         let rope_scaling = match m.rope_scaling {
             None => String::new(),
             Some(RopeScaling::Linear { factor }) => format!(" · rope linear ×{factor}"),
@@ -224,7 +225,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}",
+            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}{window}",
             m.arch,
             m.d_model,
             m.n_layers,

@@ -312,10 +312,14 @@ static void attention(const std::string& kernels, u32 hd, unsigned rows_per_bloc
                       Delta delta_of, Dq dq_of, std::initializer_list<Dkv> key_passes) {
     const u32 b = 2, heads = 4, kv_heads = 2, t = 150;
     const float scale = 0.3f;
-    // Row 0 holds documents [0, 30) and [30, 150); row 1 one document.
+    // Row 0 holds documents [0, 30) and [30, 150); row 1 one document seen through a sliding
+    // window of 40 keys (spans that start inside a block of queries, each at its own key).
     std::vector<u32> spans(2 * b * t);
     for (u32 r = 0; r < b; ++r)
-        for (u32 i = 0; i < t; ++i) spans[2 * (r * t + i)] = (r == 0 && i >= 30) ? 30 : 0, spans[2 * (r * t + i) + 1] = i + 1;
+        for (u32 i = 0; i < t; ++i) {
+            const u32 windowed = i + 1 > 40 ? i + 1 - 40 : 0;
+            spans[2 * (r * t + i)] = r == 0 ? (i >= 30 ? 30 : 0) : windowed, spans[2 * (r * t + i) + 1] = i + 1;
+        }
     Floats q = uniform(b * heads * t * hd, 1.5f), k = uniform(b * kv_heads * t * hd, 1.5f),
            v = uniform(b * kv_heads * t * hd, 1.5f), dout = uniform(b * t * heads * hd, 1.0f);
     // The kernels read T; the reference takes the same rounded values.

@@ -93,8 +93,9 @@ fn write_rope(config: &mut Value, model: &Model) {
 pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    // Mistral is Llama with sliding-window attention, which over no more tokens than its window
-    // is full causal attention: imported as Llama, with `max_seq_len` at most the window.
+    // Mistral is Llama with sliding-window attention in every layer: `sliding_window`. Where
+    // only some layers slide (Qwen2's `max_window_layers`), the model is imported no longer
+    // than the window, over which sliding-window attention is full causal attention.
     let model_type = c["model_type"].as_str().unwrap_or("");
     let arch = match model_type {
         "llama" | "mistral" => "llama",
@@ -106,10 +107,14 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
             ));
         }
     };
-    let slides = model_type == "mistral"
-        || c["use_sliding_window"].as_bool() == Some(true)
-        || c["layer_types"].as_array().is_some_and(|types| types.iter().any(|t| t != "full_attention"));
-    let window = c["sliding_window"].as_u64().filter(|_| slides);
+    let layer_types = c["layer_types"].as_array().filter(|types| !types.is_empty());
+    let use_sliding_window = c["use_sliding_window"].as_bool() == Some(true);
+    let every_layer_slides = model_type == "mistral"
+        || layer_types.is_some_and(|types| types.iter().all(|t| t == "sliding_attention"))
+        || (use_sliding_window && c["max_window_layers"].as_u64() == Some(0));
+    let some_layers_slide =
+        use_sliding_window || layer_types.is_some_and(|types| types.iter().any(|t| t != "full_attention"));
+    let window = c["sliding_window"].as_u64().filter(|_| every_layer_slides || some_layers_slide);
     for (key, fine) in [
         ("attention_bias", !c["attention_bias"].as_bool().unwrap_or(false)),
         ("mlp_bias", !c["mlp_bias"].as_bool().unwrap_or(false)),
@@ -133,7 +138,8 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     if let (Some(window), Some(longest)) = (window, fields["max_seq_len"].as_u64())
         && window < longest
     {
-        fields.insert("max_seq_len".into(), window.into());
+        let field = if every_layer_slides { "sliding_window" } else { "max_seq_len" };
+        fields.insert(field.into(), window.into());
     }
     let (rope_theta, rope_scaling) = read_rope(&c)?;
     let spec = ModelSpec {
@@ -159,9 +165,11 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
 /// `model.safetensors` holds.
 pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     let fields = serde_json::to_value(model).expect("plain struct");
-    let (class, model_type) = match model.arch.as_str() {
-        "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
-        "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+    let (class, model_type) = match (model.arch.as_str(), model.sliding_window) {
+        ("qwen2", _) => ("Qwen2ForCausalLM", "qwen2"),
+        ("qwen3", _) => ("Qwen3ForCausalLM", "qwen3"),
+        // `transformers`' Llama has no sliding window; Mistral is Llama with one.
+        (_, Some(_)) => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
     let mut config = json!({
@@ -176,6 +184,15 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     if !model.qkv_bias() {
         config["attention_bias"] = false.into();
         config["mlp_bias"] = false.into();
+    }
+    if let Some(window) = model.sliding_window {
+        config["sliding_window"] = window.into();
+        if model.arch != "llama" {
+            // Every layer, as Qwen's configurations say it.
+            config["use_sliding_window"] = true.into();
+            config["max_window_layers"] = 0.into();
+            config["layer_types"] = vec!["sliding_attention"; model.n_layers as usize].into();
+        }
     }
     for (ours, theirs, _) in HF_CONFIG {
         config[*theirs] = fields[*ours].clone();
@@ -397,8 +414,9 @@ mod tests {
         assert_eq!(read_config(&path).unwrap_err(), "config.json lacks `vocab_size`");
     }
 
-    /// Mistral imports as Llama, no longer than its attention window; Qwen2 as `qwen2`, with its
-    /// window only when it slides.
+    /// Mistral imports as Llama with its sliding window (when it is shorter than the context);
+    /// Qwen2 as `qwen2`, with its window only when it slides, as `sliding_window` when every
+    /// layer slides and else as the longest context.
     #[test]
     fn model_types_map_to_architectures_within_their_attention_window() {
         let dir = tempfile::tempdir().unwrap();
@@ -409,17 +427,23 @@ mod tests {
                 "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 128 {window}}}"#
             );
             std::fs::write(&path, config).unwrap();
-            read_config(&path).map(|spec| (spec.arch.unwrap(), spec.max_seq_len.unwrap()))
+            read_config(&path).map(|spec| (spec.arch.unwrap(), spec.max_seq_len.unwrap(), spec.sliding_window))
         };
-        assert_eq!(read("mistral", r#", "sliding_window": 64"#), Ok(("llama".into(), 64)));
-        assert_eq!(read("mistral", r#", "sliding_window": null"#), Ok(("llama".into(), 128)));
-        assert_eq!(read("mistral", r#", "sliding_window": 4096"#), Ok(("llama".into(), 128)));
+        let llama = |longest, window| Ok(("llama".to_string(), longest, window));
+        let qwen2 = |longest, window| Ok(("qwen2".to_string(), longest, window));
+        assert_eq!(read("mistral", r#", "sliding_window": 64"#), llama(128, Some(64)));
+        assert_eq!(read("mistral", r#", "sliding_window": null"#), llama(128, None));
+        assert_eq!(read("mistral", r#", "sliding_window": 4096"#), llama(128, None));
         let qwen2_window = r#", "sliding_window": 32, "use_sliding_window": false"#;
-        assert_eq!(read("qwen2", qwen2_window), Ok(("qwen2".into(), 128)), "a window that does not slide");
-        let sliding = qwen2_window.replace("false", "true");
-        assert_eq!(read("qwen2", &sliding), Ok(("qwen2".into(), 32)));
+        assert_eq!(read("qwen2", qwen2_window), qwen2(128, None), "a window that does not slide");
+        let above_28 = qwen2_window.replace("false", "true");
+        assert_eq!(read("qwen2", &above_28), qwen2(32, None), "layers from max_window_layers (28) slide");
+        let every = format!(r#"{above_28}, "max_window_layers": 0"#);
+        assert_eq!(read("qwen2", &every), qwen2(128, Some(32)));
         let layer_types = r#", "sliding_window": 32, "layer_types": ["full_attention", "sliding_attention"]"#;
-        assert_eq!(read("qwen2", layer_types), Ok(("qwen2".into(), 32)));
+        assert_eq!(read("qwen2", layer_types), qwen2(32, None));
+        let all_types = r#", "sliding_window": 32, "layer_types": ["sliding_attention", "sliding_attention"]"#;
+        assert_eq!(read("qwen2", all_types), qwen2(128, Some(32)));
         let gemma = read("gemma2", "").unwrap_err();
         assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, qwen2 and qwen3"#), "{gemma}");
     }

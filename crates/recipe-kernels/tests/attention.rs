@@ -61,6 +61,25 @@ fn matches_the_composition_over_packed_documents_and_blocks() {
     }
 }
 
+/// A sliding window shorter than a block of queries and than most documents: each query's
+/// span starts inside its block, at a different key.
+#[test]
+fn matches_the_composition_within_a_sliding_window() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let t = 150;
+    let docs = documents(&[&[150], &[40, 70, 20], &[1, 100]], t);
+    for window in [1, 5, 64] {
+        let spans = KeySpans::documents(&docs, 3, t).within(window);
+        let q = tensor(&mut rng, &[3, 4, t, 16], DType::F64);
+        let (k, v) = (tensor(&mut rng, &[3, 2, t, 16], DType::F64), tensor(&mut rng, &[3, 2, t, 16], DType::F64));
+        compare(&q, &k, &v, &spans, 1e-12, &mut rng);
+    }
+    let after = KeySpans::after(90, 5).within(8);
+    let q = tensor(&mut rng, &[1, 4, 5, 8], DType::F64);
+    let (k, v) = (tensor(&mut rng, &[1, 2, 95, 8], DType::F64), tensor(&mut rng, &[1, 2, 95, 8], DType::F64));
+    compare(&q, &k, &v, &after, 1e-12, &mut rng);
+}
+
 #[test]
 fn matches_the_composition_after_a_cache_of_keys() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);

@@ -333,6 +333,7 @@ impl Llama {
     /// at each packed document) and the keys each position attends (its document up to itself:
     /// [`KeySpans::documents`]).
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, spans: &KeySpans) -> Result<Tensor> {
+        let spans = &self.windowed(spans);
         let (b, t) = ids.dims2()?;
         let mut x = self.embed(ids)?;
         let (cos, sin) = self.rotary(positions, b, t)?;
@@ -351,12 +352,20 @@ impl Llama {
         let positions = Tensor::from_vec(positions, t, device)?;
         let (cos, sin) = self.rotary(&positions, 1, t)?;
         let mut x = self.embed(&ids)?;
-        let spans = KeySpans::after(cache.len, t);
+        let spans = self.windowed(&KeySpans::after(cache.len, t));
         for i in 0..self.n_layers {
             x = self.block(i, &x, 1, t, &cos, &sin, &spans, Some(&mut cache.layers[i]))?;
         }
         cache.len += t;
         self.head(&x.narrow(0, t - 1, 1)?)
+    }
+
+    /// `spans` cut to the sliding window, when the model has one.
+    fn windowed(&self, spans: &KeySpans) -> KeySpans {
+        match self.config.sliding_window {
+            Some(window) => spans.within(window as usize),
+            None => spans.clone(),
+        }
     }
 
     pub fn new_cache(&self) -> KvCache {

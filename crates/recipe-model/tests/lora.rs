@@ -25,6 +25,7 @@ fn config() -> Model {
         tie_embeddings: false,
         rope_theta: 10000.0,
         rope_scaling: None,
+        sliding_window: None,
         norm_eps: 1e-5,
         init_std: 0.3,
         from: None,

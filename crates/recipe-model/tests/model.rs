@@ -1,6 +1,6 @@
 //! The model's numerics: every parameter gets a gradient, the gradients match finite
-//! differences in f64 (Llama's, Qwen2's with its projection biases, Qwen3's with its per-head
-//! norms and heads that are not d_model / n_heads wide), the KV cache gives the same logits as a full forward pass, and a packed
+//! differences in f64 (Llama's, Qwen2's with its projection biases and a sliding window, Qwen3's
+//! with its per-head norms and heads that are not d_model / n_heads wide), the KV cache gives the same logits as a full forward pass, and a packed
 //! row with a document mask computes each document as if it were alone.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
@@ -21,6 +21,7 @@ fn tiny(tie: bool) -> Model {
         tie_embeddings: tie,
         rope_theta: 10000.0,
         rope_scaling: None,
+        sliding_window: None,
         norm_eps: 1e-5,
         init_std: 0.3,
         from: None,
@@ -50,9 +51,10 @@ fn loss(m: &Llama, dtype: DType) -> Tensor {
     masked_cross_entropy(&logits, &targets, &mask.to_dtype(dtype).unwrap()).unwrap().0
 }
 
-/// `tiny` with Qwen2's biases on the query, key and value projections.
+/// `tiny` with Qwen2's biases on the query, key and value projections, and a sliding window
+/// of 2 (shorter than the loss's longest document).
 fn tiny_qwen2(tie: bool) -> Model {
-    Model { arch: "qwen2".into(), ..tiny(tie) }
+    Model { arch: "qwen2".into(), sliding_window: Some(2), ..tiny(tie) }
 }
 
 /// `tiny` with Qwen3's per-head norms, and heads of 6 where d_model / n_heads is 4.
@@ -115,7 +117,12 @@ fn check_gradients(m: &Llama) -> usize {
 
 #[test]
 fn the_kv_cache_reproduces_the_full_forward_pass() {
-    let m = model(&tiny(true), DType::F32);
+    for config in [tiny(true), Model { sliding_window: Some(3), ..tiny(true) }] {
+        the_kv_cache_reproduces_the_full_forward_pass_of(&model(&config, DType::F32));
+    }
+}
+
+fn the_kv_cache_reproduces_the_full_forward_pass_of(m: &Llama) {
     let dev = Device::Cpu;
     let ids = [3u32, 1, 4, 1, 5, 9, 2];
     let t = ids.len();

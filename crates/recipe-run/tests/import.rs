@@ -173,11 +173,11 @@ fn a_transformers_qwen2_checkpoint_computes_its_reference_logits() {
     assert_eq!((config.arch.as_str(), config.rope_theta, config.tie_embeddings), ("qwen2", 1e6, true));
 }
 
-/// Mistral: Llama with a sliding attention window, longer here than the model's context.
+/// Mistral: Llama whose every position sees itself and the 31 before it, over 96 tokens.
 #[test]
 fn a_transformers_mistral_checkpoint_computes_its_reference_logits() {
     let config = import_transformers_fixture("mistral");
-    assert_eq!((config.arch.as_str(), config.max_seq_len), ("llama", 128));
+    assert_eq!((config.arch.as_str(), config.max_seq_len, config.sliding_window), ("llama", 128, Some(32)));
 }
 
 /// Qwen3: each query and key head RMS-normalised, heads wider together than the model.

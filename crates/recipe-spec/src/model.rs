@@ -20,6 +20,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "tie_embeddings",
     "rope_theta",
     "rope_scaling",
+    "sliding_window",
     "norm_eps",
     "init_std",
     "from",
@@ -64,6 +65,8 @@ pub struct ModelSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub norm_eps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_std: Option<f64>,
@@ -106,6 +109,11 @@ pub struct Model {
     /// that keys written before the field existed stay valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Default none: each position attends to its whole document up to itself. Mistral's
+    /// sliding window: to itself and the `sliding_window − 1` positions before it. Absent
+    /// from the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<u32>,
     /// Default 1e-5.
     pub norm_eps: f64,
     /// Default 0.02; residual output projections are further scaled by 1/sqrt(2·n_layers).
@@ -137,6 +145,7 @@ impl Model {
             tie_embeddings: Some(self.tie_embeddings),
             rope_theta: Some(self.rope_theta),
             rope_scaling: self.rope_scaling,
+            sliding_window: self.sliding_window,
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
             from: None,
@@ -245,6 +254,7 @@ impl ModelSpec {
             tie_embeddings: f.opt(cx, "tie_embeddings", decode::boolean),
             rope_theta: f.opt(cx, "rope_theta", positive),
             rope_scaling: f.opt(cx, "rope_scaling", RopeScaling::decode),
+            sliding_window: f.opt(cx, "sliding_window", decode::size(1, 1 << 22)),
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
             from: f.opt(cx, "from", decode::string),
@@ -267,6 +277,7 @@ impl ModelSpec {
             tie_embeddings: over.tie_embeddings.or(self.tie_embeddings),
             rope_theta: over.rope_theta.or(self.rope_theta),
             rope_scaling: over.rope_scaling.or(self.rope_scaling),
+            sliding_window: over.sliding_window.or(self.sliding_window),
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
             from: over.from.clone().or_else(|| self.from.clone()),
@@ -297,6 +308,7 @@ impl ModelSpec {
             tie_embeddings: self.tie_embeddings.unwrap_or(true),
             rope_theta: self.rope_theta.unwrap_or(10000.0),
             rope_scaling: self.rope_scaling,
+            sliding_window: self.sliding_window,
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
             from: self.from.clone(),

@@ -143,6 +143,7 @@ mod tests {
             tie_embeddings: true,
             rope_theta: 10000.0,
             rope_scaling: None,
+            sliding_window: None,
             norm_eps: 1e-5,
             init_std: 0.02,
             from: None,

@@ -1,8 +1,8 @@
 //! One training step where the tensors live against the same step on the CPU: the loss, the
 //! gradient norm and every updated weight agree within the precision's tolerance. Two packed
 //! documents per row, GQA, gradient accumulation over two micro-batches; Llama, and the
-//! Qwen2 (projection biases) and Qwen3 (per-head norms, heads wider together than the model)
-//! variants. On the CPU the test
+//! Qwen2 (projection biases, here with a sliding window of 6) and Qwen3 (per-head norms, heads
+//! wider together than the model) variants. On the CPU the test
 //! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
 //! precision against the CPU's; without a GPU it says it was skipped.
 
@@ -30,6 +30,7 @@ fn config(arch: &str) -> Model {
         tie_embeddings: false,
         rope_theta: 10000.0,
         rope_scaling: None,
+        sliding_window: (arch == "qwen2").then_some(6),
         norm_eps: 1e-5,
         init_std: 0.02,
         from: None,

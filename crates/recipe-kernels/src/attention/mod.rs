@@ -78,6 +78,13 @@ impl KeySpans {
         KeySpans::new((0..t).map(|i| (0, (past + i + 1) as u32)).collect(), 1, t, past + t)
     }
 
+    /// The same spans cut to at most the `window` keys that end each one (sliding-window
+    /// attention: a query sees itself and the `window − 1` keys before it, within its span).
+    pub fn within(&self, window: usize) -> KeySpans {
+        let spans = self.spans.iter().map(|&(lo, hi)| (lo.max(hi.saturating_sub(window as u32)), hi)).collect();
+        KeySpans::new(spans, self.rows, self.queries, self.keys)
+    }
+
     /// The same pattern as an additive mask `[rows, 1, queries, keys]`: 0 where a query sees a
     /// key, `f32::MIN / 2` where not (what a plain softmax needs).
     pub fn additive_mask(&self, device: &Device) -> Result<Tensor> {
