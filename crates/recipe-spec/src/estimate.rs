@@ -100,6 +100,11 @@ impl Model {
         decayed + tied_head
     }
 
+    /// How many keys a query at the end of a row of `seq_len` attends: the row, or the window.
+    fn attended(&self, seq_len: u32) -> u32 {
+        self.sliding_window.map_or(seq_len, |window| window.min(seq_len))
+    }
+
     /// The width of the queries of all heads together: `d_model` unless `head_dim` says otherwise.
     fn attention_width(&self) -> u64 {
         u64::from(self.n_heads) * u64::from(self.head_dim())
@@ -115,7 +120,8 @@ impl Model {
 
     /// Forward FLOPs per token at context `seq_len`.
     fn forward_flops_per_token(&self, seq_len: u32) -> f64 {
-        2.0 * self.matmul_params() as f64 + 4.0 * self.n_layers as f64 * seq_len as f64 * self.attention_width() as f64
+        2.0 * self.matmul_params() as f64
+            + 4.0 * self.n_layers as f64 * self.attended(seq_len) as f64 * self.attention_width() as f64
     }
 }
 
@@ -208,7 +214,7 @@ impl Stage {
         // Attention's share of a token's FLOPs grows with the length of its row.
         let flops_per_token = |seq_len: u32| {
             let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(seq_len)).sum();
-            dense + 12.0 * l * seq_len as f64 * width + teacher_flops
+            dense + 12.0 * l * m.attended(seq_len) as f64 * width + teacher_flops
         };
         let phases: Vec<PhaseEstimate> = self
             .phase_spans()
