@@ -56,9 +56,9 @@ pub use peft::{PEFT_MODULES, Peft, ReLora};
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
 pub use schedule::{Schedule, ScheduleKind};
 pub use source::Source;
-pub use stage::{Data, Eval, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
+pub use stage::{Data, Eval, Muon, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    AverageKind, AverageUse, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn, MergeMethod, OnError,
-    OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
+    AverageKind, AverageUse, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn, MergeMethod,
+    MuonScale, OnError, OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
 };

@@ -23,7 +23,7 @@ use crate::schedule::Schedule;
 use crate::source::{Source, check_source_ref};
 use crate::tokenizer::Tokenizer;
 use crate::tree::{Node, Val};
-use crate::vocab::{LossOn, MergeMethod, OnNonfinite, Packing, Precision, SourceFormat, StageKind};
+use crate::vocab::{LossOn, MergeMethod, MuonScale, OnNonfinite, Packing, Precision, SourceFormat, StageKind};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Stage {
@@ -148,7 +148,7 @@ impl Serialize for Data {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Optim {
-    /// Only `adamw`.
+    /// `adamw`, or `muon` (Muon on the blocks' projection matrices, AdamW on the rest).
     pub kind: String,
     /// Default 3e-4: the peak learning rate.
     pub lr: f64,
@@ -160,6 +160,28 @@ pub struct Optim {
     pub weight_decay: f64,
     /// Default 1.0: clip the global gradient norm; 0 turns clipping off.
     pub grad_clip: f64,
+    /// Set for `kind = "muon"` only (so AdamW stages keep their keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub muon: Option<Muon>,
+}
+
+/// Muon ("MomentUm Orthogonalized by Newton-schulz", Jordan et al. 2024; as Moonlight scales
+/// it, Liu et al. 2025): each block projection's update is its Nesterov momentum made nearly
+/// orthogonal by a quintic Newton–Schulz iteration, scaled to the RMS of an AdamW update, so
+/// the stage's one `lr` (and schedule) serves the embeddings, head, norms and biases that
+/// AdamW still trains. As `torch.optim.Muon` computes it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Muon {
+    /// Default 0.95.
+    pub momentum: f64,
+    /// Default true: step along `(1 − momentum) · g + momentum · buffer`.
+    pub nesterov: bool,
+    /// Default 5 iterations.
+    pub ns_steps: u32,
+    /// Default `match-rms-adamw`: the orthogonal update of an `A × B` matrix times
+    /// `0.2 · √max(A, B)`; `original`: times `√max(1, A / B)` (Keller Jordan's, for a Muon
+    /// learning rate of its own, about 0.02).
+    pub adjust_lr: MuonScale,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -328,7 +350,8 @@ impl Stage {
 
 const DATA_KEYS: &[&str] = &["mix", "packing", "loss_on"];
 
-const OPTIM_KEYS: &[&str] = &["kind", "lr", "betas", "eps", "weight_decay", "grad_clip"];
+const OPTIM_KEYS: &[&str] =
+    &["kind", "lr", "betas", "eps", "weight_decay", "grad_clip", "momentum", "nesterov", "ns_steps", "adjust_lr"];
 
 const EVAL_KEYS: &[&str] = &["every", "batches", "by_source", "sources"];
 
@@ -744,14 +767,43 @@ fn decode_weights(cx: &mut Cx, node: &Node, path: &str, source_names: &[&str]) -
 }
 
 fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
-    let mut optim =
-        Optim { kind: "adamw".into(), lr: 3e-4, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
+    let mut optim = Optim {
+        kind: "adamw".into(),
+        lr: 3e-4,
+        betas: [0.9, 0.95],
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        muon: None,
+    };
     let Some(node) = stage.get("optim") else { return optim };
     let f = Fields::of(cx, node, &stage.child_path("optim"), OPTIM_KEYS);
     f.check_unknown(cx);
-    if let Some(k) = f.opt(cx, "kind", decode::choice(&["adamw"])) {
+    if let Some(k) = f.opt(cx, "kind", decode::choice(&["adamw", "muon"])) {
         optim.kind = k.into();
     }
+    let muon = optim.kind == "muon";
+    let momentum = f.opt(cx, "momentum", decode::float);
+    if let Some(m) = momentum {
+        check_range(cx, &f.child_path("momentum"), m, (0.0..1.0).contains(&m), "a momentum in [0, 1)");
+    }
+    let nesterov = f.opt(cx, "nesterov", decode::boolean);
+    let ns_steps = f.opt(cx, "ns_steps", decode::size(1, 99));
+    let adjust_lr = f.word::<MuonScale>(cx, "adjust_lr");
+    for (key, given) in [
+        ("momentum", momentum.is_some()),
+        ("nesterov", nesterov.is_some()),
+        ("ns_steps", ns_steps.is_some()),
+        ("adjust_lr", adjust_lr.is_some()),
+    ] {
+        only_for(cx, &f, key, given, muon, "`kind = \"muon\"`");
+    }
+    optim.muon = muon.then(|| Muon {
+        momentum: momentum.unwrap_or(0.95),
+        nesterov: nesterov.unwrap_or(true),
+        ns_steps: ns_steps.unwrap_or(5),
+        adjust_lr: adjust_lr.unwrap_or(MuonScale::MatchRmsAdamw),
+    });
     let num = |cx: &mut Cx, key: &str, slot: &mut f64, ok: fn(f64) -> bool, what: &str| {
         if let Some(v) = f.opt(cx, key, decode::float) {
             check_range(cx, &f.child_path(key), v, ok(v), what);

@@ -50,6 +50,7 @@ words!(InitKind { Stack = "stack" });
 words!(AverageKind { Ema = "ema", Lawa = "lawa" });
 words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
+words!(MuonScale { MatchRmsAdamw = "match-rms-adamw", Original = "original" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
 
 impl ChatTemplate {

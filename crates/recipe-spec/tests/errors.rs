@@ -718,3 +718,33 @@ fn a_peft_stage_may_start_from_an_adapter_that_fits() {
     let missing = replace(&starting, "from = \"adapter\"", "from = \"nowhere\"");
     assert_has(&f.errors(&missing), &["error: cannot start from adapter `nowhere`: no such folder"]);
 }
+
+/// Muon's fields, with their defaults; each is an error under AdamW.
+#[test]
+fn muon_takes_its_own_fields_and_adamw_refuses_them() {
+    let f = Fixture::new();
+    let muon = replace(
+        BASE,
+        "kind = \"pretrain\"\nsteps",
+        "kind = \"pretrain\"\noptim = { kind = \"muon\", ns_steps = 3 }\nsteps",
+    );
+    let r = f.parse(&muon, &[]).unwrap();
+    let settings = r.stage("pretrain").unwrap().optim.muon.clone().unwrap();
+    assert_eq!(
+        settings,
+        recipe_spec::Muon {
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 3,
+            adjust_lr: recipe_spec::MuonScale::MatchRmsAdamw
+        }
+    );
+    assert!(r.stage("sft").unwrap().optim.muon.is_none(), "AdamW by default");
+    let adamw = replace(BASE, "kind = \"pretrain\"\nsteps", "kind = \"pretrain\"\noptim = { momentum = 0.9 }\nsteps");
+    assert_has(
+        &f.errors(&adamw),
+        &["error: `stages.pretrain.optim.momentum` only applies with `kind = \"muon\"`", &at(&adamw, "0.9")],
+    );
+    let bad = replace(&muon, "ns_steps = 3", "momentum = 1.0, adjust_lr = \"spectral\"");
+    assert_has(&f.errors(&bad), &["expected a momentum in [0, 1), found 1", "expected one of"]);
+}

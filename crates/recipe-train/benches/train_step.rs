@@ -10,7 +10,7 @@ use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
-use recipe_train::{AdamW, LossScaler, Objective, batch_loss, gradients, loss_tokens, update};
+use recipe_train::{LossScaler, Objective, Optimizer, batch_loss, gradients, loss_tokens, update};
 
 #[global_allocator]
 static ALLOCATOR: recipe_kernels::Allocator = recipe_kernels::Allocator;
@@ -73,9 +73,16 @@ fn bench(cr: &mut Criterion) {
         };
         let model = Llama::init(&model_config, 0, &dev).expect("init");
         let batch = random_batch(c);
-        let optim =
-            Optim { kind: "adamw".into(), lr: 1e-3, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
-        let mut optimizer = AdamW::new(&optim);
+        let optim = Optim {
+            kind: "adamw".into(),
+            lr: 1e-3,
+            betas: [0.9, 0.95],
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            muon: None,
+        };
+        let mut optimizer = Optimizer::new(&optim);
         let mut group = cr.benchmark_group(format!("{} ({} params)", c.name, model.trainable_param_count()));
         group.throughput(Throughput::Elements((c.batch * c.seq) as u64));
         group.sample_size(10);
@@ -110,7 +117,7 @@ fn bench(cr: &mut Criterion) {
         for precision in [Precision::Bf16Mixed, Precision::F16Mixed, Precision::Bf16] {
             let model = Llama::init(&model_config, 0, &dev).and_then(|m| m.in_precision(Dtypes::on(precision, &dev)));
             let model = model.expect("init");
-            let mut optimizer = AdamW::new(&optim);
+            let mut optimizer = Optimizer::new(&optim);
             let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
             group.bench_function(format!("step {precision}"), |b| {
                 b.iter(|| {

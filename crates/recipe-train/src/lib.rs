@@ -10,17 +10,17 @@
 //! and recording it in the lock belong to the executor (`recipe-run`). Progress goes to an
 //! [`Observer`]; nothing here prints.
 
-mod adamw;
 mod average;
 pub mod distill;
 mod error;
 mod merge;
+mod optimizer;
 mod scaler;
 mod trainer;
 
-pub use adamw::{AdamW, clip_factor};
 pub use error::{Error, Result};
 pub use merge::{MergeRun, merge_stage};
+pub use optimizer::{Optimizer, clip_factor};
 pub use scaler::LossScaler;
 pub use trainer::{
     MicroLoss, Objective, Observer, Outcome, StageRun, StepGradients, StepMetrics, TrainState, batch_loss, build_model,

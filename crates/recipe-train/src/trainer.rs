@@ -17,10 +17,10 @@ use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_lay
 use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
-use crate::adamw::{AdamW, clip_factor};
 use crate::average::{Averager, set_weights, with_weights};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
+use crate::optimizer::{Optimizer, clip_factor};
 use crate::scaler::LossScaler;
 
 /// What a training checkpoint holds besides tensors.
@@ -163,7 +163,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         sources: if online.is_some() { stage.data.mix.len() } else { 0 },
     };
     let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
-    let mut optimizer = AdamW::new(&stage.optim);
+    let mut optimizer = Optimizer::new(&stage.optim);
     let loader_config = |split| LoaderConfig::of_stage(recipe, stage, split);
     let mut loader = Loader::new(r.stores.clone(), &loader_config(Split::Train))?;
 
@@ -564,7 +564,7 @@ fn agree_on_start(comm: &dyn Communicator, start_step: u64, checkpoints: &Path) 
 /// are. Returns the unscaled norm before clipping.
 pub fn update(
     model: &Llama,
-    optimizer: &mut AdamW,
+    optimizer: &mut Optimizer,
     grads: &[Tensor],
     lr: f64,
     loss_scale: f64,

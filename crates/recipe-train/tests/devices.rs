@@ -12,7 +12,7 @@ use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
-use recipe_train::{AdamW, LossScaler, Objective, gradients, loss_tokens, update};
+use recipe_train::{LossScaler, Objective, Optimizer, gradients, loss_tokens, update};
 
 /// Llama, Qwen2 or Qwen3, heads of 32 (a dimension the CUDA attention kernels are built for).
 fn config(arch: &str) -> Model {
@@ -69,9 +69,16 @@ const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
     let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
-    let optim =
-        Optim { kind: "adamw".into(), lr: 1e-2, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
-    let mut optimizer = AdamW::new(&optim);
+    let optim = Optim {
+        kind: "adamw".into(),
+        lr: 1e-2,
+        betas: [0.9, 0.95],
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_clip: 1.0,
+        muon: None,
+    };
+    let mut optimizer = Optimizer::new(&optim);
     let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
     let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
     // A copy: the update writes the parameters in place.
