@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::merge::Merge;
 use crate::model::Model;
 use crate::recipe::Recipe;
-use crate::stage::Stage;
+use crate::stage::{Muon, Stage};
 use crate::vocab::{MergeMethod, PeftMethod, Precision};
 
 /// Parameter counts, FLOPs and peak memory of one stage.
@@ -64,8 +64,9 @@ pub struct Memory {
     /// Model weights, with the f32 master copy under mixed precision.
     pub weights: u64,
     pub grads: u64,
-    /// AdamW's two f32 moments per trainable parameter, and the averaged copies of an
-    /// `average`d stage (one for EMA, `window` for LAWA, in f32).
+    /// AdamW's two f32 moments per trainable parameter (Muon's one momentum per matrix it
+    /// updates), and the averaged copies of an `average`d stage (one for EMA, `window` for
+    /// LAWA, in f32).
     pub optimizer: u64,
     /// Activations kept for the backward pass of one micro-batch, logits included.
     pub activations: u64,
@@ -228,6 +229,16 @@ impl Stage {
             .collect();
         let flops = phases.iter().map(|p| p.flops).sum();
 
+        // Parameters Muon updates, each with one f32 momentum where AdamW keeps two moments.
+        let muon: u64 = match (&self.optim.muon, &self.peft) {
+            (Some(_), None) => m
+                .layout()
+                .iter()
+                .filter(|(n, _, _)| Muon::updates(n) && !self.freeze.freezes(n))
+                .map(|(_, s, _)| elements(s))
+                .sum(),
+            _ => 0,
+        };
         let (weight_bytes, act_bytes) = match self.precision {
             Precision::F32 => (4, 4),
             Precision::Bf16Mixed | Precision::F16Mixed => (6, 2),
@@ -251,7 +262,7 @@ impl Stage {
         let memory = Memory {
             weights,
             grads: trainable * grad_bytes,
-            optimizer: trainable * 8
+            optimizer: trainable * 8 - muon * 4
                 + trainable * 4 * self.average.as_ref().map_or(0, |a| a.window.unwrap_or(1) as u64),
             activations,
             teachers: teacher_bytes,

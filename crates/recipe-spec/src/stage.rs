@@ -184,6 +184,15 @@ pub struct Muon {
     pub adjust_lr: MuonScale,
 }
 
+impl Muon {
+    /// Whether Muon updates the weight `name`: the projection matrices of the blocks. The
+    /// embedding and the head (which Muon's authors leave to AdamW), norms, biases and PEFT
+    /// adapters are AdamW's.
+    pub fn updates(name: &str) -> bool {
+        name.starts_with("model.layers.") && name.ends_with("_proj.weight")
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Eval {
     /// Default 0 (never): evaluate on the held-out split every this many steps, and at the end.

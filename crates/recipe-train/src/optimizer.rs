@@ -34,13 +34,6 @@ pub struct Optimizer {
 /// them): `X ← a·X + (b·A + c·A²)·X` with `A = X·Xᵀ`.
 const NEWTON_SCHULZ: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 
-/// Whether Muon updates the parameter `name`: the projection matrices of the blocks. The
-/// embedding and the head (which Muon's authors leave to AdamW), norms, biases and PEFT
-/// adapters are AdamW's.
-pub fn muon_updates(name: &str) -> bool {
-    name.starts_with("model.layers.") && name.ends_with("_proj.weight")
-}
-
 impl Optimizer {
     pub fn new(config: &Optim) -> Optimizer {
         Optimizer { config: config.clone(), moments: HashMap::new(), momenta: HashMap::new(), t: 0 }
@@ -52,7 +45,7 @@ impl Optimizer {
         self.t += 1;
         let [beta1, beta2] = self.config.betas;
         for (p, g) in params.iter().zip(grads) {
-            if let Some(muon) = self.config.muon.as_ref().filter(|_| muon_updates(&p.name)) {
+            if let Some(muon) = self.config.muon.as_ref().filter(|_| Muon::updates(&p.name)) {
                 if !self.momenta.contains_key(&p.name) {
                     let zeros = Tensor::zeros(p.var.shape(), DType::F32, p.var.device())?;
                     self.momenta.insert(p.name.clone(), Var::from_tensor(&zeros)?);
