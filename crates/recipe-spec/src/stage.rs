@@ -182,6 +182,10 @@ pub struct Muon {
     /// `0.2 · √max(A, B)`; `original`: times `√max(1, A / B)` (Keller Jordan's, for a Muon
     /// learning rate of its own, about 0.02).
     pub adjust_lr: MuonScale,
+    /// Default: `lr`. The peak learning rate of the parameters AdamW trains, when they want
+    /// their own (with `adjust_lr = "original"`); the schedule scales both alike.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adamw_lr: Option<f64>,
 }
 
 impl Muon {
@@ -359,8 +363,19 @@ impl Stage {
 
 const DATA_KEYS: &[&str] = &["mix", "packing", "loss_on"];
 
-const OPTIM_KEYS: &[&str] =
-    &["kind", "lr", "betas", "eps", "weight_decay", "grad_clip", "momentum", "nesterov", "ns_steps", "adjust_lr"];
+const OPTIM_KEYS: &[&str] = &[
+    "kind",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "grad_clip",
+    "momentum",
+    "nesterov",
+    "ns_steps",
+    "adjust_lr",
+    "adamw_lr",
+];
 
 const EVAL_KEYS: &[&str] = &["every", "batches", "by_source", "sources"];
 
@@ -799,7 +814,12 @@ fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
     let nesterov = f.opt(cx, "nesterov", decode::boolean);
     let ns_steps = f.opt(cx, "ns_steps", decode::size(1, 99));
     let adjust_lr = f.word::<MuonScale>(cx, "adjust_lr");
+    let adamw_lr = f.opt(cx, "adamw_lr", decode::float);
+    if let Some(lr) = adamw_lr {
+        check_range(cx, &f.child_path("adamw_lr"), lr, lr > 0.0, "a learning rate > 0");
+    }
     for (key, given) in [
+        ("adamw_lr", adamw_lr.is_some()),
         ("momentum", momentum.is_some()),
         ("nesterov", nesterov.is_some()),
         ("ns_steps", ns_steps.is_some()),
@@ -812,6 +832,7 @@ fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
         nesterov: nesterov.unwrap_or(true),
         ns_steps: ns_steps.unwrap_or(5),
         adjust_lr: adjust_lr.unwrap_or(MuonScale::MatchRmsAdamw),
+        adamw_lr,
     });
     let num = |cx: &mut Cx, key: &str, slot: &mut f64, ok: fn(f64) -> bool, what: &str| {
         if let Some(v) = f.opt(cx, key, decode::float) {

@@ -736,7 +736,8 @@ fn muon_takes_its_own_fields_and_adamw_refuses_them() {
             momentum: 0.95,
             nesterov: true,
             ns_steps: 3,
-            adjust_lr: recipe_spec::MuonScale::MatchRmsAdamw
+            adjust_lr: recipe_spec::MuonScale::MatchRmsAdamw,
+            adamw_lr: None
         }
     );
     assert!(r.stage("sft").unwrap().optim.muon.is_none(), "AdamW by default");

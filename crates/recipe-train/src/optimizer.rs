@@ -44,6 +44,11 @@ impl Optimizer {
     pub fn step(&mut self, params: &[Param], grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         self.t += 1;
         let [beta1, beta2] = self.config.betas;
+        // Beside Muon, AdamW's own peak, on the same schedule.
+        let adamw_lr = match self.config.muon.as_ref().and_then(|m| m.adamw_lr) {
+            Some(peak) => lr * peak / self.config.lr,
+            None => lr,
+        };
         for (p, g) in params.iter().zip(grads) {
             if let Some(muon) = self.config.muon.as_ref().filter(|_| Muon::updates(&p.name)) {
                 if !self.momenta.contains_key(&p.name) {
@@ -58,7 +63,7 @@ impl Optimizer {
                 self.moments.insert(p.name.clone(), adamw_moments(&p.var)?);
             }
             let step = AdamWStep {
-                lr,
+                lr: adamw_lr,
                 beta1,
                 beta2,
                 eps: self.config.eps,
@@ -230,7 +235,8 @@ mod tests {
     }
 
     fn muon_optim(nesterov: bool, adjust_lr: MuonScale) -> Optim {
-        Optim { kind: "muon".into(), muon: Some(Muon { momentum: 0.9, nesterov, ns_steps: 5, adjust_lr }), ..optim() }
+        let muon = Muon { momentum: 0.9, nesterov, ns_steps: 5, adjust_lr, adamw_lr: None };
+        Optim { kind: "muon".into(), muon: Some(muon), ..optim() }
     }
 
     /// `a · b` of row-major matrices `[n, k]` and `[k, m]`.
@@ -304,6 +310,27 @@ mod tests {
                 assert!(opt.moments.is_empty(), "Muon's matrices take no AdamW moments");
             }
         }
+    }
+
+    /// Beside Muon, AdamW's parameters take `adamw_lr` where it is given, on the same schedule.
+    #[test]
+    fn adamw_parameters_beside_muon_take_their_own_peak() {
+        let grads = [0.3, -1.2, 0.05];
+        let mut o = muon_optim(true, MuonScale::Original);
+        o.muon.as_mut().unwrap().adamw_lr = Some(0.3);
+        let mut opt = Optimizer::new(&o);
+        let params = [Param {
+            name: "model.norm.weight".into(),
+            var: Var::from_slice(&[1.5f32], 1, &Device::Cpu).unwrap(),
+            decay: true,
+        }];
+        // Half way down the schedule: the stage's lr 0.1 at 0.05, so AdamW's 0.3 at 0.15.
+        for g in grads {
+            opt.step(&params, &[Tensor::from_slice(&[g as f32], 1, &Device::Cpu).unwrap()], 0.05, 1.0).unwrap();
+        }
+        let expected = reference(1.5, &grads, &Optim { lr: 0.15, ..optim() }, true);
+        let got = params[0].var.to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
     }
 
     /// Muon on the blocks' projections, AdamW on the rest, and a checkpoint in between
