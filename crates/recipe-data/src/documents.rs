@@ -209,31 +209,47 @@ fn parse_jsonl(file: &Path, line: usize, bytes: &[u8], field: &str) -> Result<Do
     }
 }
 
+/// A conversation in any of the three layouts chat datasets come in: OpenAI's `messages`
+/// (`role` and `content`), ShareGPT's `conversations` (`from` human, gpt or system and
+/// `value`; or `role` and `content`), or Alpaca's `instruction`, optional `input` and
+/// `output` (one user turn, the two joined by a blank line, and the answer).
 fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
     let value = parse_json(file, line, bytes)?;
-    let messages = value
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| DataError::at_line(file, line, "missing field `messages` (an array)"))?;
+    let bad = |why: String| DataError::at_line(file, line, why);
+    if value.get("messages").is_none() && value.get("conversations").is_none() && value.get("instruction").is_some() {
+        let text = |key: &str| value.get(key).and_then(Value::as_str);
+        let instruction = text("instruction").ok_or_else(|| bad("`instruction` is not a string".into()))?;
+        let output =
+            text("output").ok_or_else(|| bad("an Alpaca record (`instruction`) needs a string `output`".into()))?;
+        let prompt = match text("input").filter(|input| !input.trim().is_empty()) {
+            Some(input) => format!("{instruction}\n\n{input}"),
+            None => instruction.to_string(),
+        };
+        let turn = |role, content: String| Message { role, content };
+        return Ok(Doc::Chat(vec![turn(Role::User, prompt), turn(Role::Assistant, output.to_string())]));
+    }
+    let (key, messages) = ["messages", "conversations"]
+        .into_iter()
+        .find_map(|key| Some((key, value.get(key)?.as_array()?)))
+        .ok_or_else(|| {
+            bad("missing field `messages` (an array; or ShareGPT's `conversations`, or Alpaca's `instruction` and `output`)".into())
+        })?;
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let role = match m.get("role").and_then(Value::as_str) {
+        let (role_key, content_key) = if m.get("from").is_some() { ("from", "value") } else { ("role", "content") };
+        let role = match m.get(role_key).and_then(Value::as_str) {
             Some("system") => Role::System,
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
+            Some("user" | "human") => Role::User,
+            Some("assistant" | "gpt") => Role::Assistant,
             Some(other) => {
-                return Err(DataError::at_line(
-                    file,
-                    line,
-                    format!("messages[{i}].role is `{other}`; expected system, user or assistant"),
-                ));
+                return Err(bad(format!("{key}[{i}].{role_key} is `{other}`; expected system, user or assistant")));
             }
-            None => return Err(DataError::at_line(file, line, format!("messages[{i}] has no string `role`"))),
+            None => return Err(bad(format!("{key}[{i}] has no string `{role_key}`"))),
         };
         let content = m
-            .get("content")
+            .get(content_key)
             .and_then(Value::as_str)
-            .ok_or_else(|| DataError::at_line(file, line, format!("messages[{i}] has no string `content`")))?;
+            .ok_or_else(|| bad(format!("{key}[{i}] has no string `{content_key}`")))?;
         out.push(Message { role, content: content.to_string() });
     }
     Ok(Doc::Chat(out))

@@ -436,11 +436,41 @@ fn bad_input_names_file_and_line() {
         .unwrap_err();
     assert_eq!(err, "DIR/a.dat:1: messages[0].role is `bot`; expected system, user or assistant");
     let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"msgs\":[]}\n")]).unwrap_err();
-    assert_eq!(err, "DIR/a.dat:1: missing field `messages` (an array)");
+    assert_eq!(
+        err,
+        "DIR/a.dat:1: missing field `messages` (an array; or ShareGPT's `conversations`, or Alpaca's `instruction` \
+         and `output`)"
+    );
+    let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"conversations\":[{\"from\":\"bot\",\"value\":\"x\"}]}\n")])
+        .unwrap_err();
+    assert_eq!(err, "DIR/a.dat:1: conversations[0].from is `bot`; expected system, user or assistant");
+    let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"instruction\":\"x\"}\n")]).unwrap_err();
+    assert_eq!(err, "DIR/a.dat:1: an Alpaca record (`instruction`) needs a string `output`");
     let err = bad_source("text", "", &[("a.dat", b"")]).unwrap_err();
     assert_eq!(err, "source `s` has no documents (0 records skipped, 1 empty)");
     let err = bad_source("tokens", "", &[("a.dat", &[1, 0, 2, 0]), ("a.idx", &[0; 8])]).unwrap_err();
     assert_eq!(err, "DIR/a.idx: expected n_docs + 1 little-endian u64 offsets");
+}
+
+/// Chat data in ShareGPT's and Alpaca's layouts reads as the same conversations as OpenAI's.
+#[test]
+fn sharegpt_and_alpaca_records_are_conversations_too() {
+    use recipe_data::{Message, Role};
+    let turn = |role, content: &str| Message { role, content: content.into() };
+    let openai = br#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#;
+    let sharegpt = br#"{"conversations":[{"from":"system","value":"Be brief."},{"from":"human","value":"Hi"},{"from":"gpt","value":"Hello."}]}"#;
+    let want = vec![turn(Role::System, "Be brief."), turn(Role::User, "Hi"), turn(Role::Assistant, "Hello.")];
+    for record in [&openai[..], &sharegpt[..]] {
+        assert_eq!(bad_source("chat-jsonl", "", &[("a.dat", record)]).unwrap().docs, [Doc::Chat(want.clone())]);
+    }
+    let alpaca = b"{\"instruction\":\"Add.\",\"input\":\"2 + 2\",\"output\":\"4\"}\n{\"instruction\":\"Greet.\",\"input\":\"\",\"output\":\"Hello.\"}\n";
+    assert_eq!(
+        bad_source("chat-jsonl", "", &[("a.dat", alpaca)]).unwrap().docs,
+        [
+            Doc::Chat(vec![turn(Role::User, "Add.\n\n2 + 2"), turn(Role::Assistant, "4")]),
+            Doc::Chat(vec![turn(Role::User, "Greet."), turn(Role::Assistant, "Hello.")]),
+        ]
+    );
 }
 
 /// Files as Windows tools write them: a byte-order mark first, CRLF line endings.
