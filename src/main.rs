@@ -86,6 +86,10 @@ enum Verb {
         /// `config.json` beside it, or a `.gguf` file.
         #[arg(long, conflicts_with_all = ["recipe", "stage"])]
         model: Option<String>,
+        /// With `--model`: a `peft` LoRA or DoRA adapter folder (or a cached hub id) to sample
+        /// the model with, as `peft` applies it.
+        #[arg(long, requires = "model")]
+        adapter: Option<String>,
         /// The text to continue.
         #[arg(long)]
         prompt: String,
@@ -300,9 +304,24 @@ fn main() -> ExitCode {
         Verb::Train { recipe, stage, device, tensorboard } => {
             train::run(&recipe.recipe, &recipe.overrides.sets, &cli.runs, stage.as_deref(), device, *tensorboard)
         }
-        Verb::Sample { recipe, overrides, stage, model, prompt, max_tokens, temperature, top_p, seed, chat } => {
+        Verb::Sample {
+            recipe,
+            overrides,
+            stage,
+            model,
+            adapter,
+            prompt,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            chat,
+        } => {
+            let here = |written: &String| recipe_spec::hub::locate(Path::new(""), written);
             let from = match (model, recipe, stage) {
-                (Some(written), _, _) => sample::From::Checkpoint(recipe_spec::hub::locate(Path::new(""), written)),
+                (Some(written), _, _) => {
+                    sample::From::Checkpoint { model: here(written), adapter: adapter.as_ref().map(here) }
+                }
                 (None, Some(recipe), Some(stage)) => sample::From::Stage { recipe, sets: &overrides.sets, stage },
                 _ => unreachable!("clap requires a recipe and a stage, or a model"),
             };

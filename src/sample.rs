@@ -9,14 +9,22 @@ use recipe_data::{Message, Role, TOKENIZER_FILE, Tok, chat_prompt};
 use recipe_graph::RunDir;
 use recipe_model::{Llama, Sampling, generate};
 use recipe_run::{load_tokenizer, recipe_tokenizer};
-use recipe_spec::{CheckpointFormat, CheckpointReader, TokenizerFile};
+use recipe_spec::{CheckpointFormat, CheckpointReader, Peft, TokenizerFile};
 
 use crate::{Failure, load};
 
 /// What to sample.
 pub enum From<'a> {
-    Stage { recipe: &'a Path, sets: &'a [String], stage: &'a str },
-    Checkpoint(PathBuf),
+    Stage {
+        recipe: &'a Path,
+        sets: &'a [String],
+        stage: &'a str,
+    },
+    /// A model, with a `peft` adapter on it or not.
+    Checkpoint {
+        model: PathBuf,
+        adapter: Option<PathBuf>,
+    },
 }
 
 pub struct SampleArgs<'a> {
@@ -32,7 +40,7 @@ pub struct SampleArgs<'a> {
 pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
     let (model, tok) = match a.from {
-        From::Checkpoint(ref path) => checkpoint(path)?,
+        From::Checkpoint { ref model, ref adapter } => checkpoint(model, adapter.as_deref())?,
         From::Stage { recipe, sets, stage } => stage_model(recipe, sets, stage, runs)?,
     };
     let (prompt, stop) = match a.chat {
@@ -84,8 +92,8 @@ fn stage_model(path: &Path, sets: &[String], name: &str, runs: &Path) -> Result<
     Ok((model, recipe_tokenizer(&recipe, &graph, &run).map_err(|e| fail(&e))?))
 }
 
-/// A checkpoint on disk, with the tokenizer stored with it.
-fn checkpoint(path: &Path) -> Result<(Llama, Tok), Failure> {
+/// A checkpoint on disk, with the tokenizer stored with it, and a `peft` adapter on it if asked.
+fn checkpoint(path: &Path, adapter: Option<&Path>) -> Result<(Llama, Tok), Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("cannot sample {}: {e}", path.display()));
     let info = Headers.inspect(path).map_err(|e| fail(&e))?;
     if info.kv_width_of_unknown_heads.is_some() {
@@ -99,6 +107,23 @@ fn checkpoint(path: &Path) -> Result<(Llama, Tok), Failure> {
     };
     let config = info.arch.resolve(None);
     let weights = load_checkpoint(path, info.format, &config).map_err(|e| fail(&e))?;
-    let model = Llama::frozen(&config, weights, &Device::Cpu).map_err(|e| fail(&e))?;
+    let model = match adapter {
+        None => Llama::frozen(&config, weights, &Device::Cpu).map_err(|e| fail(&e))?,
+        Some(dir) => {
+            let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("cannot apply adapter {}: {e}", dir.display()));
+            let info = Headers.adapter(dir).map_err(|e| fail(&e))?;
+            let peft = Peft {
+                method: info.method,
+                rank: info.rank,
+                alpha: info.alpha,
+                dropout: 0.0,
+                targets: info.targets.clone(),
+                relora: None,
+                from: Some(dir.display().to_string()),
+                adapter: Some((dir.to_path_buf(), info)),
+            };
+            Llama::with_lora(&config, weights, &peft, 0, &Device::Cpu).map_err(|e| fail(&e))?
+        }
+    };
     Ok((model, load_tokenizer(&tokenizer).map_err(|e| fail(&e))?))
 }

@@ -744,4 +744,22 @@ fn a_lora_stage_exports_merged_or_as_a_peft_adapter_and_samples_in_chatml() {
     let sample = ["sample", p, "--stage", "tune", "--chat", "--prompt", "Hello", "--temperature", "0"];
     let out = recipe(&sample, &runs);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The base model with the adapter on it says what the stage says (the same arithmetic).
+    let base_dir = dir.path().join("base");
+    let out = recipe(&["export", p, "--stage", "pretrain", "--out", base_dir.to_str().unwrap()], &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let greedy = ["--prompt", "The whale", "--max-tokens", "12", "--temperature", "0"];
+    let with_adapter = ["sample", "--model", base_dir.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()];
+    let out = recipe(&[&with_adapter[..], &greedy[..]].concat(), &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_stage = recipe(&[&["sample", p, "--stage", "tune"][..], &greedy[..]].concat(), &runs);
+    assert_eq!(out.stdout, from_stage.stdout);
+    let misfit = recipe(
+        &[&["sample", "--model", merged.to_str().unwrap(), "--adapter", base_dir.to_str().unwrap()][..], &greedy[..]]
+            .concat(),
+        &runs,
+    );
+    assert_eq!(misfit.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&misfit.stderr).contains("cannot apply adapter"));
 }

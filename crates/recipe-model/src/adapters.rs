@@ -134,13 +134,22 @@ impl Llama {
                     let magnitude = magnitude_name(name);
                     let (a_init, b_init, m_init) = match &mut start {
                         Some(tensors) => {
-                            let mut take = |n: &str| {
+                            let mut take = |n: &str, shape: &[usize]| {
                                 let t =
                                     tensors.remove(n).ok_or_else(|| Error::Msg(format!("the adapter has no {n}")))?;
+                                if t.dims() != shape {
+                                    let found = t.dims().to_vec();
+                                    return Err(Error::Msg(format!(
+                                        "the adapter's {n} is {found:?}, the model needs {shape:?}"
+                                    )));
+                                }
                                 t.to_dtype(DType::F32)?.to_device(device)
                             };
-                            let m = if lora.method == PeftMethod::Dora { Some(take(&magnitude)?) } else { None };
-                            (take(&a)?, take(&b)?, m)
+                            let m = match lora.method {
+                                PeftMethod::Dora => Some(take(&magnitude, &[*out])?),
+                                _ => None,
+                            };
+                            (take(&a, &[r, *input])?, take(&b, &[*out, r])?, m)
                         }
                         None => {
                             let a_init = uniform_values(&mut rng, r * input, 1.0 / (*input as f64).sqrt());
