@@ -9,6 +9,8 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `qwen2`: a `Qwen2ForCausalLM` (biases on the query, key and value projections) with tied
   embeddings and a base of 1e6, as Qwen2.5's small models have;
 - `mistral`: a `MistralForCausalLM` whose sliding window (32) is a third of the tokens;
+- `phi3`: a `Phi3ForCausalLM` (the query, key and value projections in one matrix, the gate and
+  up projections in another) with a sliding window of 48;
 - `qwen3`: a `Qwen3ForCausalLM` (an RMSNorm over each query and key head) whose heads of 32
   are wider together (128) than the model (64), as Qwen3's are.
 and two `peft` adapters over `qwen3`, saved by `peft` with random `A` and `B` (so that they
@@ -33,6 +35,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -110,6 +114,7 @@ save(os.path.join(root, "llama3-rope"), LlamaForCausalLM(llama3))
 qwen2 = Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)
 save(os.path.join(root, "qwen2"), Qwen2ForCausalLM(qwen2))
 save(os.path.join(root, "mistral"), MistralForCausalLM(MistralConfig(**SHAPES, sliding_window=32)))
+save(os.path.join(root, "phi3"), Phi3ForCausalLM(Phi3Config(**SHAPES, sliding_window=48, pad_token_id=None, eos_token_id=2)))
 qwen3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 save(os.path.join(root, "qwen3"), Qwen3ForCausalLM(qwen3))
 lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

@@ -46,6 +46,12 @@ fn read_rope(c: &Value) -> Result<(f64, Option<RopeScaling>), String> {
         Value::Null => (&c["rope_theta"], &c["rope_scaling"]),
         parameters => (&parameters["rope_theta"], parameters),
     };
+    let partial = scaling["partial_rotary_factor"].as_f64().or(c["partial_rotary_factor"].as_f64());
+    if partial.is_some_and(|p| p != 1.0) {
+        return Err(format!(
+            "its config.json rotates a part of each head (partial_rotary_factor {partial:?}); only whole heads are"
+        ));
+    }
     let theta = match theta {
         Value::Null => 10000.0,
         theta => theta.as_f64().filter(|t| *t > 0.0).ok_or(format!("its rope_theta ({theta}) is not a number > 0"))?,
@@ -98,18 +104,21 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     // than the window, over which sliding-window attention is full causal attention.
     let model_type = c["model_type"].as_str().unwrap_or("");
     let arch = match model_type {
-        "llama" | "mistral" => "llama",
+        // Phi-3 is Mistral with the query, key and value projections in one matrix and the
+        // gate and up projections in another, which loading splits (`weights::unfused`).
+        "llama" | "mistral" | "phi3" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, qwen2 and qwen3 can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, phi3, qwen2 and qwen3 can be imported"
             ));
         }
     };
     let layer_types = c["layer_types"].as_array().filter(|types| !types.is_empty());
     let use_sliding_window = c["use_sliding_window"].as_bool() == Some(true);
     let every_layer_slides = model_type == "mistral"
+        || model_type == "phi3"
         || layer_types.is_some_and(|types| types.iter().all(|t| t == "sliding_attention"))
         || (use_sliding_window && c["max_window_layers"].as_u64() == Some(0));
     let some_layers_slide =
@@ -445,7 +454,7 @@ mod tests {
         let all_types = r#", "sliding_window": 32, "layer_types": ["sliding_attention", "sliding_attention"]"#;
         assert_eq!(read("qwen2", all_types), qwen2(128, Some(32)));
         let gemma = read("gemma2", "").unwrap_err();
-        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, qwen2 and qwen3"#), "{gemma}");
+        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, phi3, qwen2 and qwen3"#), "{gemma}");
     }
 
     /// The rotary base and scaling as each `transformers` version spells them.
@@ -482,5 +491,12 @@ mod tests {
         assert!(yarn.contains("`yarn` rotary scaling") && yarn.contains("only `linear` and `llama3`"), "{yarn}");
         let partial = read(r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#).unwrap_err();
         assert!(partial.contains("lacks the number `low_freq_factor`"), "{partial}");
+        // Phi-4-mini rotates three quarters of each head; Phi-3's long-context models use LongRoPE.
+        let phi4 =
+            read(r#""rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}"#);
+        assert!(phi4.unwrap_err().contains("partial_rotary_factor Some(0.75)"));
+        assert_eq!(read(r#""partial_rotary_factor": 1.0"#), Ok((10000.0, None)));
+        let longrope = read(r#""rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}"#);
+        assert!(longrope.unwrap_err().contains("`longrope` rotary scaling"));
     }
 }

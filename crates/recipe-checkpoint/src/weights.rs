@@ -25,7 +25,34 @@ pub fn load_checkpoint(path: &Path, format: CheckpointFormat, config: &Model) ->
         CheckpointFormat::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)?.into_iter().collect(),
         CheckpointFormat::Gguf => gguf::tensors(path, config)?,
     };
+    let tensors = unfused(tensors, config)?;
     tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect()
+}
+
+/// Phi-3's fused projections split into Llama's: `qkv_proj` into the query, key and value
+/// projections (rows by head counts), `gate_up_proj` into the gate's rows, then the up
+/// projection's. Every other tensor is kept.
+fn unfused(tensors: Vec<(String, Tensor)>, config: &Model) -> Result<Vec<(String, Tensor)>> {
+    let hd = config.head_dim() as usize;
+    let (q, kv) = (config.n_heads as usize * hd, config.n_kv_heads as usize * hd);
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        if let Some(stem) = name.strip_suffix(".qkv_proj.weight") {
+            if t.dim(0)? != q + 2 * kv {
+                candle_core::bail!("{name} has {} rows, the heads need {}", t.dim(0)?, q + 2 * kv);
+            }
+            for (part, start, rows) in [("q_proj", 0, q), ("k_proj", q, kv), ("v_proj", q + kv, kv)] {
+                out.push((format!("{stem}.{part}.weight"), t.narrow(0, start, rows)?));
+            }
+        } else if let Some(stem) = name.strip_suffix(".gate_up_proj.weight") {
+            let ff = t.dim(0)? / 2;
+            out.push((format!("{stem}.gate_proj.weight"), t.narrow(0, 0, ff)?));
+            out.push((format!("{stem}.up_proj.weight"), t.narrow(0, ff, ff)?));
+        } else {
+            out.push((name, t));
+        }
+    }
+    Ok(out)
 }
 
 /// The weight files of a model folder: the shards its index names, or `model.safetensors`.

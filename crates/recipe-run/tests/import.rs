@@ -180,6 +180,13 @@ fn a_transformers_mistral_checkpoint_computes_its_reference_logits() {
     assert_eq!((config.arch.as_str(), config.max_seq_len, config.sliding_window), ("llama", 128, Some(32)));
 }
 
+/// Phi-3: Mistral with fused query/key/value and gate/up projections, split on loading.
+#[test]
+fn a_transformers_phi3_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("phi3");
+    assert_eq!((config.arch.as_str(), config.sliding_window, config.d_ff), ("llama", Some(48), 96));
+}
+
 /// Qwen3: each query and key head RMS-normalised, heads wider together than the model.
 #[test]
 fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
