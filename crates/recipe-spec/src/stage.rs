@@ -165,6 +165,13 @@ pub struct Optim {
     pub muon: Option<Muon>,
 }
 
+impl Optim {
+    /// AdamW at peak learning rate `lr`, every other field at its default.
+    pub fn adamw(lr: f64) -> Optim {
+        Optim { kind: "adamw".into(), lr, betas: [0.9, 0.95], eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0, muon: None }
+    }
+}
+
 /// Muon ("MomentUm Orthogonalized by Newton-schulz", Jordan et al. 2024; as Moonlight scales
 /// it, Liu et al. 2025): each block projection's update is its Nesterov momentum made nearly
 /// orthogonal by a quintic Newton–Schulz iteration, scaled to the RMS of an AdamW update, so
@@ -791,15 +798,7 @@ fn decode_weights(cx: &mut Cx, node: &Node, path: &str, source_names: &[&str]) -
 }
 
 fn decode_optim(cx: &mut Cx, stage: &Fields) -> Optim {
-    let mut optim = Optim {
-        kind: "adamw".into(),
-        lr: 3e-4,
-        betas: [0.9, 0.95],
-        eps: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        muon: None,
-    };
+    let mut optim = Optim::adamw(3e-4);
     let Some(node) = stage.get("optim") else { return optim };
     let f = Fields::of(cx, node, &stage.child_path("optim"), OPTIM_KEYS);
     f.check_unknown(cx);

@@ -73,15 +73,7 @@ fn bench(cr: &mut Criterion) {
         };
         let model = Llama::init(&model_config, 0, &dev).expect("init");
         let batch = random_batch(c);
-        let optim = Optim {
-            kind: "adamw".into(),
-            lr: 1e-3,
-            betas: [0.9, 0.95],
-            eps: 1e-8,
-            weight_decay: 0.1,
-            grad_clip: 1.0,
-            muon: None,
-        };
+        let optim = Optim::adamw(1e-3);
         let mut optimizer = Optimizer::new(&optim);
         let mut group = cr.benchmark_group(format!("{} ({} params)", c.name, model.trainable_param_count()));
         group.throughput(Throughput::Elements((c.batch * c.seq) as u64));

@@ -189,15 +189,7 @@ mod tests {
     use super::*;
 
     fn optim() -> Optim {
-        Optim {
-            kind: "adamw".into(),
-            lr: 0.1,
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.5,
-            grad_clip: 1.0,
-            muon: None,
-        }
+        Optim { betas: [0.9, 0.999], weight_decay: 0.5, ..Optim::adamw(0.1) }
     }
 
     /// The textbook update, in f64, written the long way.

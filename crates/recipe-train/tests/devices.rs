@@ -69,15 +69,7 @@ const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
 
 fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
     let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
-    let optim = Optim {
-        kind: "adamw".into(),
-        lr: 1e-2,
-        betas: [0.9, 0.95],
-        eps: 1e-8,
-        weight_decay: 0.1,
-        grad_clip: 1.0,
-        muon: None,
-    };
+    let optim = Optim::adamw(1e-2);
     let mut optimizer = Optimizer::new(&optim);
     let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
     let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
