@@ -11,6 +11,7 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `mistral`: a `MistralForCausalLM` whose sliding window (32) is a third of the tokens;
 - `phi3`: a `Phi3ForCausalLM` (the query, key and value projections in one matrix, the gate and
   up projections in another) with a sliding window of 48;
+- `smollm3`: a `SmolLM3ForCausalLM` whose second layer uses no positions (NoPE);
 - `qwen3`: a `Qwen3ForCausalLM` (an RMSNorm over each query and key head) whose heads of 32
   are wider together (128) than the model (64), as Qwen3's are.
 and two `peft` adapters over `qwen3`, saved by `peft` with random `A` and `B` (so that they
@@ -41,6 +42,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 SHAPES = dict(
@@ -115,6 +118,8 @@ qwen2 = Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)
 save(os.path.join(root, "qwen2"), Qwen2ForCausalLM(qwen2))
 save(os.path.join(root, "mistral"), MistralForCausalLM(MistralConfig(**SHAPES, sliding_window=32)))
 save(os.path.join(root, "phi3"), Phi3ForCausalLM(Phi3Config(**SHAPES, sliding_window=48, pad_token_id=None, eos_token_id=2)))
+smollm3 = SmolLM3Config(**SHAPES, no_rope_layers=[1, 0], pad_token_id=None, bos_token_id=1, eos_token_id=2)
+save(os.path.join(root, "smollm3"), SmolLM3ForCausalLM(smollm3))
 qwen3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 save(os.path.join(root, "qwen3"), Qwen3ForCausalLM(qwen3))
 lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

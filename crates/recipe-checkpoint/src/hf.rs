@@ -106,12 +106,13 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let arch = match model_type {
         // Phi-3 is Mistral with the query, key and value projections in one matrix and the
         // gate and up projections in another, which loading splits (`weights::unfused`).
-        "llama" | "mistral" | "phi3" => "llama",
+        // SmolLM3 is Llama with some layers that use no positions (`no_rope_layers`).
+        "llama" | "mistral" | "phi3" | "smollm3" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, phi3, qwen2 and qwen3 can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, phi3, qwen2, qwen3 and smollm3 can be imported"
             ));
         }
     };
@@ -150,6 +151,13 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         let field = if every_layer_slides { "sliding_window" } else { "max_seq_len" };
         fields.insert(field.into(), window.into());
     }
+    // `no_rope_layers`: 1 where a layer rotates, 0 where it does not.
+    if let Some(flags) = c["no_rope_layers"].as_array() {
+        let nope: Vec<u32> = (0..).zip(flags).filter(|(_, f)| f.as_u64() == Some(0)).map(|(i, _)| i).collect();
+        if !nope.is_empty() {
+            fields.insert("nope_layers".into(), nope.into());
+        }
+    }
     let (rope_theta, rope_scaling) = read_rope(&c)?;
     let spec = ModelSpec {
         rope_theta: Some(rope_theta),
@@ -177,6 +185,7 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     let (class, model_type) = match (model.arch.as_str(), model.sliding_window) {
         ("qwen2", _) => ("Qwen2ForCausalLM", "qwen2"),
         ("qwen3", _) => ("Qwen3ForCausalLM", "qwen3"),
+        _ if model.nope_layers.is_some() => ("SmolLM3ForCausalLM", "smollm3"),
         // `transformers`' Llama has no sliding window; Mistral is Llama with one.
         (_, Some(_)) => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
@@ -187,6 +196,8 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
         "head_dim": model.head_dim(),
         "hidden_act": "silu",
         "bos_token_id": eos.first(),
+        // No padding token: some classes (SmolLM3's) would otherwise assume one.
+        "pad_token_id": null,
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
         "torch_dtype": torch_dtype(dtype),
     });
@@ -194,10 +205,13 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
         config["attention_bias"] = false.into();
         config["mlp_bias"] = false.into();
     }
+    if model.nope_layers.is_some() {
+        config["no_rope_layers"] = (0..model.n_layers).map(|l| u32::from(model.rotates(l))).collect::<Vec<_>>().into();
+    }
     if let Some(window) = model.sliding_window {
         config["sliding_window"] = window.into();
-        if model.arch != "llama" {
-            // Every layer, as Qwen's configurations say it.
+        if model_type != "mistral" {
+            // Every layer, as the Qwen and SmolLM3 configurations say it.
             config["use_sliding_window"] = true.into();
             config["max_window_layers"] = 0.into();
             config["layer_types"] = vec!["sliding_attention"; model.n_layers as usize].into();
@@ -454,7 +468,7 @@ mod tests {
         let all_types = r#", "sliding_window": 32, "layer_types": ["sliding_attention", "sliding_attention"]"#;
         assert_eq!(read("qwen2", all_types), qwen2(128, Some(32)));
         let gemma = read("gemma2", "").unwrap_err();
-        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, phi3, qwen2 and qwen3"#), "{gemma}");
+        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, phi3, qwen2, qwen3 and smollm3"#), "{gemma}");
     }
 
     /// The rotary base and scaling as each `transformers` version spells them.

@@ -1,7 +1,7 @@
 //! The Llama-style decoder: token embedding, pre-norm blocks of RMSNorm → grouped-query causal
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
 //! untied output head; `qwen2` adds a bias to the query, key and value projections, `qwen3` an
-//! RMSNorm over each query and key head. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
+//! RMSNorm over each query and key head; the `nope_layers` (SmolLM3's) skip the rotation. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
 //! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
 //! projection, RMSNorm, rotary embedding, attention and SwiGLU of `recipe-kernels`. Tensors
 //! carry Hugging Face names.
@@ -419,8 +419,10 @@ impl Llama {
             };
             heads(y, n)
         };
-        let q = recipe_kernels::rope(&normed_heads(qkv("self_attn.q_proj")?, h, "self_attn.q_norm")?, cos, sin)?;
-        let mut k = recipe_kernels::rope(&normed_heads(qkv("self_attn.k_proj")?, kvh, "self_attn.k_norm")?, cos, sin)?;
+        // A NoPE layer attends without positions: no rotation.
+        let rotated = |x: Tensor| if c.rotates(i as u32) { recipe_kernels::rope(&x, cos, sin) } else { Ok(x) };
+        let q = rotated(normed_heads(qkv("self_attn.q_proj")?, h, "self_attn.q_norm")?)?;
+        let mut k = rotated(normed_heads(qkv("self_attn.k_proj")?, kvh, "self_attn.k_norm")?)?;
         let mut v = heads(qkv("self_attn.v_proj")?, kvh)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {

@@ -26,6 +26,7 @@ fn config() -> Model {
         rope_theta: 10000.0,
         rope_scaling: None,
         sliding_window: None,
+        nope_layers: None,
         norm_eps: 1e-5,
         init_std: 0.3,
         from: None,

@@ -187,6 +187,13 @@ fn a_transformers_phi3_checkpoint_computes_its_reference_logits() {
     assert_eq!((config.arch.as_str(), config.sliding_window, config.d_ff), ("llama", Some(48), 96));
 }
 
+/// SmolLM3: Llama whose second layer attends without positions.
+#[test]
+fn a_transformers_smollm3_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("smollm3");
+    assert_eq!((config.arch.as_str(), config.nope_layers.clone()), ("llama", Some(vec![1])));
+}
+
 /// Qwen3: each query and key head RMS-normalised, heads wider together than the model.
 #[test]
 fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {

@@ -165,7 +165,15 @@ pub(crate) fn import_architecture(
         (Some([start, end]), _) => Some(end - start),
         (None, all) => all,
     };
+    // A slice of the layers keeps the NoPE layers within it, renumbered.
+    let nope_layers = match (spec.layers, arch.nope_layers.take()) {
+        (Some([start, end]), Some(nope)) => {
+            Some(nope.into_iter().filter(|l| (start..end).contains(l)).map(|l| l - start).collect())
+        }
+        (_, nope) => nope,
+    };
     let merged = ModelSpec {
+        nope_layers,
         max_seq_len,
         init_std: spec.init_std,
         from: spec.from.clone(),

@@ -21,6 +21,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "rope_theta",
     "rope_scaling",
     "sliding_window",
+    "nope_layers",
     "norm_eps",
     "init_std",
     "from",
@@ -66,6 +67,8 @@ pub struct ModelSpec {
     pub rope_scaling: Option<RopeScaling>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nope_layers: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub norm_eps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +117,11 @@ pub struct Model {
     /// from the key when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<u32>,
+    /// Default none: every layer rotates its queries and keys. The layers (from 0, in order)
+    /// that use no positional encoding at all (NoPE), as SmolLM3's every fourth. Absent from
+    /// the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nope_layers: Option<Vec<u32>>,
     /// Default 1e-5.
     pub norm_eps: f64,
     /// Default 0.02; residual output projections are further scaled by 1/sqrt(2·n_layers).
@@ -146,11 +154,17 @@ impl Model {
             rope_theta: Some(self.rope_theta),
             rope_scaling: self.rope_scaling,
             sliding_window: self.sliding_window,
+            nope_layers: self.nope_layers.clone(),
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
             from: None,
             layers: None,
         }
+    }
+
+    /// Whether layer `layer` rotates its queries and keys (it is not one of `nope_layers`).
+    pub fn rotates(&self, layer: u32) -> bool {
+        !self.nope_layers.as_ref().is_some_and(|nope| nope.contains(&layer))
     }
 
     /// Whether the query, key and value projections add a bias (`qwen2`).
@@ -255,6 +269,7 @@ impl ModelSpec {
             rope_theta: f.opt(cx, "rope_theta", positive),
             rope_scaling: f.opt(cx, "rope_scaling", RopeScaling::decode),
             sliding_window: f.opt(cx, "sliding_window", decode::size(1, 1 << 22)),
+            nope_layers: f.opt(cx, "nope_layers", layer_list),
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
             from: f.opt(cx, "from", decode::string),
@@ -278,6 +293,7 @@ impl ModelSpec {
             rope_theta: over.rope_theta.or(self.rope_theta),
             rope_scaling: over.rope_scaling.or(self.rope_scaling),
             sliding_window: over.sliding_window.or(self.sliding_window),
+            nope_layers: over.nope_layers.clone().or_else(|| self.nope_layers.clone()),
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
             from: over.from.clone().or_else(|| self.from.clone()),
@@ -309,6 +325,7 @@ impl ModelSpec {
             rope_theta: self.rope_theta.unwrap_or(10000.0),
             rope_scaling: self.rope_scaling,
             sliding_window: self.sliding_window,
+            nope_layers: self.nope_layers.clone().filter(|layers| !layers.is_empty()),
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
             from: self.from.clone(),
@@ -364,6 +381,30 @@ impl RopeScaling {
             (_, factor) => {
                 Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len: original? })
             }
+        }
+    }
+}
+
+/// A list of layer indices, in increasing order.
+fn layer_list(cx: &mut Cx, node: &Node, path: &str) -> Option<Vec<u32>> {
+    let list = match &node.val {
+        Val::Array(items) => items
+            .iter()
+            .map(|item| match item.val {
+                Val::Int(i) => u32::try_from(i).ok(),
+                _ => None,
+            })
+            .collect::<Option<Vec<u32>>>(),
+        _ => None,
+    };
+    match list {
+        Some(layers) if layers.windows(2).all(|w| w[0] < w[1]) => Some(layers),
+        _ => {
+            cx.diags.push(
+                Diagnostic::new(&node.origin, format!("`{path}` must be layer numbers in increasing order"))
+                    .label("expected a list such as `[3, 7, 11]`"),
+            );
+            None
         }
     }
 }
@@ -429,6 +470,14 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
             "n_heads",
             format!("head dimension d_model / n_heads = {} is odd", m.head_dim()),
             "rotary embeddings need an even head dimension".into(),
+        );
+    }
+    if let Some(beyond) = m.nope_layers.as_ref().and_then(|nope| nope.iter().find(|l| **l >= m.n_layers)) {
+        fail(
+            cx,
+            "nope_layers",
+            format!("nope_layers names layer {beyond}, but the model has {} (0 to {})", m.n_layers, m.n_layers - 1),
+            "each entry is a layer of this model, counted from 0".into(),
         );
     }
     if !m.n_heads.is_multiple_of(m.n_kv_heads) {

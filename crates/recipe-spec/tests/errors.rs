@@ -749,3 +749,20 @@ fn muon_takes_its_own_fields_and_adamw_refuses_them() {
     let bad = replace(&muon, "ns_steps = 3", "momentum = 1.0, adjust_lr = \"spectral\"");
     assert_has(&f.errors(&bad), &["expected a momentum in [0, 1), found 1", "expected one of"]);
 }
+
+/// NoPE layers are layers of the model; a stack repeats them with their blocks.
+#[test]
+fn nope_layers_name_layers_and_follow_a_stack() {
+    let f = Fixture::new();
+    let text = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nnope_layers = [1]");
+    let grown = format!(
+        "{text}\n[stages.deeper]\nkind = \"pretrain\"\ninit = {{ kind = \"stack\", from = \"pretrain\", factor = 2 }}\ndata = {{ mix = {{ books = 1 }} }}\nseq_len = 64\n"
+    );
+    let r = f.parse(&grown, &[]).unwrap();
+    assert_eq!(r.stage("pretrain").unwrap().model.nope_layers, Some(vec![1]));
+    assert_eq!(r.stage("deeper").unwrap().model.nope_layers, Some(vec![1, 3]), "blocks 0 1 0 1");
+    let beyond = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nnope_layers = [1, 2]");
+    assert_has(&f.errors(&beyond), &["nope_layers names layer 2, but the model has 2 (0 to 1)"]);
+    let unordered = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nnope_layers = [1, 0]");
+    assert_has(&f.errors(&unordered), &["`model.nope_layers` must be layer numbers in increasing order"]);
+}

@@ -65,6 +65,7 @@ fn bench(cr: &mut Criterion) {
             rope_theta: 10000.0,
             rope_scaling: None,
             sliding_window: None,
+            nope_layers: None,
             norm_eps: 1e-5,
             init_std: 0.02,
             from: None,

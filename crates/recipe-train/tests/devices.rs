@@ -31,6 +31,7 @@ fn config(arch: &str) -> Model {
         rope_theta: 10000.0,
         rope_scaling: None,
         sliding_window: (arch == "qwen2").then_some(6),
+        nope_layers: None,
         norm_eps: 1e-5,
         init_std: 0.02,
         from: None,
