@@ -160,8 +160,9 @@ pub struct Optim {
     pub weight_decay: f64,
     /// Default 1.0: clip the global gradient norm; 0 turns clipping off.
     pub grad_clip: f64,
-    /// Set for `kind = "muon"` only (so AdamW stages keep their keys).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Set for `kind = "muon"` only (so AdamW stages keep their keys); its fields are written
+    /// beside the others, as the recipe spells them (`optim.momentum`).
+    #[serde(flatten)]
     pub muon: Option<Muon>,
 }
 
