@@ -216,6 +216,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         let _ =
             writeln!(out, "\nstage {} ({})  key {}", stage.name, stage.kind, &s["key"].as_str().unwrap_or("")[..12]);
         let window = m.sliding_window.map_or(String::new(), |w| format!(" · sliding window {w}"));
+        let nope = m.nope_layers.as_ref().map_or(String::new(), |layers| format!(" · NoPE layers {layers:?}"));
         let rope_scaling = match m.rope_scaling {
             None => String::new(),
             Some(RopeScaling::Linear { factor }) => format!(" · rope linear ×{factor}"),
@@ -225,7 +226,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}{window}",
+            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}{window}{nope}",
             m.arch,
             m.d_model,
             m.n_layers,

@@ -468,7 +468,10 @@ mod tests {
         let all_types = r#", "sliding_window": 32, "layer_types": ["sliding_attention", "sliding_attention"]"#;
         assert_eq!(read("qwen2", all_types), qwen2(128, Some(32)));
         let gemma = read("gemma2", "").unwrap_err();
-        assert!(gemma.contains(r#"model_type "gemma2"; only llama, mistral, phi3, qwen2, qwen3 and smollm3"#), "{gemma}");
+        assert!(
+            gemma.contains(r#"model_type "gemma2"; only llama, mistral, phi3, qwen2, qwen3 and smollm3"#),
+            "{gemma}"
+        );
     }
 
     /// The rotary base and scaling as each `transformers` version spells them.
