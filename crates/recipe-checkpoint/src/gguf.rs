@@ -47,7 +47,9 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
     let rope_scaling = match text("llama.rope.scaling.type").as_deref() {
         None | Some("none") => None,
         Some("linear") => Some(RopeScaling::Linear { factor: float("llama.rope.scaling.factor", 1.0) }),
-        Some(other) => return Err(format!("its rotary scaling `{other}` is not implemented (only `linear` is)")),
+        Some(other) => {
+            return Err(format!("its rotary scaling `{other}` is not one this trainer computes (only `linear`)"));
+        }
     };
     Ok(ModelSpec {
         arch: Some("llama".into()),
