@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::diag::Diagnostic;
+
 /// Where a checkpoint path written in a recipe points: relative to `base_dir` when that
 /// exists; else, when `written` is a hub id (`ORG/NAME`) that the Hugging Face cache holds,
 /// the snapshot its `main` ref names; else the relative path, whose absence the caller reports.
@@ -31,16 +33,33 @@ fn hub_cache() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|home| home.join(".cache/huggingface/hub")))
 }
 
-/// The snapshot folder of hub id `id` in `cache`: the commit `refs/main` names, or the only
-/// snapshot there is.
-fn snapshot(cache: &Path, id: &str) -> Option<PathBuf> {
-    let (org, name) = id.split_once('/')?;
+/// Whether `written` has the shape of a hub id, `ORG/NAME`.
+pub fn is_id(written: &str) -> bool {
     let part = |s: &str| {
         !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    if !part(org) || !part(name) {
+    written.split_once('/').is_some_and(|(org, name)| part(org) && part(name))
+}
+
+/// `d` about `written`, resolved to `path`, with a hint where a hub id names nothing: where it
+/// was looked for, and how to put it there.
+pub(crate) fn explain_missing(d: Diagnostic, written: &str, path: &Path) -> Diagnostic {
+    if !is_id(written) || path.exists() {
+        return d;
+    }
+    let cache = hub_cache().map_or("the Hugging Face cache".into(), |c| c.display().to_string());
+    d.help(format!(
+        "`{written}` is not beside the recipe, nor in {cache}: `huggingface-cli download {written}` puts it there"
+    ))
+}
+
+/// The snapshot folder of hub id `id` in `cache`: the commit `refs/main` names, or the only
+/// snapshot there is.
+fn snapshot(cache: &Path, id: &str) -> Option<PathBuf> {
+    if !is_id(id) {
         return None;
     }
+    let (org, name) = id.split_once('/')?;
     let repo = cache.join(format!("models--{org}--{name}"));
     let snapshots = repo.join("snapshots");
     if let Ok(commit) = std::fs::read_to_string(repo.join("refs/main")) {

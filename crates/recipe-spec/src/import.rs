@@ -45,10 +45,9 @@ fn read_checkpoint(
     match checkpoints.inspect(path) {
         Ok(info) => Some(info),
         Err(why) => {
-            cx.diags.push(
-                Diagnostic::new(origin, format!("cannot import `{written}`: {why}"))
-                    .label("expected a Hugging Face model folder, a .safetensors file or a .gguf file"),
-            );
+            let d = Diagnostic::new(origin, format!("cannot import `{written}`: {why}"))
+                .label("expected a Hugging Face model folder, a .safetensors file or a .gguf file");
+            cx.diags.push(crate::hub::explain_missing(d, written, path));
             None
         }
     }

@@ -206,11 +206,9 @@ fn read_adapter(
             Some((path, info))
         }
         Err(why) => {
-            cx.diags.push(
-                Diagnostic::new(&origin, format!("cannot start from adapter `{written}`: {why}")).label(
-                    "expected a folder with adapter_config.json and adapter_model.safetensors, as peft saves them",
-                ),
-            );
+            let d = Diagnostic::new(&origin, format!("cannot start from adapter `{written}`: {why}"))
+                .label("expected a folder with adapter_config.json and adapter_model.safetensors, as peft saves them");
+            cx.diags.push(crate::hub::explain_missing(d, written, &path));
             None
         }
     }

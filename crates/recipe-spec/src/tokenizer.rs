@@ -101,10 +101,9 @@ pub(crate) fn decode_tokenizer(
                     fingerprint: t.fingerprint,
                 }),
                 Err(why) => {
-                    cx.diags.push(
-                        Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
-                            .label("expected a Hugging Face tokenizer.json, a model folder holding one, or a .gguf"),
-                    );
+                    let d = Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
+                        .label("expected a Hugging Face tokenizer.json, a model folder holding one, or a .gguf");
+                    cx.diags.push(crate::hub::explain_missing(d, &written, &resolved));
                     None
                 }
             }

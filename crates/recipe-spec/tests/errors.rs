@@ -766,3 +766,17 @@ fn nope_layers_name_layers_and_follow_a_stack() {
     let unordered = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nnope_layers = [1, 0]");
     assert_has(&f.errors(&unordered), &["`model.nope_layers` must be layer numbers in increasing order"]);
 }
+
+/// A hub id that is in no cache says where it was looked for and how to get it.
+#[test]
+fn a_hub_id_not_downloaded_says_how_to_get_it() {
+    let f = Fixture::new();
+    let text = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nfrom = \"Nobody/NoModel\"");
+    assert_has(
+        &f.errors(&text),
+        &[
+            "error: cannot import `Nobody/NoModel`: no such file or folder",
+            "`huggingface-cli download Nobody/NoModel` puts it there",
+        ],
+    );
+}
