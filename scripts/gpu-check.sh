@@ -7,7 +7,7 @@
 # SmolLM2-135M on the GPU in bf16-mixed, when the model is there.
 #
 # Sections can be named to run only those: `scripts/gpu-check.sh lora` (tests, quickstart,
-# nccl, resume, throughput, lora; all when none is named). The model (98 MB) is more than one
+# nccl, resume, architectures, optimizers, throughput, lora; all when none is named). The model (98 MB) is more than one
 # device call carries (64 MiB): scripts/gpu-pack-model.sh splits it and the corpus into
 # .gpu-model/; carry its parts in separate calls (what an earlier call brought stays while the
 # machine is held), and the lora section puts them back together.
@@ -27,7 +27,7 @@ for f in .gpu/*.gz; do
 done
 recipe=$work/recipe
 section() { printf '\n== %s\n' "$*"; }
-wanted=" ${*:-tests quickstart nccl resume throughput lora} "
+wanted=" ${*:-tests quickstart nccl resume architectures optimizers throughput lora} "
 want() { [[ $wanted == *" $1 "* ]]; }
 # step, loss, lr, grad_norm and eval loss of every line: what must match after a resume.
 trace() { python3 -c 'import json,sys; [print(*(json.loads(l).get(k) for k in ("step","loss","lr","grad_norm","eval_loss"))) for l in open(sys.argv[1])]' "$1"; }
@@ -58,6 +58,16 @@ print(f"{sys.argv[2]}: eval {evals}; median {tps[len(tps)//2]:.0f} tokens/s; wal
 PY
 done
 
+fi
+
+if want architectures || want optimizers; then
+section "smoke on CUDA in bf16-mixed: QKV biases, QK-norm, NoPE and a sliding window; Muon"
+for example in architectures optimizers; do
+    want "$example" || continue
+    "$recipe" smoke "recipes/$example.toml" --device cuda --runs "$work/smoke-$example" \
+        $(for s in $(grep -o '^\[stages\.[a-z-]*' "recipes/$example.toml" | cut -d. -f2); do
+            echo "--set stages.$s.precision=\"bf16-mixed\""; done) 2>&1 | grep -E 'smoke |error'
+done
 fi
 
 if want nccl; then
