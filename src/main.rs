@@ -108,6 +108,9 @@ enum Verb {
         /// turn ends: in ChatML when the tokenizer has its tokens, else in Llama 3's template.
         #[arg(long)]
         chat: bool,
+        /// With `--chat`: a system message before the user's turn.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
     },
     /// Write a finished stage's model as a Hugging Face directory (config.json,
     /// model.safetensors with any LoRA merged in, tokenizer.json) and check that it loads
@@ -316,6 +319,7 @@ fn main() -> ExitCode {
             top_p,
             seed,
             chat,
+            system,
         } => {
             let here = |written: &String| recipe_spec::hub::locate(Path::new(""), written);
             let from = match (model, recipe, stage) {
@@ -333,6 +337,7 @@ fn main() -> ExitCode {
                 top_p: *top_p,
                 seed: *seed,
                 chat: *chat,
+                system: system.as_deref(),
             };
             sample::run(&cli.runs, &args)
         }

@@ -35,6 +35,8 @@ pub struct SampleArgs<'a> {
     pub top_p: f64,
     pub seed: u64,
     pub chat: bool,
+    /// With `chat`: the system message.
+    pub system: Option<&'a str>,
 }
 
 pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
@@ -45,11 +47,13 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     };
     let (prompt, stop) = match a.chat {
         true => {
-            let user = Message { role: Role::User, content: a.prompt.to_string() };
+            let system = a.system.map(|s| Message { role: Role::System, content: s.to_string() });
+            let turns: Vec<Message> =
+                system.into_iter().chain([Message { role: Role::User, content: a.prompt.to_string() }]).collect();
             let template = tok.chat_template().ok_or_else(|| {
                 Failure::Run("--chat needs a tokenizer with a chat template's tokens (ChatML's or Llama 3's)".into())
             })?;
-            let ids = chat_prompt(&tok, template, &[user]).map_err(|e| fail(&e))?;
+            let ids = chat_prompt(&tok, template, &turns).map_err(|e| fail(&e))?;
             (ids, tok.template_ids(template).and_then(|ids| ids.last().copied()))
         }
         false => (tok.encode(a.prompt).map_err(|e| fail(&e))?, Some(tok.eos())),

@@ -744,6 +744,10 @@ fn a_lora_stage_exports_merged_or_as_a_peft_adapter_and_samples_in_chatml() {
     let sample = ["sample", p, "--stage", "tune", "--chat", "--prompt", "Hello", "--temperature", "0"];
     let out = recipe(&sample, &runs);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let with_system = recipe(&[&sample[..], &["--system", "Answer in one word."][..]].concat(), &runs);
+    assert!(with_system.status.success(), "{}", String::from_utf8_lossy(&with_system.stderr));
+    let without_chat = recipe(&["sample", p, "--stage", "tune", "--system", "x", "--prompt", "y"], &runs);
+    assert_eq!(without_chat.status.code(), Some(2), "--system needs --chat");
 
     // The base model with the adapter on it says what the stage says (the same arithmetic).
     let base_dir = dir.path().join("base");
