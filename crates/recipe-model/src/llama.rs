@@ -1,10 +1,11 @@
 //! The Llama-style decoder: token embedding, pre-norm blocks of RMSNorm → grouped-query causal
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
 //! untied output head; `qwen2` adds a bias to the query, key and value projections, `qwen3` an
-//! RMSNorm over each query and key head; the `nope_layers` (SmolLM3's) skip the rotation. Built only from ops that have a backward pass (CANDLE.md: Candle's fused
-//! norm, softmax and rope ops silently drop gradients): Candle compositions, and the fused
-//! projection, RMSNorm, rotary embedding, attention and SwiGLU of `recipe-kernels`. Tensors
-//! carry Hugging Face names.
+//! RMSNorm over each query and key head; the `nope_layers` (SmolLM3's) skip the rotation, and a
+//! `sliding_window` (Mistral's) cuts the keys each position sees. Built only from ops that have
+//! a backward pass (CANDLE.md: Candle's fused norm, softmax and rope ops silently drop
+//! gradients): Candle compositions, and the fused projection, RMSNorm, rotary embedding,
+//! attention and SwiGLU of `recipe-kernels`. Tensors carry Hugging Face names.
 //!
 //! Weights are either trainable [`Param`]s or frozen tensors. Projections go through
 //! `linear`, frozen ones through `frozen_linear`, whose backward computes no weight gradient;
