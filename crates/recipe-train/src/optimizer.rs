@@ -50,27 +50,20 @@ impl Optimizer {
             None => lr,
         };
         for (p, g) in params.iter().zip(grads) {
+            let weight_decay = if p.decay { self.config.weight_decay } else { 0.0 };
             if let Some(muon) = self.config.muon.as_ref().filter(|_| Muon::updates(&p.name)) {
                 if !self.momenta.contains_key(&p.name) {
                     let zeros = Tensor::zeros(p.var.shape(), DType::F32, p.var.device())?;
                     self.momenta.insert(p.name.clone(), Var::from_tensor(&zeros)?);
                 }
-                let weight_decay = if p.decay { self.config.weight_decay } else { 0.0 };
                 muon_step(&p.var, g, &self.momenta[&p.name], muon, lr, weight_decay, grad_scale)?;
                 continue;
             }
             if !self.moments.contains_key(&p.name) {
                 self.moments.insert(p.name.clone(), adamw_moments(&p.var)?);
             }
-            let step = AdamWStep {
-                lr: adamw_lr,
-                beta1,
-                beta2,
-                eps: self.config.eps,
-                weight_decay: if p.decay { self.config.weight_decay } else { 0.0 },
-                t: self.t,
-                grad_scale,
-            };
+            let step =
+                AdamWStep { lr: adamw_lr, beta1, beta2, eps: self.config.eps, weight_decay, t: self.t, grad_scale };
             adamw_step(&p.var, g, &self.moments[&p.name], &step)?;
         }
         Ok(())
