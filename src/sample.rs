@@ -116,16 +116,7 @@ fn checkpoint(path: &Path, adapter: Option<&Path>) -> Result<(Llama, Tok), Failu
         Some(dir) => {
             let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("cannot apply adapter {}: {e}", dir.display()));
             let info = Headers.adapter(dir).map_err(|e| fail(&e))?;
-            let peft = Peft {
-                method: info.method,
-                rank: info.rank,
-                alpha: info.alpha,
-                dropout: 0.0,
-                targets: info.targets.clone(),
-                relora: None,
-                from: Some(dir.display().to_string()),
-                adapter: Some((dir.to_path_buf(), info)),
-            };
+            let peft = Peft::of_adapter(&dir.display().to_string(), dir, info);
             Llama::with_lora(&config, weights, &peft, 0, &Device::Cpu).map_err(|e| fail(&e))?
         }
     };

@@ -237,16 +237,7 @@ fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
             (info.method, info.rank, info.targets.clone()),
             (method, rank, targets.iter().map(|t| t.to_string()).collect())
         );
-        let peft = recipe_spec::Peft {
-            method,
-            rank,
-            alpha: info.alpha,
-            dropout: 0.0,
-            targets: info.targets.clone(),
-            relora: None,
-            from: Some(name.into()),
-            adapter: Some((dir.clone(), info)),
-        };
+        let peft = recipe_spec::Peft::of_adapter(name, &dir, info);
         let tensors = load_checkpoint(&base, CheckpointFormat::HfDir, &config).unwrap();
         let model = Llama::with_lora(&config, tensors, &peft, 0, &Device::Cpu).unwrap();
         let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();

@@ -146,6 +146,21 @@ impl Peft {
         Peft { method, rank, alpha, dropout, targets, relora, from, adapter }
     }
 
+    /// The adapter in folder `dir` (written `written`), as it is, without dropout: what sampling
+    /// with it applies.
+    pub fn of_adapter(written: &str, dir: &Path, info: AdapterInfo) -> Peft {
+        Peft {
+            method: info.method,
+            rank: info.rank,
+            alpha: info.alpha,
+            dropout: 0.0,
+            targets: info.targets.clone(),
+            relora: None,
+            from: Some(written.to_string()),
+            adapter: Some((dir.to_path_buf(), info)),
+        }
+    }
+
     /// An adapter to start from must fit the stage's model: `A` and `B` of every adapted
     /// projection (and DoRA's magnitudes) at the shapes the model and the rank give.
     pub(crate) fn check_adapter_fits(&self, cx: &mut Cx, path: &str, model: &Model) {
