@@ -15,11 +15,11 @@
 #include "../../crates/recipe-kernels/src/attention/mma.cu"
 #include "../../crates/recipe-kernels/src/cross_entropy/kernels.cu"
 #include "../../crates/recipe-kernels/src/embedding/kernels.cu"
+#include "../../crates/recipe-kernels/src/glu/kernels.cu"
 #include "../../crates/recipe-kernels/src/lora/kernels.cu"
 #include "../../crates/recipe-kernels/src/rms_norm/kernels.cu"
 #include "../../crates/recipe-kernels/src/rope/kernels.cu"
 #include "../../crates/recipe-kernels/src/softmax/kernels.cu"
-#include "../../crates/recipe-kernels/src/swiglu/kernels.cu"
 
 #define ENTRY(NAME, SUFFIX) NAME##_##SUFFIX##_entry::NAME##_##SUFFIX
 
@@ -98,27 +98,35 @@ static void rms_norm() {
     }
 }
 
-static void swiglu() {
+static void glu() {
     const size_t n = 1000;
     Floats g = uniform(n, 5.0f), u = uniform(n, 2.0f), dy = uniform(n, 1.0f);
-    Doubles y(n), dgu(2 * n);
-    for (size_t i = 0; i < n; ++i) {
-        const double a = g[i], s = 1.0 / (1.0 + std::exp(-a));
-        y[i] = a * s * u[i];
-        dgu[i] = dy[i] * u[i] * s * (1.0 + a * (1.0 - s));
-        dgu[n + i] = dy[i] * a * s;
+    for (unsigned act : {0u, 1u}) {
+        const std::string name = act == 0 ? "swiglu" : "geglu";
+        Doubles y(n), dgu(2 * n);
+        for (size_t i = 0; i < n; ++i) {
+            const double a = g[i], c = 2.0 * std::sqrt(2.0 / M_PI);
+            const double z = act == 0 ? a : c * (a + 0.044715 * a * a * a);
+            const double dz = act == 0 ? 1.0 : c * (1.0 + 3.0 * 0.044715 * a * a);
+            const double s = 1.0 / (1.0 + std::exp(-z));
+            y[i] = a * s * u[i];
+            dgu[i] = dy[i] * u[i] * (s + a * s * (1.0 - s) * dz);
+            dgu[n + i] = dy[i] * a * s;
+        }
+        Floats got(n), out(2 * n);
+        launch(per_element(n), block, [&] { ENTRY(glu_forward, f32)(g.data(), u.data(), got.data(), n, act); });
+        expect(name + " forward", got, y, 1e-6);
+        launch(per_element(n), block, [&] {
+            ENTRY(glu_backward, f32)(g.data(), u.data(), dy.data(), out.data(), n, act);
+        });
+        expect(name + " backward", out, dgu, 2e-6);
+        std::vector<f16> gh(n), uh(n), yh(n);
+        for (size_t i = 0; i < n; ++i) gh[i] = from_f32<f16>(g[i]), uh[i] = from_f32<f16>(u[i]);
+        launch(per_element(n), block, [&] { ENTRY(glu_forward, f16)(gh.data(), uh.data(), yh.data(), n, act); });
+        Floats yh32(n);
+        for (size_t i = 0; i < n; ++i) yh32[i] = to_f32(yh[i]);
+        expect(name + " forward in f16", yh32, y, 4e-3);
     }
-    Floats got(n), out(2 * n);
-    launch(per_element(n), block, [&] { ENTRY(swiglu_forward, f32)(g.data(), u.data(), got.data(), n); });
-    expect("swiglu forward", got, y, 1e-6);
-    launch(per_element(n), block, [&] { ENTRY(swiglu_backward, f32)(g.data(), u.data(), dy.data(), out.data(), n); });
-    expect("swiglu backward", out, dgu, 1e-6);
-    std::vector<f16> gh(n), uh(n), yh(n);
-    for (size_t i = 0; i < n; ++i) gh[i] = from_f32<f16>(g[i]), uh[i] = from_f32<f16>(u[i]);
-    launch(per_element(n), block, [&] { ENTRY(swiglu_forward, f16)(gh.data(), uh.data(), yh.data(), n); });
-    Floats yh32(n);
-    for (size_t i = 0; i < n; ++i) yh32[i] = to_f32(yh[i]);
-    expect("swiglu forward in f16", yh32, y, 4e-3);
 }
 
 static void rope() {
@@ -403,7 +411,7 @@ static void conversions() {
 
 int main() {
     rms_norm();
-    swiglu();
+    glu();
     rope();
     masked_softmax();
     cross_entropy();

@@ -64,7 +64,9 @@ fn bench(c: &mut Criterion) {
 
     let (gate, up) = (var(&[b * t, 4 * d]), var(&[b * t, 4 * d]));
     let dy = Tensor::randn(0f32, 1.0, (b * t, 4 * d), &dev).unwrap();
-    pair(c, "swiglu 2048x512", &gate, &|g| k::swiglu(g, &up)? * &dy, &|g| k::swiglu_composed(g, &up)? * &dy);
+    for (name, act) in [("swiglu 2048x512", k::Activation::Silu), ("geglu 2048x512", k::Activation::GeluTanh)] {
+        pair(c, name, &gate, &|g| k::glu(g, &up, act)? * &dy, &|g| k::glu_composed(g, &up, act)? * &dy);
+    }
 
     let x = var(&[b * t, d]);
     let w = Tensor::randn(0f32, 1.0, d, &dev).unwrap();

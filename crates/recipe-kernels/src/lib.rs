@@ -21,25 +21,25 @@ mod cross_entropy;
 mod cuda;
 mod embedding;
 mod exp;
+mod glu;
 mod lanes;
 mod linear;
 mod lora;
 mod rms_norm;
 mod rope;
 mod softmax;
-mod swiglu;
 
 pub use adamw::{AdamWStep, adamw_moments, adamw_step, adamw_step_composed, squared_norm, squared_norm_composed};
 pub use alloc::{Allocator, retain_freed_memory};
 pub use attention::{KeySpans, attention, attention_composed};
 pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_composed};
 pub use embedding::{embedding, embedding_composed};
+pub use glu::{Activation, glu, glu_composed};
 pub use linear::{Products, cpu_has_bf16_dot_products, frozen_linear, linear, round_to_bf16};
 pub use lora::{Dropout, lora_linear, lora_linear_composed};
 pub use rms_norm::{rms_norm, rms_norm_composed};
 pub use rope::{rope, rope_composed};
 pub use softmax::{masked_softmax, masked_softmax_composed};
-pub use swiglu::{swiglu, swiglu_composed};
 
 use candle_core::{DType, Tensor};
 

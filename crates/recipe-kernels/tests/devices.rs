@@ -102,8 +102,15 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             name: "swiglu",
             inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
             trainable: vec![true, true],
-            op: Box::new(|i| swiglu(&i[0], &i[1])),
-            reference: Box::new(|i| swiglu_composed(&i[0], &i[1])),
+            op: Box::new(|i| glu(&i[0], &i[1], Activation::Silu)),
+            reference: Box::new(|i| glu_composed(&i[0], &i[1], Activation::Silu)),
+        },
+        Case {
+            name: "geglu",
+            inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
+            trainable: vec![true, true],
+            op: Box::new(|i| glu(&i[0], &i[1], Activation::GeluTanh)),
+            reference: Box::new(|i| glu_composed(&i[0], &i[1], Activation::GeluTanh)),
         },
         Case {
             name: "rope",

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use recipe_kernels::{Dropout, KeySpans, Products};
+use recipe_kernels::{Activation, Dropout, KeySpans, Products};
 use recipe_spec::{Freeze, Model as Config, Precision, Stage};
 
 use crate::adapters::Lora;
@@ -437,7 +437,11 @@ impl Llama {
         let x = (x + linear(&attn, "self_attn.o_proj")?)?;
 
         let normed = recipe_kernels::rms_norm(&x, &p("post_attention_layernorm")?, c.norm_eps)?;
-        let gated = recipe_kernels::swiglu(&linear(&normed, "mlp.gate_proj")?, &linear(&normed, "mlp.up_proj")?)?;
+        let gated = recipe_kernels::glu(
+            &linear(&normed, "mlp.gate_proj")?,
+            &linear(&normed, "mlp.up_proj")?,
+            Activation::Silu,
+        )?;
         x + linear(&gated, "mlp.down_proj")?
     }
 }
