@@ -9,20 +9,27 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `qwen2`: a `Qwen2ForCausalLM` (biases on the query, key and value projections) with tied
   embeddings and a base of 1e6, as Qwen2.5's small models have;
 - `mistral`: a `MistralForCausalLM` whose sliding window (32) is a third of the tokens;
+- `ministral`: a `MinistralForCausalLM` whose first layer alone slides (window 24);
 - `phi3`: a `Phi3ForCausalLM` (the query, key and value projections in one matrix, the gate and
   up projections in another) with a sliding window of 48;
 - `smollm3`: a `SmolLM3ForCausalLM` whose second layer uses no positions (NoPE);
 - `qwen3`: a `Qwen3ForCausalLM` (an RMSNorm over each query and key head) whose heads of 32
-  are wider together (128) than the model (64), as Qwen3's are.
-and two `peft` adapters over `qwen3`, saved by `peft` with random `A` and `B` (so that they
+  are wider together (128) than the model (64), as Qwen3's are;
+- `gemma3`: a `Gemma3ForCausalLM` (Gemma 3's text model) of three layers, two sliding (window
+  16) with their own rotary base, one global with linear rotary scaling, and attention scaled
+  by `query_pre_attn_scalar`;
+and three `peft` adapters over `qwen3` and `gemma3`, saved by `peft` with random `A` and `B` (so that they
 change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
-- `qwen3-dora`: DoRA of rank 2 on every projection.
+- `qwen3-dora`: DoRA of rank 2 on every projection;
+- `gemma3-lora`: LoRA of rank 4 on the query, value and down projections.
 Run once, with `transformers`, `peft` and `torch` installed (e.g. in the venv that
 scripts/bench-vs-torch.sh makes):
 
     target/torch-venv/bin/pip install transformers peft
-    target/torch-venv/bin/python scripts/make-transformers-fixture.py crates/recipe-run/tests/fixtures
+    target/torch-venv/bin/python scripts/make-transformers-fixture.py crates/recipe-run/tests/fixtures [NAME...]
+
+(naming fixtures makes only those).
 """
 import os
 import sys
@@ -32,8 +39,12 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    MinistralConfig,
+    MinistralForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     Phi3Config,
@@ -100,32 +111,83 @@ def save_adapter(out, base, config):
     save_expected(out, adapted)
 
 
+def gemma3():
+    # Gemma 3's text model: layers 0 and 2 slide (window 16) and rotate with base 1e4, layer 1
+    # attends globally with base 1e6 stretched linearly; its attention scales by 1/sqrt(24),
+    # not 1/sqrt(head_dim); its norms scale by 1 + w.
+    config = Gemma3TextConfig(
+        **{**SHAPES, "num_hidden_layers": 3},
+        head_dim=32,
+        query_pre_attn_scalar=24,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+        pad_token_id=None,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    return config
+
+
+def build(name):
+    """Each fixture by its folder's name."""
+    if name == "llama3-rope":
+        llama3 = LlamaConfig(
+            **SHAPES,
+            tie_word_embeddings=False,
+            rope_theta=50000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 4.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        )
+        save(os.path.join(root, name), LlamaForCausalLM(llama3))
+    elif name == "qwen2":
+        save(os.path.join(root, name), Qwen2ForCausalLM(Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)))
+    elif name == "mistral":
+        save(os.path.join(root, name), MistralForCausalLM(MistralConfig(**SHAPES, sliding_window=32)))
+    elif name == "ministral":
+        # A window of 24 in the first layer only.
+        config = MinistralConfig(
+            **SHAPES, head_dim=16, sliding_window=24, layer_types=["sliding_attention", "full_attention"]
+        )
+        save(os.path.join(root, name), MinistralForCausalLM(config))
+    elif name == "phi3":
+        config = Phi3Config(**SHAPES, sliding_window=48, pad_token_id=None, eos_token_id=2)
+        save(os.path.join(root, name), Phi3ForCausalLM(config))
+    elif name == "smollm3":
+        smollm3 = SmolLM3Config(**SHAPES, no_rope_layers=[1, 0], pad_token_id=None, bos_token_id=1, eos_token_id=2)
+        save(os.path.join(root, name), SmolLM3ForCausalLM(smollm3))
+    elif name == "qwen3":
+        save(os.path.join(root, name), Qwen3ForCausalLM(QWEN3))
+    elif name in ("qwen3-lora", "qwen3-dora"):
+        base = Qwen3ForCausalLM(QWEN3)
+        randomise(base)  # the same weights as `qwen3`'s
+        save_adapter(os.path.join(root, name), base, LORA if name == "qwen3-lora" else DORA)
+    elif name == "gemma3":
+        save(os.path.join(root, name), Gemma3ForCausalLM(gemma3()))
+    elif name == "gemma3-lora":
+        base = Gemma3ForCausalLM(gemma3())
+        randomise(base)  # the same weights as `gemma3`'s
+        save_adapter(os.path.join(root, name), base, LORA)
+    else:
+        sys.exit(f"no fixture {name}; the fixtures: {' '.join(FIXTURES)}")
+
+
+FIXTURES = [
+    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "smollm3", "qwen3", "qwen3-lora", "qwen3-dora",
+    "gemma3", "gemma3-lora",
+]
+QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
+LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DORA = peft.LoraConfig(r=2, lora_alpha=6, target_modules=ALL_MODULES, use_dora=True, init_lora_weights=False)
 root = sys.argv[1]
-llama3 = LlamaConfig(
-    **SHAPES,
-    tie_word_embeddings=False,
-    rope_theta=50000.0,
-    rope_scaling={
-        "rope_type": "llama3",
-        "factor": 4.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32,
-    },
-)
-save(os.path.join(root, "llama3-rope"), LlamaForCausalLM(llama3))
-qwen2 = Qwen2Config(**SHAPES, tie_word_embeddings=True, rope_theta=1e6)
-save(os.path.join(root, "qwen2"), Qwen2ForCausalLM(qwen2))
-save(os.path.join(root, "mistral"), MistralForCausalLM(MistralConfig(**SHAPES, sliding_window=32)))
-save(os.path.join(root, "phi3"), Phi3ForCausalLM(Phi3Config(**SHAPES, sliding_window=48, pad_token_id=None, eos_token_id=2)))
-smollm3 = SmolLM3Config(**SHAPES, no_rope_layers=[1, 0], pad_token_id=None, bos_token_id=1, eos_token_id=2)
-save(os.path.join(root, "smollm3"), SmolLM3ForCausalLM(smollm3))
-qwen3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
-save(os.path.join(root, "qwen3"), Qwen3ForCausalLM(qwen3))
-lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-all_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-dora = peft.LoraConfig(r=2, lora_alpha=6, target_modules=all_modules, use_dora=True, init_lora_weights=False)
-for name, config in [("qwen3-lora", lora), ("qwen3-dora", dora)]:
-    base = Qwen3ForCausalLM(qwen3)
-    randomise(base)  # the same weights as `qwen3`'s
-    save_adapter(os.path.join(root, name), base, config)
+for name in sys.argv[2:] or FIXTURES:
+    build(name)

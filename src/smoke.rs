@@ -25,14 +25,14 @@ fn shrink(recipe: &Recipe) -> Vec<String> {
     let mut sets = vec![format!("recipe.name=\"{}-smoke\"", recipe.name)];
     let gqa = |kv: u32, heads: u32| if kv < heads { 2 } else { 4 };
     let base = recipe.model.resolve(None);
-    // Deep enough for every layer a `freeze` pattern or `nope_layers` names.
+    // Deep enough for every layer a `freeze` pattern or a list of layers names.
     let depth = |at_least: u32| {
-        let nope = recipe.stages.iter().filter_map(|s| s.model.nope_layers.as_ref()?.last().copied());
+        let listed = recipe.stages.iter().filter_map(|s| s.model.deepest_listed_layer());
         recipe
             .stages
             .iter()
             .filter_map(|s| s.freeze.deepest_layer())
-            .chain(nope)
+            .chain(listed)
             .map(|l| l + 1)
             .fold(at_least, u32::max)
     };

@@ -65,6 +65,9 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         rope_theta: Some(float("llama.rope.freq_base", 10000.0)),
         rope_scaling,
         sliding_window: None,
+        full_attention_layers: None,
+        local_rope_theta: None,
+        query_pre_attn_scalar: None,
         nope_layers: None,
         // Stored as f32; the nearest f64 with few digits is what the model was trained with.
         norm_eps: Some(round_to_f32_precision(float("llama.attention.layer_norm_rms_epsilon", 1e-5))),

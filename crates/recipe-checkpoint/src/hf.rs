@@ -38,22 +38,57 @@ pub const HF_CONFIG: &[(&str, &str, IfAbsent)] = &[
     ("norm_eps", "rms_norm_eps", IfAbsent::Value("1e-6")),
 ];
 
+/// The rotary embeddings a `config.json` asks for.
+struct Rope {
+    theta: f64,
+    scaling: Option<RopeScaling>,
+    /// Gemma 3's sliding-window layers' base.
+    local_theta: Option<f64>,
+}
+
 /// The rotary embedding's base and scaling, from `rope_parameters` (as `transformers` 5 writes
 /// them) or else `rope_theta` and `rope_scaling` (as earlier versions did, the kind first
-/// called `type`, then `rope_type`).
-fn read_rope(c: &Value) -> Result<(f64, Option<RopeScaling>), String> {
-    let (theta, scaling) = match &c["rope_parameters"] {
-        Value::Null => (&c["rope_theta"], &c["rope_scaling"]),
-        parameters => (&parameters["rope_theta"], parameters),
-    };
-    let partial = scaling["partial_rotary_factor"].as_f64().or(c["partial_rotary_factor"].as_f64());
+/// called `type`, then `rope_type`). Gemma 3's are per kind of layer: `rope_parameters` holds
+/// `full_attention` and `sliding_attention` (version 5), else `rope_theta` and `rope_scaling`
+/// are the global layers' and `rope_local_base_freq` the sliding ones' (version 4).
+fn read_rope(c: &Value, gemma: bool) -> Result<Rope, String> {
+    let parameters = &c["rope_parameters"];
+    let partial = parameters["partial_rotary_factor"].as_f64().or(c["partial_rotary_factor"].as_f64());
     if partial.is_some_and(|p| p != 1.0) {
         return Err(format!(
             "its config.json rotates a part of each head (partial_rotary_factor {partial:?}); only whole heads are"
         ));
     }
+    if !gemma {
+        let (theta, scaling) = match parameters {
+            Value::Null => rope_of(&c["rope_theta"], &c["rope_scaling"], 10000.0)?,
+            parameters => rope_of(&parameters["rope_theta"], parameters, 10000.0)?,
+        };
+        return Ok(Rope { theta, scaling, local_theta: None });
+    }
+    // `transformers`' defaults for Gemma 3: 1e6 globally, 1e4 in the sliding layers.
+    let ((theta, scaling), (local_theta, local_scaling)) = match parameters {
+        Value::Null => (
+            rope_of(&c["rope_theta"], &c["rope_scaling"], 1e6)?,
+            rope_of(&c["rope_local_base_freq"], &Value::Null, 1e4)?,
+        ),
+        parameters => {
+            let (global, local) = (&parameters["full_attention"], &parameters["sliding_attention"]);
+            (rope_of(&global["rope_theta"], global, 1e6)?, rope_of(&local["rope_theta"], local, 1e4)?)
+        }
+    };
+    if local_scaling.is_some() {
+        return Err(
+            "its config.json scales the sliding layers' rotary embedding; only the global layers' may be".into()
+        );
+    }
+    Ok(Rope { theta, scaling, local_theta: Some(local_theta) })
+}
+
+/// One rotary embedding's base (`default` when absent) and scaling.
+fn rope_of(theta: &Value, scaling: &Value, default: f64) -> Result<(f64, Option<RopeScaling>), String> {
     let theta = match theta {
-        Value::Null => 10000.0,
+        Value::Null => default,
         theta => theta.as_f64().filter(|t| *t > 0.0).ok_or(format!("its rope_theta ({theta}) is not a number > 0"))?,
     };
     let number =
@@ -78,9 +113,13 @@ fn read_rope(c: &Value) -> Result<(f64, Option<RopeScaling>), String> {
     Ok((theta, scaling))
 }
 
-/// `rope_theta` and `rope_scaling` as `transformers` 4 writes them (version 5 reads them too).
+/// `rope_theta` and `rope_scaling` as `transformers` 4 writes them (version 5 reads them too),
+/// and for Gemma 3 its sliding layers' base as `rope_local_base_freq`.
 fn write_rope(config: &mut Value, model: &Model) {
     config["rope_theta"] = json!(model.rope_theta);
+    if model.arch == "gemma3" {
+        config["rope_local_base_freq"] = json!(model.local_rope_theta.unwrap_or(model.rope_theta));
+    }
     config["rope_scaling"] = match model.rope_scaling {
         None => Value::Null,
         Some(RopeScaling::Linear { factor }) => json!({ "rope_type": "linear", "factor": factor }),
@@ -94,41 +133,54 @@ fn write_rope(config: &mut Value, model: &Model) {
     };
 }
 
+/// What `transformers`' Gemma 3 text configuration assumes where our defaults or
+/// [`HF_CONFIG`]'s differ.
+const GEMMA3_DEFAULTS: &[(&str, &str)] = &[
+    ("tie_word_embeddings", "true"),
+    ("head_dim", "256"),
+    ("query_pre_attn_scalar", "256"),
+    ("sliding_window", "4096"),
+    ("max_position_embeddings", "131072"),
+    ("hidden_activation", "\"gelu_pytorch_tanh\""),
+];
+
 /// The architecture in a Hugging Face `config.json`; anything this trainer cannot reproduce
 /// exactly is an error rather than a silently different model.
 pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    // Mistral is Llama with sliding-window attention in every layer: `sliding_window`. Where
-    // only some layers slide (Qwen2's `max_window_layers`), the model is imported no longer
-    // than the window, over which sliding-window attention is full causal attention.
-    let model_type = c["model_type"].as_str().unwrap_or("");
-    let arch = match model_type {
-        // Phi-3 is Mistral with the query, key and value projections in one matrix and the
-        // gate and up projections in another, which loading splits (`weights::unfused`).
-        // SmolLM3 is Llama with some layers that use no positions (`no_rope_layers`).
-        "llama" | "mistral" | "phi3" | "smollm3" => "llama",
+    let mut c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let model_type = c["model_type"].as_str().unwrap_or("").to_string();
+    let arch = match model_type.as_str() {
+        // Mistral is Llama with a sliding window; Ministral with one in some layers. Phi-3 is
+        // Mistral with the query, key and value projections in one matrix and the gate and up
+        // projections in another, which loading splits (`weights::unfused`). SmolLM3 is Llama
+        // with some layers that use no positions (`no_rope_layers`).
+        "llama" | "mistral" | "ministral" | "phi3" | "smollm3" => "llama",
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
+        "gemma3_text" => "gemma3",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, phi3, qwen2, qwen3 and smollm3 can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3 and gemma3_text (Gemma 3's text models) can be imported"
             ));
         }
     };
-    let layer_types = c["layer_types"].as_array().filter(|types| !types.is_empty());
-    let use_sliding_window = c["use_sliding_window"].as_bool() == Some(true);
-    let every_layer_slides = model_type == "mistral"
-        || model_type == "phi3"
-        || layer_types.is_some_and(|types| types.iter().all(|t| t == "sliding_attention"))
-        || (use_sliding_window && c["max_window_layers"].as_u64() == Some(0));
-    let some_layers_slide =
-        use_sliding_window || layer_types.is_some_and(|types| types.iter().any(|t| t != "full_attention"));
-    let window = c["sliding_window"].as_u64().filter(|_| every_layer_slides || some_layers_slide);
+    let gemma = arch == "gemma3";
+    if gemma {
+        for (key, value) in GEMMA3_DEFAULTS {
+            if c[*key].is_null() {
+                c[*key] = serde_json::from_str(value).expect("valid JSON");
+            }
+        }
+    }
+    let (activation, silu) = if gemma { ("hidden_activation", "gelu_pytorch_tanh") } else { ("hidden_act", "silu") };
     for (key, fine) in [
         ("attention_bias", !c["attention_bias"].as_bool().unwrap_or(false)),
         ("mlp_bias", !c["mlp_bias"].as_bool().unwrap_or(false)),
-        ("hidden_act", c["hidden_act"].as_str().is_none_or(|a| a == "silu")),
+        (activation, c[activation].as_str().is_none_or(|a| a == silu)),
+        ("attn_logit_softcapping", c["attn_logit_softcapping"].is_null()),
+        ("final_logit_softcapping", c["final_logit_softcapping"].is_null()),
+        ("use_bidirectional_attention", !c["use_bidirectional_attention"].as_bool().unwrap_or(false)),
     ] {
         if !fine {
             return Err(format!("its config.json sets `{key}` = {}, which this trainer does not implement", c[key]));
@@ -145,48 +197,92 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         };
         fields.insert(ours.to_string(), value);
     }
-    if let (Some(window), Some(longest)) = (window, fields["max_seq_len"].as_u64())
-        && window < longest
-    {
-        let field = if every_layer_slides { "sliding_window" } else { "max_seq_len" };
-        fields.insert(field.into(), window.into());
-    }
     // `no_rope_layers`: 1 where a layer rotates, 0 where it does not.
-    if let Some(flags) = c["no_rope_layers"].as_array() {
-        let nope: Vec<u32> = (0..).zip(flags).filter(|(_, f)| f.as_u64() == Some(0)).map(|(i, _)| i).collect();
-        if !nope.is_empty() {
-            fields.insert("nope_layers".into(), nope.into());
+    let nope: Vec<u32> = match c["no_rope_layers"].as_array() {
+        Some(flags) => (0..).zip(flags).filter(|(_, f)| f.as_u64() == Some(0)).map(|(i, _)| i).collect(),
+        None => Vec::new(),
+    };
+    if !nope.is_empty() {
+        fields.insert("nope_layers".into(), nope.clone().into());
+    }
+    let rope = read_rope(&c, gemma)?;
+    let n_layers = fields["n_layers"].as_u64().unwrap_or(0) as u32;
+    let slides = sliding_layers(&c, &model_type, n_layers, &nope);
+    let window = c["sliding_window"].as_u64().filter(|_| slides.contains(&true));
+    let longest = fields["max_seq_len"].as_u64().unwrap_or(u64::MAX);
+    // A window as long as the context changes nothing, but where the sliding layers rotate
+    // differently (Gemma 3), which layers they are still matters.
+    if let Some(window) = window.filter(|w| *w < longest || gemma) {
+        fields.insert("sliding_window".into(), window.into());
+        let full: Vec<u32> = (0..).zip(&slides).filter(|(_, s)| !**s).map(|(i, _)| i).collect();
+        if !full.is_empty() {
+            fields.insert("full_attention_layers".into(), full.into());
+        }
+        if let Some(local) = rope.local_theta {
+            fields.insert("local_rope_theta".into(), local.into());
         }
     }
-    let (rope_theta, rope_scaling) = read_rope(&c)?;
     let spec = ModelSpec {
-        rope_theta: Some(rope_theta),
-        rope_scaling,
+        rope_theta: Some(rope.theta),
+        rope_scaling: rope.scaling,
         ..serde_json::from_value(Value::Object(fields))
             .map_err(|e| format!("its config.json holds a value out of range: {e}"))?
     };
-    let head_dim = match &c["head_dim"] {
-        // What `transformers`' Qwen3 configuration assumes.
-        Value::Null if arch == "qwen3" => Some(128),
-        Value::Null => None,
-        hd => Some(
-            hd.as_u64().and_then(|hd| u32::try_from(hd).ok()).ok_or(format!("its head_dim ({hd}) is not a size"))?,
-        ),
+    let size = |key: &str| -> Result<Option<u32>, String> {
+        match &c[key] {
+            Value::Null => Ok(None),
+            v => Ok(Some(
+                v.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or(format!("its {key} ({v}) is not a size"))?,
+            )),
+        }
     };
-    Ok(ModelSpec { head_dim, ..spec })
+    let head_dim = match size("head_dim")? {
+        // What `transformers`' Qwen3 configuration assumes.
+        None if arch == "qwen3" => Some(128),
+        hd => hd,
+    };
+    // Gemma's attention scales by 1/√query_pre_attn_scalar, mostly its head dimension.
+    let query_pre_attn_scalar = size("query_pre_attn_scalar")?.filter(|q| Some(*q) != head_dim);
+    Ok(ModelSpec { head_dim, query_pre_attn_scalar: query_pre_attn_scalar.filter(|_| gemma), ..spec })
 }
 
-/// `config.json` for `LlamaForCausalLM` (or `Qwen2ForCausalLM`, `Qwen3ForCausalLM`). `eos` lists the tokens that end generation, the
-/// end-of-document token first (also written as `bos_token_id`); a chat model adds
-/// `<|im_end|>`, so `transformers` stops at the end of an answer too. `dtype` is what
-/// `model.safetensors` holds.
+/// For each layer, whether `transformers` gives it sliding-window attention: as `layer_types`
+/// says where it is written, else by each model type's rule — Mistral and Phi-3 every layer;
+/// Qwen's from `max_window_layers` on, and SmolLM3's NoPE layers, under `use_sliding_window`;
+/// Gemma 3's all but every `sliding_window_pattern`-th. None at all without a `sliding_window`.
+fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> Vec<bool> {
+    let flagged = matches!(model_type, "qwen2" | "qwen3" | "smollm3");
+    if c["sliding_window"].is_null() || (flagged && c["use_sliding_window"].as_bool() != Some(true)) {
+        return Vec::new();
+    }
+    if let Some(types) = c["layer_types"].as_array().filter(|types| !types.is_empty()) {
+        return types.iter().map(|t| t == "sliding_attention").collect();
+    }
+    (0..n_layers)
+        .map(|i| match model_type {
+            "qwen2" | "qwen3" => u64::from(i) >= c["max_window_layers"].as_u64().unwrap_or(28),
+            "smollm3" => nope.contains(&i),
+            "gemma3_text" => (u64::from(i) + 1) % c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) != 0,
+            _ => true,
+        })
+        .collect()
+}
+
+/// `config.json` for the `transformers` class that computes what `model` does: Llama, Mistral
+/// (a sliding window in every layer), Ministral (in some), SmolLM3 (NoPE layers), Qwen2, Qwen3
+/// or Gemma 3. `eos` lists the tokens that end generation, the end-of-document token first
+/// (also written as `bos_token_id`); a chat model adds its end-of-turn token, so
+/// `transformers` stops at the end of an answer too. `dtype` is what `model.safetensors` holds.
 pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     let fields = serde_json::to_value(model).expect("plain struct");
     let (class, model_type) = match (model.arch.as_str(), model.sliding_window) {
         ("qwen2", _) => ("Qwen2ForCausalLM", "qwen2"),
         ("qwen3", _) => ("Qwen3ForCausalLM", "qwen3"),
+        ("gemma3", _) => ("Gemma3ForCausalLM", "gemma3_text"),
         _ if model.nope_layers.is_some() => ("SmolLM3ForCausalLM", "smollm3"),
-        // `transformers`' Llama has no sliding window; Mistral is Llama with one.
+        // `transformers`' Llama has no sliding window; Mistral is Llama with one in every
+        // layer, Ministral with one in the layers `layer_types` says.
+        (_, Some(_)) if model.full_attention_layers.is_some() => ("MinistralForCausalLM", "ministral"),
         (_, Some(_)) => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
@@ -194,13 +290,20 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
         "architectures": [class],
         "model_type": model_type,
         "head_dim": model.head_dim(),
-        "hidden_act": "silu",
         "bos_token_id": eos.first(),
         // No padding token: some classes (SmolLM3's) would otherwise assume one.
         "pad_token_id": null,
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
         "torch_dtype": torch_dtype(dtype),
     });
+    if model.arch == "gemma3" {
+        config["hidden_activation"] = "gelu_pytorch_tanh".into();
+        config["query_pre_attn_scalar"] = json!(model.query_pre_attn_scalar.unwrap_or(model.head_dim()));
+        config["final_logit_softcapping"] = Value::Null;
+        config["attn_logit_softcapping"] = Value::Null;
+    } else {
+        config["hidden_act"] = "silu".into();
+    }
     if !model.qkv_bias() {
         config["attention_bias"] = false.into();
         config["mlp_bias"] = false.into();
@@ -208,14 +311,19 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
     if model.nope_layers.is_some() {
         config["no_rope_layers"] = (0..model.n_layers).map(|l| u32::from(model.rotates(l))).collect::<Vec<_>>().into();
     }
-    if let Some(window) = model.sliding_window {
-        config["sliding_window"] = window.into();
-        if model_type != "mistral" {
-            // Every layer, as the Qwen and SmolLM3 configurations say it.
-            config["use_sliding_window"] = true.into();
-            config["max_window_layers"] = 0.into();
-            config["layer_types"] = vec!["sliding_attention"; model.n_layers as usize].into();
-        }
+    let gemma = model.arch == "gemma3";
+    if model.sliding_window.is_some() || gemma {
+        // Gemma 3's configuration would otherwise assume a window of 4096.
+        config["sliding_window"] = json!(model.sliding_window);
+    }
+    if (model.sliding_window.is_some() && model_type != "mistral") || gemma {
+        // Every layer's kind, as the Qwen, SmolLM3, Ministral and Gemma configurations say it.
+        let kind = |l| if model.slides(l) { "sliding_attention" } else { "full_attention" };
+        config["layer_types"] = (0..model.n_layers).map(kind).collect::<Vec<_>>().into();
+    }
+    if model.sliding_window.is_some() && matches!(model_type, "qwen2" | "qwen3" | "smollm3") {
+        config["use_sliding_window"] = true.into();
+        config["max_window_layers"] = 0.into();
     }
     for (ours, theirs, _) in HF_CONFIG {
         config[*theirs] = fields[*ours].clone();
@@ -415,12 +523,27 @@ mod tests {
             norm_eps: Some(1e-6),
             ..ModelSpec::default()
         };
-        let model = spec.resolve(Some(300));
+        let windowed = |arch: &str| ModelSpec {
+            arch: Some(arch.into()),
+            sliding_window: Some(32),
+            full_attention_layers: Some(vec![1]),
+            ..spec.clone()
+        };
+        let gemma = ModelSpec {
+            head_dim: Some(32),
+            local_rope_theta: Some(1e4),
+            query_pre_attn_scalar: Some(24),
+            rope_scaling: None,
+            ..windowed("gemma3")
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(MODEL_CONFIG);
-        std::fs::write(&path, config_json(&model, &[0], DType::F32).to_string()).unwrap();
-        let read = read_config(&path).unwrap();
-        assert_eq!(read.resolve(None), Model { init_std: 0.02, from: None, ..model });
+        for spec in [spec.clone(), windowed("llama"), windowed("qwen2"), gemma] {
+            let model = spec.resolve(Some(300));
+            std::fs::write(&path, config_json(&model, &[0], DType::F32).to_string()).unwrap();
+            let read = read_config(&path).unwrap();
+            assert_eq!(read.resolve(None), Model { init_std: 0.02, from: None, ..model });
+        }
     }
 
     #[test]
@@ -437,9 +560,9 @@ mod tests {
         assert_eq!(read_config(&path).unwrap_err(), "config.json lacks `vocab_size`");
     }
 
-    /// Mistral imports as Llama with its sliding window (when it is shorter than the context);
-    /// Qwen2 as `qwen2`, with its window only when it slides, as `sliding_window` when every
-    /// layer slides and else as the longest context.
+    /// Mistral imports as Llama with its sliding window in every layer (when it is shorter
+    /// than the context); Qwen2 as `qwen2`, with its window only when it slides, in the layers
+    /// that slide; Gemma 3 with its windows and its two rotary bases.
     #[test]
     fn model_types_map_to_architectures_within_their_attention_window() {
         let dir = tempfile::tempdir().unwrap();
@@ -450,28 +573,47 @@ mod tests {
                 "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 128 {window}}}"#
             );
             std::fs::write(&path, config).unwrap();
-            read_config(&path).map(|spec| (spec.arch.unwrap(), spec.max_seq_len.unwrap(), spec.sliding_window))
+            read_config(&path)
         };
-        let llama = |longest, window| Ok(("llama".to_string(), longest, window));
-        let qwen2 = |longest, window| Ok(("qwen2".to_string(), longest, window));
-        assert_eq!(read("mistral", r#", "sliding_window": 64"#), llama(128, Some(64)));
-        assert_eq!(read("mistral", r#", "sliding_window": null"#), llama(128, None));
-        assert_eq!(read("mistral", r#", "sliding_window": 4096"#), llama(128, None));
+        let windows = |model_type: &str, window: &str| {
+            read(model_type, window).map(|spec| (spec.arch.unwrap(), spec.sliding_window, spec.full_attention_layers))
+        };
+        let llama = |window, full| Ok(("llama".to_string(), window, full));
+        let qwen2 = |window, full| Ok(("qwen2".to_string(), window, full));
+        assert_eq!(windows("mistral", r#", "sliding_window": 64"#), llama(Some(64), None));
+        assert_eq!(windows("mistral", r#", "sliding_window": null"#), llama(None, None));
+        assert_eq!(windows("mistral", r#", "sliding_window": 4096"#), llama(None, None));
         let qwen2_window = r#", "sliding_window": 32, "use_sliding_window": false"#;
-        assert_eq!(read("qwen2", qwen2_window), qwen2(128, None), "a window that does not slide");
-        let above_28 = qwen2_window.replace("false", "true");
-        assert_eq!(read("qwen2", &above_28), qwen2(32, None), "layers from max_window_layers (28) slide");
-        let every = format!(r#"{above_28}, "max_window_layers": 0"#);
-        assert_eq!(read("qwen2", &every), qwen2(128, Some(32)));
-        let layer_types = r#", "sliding_window": 32, "layer_types": ["full_attention", "sliding_attention"]"#;
-        assert_eq!(read("qwen2", layer_types), qwen2(32, None));
-        let all_types = r#", "sliding_window": 32, "layer_types": ["sliding_attention", "sliding_attention"]"#;
-        assert_eq!(read("qwen2", all_types), qwen2(128, Some(32)));
-        let gemma = read("gemma2", "").unwrap_err();
-        assert!(
-            gemma.contains(r#"model_type "gemma2"; only llama, mistral, phi3, qwen2, qwen3 and smollm3"#),
-            "{gemma}"
+        assert_eq!(windows("qwen2", qwen2_window), qwen2(None, None), "a window that does not slide");
+        let from_28 = qwen2_window.replace("false", "true");
+        assert_eq!(windows("qwen2", &from_28), qwen2(None, None), "layers from max_window_layers (28) slide");
+        let from_1 = format!(r#"{from_28}, "max_window_layers": 1"#);
+        assert_eq!(windows("qwen2", &from_1), qwen2(Some(32), Some(vec![0])));
+        let every = format!(r#"{from_28}, "max_window_layers": 0"#);
+        assert_eq!(windows("qwen2", &every), qwen2(Some(32), None));
+        let layer_types = r#", "sliding_window": 32, "use_sliding_window": true,
+            "layer_types": ["full_attention", "sliding_attention"]"#;
+        assert_eq!(windows("qwen2", layer_types), qwen2(Some(32), Some(vec![0])));
+        let ministral = r#", "sliding_window": 32, "layer_types": ["sliding_attention", "full_attention"]"#;
+        assert_eq!(windows("ministral", ministral), llama(Some(32), Some(vec![1])));
+        // Gemma 3 as `transformers` 4 saved it: the layer kinds from the pattern, the rotary
+        // bases from `rope_theta` and `rope_local_base_freq`, the rest from its defaults.
+        let gemma = read(
+            "gemma3_text",
+            r#", "sliding_window": 16, "sliding_window_pattern": 2, "head_dim": 32,
+            "query_pre_attn_scalar": 24, "rope_theta": 1e6, "rope_local_base_freq": 1e4"#,
+        )
+        .unwrap();
+        assert_eq!((gemma.arch.as_deref(), gemma.sliding_window), (Some("gemma3"), Some(16)));
+        assert_eq!((gemma.full_attention_layers, gemma.local_rope_theta), (Some(vec![1]), Some(1e4)));
+        assert_eq!(
+            (gemma.rope_theta, gemma.query_pre_attn_scalar, gemma.tie_embeddings),
+            (Some(1e6), Some(24), Some(true))
         );
+        let softcapped = read("gemma3_text", r#", "attn_logit_softcapping": 50.0"#).unwrap_err();
+        assert!(softcapped.contains("`attn_logit_softcapping` = 50.0"), "{softcapped}");
+        let gemma2 = read("gemma2", "").unwrap_err();
+        assert!(gemma2.contains(r#"model_type "gemma2"; only llama, mistral, ministral"#), "{gemma2}");
     }
 
     /// The rotary base and scaling as each `transformers` version spells them.

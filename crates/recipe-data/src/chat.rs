@@ -1,16 +1,19 @@
 //! Chat templates: a conversation as token ids, with the mask of what the model learns to
-//! say. Both templates write each turn as its role's header, the content, and a token that
+//! say. Every template writes each turn as its role's header, the content, and a token that
 //! ends the turn; an assistant turn's content and that token are the masked part, so the
 //! model learns to stop.
 //!
 //! ```text
 //! chatml  <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n
 //! llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>
+//! gemma   <bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n
 //! ```
 //!
-//! Llama 3's trims each content, as its `tokenizer_config.json` template does; the system
-//! prompt Llama 3.1 adds when there is none (its knowledge cut-off and today's date) is not
-//! added: a conversation that wants it carries it.
+//! Llama 3's and Gemma's trim each content, as their `tokenizer_config.json` templates do.
+//! The system prompt Llama 3.1 adds when there is none (its knowledge cut-off and today's
+//! date) is not added: a conversation that wants it carries it. Gemma has no system turn: a
+//! first system message is written at the start of the first turn, and one later on is an
+//! error, as in Gemma's template.
 
 use recipe_spec::ChatTemplate;
 
@@ -22,6 +25,7 @@ use crate::tokenizer::Tok;
 enum Ids {
     ChatMl { start: u32, end: u32 },
     Llama3 { begin: u32, header_start: u32, header_end: u32, eot: u32 },
+    Gemma { bos: u32, start: u32, end: u32 },
 }
 
 fn ids(tok: &Tok, template: ChatTemplate) -> Result<Ids> {
@@ -31,6 +35,7 @@ fn ids(tok: &Tok, template: ChatTemplate) -> Result<Ids> {
     Ok(match template {
         ChatTemplate::ChatMl => Ids::ChatMl { start: ids[0], end: ids[1] },
         ChatTemplate::Llama3 => Ids::Llama3 { begin: ids[0], header_start: ids[1], header_end: ids[2], eot: ids[3] },
+        ChatTemplate::Gemma => Ids::Gemma { bos: ids[0], start: ids[1], end: ids[2] },
     })
 }
 
@@ -43,9 +48,16 @@ pub fn format_chat(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
         out.extend_from_slice(part);
         mask.extend(std::iter::repeat_n(bit, part.len()));
     };
-    if let Ids::Llama3 { begin, .. } = ids {
-        push(&[begin], 0);
+    if let Ids::Llama3 { begin: first, .. } | Ids::Gemma { bos: first, .. } = ids {
+        push(&[first], 0);
     }
+    // Gemma writes a leading system prompt into the first turn.
+    let (mut prefix, messages) = match (&ids, messages) {
+        (Ids::Gemma { .. }, [system, rest @ ..]) if system.role == Role::System => {
+            (format!("{}\n\n", system.content), rest)
+        }
+        _ => (String::new(), messages),
+    };
     for m in messages {
         let assistant = u8::from(m.role == Role::Assistant);
         match ids {
@@ -61,9 +73,26 @@ pub fn format_chat(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
                 push(&tok.encode(m.content.trim())?, assistant);
                 push(&[eot], assistant);
             }
+            Ids::Gemma { start, end, .. } => {
+                if m.role == Role::System {
+                    return Err(DataError::new(
+                        "Gemma's chat template takes a system prompt only as the first message".to_string(),
+                    ));
+                }
+                push(&gemma_header(tok, start, m.role)?, 0);
+                push(&tok.encode(&(std::mem::take(&mut prefix) + m.content.trim()))?, assistant);
+                push(&[end], assistant);
+                push(&tok.encode("\n")?, 0);
+            }
         }
     }
     Ok((out, mask))
+}
+
+/// `<start_of_turn>role\n`, the assistant's role named `model`.
+fn gemma_header(tok: &Tok, start: u32, role: Role) -> Result<Vec<u32>> {
+    let name = if role == Role::Assistant { "model" } else { role.as_str() };
+    Ok([vec![start], tok.encode(&format!("{name}\n"))?].concat())
 }
 
 /// `<|start_header_id|>role<|end_header_id|>\n\n`.
@@ -87,6 +116,7 @@ pub fn chat_prompt(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
         Ids::Llama3 { header_start, header_end, .. } => {
             out.extend(header(tok, header_start, header_end, Role::Assistant)?)
         }
+        Ids::Gemma { start, .. } => out.extend(gemma_header(tok, start, Role::Assistant)?),
     }
     Ok(out)
 }

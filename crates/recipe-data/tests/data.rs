@@ -322,6 +322,44 @@ fn the_llama3_template_renders_as_llama3_does() {
     assert!(chatml.contains("lacks the chatml template's tokens <|im_start|>, <|im_end|>"), "{chatml}");
 }
 
+/// Gemma's template, as Gemma 3's `tokenizer_config.json` renders it: `<bos>`, the system
+/// prompt at the start of the first turn, the assistant's role named `model`, contents trimmed,
+/// each turn ended by `<end_of_turn>` and a newline; the mask is the assistant's content and its
+/// `<end_of_turn>`.
+#[test]
+fn the_gemma_template_renders_as_gemma_does() {
+    let special_tokens = ["<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"];
+    let config = recipe_spec::TokenizerTrain {
+        kind: "bpe".into(),
+        vocab_size: 400,
+        sources: Vec::new(),
+        min_frequency: 2,
+        special_tokens: special_tokens.map(String::from).to_vec(),
+    };
+    let tok = Tok::train(&config, ["What is a whale? A large mammal of the sea."].into_iter()).unwrap();
+    assert_eq!((tok.chat_template(), tok.turn_ends().len()), (Some(ChatTemplate::Gemma), 1));
+    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    let messages = [
+        message(recipe_data::Role::System, "Be brief."),
+        message(recipe_data::Role::User, " What is a whale?\n"),
+        message(recipe_data::Role::Assistant, "A large mammal. "),
+    ];
+    let (ids, mask) = format_chat(&tok, ChatTemplate::Gemma, &messages).unwrap();
+    assert_eq!(
+        tok.decode(&ids),
+        "<bos><start_of_turn>user\nBe brief.\n\nWhat is a whale?<end_of_turn>\n\
+         <start_of_turn>model\nA large mammal.<end_of_turn>\n"
+    );
+    let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+    let end = tok.template_ids(ChatTemplate::Gemma).unwrap()[2];
+    assert_eq!(masked, [tok.encode("A large mammal.").unwrap(), vec![end]].concat());
+    let prompt = recipe_data::chat_prompt(&tok, ChatTemplate::Gemma, &messages[1..2]).unwrap();
+    assert_eq!(tok.decode(&prompt), "<bos><start_of_turn>user\nWhat is a whale?<end_of_turn>\n<start_of_turn>model\n");
+    let late_system = [messages[1].clone(), messages[0].clone()];
+    let error = format_chat(&tok, ChatTemplate::Gemma, &late_system).unwrap_err().to_string();
+    assert!(error.contains("takes a system prompt only as the first message"), "{error}");
+}
+
 #[test]
 fn the_chat_loss_mask_covers_exactly_the_assistant_turns() {
     let c = corpora();

@@ -2,7 +2,11 @@
 //! attention with rotary embeddings → RMSNorm → SwiGLU MLP, a final RMSNorm and a tied or
 //! untied output head; `qwen2` adds a bias to the query, key and value projections, `qwen3` an
 //! RMSNorm over each query and key head; the `nope_layers` (SmolLM3's) skip the rotation, and a
-//! `sliding_window` (Mistral's) cuts the keys each position sees. Built only from ops that have
+//! `sliding_window` (Mistral's) cuts the keys each position sees, in every layer but the
+//! `full_attention_layers`, which may rotate with another base than the sliding ones. `gemma3`
+//! (Gemma 3) adds an RMSNorm after attention and after the MLP, gates the MLP with the tanh GELU,
+//! scales the embeddings by √d_model, and its norms scale by `1 + w`: the weights are stored as
+//! Hugging Face stores them, and the 1 added where they are used. Built only from ops that have
 //! a backward pass (CANDLE.md: Candle's fused norm, softmax and rope ops silently drop
 //! gradients): Candle compositions, and the fused projection, RMSNorm, rotary embedding,
 //! attention and SwiGLU of `recipe-kernels`. Tensors carry Hugging Face names.
@@ -86,8 +90,30 @@ pub struct Llama {
     /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`, in f32 (f64 when
     /// computing in f64).
     rope: (Tensor, Tensor),
+    /// The same for the layers that rotate with `local_rope_theta`, when it is set.
+    local_rope: Option<(Tensor, Tensor)>,
     n_layers: usize,
     pub dtypes: Dtypes,
+}
+
+/// What the layers of one forward pass attend with: each token's rotary angles (`[B, 1, T,
+/// head_dim / 2]`) and the keys each position sees, for the layers that attend to the whole
+/// document and, when there is a window, for those that slide.
+struct Positions {
+    rotary: (Tensor, Tensor),
+    local_rotary: Option<(Tensor, Tensor)>,
+    spans: KeySpans,
+    windowed: Option<KeySpans>,
+}
+
+impl Positions {
+    fn rotary(&self, local: bool) -> &(Tensor, Tensor) {
+        self.local_rotary.as_ref().filter(|_| local).unwrap_or(&self.rotary)
+    }
+
+    fn spans(&self, slides: bool) -> &KeySpans {
+        self.windowed.as_ref().filter(|_| slides).unwrap_or(&self.spans)
+    }
 }
 
 /// Per-layer keys and values of the tokens seen so far, for generation.
@@ -98,8 +124,8 @@ pub struct KvCache {
 
 impl Llama {
     /// A freshly initialised model: weights normal(0, init_std), the attention and MLP output
-    /// projections further scaled by 1/sqrt(2·n_layers) (GPT-2's residual scaling), norms 1,
-    /// biases 0.
+    /// projections further scaled by 1/sqrt(2·n_layers) (GPT-2's residual scaling), norms
+    /// scaling by 1, biases 0.
     /// The draw is seeded, so the same seed gives the same weights on every machine.
     pub fn init(config: &Config, seed: u64, device: &Device) -> Result<Llama> {
         let mut rng = seeded(b"recipe model init", seed);
@@ -109,7 +135,7 @@ impl Llama {
         for (name, shape, _) in config.layout() {
             let numel: usize = shape.iter().product();
             let data: Vec<f32> = if name.ends_with("norm.weight") {
-                vec![1.0; numel]
+                vec![(1.0 - config.norm_offset()) as f32; numel]
             } else if name.ends_with(".bias") {
                 vec![0.0; numel]
             } else {
@@ -219,10 +245,13 @@ impl Llama {
         device: &Device,
         dtypes: Dtypes,
     ) -> Result<Llama> {
-        let rope = rope_tables(config, device, widened(dtypes.compute))?;
+        let tables =
+            |frequencies: &[f64]| rope_tables(frequencies, config.max_seq_len, device, widened(dtypes.compute));
+        let rope = tables(&config.rope_frequencies())?;
+        let local_rope = config.local_rope_frequencies().map(|f| tables(&f)).transpose()?;
         let n_layers = config.n_layers as usize;
         let dropout_seed = Cell::new(None);
-        Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed, rope, n_layers, dtypes })
+        Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed, rope, local_rope, n_layers, dtypes })
     }
 
     /// The same model training in `dtypes`: trainable weights converted to `dtypes.weights`
@@ -272,11 +301,29 @@ impl Llama {
         self.stored(name).to_dtype(self.dtypes.compute)
     }
 
-    /// The rows of the embedding table at `ids`, in the compute dtype. Gathered from the stored
-    /// table, so under mixed precision the table's gradient sums in its master dtype.
+    /// The rows of the embedding table at `ids` (scaled, for `gemma3`), in the compute dtype.
+    /// Gathered from the stored table, so under mixed precision the table's gradient sums in
+    /// its master dtype.
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        recipe_kernels::embedding(self.stored("model.embed_tokens.weight"), &ids.flatten_all()?)?
-            .to_dtype(self.dtypes.compute)
+        let rows = recipe_kernels::embedding(self.stored("model.embed_tokens.weight"), &ids.flatten_all()?)?;
+        match self.config.embedding_scale() {
+            Some(scale) => rows.affine(scale, 0.0)?,
+            None => rows,
+        }
+        .to_dtype(self.dtypes.compute)
+    }
+
+    /// `x` RMS-normalised by the norm `name`, whose weight is used with the architecture's offset
+    /// added (in f32 or wider, before the cast to the compute dtype, as `transformers` does).
+    fn rms_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let offset = self.config.norm_offset();
+        let weight = if offset == 0.0 {
+            self.p(name)?
+        } else {
+            let stored = self.stored(name);
+            stored.to_dtype(widened(stored.dtype()))?.affine(1.0, offset)?.to_dtype(self.dtypes.compute)?
+        };
+        recipe_kernels::rms_norm(x, &weight, self.config.norm_eps)
     }
 
     /// The full model's weights in layout order, in the master dtype, with any adapter merged
@@ -334,12 +381,11 @@ impl Llama {
     /// at each packed document) and the keys each position attends (its document up to itself:
     /// [`KeySpans::documents`]).
     pub fn forward(&self, ids: &Tensor, positions: &Tensor, spans: &KeySpans) -> Result<Tensor> {
-        let spans = &self.windowed(spans);
         let (b, t) = ids.dims2()?;
         let mut x = self.embed(ids)?;
-        let (cos, sin) = self.rotary(positions, b, t)?;
+        let positions = self.positions(positions, b, t, spans.clone())?;
         for i in 0..self.n_layers {
-            x = self.block(i, &x, b, t, &cos, &sin, spans, None)?;
+            x = self.block(i, &x, b, t, &positions, None)?;
         }
         self.head(&x)
     }
@@ -351,22 +397,28 @@ impl Llama {
         let ids = Tensor::from_slice(ids, (1, t), device)?;
         let positions: Vec<u32> = (cache.len..cache.len + t).map(|p| p as u32).collect();
         let positions = Tensor::from_vec(positions, t, device)?;
-        let (cos, sin) = self.rotary(&positions, 1, t)?;
+        let positions = self.positions(&positions, 1, t, KeySpans::after(cache.len, t))?;
         let mut x = self.embed(&ids)?;
-        let spans = self.windowed(&KeySpans::after(cache.len, t));
         for i in 0..self.n_layers {
-            x = self.block(i, &x, 1, t, &cos, &sin, &spans, Some(&mut cache.layers[i]))?;
+            x = self.block(i, &x, 1, t, &positions, Some(&mut cache.layers[i]))?;
         }
         cache.len += t;
         self.head(&x.narrow(0, t - 1, 1)?)
     }
 
-    /// `spans` cut to the sliding window, when the model has one.
-    fn windowed(&self, spans: &KeySpans) -> KeySpans {
-        match self.config.sliding_window {
-            Some(window) => spans.within(window as usize),
-            None => spans.clone(),
-        }
+    /// What the layers attend with for tokens at `positions` `[B·T]` that see the keys `spans`.
+    fn positions(&self, positions: &Tensor, b: usize, t: usize, spans: KeySpans) -> Result<Positions> {
+        let half = (self.config.head_dim() / 2) as usize;
+        let rotary = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            let at = |table: &Tensor| table.index_select(positions, 0)?.reshape((b, 1, t, half));
+            Ok((at(cos)?, at(sin)?))
+        };
+        Ok(Positions {
+            rotary: rotary(&self.rope)?,
+            local_rotary: self.local_rope.as_ref().map(rotary).transpose()?,
+            windowed: self.config.sliding_window.map(|window| spans.within(window as usize)),
+            spans,
+        })
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -374,50 +426,37 @@ impl Llama {
     }
 
     fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = recipe_kernels::rms_norm(x, &self.p("model.norm.weight")?, self.config.norm_eps)?;
+        let x = self.rms_norm(x, "model.norm.weight")?;
         let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         self.linear(&x, w)
     }
 
-    /// cos and sin for each token, `[B, 1, T, head_dim / 2]`.
-    fn rotary(&self, positions: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let half = (self.config.head_dim() / 2) as usize;
-        let cos = self.rope.0.index_select(positions, 0)?.reshape((b, 1, t, half))?;
-        let sin = self.rope.1.index_select(positions, 0)?.reshape((b, 1, t, half))?;
-        Ok((cos, sin))
-    }
-
     /// One pre-norm block on `x` `[B·T, d]`.
-    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         i: usize,
         x: &Tensor,
         b: usize,
         t: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        spans: &KeySpans,
+        positions: &Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (h, kvh, hd) = (c.n_heads as usize, c.n_kv_heads as usize, c.head_dim() as usize);
-        let p = |n: &str| self.p(&format!("model.layers.{i}.{n}.weight"));
         let linear = |x: &Tensor, n: &str| self.linear(x, &format!("model.layers.{i}.{n}.weight"));
+        let norm = |x: &Tensor, n: &str| self.rms_norm(x, &format!("model.layers.{i}.{n}.weight"));
+        let (cos, sin) = positions.rotary(c.rotates_locally(i as u32));
+        let spans = positions.spans(c.slides(i as u32));
 
-        let normed = recipe_kernels::rms_norm(x, &p("input_layernorm")?, c.norm_eps)?;
+        let normed = norm(x, "input_layernorm")?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
         let qkv = |n: &str| {
             let y = linear(&normed, n)?;
             if c.qkv_bias() { y.broadcast_add(&self.p(&format!("model.layers.{i}.{n}.bias"))?) } else { Ok(y) }
         };
         // Qwen3 normalises each query and key head on its own.
-        let normed_heads = |y: Tensor, n: usize, norm: &str| {
-            let y = if c.qk_norm() {
-                recipe_kernels::rms_norm(&y.reshape((b * t * n, hd))?, &p(norm)?, c.norm_eps)?
-            } else {
-                y
-            };
+        let normed_heads = |y: Tensor, n: usize, name: &str| {
+            let y = if c.qk_norm() { norm(&y.reshape((b * t * n, hd))?, name)? } else { y };
             heads(y, n)
         };
         // A NoPE layer attends without positions: no rotation.
@@ -432,24 +471,23 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let attn = recipe_kernels::attention(&q, &k, &v, spans, 1.0 / (hd as f64).sqrt())?;
-        let attn = attn.reshape((b * t, h * hd))?;
-        let x = (x + linear(&attn, "self_attn.o_proj")?)?;
+        let attn = recipe_kernels::attention(&q, &k, &v, spans, c.attention_scale())?;
+        let attn = linear(&attn.reshape((b * t, h * hd))?, "self_attn.o_proj")?;
+        // Gemma 3 normalises each sublayer's output too, and names its norms after that.
+        let after = c.norms_after_sublayers();
+        let x = (x + if after { norm(&attn, "post_attention_layernorm")? } else { attn })?;
 
-        let normed = recipe_kernels::rms_norm(&x, &p("post_attention_layernorm")?, c.norm_eps)?;
-        let gated = recipe_kernels::glu(
-            &linear(&normed, "mlp.gate_proj")?,
-            &linear(&normed, "mlp.up_proj")?,
-            Activation::Silu,
-        )?;
-        x + linear(&gated, "mlp.down_proj")?
+        let normed = norm(&x, if after { "pre_feedforward_layernorm" } else { "post_attention_layernorm" })?;
+        let act = if c.gelu_gate() { Activation::GeluTanh } else { Activation::Silu };
+        let gated = recipe_kernels::glu(&linear(&normed, "mlp.gate_proj")?, &linear(&normed, "mlp.up_proj")?, act)?;
+        let mlp = linear(&gated, "mlp.down_proj")?;
+        x + if after { norm(&mlp, "post_feedforward_layernorm")? } else { mlp }
     }
 }
 
-fn rope_tables(c: &Config, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
-    let half = (c.head_dim() / 2) as usize;
-    let n = c.max_seq_len as usize;
-    let inv = c.rope_frequencies();
+/// cos and sin of the angles `position · frequency`, `[max_seq_len, frequencies]`.
+fn rope_tables(inv: &[f64], max_seq_len: u32, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let (half, n) = (inv.len(), max_seq_len as usize);
     let angles: Vec<f64> = (0..n).flat_map(|p| inv.iter().map(move |f| p as f64 * f)).collect();
     let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (n, half), device)?;
     let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (n, half), device)?;

@@ -1,7 +1,9 @@
 //! The model's numerics: every parameter gets a gradient, the gradients match finite
 //! differences in f64 (Llama's, Qwen2's with its projection biases and a sliding window, Qwen3's
-//! with its per-head norms and heads that are not d_model / n_heads wide), the KV cache gives the same logits as a full forward pass, and a packed
-//! row with a document mask computes each document as if it were alone.
+//! with its per-head norms and heads that are not d_model / n_heads wide, Gemma 3's with its
+//! norms after each sublayer, GeGLU, scaled embeddings and a sliding and a global layer that
+//! rotate differently), the KV cache gives the same logits as a full forward pass, and a
+//! packed row with a document mask computes each document as if it were alone.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use recipe_model::{KeySpans, Llama, masked_cross_entropy};
@@ -22,6 +24,9 @@ fn tiny(tie: bool) -> Model {
         rope_theta: 10000.0,
         rope_scaling: None,
         sliding_window: None,
+        full_attention_layers: None,
+        local_rope_theta: None,
+        query_pre_attn_scalar: None,
         nope_layers: None,
         norm_eps: 1e-5,
         init_std: 0.3,
@@ -63,10 +68,30 @@ fn tiny_qwen3(tie: bool) -> Model {
     Model { arch: "qwen3".into(), explicit_head_dim: Some(6), ..tiny(tie) }
 }
 
+/// `tiny` as Gemma 3: the first layer slides (window 2) and rotates with base 100, the second
+/// attends globally; heads of 6; attention scaled by 1/√5.
+fn tiny_gemma3(tie: bool) -> Model {
+    Model {
+        arch: "gemma3".into(),
+        explicit_head_dim: Some(6),
+        sliding_window: Some(2),
+        full_attention_layers: Some(vec![1]),
+        local_rope_theta: Some(100.0),
+        query_pre_attn_scalar: Some(5),
+        ..tiny(tie)
+    }
+}
+
 #[test]
 fn every_parameter_receives_a_nonzero_gradient() {
-    let configs =
-        [(tiny(true), 9), (tiny(false), 9), (tiny_qwen2(true), 12), (tiny_qwen2(false), 12), (tiny_qwen3(false), 11)];
+    let configs = [
+        (tiny(true), 9),
+        (tiny(false), 9),
+        (tiny_qwen2(true), 12),
+        (tiny_qwen2(false), 12),
+        (tiny_qwen3(false), 11),
+        (tiny_gemma3(true), 13),
+    ];
     for (config, per_layer) in configs {
         let tie = config.tie_embeddings;
         let m = model(&config, DType::F32);
@@ -82,7 +107,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    for config in [tiny(false), tiny_qwen2(false), tiny_qwen3(false)] {
+    for config in [tiny(false), tiny_qwen2(false), tiny_qwen3(false), tiny_gemma3(false)] {
         let checked = check_gradients(&model(&config, DType::F64));
         assert!(checked >= 60, "{}: {checked} coordinates", config.arch);
     }
@@ -118,7 +143,7 @@ fn check_gradients(m: &Llama) -> usize {
 
 #[test]
 fn the_kv_cache_reproduces_the_full_forward_pass() {
-    for config in [tiny(true), Model { sliding_window: Some(3), ..tiny(true) }] {
+    for config in [tiny(true), Model { sliding_window: Some(3), ..tiny(true) }, tiny_gemma3(true)] {
         the_kv_cache_reproduces_the_full_forward_pass_of(&model(&config, DType::F32));
     }
 }

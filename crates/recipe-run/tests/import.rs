@@ -187,6 +187,25 @@ fn a_transformers_phi3_checkpoint_computes_its_reference_logits() {
     assert_eq!((config.arch.as_str(), config.sliding_window, config.d_ff), ("llama", Some(48), 96));
 }
 
+/// Ministral: Llama whose first layer alone slides (window 24, over 96 tokens).
+#[test]
+fn a_transformers_ministral_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("ministral");
+    assert_eq!((config.arch.as_str(), config.sliding_window), ("llama", Some(24)));
+    assert_eq!(config.full_attention_layers, Some(vec![1]));
+}
+
+/// Gemma 3's text model: norms after each sublayer and over each head, all scaling by `1 + w`;
+/// GeGLU; embeddings scaled by √d_model; two sliding layers (window 16) rotating with base 1e4
+/// around a global one with base 1e6, linearly scaled; attention scaled by 1/√24.
+#[test]
+fn a_transformers_gemma3_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("gemma3");
+    assert_eq!((config.arch.as_str(), config.sliding_window, config.local_rope_theta), ("gemma3", Some(16), Some(1e4)));
+    assert_eq!((config.full_attention_layers.clone(), config.query_pre_attn_scalar), (Some(vec![1]), Some(24)));
+    assert_eq!((config.rope_theta, config.rope_scaling), (1e6, Some(recipe_spec::RopeScaling::Linear { factor: 2.0 })));
+}
+
 /// SmolLM3: Llama whose second layer attends without positions.
 #[test]
 fn a_transformers_smollm3_checkpoint_computes_its_reference_logits() {
@@ -220,17 +239,18 @@ fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
     assert!(error.contains("query projection is 128 wide, not d_model (64)"), "{error}");
 }
 
-/// Adapters `peft` saved over the `qwen3` checkpoint, with random `A` and `B`: a stage that
+/// Adapters `peft` saved over the `qwen3` and `gemma3` checkpoints, with random `A` and `B`: a stage that
 /// starts from one computes the adapted model's logits as `peft` does, for LoRA and DoRA.
 #[test]
 fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let base = fixtures.join("qwen3");
-    let config = inspect(&base).unwrap().arch.resolve(None);
     for (name, method, rank, targets) in [
         ("qwen3-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
         ("qwen3-dora", recipe_spec::PeftMethod::Dora, 2, recipe_spec::PEFT_MODULES.to_vec()),
+        ("gemma3-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
     ] {
+        let base = fixtures.join(name.split('-').next().unwrap());
+        let config = inspect(&base).unwrap().arch.resolve(None);
         let dir = fixtures.join(name);
         let info = recipe_spec::CheckpointReader::adapter(&Headers, &dir).unwrap();
         assert_eq!(

@@ -101,9 +101,14 @@ impl Model {
         decayed + tied_head
     }
 
-    /// How many keys a query at the end of a row of `seq_len` attends: the row, or the window.
-    fn attended(&self, seq_len: u32) -> u32 {
-        self.sliding_window.map_or(seq_len, |window| window.min(seq_len))
+    /// How many keys a query at the end of a row of `seq_len` attends, summed over the layers:
+    /// in each the row, or in a sliding layer the window.
+    fn attended(&self, seq_len: u32) -> f64 {
+        let keys = |layer| match self.sliding_window {
+            Some(window) if self.slides(layer) => window.min(seq_len),
+            _ => seq_len,
+        };
+        (0..self.n_layers).map(|layer| f64::from(keys(layer))).sum()
     }
 
     /// The width of the queries of all heads together: `d_model` unless `head_dim` says otherwise.
@@ -121,8 +126,7 @@ impl Model {
 
     /// Forward FLOPs per token at context `seq_len`.
     fn forward_flops_per_token(&self, seq_len: u32) -> f64 {
-        2.0 * self.matmul_params() as f64
-            + 4.0 * self.n_layers as f64 * self.attended(seq_len) as f64 * self.attention_width() as f64
+        2.0 * self.matmul_params() as f64 + 4.0 * self.attended(seq_len) * self.attention_width() as f64
     }
 }
 
@@ -194,7 +198,7 @@ impl Stage {
         let total = m.param_count();
         let trainable = self.trainable_params();
         let frozen = if self.peft.is_some() { total } else { total - trainable };
-        let (l, width) = (m.n_layers as f64, m.attention_width() as f64);
+        let width = m.attention_width() as f64;
         // Forward 2·N and input gradients 2·N; weight gradients 2·N only for the matrices that
         // train (a frozen one computes none; PEFT's adapters also run forward and backward).
         let dense = match (&self.peft, self.freeze.is_empty()) {
@@ -215,7 +219,7 @@ impl Stage {
         // Attention's share of a token's FLOPs grows with the length of its row.
         let flops_per_token = |seq_len: u32| {
             let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(seq_len)).sum();
-            dense + 12.0 * l * m.attended(seq_len) as f64 * width + teacher_flops
+            dense + 12.0 * m.attended(seq_len) * width + teacher_flops
         };
         let phases: Vec<PhaseEstimate> = self
             .phase_spans()
@@ -333,13 +337,15 @@ impl Stage {
 /// points, both norms' outputs, the projections' outputs (o, down: d each; q: the attention
 /// width; k, v: kv each), q and k laid out by head (and under Qwen3 normalised) and rotated, v
 /// laid out by head, the attention output and each head's log-sum-exp (the fused attention
-/// keeps no scores), and the MLP's gate, up and product; then the final norm and the logits,
+/// keeps no scores), and the MLP's gate, up and product (under Gemma 3 also the sublayers'
+/// outputs before their norms, and their norms' outputs); then the final norm and the logits,
 /// their softmax and its gradient; and the gradients backward holds at its widest, a block's
 /// worth.
 fn per_token_activations(m: &Model) -> u64 {
     let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.projection_shape("k_proj").1, m.n_heads as u64);
     let q = m.attention_width();
     let qk_norms = if m.qk_norm() { q + kv } else { 0 };
-    let block = 8 * d + 3 * q + 5 * kv + qk_norms + h + 3 * ff;
+    let after_norms = if m.norms_after_sublayers() { 4 * d } else { 0 };
+    let block = 8 * d + 3 * q + 5 * kv + qk_norms + after_norms + h + 3 * ff;
     (m.n_layers as u64 + 1) * block + 2 * d + 3 * m.vocab_size as u64
 }

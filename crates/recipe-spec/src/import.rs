@@ -164,15 +164,14 @@ pub(crate) fn import_architecture(
         (Some([start, end]), _) => Some(end - start),
         (None, all) => all,
     };
-    // A slice of the layers keeps the NoPE layers within it, renumbered.
-    let nope_layers = match (spec.layers, arch.nope_layers.take()) {
-        (Some([start, end]), Some(nope)) => {
-            Some(nope.into_iter().filter(|l| (start..end).contains(l)).map(|l| l - start).collect())
-        }
-        (_, nope) => nope,
+    // A slice of the layers keeps the listed layers (NoPE, full attention) within it, renumbered.
+    let arch = match spec.layers {
+        Some([start, end]) => arch.map_layer_lists(|layers| {
+            layers.into_iter().filter(|l| (start..end).contains(l)).map(|l| l - start).collect()
+        }),
+        None => arch,
     };
     let merged = ModelSpec {
-        nope_layers,
         max_seq_len,
         init_std: spec.init_std,
         from: spec.from.clone(),

@@ -21,6 +21,9 @@ pub const MODEL_KEYS: &[&str] = &[
     "rope_theta",
     "rope_scaling",
     "sliding_window",
+    "full_attention_layers",
+    "local_rope_theta",
+    "query_pre_attn_scalar",
     "nope_layers",
     "norm_eps",
     "init_std",
@@ -30,8 +33,11 @@ pub const MODEL_KEYS: &[&str] = &[
 
 /// The architectures: `llama` (RMSNorm, RoPE, SwiGLU, grouped-query attention); `qwen2`, the
 /// same with a bias on the query, key and value projections (Qwen2 and Qwen2.5); `qwen3`, Llama
-/// with an RMSNorm over each query and key head before the rotary embedding (Qwen3).
-pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3"];
+/// with an RMSNorm over each query and key head before the rotary embedding (Qwen3); `gemma3`
+/// (Gemma 3's text model), Qwen3's head norms with an RMSNorm also after attention and after the
+/// MLP, a GeGLU MLP (the tanh GELU), embeddings scaled by √d_model, and every RMSNorm scaling by
+/// `1 + w` (so its weights start at 0).
+pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
 /// must agree with it on each of these.
@@ -67,6 +73,12 @@ pub struct ModelSpec {
     pub rope_scaling: Option<RopeScaling>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_attention_layers: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_rope_theta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nope_layers: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,6 +129,21 @@ pub struct Model {
     /// from the key when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<u32>,
+    /// Default none: with `sliding_window`, every layer slides. The layers (from 0, in order)
+    /// that attend to their whole document despite the window, as Gemma 3's every sixth.
+    /// Absent from the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_attention_layers: Option<Vec<u32>>,
+    /// Default none: every layer rotates with `rope_theta` (and `rope_scaling`). The rotary base
+    /// of the sliding-window layers, which then rotate without `rope_scaling` (Gemma 3's
+    /// 10000 beside its global layers' 1e6). Absent from the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_rope_theta: Option<f64>,
+    /// Default none: attention scores are scaled by 1/√head_dim. Gemma's
+    /// `query_pre_attn_scalar`: scaled by 1/√query_pre_attn_scalar instead. Absent from the key
+    /// when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<u32>,
     /// Default none: every layer rotates its queries and keys. The layers (from 0, in order)
     /// that use no positional encoding at all (NoPE), as SmolLM3's every fourth. Absent from
     /// the key when none.
@@ -154,6 +181,9 @@ impl Model {
             rope_theta: Some(self.rope_theta),
             rope_scaling: self.rope_scaling,
             sliding_window: self.sliding_window,
+            full_attention_layers: self.full_attention_layers.clone(),
+            local_rope_theta: self.local_rope_theta,
+            query_pre_attn_scalar: self.query_pre_attn_scalar,
             nope_layers: self.nope_layers.clone(),
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
@@ -162,9 +192,30 @@ impl Model {
         }
     }
 
+    /// The deepest layer a list of layers (`nope_layers`, `full_attention_layers`) names.
+    pub fn deepest_listed_layer(&self) -> Option<u32> {
+        [&self.nope_layers, &self.full_attention_layers].into_iter().flatten().filter_map(|l| l.last().copied()).max()
+    }
+
     /// Whether layer `layer` rotates its queries and keys (it is not one of `nope_layers`).
     pub fn rotates(&self, layer: u32) -> bool {
         !self.nope_layers.as_ref().is_some_and(|nope| nope.contains(&layer))
+    }
+
+    /// Whether layer `layer` attends through the sliding window: every layer when there is
+    /// one, but the `full_attention_layers`.
+    pub fn slides(&self, layer: u32) -> bool {
+        self.sliding_window.is_some() && !self.full_attention_layers.as_ref().is_some_and(|full| full.contains(&layer))
+    }
+
+    /// Whether layer `layer` rotates with `local_rope_theta`: a sliding layer, when it is set.
+    pub fn rotates_locally(&self, layer: u32) -> bool {
+        self.local_rope_theta.is_some() && self.slides(layer)
+    }
+
+    /// What attention scores are multiplied by: 1/√query_pre_attn_scalar, else 1/√head_dim.
+    pub fn attention_scale(&self) -> f64 {
+        1.0 / f64::from(self.query_pre_attn_scalar.unwrap_or(self.head_dim())).sqrt()
     }
 
     /// Whether the query, key and value projections add a bias (`qwen2`).
@@ -172,9 +223,33 @@ impl Model {
         self.arch == "qwen2"
     }
 
-    /// Whether each query and key head is RMS-normalised before the rotary embedding (`qwen3`).
+    /// Whether each query and key head is RMS-normalised before the rotary embedding (`qwen3`,
+    /// `gemma3`).
     pub fn qk_norm(&self) -> bool {
-        self.arch == "qwen3"
+        self.arch == "qwen3" || self.arch == "gemma3"
+    }
+
+    /// Gemma 3's block: the attention's and the MLP's outputs are RMS-normalised before they
+    /// join the residual stream (`post_attention_layernorm`, `post_feedforward_layernorm`), and
+    /// the MLP's input norm is `pre_feedforward_layernorm`.
+    pub fn norms_after_sublayers(&self) -> bool {
+        self.arch == "gemma3"
+    }
+
+    /// Whether the MLP's gate is the tanh GELU (GeGLU, `gemma3`) rather than SiLU (SwiGLU).
+    pub fn gelu_gate(&self) -> bool {
+        self.arch == "gemma3"
+    }
+
+    /// What every RMSNorm adds to its weights before scaling: 1 for `gemma3`, whose norms
+    /// scale by `1 + w` (and start at `w = 0`), else 0.
+    pub fn norm_offset(&self) -> f64 {
+        if self.arch == "gemma3" { 1.0 } else { 0.0 }
+    }
+
+    /// What the token embeddings are multiplied by: √d_model for `gemma3`.
+    pub fn embedding_scale(&self) -> Option<f64> {
+        (self.arch == "gemma3").then(|| f64::from(self.d_model).sqrt())
     }
 
     pub fn head_dim(&self) -> u32 {
@@ -185,8 +260,7 @@ impl Model {
     /// `rope_theta^(-2i/head_dim)`, then scaled as `rope_scaling` says, exactly as
     /// `transformers` computes them (in f64 here, where it uses f32).
     pub fn rope_frequencies(&self) -> Vec<f64> {
-        let half = self.head_dim() / 2;
-        let plain = (0..half).map(|i| 1.0 / self.rope_theta.powf(f64::from(2 * i) / f64::from(2 * half)));
+        let plain = self.plain_rope_frequencies(self.rope_theta);
         match self.rope_scaling {
             None => plain.collect(),
             Some(RopeScaling::Linear { factor }) => plain.map(|f| f / factor).collect(),
@@ -211,6 +285,17 @@ impl Model {
                     .collect()
             }
         }
+    }
+
+    /// The frequencies the layers that [`Model::rotates_locally`] rotate with, when any do:
+    /// `local_rope_theta`'s, unscaled.
+    pub fn local_rope_frequencies(&self) -> Option<Vec<f64>> {
+        self.local_rope_theta.map(|theta| self.plain_rope_frequencies(theta).collect())
+    }
+
+    fn plain_rope_frequencies(&self, theta: f64) -> impl Iterator<Item = f64> {
+        let half = self.head_dim() / 2;
+        (0..half).map(move |i| 1.0 / theta.powf(f64::from(2 * i) / f64::from(2 * half)))
     }
 
     /// Every weight's Hugging Face name, its shape (`[out, in]` for a projection) and whether
@@ -238,6 +323,10 @@ impl Model {
                 out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd], false));
             }
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
+            if c.norms_after_sublayers() {
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![d], false));
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![d], false));
+            }
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
             out.push((format!("{p}.mlp.up_proj.weight"), vec![ff, d], true));
             out.push((format!("{p}.mlp.down_proj.weight"), vec![d, ff], true));
@@ -269,6 +358,9 @@ impl ModelSpec {
             rope_theta: f.opt(cx, "rope_theta", positive),
             rope_scaling: f.opt(cx, "rope_scaling", RopeScaling::decode),
             sliding_window: f.opt(cx, "sliding_window", decode::size(1, 1 << 22)),
+            full_attention_layers: f.opt(cx, "full_attention_layers", layer_list),
+            local_rope_theta: f.opt(cx, "local_rope_theta", positive),
+            query_pre_attn_scalar: f.opt(cx, "query_pre_attn_scalar", decode::size(1, 1 << 16)),
             nope_layers: f.opt(cx, "nope_layers", layer_list),
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
@@ -293,11 +385,24 @@ impl ModelSpec {
             rope_theta: over.rope_theta.or(self.rope_theta),
             rope_scaling: over.rope_scaling.or(self.rope_scaling),
             sliding_window: over.sliding_window.or(self.sliding_window),
+            full_attention_layers: over.full_attention_layers.clone().or_else(|| self.full_attention_layers.clone()),
+            local_rope_theta: over.local_rope_theta.or(self.local_rope_theta),
+            query_pre_attn_scalar: over.query_pre_attn_scalar.or(self.query_pre_attn_scalar),
             nope_layers: over.nope_layers.clone().or_else(|| self.nope_layers.clone()),
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
             from: over.from.clone().or_else(|| self.from.clone()),
             layers: over.layers.or(self.layers),
+        }
+    }
+
+    /// The same spec with its lists of layers (`nope_layers`, `full_attention_layers`) mapped by
+    /// `f`: as a stack repeats its blocks, or a slice keeps and renumbers its own.
+    pub fn map_layer_lists(self, f: impl Fn(Vec<u32>) -> Vec<u32>) -> ModelSpec {
+        ModelSpec {
+            nope_layers: self.nope_layers.map(&f),
+            full_attention_layers: self.full_attention_layers.map(&f),
+            ..self
         }
     }
 
@@ -325,6 +430,9 @@ impl ModelSpec {
             rope_theta: self.rope_theta.unwrap_or(10000.0),
             rope_scaling: self.rope_scaling,
             sliding_window: self.sliding_window,
+            full_attention_layers: self.full_attention_layers.clone().filter(|layers| !layers.is_empty()),
+            local_rope_theta: self.local_rope_theta,
+            query_pre_attn_scalar: self.query_pre_attn_scalar,
             nope_layers: self.nope_layers.clone().filter(|layers| !layers.is_empty()),
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
@@ -472,13 +580,43 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
             "rotary embeddings need an even head dimension".into(),
         );
     }
-    if let Some(beyond) = m.nope_layers.as_ref().and_then(|nope| nope.iter().find(|l| **l >= m.n_layers)) {
+    for (field, list) in [("nope_layers", &m.nope_layers), ("full_attention_layers", &m.full_attention_layers)] {
+        if let Some(beyond) = list.as_ref().and_then(|layers| layers.iter().find(|l| **l >= m.n_layers)) {
+            fail(
+                cx,
+                field,
+                format!("{field} names layer {beyond}, but the model has {} (0 to {})", m.n_layers, m.n_layers - 1),
+                "each entry is a layer of this model, counted from 0".into(),
+            );
+        }
+    }
+    // Only Gemma's Hugging Face class has them, so that every model exports as one that
+    // computes the same.
+    let gemma_only = [
+        ("local_rope_theta", m.local_rope_theta.is_some()),
+        ("query_pre_attn_scalar", m.query_pre_attn_scalar.is_some()),
+    ];
+    for (field, _) in gemma_only.into_iter().filter(|(_, set)| *set && m.arch != "gemma3") {
         fail(
             cx,
-            "nope_layers",
-            format!("nope_layers names layer {beyond}, but the model has {} (0 to {})", m.n_layers, m.n_layers - 1),
-            "each entry is a layer of this model, counted from 0".into(),
+            field,
+            format!("{field} is Gemma's, but the model's arch is \"{}\"", m.arch),
+            "set `arch = \"gemma3\"`, or remove it".into(),
         );
+    }
+    if m.sliding_window.is_none() {
+        let windowed = [
+            ("full_attention_layers", m.full_attention_layers.is_some()),
+            ("local_rope_theta", m.local_rope_theta.is_some()),
+        ];
+        for (field, _) in windowed.into_iter().filter(|(_, set)| *set) {
+            fail(
+                cx,
+                field,
+                format!("{field} is set, but the model has no sliding_window"),
+                "it says how the sliding-window layers differ from the others".into(),
+            );
+        }
     }
     if !m.n_heads.is_multiple_of(m.n_kv_heads) {
         fail(

@@ -181,12 +181,13 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
         let start = start_of(node);
         let parent = start.as_ref().and_then(|(a, _)| stage_names.iter().position(|n| n == a));
         let inherited = parent.and_then(|p| decoded[p].as_ref()).map(|p| {
-            let mut spec = p.model.continued();
             let factor = start.as_ref().map_or(1, |(_, factor)| *factor);
-            // Stacked in order, the NoPE layers repeat with their blocks.
+            // Stacked in order, the listed layers (NoPE, full attention) repeat with their blocks.
             let n = p.model.n_layers;
-            spec.nope_layers =
-                spec.nope_layers.map(|nope| (0..factor).flat_map(|k| nope.iter().map(move |l| l + k * n)).collect());
+            let mut spec = p
+                .model
+                .continued()
+                .map_layer_lists(|layers| (0..factor).flat_map(|k| layers.iter().map(move |l| l + k * n)).collect());
             spec.n_layers = spec.n_layers.map(|n| n.saturating_mul(factor));
             spec
         });

@@ -38,7 +38,7 @@ pub(crate) use words;
 words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill", Merge = "merge" });
 words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
 words!(OnError { Fail = "fail", Skip = "skip" });
-words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3" });
+words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3", Gemma = "gemma" });
 words!(TokenDtype { U16 = "u16", U32 = "u32" });
 words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
 words!(LossOn { All = "all", Assistant = "assistant" });
@@ -55,15 +55,17 @@ words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "
 
 impl ChatTemplate {
     /// Every template, in the order `sample --chat` prefers them.
-    pub const ALL: [ChatTemplate; 2] = [ChatTemplate::ChatMl, ChatTemplate::Llama3];
+    pub const ALL: [ChatTemplate; 3] = [ChatTemplate::ChatMl, ChatTemplate::Llama3, ChatTemplate::Gemma];
 
     /// The special tokens the template writes, which the tokenizer must have; the last ends
     /// a turn. ChatML's open and close each turn; Llama 3's start the conversation, surround
-    /// each role's name and end each turn.
+    /// each role's name and end each turn; Gemma's start the conversation, and open and close
+    /// each turn.
     pub fn tokens(self) -> &'static [&'static str] {
         match self {
             ChatTemplate::ChatMl => &["<|im_start|>", "<|im_end|>"],
             ChatTemplate::Llama3 => &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            ChatTemplate::Gemma => &["<bos>", "<start_of_turn>", "<end_of_turn>"],
         }
     }
 }

@@ -767,6 +767,35 @@ fn nope_layers_name_layers_and_follow_a_stack() {
     assert_has(&f.errors(&unordered), &["`model.nope_layers` must be layer numbers in increasing order"]);
 }
 
+/// Full-attention layers and a local rotary base qualify a sliding window; the local base and
+/// `query_pre_attn_scalar` are Gemma's; a stack repeats the full-attention layers.
+#[test]
+fn per_layer_windows_need_a_window_and_follow_a_stack() {
+    let f = Fixture::new();
+    let gemma = "max_seq_len = 128\narch = \"gemma3\"\nsliding_window = 16\nfull_attention_layers = [1]\nlocal_rope_theta = 1e4\nquery_pre_attn_scalar = 12";
+    let text = replace(BASE, "max_seq_len = 128", gemma);
+    let grown = format!(
+        "{text}\n[stages.deeper]\nkind = \"pretrain\"\ninit = {{ kind = \"stack\", from = \"pretrain\", factor = 2 }}\ndata = {{ mix = {{ books = 1 }} }}\nseq_len = 64\n"
+    );
+    let r = f.parse(&grown, &[]).unwrap();
+    let model = &r.stage("pretrain").unwrap().model;
+    assert_eq!((model.slides(0), model.slides(1), model.rotates_locally(0)), (true, false, true));
+    assert_eq!(model.attention_scale(), 1.0 / 12f64.sqrt());
+    assert_eq!(r.stage("deeper").unwrap().model.full_attention_layers, Some(vec![1, 3]), "blocks 0 1 0 1");
+    let no_window = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\nfull_attention_layers = [1]");
+    assert_has(&f.errors(&no_window), &["full_attention_layers is set, but the model has no sliding_window"]);
+    let beyond = replace(&text, "full_attention_layers = [1]", "full_attention_layers = [2]");
+    assert_has(&f.errors(&beyond), &["full_attention_layers names layer 2, but the model has 2 (0 to 1)"]);
+    let llama = replace(&text, "arch = \"gemma3\"", "arch = \"llama\"");
+    assert_has(
+        &f.errors(&llama),
+        &[
+            "local_rope_theta is Gemma's, but the model's arch is \"llama\"",
+            "query_pre_attn_scalar is Gemma's, but the model's arch is \"llama\"",
+        ],
+    );
+}
+
 /// A hub id that is in no cache says where it was looked for and how to get it.
 #[test]
 fn a_hub_id_not_downloaded_says_how_to_get_it() {
