@@ -1,8 +1,9 @@
 //! One training step where the tensors live against the same step on the CPU: the loss, the
 //! gradient norm and every updated weight agree within the precision's tolerance. Two packed
 //! documents per row, GQA, gradient accumulation over two micro-batches; Llama, and the
-//! Qwen2 (projection biases, here with a sliding window of 6) and Qwen3 (per-head norms, heads
-//! wider together than the model) variants. On the CPU the test
+//! Qwen2 (projection biases, here with a sliding window of 6), Qwen3 (per-head norms, heads
+//! wider together than the model) and Gemma 3 (norms after the sublayers, GeGLU, a sliding
+//! layer with its own rotary base beside a global one) variants. On the CPU the test
 //! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
 //! precision against the CPU's; without a GPU it says it was skipped.
 
@@ -14,9 +15,10 @@ use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
 use recipe_train::{LossScaler, Objective, Optimizer, gradients, loss_tokens, update};
 
-/// Llama, Qwen2 or Qwen3, heads of 32 (a dimension the CUDA attention kernels are built for).
+/// Llama, Qwen2, Qwen3 or Gemma 3, heads of 32 (a dimension the CUDA attention kernels are
+/// built for).
 fn config(arch: &str) -> Model {
-    let qwen3 = arch == "qwen3";
+    let (qwen3, gemma3) = (arch == "qwen3", arch == "gemma3");
     Model {
         arch: arch.into(),
         vocab_size: 97,
@@ -30,10 +32,14 @@ fn config(arch: &str) -> Model {
         tie_embeddings: false,
         rope_theta: 10000.0,
         rope_scaling: None,
-        sliding_window: (arch == "qwen2").then_some(6),
-        full_attention_layers: None,
-        local_rope_theta: None,
-        query_pre_attn_scalar: None,
+        sliding_window: match arch {
+            "qwen2" => Some(6),
+            "gemma3" => Some(5),
+            _ => None,
+        },
+        full_attention_layers: gemma3.then(|| vec![1]),
+        local_rope_theta: gemma3.then_some(100.0),
+        query_pre_attn_scalar: gemma3.then_some(24),
         nope_layers: None,
         norm_eps: 1e-5,
         init_std: 0.02,
@@ -69,7 +75,7 @@ struct Step {
     mean_update: f64,
 }
 
-const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+const ARCHS: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
 fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
     let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
