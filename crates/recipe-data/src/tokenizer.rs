@@ -23,9 +23,14 @@ pub struct Tok {
 }
 
 impl Tok {
-    /// Wrap a tokenizer; it must have an end-of-document token.
+    /// Wrap a tokenizer; it must have an end-of-document token. A special token by one of
+    /// [`EOS_NAMES`] comes before a plain one (Gemma's `</s>` is an ordinary token, its end of
+    /// document `<eos>`).
     pub fn new(inner: Tokenizer) -> Result<Tok> {
-        let eos = EOS_NAMES.iter().find_map(|n| inner.token_to_id(n)).ok_or_else(|| {
+        let specials = inner.get_added_tokens_decoder();
+        let special = |id: &u32| specials.get(id).is_some_and(|t| t.special);
+        let named = || EOS_NAMES.iter().filter_map(|n| inner.token_to_id(n));
+        let eos = named().find(special).or_else(|| named().next()).ok_or_else(|| {
             DataError::new(format!("the tokenizer has no end-of-document token (one of {})", EOS_NAMES.join(", ")))
         })?;
         Ok(Tok { inner, eos })

@@ -70,6 +70,38 @@ fn gguf_import_export_import_is_bit_identical() {
     }
 }
 
+/// Gemma 3's own tokenizer: its end of document is `<eos>` (its `</s>` is an ordinary token),
+/// `sample --chat` picks the `gemma` template, and a conversation formatted with it has the ids
+/// that Gemma's tokenizer gives its `tokenizer_config.json` template's rendering.
+#[test]
+fn the_gemma_template_tokenizes_as_gemma3s_own_template() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/gemma3/tokenizer.json");
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-assets.sh", path.display());
+    let tok = load_tokenizer(&TokenizerFile::Json(path)).unwrap();
+    assert_eq!(
+        (tok.eos(), tok.chat_template(), tok.turn_ends()),
+        (1, Some(recipe_spec::ChatTemplate::Gemma), vec![106])
+    );
+    let message = |role, content: &str| Message { role, content: content.into() };
+    let messages = [
+        message(Role::System, "You are a whale expert."),
+        message(Role::User, " What is a whale?\n"),
+        message(Role::Assistant, "A large mammal of the sea.  "),
+        message(Role::User, "And a fish?"),
+    ];
+    // The template in the package's tokenizer_config.json, rendered by jinja2 with
+    // add_generation_prompt, then `Tokenizer.encode(text, add_special_tokens=False)` (tokenizers
+    // 0.23.3): `<bos><start_of_turn>user\nYou are a whale expert.\n\nWhat is a whale?<end_of_turn>\n
+    // <start_of_turn>model\nA large mammal of the sea.<end_of_turn>\n<start_of_turn>user\nAnd a
+    // fish?<end_of_turn>\n<start_of_turn>model\n`.
+    let theirs = [
+        2, 105, 2364, 107, 3048, 659, 496, 47389, 7710, 236761, 108, 3689, 563, 496, 47389, 236881, 106, 107, 105,
+        4368, 107, 236776, 2455, 121921, 529, 506, 5442, 236761, 106, 107, 105, 2364, 107, 3133, 496, 5385, 236881,
+        106, 107, 105, 4368, 107,
+    ];
+    assert_eq!(chat_prompt(&tok, recipe_spec::ChatTemplate::Gemma, &messages).unwrap(), theirs);
+}
+
 /// A model folder whose weights are split over shards named by `model.safetensors.index.json`
 /// loads the same tensors as the single file.
 #[test]
