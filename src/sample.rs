@@ -56,7 +56,7 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
             let ids = chat_prompt(&tok, template, &turns).map_err(|e| fail(&e))?;
             (ids, tok.template_ids(template).and_then(|ids| ids.last().copied()))
         }
-        false => (tok.encode(a.prompt).map_err(|e| fail(&e))?, Some(tok.eos())),
+        false => (tok.encode_document(a.prompt).map_err(|e| fail(&e))?, Some(tok.eos())),
     };
     let sampling =
         Sampling { max_new_tokens: a.max_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop };

@@ -43,7 +43,7 @@ pub(crate) fn tokenizer_facts(file: &TokenizerFile) -> Result<TokenizerFacts, St
     if by_id.iter().any(|(id, _)| *id >= u32::MAX as u64) {
         return Err("its vocabulary is too large".into());
     }
-    Ok(facts_of(by_id))
+    Ok(TokenizerFacts { bos: recipe_spec::leading_special_token(&json["post_processor"]), ..facts_of(by_id) })
 }
 
 /// The facts of the tokenizer in a GGUF file's metadata.
@@ -69,5 +69,6 @@ fn facts_of(mut by_id: Vec<(u64, &str)>) -> TokenizerFacts {
         vocab_size: by_id.last().map_or(0, |(id, _)| *id as u32 + 1),
         templates,
         fingerprint: hasher.finalize().to_hex().to_string(),
+        bos: None,
     }
 }

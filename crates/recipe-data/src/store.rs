@@ -70,7 +70,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
         .map(|doc| {
             let held = is_held_out(&doc.identity(), source.holdout);
             let out = match doc {
-                Doc::Text(t) => (tok.encode(t)?, None, held),
+                Doc::Text(t) => (tok.encode_document(t)?, None, held),
                 Doc::Chat(m) => {
                     let template = source.template.unwrap_or(ChatTemplate::ChatMl);
                     let (ids, mask) = format_chat(tok, template, m)?;

@@ -20,6 +20,7 @@ const EOS_NAMES: &[&str] = &["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"
 pub struct Tok {
     inner: Tokenizer,
     eos: u32,
+    bos: Option<u32>,
 }
 
 impl Tok {
@@ -33,7 +34,9 @@ impl Tok {
         let eos = named().find(special).or_else(|| named().next()).ok_or_else(|| {
             DataError::new(format!("the tokenizer has no end-of-document token (one of {})", EOS_NAMES.join(", ")))
         })?;
-        Ok(Tok { inner, eos })
+        let post_processor = serde_json::to_value(inner.get_post_processor()).unwrap_or_default();
+        let bos = recipe_spec::leading_special_token(&post_processor);
+        Ok(Tok { inner, eos, bos })
     }
 
     /// Train a byte-level BPE on `texts`. Decoding returns the exact input bytes.
@@ -63,6 +66,18 @@ impl Tok {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(|e| DataError::new(format!("cannot tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a text document or a plain prompt: [`Tok::encode`], after the token the
+    /// tokenizer starts every text with when it has one (Llama 3's `<|begin_of_text|>`, Gemma's
+    /// `<bos>`), as `transformers`' `tokenizer(text)` gives them.
+    pub fn encode_document(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.bos.into_iter().chain(self.encode(text)?).collect())
+    }
+
+    /// The token every text document starts with, when the tokenizer has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {

@@ -112,8 +112,13 @@ impl Graph {
                 (_, Some(node)) => {
                     m.inputs.insert(node.into(), key_of(&nodes, node));
                 }
-                (Tokenizer::File { written, file, .. }, None) => {
+                (Tokenizer::File { written, file, bos, .. }, None) => {
                     m.files.insert(written.clone(), hash_file(file.path())?);
+                    // Text documents start with it: tokens that the same file gave without it
+                    // before it was added are not these.
+                    if let Some(bos) = bos {
+                        put(&mut m, "tokenizer.bos", "tokenizer.path", json!(bos));
+                    }
                 }
                 (Tokenizer::Train(_), None) => unreachable!("a trained tokenizer always has a node"),
             }

@@ -71,17 +71,30 @@ fn gguf_import_export_import_is_bit_identical() {
 }
 
 /// Gemma 3's own tokenizer: its end of document is `<eos>` (its `</s>` is an ordinary token),
-/// `sample --chat` picks the `gemma` template, and a conversation formatted with it has the ids
-/// that Gemma's tokenizer gives its `tokenizer_config.json` template's rendering.
+/// a text document starts with `<bos>` as `transformers`' `tokenizer(text)` gives it (and
+/// validation knows it, so the key does), `sample --chat` picks the `gemma` template, and a
+/// conversation formatted with it has the ids that Gemma's tokenizer gives its
+/// `tokenizer_config.json` template's rendering. Qwen3's starts texts with nothing.
 #[test]
 fn the_gemma_template_tokenizes_as_gemma3s_own_template() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/gemma3/tokenizer.json");
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let path = assets.join("gemma3/tokenizer.json");
     assert!(path.is_file(), "{} is missing: run scripts/fetch-assets.sh", path.display());
-    let tok = load_tokenizer(&TokenizerFile::Json(path)).unwrap();
+    let file = TokenizerFile::Json(path);
+    let tok = load_tokenizer(&file).unwrap();
     assert_eq!(
         (tok.eos(), tok.chat_template(), tok.turn_ends()),
         (1, Some(recipe_spec::ChatTemplate::Gemma), vec![106])
     );
+    // `Tokenizer.encode(text).ids` in tokenizers 0.23.3, which adds the post-processor's tokens.
+    assert_eq!(tok.encode_document("Call me Ishmael.").unwrap(), [2, 7029, 786, 39579, 136817, 236761]);
+    assert_eq!(Headers.tokenizer_facts(&file).unwrap().bos, Some(2));
+    let qwen3 = TokenizerFile::Json(assets.join("qwen3/tokenizer.json"));
+    assert_eq!(
+        load_tokenizer(&qwen3).unwrap().encode_document("Call me Ishmael.").unwrap(),
+        [7220, 752, 56604, 1728, 301, 13]
+    );
+    assert_eq!(Headers.tokenizer_facts(&qwen3).unwrap().bos, None);
     let message = |role, content: &str| Message { role, content: content.into() };
     let messages = [
         message(Role::System, "You are a whale expert."),

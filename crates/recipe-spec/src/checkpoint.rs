@@ -58,6 +58,22 @@ pub struct TokenizerFacts {
     /// blake3 over every (id, token) pair: equal exactly when two tokenizers map the same
     /// strings to the same ids, whatever file they were read from.
     pub fingerprint: String,
+    /// The token it starts every text with: [`leading_special_token`] of its post-processor.
+    pub bos: Option<u32>,
+}
+
+/// The special token a tokenizer's post-processor (as `tokenizer.json` writes it) puts before a
+/// single sequence — Llama 3's `<|begin_of_text|>`, Gemma's `<bos>` — which `transformers`
+/// adds wherever it encodes a text; none for the others (Qwen's, SmolLM's).
+pub fn leading_special_token(post_processor: &serde_json::Value) -> Option<u32> {
+    match post_processor["type"].as_str()? {
+        "TemplateProcessing" => {
+            let first = post_processor["single"][0]["SpecialToken"]["id"].as_str()?;
+            u32::try_from(post_processor["special_tokens"][first]["ids"][0].as_u64()?).ok()
+        }
+        "Sequence" => post_processor["processors"].as_array()?.iter().find_map(leading_special_token),
+        _ => None,
+    }
 }
 
 /// Where a tokenizer is read from: a `tokenizer.json`, or a `.gguf`'s metadata. A model folder

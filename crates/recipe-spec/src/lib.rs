@@ -41,7 +41,9 @@ mod vocab;
 
 pub use average::Average;
 pub use canonical::flatten;
-pub use checkpoint::{AdapterInfo, CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf};
+pub use checkpoint::{
+    AdapterInfo, CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf, leading_special_token,
+};
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
 pub use distill::Distill;
 pub use estimate::{Estimate, Memory, PhaseEstimate};

@@ -234,6 +234,7 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
             vocab_size: 0,
             templates: Vec::new(),
             fingerprint: String::new(),
+            bos: None,
         }),
         sources,
         stages,

@@ -29,6 +29,9 @@ pub enum Tokenizer {
         templates: Vec<ChatTemplate>,
         #[serde(skip)]
         fingerprint: String,
+        /// The token it starts every text document with, when it has one.
+        #[serde(skip)]
+        bos: Option<u32>,
     },
     /// `train = {...}`: a byte-level BPE trained on named sources as a cached graph node.
     #[serde(rename = "train")]
@@ -99,6 +102,7 @@ pub(crate) fn decode_tokenizer(
                     vocab_size: t.vocab_size,
                     templates: t.templates,
                     fingerprint: t.fingerprint,
+                    bos: t.bos,
                 }),
                 Err(why) => {
                     let d = Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
