@@ -283,22 +283,31 @@ fn best_fit_packs_the_shipped_corpora_tightly_at_512() {
     }
 }
 
+/// A small BPE with `special_tokens` (a template's), trained on one line about whales.
+fn whale_tokenizer(special_tokens: &[&str]) -> Tok {
+    let config = recipe_spec::TokenizerTrain {
+        kind: "bpe".into(),
+        vocab_size: 400,
+        sources: Vec::new(),
+        min_frequency: 2,
+        special_tokens: special_tokens.iter().map(|t| t.to_string()).collect(),
+    };
+    Tok::train(&config, ["What is a whale? A large mammal of the sea."].into_iter()).unwrap()
+}
+
 /// Llama 3's template, as its `tokenizer_config.json` renders it: the conversation's start,
 /// each role in a header, contents trimmed, each turn ended by `<|eot_id|>`; the mask is the
 /// assistant's content and its `<|eot_id|>`, and the prompt for the next turn is the
 /// assistant's header.
 #[test]
 fn the_llama3_template_renders_as_llama3_does() {
-    let special_tokens =
-        ["<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
-    let config = recipe_spec::TokenizerTrain {
-        kind: "bpe".into(),
-        vocab_size: 400,
-        sources: Vec::new(),
-        min_frequency: 2,
-        special_tokens: special_tokens.map(String::from).to_vec(),
-    };
-    let tok = Tok::train(&config, ["What is a whale? A large mammal of the sea."].into_iter()).unwrap();
+    let tok = whale_tokenizer(&[
+        "<|end_of_text|>",
+        "<|begin_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ]);
     assert_eq!((tok.chat_template(), tok.turn_ends().len()), (Some(ChatTemplate::Llama3), 1));
     let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
     let messages = [
@@ -328,15 +337,7 @@ fn the_llama3_template_renders_as_llama3_does() {
 /// `<end_of_turn>`.
 #[test]
 fn the_gemma_template_renders_as_gemma_does() {
-    let special_tokens = ["<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"];
-    let config = recipe_spec::TokenizerTrain {
-        kind: "bpe".into(),
-        vocab_size: 400,
-        sources: Vec::new(),
-        min_frequency: 2,
-        special_tokens: special_tokens.map(String::from).to_vec(),
-    };
-    let tok = Tok::train(&config, ["What is a whale? A large mammal of the sea."].into_iter()).unwrap();
+    let tok = whale_tokenizer(&["<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]);
     assert_eq!((tok.chat_template(), tok.turn_ends().len()), (Some(ChatTemplate::Gemma), 1));
     let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
     let messages = [

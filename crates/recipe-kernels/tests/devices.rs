@@ -54,7 +54,7 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
     let dropout = Some(Dropout { p: 0.25, seed: 5 });
     let spans = KeySpans::documents(&docs, b, t);
     let spans_composed = spans.clone();
-    vec![
+    let mut cases = vec![
         Case {
             name: "rms_norm",
             inputs: vec![uniform(rng, &[75, 16], 2.0), uniform(rng, &[16], 1.5)],
@@ -99,20 +99,6 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             reference: Box::new(|i| embedding_composed(&i[0], &i[1])),
         },
         Case {
-            name: "swiglu",
-            inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
-            trainable: vec![true, true],
-            op: Box::new(|i| glu(&i[0], &i[1], Activation::Silu)),
-            reference: Box::new(|i| glu_composed(&i[0], &i[1], Activation::Silu)),
-        },
-        Case {
-            name: "geglu",
-            inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
-            trainable: vec![true, true],
-            op: Box::new(|i| glu(&i[0], &i[1], Activation::GeluTanh)),
-            reference: Box::new(|i| glu_composed(&i[0], &i[1], Activation::GeluTanh)),
-        },
-        Case {
             name: "rope",
             inputs: vec![uniform(rng, &[b, h, t, hd], 2.0), cos, sin],
             trainable: vec![true, false, false],
@@ -154,7 +140,17 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
             op: Box::new(|i| linear(&i[0], &i[1], Products::Exact)),
             reference: Box::new(|i| i[0].matmul(&i[1].t()?)),
         },
-    ]
+    ];
+    for (name, act) in [("swiglu", Activation::Silu), ("geglu", Activation::GeluTanh)] {
+        cases.push(Case {
+            name,
+            inputs: vec![uniform(rng, &[33, 20], 5.0), uniform(rng, &[33, 20], 2.0)],
+            trainable: vec![true, true],
+            op: Box::new(move |i| glu(&i[0], &i[1], act)),
+            reference: Box::new(move |i| glu_composed(&i[0], &i[1], act)),
+        });
+    }
+    cases
 }
 
 /// Attention at a head dimension the CUDA kernels are built for, over more than one tile of keys
