@@ -1,16 +1,18 @@
 //! `recipe export`: copy a finished stage's result, a Hugging Face model directory
-//! (`config.json`, `model.safetensors` with any LoRA merged in, `tokenizer.json`) or a LoRA
-//! stage's PEFT adapter, to a folder of the user's choice, in the dtype asked for, and check
-//! that it loads back bit for bit.
+//! (`config.json`, `model.safetensors` with any LoRA merged in, `tokenizer.json`, and a
+//! `tokenizer_config.json` with the chat template it trained with) or a LoRA stage's PEFT
+//! adapter, to a folder of the user's choice, in the dtype asked for, and check that it loads
+//! back bit for bit.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, MODEL_WEIGHTS, torch_dtype};
-use recipe_data::TOKENIZER_FILE;
+use recipe_data::{TOKENIZER_FILE, Tok};
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::Precision;
+use recipe_run::load_tokenizer;
+use recipe_spec::{ChatTemplate, Precision, Recipe, SourceFormat, Stage, TokenizerFile};
 
 use crate::{Failure, load};
 
@@ -63,10 +65,17 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: 
     for file in files {
         std::fs::copy(result.join(file), out.join(file)).map_err(|e| fail(&e))?;
     }
+    let tok = load_tokenizer(&TokenizerFile::Json(result.join(TOKENIZER_FILE))).map_err(|e| fail(&e))?;
+    let tokenizer_config = serde_json::to_vec_pretty(&tokenizer_config(&recipe, stage, &tok)).expect("plain data");
+    std::fs::write(out.join(TOKENIZER_CONFIG), tokenizer_config).map_err(|e| fail(&e))?;
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(result.join(MODEL_CONFIG)).map_err(|e| fail(&e))?)
             .map_err(|e| fail(&e))?;
     config["torch_dtype"] = torch_dtype(dtype).into();
+    // Results written before `bos_token_id` came from the tokenizer.
+    if let Some(bos) = tok.bos() {
+        config["bos_token_id"] = bos.into();
+    }
     let config = serde_json::to_vec_pretty(&config).expect("plain data");
     std::fs::write(out.join(MODEL_CONFIG), config).map_err(|e| fail(&e))?;
 
@@ -92,6 +101,31 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: 
     }
     tracing::info!("exported `{stage_name}` ({elements} parameters, {weights}, {dtype:?}) to {}", out.display());
     Ok(())
+}
+
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// What `transformers`' `AutoTokenizer` reads beside `tokenizer.json`: the class, the special
+/// tokens and, where the tokenizer has a chat template's tokens, the template in Jinja — the
+/// one the stage's chat sources were formatted with, else the tokenizer's — so that
+/// `apply_chat_template` gives the ids the model trained on.
+fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Value {
+    let trained_with = stage.sources_read().into_iter().filter_map(|name| recipe.source(name)).find_map(|source| {
+        (source.format == SourceFormat::ChatJsonl).then(|| source.template.unwrap_or(ChatTemplate::ChatMl))
+    });
+    let mut config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": tok.token(tok.eos()),
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": stage.model.max_seq_len,
+    });
+    if let Some(bos) = tok.bos() {
+        config["bos_token"] = tok.token(bos).into();
+    }
+    if let Some(template) = trained_with.or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some()) {
+        config["chat_template"] = recipe_data::jinja(template).into();
+    }
+    config
 }
 
 /// Same dtype, shape and bits in every element. Widening f32, bf16 and f16 to f64 is exact and

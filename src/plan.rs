@@ -215,7 +215,12 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         let m = &stage.model;
         let _ =
             writeln!(out, "\nstage {} ({})  key {}", stage.name, stage.kind, &s["key"].as_str().unwrap_or("")[..12]);
-        let window = m.sliding_window.map_or(String::new(), |w| format!(" · sliding window {w}"));
+        let window = match (m.sliding_window, &m.full_attention_layers) {
+            (None, _) => String::new(),
+            (Some(w), None) => format!(" · sliding window {w}"),
+            (Some(w), Some(full)) => format!(" · sliding window {w} but layers {full:?}"),
+        };
+        let local_rope = m.local_rope_theta.map_or(String::new(), |t| format!(" · sliding layers' rope base {t}"));
         let nope = m.nope_layers.as_ref().map_or(String::new(), |layers| format!(" · NoPE layers {layers:?}"));
         let rope_scaling = match m.rope_scaling {
             None => String::new(),
@@ -226,7 +231,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         };
         let _ = writeln!(
             out,
-            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}{window}{nope}",
+            "  model     {} · d_model {} · {} layers · {} heads of {} ({} kv) · d_ff {} · vocab {}{}{rope_scaling}{window}{local_rope}{nope}",
             m.arch,
             m.d_model,
             m.n_layers,

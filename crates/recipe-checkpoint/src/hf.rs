@@ -270,10 +270,11 @@ fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> V
 
 /// `config.json` for the `transformers` class that computes what `model` does: Llama, Mistral
 /// (a sliding window in every layer), Ministral (in some), SmolLM3 (NoPE layers), Qwen2, Qwen3
-/// or Gemma 3. `eos` lists the tokens that end generation, the end-of-document token first
-/// (also written as `bos_token_id`); a chat model adds its end-of-turn token, so
-/// `transformers` stops at the end of an answer too. `dtype` is what `model.safetensors` holds.
-pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
+/// or Gemma 3. `eos` lists the tokens that end generation, the end-of-document token first;
+/// a chat model adds its end-of-turn token, so `transformers` stops at the end of an answer
+/// too. `bos` is the token the tokenizer starts a text with (else the end-of-document token
+/// stands in for it). `dtype` is what `model.safetensors` holds.
+pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -> Value {
     let fields = serde_json::to_value(model).expect("plain struct");
     let (class, model_type) = match (model.arch.as_str(), model.sliding_window) {
         ("qwen2", _) => ("Qwen2ForCausalLM", "qwen2"),
@@ -290,7 +291,7 @@ pub fn config_json(model: &Model, eos: &[u32], dtype: DType) -> Value {
         "architectures": [class],
         "model_type": model_type,
         "head_dim": model.head_dim(),
-        "bos_token_id": eos.first(),
+        "bos_token_id": bos.or(eos.first().copied()),
         // No padding token: some classes (SmolLM3's) would otherwise assume one.
         "pad_token_id": null,
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
@@ -540,7 +541,7 @@ mod tests {
         let path = dir.path().join(MODEL_CONFIG);
         for spec in [spec.clone(), windowed("llama"), windowed("qwen2"), gemma] {
             let model = spec.resolve(Some(300));
-            std::fs::write(&path, config_json(&model, &[0], DType::F32).to_string()).unwrap();
+            std::fs::write(&path, config_json(&model, None, &[0], DType::F32).to_string()).unwrap();
             let read = read_config(&path).unwrap();
             assert_eq!(read.resolve(None), Model { init_std: 0.02, from: None, ..model });
         }

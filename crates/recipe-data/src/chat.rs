@@ -120,3 +120,31 @@ pub fn chat_prompt(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
     }
     Ok(out)
 }
+
+/// `template` as a `transformers` chat template (Jinja, for `tokenizer_config.json`'s
+/// `chat_template`), rendering conversations as [`format_chat`] and [`chat_prompt`] do, so that
+/// `apply_chat_template` on an exported model gives the ids it trained on. Gemma's is the text
+/// part of Gemma 3's own.
+pub fn jinja(template: ChatTemplate) -> &'static str {
+    match template {
+        ChatTemplate::ChatMl => concat!(
+            "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+        ),
+        ChatTemplate::Llama3 => concat!(
+            "{{ '<|begin_of_text|>' }}{% for message in messages %}",
+            "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}",
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+        ),
+        ChatTemplate::Gemma => concat!(
+            "{{ '<bos>' }}{% if messages[0]['role'] == 'system' %}",
+            "{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}",
+            "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}",
+            "{% for message in loop_messages %}{% if message['role'] == 'system' %}",
+            "{{ raise_exception('Gemma takes a system prompt only as the first message') }}{% endif %}",
+            "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}",
+            "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}",
+            "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
+        ),
+    }
+}

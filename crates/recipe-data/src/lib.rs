@@ -20,7 +20,7 @@ mod progress;
 mod store;
 mod tokenizer;
 
-pub use chat::{chat_prompt, format_chat};
+pub use chat::{chat_prompt, format_chat, jinja};
 pub use documents::{Doc, Documents, MAX_LINE_BYTES, Message, Role, read_source};
 pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, LoaderStats, Mix, PAD_DOC, SourceStats, Split};

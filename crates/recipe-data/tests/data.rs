@@ -361,6 +361,47 @@ fn the_gemma_template_renders_as_gemma_does() {
     assert!(error.contains("takes a system prompt only as the first message"), "{error}");
 }
 
+/// Each template's Jinja (what `recipe export` writes as `tokenizer_config.json`'s
+/// `chat_template`), rendered by minijinja as `transformers`' `apply_chat_template` renders it,
+/// is the text of the ids `format_chat` and `chat_prompt` give; Gemma's refuses a late system
+/// message as `format_chat` does.
+#[test]
+fn the_exported_chat_templates_render_what_training_formats() {
+    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    let messages = [
+        message(recipe_data::Role::System, "Be brief."),
+        message(recipe_data::Role::User, " What is a whale?\n"),
+        message(recipe_data::Role::Assistant, "A large mammal. "),
+        message(recipe_data::Role::User, "And a fish?"),
+    ];
+    let as_json = |messages: &[recipe_data::Message]| -> Vec<minijinja::Value> {
+        let fields = |m: &recipe_data::Message| {
+            std::collections::BTreeMap::from([("role", m.role.as_str().to_string()), ("content", m.content.clone())])
+        };
+        messages.iter().map(|m| minijinja::Value::from(fields(m))).collect()
+    };
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |m: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m))
+    });
+    for template in ChatTemplate::ALL {
+        let eos = if template == ChatTemplate::Gemma { "<eos>" } else { "<|endoftext|>" };
+        let tok = whale_tokenizer(&[[eos].as_slice(), template.tokens()].concat());
+        let jinja = env.template_from_str(recipe_data::jinja(template)).unwrap();
+        let render = |messages: &[recipe_data::Message], prompt: bool| {
+            jinja.render(minijinja::context! { messages => as_json(messages), add_generation_prompt => prompt })
+        };
+        let (ids, _) = format_chat(&tok, template, &messages).unwrap();
+        assert_eq!(tok.decode(&ids), render(&messages, false).unwrap(), "{template}");
+        let prompt = recipe_data::chat_prompt(&tok, template, &messages).unwrap();
+        assert_eq!(tok.decode(&prompt), render(&messages, true).unwrap(), "{template}");
+        if template == ChatTemplate::Gemma {
+            let late_system = [messages[1].clone(), messages[0].clone()];
+            assert!(render(&late_system, false).unwrap_err().to_string().contains("system prompt only as the first"));
+        }
+    }
+}
+
 #[test]
 fn the_chat_loss_mask_covers_exactly_the_assistant_turns() {
     let c = corpora();

@@ -21,10 +21,11 @@ impl Llama {
     /// Write `model.safetensors` (LoRA merged in, in the master dtype) and `config.json` into
     /// `dir`; under PEFT also the adapter alone, `adapter_model.safetensors` and
     /// `adapter_config.json` as the `peft` library writes them (Tied-LoRA as the LoRA adapter
-    /// it equals), naming `base_model` as what it adapts. `eos` lists the tokens that
-    /// end generation, the end-of-document token first.
-    pub fn save_pretrained(&self, dir: &Path, eos: &[u32], base_model: &str) -> Result<()> {
-        save_model(dir, &self.weights()?, &config_json(&self.config, eos, self.dtypes.weights))?;
+    /// it equals), naming `base_model` as what it adapts. `bos` is the token the tokenizer
+    /// starts a text with, when it has one; `eos` lists the tokens that end generation, the
+    /// end-of-document token first.
+    pub fn save_pretrained(&self, dir: &Path, bos: Option<u32>, eos: &[u32], base_model: &str) -> Result<()> {
+        save_model(dir, &self.weights()?, &config_json(&self.config, bos, eos, self.dtypes.weights))?;
         if let Some(lora) = &self.lora {
             let kind = match lora.method {
                 PeftMethod::Vera => AdapterKind::Vera { d_initial: VERA_D_INITIAL },

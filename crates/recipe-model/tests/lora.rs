@@ -160,7 +160,7 @@ fn the_adapter_is_written_peft_style_beside_the_merged_model() {
     let lora = Llama::with_lora(&c, base(&c), &peft(&["q_proj", "v_proj"]), 1, &Device::Cpu).unwrap();
     train_a_little(&lora);
     let dir = tempfile::tempdir().unwrap();
-    lora.save_pretrained(dir.path(), &[0], "base-model").unwrap();
+    lora.save_pretrained(dir.path(), None, &[0], "base-model").unwrap();
     let adapter = candle_core::safetensors::load(dir.path().join(ADAPTER_WEIGHTS), &Device::Cpu).unwrap();
     assert_eq!(adapter.len(), 2 * 2 * 2);
     let a = &adapter["base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight"];
@@ -215,7 +215,7 @@ fn vera_and_tied_lora_are_written_as_peft_adapters_that_merge_to_the_same_model(
         let adapted = Llama::with_lora(&c, base(&c), &peft_with(method, ALL), 1, &Device::Cpu).unwrap();
         train_a_little(&adapted);
         let dir = tempfile::tempdir().unwrap();
-        adapted.save_pretrained(dir.path(), &[0], "base-model").unwrap();
+        adapted.save_pretrained(dir.path(), None, &[0], "base-model").unwrap();
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap()).unwrap();
         assert_eq!(config["peft_type"], peft_type);

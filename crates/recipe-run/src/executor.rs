@@ -314,7 +314,7 @@ fn save_stage_result(recipe: &Recipe, stage: &Stage, model: &Llama, tokenizer: &
     };
     let mut eos = vec![tokenizer.eos()];
     eos.extend(tokenizer.turn_ends());
-    model.save_pretrained(staging, &eos, &base_model)?;
+    model.save_pretrained(staging, tokenizer.bos(), &eos, &base_model)?;
     tokenizer.save(&staging.join(TOKENIZER_FILE))?;
     Ok(())
 }

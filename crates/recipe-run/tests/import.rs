@@ -56,7 +56,7 @@ fn gguf_import_export_import_is_bit_identical() {
         Llama::from_tensors(&config, load_checkpoint(&gguf, CheckpointFormat::Gguf, &config).unwrap(), &Device::Cpu)
             .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    imported.save_pretrained(dir.path(), &[0], "SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
+    imported.save_pretrained(dir.path(), None, &[0], "SmolLM2-135M-Instruct.Q4_1.gguf").unwrap();
     let info = inspect(dir.path()).unwrap();
     assert_eq!(info.format, CheckpointFormat::HfDir);
     assert_eq!(info.arch.resolve(None), config, "config.json describes the same architecture");
@@ -129,7 +129,7 @@ fn a_sharded_model_folder_loads_like_a_single_file() {
     .resolve(None);
     let model = Llama::init(&config, 1, &Device::Cpu).unwrap();
     let single = tempfile::tempdir().unwrap();
-    model.save_pretrained(single.path(), &[0], "").unwrap();
+    model.save_pretrained(single.path(), None, &[0], "").unwrap();
     let sharded = tempfile::tempdir().unwrap();
     std::fs::copy(single.path().join("config.json"), sharded.path().join("config.json")).unwrap();
     let tensors = model.weights().unwrap();
@@ -178,7 +178,7 @@ fn import_transformers_fixture(name: &str) -> recipe_spec::Model {
     assert_logits(name, &model, &expected);
 
     let exported = tempfile::tempdir().unwrap();
-    model.save_pretrained(exported.path(), &[0], name).unwrap();
+    model.save_pretrained(exported.path(), None, &[0], name).unwrap();
     assert_eq!(inspect(exported.path()).unwrap().arch.resolve(None), config);
     config
 }
