@@ -18,6 +18,9 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `gemma3`: a `Gemma3ForCausalLM` (Gemma 3's text model) of three layers, two sliding (window
   16) with their own rotary base, one global with linear rotary scaling, and attention scaled
   by `query_pre_attn_scalar`;
+- `olmo2`: an `Olmo2ForCausalLM` (RMSNorms after attention and the MLP, none before; the query
+  and key projections normalised whole);
+- `olmo3`: an `Olmo3ForCausalLM`, OLMo 2 whose first layer slides (window 24);
 and three `peft` adapters over `qwen3` and `gemma3`, saved by `peft` with random `A` and `B` (so that they
 change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
@@ -47,6 +50,10 @@ from transformers import (
     MinistralForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Olmo3Config,
+    Olmo3ForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     Qwen2Config,
@@ -170,6 +177,15 @@ def build(name):
         base = Qwen3ForCausalLM(QWEN3)
         randomise(base)  # the same weights as `qwen3`'s
         save_adapter(os.path.join(root, name), base, LORA if name == "qwen3-lora" else DORA)
+    elif name == "olmo2":
+        save(os.path.join(root, name), Olmo2ForCausalLM(Olmo2Config(**SHAPES, pad_token_id=None, eos_token_id=2)))
+    elif name == "olmo3":
+        # The first layer slides (window 24) and the second attends globally, both with base 5e5.
+        config = Olmo3Config(
+            **SHAPES, sliding_window=24, layer_types=["sliding_attention", "full_attention"], pad_token_id=None,
+            eos_token_id=2,
+        )
+        save(os.path.join(root, name), Olmo3ForCausalLM(config))
     elif name == "gemma3":
         save(os.path.join(root, name), Gemma3ForCausalLM(gemma3()))
     elif name == "gemma3-lora":
@@ -182,7 +198,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "smollm3", "qwen3", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora",
+    "gemma3", "gemma3-lora", "olmo2", "olmo3",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

@@ -112,7 +112,9 @@ fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<u64>>, String> 
 }
 
 /// What tensor shapes alone fix, and the key/value width when the head count stays with the
-/// recipe (Qwen3's per-head norms give the head size, and with it the counts).
+/// recipe (Qwen3's per-head norms give the head size, and with it the counts). OLMo 2 is told by
+/// its blocks' having no input norm; Gemma's four norms per block are refused, since only its
+/// config.json says how they scale.
 fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, Option<u32>), String> {
     // A matrix: its shape has two dimensions (a damaged header may say anything).
     let dims = |name: &str| match shapes.get(name) {
@@ -125,11 +127,20 @@ fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, Op
     let q = dims("model.layers.0.self_attn.q_proj.weight")?;
     let kv = dims("model.layers.0.self_attn.k_proj.weight")?;
     let n_layers =
-        (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.input_layernorm.weight"))).count();
+        (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.post_attention_layernorm.weight"))).count();
+    if shapes.contains_key("model.layers.0.pre_feedforward_layernorm.weight") {
+        return Err(
+            "its blocks have four norms, as Gemma's: put its config.json beside it to say which model it is".into()
+        );
+    }
     let narrow = |v: u64| u32::try_from(v).map_err(|_| "a dimension is too large".to_string());
     let qkv_bias = shapes.contains_key("model.layers.0.self_attn.q_proj.bias");
-    let head_dim = shapes.get("model.layers.0.self_attn.q_norm.weight").and_then(|s| s.first().copied());
+    let olmo2 = !shapes.contains_key("model.layers.0.input_layernorm.weight");
+    // OLMo 2's query norm spans the whole projection, so it says nothing of the head size.
+    let head_dim =
+        shapes.get("model.layers.0.self_attn.q_norm.weight").and_then(|s| s.first().copied()).filter(|_| !olmo2);
     let arch = match (head_dim, qkv_bias) {
+        _ if olmo2 => "olmo2",
         (Some(_), _) => "qwen3",
         (None, true) => "qwen2",
         (None, false) => "llama",

@@ -48,10 +48,11 @@ struct Rope {
 
 /// The rotary embedding's base and scaling, from `rope_parameters` (as `transformers` 5 writes
 /// them) or else `rope_theta` and `rope_scaling` (as earlier versions did, the kind first
-/// called `type`, then `rope_type`). Gemma 3's are per kind of layer: `rope_parameters` holds
-/// `full_attention` and `sliding_attention` (version 5), else `rope_theta` and `rope_scaling`
-/// are the global layers' and `rope_local_base_freq` the sliding ones' (version 4).
-fn read_rope(c: &Value, gemma: bool) -> Result<Rope, String> {
+/// called `type`, then `rope_type`). Gemma 3's and OLMo 3's are per kind of layer:
+/// `rope_parameters` holds `full_attention` and `sliding_attention` (version 5); in version 4
+/// `rope_theta` and `rope_scaling` are the global layers' and Gemma's `rope_local_base_freq` the
+/// sliding ones'. Only Gemma's sliding layers may rotate otherwise than its global ones.
+fn read_rope(c: &Value, model_type: &str) -> Result<Rope, String> {
     let parameters = &c["rope_parameters"];
     let partial = parameters["partial_rotary_factor"].as_f64().or(c["partial_rotary_factor"].as_f64());
     if partial.is_some_and(|p| p != 1.0) {
@@ -59,30 +60,42 @@ fn read_rope(c: &Value, gemma: bool) -> Result<Rope, String> {
             "its config.json rotates a part of each head (partial_rotary_factor {partial:?}); only whole heads are"
         ));
     }
-    if !gemma {
-        let (theta, scaling) = match parameters {
-            Value::Null => rope_of(&c["rope_theta"], &c["rope_scaling"], 10000.0)?,
-            parameters => rope_of(&parameters["rope_theta"], parameters, 10000.0)?,
-        };
-        return Ok(Rope { theta, scaling, local_theta: None });
-    }
-    // `transformers`' defaults for Gemma 3: 1e6 globally, 1e4 in the sliding layers.
-    let ((theta, scaling), (local_theta, local_scaling)) = match parameters {
-        Value::Null => (
-            rope_of(&c["rope_theta"], &c["rope_scaling"], 1e6)?,
-            rope_of(&c["rope_local_base_freq"], &Value::Null, 1e4)?,
-        ),
-        parameters => {
-            let (global, local) = (&parameters["full_attention"], &parameters["sliding_attention"]);
-            (rope_of(&global["rope_theta"], global, 1e6)?, rope_of(&local["rope_theta"], local, 1e4)?)
-        }
+    let gemma = model_type == "gemma3_text";
+    // `transformers`' defaults: Gemma 3 1e6 globally and 1e4 in the sliding layers, OLMo 3 5e5.
+    let (global_default, local_default) = match model_type {
+        "gemma3_text" => (1e6, 1e4),
+        "olmo3" => (5e5, 5e5),
+        _ => (1e4, 1e4),
     };
+    let ((theta, scaling), local) = match parameters {
+        Value::Null if gemma => (
+            rope_of(&c["rope_theta"], &c["rope_scaling"], global_default)?,
+            Some(rope_of(&c["rope_local_base_freq"], &Value::Null, local_default)?),
+        ),
+        Value::Null => (rope_of(&c["rope_theta"], &c["rope_scaling"], global_default)?, None),
+        by_kind if by_kind.get("full_attention").is_some() => {
+            let (global, local) = (&by_kind["full_attention"], &by_kind["sliding_attention"]);
+            let local = rope_of(&local["rope_theta"], local, local_default)?;
+            (rope_of(&global["rope_theta"], global, global_default)?, Some(local))
+        }
+        parameters => (rope_of(&parameters["rope_theta"], parameters, global_default)?, None),
+    };
+    let Some((local_theta, local_scaling)) = local else { return Ok(Rope { theta, scaling, local_theta: None }) };
     if local_scaling.is_some() {
         return Err(
             "its config.json scales the sliding layers' rotary embedding; only the global layers' may be".into()
         );
     }
-    Ok(Rope { theta, scaling, local_theta: Some(local_theta) })
+    if gemma {
+        return Ok(Rope { theta, scaling, local_theta: Some(local_theta) });
+    }
+    if local_theta != theta || scaling.is_some() {
+        return Err(format!(
+            "its sliding layers rotate otherwise (base {local_theta}, unscaled) than its global ones (base {theta}{}); only Gemma 3's may",
+            if scaling.is_some() { ", scaled" } else { "" }
+        ));
+    }
+    Ok(Rope { theta, scaling, local_theta: None })
 }
 
 /// One rotary embedding's base (`default` when absent) and scaling.
@@ -159,9 +172,11 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
         "gemma3_text" => "gemma3",
+        // OLMo 3 is OLMo 2 with a sliding window in most layers.
+        "olmo2" | "olmo3" => "olmo2",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3 and gemma3_text (Gemma 3's text models) can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma3_text (Gemma 3's text models), olmo2 and olmo3 can be imported"
             ));
         }
     };
@@ -205,7 +220,7 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     if !nope.is_empty() {
         fields.insert("nope_layers".into(), nope.clone().into());
     }
-    let rope = read_rope(&c, gemma)?;
+    let rope = read_rope(&c, &model_type)?;
     let n_layers = fields["n_layers"].as_u64().unwrap_or(0) as u32;
     let slides = sliding_layers(&c, &model_type, n_layers, &nope);
     let window = c["sliding_window"].as_u64().filter(|_| slides.contains(&true));
@@ -249,7 +264,8 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
 /// For each layer, whether `transformers` gives it sliding-window attention: as `layer_types`
 /// says where it is written, else by each model type's rule — Mistral and Phi-3 every layer;
 /// Qwen's from `max_window_layers` on, and SmolLM3's NoPE layers, under `use_sliding_window`;
-/// Gemma 3's all but every `sliding_window_pattern`-th. None at all without a `sliding_window`.
+/// Gemma 3's all but every `sliding_window_pattern`-th, OLMo 3's all but every fourth. None at
+/// all without a `sliding_window`.
 fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> Vec<bool> {
     let flagged = matches!(model_type, "qwen2" | "qwen3" | "smollm3");
     if c["sliding_window"].is_null() || (flagged && c["use_sliding_window"].as_bool() != Some(true)) {
@@ -263,6 +279,7 @@ fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> V
             "qwen2" | "qwen3" => u64::from(i) >= c["max_window_layers"].as_u64().unwrap_or(28),
             "smollm3" => nope.contains(&i),
             "gemma3_text" => (u64::from(i) + 1) % c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) != 0,
+            "olmo3" => (i + 1) % 4 != 0,
             _ => true,
         })
         .collect()
@@ -280,6 +297,9 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         ("qwen2", _) => ("Qwen2ForCausalLM", "qwen2"),
         ("qwen3", _) => ("Qwen3ForCausalLM", "qwen3"),
         ("gemma3", _) => ("Gemma3ForCausalLM", "gemma3_text"),
+        // OLMo 3 is OLMo 2 with sliding windows.
+        ("olmo2", None) => ("Olmo2ForCausalLM", "olmo2"),
+        ("olmo2", Some(_)) => ("Olmo3ForCausalLM", "olmo3"),
         _ if model.nope_layers.is_some() => ("SmolLM3ForCausalLM", "smollm3"),
         // `transformers`' Llama has no sliding window; Mistral is Llama with one in every
         // layer, Ministral with one in the layers `layer_types` says.
@@ -330,6 +350,17 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         config[*theirs] = fields[*ours].clone();
     }
     write_rope(&mut config, model);
+    if model_type == "olmo3" {
+        // Its configuration would give the sliding layers its default base, not `rope_theta`:
+        // both kinds of layer spelled out, as version 5 writes them.
+        let mut every = if config["rope_scaling"].is_null() {
+            json!({ "rope_type": "default" })
+        } else {
+            config["rope_scaling"].clone()
+        };
+        every["rope_theta"] = json!(model.rope_theta);
+        config["rope_parameters"] = json!({ "full_attention": every, "sliding_attention": every });
+    }
     config
 }
 
@@ -613,6 +644,20 @@ mod tests {
         );
         let softcapped = read("gemma3_text", r#", "attn_logit_softcapping": 50.0"#).unwrap_err();
         assert!(softcapped.contains("`attn_logit_softcapping` = 50.0"), "{softcapped}");
+        let olmo3 = read("olmo3", r#", "sliding_window": 16"#).unwrap();
+        // Two layers, both sliding: OLMo 3's fourth is its first global one.
+        assert_eq!(
+            (olmo3.arch.as_deref(), olmo3.sliding_window, olmo3.full_attention_layers),
+            (Some("olmo2"), Some(16), None)
+        );
+        assert_eq!(olmo3.rope_theta, Some(5e5));
+        let bases = r#", "sliding_window": 16, "rope_parameters": {"full_attention": {"rope_type": "default",
+            "rope_theta": 5e5}, "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}"#;
+        let error = read("olmo3", bases).unwrap_err();
+        assert!(
+            error.contains("sliding layers rotate otherwise (base 10000, unscaled) than its global ones (base 500000)"),
+            "{error}"
+        );
         let gemma2 = read("gemma2", "").unwrap_err();
         assert!(gemma2.contains(r#"model_type "gemma2"; only llama, mistral, ministral"#), "{gemma2}");
     }

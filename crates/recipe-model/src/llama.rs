@@ -6,10 +6,12 @@
 //! `full_attention_layers`, which may rotate with another base than the sliding ones. `gemma3`
 //! (Gemma 3) adds an RMSNorm after attention and after the MLP, gates the MLP with the tanh GELU,
 //! scales the embeddings by √d_model, and its norms scale by `1 + w`: the weights are stored as
-//! Hugging Face stores them, and the 1 added where they are used. Built only from ops that have
-//! a backward pass (CANDLE.md: Candle's fused norm, softmax and rope ops silently drop
+//! Hugging Face stores them, and the 1 added where they are used. `olmo2` (OLMo 2) moves the
+//! block's norms after attention and the MLP and normalises the query and key projections
+//! whole (`Model::block_norms` says where each norm stands). Built only from ops that have a
+//! backward pass (CANDLE.md: Candle's fused norm, softmax and rope ops silently drop
 //! gradients): Candle compositions, and the fused projection, RMSNorm, rotary embedding,
-//! attention and SwiGLU of `recipe-kernels`. Tensors carry Hugging Face names.
+//! attention and gated activation of `recipe-kernels`. Tensors carry Hugging Face names.
 //!
 //! Weights are either trainable [`Param`]s or frozen tensors. Projections go through
 //! `linear`, frozen ones through `frozen_linear`, whose backward computes no weight gradient;
@@ -448,7 +450,13 @@ impl Llama {
         let (cos, sin) = positions.rotary(c.rotates_locally(i as u32));
         let spans = positions.spans(c.slides(i as u32));
 
-        let normed = norm(x, "input_layernorm")?;
+        let norms = c.block_norms();
+        // A norm where the block has one, else the identity.
+        let maybe_norm = |x: Tensor, n: Option<&str>| match n {
+            Some(n) => norm(&x, n),
+            None => Ok(x),
+        };
+        let normed = maybe_norm(x.clone(), norms.before_attention)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
         let qkv = |n: &str| {
             let y = linear(&normed, n)?;
@@ -456,7 +464,12 @@ impl Llama {
         };
         // Qwen3 normalises each query and key head on its own.
         let normed_heads = |y: Tensor, n: usize, name: &str| {
-            let y = if c.qk_norm() { norm(&y.reshape((b * t * n, hd))?, name)? } else { y };
+            let y = if c.qk_norm() {
+                let width = c.qk_norm_width((n * hd) as u32) as usize;
+                norm(&y.reshape((b * t * n * hd / width, width))?, name)?
+            } else {
+                y
+            };
             heads(y, n)
         };
         // A NoPE layer attends without positions: no rotation.
@@ -473,15 +486,13 @@ impl Llama {
         }
         let attn = recipe_kernels::attention(&q, &k, &v, spans, c.attention_scale())?;
         let attn = linear(&attn.reshape((b * t, h * hd))?, "self_attn.o_proj")?;
-        // Gemma 3 normalises each sublayer's output too, and names its norms after that.
-        let after = c.norms_after_sublayers();
-        let x = (x + if after { norm(&attn, "post_attention_layernorm")? } else { attn })?;
+        let x = (x + maybe_norm(attn, norms.after_attention)?)?;
 
-        let normed = norm(&x, if after { "pre_feedforward_layernorm" } else { "post_attention_layernorm" })?;
+        let normed = maybe_norm(x.clone(), norms.before_mlp)?;
         let act = if c.gelu_gate() { Activation::GeluTanh } else { Activation::Silu };
         let gated = recipe_kernels::glu(&linear(&normed, "mlp.gate_proj")?, &linear(&normed, "mlp.up_proj")?, act)?;
         let mlp = linear(&gated, "mlp.down_proj")?;
-        x + if after { norm(&mlp, "post_feedforward_layernorm")? } else { mlp }
+        x + maybe_norm(mlp, norms.after_mlp)?
     }
 }
 

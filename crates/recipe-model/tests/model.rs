@@ -2,8 +2,9 @@
 //! differences in f64 (Llama's, Qwen2's with its projection biases and a sliding window, Qwen3's
 //! with its per-head norms and heads that are not d_model / n_heads wide, Gemma 3's with its
 //! norms after each sublayer, GeGLU, scaled embeddings and a sliding and a global layer that
-//! rotate differently), the KV cache gives the same logits as a full forward pass, and a
-//! packed row with a document mask computes each document as if it were alone.
+//! rotate differently, OLMo 2's with its norms after the sublayers and over whole projections),
+//! the KV cache gives the same logits as a full forward pass, and a packed row with a document
+//! mask computes each document as if it were alone.
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use recipe_model::{KeySpans, Llama, masked_cross_entropy};
@@ -82,6 +83,11 @@ fn tiny_gemma3(tie: bool) -> Model {
     }
 }
 
+/// `tiny` as OLMo 2, its first layer sliding (window 2) as OLMo 3's do.
+fn tiny_olmo2(tie: bool) -> Model {
+    Model { arch: "olmo2".into(), sliding_window: Some(2), full_attention_layers: Some(vec![1]), ..tiny(tie) }
+}
+
 #[test]
 fn every_parameter_receives_a_nonzero_gradient() {
     let configs = [
@@ -91,6 +97,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
         (tiny_qwen2(false), 12),
         (tiny_qwen3(false), 11),
         (tiny_gemma3(true), 13),
+        (tiny_olmo2(false), 11),
     ];
     for (config, per_layer) in configs {
         let tie = config.tie_embeddings;
@@ -107,7 +114,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    for config in [tiny(false), tiny_qwen2(false), tiny_qwen3(false), tiny_gemma3(false)] {
+    for config in [tiny(false), tiny_qwen2(false), tiny_qwen3(false), tiny_gemma3(false), tiny_olmo2(false)] {
         let checked = check_gradients(&model(&config, DType::F64));
         assert!(checked >= 60, "{}: {checked} coordinates", config.arch);
     }
@@ -143,7 +150,7 @@ fn check_gradients(m: &Llama) -> usize {
 
 #[test]
 fn the_kv_cache_reproduces_the_full_forward_pass() {
-    for config in [tiny(true), Model { sliding_window: Some(3), ..tiny(true) }, tiny_gemma3(true)] {
+    for config in [tiny(true), Model { sliding_window: Some(3), ..tiny(true) }, tiny_gemma3(true), tiny_olmo2(true)] {
         the_kv_cache_reproduces_the_full_forward_pass_of(&model(&config, DType::F32));
     }
 }

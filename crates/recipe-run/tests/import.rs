@@ -249,6 +249,33 @@ fn a_transformers_gemma3_checkpoint_computes_its_reference_logits() {
     assert_eq!((config.arch.as_str(), config.sliding_window, config.local_rope_theta), ("gemma3", Some(16), Some(1e4)));
     assert_eq!((config.full_attention_layers.clone(), config.query_pre_attn_scalar), (Some(vec![1]), Some(24)));
     assert_eq!((config.rope_theta, config.rope_scaling), (1e6, Some(recipe_spec::RopeScaling::Linear { factor: 2.0 })));
+    let error = inspect(&lone_weights("gemma3").path().join("weights.safetensors")).unwrap_err();
+    assert!(error.contains("four norms, as Gemma's: put its config.json beside it"), "{error}");
+}
+
+/// OLMo 2: RMSNorms after attention and the MLP and none before, the query and key projections
+/// normalised whole; OLMo 3: the same with its first layer sliding (window 24).
+#[test]
+fn transformers_olmo2_and_olmo3_checkpoints_compute_their_reference_logits() {
+    let config = import_transformers_fixture("olmo2");
+    assert_eq!((config.arch.as_str(), config.sliding_window, config.tie_embeddings), ("olmo2", None, false));
+    let config = import_transformers_fixture("olmo3");
+    assert_eq!((config.arch.as_str(), config.sliding_window, config.rope_theta), ("olmo2", Some(24), 5e5));
+    assert_eq!(config.full_attention_layers, Some(vec![1]));
+    // Without its config.json, OLMo 2 is told by its blocks' lacking an input norm.
+    let info = inspect(&lone_weights("olmo2").path().join("weights.safetensors")).unwrap();
+    assert_eq!(
+        (info.arch.arch.as_deref(), info.arch.n_layers, info.kv_width_of_unknown_heads),
+        (Some("olmo2"), Some(2), Some(32))
+    );
+}
+
+/// A fixture's `model.safetensors` alone, as `weights.safetensors` in a new folder.
+fn lone_weights(name: &str) -> tempfile::TempDir {
+    let lone = tempfile::tempdir().unwrap();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).join("model.safetensors");
+    std::fs::copy(&fixture, lone.path().join("weights.safetensors")).unwrap();
+    lone
 }
 
 /// SmolLM3: Llama whose second layer attends without positions.
@@ -264,11 +291,8 @@ fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
     let config = import_transformers_fixture("qwen3");
     assert_eq!((config.arch.as_str(), config.d_model, config.n_heads, config.head_dim()), ("qwen3", 64, 4, 32));
     // Without its config.json, the per-head norms give the head size and with it the counts.
-    let lone = tempfile::tempdir().unwrap();
-    let weights = lone.path().join("weights.safetensors");
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3/model.safetensors");
-    std::fs::copy(&fixture, &weights).unwrap();
-    let info = inspect(&weights).unwrap();
+    let lone = lone_weights("qwen3");
+    let info = inspect(&lone.path().join("weights.safetensors")).unwrap();
     assert_eq!(info.kv_width_of_unknown_heads, None);
     let from_shapes = info.arch.resolve(None);
     assert_eq!(
@@ -277,8 +301,9 @@ fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
     );
     // A Llama's query projection that is not d_model wide says nothing of the head size.
     let llama = lone.path().join("llama.safetensors");
-    let mut tensors = candle_core::safetensors::load(&fixture, &Device::Cpu).unwrap();
-    tensors.retain(|name, _| !name.contains("_norm."));
+    let mut tensors = candle_core::safetensors::load(lone.path().join("weights.safetensors"), &Device::Cpu).unwrap();
+    // Llama's block norms kept, the per-head ones dropped.
+    tensors.retain(|name, _| !name.contains("q_norm.") && !name.contains("k_norm."));
     candle_core::safetensors::save(&tensors, &llama).unwrap();
     let error = inspect(&llama).unwrap_err();
     assert!(error.contains("query projection is 128 wide, not d_model (64)"), "{error}");

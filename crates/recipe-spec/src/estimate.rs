@@ -337,15 +337,19 @@ impl Stage {
 /// points, both norms' outputs, the projections' outputs (o, down: d each; q: the attention
 /// width; k, v: kv each), q and k laid out by head (and under Qwen3 normalised) and rotated, v
 /// laid out by head, the attention output and each head's log-sum-exp (the fused attention
-/// keeps no scores), and the MLP's gate, up and product (under Gemma 3 also the sublayers'
-/// outputs before their norms, and their norms' outputs); then the final norm and the logits,
+/// keeps no scores), and the MLP's gate, up and product (under Gemma 3 also its two more norms'
+/// inputs and outputs); then the final norm and the logits,
 /// their softmax and its gradient; and the gradients backward holds at its widest, a block's
 /// worth.
 fn per_token_activations(m: &Model) -> u64 {
     let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.projection_shape("k_proj").1, m.n_heads as u64);
     let q = m.attention_width();
     let qk_norms = if m.qk_norm() { q + kv } else { 0 };
-    let after_norms = if m.norms_after_sublayers() { 4 * d } else { 0 };
-    let block = 8 * d + 3 * q + 5 * kv + qk_norms + after_norms + h + 3 * ff;
+    // Beyond the two norms of a Llama block, each keeps its input and its output.
+    let norms = m.block_norms();
+    let count =
+        [norms.before_attention, norms.after_attention, norms.before_mlp, norms.after_mlp].iter().flatten().count();
+    let extra_norms = 2 * d * (count as u64).saturating_sub(2);
+    let block = 8 * d + 3 * q + 5 * kv + qk_norms + extra_norms + h + 3 * ff;
     (m.n_layers as u64 + 1) * block + 2 * d + 3 * m.vocab_size as u64
 }

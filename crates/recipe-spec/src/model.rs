@@ -36,8 +36,10 @@ pub const MODEL_KEYS: &[&str] = &[
 /// with an RMSNorm over each query and key head before the rotary embedding (Qwen3); `gemma3`
 /// (Gemma 3's text model), Qwen3's head norms with an RMSNorm also after attention and after the
 /// MLP, a GeGLU MLP (the tanh GELU), embeddings scaled by √d_model, and every RMSNorm scaling by
-/// `1 + w` (so its weights start at 0).
-pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+/// `1 + w` (so its weights start at 0); `olmo2` (OLMo 2 and 3), Llama whose RMSNorms follow
+/// attention and the MLP instead of preceding them, and whose query and key projections are
+/// RMS-normalised whole.
+pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "olmo2"];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
 /// must agree with it on each of these.
@@ -223,17 +225,40 @@ impl Model {
         self.arch == "qwen2"
     }
 
-    /// Whether each query and key head is RMS-normalised before the rotary embedding (`qwen3`,
-    /// `gemma3`).
+    /// Whether the queries and keys are RMS-normalised before the rotary embedding: each head
+    /// on its own (`qwen3`, `gemma3`) or each projection whole (`olmo2`, [`Model::qk_norm_width`]).
     pub fn qk_norm(&self) -> bool {
-        self.arch == "qwen3" || self.arch == "gemma3"
+        matches!(self.arch.as_str(), "qwen3" | "gemma3" | "olmo2")
     }
 
-    /// Gemma 3's block: the attention's and the MLP's outputs are RMS-normalised before they
-    /// join the residual stream (`post_attention_layernorm`, `post_feedforward_layernorm`), and
-    /// the MLP's input norm is `pre_feedforward_layernorm`.
-    pub fn norms_after_sublayers(&self) -> bool {
-        self.arch == "gemma3"
+    /// How many values one query/key norm spans, for a projection `width` wide: a head, or
+    /// (`olmo2`) the whole projection.
+    pub fn qk_norm_width(&self, width: u32) -> u32 {
+        if self.arch == "olmo2" { width } else { self.head_dim() }
+    }
+
+    /// The RMSNorms of a block, by where they stand, as `transformers` names them.
+    pub fn block_norms(&self) -> BlockNorms {
+        match self.arch.as_str() {
+            "gemma3" => BlockNorms {
+                before_attention: Some("input_layernorm"),
+                after_attention: Some("post_attention_layernorm"),
+                before_mlp: Some("pre_feedforward_layernorm"),
+                after_mlp: Some("post_feedforward_layernorm"),
+            },
+            "olmo2" => BlockNorms {
+                before_attention: None,
+                after_attention: Some("post_attention_layernorm"),
+                before_mlp: None,
+                after_mlp: Some("post_feedforward_layernorm"),
+            },
+            _ => BlockNorms {
+                before_attention: Some("input_layernorm"),
+                after_attention: None,
+                before_mlp: Some("post_attention_layernorm"),
+                after_mlp: None,
+            },
+        }
     }
 
     /// Whether the MLP's gate is the tanh GELU (GeGLU, `gemma3`) rather than SiLU (SwiGLU).
@@ -306,9 +331,11 @@ impl Model {
         let (v, d, ff, hd) = (c.vocab_size as usize, c.d_model as usize, c.d_ff as usize, c.head_dim() as usize);
         let (q, kv) = (c.n_heads as usize * hd, c.n_kv_heads as usize * hd);
         let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], false)];
+        let norms = c.block_norms();
         for i in 0..c.n_layers {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), vec![d], false));
+            let norm = |name: &str| (format!("{p}.{name}.weight"), vec![d], false);
+            out.extend(norms.before_attention.map(norm));
             out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d], true));
             out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d], true));
             out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d], true));
@@ -319,14 +346,11 @@ impl Model {
             }
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q], true));
             if c.qk_norm() {
-                out.push((format!("{p}.self_attn.q_norm.weight"), vec![hd], false));
-                out.push((format!("{p}.self_attn.k_norm.weight"), vec![hd], false));
+                let (q_norm, kv_norm) = (c.qk_norm_width(q as u32) as usize, c.qk_norm_width(kv as u32) as usize);
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![q_norm], false));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![kv_norm], false));
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d], false));
-            if c.norms_after_sublayers() {
-                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![d], false));
-                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![d], false));
-            }
+            out.extend([norms.after_attention, norms.before_mlp, norms.after_mlp].into_iter().flatten().map(norm));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![ff, d], true));
             out.push((format!("{p}.mlp.up_proj.weight"), vec![ff, d], true));
             out.push((format!("{p}.mlp.down_proj.weight"), vec![d, ff], true));
@@ -441,6 +465,17 @@ impl ModelSpec {
             import: None,
         }
     }
+}
+
+/// The RMSNorms of a block, each the name of its weight's module or none: before and after
+/// attention, before and after the MLP. An output norm's result is what joins the residual
+/// stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockNorms {
+    pub before_attention: Option<&'static str>,
+    pub after_attention: Option<&'static str>,
+    pub before_mlp: Option<&'static str>,
+    pub after_mlp: Option<&'static str>,
 }
 
 /// How the rotary frequencies are stretched for contexts longer than the ones a model was
