@@ -126,16 +126,16 @@ fn arch_from_shapes(shapes: &HashMap<String, Vec<u64>>) -> Result<(ModelSpec, Op
     let gate = dims("model.layers.0.mlp.gate_proj.weight")?;
     let q = dims("model.layers.0.self_attn.q_proj.weight")?;
     let kv = dims("model.layers.0.self_attn.k_proj.weight")?;
-    let n_layers =
-        (0..).take_while(|i| shapes.contains_key(&format!("model.layers.{i}.post_attention_layernorm.weight"))).count();
-    if shapes.contains_key("model.layers.0.pre_feedforward_layernorm.weight") {
+    let has = |layer: usize, norm: &str| shapes.contains_key(&format!("model.layers.{layer}.{norm}.weight"));
+    let n_layers = (0..).take_while(|i| has(*i, "input_layernorm") || has(*i, "post_attention_layernorm")).count();
+    if has(0, "pre_feedforward_layernorm") {
         return Err(
             "its blocks have four norms, as Gemma's: put its config.json beside it to say which model it is".into()
         );
     }
     let narrow = |v: u64| u32::try_from(v).map_err(|_| "a dimension is too large".to_string());
     let qkv_bias = shapes.contains_key("model.layers.0.self_attn.q_proj.bias");
-    let olmo2 = !shapes.contains_key("model.layers.0.input_layernorm.weight");
+    let olmo2 = !has(0, "input_layernorm") && has(0, "post_feedforward_layernorm");
     // OLMo 2's query norm spans the whole projection, so it says nothing of the head size.
     let head_dim =
         shapes.get("model.layers.0.self_attn.q_norm.weight").and_then(|s| s.first().copied()).filter(|_| !olmo2);
