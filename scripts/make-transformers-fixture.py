@@ -18,6 +18,8 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `gemma3`: a `Gemma3ForCausalLM` (Gemma 3's text model) of three layers, two sliding (window
   16) with their own rotary base, one global with linear rotary scaling, and attention scaled
   by `query_pre_attn_scalar`;
+- `gemma2`: a `Gemma2ForCausalLM` (Gemma 3 without head norms, its attention scores and logits
+  capped) of three layers, the first and last sliding;
 - `olmo2`: an `Olmo2ForCausalLM` (RMSNorms after attention and the MLP, none before; the query
   and key projections normalised whole);
 - `olmo3`: an `Olmo3ForCausalLM`, OLMo 2 whose first layer slides (window 24);
@@ -42,6 +44,8 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,
@@ -177,6 +181,21 @@ def build(name):
         base = Qwen3ForCausalLM(QWEN3)
         randomise(base)  # the same weights as `qwen3`'s
         save_adapter(os.path.join(root, name), base, LORA if name == "qwen3-lora" else DORA)
+    elif name == "gemma2":
+        # Gemma 2: layers 0 and 2 slide (window 16), attention scaled by 1/sqrt(24), scores and
+        # logits capped low enough (5 and 3) that the caps shape them.
+        config = Gemma2Config(
+            **{**SHAPES, "num_hidden_layers": 3},
+            head_dim=32,
+            query_pre_attn_scalar=24,
+            sliding_window=16,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+            pad_token_id=None,
+            bos_token_id=2,
+            eos_token_id=1,
+        )
+        save(os.path.join(root, name), Gemma2ForCausalLM(config))
     elif name == "olmo2":
         save(os.path.join(root, name), Olmo2ForCausalLM(Olmo2Config(**SHAPES, pad_token_id=None, eos_token_id=2)))
     elif name == "olmo3":
@@ -198,7 +217,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "smollm3", "qwen3", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora", "olmo2", "olmo3",
+    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

@@ -68,6 +68,8 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         full_attention_layers: None,
         local_rope_theta: None,
         query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
         nope_layers: None,
         // Stored as f32; the nearest f64 with few digits is what the model was trained with.
         norm_eps: Some(round_to_f32_precision(float("llama.attention.layer_norm_rms_epsilon", 1e-5))),

@@ -157,6 +157,18 @@ const GEMMA3_DEFAULTS: &[(&str, &str)] = &[
     ("hidden_activation", "\"gelu_pytorch_tanh\""),
 ];
 
+/// The same for Gemma 2, which caps its attention scores and logits unless told not to.
+const GEMMA2_DEFAULTS: &[(&str, &str)] = &[
+    ("tie_word_embeddings", "true"),
+    ("head_dim", "256"),
+    ("query_pre_attn_scalar", "256"),
+    ("sliding_window", "4096"),
+    ("max_position_embeddings", "8192"),
+    ("hidden_activation", "\"gelu_pytorch_tanh\""),
+    ("attn_logit_softcapping", "50.0"),
+    ("final_logit_softcapping", "30.0"),
+];
+
 /// The architecture in a Hugging Face `config.json`; anything this trainer cannot reproduce
 /// exactly is an error rather than a silently different model.
 pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
@@ -172,20 +184,25 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         "qwen2" => "qwen2",
         "qwen3" => "qwen3",
         "gemma3_text" => "gemma3",
+        "gemma2" => "gemma2",
         // OLMo 3 is OLMo 2 with a sliding window in most layers.
         "olmo2" | "olmo3" => "olmo2",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma3_text (Gemma 3's text models), olmo2 and olmo3 can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma2, gemma3_text (Gemma 3's text models), olmo2 and olmo3 can be imported"
             ));
         }
     };
-    let gemma = arch == "gemma3";
-    if gemma {
-        for (key, value) in GEMMA3_DEFAULTS {
-            if c[*key].is_null() {
-                c[*key] = serde_json::from_str(value).expect("valid JSON");
-            }
+    let gemma = arch == "gemma2" || arch == "gemma3";
+    let defaults = match arch {
+        "gemma2" => GEMMA2_DEFAULTS,
+        "gemma3" => GEMMA3_DEFAULTS,
+        _ => &[],
+    };
+    for (key, value) in defaults {
+        // Gemma 2's caps default to on: only an explicit null turns one off.
+        if c.get(*key).is_none() || (c[*key].is_null() && !key.ends_with("softcapping")) {
+            c[*key] = serde_json::from_str(value).expect("valid JSON");
         }
     }
     let (activation, silu) = if gemma { ("hidden_activation", "gelu_pytorch_tanh") } else { ("hidden_act", "silu") };
@@ -193,8 +210,8 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         ("attention_bias", !c["attention_bias"].as_bool().unwrap_or(false)),
         ("mlp_bias", !c["mlp_bias"].as_bool().unwrap_or(false)),
         (activation, c[activation].as_str().is_none_or(|a| a == silu)),
-        ("attn_logit_softcapping", c["attn_logit_softcapping"].is_null()),
-        ("final_logit_softcapping", c["final_logit_softcapping"].is_null()),
+        ("attn_logit_softcapping", gemma || c["attn_logit_softcapping"].is_null()),
+        ("final_logit_softcapping", gemma || c["final_logit_softcapping"].is_null()),
         ("use_bidirectional_attention", !c["use_bidirectional_attention"].as_bool().unwrap_or(false)),
     ] {
         if !fine {
@@ -227,7 +244,7 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let longest = fields["max_seq_len"].as_u64().unwrap_or(u64::MAX);
     // A window as long as the context changes nothing, but where the sliding layers rotate
     // differently (Gemma 3), which layers they are still matters.
-    if let Some(window) = window.filter(|w| *w < longest || gemma) {
+    if let Some(window) = window.filter(|w| *w < longest || rope.local_theta.is_some()) {
         fields.insert("sliding_window".into(), window.into());
         let full: Vec<u32> = (0..).zip(&slides).filter(|(_, s)| !**s).map(|(i, _)| i).collect();
         if !full.is_empty() {
@@ -258,13 +275,24 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     };
     // Gemma's attention scales by 1/√query_pre_attn_scalar, mostly its head dimension.
     let query_pre_attn_scalar = size("query_pre_attn_scalar")?.filter(|q| Some(*q) != head_dim);
-    Ok(ModelSpec { head_dim, query_pre_attn_scalar: query_pre_attn_scalar.filter(|_| gemma), ..spec })
+    let cap = |key: &str| match &c[key] {
+        Value::Null => Ok(None),
+        v => v.as_f64().filter(|v| *v > 0.0).map(Some).ok_or(format!("its {key} ({v}) is not a number > 0")),
+    };
+    Ok(ModelSpec {
+        head_dim,
+        query_pre_attn_scalar: query_pre_attn_scalar.filter(|_| gemma),
+        attn_logit_softcapping: cap("attn_logit_softcapping")?,
+        final_logit_softcapping: cap("final_logit_softcapping")?,
+        ..spec
+    })
 }
 
 /// For each layer, whether `transformers` gives it sliding-window attention: as `layer_types`
 /// says where it is written, else by each model type's rule — Mistral and Phi-3 every layer;
 /// Qwen's from `max_window_layers` on, and SmolLM3's NoPE layers, under `use_sliding_window`;
-/// Gemma 3's all but every `sliding_window_pattern`-th, OLMo 3's all but every fourth. None at
+/// Gemma 3's all but every `sliding_window_pattern`-th, Gemma 2's every other from the first,
+/// OLMo 3's all but every fourth. None at
 /// all without a `sliding_window`.
 fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> Vec<bool> {
     let flagged = matches!(model_type, "qwen2" | "qwen3" | "smollm3");
@@ -279,6 +307,7 @@ fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> V
             "qwen2" | "qwen3" => u64::from(i) >= c["max_window_layers"].as_u64().unwrap_or(28),
             "smollm3" => nope.contains(&i),
             "gemma3_text" => (u64::from(i) + 1) % c["sliding_window_pattern"].as_u64().unwrap_or(6).max(1) != 0,
+            "gemma2" => i % 2 == 0,
             "olmo3" => (i + 1) % 4 != 0,
             _ => true,
         })
@@ -297,6 +326,7 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         ("qwen2", _) => ("Qwen2ForCausalLM", "qwen2"),
         ("qwen3", _) => ("Qwen3ForCausalLM", "qwen3"),
         ("gemma3", _) => ("Gemma3ForCausalLM", "gemma3_text"),
+        ("gemma2", _) => ("Gemma2ForCausalLM", "gemma2"),
         // OLMo 3 is OLMo 2 with sliding windows.
         ("olmo2", None) => ("Olmo2ForCausalLM", "olmo2"),
         ("olmo2", Some(_)) => ("Olmo3ForCausalLM", "olmo3"),
@@ -317,11 +347,11 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         "eos_token_id": if eos.len() == 1 { json!(eos[0]) } else { json!(eos) },
         "torch_dtype": torch_dtype(dtype),
     });
-    if model.arch == "gemma3" {
+    if model.gemma() {
         config["hidden_activation"] = "gelu_pytorch_tanh".into();
         config["query_pre_attn_scalar"] = json!(model.query_pre_attn_scalar.unwrap_or(model.head_dim()));
-        config["final_logit_softcapping"] = Value::Null;
-        config["attn_logit_softcapping"] = Value::Null;
+        config["final_logit_softcapping"] = json!(model.final_logit_softcapping);
+        config["attn_logit_softcapping"] = json!(model.attn_logit_softcapping);
     } else {
         config["hidden_act"] = "silu".into();
     }
@@ -332,9 +362,9 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
     if model.nope_layers.is_some() {
         config["no_rope_layers"] = (0..model.n_layers).map(|l| u32::from(model.rotates(l))).collect::<Vec<_>>().into();
     }
-    let gemma = model.arch == "gemma3";
+    let gemma = model.gemma();
     if model.sliding_window.is_some() || gemma {
-        // Gemma 3's configuration would otherwise assume a window of 4096.
+        // Gemma's configurations would otherwise assume a window of 4096.
         config["sliding_window"] = json!(model.sliding_window);
     }
     if (model.sliding_window.is_some() && model_type != "mistral") || gemma {
@@ -642,8 +672,12 @@ mod tests {
             (gemma.rope_theta, gemma.query_pre_attn_scalar, gemma.tie_embeddings),
             (Some(1e6), Some(24), Some(true))
         );
-        let softcapped = read("gemma3_text", r#", "attn_logit_softcapping": 50.0"#).unwrap_err();
+        let softcapped = read("llama", r#", "attn_logit_softcapping": 50.0"#).unwrap_err();
         assert!(softcapped.contains("`attn_logit_softcapping` = 50.0"), "{softcapped}");
+        // Gemma 2 caps unless its config.json says null.
+        let gemma2 = read("gemma2", r#", "final_logit_softcapping": null"#).unwrap();
+        assert_eq!((gemma2.attn_logit_softcapping, gemma2.final_logit_softcapping), (Some(50.0), None));
+        assert_eq!((gemma2.sliding_window, gemma2.full_attention_layers), (None, None), "4096 ≥ its 128 positions");
         let olmo3 = read("olmo3", r#", "sliding_window": 16"#).unwrap();
         // Two layers, both sliding: OLMo 3's fourth is its first global one.
         assert_eq!(
@@ -658,8 +692,8 @@ mod tests {
             error.contains("sliding layers rotate otherwise (base 10000, unscaled) than its global ones (base 500000)"),
             "{error}"
         );
-        let gemma2 = read("gemma2", "").unwrap_err();
-        assert!(gemma2.contains(r#"model_type "gemma2"; only llama, mistral, ministral"#), "{gemma2}");
+        let neox = read("gpt_neox", "").unwrap_err();
+        assert!(neox.contains(r#"model_type "gpt_neox"; only llama, mistral, ministral"#), "{neox}");
     }
 
     /// The rotary base and scaling as each `transformers` version spells them.

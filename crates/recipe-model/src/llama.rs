@@ -6,7 +6,8 @@
 //! `full_attention_layers`, which may rotate with another base than the sliding ones. `gemma3`
 //! (Gemma 3) adds an RMSNorm after attention and after the MLP, gates the MLP with the tanh GELU,
 //! scales the embeddings by √d_model, and its norms scale by `1 + w`: the weights are stored as
-//! Hugging Face stores them, and the 1 added where they are used. `olmo2` (OLMo 2) moves the
+//! Hugging Face stores them, and the 1 added where they are used; `gemma2` (Gemma 2) has no
+//! head norms and caps attention scores and logits at `±c` by `c · tanh(x / c)`. `olmo2` (OLMo 2) moves the
 //! block's norms after attention and the MLP and normalises the query and key projections
 //! whole (`Model::block_norms` says where each norm stands). Built only from ops that have a
 //! backward pass (CANDLE.md: Candle's fused norm, softmax and rope ops silently drop
@@ -430,7 +431,11 @@ impl Llama {
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.rms_norm(x, "model.norm.weight")?;
         let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        self.linear(&x, w)
+        let logits = self.linear(&x, w)?;
+        match self.config.final_logit_softcapping {
+            Some(cap) => logits.affine(1.0 / cap, 0.0)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
 
     /// One pre-norm block on `x` `[B·T, d]`.
@@ -484,7 +489,10 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let attn = recipe_kernels::attention(&q, &k, &v, spans, c.attention_scale())?;
+        let attn = match c.attn_logit_softcapping {
+            Some(cap) => recipe_kernels::attention_softcapped(&q, &k, &v, spans, c.attention_scale(), cap)?,
+            None => recipe_kernels::attention(&q, &k, &v, spans, c.attention_scale())?,
+        };
         let attn = linear(&attn.reshape((b * t, h * hd))?, "self_attn.o_proj")?;
         let x = (x + maybe_norm(attn, norms.after_attention)?)?;
 

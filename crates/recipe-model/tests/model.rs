@@ -2,7 +2,8 @@
 //! differences in f64 (Llama's, Qwen2's with its projection biases and a sliding window, Qwen3's
 //! with its per-head norms and heads that are not d_model / n_heads wide, Gemma 3's with its
 //! norms after each sublayer, GeGLU, scaled embeddings and a sliding and a global layer that
-//! rotate differently, OLMo 2's with its norms after the sublayers and over whole projections),
+//! rotate differently, Gemma 2's with its capped scores and logits, OLMo 2's with its norms after
+//! the sublayers and over whole projections),
 //! the KV cache gives the same logits as a full forward pass, and a packed row with a document
 //! mask computes each document as if it were alone.
 
@@ -28,6 +29,8 @@ fn tiny(tie: bool) -> Model {
         full_attention_layers: None,
         local_rope_theta: None,
         query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
         nope_layers: None,
         norm_eps: 1e-5,
         init_std: 0.3,
@@ -83,6 +86,19 @@ fn tiny_gemma3(tie: bool) -> Model {
     }
 }
 
+/// `tiny` as Gemma 2: the first layer slides (window 2); scores capped at ±0.5 and logits at
+/// ±1, low enough that both caps bend them.
+fn tiny_gemma2(tie: bool) -> Model {
+    Model {
+        arch: "gemma2".into(),
+        sliding_window: Some(2),
+        full_attention_layers: Some(vec![1]),
+        attn_logit_softcapping: Some(0.5),
+        final_logit_softcapping: Some(1.0),
+        ..tiny(tie)
+    }
+}
+
 /// `tiny` as OLMo 2, its first layer sliding (window 2) as OLMo 3's do.
 fn tiny_olmo2(tie: bool) -> Model {
     Model { arch: "olmo2".into(), sliding_window: Some(2), full_attention_layers: Some(vec![1]), ..tiny(tie) }
@@ -98,6 +114,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
         (tiny_qwen3(false), 11),
         (tiny_gemma3(true), 13),
         (tiny_olmo2(false), 11),
+        (tiny_gemma2(true), 11),
     ];
     for (config, per_layer) in configs {
         let tie = config.tie_embeddings;
@@ -114,7 +131,9 @@ fn every_parameter_receives_a_nonzero_gradient() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    for config in [tiny(false), tiny_qwen2(false), tiny_qwen3(false), tiny_gemma3(false), tiny_olmo2(false)] {
+    for config in
+        [tiny(false), tiny_qwen2(false), tiny_qwen3(false), tiny_gemma3(false), tiny_olmo2(false), tiny_gemma2(false)]
+    {
         let checked = check_gradients(&model(&config, DType::F64));
         assert!(checked >= 60, "{}: {checked} coordinates", config.arch);
     }
@@ -150,7 +169,13 @@ fn check_gradients(m: &Llama) -> usize {
 
 #[test]
 fn the_kv_cache_reproduces_the_full_forward_pass() {
-    for config in [tiny(true), Model { sliding_window: Some(3), ..tiny(true) }, tiny_gemma3(true), tiny_olmo2(true)] {
+    for config in [
+        tiny(true),
+        Model { sliding_window: Some(3), ..tiny(true) },
+        tiny_gemma3(true),
+        tiny_olmo2(true),
+        tiny_gemma2(true),
+    ] {
         the_kv_cache_reproduces_the_full_forward_pass_of(&model(&config, DType::F32));
     }
 }

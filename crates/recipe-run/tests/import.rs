@@ -253,6 +253,18 @@ fn a_transformers_gemma3_checkpoint_computes_its_reference_logits() {
     assert!(error.contains("four norms, as Gemma's: put its config.json beside it"), "{error}");
 }
 
+/// Gemma 2: Gemma 3's block without head norms, its attention scores capped at ±5 and its logits
+/// at ±3, the first and last of three layers sliding (window 16).
+#[test]
+fn a_transformers_gemma2_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("gemma2");
+    assert_eq!(
+        (config.arch.as_str(), config.sliding_window, config.full_attention_layers.clone()),
+        ("gemma2", Some(16), Some(vec![1]))
+    );
+    assert_eq!((config.attn_logit_softcapping, config.final_logit_softcapping), (Some(5.0), Some(3.0)));
+}
+
 /// OLMo 2: RMSNorms after attention and the MLP and none before, the query and key projections
 /// normalised whole; OLMo 3: the same with its first layer sliding (window 24).
 #[test]

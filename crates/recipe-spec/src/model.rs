@@ -24,6 +24,8 @@ pub const MODEL_KEYS: &[&str] = &[
     "full_attention_layers",
     "local_rope_theta",
     "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
     "nope_layers",
     "norm_eps",
     "init_std",
@@ -36,10 +38,12 @@ pub const MODEL_KEYS: &[&str] = &[
 /// with an RMSNorm over each query and key head before the rotary embedding (Qwen3); `gemma3`
 /// (Gemma 3's text model), Qwen3's head norms with an RMSNorm also after attention and after the
 /// MLP, a GeGLU MLP (the tanh GELU), embeddings scaled by √d_model, and every RMSNorm scaling by
-/// `1 + w` (so its weights start at 0); `olmo2` (OLMo 2 and 3), Llama whose RMSNorms follow
+/// `1 + w` (so its weights start at 0); `gemma2` (Gemma 2), the same without the head norms
+/// and with its attention scores and logits capped (`attn_logit_softcapping`,
+/// `final_logit_softcapping`); `olmo2` (OLMo 2 and 3), Llama whose RMSNorms follow
 /// attention and the MLP instead of preceding them, and whose query and key projections are
 /// RMS-normalised whole.
-pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "olmo2"];
+pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2"];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
 /// must agree with it on each of these.
@@ -81,6 +85,10 @@ pub struct ModelSpec {
     pub local_rope_theta: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_pre_attn_scalar: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nope_layers: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,6 +154,14 @@ pub struct Model {
     /// when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query_pre_attn_scalar: Option<u32>,
+    /// Default none. Gemma 2's: attention scores (after scaling) capped at ±this by
+    /// `c · tanh(s / c)`. Absent from the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Default none. Gemma 2's: logits capped at ±this the same way. Absent from the key when
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
     /// Default none: every layer rotates its queries and keys. The layers (from 0, in order)
     /// that use no positional encoding at all (NoPE), as SmolLM3's every fourth. Absent from
     /// the key when none.
@@ -186,6 +202,8 @@ impl Model {
             full_attention_layers: self.full_attention_layers.clone(),
             local_rope_theta: self.local_rope_theta,
             query_pre_attn_scalar: self.query_pre_attn_scalar,
+            attn_logit_softcapping: self.attn_logit_softcapping,
+            final_logit_softcapping: self.final_logit_softcapping,
             nope_layers: self.nope_layers.clone(),
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
@@ -225,6 +243,12 @@ impl Model {
         self.arch == "qwen2"
     }
 
+    /// Gemma 2 and 3: GeGLU, embeddings × √d_model, norms that scale by `1 + w`, four norms a
+    /// block.
+    pub fn gemma(&self) -> bool {
+        matches!(self.arch.as_str(), "gemma2" | "gemma3")
+    }
+
     /// Whether the queries and keys are RMS-normalised before the rotary embedding: each head
     /// on its own (`qwen3`, `gemma3`) or each projection whole (`olmo2`, [`Model::qk_norm_width`]).
     pub fn qk_norm(&self) -> bool {
@@ -240,7 +264,7 @@ impl Model {
     /// The RMSNorms of a block, by where they stand, as `transformers` names them.
     pub fn block_norms(&self) -> BlockNorms {
         match self.arch.as_str() {
-            "gemma3" => BlockNorms {
+            "gemma2" | "gemma3" => BlockNorms {
                 before_attention: Some("input_layernorm"),
                 after_attention: Some("post_attention_layernorm"),
                 before_mlp: Some("pre_feedforward_layernorm"),
@@ -261,20 +285,20 @@ impl Model {
         }
     }
 
-    /// Whether the MLP's gate is the tanh GELU (GeGLU, `gemma3`) rather than SiLU (SwiGLU).
+    /// Whether the MLP's gate is the tanh GELU (GeGLU, Gemma's) rather than SiLU (SwiGLU).
     pub fn gelu_gate(&self) -> bool {
-        self.arch == "gemma3"
+        self.gemma()
     }
 
-    /// What every RMSNorm adds to its weights before scaling: 1 for `gemma3`, whose norms
-    /// scale by `1 + w` (and start at `w = 0`), else 0.
+    /// What every RMSNorm adds to its weights before scaling: 1 for Gemma's, whose norms scale
+    /// by `1 + w` (and start at `w = 0`), else 0.
     pub fn norm_offset(&self) -> f64 {
-        if self.arch == "gemma3" { 1.0 } else { 0.0 }
+        if self.gemma() { 1.0 } else { 0.0 }
     }
 
-    /// What the token embeddings are multiplied by: √d_model for `gemma3`.
+    /// What the token embeddings are multiplied by: √d_model for Gemma's.
     pub fn embedding_scale(&self) -> Option<f64> {
-        (self.arch == "gemma3").then(|| f64::from(self.d_model).sqrt())
+        self.gemma().then(|| f64::from(self.d_model).sqrt())
     }
 
     pub fn head_dim(&self) -> u32 {
@@ -385,6 +409,8 @@ impl ModelSpec {
             full_attention_layers: f.opt(cx, "full_attention_layers", layer_list),
             local_rope_theta: f.opt(cx, "local_rope_theta", positive),
             query_pre_attn_scalar: f.opt(cx, "query_pre_attn_scalar", decode::size(1, 1 << 16)),
+            attn_logit_softcapping: f.opt(cx, "attn_logit_softcapping", positive),
+            final_logit_softcapping: f.opt(cx, "final_logit_softcapping", positive),
             nope_layers: f.opt(cx, "nope_layers", layer_list),
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
@@ -412,6 +438,8 @@ impl ModelSpec {
             full_attention_layers: over.full_attention_layers.clone().or_else(|| self.full_attention_layers.clone()),
             local_rope_theta: over.local_rope_theta.or(self.local_rope_theta),
             query_pre_attn_scalar: over.query_pre_attn_scalar.or(self.query_pre_attn_scalar),
+            attn_logit_softcapping: over.attn_logit_softcapping.or(self.attn_logit_softcapping),
+            final_logit_softcapping: over.final_logit_softcapping.or(self.final_logit_softcapping),
             nope_layers: over.nope_layers.clone().or_else(|| self.nope_layers.clone()),
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
@@ -457,6 +485,8 @@ impl ModelSpec {
             full_attention_layers: self.full_attention_layers.clone().filter(|layers| !layers.is_empty()),
             local_rope_theta: self.local_rope_theta,
             query_pre_attn_scalar: self.query_pre_attn_scalar,
+            attn_logit_softcapping: self.attn_logit_softcapping,
+            final_logit_softcapping: self.final_logit_softcapping,
             nope_layers: self.nope_layers.clone().filter(|layers| !layers.is_empty()),
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
@@ -625,18 +655,20 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
             );
         }
     }
-    // Only Gemma's Hugging Face class has them, so that every model exports as one that
+    // Only Gemma's Hugging Face classes have them, so that every model exports as one that
     // computes the same.
     let gemma_only = [
-        ("local_rope_theta", m.local_rope_theta.is_some()),
-        ("query_pre_attn_scalar", m.query_pre_attn_scalar.is_some()),
+        ("local_rope_theta", m.local_rope_theta.is_some() && m.arch != "gemma3", "gemma3"),
+        ("query_pre_attn_scalar", m.query_pre_attn_scalar.is_some() && !m.gemma(), "gemma3"),
+        ("attn_logit_softcapping", m.attn_logit_softcapping.is_some() && !m.gemma(), "gemma2"),
+        ("final_logit_softcapping", m.final_logit_softcapping.is_some() && !m.gemma(), "gemma2"),
     ];
-    for (field, _) in gemma_only.into_iter().filter(|(_, set)| *set && m.arch != "gemma3") {
+    for (field, _, arch) in gemma_only.into_iter().filter(|(_, misplaced, _)| *misplaced) {
         fail(
             cx,
             field,
             format!("{field} is Gemma's, but the model's arch is \"{}\"", m.arch),
-            "set `arch = \"gemma3\"`, or remove it".into(),
+            format!("set `arch = \"{arch}\"`, or remove it"),
         );
     }
     if m.sliding_window.is_none() {

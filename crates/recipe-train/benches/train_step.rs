@@ -68,6 +68,8 @@ fn bench(cr: &mut Criterion) {
             full_attention_layers: None,
             local_rope_theta: None,
             query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
             nope_layers: None,
             norm_eps: 1e-5,
             init_std: 0.02,

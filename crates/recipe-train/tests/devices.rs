@@ -3,7 +3,8 @@
 //! documents per row, GQA, gradient accumulation over two micro-batches; Llama, and the
 //! Qwen2 (projection biases, here with a sliding window of 6), Qwen3 (per-head norms, heads
 //! wider together than the model) and Gemma 3 (norms after the sublayers, GeGLU, a sliding
-//! layer with its own rotary base beside a global one) and OLMo 2 (norms after the sublayers,
+//! layer with its own rotary base beside a global one), Gemma 2 (capped scores and logits) and
+//! OLMo 2 (norms after the sublayers,
 //! over whole projections) variants. On the CPU the test
 //! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
 //! precision against the CPU's; without a GPU it says it was skipped.
@@ -16,7 +17,7 @@ use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, Optim, Precision};
 use recipe_train::{LossScaler, Objective, Optimizer, gradients, loss_tokens, update};
 
-/// Llama, Qwen2, Qwen3, Gemma 3 or OLMo 2, heads of 32 (a dimension the CUDA attention kernels are
+/// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3 or OLMo 2, heads of 32 (a dimension the CUDA attention kernels are
 /// built for).
 fn config(arch: &str) -> Model {
     let (qwen3, gemma3) = (arch == "qwen3", arch == "gemma3");
@@ -41,6 +42,8 @@ fn config(arch: &str) -> Model {
         full_attention_layers: gemma3.then(|| vec![1]),
         local_rope_theta: gemma3.then_some(100.0),
         query_pre_attn_scalar: gemma3.then_some(24),
+        attn_logit_softcapping: (arch == "gemma2").then_some(5.0),
+        final_logit_softcapping: (arch == "gemma2").then_some(3.0),
         nope_layers: None,
         norm_eps: 1e-5,
         init_std: 0.02,
@@ -76,7 +79,7 @@ struct Step {
     mean_update: f64,
 }
 
-const ARCHS: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma3", "olmo2"];
+const ARCHS: [&str; 6] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2"];
 
 fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
     let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();

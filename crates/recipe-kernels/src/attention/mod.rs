@@ -26,7 +26,7 @@ mod cuda;
 use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor};
-pub use composed::attention_composed;
+pub use composed::{attention_composed, attention_softcapped};
 
 use crate::{Backend, widened};
 
