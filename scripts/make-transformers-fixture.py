@@ -79,6 +79,17 @@ SHAPES = dict(
     rms_norm_eps=1e-5,
 )
 
+# Gemma's: three layers, heads of 32, attention scaled by 1/sqrt(24), a window of 16.
+GEMMA = dict(
+    **{**SHAPES, "num_hidden_layers": 3},
+    head_dim=32,
+    query_pre_attn_scalar=24,
+    sliding_window=16,
+    pad_token_id=None,
+    bos_token_id=2,
+    eos_token_id=1,
+)
+
 
 def randomise(model):
     torch.manual_seed(1)
@@ -127,18 +138,12 @@ def gemma3():
     # attends globally with base 1e6 stretched linearly; its attention scales by 1/sqrt(24),
     # not 1/sqrt(head_dim); its norms scale by 1 + w.
     config = Gemma3TextConfig(
-        **{**SHAPES, "num_hidden_layers": 3},
-        head_dim=32,
-        query_pre_attn_scalar=24,
-        sliding_window=16,
+        **GEMMA,
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
         rope_parameters={
             "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 2.0},
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
         },
-        pad_token_id=None,
-        bos_token_id=2,
-        eos_token_id=1,
     )
     return config
 
@@ -184,17 +189,7 @@ def build(name):
     elif name == "gemma2":
         # Gemma 2: layers 0 and 2 slide (window 16), attention scaled by 1/sqrt(24), scores and
         # logits capped low enough (5 and 3) that the caps shape them.
-        config = Gemma2Config(
-            **{**SHAPES, "num_hidden_layers": 3},
-            head_dim=32,
-            query_pre_attn_scalar=24,
-            sliding_window=16,
-            attn_logit_softcapping=5.0,
-            final_logit_softcapping=3.0,
-            pad_token_id=None,
-            bos_token_id=2,
-            eos_token_id=1,
-        )
+        config = Gemma2Config(**GEMMA, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)
         save(os.path.join(root, name), Gemma2ForCausalLM(config))
     elif name == "olmo2":
         save(os.path.join(root, name), Olmo2ForCausalLM(Olmo2Config(**SHAPES, pad_token_id=None, eos_token_id=2)))
