@@ -15,6 +15,7 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `smollm3`: a `SmolLM3ForCausalLM` whose second layer uses no positions (NoPE);
 - `qwen3`: a `Qwen3ForCausalLM` (an RMSNorm over each query and key head) whose heads of 32
   are wider together (128) than the model (64), as Qwen3's are;
+- `qwen3-yarn`: the same with YaRN stretching a context of 32 four times;
 - `gemma3`: a `Gemma3ForCausalLM` (Gemma 3's text model) of three layers, two sliding (window
   16) with their own rotary base, one global with linear rotary scaling, and attention scaled
   by `query_pre_attn_scalar`;
@@ -182,6 +183,12 @@ def build(name):
         save(os.path.join(root, name), SmolLM3ForCausalLM(smollm3))
     elif name == "qwen3":
         save(os.path.join(root, name), Qwen3ForCausalLM(QWEN3))
+    elif name == "qwen3-yarn":
+        # YaRN stretching a context of 32 four times, over 96 tokens: frequencies kept, blended
+        # and divided, and cos and sin scaled by its attention factor.
+        yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0}
+        config = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True, rope_parameters=yarn)
+        save(os.path.join(root, name), Qwen3ForCausalLM(config))
     elif name in ("qwen3-lora", "qwen3-dora"):
         base = Qwen3ForCausalLM(QWEN3)
         randomise(base)  # the same weights as `qwen3`'s
@@ -211,7 +218,7 @@ def build(name):
 
 
 FIXTURES = [
-    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "smollm3", "qwen3", "qwen3-lora", "qwen3-dora",
+    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
     "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)

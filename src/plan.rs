@@ -228,6 +228,9 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             Some(RopeScaling::Llama3 { factor, original_max_seq_len, .. }) => {
                 format!(" · rope llama3 ×{factor} from {original_max_seq_len}")
             }
+            Some(RopeScaling::Yarn { factor, original_max_seq_len, .. }) => {
+                format!(" · rope yarn ×{factor} from {original_max_seq_len}")
+            }
         };
         let _ = writeln!(
             out,

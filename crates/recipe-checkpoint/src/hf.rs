@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use recipe_spec::{AdapterInfo, Model, ModelSpec, PeftMethod, RopeScaling};
+use recipe_spec::{AdapterInfo, Model, ModelSpec, PeftMethod, RopeScaling, yarn_attention_factor};
 use serde_json::{Map, Value, json};
 
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -116,10 +116,30 @@ fn rope_of(theta: &Value, scaling: &Value, default: f64) -> Result<(f64, Option<
             high_freq_factor: number("high_freq_factor")?,
             original_max_seq_len: number("original_max_position_embeddings")? as u32,
         }),
+        Some("yarn") => {
+            let factor = number("factor")?;
+            let given = |key: &str| scaling[key].as_f64().filter(|v| *v != 0.0);
+            // As `transformers` infers it: given, else from DeepSeek's `mscale` pair, else from
+            // `factor` alone.
+            let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+            let attention_factor = match (given("attention_factor"), given("mscale"), given("mscale_all_dim")) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(all)) => mscale(m) / mscale(all),
+                _ => yarn_attention_factor(factor),
+            };
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_seq_len: number("original_max_position_embeddings")? as u32,
+                beta_fast: given("beta_fast").unwrap_or(32.0),
+                beta_slow: given("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: scaling["truncate"].as_bool().unwrap_or(true),
+            })
+        }
         kind => {
             let kind = kind.map_or("untyped".into(), |k| format!("`{k}`"));
             return Err(format!(
-                "its config.json asks for {kind} rotary scaling ({scaling}); only `linear` and `llama3` are implemented"
+                "its config.json asks for {kind} rotary scaling ({scaling}); only `linear`, `llama3` and `yarn` are implemented"
             ));
         }
     };
@@ -143,6 +163,17 @@ fn write_rope(config: &mut Value, model: &Model) {
             "high_freq_factor": high_freq_factor,
             "original_max_position_embeddings": original_max_seq_len,
         }),
+        Some(RopeScaling::Yarn { factor, original_max_seq_len, beta_fast, beta_slow, attention_factor, truncate }) => {
+            json!({
+                "rope_type": "yarn",
+                "factor": factor,
+                "original_max_position_embeddings": original_max_seq_len,
+                "beta_fast": beta_fast,
+                "beta_slow": beta_slow,
+                "attention_factor": attention_factor,
+                "truncate": truncate,
+            })
+        }
     };
 }
 
@@ -727,7 +758,21 @@ mod tests {
         let linear = read(r#""rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}"#);
         assert_eq!(linear, Ok((10000.0, Some(RopeScaling::Linear { factor: 2.0 }))));
         let yarn = read(r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#).unwrap_err();
-        assert!(yarn.contains("`yarn` rotary scaling") && yarn.contains("only `linear` and `llama3`"), "{yarn}");
+        assert!(yarn.contains("lacks the number `original_max_position_embeddings`"), "{yarn}");
+        // DeepSeek's attention factor, from its `mscale` pair: (0.1·ln 40 + 1) / (0.1·0.5·ln 40 + 1).
+        let deepseek = r#""rope_scaling": {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+            "mscale": 1.0, "mscale_all_dim": 0.5, "beta_fast": 16}"#;
+        let Ok((_, Some(RopeScaling::Yarn { attention_factor, beta_fast, beta_slow, truncate, .. }))) = read(deepseek)
+        else {
+            panic!("yarn reads")
+        };
+        let expected = (0.1 * 40f64.ln() + 1.0) / (0.05 * 40f64.ln() + 1.0);
+        assert_eq!((attention_factor, beta_fast, beta_slow, truncate), (expected, 16.0, 1.0, true));
+        let dynamic = read(r#""rope_scaling": {"rope_type": "dynamic", "factor": 4.0}"#).unwrap_err();
+        assert!(
+            dynamic.contains("`dynamic` rotary scaling") && dynamic.contains("only `linear`, `llama3` and `yarn`"),
+            "{dynamic}"
+        );
         let partial = read(r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#).unwrap_err();
         assert!(partial.contains("lacks the number `low_freq_factor`"), "{partial}");
         // Phi-4-mini rotates three quarters of each head; Phi-3's long-context models use LongRoPE.

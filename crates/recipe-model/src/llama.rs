@@ -248,10 +248,11 @@ impl Llama {
         device: &Device,
         dtypes: Dtypes,
     ) -> Result<Llama> {
-        let tables =
-            |frequencies: &[f64]| rope_tables(frequencies, config.max_seq_len, device, widened(dtypes.compute));
-        let rope = tables(&config.rope_frequencies())?;
-        let local_rope = config.local_rope_frequencies().map(|f| tables(&f)).transpose()?;
+        let tables = |frequencies: &[f64], factor: f64| {
+            rope_tables(frequencies, factor, config.max_seq_len, device, widened(dtypes.compute))
+        };
+        let rope = tables(&config.rope_frequencies(), config.rope_attention_factor())?;
+        let local_rope = config.local_rope_frequencies().map(|f| tables(&f, 1.0)).transpose()?;
         let n_layers = config.n_layers as usize;
         let dropout_seed = Cell::new(None);
         Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed, rope, local_rope, n_layers, dtypes })
@@ -504,12 +505,13 @@ impl Llama {
     }
 }
 
-/// cos and sin of the angles `position · frequency`, `[max_seq_len, frequencies]`.
-fn rope_tables(inv: &[f64], max_seq_len: u32, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+/// cos and sin of the angles `position · frequency`, each times `factor` (YaRN's attention
+/// factor), `[max_seq_len, frequencies]`.
+fn rope_tables(inv: &[f64], factor: f64, max_seq_len: u32, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
     let (half, n) = (inv.len(), max_seq_len as usize);
     let angles: Vec<f64> = (0..n).flat_map(|p| inv.iter().map(move |f| p as f64 * f)).collect();
-    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<_>>(), (n, half), device)?;
-    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<_>>(), (n, half), device)?;
+    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos() * factor).collect::<Vec<_>>(), (n, half), device)?;
+    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin() * factor).collect::<Vec<_>>(), (n, half), device)?;
     Ok((cos.to_dtype(dtype)?, sin.to_dtype(dtype)?))
 }
 

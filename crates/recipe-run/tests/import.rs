@@ -321,6 +321,19 @@ fn a_transformers_qwen3_checkpoint_computes_its_reference_logits() {
     assert!(error.contains("query projection is 128 wide, not d_model (64)"), "{error}");
 }
 
+/// Qwen3 with YaRN's rotary scaling (its long-context setting), over three times the context
+/// it stretches.
+#[test]
+fn a_transformers_qwen3_checkpoint_with_yarn_computes_its_reference_logits() {
+    let config = import_transformers_fixture("qwen3-yarn");
+    let Some(recipe_spec::RopeScaling::Yarn { factor, original_max_seq_len, attention_factor, .. }) =
+        config.rope_scaling
+    else {
+        panic!("yarn scaling, not {:?}", config.rope_scaling)
+    };
+    assert_eq!((factor, original_max_seq_len, attention_factor), (4.0, 32, 0.1 * 4f64.ln() + 1.0));
+}
+
 /// Adapters `peft` saved over the `qwen3` and `gemma3` checkpoints, with random `A` and `B`: a stage that
 /// starts from one computes the adapted model's logits as `peft` does, for LoRA and DoRA.
 #[test]

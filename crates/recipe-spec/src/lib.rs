@@ -52,7 +52,9 @@ pub use import::Import;
 pub use init::Init;
 pub use length::{Lengths, StepShape};
 pub use merge::{Merge, MergeInput};
-pub use model::{ARCHS, BlockNorms, MODEL_KEYS, Model, ModelSpec, RopeScaling, SHAPE_FIELDS, swiglu_hidden};
+pub use model::{
+    ARCHS, BlockNorms, MODEL_KEYS, Model, ModelSpec, RopeScaling, SHAPE_FIELDS, swiglu_hidden, yarn_attention_factor,
+};
 pub use online::Online;
 pub use peft::{PEFT_MODULES, Peft, ReLora};
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};

@@ -333,6 +333,38 @@ impl Model {
                     })
                     .collect()
             }
+            Some(RopeScaling::Yarn { factor, original_max_seq_len, beta_fast, beta_slow, truncate, .. }) => {
+                // The dimension pair at which a frequency turns `turns` times over the original
+                // context; pairs below the fast bound keep their frequency, above the slow one
+                // are divided by `factor`, and a linear ramp blends those between.
+                let dim = f64::from(self.head_dim());
+                let base = self.rope_theta;
+                let context = f64::from(original_max_seq_len);
+                let pair_of =
+                    |turns: f64| dim * (context / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+                let (mut low, mut high) = (pair_of(beta_fast), pair_of(beta_slow));
+                if truncate {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                let (low, high) = (low.max(0.0), high.min(dim - 1.0));
+                // `transformers` widens an empty ramp to avoid dividing by zero.
+                let span = if low == high { 0.001 } else { high - low };
+                plain
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let kept = 1.0 - ((i as f64 - low) / span).clamp(0.0, 1.0);
+                        f / factor * (1.0 - kept) + f * kept
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// What the rotation's cos and sin are multiplied by: YaRN's `attention_factor`, else 1.
+    pub fn rope_attention_factor(&self) -> f64 {
+        match self.rope_scaling {
+            Some(RopeScaling::Yarn { attention_factor, .. }) => attention_factor,
+            _ => 1.0,
         }
     }
 
@@ -511,36 +543,84 @@ pub struct BlockNorms {
 /// How the rotary frequencies are stretched for contexts longer than the ones a model was
 /// first trained on: `linear` (position interpolation) divides every frequency by `factor`;
 /// `llama3` (Llama 3.1 and 3.2) divides only the low ones, keeps the high ones and blends those
-/// between, by wavelength against `original_max_seq_len`.
+/// between, by wavelength against `original_max_seq_len`; `yarn` (Peng et al. 2023; Qwen's long
+/// contexts) blends by how many turns each frequency makes over `original_max_seq_len` (more
+/// than `beta_fast`: kept; fewer than `beta_slow`: divided) and multiplies the rotation's cos
+/// and sin by `attention_factor` (by default `0.1 · ln(factor) + 1`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RopeScaling {
-    Linear { factor: f64 },
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_seq_len: u32 },
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_seq_len: u32,
+    },
+    Yarn {
+        factor: f64,
+        original_max_seq_len: u32,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+        /// Whether the band of blended frequencies is rounded out to whole dimensions
+        /// (`transformers`' `truncate`, on by default).
+        truncate: bool,
+    },
 }
 
-const ROPE_SCALING_KEYS: &[&str] = &["kind", "factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len"];
+const ROPE_SCALING_KEYS: &[&str] = &[
+    "kind",
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_seq_len",
+    "beta_fast",
+    "beta_slow",
+    "attention_factor",
+    "truncate",
+];
+
+/// YaRN's attention factor for a stretch of `factor`, as its paper suggests.
+pub fn yarn_attention_factor(factor: f64) -> f64 {
+    if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 }
+}
 
 impl RopeScaling {
     fn decode(cx: &mut Cx, node: &Node, path: &str) -> Option<RopeScaling> {
         let f = Fields::of(cx, node, path, ROPE_SCALING_KEYS);
         f.check_unknown(cx);
-        let kind = f.required(cx, "kind", "\"llama3\"", decode::choice(&["linear", "llama3"]));
+        let kind = f.required(cx, "kind", "\"llama3\"", decode::choice(&["linear", "llama3", "yarn"]));
         let factor = f.required(cx, "factor", "8.0", decode::float);
         if let Some(factor) = factor {
             decode::check_range(cx, &f.child_path("factor"), factor, factor >= 1.0, "a factor ≥ 1");
         }
-        let llama3 = kind == Some("llama3");
+        let (llama3, yarn) = (kind == Some("llama3"), kind == Some("yarn"));
         let low = f.opt(cx, "low_freq_factor", positive);
         let high = f.opt(cx, "high_freq_factor", positive);
         for (key, given) in [("low_freq_factor", low.is_some()), ("high_freq_factor", high.is_some())] {
             decode::only_for(cx, &f, key, given, llama3, "kind = \"llama3\"");
         }
-        let original = if llama3 {
+        let beta_fast = f.opt(cx, "beta_fast", positive);
+        let beta_slow = f.opt(cx, "beta_slow", positive);
+        let attention_factor = f.opt(cx, "attention_factor", positive);
+        let truncate = f.opt(cx, "truncate", decode::boolean);
+        let yarn_keys = [
+            ("beta_fast", beta_fast.is_some()),
+            ("beta_slow", beta_slow.is_some()),
+            ("attention_factor", attention_factor.is_some()),
+            ("truncate", truncate.is_some()),
+        ];
+        for (key, given) in yarn_keys {
+            decode::only_for(cx, &f, key, given, yarn, "kind = \"yarn\"");
+        }
+        let original = if llama3 || yarn {
             f.required(cx, "original_max_seq_len", "8192", decode::size(1, 1 << 22))
         } else {
             let given = f.opt(cx, "original_max_seq_len", decode::size(1, 1 << 22));
-            decode::only_for(cx, &f, "original_max_seq_len", given.is_some(), false, "kind = \"llama3\"");
+            decode::only_for(cx, &f, "original_max_seq_len", given.is_some(), false, "kind = \"llama3\" or \"yarn\"");
             None
         };
         let (low_freq_factor, high_freq_factor) = (low.unwrap_or(1.0), high.unwrap_or(4.0));
@@ -551,6 +631,14 @@ impl RopeScaling {
         }
         match (kind?, factor?) {
             ("linear", factor) => Some(RopeScaling::Linear { factor }),
+            ("yarn", factor) => Some(RopeScaling::Yarn {
+                factor,
+                original_max_seq_len: original?,
+                beta_fast: beta_fast.unwrap_or(32.0),
+                beta_slow: beta_slow.unwrap_or(1.0),
+                attention_factor: attention_factor.unwrap_or_else(|| yarn_attention_factor(factor)),
+                truncate: truncate.unwrap_or(true),
+            }),
             (_, factor) => {
                 Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len: original? })
             }

@@ -624,11 +624,29 @@ fn rotary_scaling_is_read_and_checked() {
         }),
         "Llama 3.1's frequency factors are the defaults"
     );
+    let r = f.parse(BASE, &["model.rope_scaling={ kind = \"yarn\", factor = 4, original_max_seq_len = 64 }"]).unwrap();
+    assert_eq!(
+        r.stage("pretrain").unwrap().model.rope_scaling,
+        Some(recipe_spec::RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_seq_len: 64,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            truncate: true,
+        }),
+        "YaRN's paper's defaults"
+    );
     let cases: &[(&str, &str)] = &[
         ("{ kind = \"llama3\", factor = 8.0 }", "missing key `original_max_seq_len` in `model.rope_scaling`"),
         ("{ kind = \"linear\", factor = 2.0, low_freq_factor = 1.0 }", "only applies with kind = \"llama3\""),
         ("{ kind = \"linear\", factor = 0.5 }", "expected a factor ≥ 1, found 0.5"),
-        ("{ kind = \"yarn\", factor = 2.0 }", "expected one of"),
+        ("{ kind = \"yarn\", factor = 2.0 }", "missing key `original_max_seq_len` in `model.rope_scaling`"),
+        (
+            "{ kind = \"llama3\", factor = 8.0, original_max_seq_len = 64, beta_fast = 16 }",
+            "only applies with kind = \"yarn\"",
+        ),
+        ("{ kind = \"ntk\", factor = 2.0 }", "expected one of"),
         (
             "{ kind = \"llama3\", factor = 8.0, original_max_seq_len = 64, high_freq_factor = 1.0 }",
             "low_freq_factor (1) below high_freq_factor (1)",
