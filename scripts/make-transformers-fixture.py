@@ -10,6 +10,9 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
   embeddings and a base of 1e6, as Qwen2.5's small models have;
 - `mistral`: a `MistralForCausalLM` whose sliding window (32) is a third of the tokens;
 - `ministral`: a `MinistralForCausalLM` whose first layer alone slides (window 24);
+- `phi3-longrope`: a `Phi3ForCausalLM` with LongRoPE over an original context of 32, its
+  logits over 96 tokens (the long factors) and over 24 (`expected-short.safetensors`, the
+  short ones);
 - `phi3`: a `Phi3ForCausalLM` (the query, key and value projections in one matrix, the gate and
   up projections in another) with a sliding window of 48;
 - `smollm3`: a `SmolLM3ForCausalLM` whose second layer uses no positions (NoPE);
@@ -104,11 +107,11 @@ def randomise(model):
                 p.normal_(0.0, 0.15)
 
 
-def save_expected(out, model):
-    ids = torch.randint(0, model.config.vocab_size, (1, 96))
+def save_expected(out, model, tokens=96, file="expected.safetensors"):
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens))
     with torch.no_grad():
         logits = model(ids).logits[0]
-    save_file({"ids": ids[0].to(torch.int64), "logits": logits.float().contiguous()}, f"{out}/expected.safetensors")
+    save_file({"ids": ids[0].to(torch.int64), "logits": logits.float().contiguous()}, f"{out}/{file}")
     print(f"transformers {transformers.__version__}, peft {peft.__version__}: {out}")
 
 
@@ -178,6 +181,17 @@ def build(name):
     elif name == "phi3":
         config = Phi3Config(**SHAPES, sliding_window=48, pad_token_id=None, eos_token_id=2)
         save(os.path.join(root, name), Phi3ForCausalLM(config))
+    elif name == "phi3-longrope":
+        # LongRoPE over an original context of 32: its long factors over 96 tokens
+        # (expected.safetensors), its short ones over 24 (expected-short.safetensors).
+        torch.manual_seed(5)
+        factors = lambda low, high: [round(x, 4) for x in torch.linspace(low, high, 8).tolist()]
+        scaling = {"type": "longrope", "short_factor": factors(1.0, 1.5), "long_factor": factors(1.0, 6.0)}
+        config = Phi3Config(
+            **SHAPES, rope_scaling=scaling, original_max_position_embeddings=32, pad_token_id=None, eos_token_id=2
+        )
+        model = save(os.path.join(root, name), Phi3ForCausalLM(config))
+        save_expected(os.path.join(root, name), model, tokens=24, file="expected-short.safetensors")
     elif name == "smollm3":
         smollm3 = SmolLM3Config(**SHAPES, no_rope_layers=[1, 0], pad_token_id=None, bos_token_id=1, eos_token_id=2)
         save(os.path.join(root, name), SmolLM3ForCausalLM(smollm3))
@@ -218,7 +232,7 @@ def build(name):
 
 
 FIXTURES = [
-    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
+    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
     "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)

@@ -222,7 +222,7 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         };
         let local_rope = m.local_rope_theta.map_or(String::new(), |t| format!(" · sliding layers' rope base {t}"));
         let nope = m.nope_layers.as_ref().map_or(String::new(), |layers| format!(" · NoPE layers {layers:?}"));
-        let rope_scaling = match m.rope_scaling {
+        let rope_scaling = match &m.rope_scaling {
             None => String::new(),
             Some(RopeScaling::Linear { factor }) => format!(" · rope linear ×{factor}"),
             Some(RopeScaling::Llama3 { factor, original_max_seq_len, .. }) => {
@@ -230,6 +230,9 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             }
             Some(RopeScaling::Yarn { factor, original_max_seq_len, .. }) => {
                 format!(" · rope yarn ×{factor} from {original_max_seq_len}")
+            }
+            Some(RopeScaling::LongRope { original_max_seq_len, .. }) => {
+                format!(" · rope longrope past {original_max_seq_len}")
             }
         };
         let _ = writeln!(

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use recipe_spec::{AdapterInfo, Model, ModelSpec, PeftMethod, RopeScaling, yarn_attention_factor};
+use recipe_spec::{
+    AdapterInfo, Model, ModelSpec, PeftMethod, RopeScaling, longrope_attention_factor, yarn_attention_factor,
+};
 use serde_json::{Map, Value, json};
 
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -69,16 +71,16 @@ fn read_rope(c: &Value, model_type: &str) -> Result<Rope, String> {
     };
     let ((theta, scaling), local) = match parameters {
         Value::Null if gemma => (
-            rope_of(&c["rope_theta"], &c["rope_scaling"], global_default)?,
-            Some(rope_of(&c["rope_local_base_freq"], &Value::Null, local_default)?),
+            rope_of(c, &c["rope_theta"], &c["rope_scaling"], global_default)?,
+            Some(rope_of(c, &c["rope_local_base_freq"], &Value::Null, local_default)?),
         ),
-        Value::Null => (rope_of(&c["rope_theta"], &c["rope_scaling"], global_default)?, None),
+        Value::Null => (rope_of(c, &c["rope_theta"], &c["rope_scaling"], global_default)?, None),
         by_kind if by_kind.get("full_attention").is_some() => {
             let (global, local) = (&by_kind["full_attention"], &by_kind["sliding_attention"]);
-            let local = rope_of(&local["rope_theta"], local, local_default)?;
-            (rope_of(&global["rope_theta"], global, global_default)?, Some(local))
+            let local = rope_of(c, &local["rope_theta"], local, local_default)?;
+            (rope_of(c, &global["rope_theta"], global, global_default)?, Some(local))
         }
-        parameters => (rope_of(&parameters["rope_theta"], parameters, global_default)?, None),
+        parameters => (rope_of(c, &parameters["rope_theta"], parameters, global_default)?, None),
     };
     let Some((local_theta, local_scaling)) = local else { return Ok(Rope { theta, scaling, local_theta: None }) };
     if local_scaling.is_some() {
@@ -98,8 +100,8 @@ fn read_rope(c: &Value, model_type: &str) -> Result<Rope, String> {
     Ok(Rope { theta, scaling, local_theta: None })
 }
 
-/// One rotary embedding's base (`default` when absent) and scaling.
-fn rope_of(theta: &Value, scaling: &Value, default: f64) -> Result<(f64, Option<RopeScaling>), String> {
+/// One rotary embedding's base (`default` when absent) and scaling, in the config `c`.
+fn rope_of(c: &Value, theta: &Value, scaling: &Value, default: f64) -> Result<(f64, Option<RopeScaling>), String> {
     let theta = match theta {
         Value::Null => default,
         theta => theta.as_f64().filter(|t| *t > 0.0).ok_or(format!("its rope_theta ({theta}) is not a number > 0"))?,
@@ -116,6 +118,35 @@ fn rope_of(theta: &Value, scaling: &Value, default: f64) -> Result<(f64, Option<
             high_freq_factor: number("high_freq_factor")?,
             original_max_seq_len: number("original_max_position_embeddings")? as u32,
         }),
+        Some("longrope") => {
+            let factors = |key: &str| -> Result<Vec<f64>, String> {
+                scaling[key]
+                    .as_array()
+                    .and_then(|list| list.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+                    .ok_or(format!("its rotary scaling lacks the list of numbers `{key}`"))
+            };
+            // Phi-3 keeps the original context beside the scaling, `transformers` 5 inside it.
+            let original = scaling["original_max_position_embeddings"]
+                .as_u64()
+                .or(c["original_max_position_embeddings"].as_u64())
+                .ok_or("its LongRoPE scaling has no original_max_position_embeddings")?;
+            let original = u32::try_from(original).map_err(|_| "its original_max_position_embeddings is too large")?;
+            let attention_factor = match (scaling["attention_factor"].as_f64(), scaling["factor"].as_f64()) {
+                (Some(a), _) => a,
+                (None, Some(factor)) => longrope_attention_factor(factor, original),
+                (None, None) => {
+                    let longest =
+                        c["max_position_embeddings"].as_f64().ok_or("config.json lacks `max_position_embeddings`")?;
+                    longrope_attention_factor(longest / f64::from(original), original)
+                }
+            };
+            Some(RopeScaling::LongRope {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                original_max_seq_len: original,
+                attention_factor,
+            })
+        }
         Some("yarn") => {
             let factor = number("factor")?;
             let given = |key: &str| scaling[key].as_f64().filter(|v| *v != 0.0);
@@ -139,7 +170,7 @@ fn rope_of(theta: &Value, scaling: &Value, default: f64) -> Result<(f64, Option<
         kind => {
             let kind = kind.map_or("untyped".into(), |k| format!("`{k}`"));
             return Err(format!(
-                "its config.json asks for {kind} rotary scaling ({scaling}); only `linear`, `llama3` and `yarn` are implemented"
+                "its config.json asks for {kind} rotary scaling ({scaling}); only `linear`, `llama3`, `yarn` and `longrope` are implemented"
             ));
         }
     };
@@ -153,7 +184,7 @@ fn write_rope(config: &mut Value, model: &Model) {
     if model.arch == "gemma3" {
         config["rope_local_base_freq"] = json!(model.local_rope_theta.unwrap_or(model.rope_theta));
     }
-    config["rope_scaling"] = match model.rope_scaling {
+    config["rope_scaling"] = match &model.rope_scaling {
         None => Value::Null,
         Some(RopeScaling::Linear { factor }) => json!({ "rope_type": "linear", "factor": factor }),
         Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len }) => json!({
@@ -163,6 +194,17 @@ fn write_rope(config: &mut Value, model: &Model) {
             "high_freq_factor": high_freq_factor,
             "original_max_position_embeddings": original_max_seq_len,
         }),
+        Some(RopeScaling::LongRope { short_factor, long_factor, original_max_seq_len, attention_factor }) => {
+            // Beside the scaling too, where Phi-3's configuration reads it.
+            config["original_max_position_embeddings"] = json!(original_max_seq_len);
+            json!({
+                "rope_type": "longrope",
+                "short_factor": short_factor,
+                "long_factor": long_factor,
+                "original_max_position_embeddings": original_max_seq_len,
+                "attention_factor": attention_factor,
+            })
+        }
         Some(RopeScaling::Yarn { factor, original_max_seq_len, beta_fast, beta_slow, attention_factor, truncate }) => {
             json!({
                 "rope_type": "yarn",

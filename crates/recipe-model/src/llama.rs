@@ -95,6 +95,9 @@ pub struct Llama {
     rope: (Tensor, Tensor),
     /// The same for the layers that rotate with `local_rope_theta`, when it is set.
     local_rope: Option<(Tensor, Tensor)>,
+    /// LongRoPE's tables for passes whose positions go past its original context, and that
+    /// context's length.
+    long_rope: Option<((Tensor, Tensor), u32)>,
     n_layers: usize,
     pub dtypes: Dtypes,
 }
@@ -253,9 +256,24 @@ impl Llama {
         };
         let rope = tables(&config.rope_frequencies(), config.rope_attention_factor())?;
         let local_rope = config.local_rope_frequencies().map(|f| tables(&f, 1.0)).transpose()?;
+        let long_rope = match config.long_rope_frequencies() {
+            Some((f, original)) => Some((tables(&f, config.rope_attention_factor())?, original)),
+            None => None,
+        };
         let n_layers = config.n_layers as usize;
         let dropout_seed = Cell::new(None);
-        Ok(Llama { config: config.clone(), params, frozen, lora, dropout_seed, rope, local_rope, n_layers, dtypes })
+        Ok(Llama {
+            config: config.clone(),
+            params,
+            frozen,
+            lora,
+            dropout_seed,
+            rope,
+            local_rope,
+            long_rope,
+            n_layers,
+            dtypes,
+        })
     }
 
     /// The same model training in `dtypes`: trainable weights converted to `dtypes.weights`
@@ -417,8 +435,14 @@ impl Llama {
             let at = |table: &Tensor| table.index_select(positions, 0)?.reshape((b, 1, t, half));
             Ok((at(cos)?, at(sin)?))
         };
+        // LongRoPE switches to its long factors for a pass whose positions go past its original
+        // context, as `transformers` does (by the largest position, packed rows included).
+        let rope = match &self.long_rope {
+            Some((long, original)) if positions.max(0)?.to_scalar::<u32>()? >= *original => long,
+            _ => &self.rope,
+        };
         Ok(Positions {
-            rotary: rotary(&self.rope)?,
+            rotary: rotary(rope)?,
             local_rotary: self.local_rope.as_ref().map(rotary).transpose()?,
             windowed: self.config.sliding_window.map(|window| spans.within(window as usize)),
             spans,

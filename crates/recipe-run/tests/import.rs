@@ -290,6 +290,23 @@ fn lone_weights(name: &str) -> tempfile::TempDir {
     lone
 }
 
+/// Phi-3 with LongRoPE over an original context of 32: its long factors over 96 tokens, its
+/// short ones over 24, and cos and sin scaled by √(1 + ln 4 / ln 32) either way.
+#[test]
+fn a_transformers_phi3_checkpoint_with_longrope_computes_its_reference_logits() {
+    let config = import_transformers_fixture("phi3-longrope");
+    let Some(recipe_spec::RopeScaling::LongRope { original_max_seq_len, attention_factor, .. }) = config.rope_scaling
+    else {
+        panic!("LongRoPE scaling, not {:?}", config.rope_scaling)
+    };
+    assert_eq!((original_max_seq_len, attention_factor), (32, (1.0 + 4f64.ln() / 32f64.ln()).sqrt()));
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phi3-longrope");
+    let model =
+        Llama::frozen(&config, load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap(), &Device::Cpu).unwrap();
+    let short = candle_core::safetensors::load(dir.join("expected-short.safetensors"), &Device::Cpu).unwrap();
+    assert_logits("phi3-longrope within its original context", &model, &short);
+}
+
 /// SmolLM3: Llama whose second layer attends without positions.
 #[test]
 fn a_transformers_smollm3_checkpoint_computes_its_reference_logits() {

@@ -53,7 +53,8 @@ pub use init::Init;
 pub use length::{Lengths, StepShape};
 pub use merge::{Merge, MergeInput};
 pub use model::{
-    ARCHS, BlockNorms, MODEL_KEYS, Model, ModelSpec, RopeScaling, SHAPE_FIELDS, swiglu_hidden, yarn_attention_factor,
+    ARCHS, BlockNorms, MODEL_KEYS, Model, ModelSpec, RopeScaling, SHAPE_FIELDS, longrope_attention_factor,
+    swiglu_hidden, yarn_attention_factor,
 };
 pub use online::Online;
 pub use peft::{PEFT_MODULES, Peft, ReLora};

@@ -197,7 +197,7 @@ impl Model {
             max_seq_len: Some(self.max_seq_len),
             tie_embeddings: Some(self.tie_embeddings),
             rope_theta: Some(self.rope_theta),
-            rope_scaling: self.rope_scaling,
+            rope_scaling: self.rope_scaling.clone(),
             sliding_window: self.sliding_window,
             full_attention_layers: self.full_attention_layers.clone(),
             local_rope_theta: self.local_rope_theta,
@@ -310,10 +310,11 @@ impl Model {
     /// `transformers` computes them (in f64 here, where it uses f32).
     pub fn rope_frequencies(&self) -> Vec<f64> {
         let plain = self.plain_rope_frequencies(self.rope_theta);
-        match self.rope_scaling {
+        match &self.rope_scaling {
             None => plain.collect(),
             Some(RopeScaling::Linear { factor }) => plain.map(|f| f / factor).collect(),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len }) => {
+            Some(RopeScaling::LongRope { short_factor, .. }) => plain.zip(short_factor).map(|(f, s)| f / s).collect(),
+            &Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_seq_len }) => {
                 let context = f64::from(original_max_seq_len);
                 plain
                     .map(|f| {
@@ -333,7 +334,7 @@ impl Model {
                     })
                     .collect()
             }
-            Some(RopeScaling::Yarn { factor, original_max_seq_len, beta_fast, beta_slow, truncate, .. }) => {
+            &Some(RopeScaling::Yarn { factor, original_max_seq_len, beta_fast, beta_slow, truncate, .. }) => {
                 // The dimension pair at which a frequency turns `turns` times over the original
                 // context; pairs below the fast bound keep their frequency, above the slow one
                 // are divided by `factor`, and a linear ramp blends those between.
@@ -360,12 +361,25 @@ impl Model {
         }
     }
 
-    /// What the rotation's cos and sin are multiplied by: YaRN's `attention_factor`, else 1.
+    /// What the rotation's cos and sin are multiplied by: YaRN's or LongRoPE's
+    /// `attention_factor`, else 1.
     pub fn rope_attention_factor(&self) -> f64 {
         match self.rope_scaling {
-            Some(RopeScaling::Yarn { attention_factor, .. }) => attention_factor,
+            Some(RopeScaling::Yarn { attention_factor, .. } | RopeScaling::LongRope { attention_factor, .. }) => {
+                attention_factor
+            }
             _ => 1.0,
         }
+    }
+
+    /// LongRoPE's frequencies for a pass whose positions go past `original_max_seq_len`, and
+    /// that length: what [`Model::rope_frequencies`] become there. None for other scalings.
+    pub fn long_rope_frequencies(&self) -> Option<(Vec<f64>, u32)> {
+        let Some(RopeScaling::LongRope { long_factor, original_max_seq_len, .. }) = &self.rope_scaling else {
+            return None;
+        };
+        let long = self.plain_rope_frequencies(self.rope_theta).zip(long_factor).map(|(f, l)| f / l).collect();
+        Some((long, *original_max_seq_len))
     }
 
     /// The frequencies the layers that [`Model::rotates_locally`] rotate with, when any do:
@@ -465,7 +479,7 @@ impl ModelSpec {
             max_seq_len: over.max_seq_len.or(self.max_seq_len),
             tie_embeddings: over.tie_embeddings.or(self.tie_embeddings),
             rope_theta: over.rope_theta.or(self.rope_theta),
-            rope_scaling: over.rope_scaling.or(self.rope_scaling),
+            rope_scaling: over.rope_scaling.clone().or_else(|| self.rope_scaling.clone()),
             sliding_window: over.sliding_window.or(self.sliding_window),
             full_attention_layers: over.full_attention_layers.clone().or_else(|| self.full_attention_layers.clone()),
             local_rope_theta: over.local_rope_theta.or(self.local_rope_theta),
@@ -512,7 +526,7 @@ impl ModelSpec {
             max_seq_len: self.max_seq_len.unwrap_or(512),
             tie_embeddings: self.tie_embeddings.unwrap_or(true),
             rope_theta: self.rope_theta.unwrap_or(10000.0),
-            rope_scaling: self.rope_scaling,
+            rope_scaling: self.rope_scaling.clone(),
             sliding_window: self.sliding_window,
             full_attention_layers: self.full_attention_layers.clone().filter(|layers| !layers.is_empty()),
             local_rope_theta: self.local_rope_theta,
@@ -546,8 +560,12 @@ pub struct BlockNorms {
 /// between, by wavelength against `original_max_seq_len`; `yarn` (Peng et al. 2023; Qwen's long
 /// contexts) blends by how many turns each frequency makes over `original_max_seq_len` (more
 /// than `beta_fast`: kept; fewer than `beta_slow`: divided) and multiplies the rotation's cos
-/// and sin by `attention_factor` (by default `0.1 · ln(factor) + 1`).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+/// and sin by `attention_factor` (by default `0.1 · ln(factor) + 1`); `longrope` (Phi-3.5,
+/// Phi-3's 128k models) divides each frequency by its own factor, `short_factor`'s while the
+/// positions of a pass stay within `original_max_seq_len` and `long_factor`'s beyond, and
+/// multiplies cos and sin by `attention_factor` (by default `√(1 + ln(max_seq_len / original) /
+/// ln(original))`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RopeScaling {
     Linear {
@@ -569,6 +587,13 @@ pub enum RopeScaling {
         /// (`transformers`' `truncate`, on by default).
         truncate: bool,
     },
+    #[serde(rename = "longrope")]
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_seq_len: u32,
+        attention_factor: f64,
+    },
 }
 
 const ROPE_SCALING_KEYS: &[&str] = &[
@@ -581,7 +606,14 @@ const ROPE_SCALING_KEYS: &[&str] = &[
     "beta_slow",
     "attention_factor",
     "truncate",
+    "short_factor",
+    "long_factor",
 ];
+
+/// LongRoPE's attention factor for a stretch of `factor` over a context of `original`.
+pub fn longrope_attention_factor(factor: f64, original: u32) -> f64 {
+    if factor <= 1.0 { 1.0 } else { (1.0 + factor.ln() / f64::from(original).ln()).sqrt() }
+}
 
 /// YaRN's attention factor for a stretch of `factor`, as its paper suggests.
 pub fn yarn_attention_factor(factor: f64) -> f64 {
@@ -592,8 +624,12 @@ impl RopeScaling {
     fn decode(cx: &mut Cx, node: &Node, path: &str) -> Option<RopeScaling> {
         let f = Fields::of(cx, node, path, ROPE_SCALING_KEYS);
         f.check_unknown(cx);
-        let kind = f.required(cx, "kind", "\"llama3\"", decode::choice(&["linear", "llama3", "yarn"]));
-        let factor = f.required(cx, "factor", "8.0", decode::float);
+        let kind = f.required(cx, "kind", "\"llama3\"", decode::choice(&["linear", "llama3", "yarn", "longrope"]));
+        let longrope = kind == Some("longrope");
+        // LongRoPE's factors are per frequency; its `factor` (the context's stretch) only sets
+        // the default attention factor.
+        let factor =
+            if longrope { f.opt(cx, "factor", decode::float) } else { f.required(cx, "factor", "8.0", decode::float) };
         if let Some(factor) = factor {
             decode::check_range(cx, &f.child_path("factor"), factor, factor >= 1.0, "a factor ≥ 1");
         }
@@ -614,9 +650,22 @@ impl RopeScaling {
             ("truncate", truncate.is_some()),
         ];
         for (key, given) in yarn_keys {
-            decode::only_for(cx, &f, key, given, yarn, "kind = \"yarn\"");
+            let allowed = yarn || (longrope && key == "attention_factor");
+            decode::only_for(cx, &f, key, given, allowed, "kind = \"yarn\"");
         }
-        let original = if llama3 || yarn {
+        let (short, long) = if longrope {
+            (
+                f.required(cx, "short_factor", "[1.0, ...]", decode::floats),
+                f.required(cx, "long_factor", "[1.0, ...]", decode::floats),
+            )
+        } else {
+            for key in ["short_factor", "long_factor"] {
+                let given = f.opt(cx, key, decode::floats).is_some();
+                decode::only_for(cx, &f, key, given, false, "kind = \"longrope\"");
+            }
+            (None, None)
+        };
+        let original = if llama3 || yarn || longrope {
             f.required(cx, "original_max_seq_len", "8192", decode::size(1, 1 << 22))
         } else {
             let given = f.opt(cx, "original_max_seq_len", decode::size(1, 1 << 22));
@@ -628,6 +677,25 @@ impl RopeScaling {
             let path = f.child_path(if high.is_some() { "high_freq_factor" } else { "low_freq_factor" });
             let what = format!("low_freq_factor ({low_freq_factor}) below high_freq_factor ({high_freq_factor})");
             decode::check_range(cx, &path, high_freq_factor, false, &what);
+        }
+        if longrope {
+            let original = original?;
+            let attention_factor = match (attention_factor, factor) {
+                (Some(a), _) => a,
+                (None, Some(factor)) => longrope_attention_factor(factor, original),
+                (None, None) => {
+                    let d = Diagnostic::new(&f.origin, format!("`{path}` needs `attention_factor` or `factor`"))
+                        .label("LongRoPE scales cos and sin by √(1 + ln(factor) / ln(original_max_seq_len)), factor being max_seq_len / original_max_seq_len");
+                    cx.diags.push(d);
+                    return None;
+                }
+            };
+            return Some(RopeScaling::LongRope {
+                short_factor: short?,
+                long_factor: long?,
+                original_max_seq_len: original,
+                attention_factor,
+            });
         }
         match (kind?, factor?) {
             ("linear", factor) => Some(RopeScaling::Linear { factor }),
@@ -770,6 +838,22 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
                 field,
                 format!("{field} is set, but the model has no sliding_window"),
                 "it says how the sliding-window layers differ from the others".into(),
+            );
+        }
+    }
+    if let Some(RopeScaling::LongRope { short_factor, long_factor, .. }) = &m.rope_scaling {
+        let pairs = m.head_dim() / 2;
+        if short_factor.len() != pairs as usize || long_factor.len() != pairs as usize {
+            fail(
+                cx,
+                "rope_scaling",
+                format!(
+                    "rope_scaling has {} short and {} long factors, but heads of {} have {pairs} pairs of dimensions",
+                    short_factor.len(),
+                    long_factor.len(),
+                    m.head_dim()
+                ),
+                "LongRoPE needs one factor per pair".into(),
             );
         }
     }

@@ -647,6 +647,15 @@ fn rotary_scaling_is_read_and_checked() {
             "only applies with kind = \"yarn\"",
         ),
         ("{ kind = \"ntk\", factor = 2.0 }", "expected one of"),
+        ("{ kind = \"longrope\", original_max_seq_len = 64, factor = 4.0 }", "missing key `short_factor`"),
+        (
+            "{ kind = \"longrope\", original_max_seq_len = 64, short_factor = [1.0], long_factor = [2.0] }",
+            "needs `attention_factor` or `factor`",
+        ),
+        (
+            "{ kind = \"longrope\", original_max_seq_len = 64, factor = 2, short_factor = [1.0], long_factor = [2.0] }",
+            "rope_scaling has 1 short and 1 long factors, but heads of 16 have 8 pairs of dimensions",
+        ),
         (
             "{ kind = \"llama3\", factor = 8.0, original_max_seq_len = 64, high_freq_factor = 1.0 }",
             "low_freq_factor (1) below high_freq_factor (1)",
