@@ -13,6 +13,7 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `phi3-longrope`: a `Phi3ForCausalLM` with LongRoPE over an original context of 32, its
   logits over 96 tokens (the long factors) and over 24 (`expected-short.safetensors`, the
   short ones);
+- `phi4-mini`: the same turning only three quarters of each head, as Phi-4-mini does;
 - `phi3`: a `Phi3ForCausalLM` (the query, key and value projections in one matrix, the gate and
   up projections in another) with a sliding window of 48;
 - `smollm3`: a `SmolLM3ForCausalLM` whose second layer uses no positions (NoPE);
@@ -181,14 +182,21 @@ def build(name):
     elif name == "phi3":
         config = Phi3Config(**SHAPES, sliding_window=48, pad_token_id=None, eos_token_id=2)
         save(os.path.join(root, name), Phi3ForCausalLM(config))
-    elif name == "phi3-longrope":
+    elif name in ("phi3-longrope", "phi4-mini"):
         # LongRoPE over an original context of 32: its long factors over 96 tokens
-        # (expected.safetensors), its short ones over 24 (expected-short.safetensors).
-        torch.manual_seed(5)
-        factors = lambda low, high: [round(x, 4) for x in torch.linspace(low, high, 8).tolist()]
+        # (expected.safetensors), its short ones over 24 (expected-short.safetensors). Phi-4-mini
+        # also turns only three quarters of each head (12 of 16 dimensions: 6 factors).
+        partial = 0.75 if name == "phi4-mini" else 1.0
+        pairs = int(16 * partial) // 2
+        factors = lambda low, high: [round(x, 4) for x in torch.linspace(low, high, pairs).tolist()]
         scaling = {"type": "longrope", "short_factor": factors(1.0, 1.5), "long_factor": factors(1.0, 6.0)}
         config = Phi3Config(
-            **SHAPES, rope_scaling=scaling, original_max_position_embeddings=32, pad_token_id=None, eos_token_id=2
+            **SHAPES,
+            rope_scaling=scaling,
+            original_max_position_embeddings=32,
+            partial_rotary_factor=partial,
+            pad_token_id=None,
+            eos_token_id=2,
         )
         model = save(os.path.join(root, name), Phi3ForCausalLM(config))
         save_expected(os.path.join(root, name), model, tokens=24, file="expected-short.safetensors")
@@ -232,7 +240,7 @@ def build(name):
 
 
 FIXTURES = [
-    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
+    "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
     "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)

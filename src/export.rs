@@ -37,6 +37,13 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: 
             "error: stage `{stage_name}` trains every weight, so it has no adapter to export; drop `--adapter`\n"
         )));
     }
+    // A model that turns part of each head exports as Phi-3, whose class fuses the projections
+    // a `peft` adapter would name.
+    if adapter && stage.model.rotary_dim.is_some() {
+        return Err(Failure::Invalid(format!(
+            "error: stage `{stage_name}` exports as Phi-3, whose fused qkv_proj and gate_up_proj no `peft` adapter on q_proj … down_proj fits; export the merged model (drop `--adapter`)\n"
+        )));
+    }
     // Mixed precision exports what it computed in; f32 and bf16 stages export f32.
     let dtype = match dtype {
         Some("f32") => DType::F32,

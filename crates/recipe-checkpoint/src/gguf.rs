@@ -59,6 +59,7 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         n_heads: Some(n_heads),
         n_kv_heads: Some(int("llama.attention.head_count_kv").unwrap_or(n_heads)),
         head_dim: int("llama.attention.key_length").ok(),
+        rotary_dim: None,
         d_ff: Some(int("llama.feed_forward_length")?),
         max_seq_len: Some(int("llama.context_length")?),
         tie_embeddings: Some(!g.tensor_infos.contains_key("output.weight")),

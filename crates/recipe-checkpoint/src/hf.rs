@@ -46,6 +46,8 @@ struct Rope {
     scaling: Option<RopeScaling>,
     /// Gemma 3's sliding-window layers' base.
     local_theta: Option<f64>,
+    /// The share of each head the rotation turns, when not all of it (Phi-4-mini's 0.75).
+    partial: Option<f64>,
 }
 
 /// The rotary embedding's base and scaling, from `rope_parameters` (as `transformers` 5 writes
@@ -57,11 +59,10 @@ struct Rope {
 fn read_rope(c: &Value, model_type: &str) -> Result<Rope, String> {
     let parameters = &c["rope_parameters"];
     let partial = parameters["partial_rotary_factor"].as_f64().or(c["partial_rotary_factor"].as_f64());
-    if partial.is_some_and(|p| p != 1.0) {
-        return Err(format!(
-            "its config.json rotates a part of each head (partial_rotary_factor {partial:?}); only whole heads are"
-        ));
-    }
+    let partial = match partial {
+        Some(p) if p <= 0.0 || p > 1.0 => return Err(format!("its partial_rotary_factor ({p}) is not in (0, 1]")),
+        p => p.filter(|p| *p != 1.0),
+    };
     let gemma = model_type == "gemma3_text";
     // `transformers`' defaults: Gemma 3 1e6 globally and 1e4 in the sliding layers, OLMo 3 5e5.
     let (global_default, local_default) = match model_type {
@@ -82,14 +83,16 @@ fn read_rope(c: &Value, model_type: &str) -> Result<Rope, String> {
         }
         parameters => (rope_of(c, &parameters["rope_theta"], parameters, global_default)?, None),
     };
-    let Some((local_theta, local_scaling)) = local else { return Ok(Rope { theta, scaling, local_theta: None }) };
+    let Some((local_theta, local_scaling)) = local else {
+        return Ok(Rope { theta, scaling, local_theta: None, partial });
+    };
     if local_scaling.is_some() {
         return Err(
             "its config.json scales the sliding layers' rotary embedding; only the global layers' may be".into()
         );
     }
     if gemma {
-        return Ok(Rope { theta, scaling, local_theta: Some(local_theta) });
+        return Ok(Rope { theta, scaling, local_theta: Some(local_theta), partial });
     }
     if local_theta != theta || scaling.is_some() {
         return Err(format!(
@@ -97,7 +100,7 @@ fn read_rope(c: &Value, model_type: &str) -> Result<Rope, String> {
             if scaling.is_some() { ", scaled" } else { "" }
         ));
     }
-    Ok(Rope { theta, scaling, local_theta: None })
+    Ok(Rope { theta, scaling, local_theta: None, partial })
 }
 
 /// One rotary embedding's base (`default` when absent) and scaling, in the config `c`.
@@ -346,6 +349,12 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         None if arch == "qwen3" => Some(128),
         hd => hd,
     };
+    // `transformers` turns `int(head_dim · partial_rotary_factor)` dimensions.
+    let whole_head = match head_dim {
+        Some(hd) => hd,
+        None => spec.d_model.unwrap_or(0) / spec.n_heads.unwrap_or(1).max(1),
+    };
+    let rotary_dim = rope.partial.map(|p| (f64::from(whole_head) * p) as u32);
     // Gemma's attention scales by 1/√query_pre_attn_scalar, mostly its head dimension.
     let query_pre_attn_scalar = size("query_pre_attn_scalar")?.filter(|q| Some(*q) != head_dim);
     let cap = |key: &str| match &c[key] {
@@ -354,6 +363,7 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     };
     Ok(ModelSpec {
         head_dim,
+        rotary_dim,
         query_pre_attn_scalar: query_pre_attn_scalar.filter(|_| gemma),
         attn_logit_softcapping: cap("attn_logit_softcapping")?,
         final_logit_softcapping: cap("final_logit_softcapping")?,
@@ -403,6 +413,8 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         // OLMo 3 is OLMo 2 with sliding windows.
         ("olmo2", None) => ("Olmo2ForCausalLM", "olmo2"),
         ("olmo2", Some(_)) => ("Olmo3ForCausalLM", "olmo3"),
+        // Phi-3's class turns part of each head (and fuses its projections: `save_model`).
+        _ if model.rotary_dim.is_some() => ("Phi3ForCausalLM", "phi3"),
         _ if model.nope_layers.is_some() => ("SmolLM3ForCausalLM", "smollm3"),
         // `transformers`' Llama has no sliding window; Mistral is Llama with one in every
         // layer, Ministral with one in the layers `layer_types` says.
@@ -432,6 +444,9 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         config["attention_bias"] = false.into();
         config["mlp_bias"] = false.into();
     }
+    if let Some(rotary) = model.rotary_dim {
+        config["partial_rotary_factor"] = json!(f64::from(rotary) / f64::from(model.head_dim()));
+    }
     if model.nope_layers.is_some() {
         config["no_rope_layers"] = (0..model.n_layers).map(|l| u32::from(model.rotates(l))).collect::<Vec<_>>().into();
     }
@@ -440,7 +455,7 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         // Gemma's configurations would otherwise assume a window of 4096.
         config["sliding_window"] = json!(model.sliding_window);
     }
-    if (model.sliding_window.is_some() && model_type != "mistral") || gemma {
+    if (model.sliding_window.is_some() && !matches!(model_type, "mistral" | "phi3")) || gemma {
         // Every layer's kind, as the Qwen, SmolLM3, Ministral and Gemma configurations say it.
         let kind = |l| if model.slides(l) { "sliding_attention" } else { "full_attention" };
         config["layer_types"] = (0..model.n_layers).map(kind).collect::<Vec<_>>().into();
@@ -612,7 +627,9 @@ pub fn load_adapter(dir: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
 
 /// Write a model folder: `model.safetensors` and its `config.json`.
 pub fn save_model(dir: &Path, weights: &[(String, Tensor)], config: &Value) -> candle_core::Result<()> {
-    save_tensors(dir, MODEL_WEIGHTS, weights.iter().map(|(n, t)| (n.clone(), t.clone())))?;
+    let weights = weights.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+    let weights = if config["model_type"] == "phi3" { crate::weights::fused(weights)? } else { weights };
+    save_tensors(dir, MODEL_WEIGHTS, weights.into_iter())?;
     write_json(dir, MODEL_CONFIG, config)
 }
 
@@ -793,7 +810,7 @@ mod tests {
         // transformers 5
         assert_eq!(read(r#""rope_parameters": {"rope_type": "default", "rope_theta": 50000.0}"#), Ok((50000.0, None)));
         let v5 = format!(r#""rope_parameters": {{"rope_type": "llama3", "rope_theta": 500000.0, {llama3_keys}}}"#);
-        assert_eq!(read(&v5), Ok((500000.0, llama3)));
+        assert_eq!(read(&v5), Ok((500000.0, llama3.clone())));
         // transformers 4, and its older spelling of the kind
         let v4 = format!(r#""rope_theta": 500000.0, "rope_scaling": {{"rope_type": "llama3", {llama3_keys}}}"#);
         assert_eq!(read(&v4), Ok((500000.0, llama3)));
@@ -812,17 +829,25 @@ mod tests {
         assert_eq!((attention_factor, beta_fast, beta_slow, truncate), (expected, 16.0, 1.0, true));
         let dynamic = read(r#""rope_scaling": {"rope_type": "dynamic", "factor": 4.0}"#).unwrap_err();
         assert!(
-            dynamic.contains("`dynamic` rotary scaling") && dynamic.contains("only `linear`, `llama3` and `yarn`"),
+            dynamic.contains("`dynamic` rotary scaling") && dynamic.contains("and `longrope` are implemented"),
             "{dynamic}"
         );
         let partial = read(r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0}"#).unwrap_err();
         assert!(partial.contains("lacks the number `low_freq_factor`"), "{partial}");
-        // Phi-4-mini rotates three quarters of each head; Phi-3's long-context models use LongRoPE.
-        let phi4 =
-            read(r#""rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}"#);
-        assert!(phi4.unwrap_err().contains("partial_rotary_factor Some(0.75)"));
-        assert_eq!(read(r#""partial_rotary_factor": 1.0"#), Ok((10000.0, None)));
+        // Phi-3's long-context models keep the original context beside the scaling.
         let longrope = read(r#""rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}"#);
-        assert!(longrope.unwrap_err().contains("`longrope` rotary scaling"));
+        assert!(longrope.unwrap_err().contains("no original_max_position_embeddings"));
+        let longrope = r#""original_max_position_embeddings": 16,
+            "rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}"#;
+        let Ok((_, Some(RopeScaling::LongRope { original_max_seq_len, attention_factor, .. }))) = read(longrope) else {
+            panic!("longrope reads")
+        };
+        // max_position_embeddings 64 over 16: a factor of 4.
+        assert_eq!((original_max_seq_len, attention_factor), (16, (1.0 + 4f64.ln() / 16f64.ln()).sqrt()));
+        // Phi-4-mini turns three quarters of each head: 12 of 16 dimensions.
+        let config = r#"{"model_type": "phi3", "vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 64, "partial_rotary_factor": 0.75}"#;
+        std::fs::write(&path, config).unwrap();
+        assert_eq!(read_config(&path).unwrap().rotary_dim, Some(12));
     }
 }

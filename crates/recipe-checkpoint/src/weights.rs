@@ -55,6 +55,34 @@ fn unfused(tensors: Vec<(String, Tensor)>, config: &Model) -> Result<Vec<(String
     Ok(out)
 }
 
+/// Llama's projections fused as Phi-3 stores them, the inverse of [`unfused`]: each block's
+/// query, key and value projections stacked into `qkv_proj`, its gate and up projections into
+/// `gate_up_proj`, in that order. Every other tensor is kept, in order.
+pub(crate) fn fused(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    let parts = |stem: &str, names: &[&str], all: &[(String, Tensor)]| -> Result<Tensor> {
+        let found: Option<Vec<&Tensor>> = names
+            .iter()
+            .map(|n| all.iter().find(|(name, _)| *name == format!("{stem}.{n}.weight")).map(|(_, t)| t))
+            .collect();
+        let found = found.ok_or_else(|| candle_core::Error::Msg(format!("{stem} lacks one of {names:?}")))?;
+        Tensor::cat(&found, 0)
+    };
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, t) in &tensors {
+        if let Some(stem) = name.strip_suffix(".q_proj.weight") {
+            out.push((format!("{stem}.qkv_proj.weight"), parts(stem, &["q_proj", "k_proj", "v_proj"], &tensors)?));
+        } else if let Some(stem) = name.strip_suffix(".gate_proj.weight") {
+            out.push((format!("{stem}.gate_up_proj.weight"), parts(stem, &["gate_proj", "up_proj"], &tensors)?));
+        } else if !name.ends_with(".k_proj.weight")
+            && !name.ends_with(".v_proj.weight")
+            && !name.ends_with(".up_proj.weight")
+        {
+            out.push((name.clone(), t.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// The weight files of a model folder: the shards its index names, or `model.safetensors`.
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");

@@ -430,7 +430,7 @@ impl Llama {
 
     /// What the layers attend with for tokens at `positions` `[B·T]` that see the keys `spans`.
     fn positions(&self, positions: &Tensor, b: usize, t: usize, spans: KeySpans) -> Result<Positions> {
-        let half = (self.config.head_dim() / 2) as usize;
+        let half = (self.config.rotated_dims() / 2) as usize;
         let rotary = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
             let at = |table: &Tensor| table.index_select(positions, 0)?.reshape((b, 1, t, half));
             Ok((at(cos)?, at(sin)?))
@@ -503,7 +503,16 @@ impl Llama {
             heads(y, n)
         };
         // A NoPE layer attends without positions: no rotation.
-        let rotated = |x: Tensor| if c.rotates(i as u32) { recipe_kernels::rope(&x, cos, sin) } else { Ok(x) };
+        let rotary_dims = c.rotated_dims() as usize;
+        let rotated = |x: Tensor| match (c.rotates(i as u32), rotary_dims < hd) {
+            (false, _) => Ok(x),
+            (true, false) => recipe_kernels::rope(&x, cos, sin),
+            // Phi-4-mini turns a head's first dimensions and passes the rest through.
+            (true, true) => {
+                let turned = recipe_kernels::rope(&x.narrow(3, 0, rotary_dims)?.contiguous()?, cos, sin)?;
+                Tensor::cat(&[&turned, &x.narrow(3, rotary_dims, hd - rotary_dims)?], 3)
+            }
+        };
         let q = rotated(normed_heads(qkv("self_attn.q_proj")?, h, "self_attn.q_norm")?)?;
         let mut k = rotated(normed_heads(qkv("self_attn.k_proj")?, kvh, "self_attn.k_norm")?)?;
         let mut v = heads(qkv("self_attn.v_proj")?, kvh)?;

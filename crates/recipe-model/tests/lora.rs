@@ -20,6 +20,7 @@ fn config() -> Model {
         n_heads: 2,
         n_kv_heads: 1,
         explicit_head_dim: None,
+        rotary_dim: None,
         d_ff: 20,
         max_seq_len: 16,
         tie_embeddings: false,

@@ -3,7 +3,7 @@
 //! with its per-head norms and heads that are not d_model / n_heads wide, Gemma 3's with its
 //! norms after each sublayer, GeGLU, scaled embeddings and a sliding and a global layer that
 //! rotate differently, Gemma 2's with its capped scores and logits, OLMo 2's with its norms after
-//! the sublayers and over whole projections),
+//! the sublayers and over whole projections, one turning half of each head),
 //! the KV cache gives the same logits as a full forward pass, and a packed row with a document
 //! mask computes each document as if it were alone.
 
@@ -20,6 +20,7 @@ fn tiny(tie: bool) -> Model {
         n_heads: 2,
         n_kv_heads: 1,
         explicit_head_dim: None,
+        rotary_dim: None,
         d_ff: 12,
         max_seq_len: 16,
         tie_embeddings: tie,
@@ -99,6 +100,11 @@ fn tiny_gemma2(tie: bool) -> Model {
     }
 }
 
+/// `tiny` turning half of each head (Phi-4-mini turns three quarters).
+fn tiny_partial(tie: bool) -> Model {
+    Model { rotary_dim: Some(2), ..tiny(tie) }
+}
+
 /// `tiny` as OLMo 2, its first layer sliding (window 2) as OLMo 3's do.
 fn tiny_olmo2(tie: bool) -> Model {
     Model { arch: "olmo2".into(), sliding_window: Some(2), full_attention_layers: Some(vec![1]), ..tiny(tie) }
@@ -131,9 +137,15 @@ fn every_parameter_receives_a_nonzero_gradient() {
 
 #[test]
 fn gradients_match_finite_differences_in_f64() {
-    for config in
-        [tiny(false), tiny_qwen2(false), tiny_qwen3(false), tiny_gemma3(false), tiny_olmo2(false), tiny_gemma2(false)]
-    {
+    for config in [
+        tiny(false),
+        tiny_qwen2(false),
+        tiny_qwen3(false),
+        tiny_gemma3(false),
+        tiny_olmo2(false),
+        tiny_gemma2(false),
+        tiny_partial(false),
+    ] {
         let checked = check_gradients(&model(&config, DType::F64));
         assert!(checked >= 60, "{}: {checked} coordinates", config.arch);
     }
@@ -175,6 +187,7 @@ fn the_kv_cache_reproduces_the_full_forward_pass() {
         tiny_gemma3(true),
         tiny_olmo2(true),
         tiny_gemma2(true),
+        tiny_partial(true),
     ] {
         the_kv_cache_reproduces_the_full_forward_pass_of(&model(&config, DType::F32));
     }

@@ -291,20 +291,27 @@ fn lone_weights(name: &str) -> tempfile::TempDir {
 }
 
 /// Phi-3 with LongRoPE over an original context of 32: its long factors over 96 tokens, its
-/// short ones over 24, and cos and sin scaled by √(1 + ln 4 / ln 32) either way.
+/// short ones over 24, and cos and sin scaled by √(1 + ln 4 / ln 32) either way; Phi-4-mini's
+/// the same turning only 12 of each head's 16 dimensions (and exported as Phi-3, its
+/// projections fused again).
 #[test]
-fn a_transformers_phi3_checkpoint_with_longrope_computes_its_reference_logits() {
-    let config = import_transformers_fixture("phi3-longrope");
-    let Some(recipe_spec::RopeScaling::LongRope { original_max_seq_len, attention_factor, .. }) = config.rope_scaling
-    else {
-        panic!("LongRoPE scaling, not {:?}", config.rope_scaling)
-    };
-    assert_eq!((original_max_seq_len, attention_factor), (32, (1.0 + 4f64.ln() / 32f64.ln()).sqrt()));
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/phi3-longrope");
-    let model =
-        Llama::frozen(&config, load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap(), &Device::Cpu).unwrap();
-    let short = candle_core::safetensors::load(dir.join("expected-short.safetensors"), &Device::Cpu).unwrap();
-    assert_logits("phi3-longrope within its original context", &model, &short);
+fn transformers_phi3_and_phi4_mini_checkpoints_with_longrope_compute_their_reference_logits() {
+    for (name, rotary_dim) in [("phi3-longrope", None), ("phi4-mini", Some(12))] {
+        let config = import_transformers_fixture(name);
+        let Some(recipe_spec::RopeScaling::LongRope { original_max_seq_len, attention_factor, .. }) =
+            config.rope_scaling
+        else {
+            panic!("LongRoPE scaling, not {:?}", config.rope_scaling)
+        };
+        assert_eq!((original_max_seq_len, attention_factor), (32, (1.0 + 4f64.ln() / 32f64.ln()).sqrt()));
+        assert_eq!(config.rotary_dim, rotary_dim, "{name}");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let model =
+            Llama::frozen(&config, load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap(), &Device::Cpu)
+                .unwrap();
+        let short = candle_core::safetensors::load(dir.join("expected-short.safetensors"), &Device::Cpu).unwrap();
+        assert_logits(&format!("{name} within its original context"), &model, &short);
+    }
 }
 
 /// SmolLM3: Llama whose second layer attends without positions.

@@ -15,6 +15,7 @@ pub const MODEL_KEYS: &[&str] = &[
     "n_heads",
     "n_kv_heads",
     "head_dim",
+    "rotary_dim",
     "d_ff",
     "max_seq_len",
     "tie_embeddings",
@@ -67,6 +68,8 @@ pub struct ModelSpec {
     pub n_kv_heads: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub d_ff: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,6 +125,11 @@ pub struct Model {
     /// from the key otherwise, so that writing the default changes nothing.
     #[serde(rename = "head_dim", skip_serializing_if = "Option::is_none")]
     pub explicit_head_dim: Option<u32>,
+    /// Default: the whole head. How many of each head's dimensions (the first ones) the
+    /// rotary embedding turns, the rest passing through (Phi-4-mini's three quarters:
+    /// `transformers`' `partial_rotary_factor`). Absent from the key when the whole head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<u32>,
     /// Default: the SwiGLU rule, 8/3 · d_model rounded up to a multiple of 64.
     pub d_ff: u32,
     /// Default 512.
@@ -193,6 +201,7 @@ impl Model {
             n_heads: Some(self.n_heads),
             n_kv_heads: Some(self.n_kv_heads),
             head_dim: self.explicit_head_dim,
+            rotary_dim: self.rotary_dim,
             d_ff: Some(self.d_ff),
             max_seq_len: Some(self.max_seq_len),
             tie_embeddings: Some(self.tie_embeddings),
@@ -305,6 +314,11 @@ impl Model {
         self.explicit_head_dim.unwrap_or(self.d_model / self.n_heads.max(1))
     }
 
+    /// How many of each head's dimensions the rotary embedding turns: `rotary_dim`, else all.
+    pub fn rotated_dims(&self) -> u32 {
+        self.rotary_dim.unwrap_or(self.head_dim())
+    }
+
     /// The rotary embedding's angular frequency for each pair of a head's dimensions:
     /// `rope_theta^(-2i/head_dim)`, then scaled as `rope_scaling` says, exactly as
     /// `transformers` computes them (in f64 here, where it uses f32).
@@ -338,7 +352,7 @@ impl Model {
                 // The dimension pair at which a frequency turns `turns` times over the original
                 // context; pairs below the fast bound keep their frequency, above the slow one
                 // are divided by `factor`, and a linear ramp blends those between.
-                let dim = f64::from(self.head_dim());
+                let dim = f64::from(self.rotated_dims());
                 let base = self.rope_theta;
                 let context = f64::from(original_max_seq_len);
                 let pair_of =
@@ -389,7 +403,7 @@ impl Model {
     }
 
     fn plain_rope_frequencies(&self, theta: f64) -> impl Iterator<Item = f64> {
-        let half = self.head_dim() / 2;
+        let half = self.rotated_dims() / 2;
         (0..half).map(move |i| 1.0 / theta.powf(f64::from(2 * i) / f64::from(2 * half)))
     }
 
@@ -446,6 +460,7 @@ impl ModelSpec {
             n_heads: f.opt(cx, "n_heads", decode::size(1, 1 << 12)),
             n_kv_heads: f.opt(cx, "n_kv_heads", decode::size(1, 1 << 12)),
             head_dim: f.opt(cx, "head_dim", decode::size(2, 1 << 12)),
+            rotary_dim: f.opt(cx, "rotary_dim", decode::size(2, 1 << 12)),
             d_ff: f.opt(cx, "d_ff", decode::size(1, 1 << 20)),
             max_seq_len: f.opt(cx, "max_seq_len", decode::size(1, 1 << 22)),
             tie_embeddings: f.opt(cx, "tie_embeddings", decode::boolean),
@@ -475,6 +490,7 @@ impl ModelSpec {
             n_heads: over.n_heads.or(self.n_heads),
             n_kv_heads: over.n_kv_heads.or(self.n_kv_heads),
             head_dim: over.head_dim.or(self.head_dim),
+            rotary_dim: over.rotary_dim.or(self.rotary_dim),
             d_ff: over.d_ff.or(self.d_ff),
             max_seq_len: over.max_seq_len.or(self.max_seq_len),
             tie_embeddings: over.tie_embeddings.or(self.tie_embeddings),
@@ -522,6 +538,7 @@ impl ModelSpec {
             n_heads,
             n_kv_heads: self.n_kv_heads.unwrap_or(n_heads),
             explicit_head_dim: self.head_dim.filter(|hd| hd * n_heads != d_model),
+            rotary_dim: self.rotary_dim.filter(|rd| Some(*rd) != self.head_dim.or(Some(d_model / n_heads.max(1)))),
             d_ff: self.d_ff.unwrap_or_else(|| swiglu_hidden(d_model)),
             max_seq_len: self.max_seq_len.unwrap_or(512),
             tie_embeddings: self.tie_embeddings.unwrap_or(true),
@@ -841,17 +858,46 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
             );
         }
     }
+    // Phi-3's Hugging Face class, the one that turns part of each head, is Llama's otherwise.
+    if m.rotary_dim.is_some() {
+        let others = [
+            ("arch", m.arch != "llama"),
+            ("nope_layers", m.nope_layers.is_some()),
+            ("full_attention_layers", m.full_attention_layers.is_some()),
+        ];
+        for (field, _) in others.into_iter().filter(|(_, set)| *set) {
+            let msg = match field {
+                "arch" => format!("rotary_dim goes with `arch = \"llama\"`, not \"{}\"", m.arch),
+                field => format!("rotary_dim does not go with {field}"),
+            };
+            fail(
+                cx,
+                "rotary_dim",
+                msg,
+                "a part of each head turns only in Phi-3's Hugging Face class, a Llama without either".into(),
+            );
+        }
+    }
+    if let Some(rotary) = m.rotary_dim
+        && (!rotary.is_multiple_of(2) || rotary > m.head_dim())
+    {
+        fail(
+            cx,
+            "rotary_dim",
+            format!("rotary_dim ({rotary}) must be even and at most the head dimension ({})", m.head_dim()),
+            "the rotary embedding turns pairs of a head's first dimensions".into(),
+        );
+    }
     if let Some(RopeScaling::LongRope { short_factor, long_factor, .. }) = &m.rope_scaling {
-        let pairs = m.head_dim() / 2;
+        let pairs = m.rotated_dims() / 2;
         if short_factor.len() != pairs as usize || long_factor.len() != pairs as usize {
             fail(
                 cx,
                 "rope_scaling",
                 format!(
-                    "rope_scaling has {} short and {} long factors, but heads of {} have {pairs} pairs of dimensions",
+                    "rope_scaling has {} short and {} long factors, but the rotary embedding turns {pairs} pairs of dimensions",
                     short_factor.len(),
                     long_factor.len(),
-                    m.head_dim()
                 ),
                 "LongRoPE needs one factor per pair".into(),
             );

@@ -654,7 +654,7 @@ fn rotary_scaling_is_read_and_checked() {
         ),
         (
             "{ kind = \"longrope\", original_max_seq_len = 64, factor = 2, short_factor = [1.0], long_factor = [2.0] }",
-            "rope_scaling has 1 short and 1 long factors, but heads of 16 have 8 pairs of dimensions",
+            "rope_scaling has 1 short and 1 long factors, but the rotary embedding turns 8 pairs of dimensions",
         ),
         (
             "{ kind = \"llama3\", factor = 8.0, original_max_seq_len = 64, high_freq_factor = 1.0 }",
@@ -813,6 +813,8 @@ fn per_layer_windows_need_a_window_and_follow_a_stack() {
     assert_has(&f.errors(&no_window), &["full_attention_layers is set, but the model has no sliding_window"]);
     let beyond = replace(&text, "full_attention_layers = [1]", "full_attention_layers = [2]");
     assert_has(&f.errors(&beyond), &["full_attention_layers names layer 2, but the model has 2 (0 to 1)"]);
+    let partial = replace(&text, "query_pre_attn_scalar = 12", "query_pre_attn_scalar = 12\nrotary_dim = 8");
+    assert_has(&f.errors(&partial), &["rotary_dim goes with `arch = \"llama\"`, not \"gemma3\""]);
     let llama = replace(&text, "arch = \"gemma3\"", "arch = \"llama\"");
     assert_has(
         &f.errors(&llama),

@@ -59,6 +59,7 @@ fn bench(cr: &mut Criterion) {
             n_heads: c.n_heads,
             n_kv_heads: c.n_heads,
             explicit_head_dim: None,
+            rotary_dim: None,
             d_ff: c.d_ff,
             max_seq_len: c.seq as u32,
             tie_embeddings: true,

@@ -138,6 +138,7 @@ mod tests {
             n_heads: 2,
             n_kv_heads: 2,
             explicit_head_dim: None,
+            rotary_dim: None,
             d_ff: 8,
             max_seq_len: 4,
             tie_embeddings: true,

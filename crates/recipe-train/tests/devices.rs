@@ -29,6 +29,7 @@ fn config(arch: &str) -> Model {
         n_heads: 4,
         n_kv_heads: 2,
         explicit_head_dim: qwen3.then_some(32),
+        rotary_dim: None,
         d_ff: 256,
         max_seq_len: 16,
         tie_embeddings: false,
