@@ -99,7 +99,16 @@ impl Recipe {
                 Origin::Set { index, range } => (1, *index, range.start),
                 Origin::Default => (2, 0, 0),
             });
-            diagnostics.dedup();
+            // The same finding reached twice (a `[model]` error once for each stage that
+            // inherits it) is said once, wherever the two landed in the sort.
+            let mut said: Vec<Diagnostic> = Vec::new();
+            diagnostics.retain(|d| {
+                let new = !said.contains(d);
+                if new {
+                    said.push(d.clone());
+                }
+                new
+            });
             Err(Box::new(Invalid { source, diagnostics }))
         }
     }

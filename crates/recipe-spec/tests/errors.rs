@@ -814,7 +814,9 @@ fn per_layer_windows_need_a_window_and_follow_a_stack() {
     let beyond = replace(&text, "full_attention_layers = [1]", "full_attention_layers = [2]");
     assert_has(&f.errors(&beyond), &["full_attention_layers names layer 2, but the model has 2 (0 to 1)"]);
     let partial = replace(&text, "query_pre_attn_scalar = 12", "query_pre_attn_scalar = 12\nrotary_dim = 8");
-    assert_has(&f.errors(&partial), &["rotary_dim goes with `arch = \"llama\"`, not \"gemma3\""]);
+    let out = f.errors(&partial);
+    assert_has(&out, &["rotary_dim goes with `arch = \"llama\"`, not \"gemma3\""]);
+    assert_eq!(out.matches("rotary_dim goes with").count(), 1, "said once, not once per stage:\n{out}");
     let llama = replace(&text, "arch = \"gemma3\"", "arch = \"llama\"");
     assert_has(
         &f.errors(&llama),
