@@ -281,11 +281,12 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
             c[*key] = serde_json::from_str(value).expect("valid JSON");
         }
     }
-    let (activation, silu) = if gemma { ("hidden_activation", "gelu_pytorch_tanh") } else { ("hidden_act", "silu") };
+    let (activation, expected) =
+        if gemma { ("hidden_activation", "gelu_pytorch_tanh") } else { ("hidden_act", "silu") };
     for (key, fine) in [
         ("attention_bias", !c["attention_bias"].as_bool().unwrap_or(false)),
         ("mlp_bias", !c["mlp_bias"].as_bool().unwrap_or(false)),
-        (activation, c[activation].as_str().is_none_or(|a| a == silu)),
+        (activation, c[activation].as_str().is_none_or(|a| a == expected)),
         ("attn_logit_softcapping", gemma || c["attn_logit_softcapping"].is_null()),
         ("final_logit_softcapping", gemma || c["final_logit_softcapping"].is_null()),
         ("use_bidirectional_attention", !c["use_bidirectional_attention"].as_bool().unwrap_or(false)),
