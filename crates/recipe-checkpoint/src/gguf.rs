@@ -59,24 +59,14 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         n_heads: Some(n_heads),
         n_kv_heads: Some(int("llama.attention.head_count_kv").unwrap_or(n_heads)),
         head_dim: int("llama.attention.key_length").ok(),
-        rotary_dim: None,
         d_ff: Some(int("llama.feed_forward_length")?),
         max_seq_len: Some(int("llama.context_length")?),
         tie_embeddings: Some(!g.tensor_infos.contains_key("output.weight")),
         rope_theta: Some(float("llama.rope.freq_base", 10000.0)),
         rope_scaling,
-        sliding_window: None,
-        full_attention_layers: None,
-        local_rope_theta: None,
-        query_pre_attn_scalar: None,
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
-        nope_layers: None,
         // Stored as f32; the nearest f64 with few digits is what the model was trained with.
         norm_eps: Some(round_to_f32_precision(float("llama.attention.layer_norm_rms_epsilon", 1e-5))),
-        init_std: None,
-        from: None,
-        layers: None,
+        ..ModelSpec::default()
     })
 }
 

@@ -9,36 +9,22 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use recipe_model::{KeySpans, Llama, masked_cross_entropy};
-use recipe_spec::Model;
+use recipe_spec::{Model, ModelSpec};
 
 fn tiny(tie: bool) -> Model {
-    Model {
-        arch: "llama".into(),
-        vocab_size: 11,
-        d_model: 8,
-        n_layers: 2,
-        n_heads: 2,
-        n_kv_heads: 1,
-        explicit_head_dim: None,
-        rotary_dim: None,
-        d_ff: 12,
-        max_seq_len: 16,
-        tie_embeddings: tie,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        sliding_window: None,
-        full_attention_layers: None,
-        local_rope_theta: None,
-        query_pre_attn_scalar: None,
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
-        nope_layers: None,
-        norm_eps: 1e-5,
-        init_std: 0.3,
-        from: None,
-        layers: None,
-        import: None,
+    ModelSpec {
+        vocab_size: Some(11),
+        d_model: Some(8),
+        n_layers: Some(2),
+        n_heads: Some(2),
+        n_kv_heads: Some(1),
+        d_ff: Some(12),
+        max_seq_len: Some(16),
+        tie_embeddings: Some(tie),
+        init_std: Some(0.3),
+        ..ModelSpec::default()
     }
+    .resolve(None)
 }
 
 fn model(config: &Model, dtype: DType) -> Llama {

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{Model, Optim, Precision};
+use recipe_spec::{ModelSpec, Optim, Precision};
 use recipe_train::{LossScaler, Objective, Optimizer, batch_loss, gradients, loss_tokens, update};
 
 #[global_allocator]
@@ -51,33 +51,16 @@ fn bench(cr: &mut Criterion) {
     recipe_kernels::retain_freed_memory();
     let dev = Device::Cpu;
     for c in &CONFIGS {
-        let model_config = Model {
-            arch: "llama".into(),
-            vocab_size: c.vocab,
-            d_model: c.d_model,
-            n_layers: c.n_layers,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_heads,
-            explicit_head_dim: None,
-            rotary_dim: None,
-            d_ff: c.d_ff,
-            max_seq_len: c.seq as u32,
-            tie_embeddings: true,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            sliding_window: None,
-            full_attention_layers: None,
-            local_rope_theta: None,
-            query_pre_attn_scalar: None,
-            attn_logit_softcapping: None,
-            final_logit_softcapping: None,
-            nope_layers: None,
-            norm_eps: 1e-5,
-            init_std: 0.02,
-            from: None,
-            layers: None,
-            import: None,
-        };
+        let model_config = ModelSpec {
+            vocab_size: Some(c.vocab),
+            d_model: Some(c.d_model),
+            n_layers: Some(c.n_layers),
+            n_heads: Some(c.n_heads),
+            d_ff: Some(c.d_ff),
+            max_seq_len: Some(c.seq as u32),
+            ..ModelSpec::default()
+        }
+        .resolve(None);
         let model = Llama::init(&model_config, 0, &dev).expect("init");
         let batch = random_batch(c);
         let optim = Optim::adamw(1e-3);

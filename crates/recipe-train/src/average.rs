@@ -130,33 +130,16 @@ mod tests {
     use recipe_spec::AverageUse;
 
     fn model(value: f32) -> Llama {
-        let config = recipe_spec::Model {
-            arch: "llama".into(),
-            vocab_size: 8,
-            d_model: 4,
-            n_layers: 1,
-            n_heads: 2,
-            n_kv_heads: 2,
-            explicit_head_dim: None,
-            rotary_dim: None,
-            d_ff: 8,
-            max_seq_len: 4,
-            tie_embeddings: true,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            sliding_window: None,
-            full_attention_layers: None,
-            local_rope_theta: None,
-            query_pre_attn_scalar: None,
-            attn_logit_softcapping: None,
-            final_logit_softcapping: None,
-            nope_layers: None,
-            norm_eps: 1e-5,
-            init_std: 0.02,
-            from: None,
-            layers: None,
-            import: None,
-        };
+        let config = recipe_spec::ModelSpec {
+            vocab_size: Some(8),
+            d_model: Some(4),
+            n_layers: Some(1),
+            n_heads: Some(2),
+            d_ff: Some(8),
+            max_seq_len: Some(4),
+            ..recipe_spec::ModelSpec::default()
+        }
+        .resolve(None);
         let tensors =
             config.layout().into_iter().map(|(n, s, _)| (n, Tensor::full(value, s, &Device::Cpu).unwrap())).collect();
         Llama::from_tensors(&config, tensors, &Device::Cpu).unwrap()

@@ -14,27 +14,24 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{Model, Optim, Precision};
+use recipe_spec::{Model, ModelSpec, Optim, Precision};
 use recipe_train::{LossScaler, Objective, Optimizer, gradients, loss_tokens, update};
 
 /// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3 or OLMo 2, heads of 32 (a dimension the CUDA attention kernels are
 /// built for).
 fn config(arch: &str) -> Model {
     let (qwen3, gemma3) = (arch == "qwen3", arch == "gemma3");
-    Model {
-        arch: arch.into(),
-        vocab_size: 97,
-        d_model: if qwen3 { 96 } else { 128 },
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        explicit_head_dim: qwen3.then_some(32),
-        rotary_dim: None,
-        d_ff: 256,
-        max_seq_len: 16,
-        tie_embeddings: false,
-        rope_theta: 10000.0,
-        rope_scaling: None,
+    ModelSpec {
+        arch: Some(arch.into()),
+        vocab_size: Some(97),
+        d_model: Some(if qwen3 { 96 } else { 128 }),
+        n_layers: Some(2),
+        n_heads: Some(4),
+        n_kv_heads: Some(2),
+        head_dim: qwen3.then_some(32),
+        d_ff: Some(256),
+        max_seq_len: Some(16),
+        tie_embeddings: Some(false),
         sliding_window: match arch {
             "qwen2" => Some(6),
             "gemma3" => Some(5),
@@ -45,13 +42,9 @@ fn config(arch: &str) -> Model {
         query_pre_attn_scalar: gemma3.then_some(24),
         attn_logit_softcapping: (arch == "gemma2").then_some(5.0),
         final_logit_softcapping: (arch == "gemma2").then_some(3.0),
-        nope_layers: None,
-        norm_eps: 1e-5,
-        init_std: 0.02,
-        from: None,
-        layers: None,
-        import: None,
+        ..ModelSpec::default()
     }
+    .resolve(None)
 }
 
 fn batch(seed: u64) -> Batch {
