@@ -7,9 +7,9 @@
 //! (Gemma 3) adds an RMSNorm after attention and after the MLP, gates the MLP with the tanh GELU,
 //! scales the embeddings by √d_model, and its norms scale by `1 + w`: the weights are stored as
 //! Hugging Face stores them, and the 1 added where they are used; `gemma2` (Gemma 2) has no
-//! head norms and caps attention scores and logits at `±c` by `c · tanh(x / c)`. `olmo2` (OLMo 2) moves the
-//! block's norms after attention and the MLP and normalises the query and key projections
-//! whole (`Model::block_norms` says where each norm stands). Built only from ops that have a
+//! head norms and caps attention scores and logits at `±c` by `c · tanh(x / c)`. `olmo2`
+//! (OLMo 2) moves the block's norms after attention and the MLP and normalises the query and
+//! key projections whole (`Model::block_norms` says where each norm stands). Built only from ops that have a
 //! backward pass (CANDLE.md: Candle's fused norm, softmax and rope ops silently drop
 //! gradients): Candle compositions, and the fused projection, RMSNorm, rotary embedding,
 //! attention and gated activation of `recipe-kernels`. Tensors carry Hugging Face names.
@@ -256,10 +256,10 @@ impl Llama {
         };
         let rope = tables(&config.rope_frequencies(), config.rope_attention_factor())?;
         let local_rope = config.local_rope_frequencies().map(|f| tables(&f, 1.0)).transpose()?;
-        let long_rope = match config.long_rope_frequencies() {
-            Some((f, original)) => Some((tables(&f, config.rope_attention_factor())?, original)),
-            None => None,
-        };
+        let long_rope = config
+            .long_rope_frequencies()
+            .map(|(f, original)| tables(&f, config.rope_attention_factor()).map(|t| (t, original)))
+            .transpose()?;
         let n_layers = config.n_layers as usize;
         let dropout_seed = Cell::new(None);
         Ok(Llama {
@@ -323,7 +323,7 @@ impl Llama {
         self.stored(name).to_dtype(self.dtypes.compute)
     }
 
-    /// The rows of the embedding table at `ids` (scaled, for `gemma3`), in the compute dtype.
+    /// The rows of the embedding table at `ids` (scaled, for Gemma's), in the compute dtype.
     /// Gathered from the stored table, so under mixed precision the table's gradient sums in
     /// its master dtype.
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
