@@ -272,8 +272,8 @@ static void adamw() {
 }
 
 // Causal attention inside packed documents with grouped-query heads, against the softmax of
-// every score: output and log-sum-exp, then dq, dk, dv for a random output gradient; the
-// kernels' f32 entry points for head dimension `hd`.
+// every score (plain, and capped by `cap · tanh(s / cap)`): output and log-sum-exp, then dq,
+// dk, dv for a random output gradient; the kernels' f32 entry points for head dimension `hd`.
 template <typename T>
 static std::vector<T> rounded(Floats& v) {
     std::vector<T> out(v.size());
@@ -332,67 +332,71 @@ static void attention(const std::string& kernels, u32 hd, unsigned rows_per_bloc
            v = uniform(b * kv_heads * t * hd, 1.5f), dout = uniform(b * t * heads * hd, 1.0f);
     // The kernels read T; the reference takes the same rounded values.
     auto qt = rounded<T>(q), kt = rounded<T>(k), vt = rounded<T>(v), dot = rounded<T>(dout);
-    Doubles out(b * t * heads * hd, 0.0), lse(b * heads * t), dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
-    const u32 group = heads / kv_heads;
-    for (u32 r = 0; r < b; ++r)
-        for (u32 h = 0; h < heads; ++h)
-            for (u32 i = 0; i < t; ++i) {
-                const u32 lo = spans[2 * (r * t + i)], hi = spans[2 * (r * t + i) + 1], g = h / group;
-                auto qv = [&](u32 d) { return (double)q[((r * heads + h) * t + i) * hd + d]; };
-                auto kv = [&](const Floats& m, u32 j, u32 d) { return (double)m[((r * kv_heads + g) * t + j) * hd + d]; };
-                Doubles s(t, -INFINITY);
-                double m = -INFINITY, sum = 0;
-                for (u32 j = lo; j < hi; ++j) {
-                    s[j] = 0;
-                    for (u32 d = 0; d < hd; ++d) s[j] += qv(d) * kv(k, j, d);
-                    s[j] *= scale;
-                    m = std::max(m, s[j]);
-                }
-                for (u32 j = lo; j < hi; ++j) sum += std::exp(s[j] - m);
-                lse[(r * heads + h) * t + i] = m + std::log(sum);
-                const size_t o_at = ((r * t + i) * heads + h) * hd;
-                double delta = 0;
-                Doubles p(t, 0.0), dp(t, 0.0);
-                for (u32 j = lo; j < hi; ++j) {
-                    p[j] = std::exp(s[j] - m) / sum;
-                    for (u32 d = 0; d < hd; ++d) out[o_at + d] += p[j] * kv(v, j, d);
-                }
-                for (u32 d = 0; d < hd; ++d) delta += out[o_at + d] * dout[o_at + d];
-                for (u32 j = lo; j < hi; ++j) {
-                    for (u32 d = 0; d < hd; ++d) dp[j] += dout[o_at + d] * kv(v, j, d);
-                    const double ds = p[j] * (dp[j] - delta);
-                    for (u32 d = 0; d < hd; ++d) {
-                        dq[((r * heads + h) * t + i) * hd + d] += scale * ds * kv(k, j, d);
-                        dk[((r * kv_heads + g) * t + j) * hd + d] += scale * ds * qv(d);
-                        dv[((r * kv_heads + g) * t + j) * hd + d] += p[j] * dout[o_at + d];
+    // Plain scores, then scores capped at ±2.5 (Gemma 2's soft-capping; they reach about ±5).
+    for (const float cap : {0.0f, 2.5f}) {
+        Doubles out(b * t * heads * hd, 0.0), lse(b * heads * t), dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+        const u32 group = heads / kv_heads;
+        for (u32 r = 0; r < b; ++r)
+            for (u32 h = 0; h < heads; ++h)
+                for (u32 i = 0; i < t; ++i) {
+                    const u32 lo = spans[2 * (r * t + i)], hi = spans[2 * (r * t + i) + 1], g = h / group;
+                    auto qv = [&](u32 d) { return (double)q[((r * heads + h) * t + i) * hd + d]; };
+                    auto kv = [&](const Floats& m, u32 j, u32 d) { return (double)m[((r * kv_heads + g) * t + j) * hd + d]; };
+                    Doubles s(t, -INFINITY), slope(t, 1.0);
+                    double m = -INFINITY, sum = 0;
+                    for (u32 j = lo; j < hi; ++j) {
+                        s[j] = 0;
+                        for (u32 d = 0; d < hd; ++d) s[j] += qv(d) * kv(k, j, d);
+                        s[j] *= scale;
+                        if (cap > 0) s[j] = cap * std::tanh(s[j] / cap), slope[j] = 1 - (s[j] / cap) * (s[j] / cap);
+                        m = std::max(m, s[j]);
+                    }
+                    for (u32 j = lo; j < hi; ++j) sum += std::exp(s[j] - m);
+                    lse[(r * heads + h) * t + i] = m + std::log(sum);
+                    const size_t o_at = ((r * t + i) * heads + h) * hd;
+                    double delta = 0;
+                    Doubles p(t, 0.0), dp(t, 0.0);
+                    for (u32 j = lo; j < hi; ++j) {
+                        p[j] = std::exp(s[j] - m) / sum;
+                        for (u32 d = 0; d < hd; ++d) out[o_at + d] += p[j] * kv(v, j, d);
+                    }
+                    for (u32 d = 0; d < hd; ++d) delta += out[o_at + d] * dout[o_at + d];
+                    for (u32 j = lo; j < hi; ++j) {
+                        for (u32 d = 0; d < hd; ++d) dp[j] += dout[o_at + d] * kv(v, j, d);
+                        const double ds = p[j] * (dp[j] - delta) * slope[j];
+                        for (u32 d = 0; d < hd; ++d) {
+                            dq[((r * heads + h) * t + i) * hd + d] += scale * ds * kv(k, j, d);
+                            dk[((r * kv_heads + g) * t + j) * hd + d] += scale * ds * qv(d);
+                            dv[((r * kv_heads + g) * t + j) * hd + d] += p[j] * dout[o_at + d];
+                        }
                     }
                 }
-            }
-    // The grids `attention/cuda.rs` launches.
-    const unsigned query_blocks = (t + rows_per_block - 1) / rows_per_block;
-    std::vector<T> got(out.size()), gdq(q.size()), gdk(k.size()), gdv(v.size());
-    Floats got_lse(lse.size()), delta(lse.size());
-    launch(dim3{query_blocks, b * heads, 1}, block, [&] {
-        forward(qt.data(), kt.data(), vt.data(), spans.data(), got.data(), got_lse.data(), heads, kv_heads, t, t, scale);
-    });
-    const std::string at = " (" + kernels + ", head dimension " + std::to_string(hd) + ")";
-    expect("attention forward" + at, widened(got), out, tol);
-    expect("attention log-sum-exp" + at, got_lse, lse, tol);
-    launch(per_element(b * t * heads), block, [&] {
-        delta_of(got.data(), dot.data(), delta.data(), heads, t, b * t * heads);
-    });
-    launch(dim3{query_blocks, b * heads, 1}, block, [&] {
-        dq_of(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdq.data(), heads,
-              kv_heads, t, t, scale);
-    });
-    expect("attention dq" + at, widened(gdq), dq, tol);
-    for (Dkv pass : key_passes)
-        launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
-            pass(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdk.data(),
-                 gdv.data(), heads, kv_heads, t, t, scale);
+        // The grids `attention/cuda.rs` launches.
+        const unsigned query_blocks = (t + rows_per_block - 1) / rows_per_block;
+        std::vector<T> got(out.size()), gdq(q.size()), gdk(k.size()), gdv(v.size());
+        Floats got_lse(lse.size()), delta(lse.size());
+        launch(dim3{query_blocks, b * heads, 1}, block, [&] {
+            forward(qt.data(), kt.data(), vt.data(), spans.data(), got.data(), got_lse.data(), heads, kv_heads, t, t, scale, cap);
         });
-    expect("attention dk" + at, widened(gdk), dk, tol);
-    expect("attention dv" + at, widened(gdv), dv, tol);
+        const std::string at = " (" + kernels + ", head dimension " + std::to_string(hd) + (cap > 0 ? ", capped" : "") + ")";
+        expect("attention forward" + at, widened(got), out, tol);
+        expect("attention log-sum-exp" + at, got_lse, lse, tol);
+        launch(per_element(b * t * heads), block, [&] {
+            delta_of(got.data(), dot.data(), delta.data(), heads, t, b * t * heads);
+        });
+        launch(dim3{query_blocks, b * heads, 1}, block, [&] {
+            dq_of(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdq.data(), heads,
+                  kv_heads, t, t, scale, cap);
+        });
+        expect("attention dq" + at, widened(gdq), dq, tol);
+        for (Dkv pass : key_passes)
+            launch(dim3{query_blocks, b * kv_heads, 1}, block, [&] {
+                pass(qt.data(), kt.data(), vt.data(), spans.data(), dot.data(), got_lse.data(), delta.data(), gdk.data(),
+                     gdv.data(), heads, kv_heads, t, t, scale, cap);
+            });
+        expect("attention dk" + at, widened(gdk), dk, tol);
+        expect("attention dv" + at, widened(gdv), dv, tol);
+    }
 }
 
 static void conversions() {

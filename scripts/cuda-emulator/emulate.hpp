@@ -89,6 +89,7 @@ inline unsigned __float_as_uint(float f) {
     return u;
 }
 #include <math.h>  // expf, fmaxf, logf, sqrtf as CUDA names them
+inline float __frcp_rn(float x) { return 1.0f / x; }
 using std::max, std::min;
 
 // Run `body` as a kernel launch: every block of `grid`, one after another, each with

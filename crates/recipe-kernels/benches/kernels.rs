@@ -49,10 +49,22 @@ fn bench(c: &mut Criterion) {
     let spans = k::KeySpans::documents(&vec![0; b * t], b, t);
     let causal = spans.additive_mask(&dev).unwrap();
     let dy = Tensor::randn(0f32, 1.0, (b, t, h, hd), &dev).unwrap();
-    pair(c, "causal attention 8x4x256x32", &q, &|x| k::attention(x, &k_, &v_, &spans, 0.17)? * &dy, &|x| {
-        let scores = x.matmul(&k_.t()?)?;
-        let probs = k::masked_softmax_composed(&scores, &causal, 0.17)?;
-        probs.matmul(&v_)?.transpose(1, 2)? * &dy
+    pair(
+        c,
+        "causal attention 8x4x256x32",
+        &q,
+        &|x| k::attention(x, &k_, &v_, &spans, k::Scores::scaled(0.17))? * &dy,
+        &|x| {
+            let scores = x.matmul(&k_.t()?)?;
+            let probs = k::masked_softmax_composed(&scores, &causal, 0.17)?;
+            probs.matmul(&v_)?.transpose(1, 2)? * &dy
+        },
+    );
+
+    // Gemma 2's capped scores: fused, against the composition that keeps the T × T scores.
+    let capped = k::Scores { scale: 0.17, cap: Some(1.0) };
+    pair(c, "capped attention 8x4x256x32", &q, &|x| k::attention(x, &k_, &v_, &spans, capped)? * &dy, &|x| {
+        k::attention_composed(x, &k_, &v_, &spans, capped)? * &dy
     });
 
     // Each output is multiplied by a random gradient, so that backward starts from a tensor as

@@ -31,7 +31,7 @@ mod softmax;
 
 pub use adamw::{AdamWStep, adamw_moments, adamw_step, adamw_step_composed, squared_norm, squared_norm_composed};
 pub use alloc::{Allocator, retain_freed_memory};
-pub use attention::{KeySpans, attention, attention_composed, attention_softcapped};
+pub use attention::{KeySpans, Scores, attention, attention_composed};
 pub use cross_entropy::{cross_entropy_rows, cross_entropy_rows_composed};
 pub use embedding::{embedding, embedding_composed};
 pub use glu::{Activation, glu, glu_composed};

@@ -77,11 +77,15 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
                 uniform(rng, &[b, 1, t, hd], 1.5),
             ],
             trainable: vec![true, true, true],
-            op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, 0.35)),
-            reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, 0.35)),
+            op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, Scores::scaled(0.35))),
+            reference: Box::new(move |i| {
+                attention_composed(&i[0], &i[1], &i[2], &spans_composed, Scores::scaled(0.35))
+            }),
         },
-        long_attention(rng, "attention at head dimension 32", 32),
-        long_attention(rng, "attention at head dimension 128", 128),
+        long_attention(rng, "attention at head dimension 32", 32, Scores::scaled(0.2)),
+        long_attention(rng, "attention at head dimension 128", 128, Scores::scaled(0.2)),
+        // Scores capped as Gemma 2 caps them; most reach past ±1.5.
+        long_attention(rng, "capped attention at head dimension 64", 64, Scores { scale: 0.2, cap: Some(1.5) }),
         Case {
             name: "embedding",
             // Token 4 at a third of the positions, as frequent tokens are.
@@ -155,7 +159,7 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
 
 /// Attention at a head dimension the CUDA kernels are built for, over more than one tile of keys
 /// and one block of queries, grouped-query heads, two documents in the first row.
-fn long_attention(rng: &mut ChaCha8Rng, name: &'static str, hd: usize) -> Case {
+fn long_attention(rng: &mut ChaCha8Rng, name: &'static str, hd: usize, scores: Scores) -> Case {
     let (b, t) = (2, 70);
     let docs: Vec<u32> = (0..b * t).map(|i| u32::from(i < 30)).collect();
     let spans = KeySpans::documents(&docs, b, t);
@@ -168,8 +172,8 @@ fn long_attention(rng: &mut ChaCha8Rng, name: &'static str, hd: usize) -> Case {
             uniform(rng, &[b, 2, t, hd], 1.5),
         ],
         trainable: vec![true, true, true],
-        op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, 0.2)),
-        reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, 0.2)),
+        op: Box::new(move |i| attention(&i[0], &i[1], &i[2], &spans, scores)),
+        reference: Box::new(move |i| attention_composed(&i[0], &i[1], &i[2], &spans_composed, scores)),
     }
 }
 

@@ -523,10 +523,8 @@ impl Llama {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let attn = match c.attn_logit_softcapping {
-            Some(cap) => recipe_kernels::attention_softcapped(&q, &k, &v, spans, c.attention_scale(), cap)?,
-            None => recipe_kernels::attention(&q, &k, &v, spans, c.attention_scale())?,
-        };
+        let scores = recipe_kernels::Scores { scale: c.attention_scale(), cap: c.attn_logit_softcapping };
+        let attn = recipe_kernels::attention(&q, &k, &v, spans, scores)?;
         let attn = linear(&attn.reshape((b * t, h * hd))?, "self_attn.o_proj")?;
         let x = (x + maybe_norm(attn, norms.after_attention)?)?;
 

@@ -8,14 +8,14 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor}
 use gemm::Parallelism;
 use num_traits::Float;
 
-use super::KeySpans;
+use super::{KeySpans, Scores};
 use crate::exp::ExpInPlace;
 use crate::{Disjoint, contiguous, lanes, parallel_for};
 
-pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
+pub(super) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scores: Scores) -> Result<Tensor> {
     let op = Attention {
         spans: spans.clone(),
-        scale,
+        scores,
         lse: OnceLock::new(),
         #[cfg(feature = "cuda")]
         on_cuda: OnceLock::new(),
@@ -28,7 +28,7 @@ const BLOCK: usize = 64;
 
 struct Attention {
     spans: KeySpans,
-    scale: f64,
+    scores: Scores,
     /// Each query's log-sum-exp of its scaled scores `[B, H, Tq]`, kept by forward for
     /// backward.
     lse: OnceLock<Vec<f64>>,
@@ -126,7 +126,25 @@ fn union(spans: &[(u32, u32)]) -> (usize, usize) {
     (lo, hi.max(lo))
 }
 
-fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], scale: T) -> (Vec<T>, Vec<f64>) {
+/// `scale`, and the cap if any, in the kernel's float.
+fn scoring<T: Real>(scores: Scores) -> (T, Option<T>) {
+    let real = |x: f64| T::from(x).unwrap_or(T::one());
+    (real(scores.scale), scores.cap.map(real))
+}
+
+/// Dot products to capped scores in place: `cap · tanh(scale · x / cap)`, with
+/// `tanh(y) = 1 − 2 / (e^{2y} + 1)` so that the vectorised `exp` does the work (`tanh` is a
+/// libm call per element, and made capped attention ten times slower than plain).
+fn cap_in_place<T: Real>(xs: &mut [T], scale: T, cap: T) {
+    let two = T::one() + T::one();
+    let doubled = two * scale / cap;
+    xs.iter_mut().for_each(|x| *x = *x * doubled);
+    T::exp_in_place(xs);
+    xs.iter_mut().for_each(|x| *x = cap - two * cap / (*x + T::one()));
+}
+
+fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], scores: Scores) -> (Vec<T>, Vec<f64>) {
+    let (scale, cap) = scoring::<T>(scores);
     let Dims { b, h, kvh, tq, tk, hd } = d;
     let mut out = vec![T::zero(); b * tq * h * hd];
     let mut lse = vec![0.0; b * h * tq];
@@ -147,6 +165,14 @@ fn forward<T: Real>(q: &[T], k: &[T], v: &[T], d: Dims, spans: &[(u32, u32)], sc
             for (i, (row, &(a, e))) in s.chunks_exact_mut(n.max(1)).zip(block).enumerate() {
                 let (a, e) = (a as usize - lo, e as usize - lo);
                 let seen = &mut row[a..e];
+                // A capped score is final; a plain one is scaled after its maximum is taken.
+                let scale = match cap {
+                    Some(cap) => {
+                        cap_in_place(seen, scale, cap);
+                        T::one()
+                    }
+                    None => scale,
+                };
                 let max = lanes::max(seen);
                 seen.iter_mut().for_each(|x| *x = (*x - max) * scale);
                 T::exp_in_place(seen);
@@ -187,8 +213,9 @@ fn backward<T: Real>(
     lse: &[f64],
     d: Dims,
     spans: &[(u32, u32)],
-    scale: T,
+    scores: Scores,
 ) -> Vec<T> {
+    let (scale, cap) = scoring::<T>(scores);
     let Dims { b, h, kvh, tq, tk, hd } = d;
     let group = h / kvh;
     let mut grads = vec![T::zero(); q.len() + 2 * k.len()];
@@ -226,10 +253,28 @@ fn backward<T: Real>(
                     let lse = T::from(lse[(r * h + head) * tq + i0 + i]).unwrap_or(T::zero());
                     let at_row = row_of(i);
                     let dsum = (0..hd).fold(T::zero(), |s, c| s + dout[at_row + c] * o[at_row + c]);
-                    pr[a..e].iter_mut().for_each(|x| *x = *x * scale - lse);
+                    // The score less the log-sum-exp, and the gradient at the probability
+                    // times the cap's slope `1 − tanh²` (the chain rule's factor from the score to
+                    // the dot product, less the `scale` that the products below apply).
+                    match cap {
+                        Some(cap) => {
+                            cap_in_place(&mut pr[a..e], scale, cap);
+                            for (x, g) in pr[a..e].iter_mut().zip(&mut dpr[a..e]) {
+                                let t = *x / cap;
+                                *x = *x - lse;
+                                *g = (*g - dsum) * (T::one() - t * t);
+                            }
+                        }
+                        None => {
+                            for (x, g) in pr[a..e].iter_mut().zip(&mut dpr[a..e]) {
+                                *x = *x * scale - lse;
+                                *g = *g - dsum;
+                            }
+                        }
+                    }
                     T::exp_in_place(&mut pr[a..e]);
                     for (x, g) in pr[a..e].iter().zip(&mut dpr[a..e]) {
-                        *g = *x * (*g - dsum);
+                        *g = *x * *g;
                     }
                     for range in [0..a, e..n] {
                         pr[range.clone()].fill(T::zero());
@@ -270,12 +315,12 @@ impl CustomOp3 for Attention {
         let (out, lse) = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
                 let (q, k, v) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
-                let (out, lse) = forward::<f32>(q, k, v, d, spans, self.scale as f32);
+                let (out, lse) = forward::<f32>(q, k, v, d, spans, self.scores);
                 (CpuStorage::F32(out), lse)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
                 let (q, k, v) = (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
-                let (out, lse) = forward::<f64>(q, k, v, d, spans, self.scale);
+                let (out, lse) = forward::<f64>(q, k, v, d, spans, self.scores);
                 (CpuStorage::F64(out), lse)
             }
             _ => candle_core::bail!("attention supports f32 and f64 of one dtype"),
@@ -289,7 +334,7 @@ impl CustomOp3 for Attention {
         let d = Dims::of(l1, l2, l3)?;
         let (out, saved) = crate::cuda::for_dtype!(
             s1.dtype(),
-            super::cuda::forward((s1, l1), (s2, l2), (s3, l3), d, &self.spans, self.scale)
+            super::cuda::forward((s1, l1), (s2, l2), (s3, l3), d, &self.spans, self.scores)
         )?;
         let _ = self.on_cuda.set(std::sync::Arc::new(saved));
         Ok((out, Shape::from((d.b, d.tq, d.h, d.hd))))
@@ -307,7 +352,7 @@ impl CustomOp3 for Attention {
         #[cfg(feature = "cuda")]
         if let Some(saved) = self.on_cuda.get() {
             let op =
-                CudaGrad { k: k.clone(), v: v.clone(), o: o.clone(), dout, saved: saved.clone(), scale: self.scale };
+                CudaGrad { k: k.clone(), v: v.clone(), o: o.clone(), dout, saved: saved.clone(), scores: self.scores };
             let grads = q.apply_op1_no_bwd(&op)?;
             return split_grads(&grads, q, k, v);
         }
@@ -325,14 +370,14 @@ impl CustomOp3 for Attention {
             CpuStorage::F32(_) => {
                 let s = |i: usize| -> Result<&[f32]> { contiguous(cpu(i)?, guards[i].1) };
                 Tensor::new(
-                    backward::<f32>((s(0)?, s(1)?, s(2)?), s(3)?, s(4)?, lse, d, spans, self.scale as f32),
+                    backward::<f32>((s(0)?, s(1)?, s(2)?), s(3)?, s(4)?, lse, d, spans, self.scores),
                     q.device(),
                 )?
             }
             CpuStorage::F64(_) => {
                 let s = |i: usize| -> Result<&[f64]> { contiguous(cpu(i)?, guards[i].1) };
                 Tensor::new(
-                    backward::<f64>((s(0)?, s(1)?, s(2)?), s(3)?, s(4)?, lse, d, spans, self.scale),
+                    backward::<f64>((s(0)?, s(1)?, s(2)?), s(3)?, s(4)?, lse, d, spans, self.scores),
                     q.device(),
                 )?
             }
@@ -366,7 +411,7 @@ struct CudaGrad {
     o: Tensor,
     dout: Tensor,
     saved: std::sync::Arc<super::cuda::Saved>,
-    scale: f64,
+    scores: Scores,
 }
 
 #[cfg(feature = "cuda")]
@@ -400,7 +445,7 @@ impl candle_core::CustomOp1 for CudaGrad {
                 cuda(3)?,
                 &self.saved,
                 d,
-                self.scale
+                self.scores
             )
         )?;
         Ok((grads, Shape::from(ql.shape().elem_count() + 2 * guards[0].1.shape().elem_count())))

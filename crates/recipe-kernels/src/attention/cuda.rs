@@ -10,8 +10,8 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKerne
 use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
 use candle_core::{CudaStorage, DType, Layout, Result};
 
-use super::KeySpans;
 use super::cpu::Dims;
+use super::{KeySpans, Scores};
 use crate::cuda::{BLOCK, Module, blocks, contiguous, count, kernel, launch, per_element, unfilled};
 
 const KERNELS: Module = Module { name: "attention", source: include_str!("kernels.cu"), arch: None };
@@ -90,6 +90,11 @@ impl KeySpans {
     }
 }
 
+/// The kernels' `scale` and `cap` (0 for none).
+fn launched(scores: Scores) -> (f32, f32) {
+    (scores.scale as f32, scores.cap.unwrap_or(0.0) as f32)
+}
+
 /// What forward leaves on the device for backward.
 pub(super) struct Saved {
     /// `[lo, hi)` of each query's keys, `[B · Tq · 2]`.
@@ -107,7 +112,7 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     (v, vl): (&CudaStorage, &Layout),
     d: Dims,
     spans: &KeySpans,
-    scale: f64,
+    scores: Scores,
 ) -> Result<(CudaStorage, Saved)> {
     let device = &q.device;
     let kernels = Kernels::for_inputs(device, q.dtype(), [ql, kl, vl])?;
@@ -115,12 +120,13 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     let spans = spans.on(device)?;
     let mut out = unfilled::<T>(device, qs.len())?;
     let mut lse = unfilled::<f32>(device, d.b * d.h * d.tq)?;
-    let (h, kvh, tq, tk, scale) = (count(d.h)?, count(d.kvh)?, count(d.tq)?, count(d.tk)?, scale as f32);
+    let (h, kvh, tq, tk) = (count(d.h)?, count(d.kvh)?, count(d.tq)?, count(d.tk)?);
+    let (scale, cap) = launched(scores);
     let f = kernel(device, kernels.module, &kernels.name("forward", d.hd), q.dtype())?;
     let stream = device.cuda_stream();
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&*spans).arg(&mut out).arg(&mut lse);
-    args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
+    args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale).arg(&cap);
     launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
     Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Saved { spans, lse, kernels }))
 }
@@ -136,7 +142,7 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     (dout, dl): (&CudaStorage, &Layout),
     saved: &Saved,
     d: Dims,
-    scale: f64,
+    scores: Scores,
 ) -> Result<CudaStorage> {
     let (qs, ks, vs) = (contiguous::<T>(q, ql)?, contiguous::<T>(k, kl)?, contiguous::<T>(v, vl)?);
     let (os, dos) = (contiguous::<T>(o, ol)?, contiguous::<T>(dout, dl)?);
@@ -144,7 +150,8 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     let queries = d.b * d.tq * d.h;
     let mut grads = unfilled::<T>(device, nq + 2 * nk)?;
     let mut delta = unfilled::<f32>(device, queries)?;
-    let (h, kvh, tq, tk, scale) = (count(d.h)?, count(d.kvh)?, count(d.tq)?, count(d.tk)?, scale as f32);
+    let (h, kvh, tq, tk) = (count(d.h)?, count(d.kvh)?, count(d.tq)?, count(d.tk)?);
+    let (scale, cap) = launched(scores);
     let queries32 = count(queries)?;
     let dtype = q.dtype();
     let stream = device.cuda_stream();
@@ -160,14 +167,14 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     let f = kernel(device, kernels.module, &kernels.name("dq", d.hd), dtype)?;
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dq);
-    args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
+    args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale).arg(&cap);
     launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
 
     for pass in kernels.key_passes(d.hd) {
         let f = kernel(device, kernels.module, &kernels.name(pass, d.hd), dtype)?;
         let mut args = stream.launch_builder(&f);
         args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta);
-        args.arg(&mut dk).arg(&mut dv).arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale);
+        args.arg(&mut dk).arg(&mut dv).arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale).arg(&cap);
         launch(args, blocks(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
     }
     Ok(CudaStorage::wrap_cuda_slice(grads, device.clone()))

@@ -4,8 +4,11 @@
 // row `b` sees keys `spans[2(b·tq + i)] .. spans[2(b·tq + i) + 1]`; a block visits only the
 // tiles its spans reach. Every sum runs in a fixed order (no atomics), so results repeat bit for
 // bit. Thread `part` (0..3) of a query holds the head elements `part + 4d`: in shared memory the
-// four read neighbouring words, so a warp's reads never collide in a bank. Layouts: q, dq `[B, H, Tq, HD]`; k, v, dk, dv `[B, KVH, Tk, HD]`; out, dout
-// `[B, Tq, H, HD]`; lse, delta `[B, H, Tq]` f32.
+// four read neighbouring words, so a warp's reads never collide in a bank. A `cap` above zero
+// caps each scaled score by `cap · tanh(s / cap)` before the softmax, and backward multiplies
+// its gradient by the slope `1 − tanh²` (`capped` in `common.cuh`).
+// Layouts: q, dq `[B, H, Tq, HD]`; k, v, dk, dv `[B, KVH, Tk, HD]`; out, dout `[B, Tq, H, HD]`;
+// lse, delta `[B, H, Tq]` f32.
 
 // Queries (forward, dq) or keys (dk, dv) per block: four threads each.
 #define ROWS_PER_BLOCK (BLOCK / 4)
@@ -31,7 +34,8 @@ __device__ __forceinline__ void load_tile(float (*tile)[HD], const T* m, size_t 
 
 template <typename T, int HD>
 __device__ void attention_forward(const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse, u32 heads,
-                                  u32 kv_heads, u32 tq, u32 tk, float scale) {
+                                  u32 kv_heads, u32 tq, u32 tk, float scale, float cap) {
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     constexpr int S = HD / 4;
     __shared__ float ks[TILE][HD], vs[TILE][HD];
     const u32 b = blockIdx.y / heads, h = blockIdx.y % heads, g = h / (heads / kv_heads);
@@ -62,6 +66,11 @@ __device__ void attention_forward(const T* q, const T* k, const T* v, const u32*
             dot = quad_sum(dot);
             const u32 key = k0 + j;
             s[j] = (key >= lo && key < hi) ? dot : NEG_INFINITY;
+        }
+#pragma unroll
+        for (int j = 0; j < TILE; ++j) {
+            float slope;
+            if (cap > 0.0f && s[j] != NEG_INFINITY) s[j] = capped(s[j], cap, inv_cap, &slope);
             tile_max = fmaxf(tile_max, s[j]);
         }
         const float m_new = fmaxf(m, tile_max);
@@ -99,7 +108,8 @@ __device__ void attention_delta(const T* out, const T* dout, float* delta, u32 h
 // dq = scale · Σ_j P_ij (dP_ij − delta_i) k_j with P recomputed from the log-sum-exp.
 template <typename T, int HD>
 __device__ void attention_dq(const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse,
-                             const float* delta, T* dq, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale) {
+                             const float* delta, T* dq, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap) {
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     constexpr int S = HD / 4;
     __shared__ float ks[TILE][HD], vs[TILE][HD];
     const u32 b = blockIdx.y / heads, h = blockIdx.y % heads, g = h / (heads / kv_heads);
@@ -128,8 +138,10 @@ __device__ void attention_dq(const T* q, const T* k, const T* v, const u32* span
             s = quad_sum(s);
             dp = quad_sum(dp);
             const u32 key = k0 + j;
+            float slope;
+            s = capped(s, cap, inv_cap, &slope);
             const float p = (key >= lo && key < hi) ? expf(s - lse_i) : 0.0f;
-            const float ds = p * (dp - delta_i);
+            const float ds = p * (dp - delta_i) * slope;
             for (int d = 0; d < S; ++d) acc[d] += ds * ks[j][part + 4 * d];
         }
     }
@@ -142,7 +154,8 @@ __device__ void attention_dq(const T* q, const T* k, const T* v, const u32* span
 // group and every query that sees key j, heads in order, queries in order.
 template <typename T, int HD>
 __device__ void attention_dkv(const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse,
-                              const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale) {
+                              const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap) {
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     constexpr int S = HD / 4;
     __shared__ float qs[TILE][HD], dos[TILE][HD];
     __shared__ float lse_s[TILE], delta_s[TILE];
@@ -167,11 +180,12 @@ __device__ void attention_dkv(const T* q, const T* k, const T* v, const u32* spa
             for (int r = 0; r < TILE; ++r) {
                 float s = 0.0f, dp = 0.0f;
                 for (int d = 0; d < S; ++d) s += qs[r][part + 4 * d] * kr[d], dp += dos[r][part + 4 * d] * vr[d];
-                s = quad_sum(s) * scale;
+                float slope;
+                s = capped(quad_sum(s) * scale, cap, inv_cap, &slope);
                 dp = quad_sum(dp);
                 const bool sees = active && key >= lo_s[r] && key < hi_s[r];
                 const float p = sees ? expf(s - lse_s[r]) : 0.0f;
-                const float ds = p * (dp - delta_s[r]);
+                const float ds = p * (dp - delta_s[r]) * slope;
                 for (int d = 0; d < S; ++d) dva[d] += p * dos[r][part + 4 * d], dka[d] += ds * qs[r][part + 4 * d];
             }
         }
@@ -192,18 +206,18 @@ __device__ void attention_dkv(const T* q, const T* k, const T* v, const u32* spa
 
 HEAD_DIM_KERNELS(attention_forward,
                  (const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse, u32 heads, u32 kv_heads,
-                  u32 tq, u32 tk, float scale),
-                 (q, k, v, spans, out, lse, heads, kv_heads, tq, tk, scale))
+                  u32 tq, u32 tk, float scale, float cap),
+                 (q, k, v, spans, out, lse, heads, kv_heads, tq, tk, scale, cap))
 HEAD_DIM_KERNELS(attention_delta, (const T* out, const T* dout, float* delta, u32 heads, u32 tq, u32 queries),
                  (out, dout, delta, heads, tq, queries))
 HEAD_DIM_KERNELS(attention_dq,
                  (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse,
-                  const float* delta, T* dq, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale),
-                 (q, k, v, spans, dout, lse, delta, dq, heads, kv_heads, tq, tk, scale))
+                  const float* delta, T* dq, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap),
+                 (q, k, v, spans, dout, lse, delta, dq, heads, kv_heads, tq, tk, scale, cap))
 HEAD_DIM_KERNELS(attention_dkv,
                  (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse,
-                  const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale),
-                 (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale))
+                  const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap),
+                 (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale, cap))
 
 #undef ROWS_PER_BLOCK
 #undef TILE

@@ -7,8 +7,8 @@
 // Each warp owns 16 queries (or keys); with g = lane / 4 and t = lane % 4 a thread holds rows
 // g and g + 8 of the warp's tiles, columns 2t and 2t + 1 of every 8. Scores, probabilities and
 // their gradients stay in registers, where a product's f32 result is, in the layout the next
-// product's operand needs (rounded to the input dtype). Layouts as in `kernels.cu`. Needs
-// sm_80 or newer.
+// product's operand needs (rounded to the input dtype). Layouts and the score cap as in
+// `kernels.cu`. Needs sm_80 or newer.
 
 #define WARPS (BLOCK / 32)
 // Queries (forward, dq) or keys (dk, dv) per block: 16 a warp.
@@ -104,7 +104,8 @@ __device__ __forceinline__ void times_tile(float (*acc)[4], const float (*p)[4],
 
 template <typename T, int HD>
 __device__ void attention_mma_forward(const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse,
-                                      u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale) {
+                                      u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap) {
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     __shared__ T ks[TILE][HD], vs[TILE][HD];
     const u32 b = blockIdx.y / heads, h = blockIdx.y % heads, kvg = h / (heads / kv_heads);
     const u32 g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
@@ -130,13 +131,16 @@ __device__ void attention_mma_forward(const T* q, const T* k, const T* v, const 
         __syncthreads();
         float s[TILE / 8][4] = {};
         times_rows<T, HD>(s, qa, ks);
+        // Unrolled, so that `s` stays in registers.
+#pragma unroll
         for (int r = 0; r < 2; ++r) {
             float top = NEG_INFINITY;
             for (int n = 0; n < TILE / 8; ++n)
                 for (int c = 0; c < 2; ++c) {
                     const u32 key = k0 + n * 8 + 2 * t + c;
                     float& x = s[n][2 * r + c];
-                    x = key >= lo[r] && key < hi[r] ? x * scale : NEG_INFINITY;
+                    float slope;
+                    x = key >= lo[r] && key < hi[r] ? capped(x * scale, cap, inv_cap, &slope) : NEG_INFINITY;
                     top = fmaxf(top, x);
                 }
             const float m_new = fmaxf(m[r], quad_max(top));
@@ -168,7 +172,8 @@ __device__ void attention_mma_forward(const T* q, const T* k, const T* v, const 
 template <typename T, int HD>
 __device__ void attention_mma_dq(const T* q, const T* k, const T* v, const u32* spans, const T* dout,
                                  const float* lse, const float* delta, T* dq, u32 heads, u32 kv_heads, u32 tq, u32 tk,
-                                 float scale) {
+                                 float scale, float cap) {
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     __shared__ T ks[TILE][HD], vs[TILE][HD];
     const u32 b = blockIdx.y / heads, h = blockIdx.y % heads, kvg = h / (heads / kv_heads);
     const u32 g = (threadIdx.x % 32) / 4, t = threadIdx.x % 4;
@@ -200,12 +205,15 @@ __device__ void attention_mma_dq(const T* q, const T* k, const T* v, const u32* 
         float s[TILE / 8][4] = {}, dp[TILE / 8][4] = {};
         times_rows<T, HD>(s, qa, ks);
         times_rows<T, HD>(dp, da, vs);
+#pragma unroll
         for (int n = 0; n < TILE / 8; ++n)
             for (int i = 0; i < 4; ++i) {
                 const int r = i / 2;
                 const u32 key = k0 + n * 8 + 2 * t + (i & 1);
-                const float p = key >= lo[r] && key < hi[r] ? expf(s[n][i] * scale - lse_r[r]) : 0.0f;
-                s[n][i] = p * (dp[n][i] - delta_r[r]);
+                float slope;
+                const float score = capped(s[n][i] * scale, cap, inv_cap, &slope);
+                const float p = key >= lo[r] && key < hi[r] ? expf(score - lse_r[r]) : 0.0f;
+                s[n][i] = p * (dp[n][i] - delta_r[r]) * slope;
             }
         times_tile<T, HD>(acc, s, ks);
     }
@@ -224,7 +232,8 @@ __device__ void attention_mma_dq(const T* q, const T* k, const T* v, const u32* 
 template <typename T, int HD, bool DK, bool DV>
 __device__ void attention_mma_key_pass(const T* q, const T* k, const T* v, const u32* spans, const T* dout,
                                   const float* lse, const float* delta, T* dk, T* dv, u32 heads, u32 kv_heads, u32 tq,
-                                  u32 tk, float scale) {
+                                  u32 tk, float scale, float cap) {
+    const float inv_cap = cap > 0.0f ? 1.0f / cap : 0.0f;
     __shared__ T qs[TILE][HD], dos[TILE][HD];
     __shared__ float lse_s[TILE], delta_s[TILE];
     __shared__ u32 lo_s[TILE], hi_s[TILE];
@@ -250,13 +259,16 @@ __device__ void attention_mma_key_pass(const T* q, const T* k, const T* v, const
             float st[TILE / 8][4] = {}, dpt[TILE / 8][4] = {};
             times_rows<T, HD>(st, ka, qs);
             if constexpr (DK) times_rows<T, HD>(dpt, va, dos);
+#pragma unroll
             for (int n = 0; n < TILE / 8; ++n)
                 for (int i = 0; i < 4; ++i) {
                     const u32 key = key0 + g + 8 * (i / 2), query = n * 8 + 2 * t + (i & 1);
                     const bool sees = key < tk && key >= lo_s[query] && key < hi_s[query];
-                    const float p = sees ? expf(st[n][i] * scale - lse_s[query]) : 0.0f;
+                    float slope;
+                    const float score = capped(st[n][i] * scale, cap, inv_cap, &slope);
+                    const float p = sees ? expf(score - lse_s[query]) : 0.0f;
                     st[n][i] = p;
-                    if constexpr (DK) dpt[n][i] = p * (dpt[n][i] - delta_s[query]);
+                    if constexpr (DK) dpt[n][i] = p * (dpt[n][i] - delta_s[query]) * slope;
                 }
             if constexpr (DV) times_tile<T, HD>(dva, st, dos);
             if constexpr (DK) times_tile<T, HD>(dka, dpt, qs);
@@ -277,8 +289,8 @@ __device__ void attention_mma_key_pass(const T* q, const T* k, const T* v, const
 
 #define DKV_PARAMS \
     (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse, const float* delta, T* dk, \
-     T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale)
-#define DKV_ARGS (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale)
+     T* dv, u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap)
+#define DKV_ARGS (q, k, v, spans, dout, lse, delta, dk, dv, heads, kv_heads, tq, tk, scale, cap)
 template <typename T, int HD> __device__ void attention_mma_dk DKV_PARAMS { attention_mma_key_pass<T, HD, true, false> DKV_ARGS; }
 template <typename T, int HD> __device__ void attention_mma_dv DKV_PARAMS { attention_mma_key_pass<T, HD, false, true> DKV_ARGS; }
 template <typename T, int HD> __device__ void attention_mma_dkv DKV_PARAMS { attention_mma_key_pass<T, HD, true, true> DKV_ARGS; }
@@ -289,13 +301,13 @@ template <typename T, int HD> __device__ void attention_mma_dkv DKV_PARAMS { att
     KERNEL_FOR(NAME##_##HD, f16, f16, PARAMS, (NAME<T, HD> ARGS))
 #define FORWARD_PARAMS \
     (const T* q, const T* k, const T* v, const u32* spans, T* out, float* lse, u32 heads, u32 kv_heads, u32 tq, u32 tk, \
-     float scale)
+     float scale, float cap)
 #define DQ_PARAMS \
     (const T* q, const T* k, const T* v, const u32* spans, const T* dout, const float* lse, const float* delta, T* dq, \
-     u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale)
+     u32 heads, u32 kv_heads, u32 tq, u32 tk, float scale, float cap)
 #define FORWARD_AND_DQ(HD) \
-    MMA_KERNELS_FOR(attention_mma_forward, HD, FORWARD_PARAMS, (q, k, v, spans, out, lse, heads, kv_heads, tq, tk, scale)) \
-    MMA_KERNELS_FOR(attention_mma_dq, HD, DQ_PARAMS, (q, k, v, spans, dout, lse, delta, dq, heads, kv_heads, tq, tk, scale))
+    MMA_KERNELS_FOR(attention_mma_forward, HD, FORWARD_PARAMS, (q, k, v, spans, out, lse, heads, kv_heads, tq, tk, scale, cap)) \
+    MMA_KERNELS_FOR(attention_mma_dq, HD, DQ_PARAMS, (q, k, v, spans, dout, lse, delta, dq, heads, kv_heads, tq, tk, scale, cap))
 
 FORWARD_AND_DQ(32)
 FORWARD_AND_DQ(64)

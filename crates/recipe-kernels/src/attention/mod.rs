@@ -1,7 +1,9 @@
 //! Attention over spans of keys, fused and tiled (flash-style): `softmax(scale · q·kᵀ) · v`
 //! where each query sees one contiguous span of its row's keys — in training, from the start
 //! of its document to itself (causal attention inside packed documents); when generating, the
-//! whole cache and itself. Grouped-query heads share their key/value head in place.
+//! whole cache and itself. Grouped-query heads share their key/value head in place. Scores may
+//! be capped first, `cap · tanh(s / cap)` (Gemma 2); backward then multiplies each score's
+//! gradient by the cap's slope `1 − tanh²`, recomputed beside the probability.
 //!
 //! Forward, per (row, head) and per block of queries: the scores against the keys the block
 //! can see (the union of its spans, so tiles past the diagonal or before the document are never
@@ -26,7 +28,7 @@ mod cuda;
 use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor};
-pub use composed::{attention_composed, attention_softcapped};
+pub use composed::attention_composed;
 
 use crate::{Backend, widened};
 
@@ -111,22 +113,37 @@ impl KeySpans {
     }
 }
 
+/// How a query scores a key: `scale · q·k`, then, where there is a cap, `cap · tanh(s / cap)`
+/// (Gemma 2's `attn_logit_softcapping`, which keeps every score within ±cap).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scores {
+    pub scale: f64,
+    pub cap: Option<f64>,
+}
+
+impl Scores {
+    /// Scaled and not capped, as most models score.
+    pub fn scaled(scale: f64) -> Scores {
+        Scores { scale, cap: None }
+    }
+}
+
 /// Attention of `q` `[B, H, Tq, hd]` over `k`, `v` `[B, KVH, Tk, hd]` (H a multiple of KVH),
 /// each query over its span of keys; the result is `[B, Tq, H, hd]` (heads side by side, as the
 /// output projection reads them), in `q`'s dtype. The CPU kernel computes half-precision
 /// inputs in f32, and so does the CUDA kernel (head dimensions 32, 64 and 128) reading them in
 /// their dtype; the composed fallback multiplies in their dtype, the softmax in f32.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scale: f64) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scores: Scores) -> Result<Tensor> {
     spans.check(q, k)?;
     match Backend::of(q) {
         Backend::Cpu => {
             let dtype = widened(q.dtype());
             let (q32, k32, v32) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
-            cpu::attention(&q32, &k32, &v32, spans, scale)?.to_dtype(q.dtype())
+            cpu::attention(&q32, &k32, &v32, spans, scores)?.to_dtype(q.dtype())
         }
         // The kernels are built for the common head dimensions; others compose.
         #[cfg(feature = "cuda")]
-        Backend::Cuda if cuda::has_kernel_for(q.dim(3)?) => cpu::attention(q, k, v, spans, scale),
-        _ => attention_composed(q, k, v, spans, scale),
+        Backend::Cuda if cuda::has_kernel_for(q.dim(3)?) => cpu::attention(q, k, v, spans, scores),
+        _ => attention_composed(q, k, v, spans, scores),
     }
 }

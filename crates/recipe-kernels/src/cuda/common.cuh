@@ -123,6 +123,22 @@ __device__ __forceinline__ bool stage_queries(const u32* spans, const float* lse
     return reaches;
 }
 
+// A query's score for a key from `s`, its scaled dot product: `s` itself, or where `cap` > 0
+// `cap · tanh(s / cap)` (Gemma 2's `attn_logit_softcapping`); `*slope` is d score / d s.
+// `inv_cap` is 1 / cap, worked out once by the caller: divisions inside attention's unrolled
+// loops hold registers the tiles need.
+__device__ __forceinline__ float capped(float s, float cap, float inv_cap, float* slope) {
+    if (cap <= 0.0f) {
+        *slope = 1.0f;
+        return s;
+    }
+    // tanh(x) = 1 − 2 / (e^{2x} + 1), e^{2x} kept finite (tanh(±15) is ±1 in f32).
+    const float e = expf(fminf(2.0f * s * inv_cap, 30.0f));
+    const float t = 1.0f - 2.0f * __frcp_rn(e + 1.0f);
+    *slope = 1.0f - t * t;
+    return cap * t;
+}
+
 // `extern "C"` entry point `ENTRY_SUFFIX` whose body is `CALL` (in parentheses), with `T` the
 // element type `TYPE`. Each entry point sits in a namespace of its own, where `T` is defined.
 #define KERNEL_FOR(ENTRY, SUFFIX, TYPE, PARAMS, CALL) \
