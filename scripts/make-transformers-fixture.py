@@ -28,6 +28,8 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `olmo2`: an `Olmo2ForCausalLM` (RMSNorms after attention and the MLP, none before; the query
   and key projections normalised whole);
 - `olmo3`: an `Olmo3ForCausalLM`, OLMo 2 whose first layer slides (window 24);
+- `granite`: a `GraniteForCausalLM` (Llama with four multipliers: embeddings, the residual
+  branches, attention scores and logits), each far from its neutral value;
 and three `peft` adapters over `qwen3` and `gemma3`, saved by `peft` with random `A` and `B` (so that they
 change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
@@ -53,6 +55,8 @@ from transformers import (
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GraniteConfig,
+    GraniteForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MinistralConfig,
@@ -229,6 +233,16 @@ def build(name):
             eos_token_id=2,
         )
         save(os.path.join(root, name), Olmo3ForCausalLM(config))
+    elif name == "granite":
+        config = GraniteConfig(
+            **SHAPES,
+            embedding_multiplier=3.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.3,
+            logits_scaling=2.5,
+            tie_word_embeddings=True,
+        )
+        save(os.path.join(root, name), GraniteForCausalLM(config))
     elif name == "gemma3":
         save(os.path.join(root, name), Gemma3ForCausalLM(gemma3()))
     elif name == "gemma3-lora":
@@ -241,7 +255,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3",
+    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

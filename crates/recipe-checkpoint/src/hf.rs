@@ -263,9 +263,10 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         "gemma2" => "gemma2",
         // OLMo 3 is OLMo 2 with a sliding window in most layers.
         "olmo2" | "olmo3" => "olmo2",
+        "granite" => "granite",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma2, gemma3_text (Gemma 3's text models), olmo2 and olmo3 can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma2, gemma3_text (Gemma 3's text models), olmo2, olmo3 and granite can be imported"
             ));
         }
     };
@@ -362,9 +363,25 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         Value::Null => Ok(None),
         v => v.as_f64().filter(|v| *v > 0.0).map(Some).ok_or(format!("its {key} ({v}) is not a number > 0")),
     };
+    // Granite's multipliers, each 1 where absent (as `transformers` assumes); left unset where
+    // they change nothing, but for the attention scale, which otherwise defaults to 1/√head_dim.
+    let multiplier = |key: &str, neutral: Option<f64>| -> Result<Option<f64>, String> {
+        if arch != "granite" {
+            return Ok(None);
+        }
+        let value = match &c[key] {
+            Value::Null => 1.0,
+            v => v.as_f64().filter(|v| *v > 0.0).ok_or(format!("its {key} ({v}) is not a number > 0"))?,
+        };
+        Ok(Some(value).filter(|v| Some(*v) != neutral))
+    };
     Ok(ModelSpec {
         head_dim,
         rotary_dim,
+        embedding_multiplier: multiplier("embedding_multiplier", Some(1.0))?,
+        residual_multiplier: multiplier("residual_multiplier", Some(1.0))?,
+        attention_multiplier: multiplier("attention_multiplier", None)?,
+        logits_scaling: multiplier("logits_scaling", Some(1.0))?,
         query_pre_attn_scalar: query_pre_attn_scalar.filter(|_| gemma),
         attn_logit_softcapping: cap("attn_logit_softcapping")?,
         final_logit_softcapping: cap("final_logit_softcapping")?,
@@ -399,8 +416,8 @@ fn sliding_layers(c: &Value, model_type: &str, n_layers: u32, nope: &[u32]) -> V
 }
 
 /// `config.json` for the `transformers` class that computes what `model` does: Llama, Mistral
-/// (a sliding window in every layer), Ministral (in some), SmolLM3 (NoPE layers), Qwen2, Qwen3
-/// or Gemma 3. `eos` lists the tokens that end generation, the end-of-document token first;
+/// (a sliding window in every layer), Ministral (in some), SmolLM3 (NoPE layers), Phi-3 (part of
+/// each head turned), Qwen2, Qwen3, Gemma 2 and 3, OLMo 2 and 3, or Granite. `eos` lists the tokens that end generation, the end-of-document token first;
 /// a chat model adds its end-of-turn token, so `transformers` stops at the end of an answer
 /// too. `bos` is the token the tokenizer starts a text with (else the end-of-document token
 /// stands in for it). `dtype` is what `model.safetensors` holds.
@@ -414,6 +431,7 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         // OLMo 3 is OLMo 2 with sliding windows.
         ("olmo2", None) => ("Olmo2ForCausalLM", "olmo2"),
         ("olmo2", Some(_)) => ("Olmo3ForCausalLM", "olmo3"),
+        ("granite", _) => ("GraniteForCausalLM", "granite"),
         // Phi-3's class turns part of each head (and fuses its projections: `save_model`).
         _ if model.rotary_dim.is_some() => ("Phi3ForCausalLM", "phi3"),
         _ if model.nope_layers.is_some() => ("SmolLM3ForCausalLM", "smollm3"),
@@ -440,6 +458,12 @@ pub fn config_json(model: &Model, bos: Option<u32>, eos: &[u32], dtype: DType) -
         config["attn_logit_softcapping"] = json!(model.attn_logit_softcapping);
     } else {
         config["hidden_act"] = "silu".into();
+    }
+    if model_type == "granite" {
+        config["embedding_multiplier"] = json!(model.embedding_multiplier.unwrap_or(1.0));
+        config["residual_multiplier"] = json!(model.residual_multiplier.unwrap_or(1.0));
+        config["attention_multiplier"] = json!(model.attention_scale());
+        config["logits_scaling"] = json!(model.logits_scaling.unwrap_or(1.0));
     }
     if !model.qkv_bias() {
         config["attention_bias"] = false.into();

@@ -456,7 +456,10 @@ impl Llama {
     fn head(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.rms_norm(x, "model.norm.weight")?;
         let w = if self.config.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let logits = self.linear(&x, w)?;
+        let logits = match self.config.logits_scaling {
+            Some(scaling) => self.linear(&x, w)?.affine(1.0 / scaling, 0.0)?,
+            None => self.linear(&x, w)?,
+        };
         match self.config.final_logit_softcapping {
             Some(cap) => logits.affine(1.0 / cap, 0.0)?.tanh()? * cap,
             None => Ok(logits),
@@ -485,6 +488,12 @@ impl Llama {
         let maybe_norm = |x: Tensor, n: Option<&str>| match n {
             Some(n) => norm(&x, n),
             None => Ok(x),
+        };
+        // What a sublayer's output adds to the residual stream: normalised where the block has
+        // a norm after it, scaled by Granite's `residual_multiplier`.
+        let joining = |y: Tensor, n: Option<&str>| match c.residual_multiplier {
+            Some(m) => maybe_norm(y, n)?.affine(m, 0.0),
+            None => maybe_norm(y, n),
         };
         let normed = maybe_norm(x.clone(), norms.before_attention)?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2);
@@ -526,13 +535,13 @@ impl Llama {
         let scores = recipe_kernels::Scores { scale: c.attention_scale(), cap: c.attn_logit_softcapping };
         let attn = recipe_kernels::attention(&q, &k, &v, spans, scores)?;
         let attn = linear(&attn.reshape((b * t, h * hd))?, "self_attn.o_proj")?;
-        let x = (x + maybe_norm(attn, norms.after_attention)?)?;
+        let x = (x + joining(attn, norms.after_attention)?)?;
 
         let normed = maybe_norm(x.clone(), norms.before_mlp)?;
         let act = if c.gelu_gate() { Activation::GeluTanh } else { Activation::Silu };
         let gated = recipe_kernels::glu(&linear(&normed, "mlp.gate_proj")?, &linear(&normed, "mlp.up_proj")?, act)?;
         let mlp = linear(&gated, "mlp.down_proj")?;
-        x + maybe_norm(mlp, norms.after_mlp)?
+        x + joining(mlp, norms.after_mlp)?
     }
 }
 

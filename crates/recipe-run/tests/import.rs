@@ -282,6 +282,16 @@ fn transformers_olmo2_and_olmo3_checkpoints_compute_their_reference_logits() {
     );
 }
 
+/// Granite: Llama with its embeddings, residual branches, attention scores and logits each
+/// multiplied by a constant of its own.
+#[test]
+fn a_transformers_granite_checkpoint_computes_its_reference_logits() {
+    let config = import_transformers_fixture("granite");
+    assert_eq!(config.arch, "granite");
+    let multipliers = (config.embedding_multiplier, config.residual_multiplier, config.logits_scaling);
+    assert_eq!((multipliers, config.attention_scale()), ((Some(3.0), Some(0.5), Some(2.5)), 0.3));
+}
+
 /// A fixture's `model.safetensors` alone, as `weights.safetensors` in a new folder.
 fn lone_weights(name: &str) -> tempfile::TempDir {
     let lone = tempfile::tempdir().unwrap();

@@ -27,6 +27,10 @@ pub const MODEL_KEYS: &[&str] = &[
     "query_pre_attn_scalar",
     "attn_logit_softcapping",
     "final_logit_softcapping",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "attention_multiplier",
+    "logits_scaling",
     "nope_layers",
     "norm_eps",
     "init_std",
@@ -43,8 +47,10 @@ pub const MODEL_KEYS: &[&str] = &[
 /// and with its attention scores and logits capped (`attn_logit_softcapping`,
 /// `final_logit_softcapping`); `olmo2` (OLMo 2 and 3), Llama whose RMSNorms follow
 /// attention and the MLP instead of preceding them, and whose query and key projections are
-/// RMS-normalised whole.
-pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2"];
+/// RMS-normalised whole; `granite` (IBM Granite 3), Llama with four scalar multipliers
+/// (`embedding_multiplier`, `residual_multiplier`, `attention_multiplier`, `logits_scaling`),
+/// the knobs of μP-style parametrisations.
+pub const ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "granite"];
 
 /// Fields that fix the shape of the weights: a stage that starts from another stage's weights
 /// must agree with it on each of these.
@@ -92,6 +98,14 @@ pub struct ModelSpec {
     pub attn_logit_softcapping: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_logit_softcapping: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_multiplier: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_multiplier: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_multiplier: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits_scaling: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nope_layers: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,6 +184,22 @@ pub struct Model {
     /// none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_logit_softcapping: Option<f64>,
+    /// Default none (1). Granite's: what the token embeddings are multiplied by. Absent from
+    /// the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_multiplier: Option<f64>,
+    /// Default none (1). Granite's: what attention's and the MLP's outputs are multiplied by
+    /// before they join the residual stream. Absent from the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_multiplier: Option<f64>,
+    /// Default none: attention scores are scaled as `query_pre_attn_scalar` says. Granite's:
+    /// what they are multiplied by instead. Absent from the key when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention_multiplier: Option<f64>,
+    /// Default none (1). Granite's: what the logits are divided by. Absent from the key when
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits_scaling: Option<f64>,
     /// Default none: every layer rotates its queries and keys. The layers (from 0, in order)
     /// that use no positional encoding at all (NoPE), as SmolLM3's every fourth. Absent from
     /// the key when none.
@@ -213,6 +243,10 @@ impl Model {
             query_pre_attn_scalar: self.query_pre_attn_scalar,
             attn_logit_softcapping: self.attn_logit_softcapping,
             final_logit_softcapping: self.final_logit_softcapping,
+            embedding_multiplier: self.embedding_multiplier,
+            residual_multiplier: self.residual_multiplier,
+            attention_multiplier: self.attention_multiplier,
+            logits_scaling: self.logits_scaling,
             nope_layers: self.nope_layers.clone(),
             norm_eps: Some(self.norm_eps),
             init_std: Some(self.init_std),
@@ -242,9 +276,11 @@ impl Model {
         self.local_rope_theta.is_some() && self.slides(layer)
     }
 
-    /// What attention scores are multiplied by: 1/√query_pre_attn_scalar, else 1/√head_dim.
+    /// What attention scores are multiplied by: `attention_multiplier`, else
+    /// 1/√query_pre_attn_scalar, else 1/√head_dim.
     pub fn attention_scale(&self) -> f64 {
-        1.0 / f64::from(self.query_pre_attn_scalar.unwrap_or(self.head_dim())).sqrt()
+        self.attention_multiplier
+            .unwrap_or_else(|| 1.0 / f64::from(self.query_pre_attn_scalar.unwrap_or(self.head_dim())).sqrt())
     }
 
     /// Whether the query, key and value projections add a bias (`qwen2`).
@@ -305,9 +341,10 @@ impl Model {
         if self.gemma() { 1.0 } else { 0.0 }
     }
 
-    /// What the token embeddings are multiplied by: √d_model for Gemma's.
+    /// What the token embeddings are multiplied by: √d_model for Gemma's, Granite's
+    /// `embedding_multiplier`.
     pub fn embedding_scale(&self) -> Option<f64> {
-        self.gemma().then(|| f64::from(self.d_model).sqrt())
+        if self.gemma() { Some(f64::from(self.d_model).sqrt()) } else { self.embedding_multiplier }
     }
 
     pub fn head_dim(&self) -> u32 {
@@ -472,6 +509,10 @@ impl ModelSpec {
             query_pre_attn_scalar: f.opt(cx, "query_pre_attn_scalar", decode::size(1, 1 << 16)),
             attn_logit_softcapping: f.opt(cx, "attn_logit_softcapping", positive),
             final_logit_softcapping: f.opt(cx, "final_logit_softcapping", positive),
+            embedding_multiplier: f.opt(cx, "embedding_multiplier", positive),
+            residual_multiplier: f.opt(cx, "residual_multiplier", positive),
+            attention_multiplier: f.opt(cx, "attention_multiplier", positive),
+            logits_scaling: f.opt(cx, "logits_scaling", positive),
             nope_layers: f.opt(cx, "nope_layers", layer_list),
             norm_eps: f.opt(cx, "norm_eps", positive),
             init_std: f.opt(cx, "init_std", positive),
@@ -502,6 +543,10 @@ impl ModelSpec {
             query_pre_attn_scalar: over.query_pre_attn_scalar.or(self.query_pre_attn_scalar),
             attn_logit_softcapping: over.attn_logit_softcapping.or(self.attn_logit_softcapping),
             final_logit_softcapping: over.final_logit_softcapping.or(self.final_logit_softcapping),
+            embedding_multiplier: over.embedding_multiplier.or(self.embedding_multiplier),
+            residual_multiplier: over.residual_multiplier.or(self.residual_multiplier),
+            attention_multiplier: over.attention_multiplier.or(self.attention_multiplier),
+            logits_scaling: over.logits_scaling.or(self.logits_scaling),
             nope_layers: over.nope_layers.clone().or_else(|| self.nope_layers.clone()),
             norm_eps: over.norm_eps.or(self.norm_eps),
             init_std: over.init_std.or(self.init_std),
@@ -550,6 +595,10 @@ impl ModelSpec {
             query_pre_attn_scalar: self.query_pre_attn_scalar,
             attn_logit_softcapping: self.attn_logit_softcapping,
             final_logit_softcapping: self.final_logit_softcapping,
+            embedding_multiplier: self.embedding_multiplier,
+            residual_multiplier: self.residual_multiplier,
+            attention_multiplier: self.attention_multiplier,
+            logits_scaling: self.logits_scaling,
             nope_layers: self.nope_layers.clone().filter(|layers| !layers.is_empty()),
             norm_eps: self.norm_eps.unwrap_or(1e-5),
             init_std: self.init_std.unwrap_or(0.02),
@@ -843,6 +892,32 @@ pub fn check_model(cx: &mut Cx, m: &Model, path_of: &dyn Fn(&str) -> String) {
             format!("{field} is Gemma's, but the model's arch is \"{}\"", m.arch),
             format!("set `arch = \"{arch}\"`, or remove it"),
         );
+    }
+    // Likewise Granite's multipliers.
+    let granite_only = [
+        ("embedding_multiplier", m.embedding_multiplier.is_some()),
+        ("residual_multiplier", m.residual_multiplier.is_some()),
+        ("attention_multiplier", m.attention_multiplier.is_some()),
+        ("logits_scaling", m.logits_scaling.is_some()),
+    ];
+    for (field, _) in granite_only.into_iter().filter(|(_, set)| *set && m.arch != "granite") {
+        fail(
+            cx,
+            field,
+            format!("{field} is Granite's, but the model's arch is \"{}\"", m.arch),
+            "set `arch = \"granite\"`, or remove it".into(),
+        );
+    }
+    if m.arch == "granite" {
+        let unsupported = [("sliding_window", m.sliding_window.is_some()), ("nope_layers", m.nope_layers.is_some())];
+        for (field, _) in unsupported.into_iter().filter(|(_, set)| *set) {
+            fail(
+                cx,
+                field,
+                format!("{field} does not go with `arch = \"granite\"`"),
+                "Granite's Hugging Face class attends to every position, with positions, in every layer".into(),
+            );
+        }
     }
     if m.sliding_window.is_none() {
         let windowed = [

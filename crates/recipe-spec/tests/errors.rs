@@ -827,6 +827,37 @@ fn per_layer_windows_need_a_window_and_follow_a_stack() {
     );
 }
 
+/// Granite's four multipliers: read, applied where the model asks, refused on other
+/// architectures, and a Granite has no window.
+#[test]
+fn granite_multipliers_belong_to_granite() {
+    let f = Fixture::new();
+    let granite = "max_seq_len = 128\narch = \"granite\"\nembedding_multiplier = 12.0\nresidual_multiplier = 0.22\nattention_multiplier = 0.015625\nlogits_scaling = 8.0";
+    let text = replace(BASE, "max_seq_len = 128", granite);
+    let r = f.parse(&text, &[]).unwrap();
+    let model = &r.stage("pretrain").unwrap().model;
+    assert_eq!((model.embedding_scale(), model.attention_scale()), (Some(12.0), 0.015625));
+    assert_eq!((model.residual_multiplier, model.logits_scaling), (Some(0.22), Some(8.0)));
+    let plain = replace(BASE, "max_seq_len = 128", "max_seq_len = 128\narch = \"granite\"");
+    let model = f.parse(&plain, &[]).unwrap().stage("pretrain").unwrap().model.clone();
+    assert_eq!((model.embedding_scale(), model.attention_scale()), (None, 1.0 / f64::from(model.head_dim()).sqrt()));
+    let llama = replace(&text, "arch = \"granite\"", "arch = \"llama\"");
+    assert_has(
+        &f.errors(&llama),
+        &[
+            "embedding_multiplier is Granite's, but the model's arch is \"llama\"",
+            "residual_multiplier is Granite's, but the model's arch is \"llama\"",
+            "attention_multiplier is Granite's, but the model's arch is \"llama\"",
+            "logits_scaling is Granite's, but the model's arch is \"llama\"",
+            "set `arch = \"granite\"`, or remove it",
+        ],
+    );
+    let windowed = replace(&text, "logits_scaling = 8.0", "logits_scaling = 8.0\nsliding_window = 16");
+    assert_has(&f.errors(&windowed), &["sliding_window does not go with `arch = \"granite\"`"]);
+    let negative = replace(&text, "logits_scaling = 8.0", "logits_scaling = -8.0");
+    assert_has(&f.errors(&negative), &["a number > 0"]);
+}
+
 /// A hub id that is in no cache says where it was looked for and how to get it.
 #[test]
 fn a_hub_id_not_downloaded_says_how_to_get_it() {
