@@ -3,9 +3,9 @@
 //! documents per row, GQA, gradient accumulation over two micro-batches; Llama, and the
 //! Qwen2 (projection biases, here with a sliding window of 6), Qwen3 (per-head norms, heads
 //! wider together than the model) and Gemma 3 (norms after the sublayers, GeGLU, a sliding
-//! layer with its own rotary base beside a global one), Gemma 2 (capped scores and logits) and
-//! OLMo 2 (norms after the sublayers,
-//! over whole projections) variants. On the CPU the test
+//! layer with its own rotary base beside a global one), Gemma 2 (capped scores and logits),
+//! OLMo 2 (norms after the sublayers, over whole projections) and Granite (its four
+//! multipliers) variants. On the CPU the test
 //! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
 //! precision against the CPU's; without a GPU it says it was skipped.
 
@@ -17,10 +17,10 @@ use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, ModelSpec, Optim, Precision};
 use recipe_train::{LossScaler, Objective, Optimizer, gradients, loss_tokens, update};
 
-/// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3 or OLMo 2, heads of 32 (a dimension the CUDA attention kernels are
-/// built for).
+/// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2 or Granite, heads of 32 (a dimension the CUDA
+/// attention kernels are built for).
 fn config(arch: &str) -> Model {
-    let (qwen3, gemma3) = (arch == "qwen3", arch == "gemma3");
+    let (qwen3, gemma3, granite) = (arch == "qwen3", arch == "gemma3", arch == "granite");
     ModelSpec {
         arch: Some(arch.into()),
         vocab_size: Some(97),
@@ -42,6 +42,10 @@ fn config(arch: &str) -> Model {
         query_pre_attn_scalar: gemma3.then_some(24),
         attn_logit_softcapping: (arch == "gemma2").then_some(5.0),
         final_logit_softcapping: (arch == "gemma2").then_some(3.0),
+        embedding_multiplier: granite.then_some(4.0),
+        residual_multiplier: granite.then_some(0.5),
+        attention_multiplier: granite.then_some(0.1),
+        logits_scaling: granite.then_some(2.0),
         ..ModelSpec::default()
     }
     .resolve(None)
@@ -73,7 +77,7 @@ struct Step {
     mean_update: f64,
 }
 
-const ARCHS: [&str; 6] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2"];
+const ARCHS: [&str; 7] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "granite"];
 
 fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
     let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
