@@ -86,6 +86,8 @@ fn cases(rng: &mut ChaCha8Rng) -> Vec<Case> {
         long_attention(rng, "attention at head dimension 128", 128, Scores::scaled(0.2)),
         // Scores capped as Gemma 2 caps them; most reach past ±1.5.
         long_attention(rng, "capped attention at head dimension 64", 64, Scores { scale: 0.2, cap: Some(1.5) }),
+        // Gemma's heads, on the CUDA cores in every dtype.
+        long_attention(rng, "capped attention at head dimension 256", 256, Scores { scale: 0.1, cap: Some(1.5) }),
         Case {
             name: "embedding",
             // Token 4 at a third of the positions, as frequent tokens are.

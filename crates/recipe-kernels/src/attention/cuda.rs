@@ -19,24 +19,22 @@ const KERNELS: Module = Module { name: "attention", source: include_str!("kernel
 const TENSOR_CORE_KERNELS: Module =
     Module { name: "attention_mma", source: include_str!("mma.cu"), arch: Some("compute_80") };
 
-/// Which kernels run, and how many queries (or keys) a block of each takes (`ROWS_PER_BLOCK`
-/// in the `.cu` files).
+/// Which kernels run.
 #[derive(Clone, Copy)]
 pub(super) struct Kernels {
     module: &'static Module,
     prefix: &'static str,
-    rows_per_block: usize,
 }
 
-const CUDA_CORES: Kernels = Kernels { module: &KERNELS, prefix: "attention", rows_per_block: BLOCK as usize / 4 };
-const TENSOR_CORES: Kernels =
-    Kernels { module: &TENSOR_CORE_KERNELS, prefix: "attention_mma", rows_per_block: BLOCK as usize / 32 * 16 };
+const CUDA_CORES: Kernels = Kernels { module: &KERNELS, prefix: "attention" };
+const TENSOR_CORES: Kernels = Kernels { module: &TENSOR_CORE_KERNELS, prefix: "attention_mma" };
 
 impl Kernels {
     /// Tensor cores for 16-bit inputs on sm_80 and newer, whose operands start on a whole pair
-    /// of elements (their kernels read two at a time). `RECIPE_CUDA_ATTENTION=cuda-cores` keeps
-    /// them on the CUDA cores (to compare the two).
-    fn for_inputs(device: &CudaDevice, dtype: DType, layouts: [&Layout; 3]) -> Result<Kernels> {
+    /// of elements (their kernels read two at a time), at head dimensions up to 128 (at 256 the
+    /// accumulators would not fit in registers). `RECIPE_CUDA_ATTENTION=cuda-cores` keeps them
+    /// on the CUDA cores (to compare the two).
+    fn for_inputs(device: &CudaDevice, dtype: DType, hd: usize, layouts: [&Layout; 3]) -> Result<Kernels> {
         let allowed = match std::env::var("RECIPE_CUDA_ATTENTION").as_deref() {
             Err(_) | Ok("tensor-cores") => true,
             Ok("cuda-cores") => false,
@@ -44,10 +42,21 @@ impl Kernels {
         };
         let sixteen_bits = matches!(dtype, DType::BF16 | DType::F16);
         let paired = layouts.iter().all(|l| l.start_offset() % 2 == 0);
-        if allowed && sixteen_bits && paired && crate::cuda::compute_capability(device)?.0 >= 8 {
+        if allowed && sixteen_bits && paired && hd <= 128 && crate::cuda::compute_capability(device)?.0 >= 8 {
             Ok(TENSOR_CORES)
         } else {
             Ok(CUDA_CORES)
+        }
+    }
+
+    /// How many queries (or keys) a block takes (`ROWS_PER_BLOCK` in the `.cu` files): 16 a
+    /// warp on tensor cores; on the CUDA cores one for every four threads, or eight at head
+    /// dimension 256.
+    fn rows_per_block(&self, hd: usize) -> usize {
+        match (self.prefix == TENSOR_CORES.prefix, hd) {
+            (true, _) => BLOCK as usize / 32 * 16,
+            (false, 256) => BLOCK as usize / 8,
+            (false, _) => BLOCK as usize / 4,
         }
     }
 
@@ -64,7 +73,7 @@ impl Kernels {
 
 /// Whether the kernels are built for heads of `hd` (others run the composed fallback).
 pub(super) fn has_kernel_for(hd: usize) -> bool {
-    matches!(hd, 32 | 64 | 128)
+    matches!(hd, 32 | 64 | 128 | 256)
 }
 
 /// `[lo, hi)` of each query's keys, `[B · Tq · 2]`, on the device that holds them.
@@ -115,7 +124,7 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     scores: Scores,
 ) -> Result<(CudaStorage, Saved)> {
     let device = &q.device;
-    let kernels = Kernels::for_inputs(device, q.dtype(), [ql, kl, vl])?;
+    let kernels = Kernels::for_inputs(device, q.dtype(), d.hd, [ql, kl, vl])?;
     let (qs, ks, vs) = (contiguous::<T>(q, ql)?, contiguous::<T>(k, kl)?, contiguous::<T>(v, vl)?);
     let spans = spans.on(device)?;
     let mut out = unfilled::<T>(device, qs.len())?;
@@ -127,7 +136,7 @@ pub(super) fn forward<T: CudaDType + DeviceRepr>(
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&*spans).arg(&mut out).arg(&mut lse);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale).arg(&cap);
-    launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
+    launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block(d.hd)), d.b * d.h)?)?;
     Ok((CudaStorage::wrap_cuda_slice(out, device.clone()), Saved { spans, lse, kernels }))
 }
 
@@ -168,14 +177,14 @@ pub(super) fn backward<T: CudaDType + DeviceRepr>(
     let mut args = stream.launch_builder(&f);
     args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta).arg(&mut dq);
     args.arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale).arg(&cap);
-    launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block), d.b * d.h)?)?;
+    launch(args, blocks(d.tq.div_ceil(kernels.rows_per_block(d.hd)), d.b * d.h)?)?;
 
     for pass in kernels.key_passes(d.hd) {
         let f = kernel(device, kernels.module, &kernels.name(pass, d.hd), dtype)?;
         let mut args = stream.launch_builder(&f);
         args.arg(&qs).arg(&ks).arg(&vs).arg(&*saved.spans).arg(&dos).arg(&saved.lse).arg(&delta);
         args.arg(&mut dk).arg(&mut dv).arg(&h).arg(&kvh).arg(&tq).arg(&tk).arg(&scale).arg(&cap);
-        launch(args, blocks(d.tk.div_ceil(kernels.rows_per_block), d.b * d.kvh)?)?;
+        launch(args, blocks(d.tk.div_ceil(kernels.rows_per_block(d.hd)), d.b * d.kvh)?)?;
     }
     Ok(CudaStorage::wrap_cuda_slice(grads, device.clone()))
 }

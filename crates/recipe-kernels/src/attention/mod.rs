@@ -13,12 +13,12 @@
 //! `dS = P ⊙ (dO·vᵀ − D)`, `dq = scale · dS·k`, `dk += scale · dSᵀ·q`, `dv += Pᵀ·dO`; each
 //! (row, key/value head) is one task, so its sums run in a fixed order and resume is exact.
 //!
-//! On CUDA (`kernels.cu`, head dimensions 32, 64 and 128) the same scheme runs with four
-//! threads per query, each holding a quarter of the head dimension in registers, tiles of 32
-//! keys in shared memory and the softmax online; backward is a pass for `dq` per block of
+//! On CUDA (`kernels.cu`, head dimensions 32, 64, 128 and 256) the same scheme runs with four
+//! threads per query (eight at 256), each holding its share of the head dimension in
+//! registers, tiles of 32 keys (16 at 256) in shared memory and the softmax online; backward is a pass for `dq` per block of
 //! queries and one for `dk`, `dv` per block of keys (every query head of the group, in order),
 //! so no sum depends on timing there either. bf16 and f16 on sm_80 and newer take the
-//! tensor-core version of the same passes (`mma.cu`).
+//! tensor-core version of the same passes (`mma.cu`) up to head dimension 128.
 
 mod composed;
 mod cpu;
@@ -131,7 +131,7 @@ impl Scores {
 /// Attention of `q` `[B, H, Tq, hd]` over `k`, `v` `[B, KVH, Tk, hd]` (H a multiple of KVH),
 /// each query over its span of keys; the result is `[B, Tq, H, hd]` (heads side by side, as the
 /// output projection reads them), in `q`'s dtype. The CPU kernel computes half-precision
-/// inputs in f32, and so does the CUDA kernel (head dimensions 32, 64 and 128) reading them in
+/// inputs in f32, and so does the CUDA kernel (head dimensions 32, 64, 128 and 256) reading them in
 /// their dtype; the composed fallback multiplies in their dtype, the softmax in f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spans: &KeySpans, scores: Scores) -> Result<Tensor> {
     spans.check(q, k)?;
