@@ -105,12 +105,18 @@ enum Verb {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Send the prompt as a user turn and print the assistant's answer, stopping where the
-        /// turn ends: in ChatML when the tokenizer has its tokens, else in Llama 3's template.
+        /// turn ends: in the first template whose tokens the tokenizer has (ChatML, Llama 3,
+        /// Gemma), or in `--template`'s.
         #[arg(long)]
         chat: bool,
         /// With `--chat`: a system message before the user's turn.
         #[arg(long, requires = "chat")]
         system: Option<String>,
+        /// With `--chat`: the chat template (chatml, llama3, llama3.1, gemma) instead of the
+        /// first whose tokens the tokenizer has; `llama3.1` for a model trained on it, whose
+        /// tokens are Llama 3's.
+        #[arg(long, requires = "chat", value_parser = chat_template)]
+        template: Option<recipe_spec::ChatTemplate>,
     },
     /// Write a finished stage's model as a Hugging Face directory (config.json,
     /// model.safetensors with any LoRA merged in, tokenizer.json) and check that it loads
@@ -320,6 +326,7 @@ fn main() -> ExitCode {
             seed,
             chat,
             system,
+            template,
         } => {
             let here = |written: &String| recipe_spec::hub::locate(Path::new(""), written);
             let from = match (model, recipe, stage) {
@@ -338,6 +345,7 @@ fn main() -> ExitCode {
                 seed: *seed,
                 chat: *chat,
                 system: system.as_deref(),
+                template: *template,
             };
             sample::run(&cli.runs, &args)
         }
@@ -383,4 +391,10 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `--template`'s value, one of the templates' names.
+fn chat_template(name: &str) -> Result<recipe_spec::ChatTemplate, String> {
+    recipe_spec::ChatTemplate::from_word(name)
+        .ok_or_else(|| format!("expected one of {}", recipe_spec::ChatTemplate::WORDS.join(", ")))
 }

@@ -122,8 +122,18 @@ fn checkpoint(written: &str) -> Result<Checkpoint, Failure> {
     Ok(Checkpoint {
         written,
         max_seq_len: info.arch.max_seq_len.unwrap_or(512),
-        template: ChatTemplate::ALL.into_iter().find(|t| tokenizer.templates.contains(t)),
+        template: ChatTemplate::ALL.into_iter().find(|t| tokenizer.templates.contains(t)).map(|t| match t {
+            ChatTemplate::Llama3 if dated(&path) => ChatTemplate::Llama31,
+            t => t,
+        }),
     })
+}
+
+/// Whether the model's own chat template writes Llama 3.1's dated system turn (Llama 3.1, 3.2
+/// and 3.3 Instruct), whose tokens are Llama 3's: its `tokenizer_config.json` says so.
+fn dated(model: &Path) -> bool {
+    let folder = if model.is_dir() { model } else { model.parent().unwrap_or(Path::new("")) };
+    std::fs::read_to_string(folder.join("tokenizer_config.json")).is_ok_and(|t| t.contains("Cutting Knowledge Date"))
 }
 
 /// A starter over `from`: its tokenizer and architecture, the stage `kind` asks for.
@@ -328,4 +338,16 @@ eval = { every = 100, batches = 4 }
     };
     r.push_str(next);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn llama31s_dated_template_is_told_by_the_tokenizer_config() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!super::dated(dir.path()));
+        let config = r#"{"chat_template": "{{- \"Cutting Knowledge Date: December 2023\n\" }}"}"#;
+        std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+        assert!(super::dated(dir.path()) && super::dated(&dir.path().join("model.safetensors")));
+    }
 }

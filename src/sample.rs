@@ -37,6 +37,8 @@ pub struct SampleArgs<'a> {
     pub chat: bool,
     /// With `chat`: the system message.
     pub system: Option<&'a str>,
+    /// With `chat`: the template, else the tokenizer's first.
+    pub template: Option<recipe_spec::ChatTemplate>,
 }
 
 pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
@@ -50,8 +52,10 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
             let system = a.system.map(|s| Message { role: Role::System, content: s.to_string() });
             let turns: Vec<Message> =
                 system.into_iter().chain([Message { role: Role::User, content: a.prompt.to_string() }]).collect();
-            let template = tok.chat_template().ok_or_else(|| {
-                Failure::Run("--chat needs a tokenizer with a chat template's tokens (ChatML's or Llama 3's)".into())
+            let template = a.template.or_else(|| tok.chat_template()).ok_or_else(|| {
+                Failure::Run(
+                    "--chat needs a tokenizer with a chat template's tokens (ChatML's, Llama 3's or Gemma's)".into(),
+                )
             })?;
             let ids = chat_prompt(&tok, template, &turns).map_err(|e| fail(&e))?;
             (ids, tok.template_ids(template).and_then(|ids| ids.last().copied()))

@@ -6,12 +6,15 @@
 //! ```text
 //! chatml  <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n
 //! llama3  <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>
+//! llama3.1  <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user…  (then as llama3)
 //! gemma   <bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n
 //! ```
 //!
 //! Llama 3's and Gemma's trim each content, as their `tokenizer_config.json` templates do.
-//! The system prompt Llama 3.1 adds when there is none (its knowledge cut-off and today's
-//! date) is not added: a conversation that wants it carries it. Gemma has no system turn: a
+//! `llama3.1` is the template of Llama 3.1, 3.2 and 3.3 Instruct: a system turn always, its
+//! knowledge cut-off and date before the conversation's own system prompt. The date is the one
+//! those templates write when they are given none and cannot read the clock (3.1's always),
+//! so that the same conversation always gives the same ids. Gemma has no system turn: a
 //! first system message is written at the start of the first turn, and one later on is an
 //! error, as in Gemma's template.
 
@@ -24,7 +27,7 @@ use crate::tokenizer::Tok;
 /// A template's special tokens, looked up in a tokenizer.
 enum Ids {
     ChatMl { start: u32, end: u32 },
-    Llama3 { begin: u32, header_start: u32, header_end: u32, eot: u32 },
+    Llama3 { begin: u32, header_start: u32, header_end: u32, eot: u32, dated: bool },
     Gemma { bos: u32, start: u32, end: u32 },
 }
 
@@ -34,7 +37,13 @@ fn ids(tok: &Tok, template: ChatTemplate) -> Result<Ids> {
     })?;
     Ok(match template {
         ChatTemplate::ChatMl => Ids::ChatMl { start: ids[0], end: ids[1] },
-        ChatTemplate::Llama3 => Ids::Llama3 { begin: ids[0], header_start: ids[1], header_end: ids[2], eot: ids[3] },
+        ChatTemplate::Llama3 | ChatTemplate::Llama31 => Ids::Llama3 {
+            begin: ids[0],
+            header_start: ids[1],
+            header_end: ids[2],
+            eot: ids[3],
+            dated: template == ChatTemplate::Llama31,
+        },
         ChatTemplate::Gemma => Ids::Gemma { bos: ids[0], start: ids[1], end: ids[2] },
     })
 }
@@ -51,10 +60,21 @@ pub fn format_chat(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
     if let Ids::Llama3 { begin: first, .. } | Ids::Gemma { bos: first, .. } = ids {
         push(&[first], 0);
     }
-    // Gemma writes a leading system prompt into the first turn.
+    // Gemma writes a leading system prompt into the first turn; Llama 3.1 into a system turn
+    // that it always writes.
     let (mut prefix, messages) = match (&ids, messages) {
         (Ids::Gemma { .. }, [system, rest @ ..]) if system.role == Role::System => {
             (format!("{}\n\n", system.content), rest)
+        }
+        (&Ids::Llama3 { header_start, header_end, eot, dated: true, .. }, _) => {
+            let (system, rest) = match messages {
+                [system, rest @ ..] if system.role == Role::System => (system.content.trim(), rest),
+                _ => ("", messages),
+            };
+            push(&header(tok, header_start, header_end, Role::System)?, 0);
+            push(&tok.encode(&format!("{LLAMA31_DATED}{system}"))?, 0);
+            push(&[eot], 0);
+            (String::new(), rest)
         }
         _ => (String::new(), messages),
     };
@@ -88,6 +108,9 @@ pub fn format_chat(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
     }
     Ok((out, mask))
 }
+
+/// What Llama 3.1's system turn starts with.
+const LLAMA31_DATED: &str = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n";
 
 /// `<start_of_turn>role\n`, the assistant's role named `model`.
 fn gemma_header(tok: &Tok, start: u32, role: Role) -> Result<Vec<u32>> {
@@ -133,6 +156,16 @@ pub fn jinja(template: ChatTemplate) -> &'static str {
         ),
         ChatTemplate::Llama3 => concat!(
             "{{ '<|begin_of_text|>' }}{% for message in messages %}",
+            "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}",
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
+        ),
+        // Llama 3.1's own without its tools, the date fixed as `format_chat` fixes it.
+        ChatTemplate::Llama31 => concat!(
+            "{{ '<|begin_of_text|>' }}{% if messages[0]['role'] == 'system' %}",
+            "{% set system_message = messages[0]['content'] | trim %}{% set loop_messages = messages[1:] %}",
+            "{% else %}{% set system_message = '' %}{% set loop_messages = messages %}{% endif %}",
+            "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' + system_message + '<|eot_id|>' }}",
+            "{% for message in loop_messages %}",
             "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}",
             "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}",
         ),

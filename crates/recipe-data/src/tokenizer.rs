@@ -108,8 +108,11 @@ impl Tok {
     /// The id that ends a turn in each template the tokenizer has, other than the
     /// end-of-document id: where generation stops besides that.
     pub fn turn_ends(&self) -> Vec<u32> {
-        let ends = ChatTemplate::ALL.into_iter().filter_map(|t| self.template_ids(t)?.last().copied());
-        ends.filter(|end| *end != self.eos).collect()
+        let mut ends: Vec<u32> =
+            ChatTemplate::ALL.into_iter().filter_map(|t| self.template_ids(t)?.last().copied()).collect();
+        ends.retain(|end| *end != self.eos);
+        ends.dedup();
+        ends
     }
 
     /// Ids range over `0..vocab_size()`.

