@@ -295,6 +295,18 @@ fn whale_tokenizer(special_tokens: &[&str]) -> Tok {
     Tok::train(&config, ["What is a whale? A large mammal of the sea."].into_iter()).unwrap()
 }
 
+/// A system prompt, a question with spaces around it, an answer with a space after it, and a
+/// second question: what the templates trim and where they put the system prompt.
+fn whale_conversation() -> [recipe_data::Message; 4] {
+    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    [
+        message(recipe_data::Role::System, "Be brief."),
+        message(recipe_data::Role::User, " What is a whale?\n"),
+        message(recipe_data::Role::Assistant, "A large mammal. "),
+        message(recipe_data::Role::User, "And a fish?"),
+    ]
+}
+
 /// Llama 3's template, as its `tokenizer_config.json` renders it: the conversation's start,
 /// each role in a header, contents trimmed, each turn ended by `<|eot_id|>`; the mask is the
 /// assistant's content and its `<|eot_id|>`, and the prompt for the next turn is the
@@ -339,13 +351,7 @@ fn the_llama3_template_renders_as_llama3_does() {
 fn the_llama31_template_renders_as_llama31_does() {
     let tok =
         whale_tokenizer(&ChatTemplate::Llama31.tokens().iter().copied().chain(["<|end_of_text|>"]).collect::<Vec<_>>());
-    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
-    let messages = [
-        message(recipe_data::Role::System, "Be brief."),
-        message(recipe_data::Role::User, " What is a whale?\n"),
-        message(recipe_data::Role::Assistant, "A large mammal. "),
-        message(recipe_data::Role::User, "And a fish?"),
-    ];
+    let messages = whale_conversation();
     let prompt = recipe_data::chat_prompt(&tok, ChatTemplate::Llama31, &messages).unwrap();
     assert_eq!(
         tok.decode(&prompt),
@@ -404,13 +410,7 @@ fn the_gemma_template_renders_as_gemma_does() {
 /// message as `format_chat` does.
 #[test]
 fn the_exported_chat_templates_render_what_training_formats() {
-    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
-    let messages = [
-        message(recipe_data::Role::System, "Be brief."),
-        message(recipe_data::Role::User, " What is a whale?\n"),
-        message(recipe_data::Role::Assistant, "A large mammal. "),
-        message(recipe_data::Role::User, "And a fish?"),
-    ];
+    let messages = whale_conversation();
     let as_json = |messages: &[recipe_data::Message]| -> Vec<minijinja::Value> {
         let fields = |m: &recipe_data::Message| {
             std::collections::BTreeMap::from([("role", m.role.as_str().to_string()), ("content", m.content.clone())])
