@@ -28,6 +28,9 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
 - `olmo2`: an `Olmo2ForCausalLM` (RMSNorms after attention and the MLP, none before; the query
   and key projections normalised whole);
 - `olmo3`: an `Olmo3ForCausalLM`, OLMo 2 whose first layer slides (window 24);
+- `gemma3-vision`: a `Gemma3ForConditionalGeneration` (Gemma 3 4B's multimodal layout: the
+  language model under `language_model.`, a tiny vision tower beside it) over `gemma3`'s text
+  configuration, its logits on text alone;
 - `granite`: a `GraniteForCausalLM` (Llama with four multipliers: embeddings, the residual
   branches, attention scores and logits), each far from its neutral value;
 and three `peft` adapters over `qwen3` and `gemma3`, saved by `peft` with random `A` and `B` (so that they
@@ -54,6 +57,8 @@ from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
     GraniteConfig,
     GraniteForCausalLM,
@@ -113,7 +118,10 @@ def randomise(model):
 
 
 def save_expected(out, model, tokens=96, file="expected.safetensors"):
-    ids = torch.randint(0, model.config.vocab_size, (1, tokens))
+    # A multimodal model's vocabulary is its language model's, ending in its image tokens,
+    # which text alone leaves out.
+    text = getattr(model.config, "text_config", model.config)
+    ids = torch.randint(0, getattr(model.config, "boi_token_index", text.vocab_size), (1, tokens))
     with torch.no_grad():
         logits = model(ids).logits[0]
     save_file({"ids": ids[0].to(torch.int64), "logits": logits.float().contiguous()}, f"{out}/{file}")
@@ -233,6 +241,14 @@ def build(name):
             eos_token_id=2,
         )
         save(os.path.join(root, name), Olmo3ForCausalLM(config))
+    elif name == "gemma3-vision":
+        vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                      patch_size=8)
+        config = Gemma3Config(
+            text_config=gemma3().to_dict(), vision_config=vision, mm_tokens_per_image=4, image_token_index=127,
+            boi_token_index=125, eoi_token_index=126,
+        )
+        save(os.path.join(root, name), Gemma3ForConditionalGeneration(config))
     elif name == "granite":
         config = GraniteConfig(
             **SHAPES,
@@ -255,7 +271,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite",
+    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "gemma3-vision",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)

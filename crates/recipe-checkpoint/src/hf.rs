@@ -225,6 +225,12 @@ fn write_rope(config: &mut Value, model: &Model) {
 /// What `transformers`' Gemma 3 text configuration assumes where our defaults or
 /// [`HF_CONFIG`]'s differ.
 const GEMMA3_DEFAULTS: &[(&str, &str)] = &[
+    ("vocab_size", "262208"),
+    ("hidden_size", "2304"),
+    ("intermediate_size", "9216"),
+    ("num_hidden_layers", "26"),
+    ("num_attention_heads", "8"),
+    ("num_key_value_heads", "4"),
     ("tie_word_embeddings", "true"),
     ("head_dim", "256"),
     ("query_pre_attn_scalar", "256"),
@@ -250,6 +256,12 @@ const GEMMA2_DEFAULTS: &[(&str, &str)] = &[
 pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    // Gemma 3's multimodal checkpoints (4B to 27B): the language model's configuration, which
+    // leaves out what its class assumes. Its weights load without the vision tower.
+    if c["model_type"] == "gemma3" && c["text_config"].is_object() {
+        c = c["text_config"].take();
+        c["model_type"] = "gemma3_text".into();
+    }
     let model_type = c["model_type"].as_str().unwrap_or("").to_string();
     let arch = match model_type.as_str() {
         // Mistral is Llama with a sliding window; Ministral with one in some layers. Phi-3 is
@@ -266,7 +278,7 @@ pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
         "granite" => "granite",
         _ => {
             return Err(format!(
-                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma2, gemma3_text (Gemma 3's text models), olmo2, olmo3 and granite can be imported"
+                "its config.json has model_type \"{model_type}\"; only llama, mistral, ministral, phi3, qwen2, qwen3, smollm3, gemma2, gemma3_text and gemma3 (Gemma 3, its language model), olmo2, olmo3 and granite can be imported"
             ));
         }
     };
@@ -735,6 +747,27 @@ mod tests {
         assert_eq!((spec.tie_embeddings, spec.rope_theta, spec.norm_eps), (Some(false), Some(10000.0), Some(1e-6)));
         std::fs::write(&path, config.replace(r#""vocab_size": 300, "#, "")).unwrap();
         assert_eq!(read_config(&path).unwrap_err(), "config.json lacks `vocab_size`");
+    }
+
+    /// Gemma 3 4B's config.json as Google publishes it: its language model's configuration names
+    /// only what differs from `transformers`' Gemma 3 defaults, which fill in the rest.
+    #[test]
+    fn a_multimodal_gemma3_config_reads_as_its_language_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_CONFIG);
+        let config = r#"{"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "mm_tokens_per_image": 256, "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+            "model_type": "gemma3_text", "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0,
+            "rope_type": "linear"}, "sliding_window": 1024}, "vision_config": {"model_type": "siglip_vision_model"}}"#;
+        std::fs::write(&path, config).unwrap();
+        let spec = read_config(&path).unwrap();
+        let sizes = (spec.vocab_size, spec.d_model, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim);
+        assert_eq!(sizes, (Some(262208), Some(2560), Some(34), Some(8), Some(4), Some(256)));
+        assert_eq!((spec.arch.as_deref(), spec.d_ff, spec.max_seq_len), (Some("gemma3"), Some(10240), Some(131072)));
+        assert_eq!((spec.rope_theta, spec.local_rope_theta, spec.sliding_window), (Some(1e6), Some(1e4), Some(1024)));
+        assert_eq!(spec.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+        let every_sixth = (0..34).filter(|l| l % 6 == 5).collect();
+        assert_eq!((spec.full_attention_layers, spec.tie_embeddings), (Some(every_sixth), Some(true)));
     }
 
     /// Mistral imports as Llama with its sliding window in every layer (when it is shorter

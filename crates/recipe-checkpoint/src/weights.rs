@@ -26,7 +26,30 @@ pub fn load_checkpoint(path: &Path, format: CheckpointFormat, config: &Model) ->
         CheckpointFormat::Gguf => gguf::tensors(path, config)?,
     };
     let tensors = unfused(tensors, config)?;
-    tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect()
+    tensors
+        .into_iter()
+        .filter_map(|(name, t)| Some((text_model_name(name)?, t)))
+        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
+        .collect()
+}
+
+/// A multimodal checkpoint's language model (Gemma 3 4B to 27B) by its names as a text model's,
+/// `language_model.model.*` (or `model.language_model.*`) as `model.*`; none for the vision
+/// tower and its projector, which are not imported. Every other name is kept.
+fn text_model_name(name: String) -> Option<String> {
+    const VISION: [&str; 4] =
+        ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."];
+    if VISION.iter().any(|prefix| name.starts_with(prefix)) {
+        return None;
+    }
+    let renamed = [
+        ("language_model.model.", "model."),
+        ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ]
+    .iter()
+    .find_map(|(theirs, ours)| name.strip_prefix(theirs).map(|rest| format!("{ours}{rest}")));
+    Some(renamed.unwrap_or(name))
 }
 
 /// Phi-3's fused projections split into Llama's: `qkv_proj` into the query, key and value
