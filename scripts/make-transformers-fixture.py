@@ -33,11 +33,11 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
   configuration, its logits on text alone;
 - `granite`: a `GraniteForCausalLM` (Llama with four multipliers: embeddings, the residual
   branches, attention scores and logits), each far from its neutral value;
-and three `peft` adapters over `qwen3` and `gemma3`, saved by `peft` with random `A` and `B` (so that they
+and four `peft` adapters over `qwen3`, `gemma3` and `granite`, saved by `peft` with random `A` and `B` (so that they
 change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
 - `qwen3-dora`: DoRA of rank 2 on every projection;
-- `gemma3-lora`: LoRA of rank 4 on the query, value and down projections.
+- `gemma3-lora`, `granite-lora`: LoRA of rank 4 on the query, value and down projections.
 Run once, with `transformers`, `peft` and `torch` installed (e.g. in the venv that
 scripts/bench-vs-torch.sh makes):
 
@@ -250,15 +250,11 @@ def build(name):
         )
         save(os.path.join(root, name), Gemma3ForConditionalGeneration(config))
     elif name == "granite":
-        config = GraniteConfig(
-            **SHAPES,
-            embedding_multiplier=3.0,
-            residual_multiplier=0.5,
-            attention_multiplier=0.3,
-            logits_scaling=2.5,
-            tie_word_embeddings=True,
-        )
-        save(os.path.join(root, name), GraniteForCausalLM(config))
+        save(os.path.join(root, name), GraniteForCausalLM(GRANITE))
+    elif name == "granite-lora":
+        base = GraniteForCausalLM(GRANITE)
+        randomise(base)  # the same weights as `granite`'s
+        save_adapter(os.path.join(root, name), base, LORA)
     elif name == "gemma3":
         save(os.path.join(root, name), Gemma3ForCausalLM(gemma3()))
     elif name == "gemma3-lora":
@@ -271,9 +267,13 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "gemma3-vision",
+    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
+GRANITE = GraniteConfig(
+    **SHAPES, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.3, logits_scaling=2.5,
+    tie_word_embeddings=True,
+)
 LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
 ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DORA = peft.LoraConfig(r=2, lora_alpha=6, target_modules=ALL_MODULES, use_dora=True, init_lora_weights=False)
