@@ -33,11 +33,14 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
   configuration, its logits on text alone;
 - `granite`: a `GraniteForCausalLM` (Llama with four multipliers: embeddings, the residual
   branches, attention scores and logits), each far from its neutral value;
-and four `peft` adapters over `qwen3`, `gemma3` and `granite`, saved by `peft` with random `A` and `B` (so that they
+and five `peft` adapters over `qwen3`, `gemma3`, `granite` and `gemma3-vision`, saved by `peft` with random `A` and `B` (so that they
 change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
 - `qwen3-dora`: DoRA of rank 2 on every projection;
-- `gemma3-lora`, `granite-lora`: LoRA of rank 4 on the query, value and down projections.
+- `gemma3-lora`, `granite-lora`: LoRA of rank 4 on the query, value and down projections;
+- `gemma3-vision-lora`: the same over the multimodal model, which puts LoRA on the vision
+  tower's query and value projections too (under `model.vision_tower.`), and names the
+  language model's under `model.language_model.`.
 Run once, with `transformers`, `peft` and `torch` installed (e.g. in the venv that
 scripts/bench-vs-torch.sh makes):
 
@@ -165,6 +168,16 @@ def gemma3():
     return config
 
 
+def gemma3_vision():
+    # Gemma 3 4B's multimodal layout over `gemma3`'s text configuration, with a tiny vision tower.
+    vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    return Gemma3Config(
+        text_config=gemma3().to_dict(), vision_config=vision, mm_tokens_per_image=4, image_token_index=127,
+        boi_token_index=125, eoi_token_index=126,
+    )
+
+
 def build(name):
     """Each fixture by its folder's name."""
     if name == "llama3-rope":
@@ -242,13 +255,11 @@ def build(name):
         )
         save(os.path.join(root, name), Olmo3ForCausalLM(config))
     elif name == "gemma3-vision":
-        vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                      patch_size=8)
-        config = Gemma3Config(
-            text_config=gemma3().to_dict(), vision_config=vision, mm_tokens_per_image=4, image_token_index=127,
-            boi_token_index=125, eoi_token_index=126,
-        )
-        save(os.path.join(root, name), Gemma3ForConditionalGeneration(config))
+        save(os.path.join(root, name), Gemma3ForConditionalGeneration(gemma3_vision()))
+    elif name == "gemma3-vision-lora":
+        base = Gemma3ForConditionalGeneration(gemma3_vision())
+        randomise(base)  # the same weights as `gemma3-vision`'s
+        save_adapter(os.path.join(root, name), base, LORA)
     elif name == "granite":
         save(os.path.join(root, name), GraniteForCausalLM(GRANITE))
     elif name == "granite-lora":
@@ -267,7 +278,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision",
+    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision", "gemma3-vision-lora",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 GRANITE = GraniteConfig(

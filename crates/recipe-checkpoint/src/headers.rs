@@ -34,8 +34,10 @@ impl CheckpointReader for Headers {
         if !weights.is_file() {
             return Err(format!("the folder has no {ADAPTER_WEIGHTS}"));
         }
-        info.shapes =
-            safetensors_shapes(&weights)?.into_iter().map(|(name, shape)| (unprefixed(&name), shape)).collect();
+        info.shapes = safetensors_shapes(&weights)?
+            .into_iter()
+            .filter_map(|(name, shape)| Some((unprefixed(&name)?, shape)))
+            .collect();
         Ok(info)
     }
 }

@@ -586,9 +586,10 @@ pub fn adapter_config(a: &AdapterConfig) -> Value {
 const PEFT_PREFIX: &str = "base_model.model.";
 const PEFT_SHARED_PREFIX: &str = "base_model.";
 
-/// A tensor's name in the model, from its name in a `peft` adapter.
-pub(crate) fn unprefixed(name: &str) -> String {
-    name.strip_prefix(PEFT_PREFIX).unwrap_or(name).to_string()
+/// An adapter tensor's name in the model: `peft`'s prefix removed, and a multimodal model's
+/// language model named as the text model's; none for its vision tower's.
+pub(crate) fn unprefixed(name: &str) -> Option<String> {
+    crate::weights::text_model_name(name.strip_prefix(PEFT_PREFIX).unwrap_or(name).to_string())
 }
 
 /// The settings of a `peft` LoRA or DoRA adapter in `dir` (its tensors' shapes left empty).
@@ -659,7 +660,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
 /// The tensors of the `peft` adapter in `dir`, by their names in the model.
 pub fn load_adapter(dir: &Path) -> candle_core::Result<Vec<(String, Tensor)>> {
     let tensors = candle_core::safetensors::load(dir.join(ADAPTER_WEIGHTS), &candle_core::Device::Cpu)?;
-    Ok(tensors.into_iter().map(|(name, t)| (unprefixed(&name), t)).collect())
+    Ok(tensors.into_iter().filter_map(|(name, t)| Some((unprefixed(&name)?, t))).collect())
 }
 
 /// Write a model folder: `model.safetensors` and its `config.json`.

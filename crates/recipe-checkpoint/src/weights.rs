@@ -36,7 +36,7 @@ pub fn load_checkpoint(path: &Path, format: CheckpointFormat, config: &Model) ->
 /// A multimodal checkpoint's language model (Gemma 3 4B to 27B) by its names as a text model's,
 /// `language_model.model.*` (or `model.language_model.*`) as `model.*`; none for the vision
 /// tower and its projector, which are not imported. Every other name is kept.
-fn text_model_name(name: String) -> Option<String> {
+pub(crate) fn text_model_name(name: String) -> Option<String> {
     const VISION: [&str; 4] =
         ["vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector."];
     if VISION.iter().any(|prefix| name.starts_with(prefix)) {

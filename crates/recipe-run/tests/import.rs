@@ -380,8 +380,10 @@ fn a_transformers_qwen3_checkpoint_with_yarn_computes_its_reference_logits() {
     assert_eq!((factor, original_max_seq_len, attention_factor), (4.0, 32, 0.1 * 4f64.ln() + 1.0));
 }
 
-/// Adapters `peft` saved over the `qwen3`, `gemma3` and `granite` checkpoints, with random `A` and `B`: a stage that
-/// starts from one computes the adapted model's logits as `peft` does, for LoRA and DoRA.
+/// Adapters `peft` saved over the `qwen3`, `gemma3`, `granite` and `gemma3-vision` checkpoints,
+/// with random `A` and `B`: a stage that starts from one computes the adapted model's logits as
+/// `peft` does, for LoRA and DoRA (over the multimodal model, with the vision tower's LoRA left
+/// out with the tower).
 #[test]
 fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -390,8 +392,9 @@ fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
         ("qwen3-dora", recipe_spec::PeftMethod::Dora, 2, recipe_spec::PEFT_MODULES.to_vec()),
         ("gemma3-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
         ("granite-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
+        ("gemma3-vision-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
     ] {
-        let base = fixtures.join(name.split('-').next().unwrap());
+        let base = fixtures.join(name.strip_suffix("-lora").or(name.strip_suffix("-dora")).unwrap());
         let config = inspect(&base).unwrap().arch.resolve(None);
         let dir = fixtures.join(name);
         let info = recipe_spec::CheckpointReader::adapter(&Headers, &dir).unwrap();
