@@ -33,10 +33,11 @@ Each is a tiny model saved by `transformers` itself (version 5 writes the rotary
   configuration, its logits on text alone;
 - `granite`: a `GraniteForCausalLM` (Llama with four multipliers: embeddings, the residual
   branches, attention scores and logits), each far from its neutral value;
-and five `peft` adapters over `qwen3`, `gemma3`, `granite` and `gemma3-vision`, saved by `peft` with random `A` and `B` (so that they
+and six `peft` adapters over `qwen3`, `gemma3`, `granite` and `gemma3-vision`, saved by `peft` with random `A` and `B` (so that they
 change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
 - `qwen3-dora`: DoRA of rank 2 on every projection;
+- `qwen3-rslora`: `qwen3-lora`'s adapter with rsLoRA's scale, alpha / √r;
 - `gemma3-lora`, `granite-lora`: LoRA of rank 4 on the query, value and down projections;
 - `gemma3-vision-lora`: the same over the multimodal model, which puts LoRA on the vision
   tower's query and value projections too (under `model.vision_tower.`), and names the
@@ -236,10 +237,11 @@ def build(name):
         yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0}
         config = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True, rope_parameters=yarn)
         save(os.path.join(root, name), Qwen3ForCausalLM(config))
-    elif name in ("qwen3-lora", "qwen3-dora"):
+    elif name in ("qwen3-lora", "qwen3-dora", "qwen3-rslora"):
         base = Qwen3ForCausalLM(QWEN3)
         randomise(base)  # the same weights as `qwen3`'s
-        save_adapter(os.path.join(root, name), base, LORA if name == "qwen3-lora" else DORA)
+        config = {"qwen3-lora": LORA, "qwen3-dora": DORA, "qwen3-rslora": RSLORA}[name]
+        save_adapter(os.path.join(root, name), base, config)
     elif name == "gemma2":
         # Gemma 2: layers 0 and 2 slide (window 16), attention scaled by 1/sqrt(24), scores and
         # logits capped low enough (5 and 3) that the caps shape them.
@@ -278,7 +280,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
-    "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision", "gemma3-vision-lora",
+    "qwen3-rslora", "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision", "gemma3-vision-lora",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 GRANITE = GraniteConfig(
@@ -286,6 +288,9 @@ GRANITE = GraniteConfig(
     tie_word_embeddings=True,
 )
 LORA = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+RSLORA = peft.LoraConfig(
+    r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_rslora=True, init_lora_weights=False
+)
 ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DORA = peft.LoraConfig(r=2, lora_alpha=6, target_modules=ALL_MODULES, use_dora=True, init_lora_weights=False)
 root = sys.argv[1]

@@ -292,7 +292,14 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                     None => String::new(),
                 };
                 let start = p.from.as_ref().map_or(String::new(), |from| format!(", starting from adapter `{from}`"));
-                format!("  ({} rank {} on {}{start}{restarts})", p.method, p.rank, p.targets.join(", "))
+                let scale = if p.rslora { ", scaled by alpha/√rank" } else { "" };
+                let loraplus = p.loraplus_lr_ratio.map_or(String::new(), |r| format!("; B and vectors at {r}× the lr"));
+                format!(
+                    "  ({} rank {} on {}{scale}{start}{restarts}{loraplus})",
+                    p.method,
+                    p.rank,
+                    p.targets.join(", ")
+                )
             }
             (None, false) => format!("  (frozen: {})", stage.freeze.patterns.join(", ")),
             (None, true) => String::new(),

@@ -544,12 +544,12 @@ pub enum AdapterKind {
     Lora {
         alpha: f64,
         dora: bool,
+        /// Scaled by alpha / √rank.
+        rslora: bool,
     },
     /// VeRA with its shared projections saved in the adapter (`save_projection`), and the
     /// value its λ_d vectors started at.
-    Vera {
-        d_initial: f64,
-    },
+    Vera { d_initial: f64 },
 }
 
 /// The `adapter_config.json` of a PEFT adapter, as the `peft` library writes it.
@@ -564,9 +564,13 @@ pub fn adapter_config(a: &AdapterConfig) -> Value {
         "inference_mode": true,
     });
     let specific = match a.kind {
-        AdapterKind::Lora { alpha, dora } => {
-            json!({ "peft_type": "LORA", "lora_alpha": alpha, "lora_dropout": a.dropout, "use_dora": dora })
-        }
+        AdapterKind::Lora { alpha, dora, rslora } => json!({
+            "peft_type": "LORA",
+            "lora_alpha": alpha,
+            "lora_dropout": a.dropout,
+            "use_dora": dora,
+            "use_rslora": rslora,
+        }),
         AdapterKind::Vera { d_initial } => json!({
             "peft_type": "VERA",
             "vera_dropout": a.dropout,
@@ -594,8 +598,9 @@ pub(crate) fn unprefixed(name: &str) -> Option<String> {
 
 /// The settings of a `peft` LoRA or DoRA adapter in `dir` (its tensors' shapes left empty).
 /// A setting this trainer would not reproduce exactly is an error: other adapter types,
-/// rank-stabilised scaling, per-module ranks or alphas, trained biases, token rows or whole
-/// modules, some layers only or some modules left out, or targets given as a pattern.
+/// per-module ranks or alphas, trained biases, token rows or whole modules, some layers only
+/// or some modules left out, targets given as a pattern, or another computation (KaSA,
+/// BD-LoRA, MonteCLoRA, Arrow routing).
 pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -613,7 +618,6 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
         v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
     };
     for (key, fine) in [
-        ("use_rslora", !c["use_rslora"].as_bool().unwrap_or(false)),
         ("rank_pattern", empty(&c["rank_pattern"])),
         ("alpha_pattern", empty(&c["alpha_pattern"])),
         ("bias", c["bias"].as_str().is_none_or(|b| b == "none")),
@@ -627,6 +631,10 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
         ("target_parameters", empty(&c["target_parameters"])),
         ("trainable_token_indices", empty(&c["trainable_token_indices"])),
         ("alora_invocation_tokens", empty(&c["alora_invocation_tokens"])),
+        ("kasa_config", empty(&c["kasa_config"])),
+        ("use_bdlora", empty(&c["use_bdlora"])),
+        ("monteclora_config", empty(&c["monteclora_config"])),
+        ("arrow_config", empty(&c["arrow_config"])),
     ] {
         if !fine {
             return Err(format!(
@@ -652,6 +660,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
         rank,
         // What `peft` assumes when it is absent.
         alpha: c["lora_alpha"].as_f64().unwrap_or(8.0),
+        rslora: c["use_rslora"].as_bool().unwrap_or(false),
         targets,
         shapes: Default::default(),
     })

@@ -2,7 +2,8 @@
 //! as `s · B'·A'`, so one fused kernel (`lora_linear`) runs them all and one merge exports
 //! them:
 //!
-//! - **LoRA**: `A` `[r, in]` and `B` `[out, r]` per projection, `s = alpha / r`.
+//! - **LoRA**: `A` `[r, in]` and `B` `[out, r]` per projection, `s = alpha / r` (rsLoRA,
+//!   Kalajdzievski 2023: `alpha / √r`).
 //! - **DoRA**: LoRA, and a learnt magnitude per output row (applied in `Llama::linear`).
 //! - **VeRA** (Kopiczko et al.): one random `A` `[r, max in]` and `B` `[max out, r]`, frozen and
 //!   shared by every projection (each takes the top-left slice it needs, as the `peft` library
@@ -35,6 +36,8 @@ pub struct Lora {
     pub targets: Vec<String>,
     /// ReLoRA merges updates into the base weights, which then keep the master dtype.
     pub relora: bool,
+    /// rsLoRA's scale, `alpha / √r`.
+    pub rslora: bool,
 }
 
 /// VeRA's λ_d starts here (the `peft` library's `d_initial`).
@@ -48,6 +51,7 @@ impl Lora {
     pub fn scale(&self) -> f64 {
         match self.method {
             PeftMethod::Vera => 1.0,
+            _ if self.rslora => self.alpha / (self.rank as f64).sqrt(),
             _ => self.alpha / self.rank as f64,
         }
     }
@@ -112,6 +116,7 @@ impl Llama {
             dropout: peft.dropout,
             targets: peft.targets.clone(),
             relora: peft.relora.is_some(),
+            rslora: peft.rslora,
         };
         let r = lora.rank;
         let adapted: Vec<(String, usize, usize)> = config
@@ -121,7 +126,13 @@ impl Llama {
             .map(|(name, shape, _)| (name, shape[0], shape[1]))
             .collect();
         let mut params = Vec::new();
-        let param = |name: String, var: Var, decay: bool| Param { name, var, decay };
+        // LoRA+'s groups as `peft`'s `create_loraplus_optimizer` draws them: `B` and every
+        // vector learn at the ratio's multiple of the learning rate.
+        let ratio = peft.loraplus_lr_ratio.unwrap_or(1.0);
+        let param = |name: String, var: Var, decay: bool| {
+            let lr_factor = if name.contains("lora_B") || var.rank() == 1 { ratio } else { 1.0 };
+            Param { name, var, decay, lr_factor }
+        };
         match lora.method {
             PeftMethod::Lora | PeftMethod::Dora => {
                 let mut start = match &peft.adapter {

@@ -78,6 +78,9 @@ pub struct Param {
     pub var: Var,
     /// Whether AdamW decays it: matrices yes; norms and embeddings no.
     pub decay: bool,
+    /// Its learning rate as a multiple of the stage's: 1, but LoRA+'s ratio for the adapters'
+    /// `B` and vectors.
+    pub lr_factor: f64,
 }
 
 pub struct Llama {
@@ -169,7 +172,7 @@ impl Llama {
         let params = checked
             .into_iter()
             .zip(config.layout())
-            .map(|((name, t), (_, _, decay))| Ok(Param { name, var: Var::from_tensor(&t)?, decay }))
+            .map(|((name, t), (_, _, decay))| Ok(Param { name, var: Var::from_tensor(&t)?, decay, lr_factor: 1.0 }))
             .collect::<Result<Vec<_>>>()?;
         Llama::assemble(
             config,

@@ -29,7 +29,9 @@ impl Llama {
         if let Some(lora) = &self.lora {
             let kind = match lora.method {
                 PeftMethod::Vera => AdapterKind::Vera { d_initial: VERA_D_INITIAL },
-                method => AdapterKind::Lora { alpha: lora.alpha, dora: method == PeftMethod::Dora },
+                method => {
+                    AdapterKind::Lora { alpha: lora.alpha, dora: method == PeftMethod::Dora, rslora: lora.rslora }
+                }
             };
             let config =
                 AdapterConfig { kind, rank: lora.rank, dropout: lora.dropout, targets: &lora.targets, base_model };

@@ -36,6 +36,8 @@ fn peft_with(method: PeftMethod, targets: &[&str]) -> Peft {
         method,
         rank: 2,
         alpha: 4.0,
+        rslora: false,
+        loraplus_lr_ratio: None,
         dropout: 0.0,
         targets: targets.iter().map(|t| t.to_string()).collect(),
         relora: None,
@@ -176,7 +178,9 @@ fn merged_by_peft_formula(c: &Model, dir: &std::path::Path) -> Vec<(String, Tens
             let delta = match config["peft_type"].as_str().unwrap() {
                 "LORA" => adapter.get(&format!("{stem}.lora_A.weight")).map(|a| {
                     let b = &adapter[&format!("{stem}.lora_B.weight")];
-                    let scale = config["lora_alpha"].as_f64().unwrap() / config["r"].as_f64().unwrap();
+                    let r = config["r"].as_f64().unwrap();
+                    let rslora = config["use_rslora"].as_bool().unwrap();
+                    let scale = config["lora_alpha"].as_f64().unwrap() / if rslora { r.sqrt() } else { r };
                     (b.matmul(a).unwrap() * scale).unwrap()
                 }),
                 "VERA" => adapter.get(&format!("{stem}.vera_lambda_d")).map(|d| {
@@ -224,6 +228,48 @@ fn vera_and_tied_lora_are_written_as_peft_adapters_that_merge_to_the_same_model(
         let exported = Llama::load_pretrained(&c, dir.path(), &Device::Cpu).unwrap();
         assert!(diff(&logits(&adapted).0, &logits(&exported).0) < 1e-5, "{method}: the merged export");
     }
+}
+
+/// rsLoRA scales by alpha / √r: the update is √r times LoRA's (with `B` the same), and the
+/// adapter says so with `use_rslora`, which `peft`'s merge honours.
+#[test]
+fn an_rslora_adapter_scales_by_the_root_of_its_rank() {
+    let c = config();
+    let plain = Llama::from_tensors(&c, base(&c), &Device::Cpu).unwrap();
+    let lora = Llama::with_lora(&c, base(&c), &peft(ALL), 1, &Device::Cpu).unwrap();
+    let rslora = Llama::with_lora(&c, base(&c), &Peft { rslora: true, ..peft(ALL) }, 1, &Device::Cpu).unwrap();
+    train_a_little(&lora);
+    train_a_little(&rslora);
+    let q = "model.layers.1.self_attn.q_proj.weight";
+    let weight = |tensors: Vec<(String, Tensor)>| tensors.into_iter().find(|(n, _)| n == q).unwrap().1;
+    let update = |m: &Llama| (weight(m.weights().unwrap()) - weight(base(&c))).unwrap();
+    let ratio = (update(&rslora) - (update(&lora) * 2f64.sqrt()).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(ratio.to_scalar::<f32>().unwrap() < 1e-5, "at rank 2 the update is √2 times LoRA's");
+    let dir = tempfile::tempdir().unwrap();
+    rslora.save_pretrained(dir.path(), None, &[0], "base-model").unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap()).unwrap();
+    assert_eq!(config["use_rslora"], true);
+    let by_peft = Llama::from_tensors(&c, merged_by_peft_formula(&c, dir.path()), &Device::Cpu).unwrap();
+    let adapted = logits(&rslora).0;
+    assert!(diff(&adapted, &logits(&plain).0) > 1e-3);
+    assert!(diff(&adapted, &logits(&by_peft).0) < 1e-5, "peft's merge of the file");
+}
+
+/// LoRA+ puts `B` and the vectors (DoRA's magnitudes) at the ratio's multiple of the learning
+/// rate, `A` at the stage's, as `peft`'s `create_loraplus_optimizer` groups them.
+#[test]
+fn loraplus_raises_the_learning_rate_of_b_and_the_vectors() {
+    let c = config();
+    let dora = Peft { loraplus_lr_ratio: Some(16.0), ..peft_with(PeftMethod::Dora, &["q_proj", "down_proj"]) };
+    let m = Llama::with_lora(&c, base(&c), &dora, 1, &Device::Cpu).unwrap();
+    assert_eq!(m.params.len(), 2 * 2 * 3);
+    for p in &m.params {
+        let expected = if p.name.contains("lora_A") { 1.0 } else { 16.0 };
+        assert_eq!(p.lr_factor, expected, "{}", p.name);
+    }
+    let plain = Llama::with_lora(&c, base(&c), &peft(&["q_proj"]), 1, &Device::Cpu).unwrap();
+    assert!(plain.params.iter().all(|p| p.lr_factor == 1.0));
 }
 
 #[test]

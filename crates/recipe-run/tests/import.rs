@@ -390,17 +390,18 @@ fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
     for (name, method, rank, targets) in [
         ("qwen3-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
         ("qwen3-dora", recipe_spec::PeftMethod::Dora, 2, recipe_spec::PEFT_MODULES.to_vec()),
+        ("qwen3-rslora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
         ("gemma3-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
         ("granite-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
         ("gemma3-vision-lora", recipe_spec::PeftMethod::Lora, 4, vec!["q_proj", "v_proj", "down_proj"]),
     ] {
-        let base = fixtures.join(name.strip_suffix("-lora").or(name.strip_suffix("-dora")).unwrap());
+        let base = fixtures.join(name.rsplit_once('-').unwrap().0);
         let config = inspect(&base).unwrap().arch.resolve(None);
         let dir = fixtures.join(name);
         let info = recipe_spec::CheckpointReader::adapter(&Headers, &dir).unwrap();
         assert_eq!(
-            (info.method, info.rank, info.targets.clone()),
-            (method, rank, targets.iter().map(|t| t.to_string()).collect())
+            (info.method, info.rank, info.rslora, info.targets.clone()),
+            (method, rank, name.contains("rslora"), targets.iter().map(|t| t.to_string()).collect())
         );
         let peft = recipe_spec::Peft::of_adapter(name, &dir, info);
         let tensors = load_checkpoint(&base, CheckpointFormat::HfDir, &config).unwrap();

@@ -28,6 +28,8 @@ pub struct AdapterInfo {
     pub method: PeftMethod,
     pub rank: u32,
     pub alpha: f64,
+    /// Scaled by alpha / √rank (`use_rslora`).
+    pub rslora: bool,
     /// The projections it adapts (`target_modules`).
     pub targets: Vec<String>,
     /// Each tensor's shape, by its name in the model (without `peft`'s `base_model.model.`).

@@ -24,6 +24,15 @@ pub struct Peft {
     /// Default 16: the update is scaled by alpha / rank. Not for VeRA, whose vectors learn
     /// the scale.
     pub alpha: f64,
+    /// Default false. rsLoRA (Kalajdzievski 2023, `peft`'s `use_rslora`): scale by
+    /// alpha / √rank instead, so that the update's size does not shrink as the rank grows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rslora: bool,
+    /// Default none. LoRA+ (Hayou et al. 2024): `B` and every adapter vector learn at this
+    /// multiple of the stage's learning rate (its decay scaled alike), as `peft`'s
+    /// `create_loraplus_optimizer` groups them; the paper suggests 16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loraplus_lr_ratio: Option<f64>,
     /// Default 0.
     pub dropout: f64,
     /// Default ["q_proj", "v_proj"].
@@ -58,7 +67,8 @@ pub struct ReLora {
     pub prune: f64,
 }
 
-const PEFT_KEYS: &[&str] = &["method", "rank", "alpha", "dropout", "targets", "relora", "from"];
+const PEFT_KEYS: &[&str] =
+    &["method", "rank", "alpha", "rslora", "loraplus_lr_ratio", "dropout", "targets", "relora", "from"];
 const RELORA_KEYS: &[&str] = &["every", "warmup", "prune"];
 
 impl ReLora {
@@ -107,12 +117,14 @@ impl Peft {
         if let Some(alpha) = alpha {
             check_range(cx, &f.child_path("alpha"), alpha, alpha > 0.0, "a number > 0");
         }
+        let rslora = f.opt(cx, "rslora", decode::boolean);
         let targets = f.opt(cx, "targets", decode::strings).map(|list| checked_targets(cx, &f, list));
-        let (method, rank, alpha, targets) = match info {
+        let (method, rank, alpha, rslora, targets) = match info {
             None => (
                 method.unwrap_or(PeftMethod::Lora),
                 rank.unwrap_or(8),
                 alpha.unwrap_or(16.0),
+                rslora.unwrap_or(false),
                 targets.unwrap_or_else(|| vec!["q_proj".into(), "v_proj".into()]),
             ),
             Some(info) => {
@@ -133,17 +145,26 @@ impl Peft {
                 agree("method", method.map(|m| m.to_string()), info.method.to_string());
                 agree("rank", rank.map(|r| r.to_string()), info.rank.to_string());
                 agree("alpha", alpha.map(|a| a.to_string()), info.alpha.to_string());
+                agree("rslora", rslora.map(|r| r.to_string()), info.rslora.to_string());
                 agree("targets", targets.map(|t| format!("{t:?}")), format!("{:?}", info.targets));
-                (info.method, info.rank, info.alpha, info.targets.clone())
+                (info.method, info.rank, info.alpha, info.rslora, info.targets.clone())
             }
         };
         let vera = method == PeftMethod::Vera;
-        decode::only_for(cx, &f, "alpha", f.get("alpha").is_some(), !vera, "`method` lora, dora or tied-lora");
+        let not_vera = "`method` lora, dora or tied-lora";
+        decode::only_for(cx, &f, "alpha", f.get("alpha").is_some(), !vera, not_vera);
+        decode::only_for(cx, &f, "rslora", f.get("rslora").is_some(), !vera, not_vera);
+        let loraplus_lr_ratio = f.opt(cx, "loraplus_lr_ratio", decode::float);
+        if let Some(ratio) = loraplus_lr_ratio {
+            check_range(cx, &f.child_path("loraplus_lr_ratio"), ratio, ratio > 0.0, "a number > 0");
+        }
+        // Every VeRA parameter is a vector, so the ratio would only scale the learning rate.
+        decode::only_for(cx, &f, "loraplus_lr_ratio", loraplus_lr_ratio.is_some(), !vera, not_vera);
         let dropout = f.opt(cx, "dropout", decode::float).unwrap_or(0.0);
         check_range(cx, &f.child_path("dropout"), dropout, (0.0..1.0).contains(&dropout), "a probability in [0, 1)");
         let relora = f.get("relora").and_then(|node| ReLora::decode(cx, node, &f.child_path("relora")));
         decode::only_for(cx, &f, "relora", relora.is_some(), method == PeftMethod::Lora, "`method = \"lora\"`");
-        Peft { method, rank, alpha, dropout, targets, relora, from, adapter }
+        Peft { method, rank, alpha, rslora, loraplus_lr_ratio, dropout, targets, relora, from, adapter }
     }
 
     /// The adapter in folder `dir` (written `written`), as it is, without dropout: what sampling
@@ -153,6 +174,8 @@ impl Peft {
             method: info.method,
             rank: info.rank,
             alpha: info.alpha,
+            rslora: info.rslora,
+            loraplus_lr_ratio: None,
             dropout: 0.0,
             targets: info.targets.clone(),
             relora: None,

@@ -288,10 +288,23 @@ fn peft_methods_take_only_their_own_fields() {
     assert_has(&f.errors(&peft("relora = { every = 10, warmup = 10 }")), &["fewer steps than `every`"]);
     assert_has(&f.errors(&peft("relora = { warmup = 1 }")), &["missing key `every` in `stages.sft.peft.relora`"]);
     assert_has(&f.errors(&peft("method = \"tied_lora\"")), &["did you mean `tied-lora`?"]);
+    assert_has(
+        &f.errors(&peft("method = \"vera\", rslora = true, loraplus_lr_ratio = 16")),
+        &[
+            "`stages.sft.peft.rslora` only applies with `method` lora, dora or tied-lora",
+            "`stages.sft.peft.loraplus_lr_ratio` only applies with `method` lora, dora or tied-lora",
+        ],
+    );
+    assert_has(&f.errors(&peft("loraplus_lr_ratio = 0")), &["expected a number > 0"]);
     let averaged =
         replace(&peft("relora = { every = 10 }"), "[stages.sft]", "[stages.sft]\naverage = { kind = \"ema\" }");
     assert_has(&f.errors(&averaged), &["`stages.sft.average` only applies with adapters that do not restart"]);
-    for ok in ["method = \"vera\"", "method = \"tied-lora\", alpha = 8", "relora = { every = 10, prune = 0.9 }"] {
+    for ok in [
+        "method = \"vera\"",
+        "method = \"tied-lora\", alpha = 8",
+        "relora = { every = 10, prune = 0.9 }",
+        "method = \"dora\", rslora = true, loraplus_lr_ratio = 16",
+    ] {
         f.parse(&peft(ok), &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
 }
@@ -682,7 +695,7 @@ fn head_dim_may_differ_from_d_model_over_n_heads() {
     assert_eq!(plain.stage("pretrain").unwrap().model, spelled.stage("pretrain").unwrap().model);
 }
 
-/// `peft.from` takes the method, rank, alpha and targets from a `peft` adapter, refuses
+/// `peft.from` takes the method, rank, alpha, scaling and targets from a `peft` adapter, refuses
 /// fields that say otherwise, and checks that the adapter fits the model.
 #[test]
 fn a_peft_stage_may_start_from_an_adapter_that_fits() {
@@ -703,7 +716,7 @@ fn a_peft_stage_may_start_from_an_adapter_that_fits() {
         }
         let targets = ["q_proj".to_string(), "v_proj".to_string()];
         let config = recipe_checkpoint::AdapterConfig {
-            kind: recipe_checkpoint::AdapterKind::Lora { alpha: 8.0, dora: false },
+            kind: recipe_checkpoint::AdapterKind::Lora { alpha: 8.0, dora: false, rslora: true },
             rank: 4,
             dropout: 0.0,
             targets: &targets,
@@ -719,11 +732,12 @@ fn a_peft_stage_may_start_from_an_adapter_that_fits() {
     let r = f.parse(&starting, &[]).unwrap();
     let peft = r.stage("sft").unwrap().peft.as_ref().unwrap();
     assert_eq!(
-        (peft.rank, peft.alpha, peft.targets.as_slice()),
-        (4, 8.0, ["q_proj", "v_proj"].map(String::from).as_slice())
+        (peft.rank, peft.alpha, peft.rslora, peft.targets.as_slice()),
+        (4, 8.0, true, ["q_proj", "v_proj"].map(String::from).as_slice())
     );
 
-    let contradicting = replace(&starting, "from = \"adapter\"", "from = \"adapter\", rank = 8, method = \"dora\"");
+    let contradicting =
+        replace(&starting, "from = \"adapter\"", "from = \"adapter\", rank = 8, method = \"dora\", rslora = false");
     assert_has(
         &f.errors(&contradicting),
         &[
@@ -731,6 +745,7 @@ fn a_peft_stage_may_start_from_an_adapter_that_fits() {
             &at(&contradicting, "8, method"),
             "help: remove `rank`: it comes from the adapter",
             "error: `stages.sft.peft.method` is dora, but adapter `adapter` has lora",
+            "error: `stages.sft.peft.rslora` is false, but adapter `adapter` has true",
         ],
     );
     write_adapter("narrow", 32);

@@ -50,6 +50,7 @@ impl Optimizer {
             None => lr,
         };
         for (p, g) in params.iter().zip(grads) {
+            let (lr, adamw_lr) = (lr * p.lr_factor, adamw_lr * p.lr_factor);
             let weight_decay = if p.decay { self.config.weight_decay } else { 0.0 };
             if let Some(muon) = self.config.muon.as_ref().filter(|_| Muon::updates(&p.name)) {
                 if !self.momenta.contains_key(&p.name) {
@@ -202,20 +203,22 @@ mod tests {
         p
     }
 
+    /// With and without decay, and at a parameter's own multiple of the learning rate (LoRA+'s
+    /// `B`), which scales the decay too, as a `torch` parameter group's `lr` does.
     #[test]
     fn matches_the_textbook_update_with_and_without_decay() {
         let grads = [0.3, -1.2, 0.05, 2.0, -0.7];
-        for decay in [true, false] {
+        for (decay, lr_factor) in [(true, 1.0), (false, 1.0), (true, 4.0)] {
             let mut opt = Optimizer::new(&optim());
             let var = Var::from_slice(&[1.5f32], 1, &Device::Cpu).unwrap();
-            let params = [Param { name: "w".into(), var, decay }];
+            let params = [Param { name: "w".into(), var, decay, lr_factor }];
             for g in grads {
                 let g = Tensor::from_slice(&[g as f32], 1, &Device::Cpu).unwrap();
                 opt.step(&params, &[g], 0.1, 1.0).unwrap();
             }
-            let expected = reference(1.5, &grads, &optim(), decay);
+            let expected = reference(1.5, &grads, &Optim { lr: 0.1 * lr_factor, ..optim() }, decay);
             let got = params[0].var.to_vec1::<f32>().unwrap()[0] as f64;
-            assert!((got - expected).abs() < 1e-5, "decay {decay}: {got} vs {expected}");
+            assert!((got - expected).abs() < 1e-5, "decay {decay}, lr × {lr_factor}: {got} vs {expected}");
         }
     }
 
@@ -282,8 +285,12 @@ mod tests {
                     (0..3).map(|s| (0..n * m).map(|i| value(i, 1.0 + s as f64)).collect()).collect();
                 let as_f32 = |v: &[f64]| Tensor::from_vec(v.iter().map(|x| *x as f32).collect(), (n, m), &Device::Cpu);
                 let name = "model.layers.0.self_attn.q_proj.weight";
-                let params =
-                    [Param { name: name.into(), var: Var::from_tensor(&as_f32(&w0).unwrap()).unwrap(), decay: true }];
+                let params = [Param {
+                    name: name.into(),
+                    var: Var::from_tensor(&as_f32(&w0).unwrap()).unwrap(),
+                    decay: true,
+                    lr_factor: 1.0,
+                }];
                 let mut opt = Optimizer::new(&o);
                 for g in &grads {
                     opt.step(&params, &[as_f32(g).unwrap()], o.lr, 1.0).unwrap();
@@ -308,6 +315,7 @@ mod tests {
             name: "model.norm.weight".into(),
             var: Var::from_slice(&[1.5f32], 1, &Device::Cpu).unwrap(),
             decay: true,
+            lr_factor: 1.0,
         }];
         // Half way down the schedule: the stage's lr 0.1 at 0.05, so AdamW's 0.3 at 0.15.
         for g in grads {
@@ -333,8 +341,9 @@ mod tests {
                     name: "model.layers.0.mlp.up_proj.weight".into(),
                     var: Var::from_tensor(&t(12, 0.0).reshape((4, 3)).unwrap()).unwrap(),
                     decay: true,
+                    lr_factor: 1.0,
                 },
-                Param { name: "model.norm.weight".into(), var: t(3, 1.0), decay: false },
+                Param { name: "model.norm.weight".into(), var: t(3, 1.0), decay: false, lr_factor: 1.0 },
             ]
         };
         let grad = |s: usize| {
