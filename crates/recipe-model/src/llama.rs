@@ -91,8 +91,12 @@ pub struct Llama {
     /// projections), every weight of a teacher.
     pub(crate) frozen: HashMap<String, Tensor>,
     pub lora: Option<Lora>,
-    /// Seeds this forward pass's adapter dropout; none means no dropout (evaluation).
-    dropout_seed: Cell<Option<u64>>,
+    /// Seeds this forward pass's random draws, adapter dropout and NEFTune's noise; none means
+    /// neither (evaluation).
+    noise_seed: Cell<Option<u64>>,
+    /// NEFTune's alpha (Jain et al. 2023): while a noise seed is set, each embedding gets
+    /// uniform noise in ±alpha/√(T·d_model), T the rows' length.
+    pub neftune_alpha: Option<f64>,
     /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`, in f32 (f64 when
     /// computing in f64).
     rope: (Tensor, Tensor),
@@ -264,13 +268,13 @@ impl Llama {
             .map(|(f, original)| tables(&f, config.rope_attention_factor()).map(|t| (t, original)))
             .transpose()?;
         let n_layers = config.n_layers as usize;
-        let dropout_seed = Cell::new(None);
         Ok(Llama {
             config: config.clone(),
             params,
             frozen,
             lora,
-            dropout_seed,
+            noise_seed: Cell::new(None),
+            neftune_alpha: None,
             rope,
             local_rope,
             long_rope,
@@ -304,10 +308,10 @@ impl Llama {
         Llama::assemble(&self.config, params, frozen, self.lora, &device, dtypes)
     }
 
-    /// Turn adapter dropout on for the next forward passes, drawing masks from `seed`; `None`
-    /// turns it off.
-    pub fn set_dropout_seed(&self, seed: Option<u64>) {
-        self.dropout_seed.set(seed);
+    /// Turn training's random draws (adapter dropout, NEFTune's noise) on for the next forward
+    /// passes, drawn from `seed`; `None` turns them off.
+    pub fn set_noise_seed(&self, seed: Option<u64>) {
+        self.noise_seed.set(seed);
     }
 
     /// The weight `name` as stored: a frozen tensor, or a parameter's master copy.
@@ -326,16 +330,35 @@ impl Llama {
         self.stored(name).to_dtype(self.dtypes.compute)
     }
 
-    /// The rows of the embedding table at `ids` (scaled, for Gemma's), in the compute dtype.
-    /// Gathered from the stored table, so under mixed precision the table's gradient sums in
-    /// its master dtype.
+    /// The rows of the embedding table at `ids` `[B, T]` (scaled, for Gemma's), with NEFTune's
+    /// noise while training, in the compute dtype: what `transformers`' embedding module
+    /// outputs, where its NEFTune hook adds the noise. Gathered from the stored table, so under
+    /// mixed precision the table's gradient sums in its master dtype.
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let rows = recipe_kernels::embedding(self.stored("model.embed_tokens.weight"), &ids.flatten_all()?)?;
-        match self.config.embedding_scale() {
+        let rows = match self.config.embedding_scale() {
             Some(scale) => rows.affine(scale, 0.0)?,
             None => rows,
-        }
-        .to_dtype(self.dtypes.compute)
+        };
+        let rows = match (self.neftune_alpha, self.noise_seed.get()) {
+            (Some(alpha), Some(seed)) => {
+                let (t, d) = (ids.dim(1)?, self.config.d_model as usize);
+                // `transformers` adds it to the embedding module's output: Gemma's scale is
+                // inside that module, Granite's multiplier comes after it and scales the noise.
+                let after = if self.config.gemma() { 1.0 } else { self.config.embedding_multiplier.unwrap_or(1.0) };
+                let bound = alpha / ((t * d) as f64).sqrt() * after;
+                let noise = recipe_kernels::uniform_noise(
+                    rows.shape(),
+                    draw_seed(seed, "neftune"),
+                    bound,
+                    rows.dtype(),
+                    rows.device(),
+                )?;
+                (rows + noise)?
+            }
+            _ => rows,
+        };
+        rows.to_dtype(self.dtypes.compute)
     }
 
     /// `x` RMS-normalised by the norm `name`, whose weight is used with the architecture's offset
@@ -382,8 +405,8 @@ impl Llama {
         };
         let compute = self.dtypes.compute;
         let (a, b) = (&a.to_dtype(compute)?, &b.to_dtype(compute)?);
-        let dropout = match self.dropout_seed.get() {
-            Some(seed) if lora.dropout > 0.0 => Some(Dropout { p: lora.dropout, seed: dropout_seed(seed, name) }),
+        let dropout = match self.noise_seed.get() {
+            Some(seed) if lora.dropout > 0.0 => Some(Dropout { p: lora.dropout, seed: draw_seed(seed, name) }),
             _ => None,
         };
         // ReLoRA's base weights keep the master dtype.
@@ -576,8 +599,9 @@ pub(crate) fn uniform(rng: &mut ChaCha8Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The dropout seed of one projection in one forward pass: a resumed run draws the same masks.
-fn dropout_seed(pass: u64, name: &str) -> u64 {
+/// The seed of one draw (a projection's dropout, the embeddings' noise) in one forward pass: a
+/// resumed run draws the same values.
+fn draw_seed(pass: u64, name: &str) -> u64 {
     let mut key = blake3::Hasher::new();
     key.update(&pass.to_le_bytes());
     key.update(name.as_bytes());
@@ -598,4 +622,47 @@ fn normal(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
 /// cast them to the activations' dtype where they need to).
 fn widened(compute: DType) -> DType {
     if compute == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use recipe_spec::ModelSpec;
+
+    use super::*;
+
+    /// NEFTune's noise is there only while a seed is set, within ±alpha/√(T·d) and near that
+    /// bound, and the same for the same seed (so a resumed step draws it again).
+    #[test]
+    fn neftune_noise_is_bounded_by_alpha_over_the_root_of_the_row_size() {
+        let config = ModelSpec {
+            vocab_size: Some(50),
+            d_model: Some(16),
+            n_layers: Some(1),
+            n_heads: Some(2),
+            max_seq_len: Some(32),
+            ..ModelSpec::default()
+        }
+        .resolve(None);
+        let mut model = Llama::init(&config, 3, &Device::Cpu).unwrap();
+        model.neftune_alpha = Some(5.0);
+        let ids = Tensor::from_vec((0..64u32).map(|i| i % 50).collect(), (2, 32), &Device::Cpu).unwrap();
+        let plain = model.embed(&ids).unwrap();
+        let noised = |seed| {
+            model.set_noise_seed(Some(seed));
+            let x = model.embed(&ids).unwrap();
+            model.set_noise_seed(None);
+            (x - &plain).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let noise = noised(9);
+        let bound = 5.0 / (32.0f32 * 16.0).sqrt();
+        let largest = noise.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(largest <= bound * 1.0001 && largest > 0.95 * bound, "{largest} against {bound}");
+        assert_eq!(noise, noised(9));
+        assert_ne!(noise, noised(10));
+        let after = model.embed(&ids).unwrap();
+        assert_eq!(
+            after.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            plain.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
 }

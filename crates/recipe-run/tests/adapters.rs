@@ -1,6 +1,8 @@
 //! PEFT stages end to end: VeRA and Tied-LoRA train (loss falls) and publish a merged model,
-//! and ReLoRA resumes bit-identically across a restart (the merged base weights are in the
-//! checkpoint) with the learning rate re-warmed after each restart.
+//! ReLoRA resumes bit-identically across a restart (the merged base weights are in the
+//! checkpoint) with the learning rate re-warmed after each restart, and rsLoRA with LoRA+,
+//! adapter dropout and NEFTune's noise resumes bit-identically too (every draw seeded by the
+//! step).
 
 use std::path::Path;
 
@@ -21,6 +23,10 @@ fn recipe(dir: &Path) -> Recipe {
         )
     };
     let all = r#"targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]"#;
+    let noised = stage(
+        "noised",
+        &format!("{{ method = \"lora\", rank = 4, {all}, rslora = true, loraplus_lr_ratio = 4, dropout = 0.1 }}"),
+    ) + "neftune_alpha = 5\n";
     let head = tiny_recipe("adapters", 2);
     let text = format!(
         r#"
@@ -35,11 +41,12 @@ seq_len = 32
 batch_size = 4
 data = {{ mix = {{ early = 1 }} }}
 optim = {{ lr = 1e-2 }}
-{1}{2}{3}"#,
+{1}{2}{3}{4}"#,
         data.display(),
         stage("vera", &format!("{{ method = \"vera\", rank = 16, {all} }}")),
         stage("tied", &format!("{{ method = \"tied-lora\", rank = 4, {all} }}")),
         stage("relora", &format!("{{ method = \"lora\", rank = 4, {all}, relora = {{ every = 4, warmup = 2 }} }}")),
+        noised,
     );
     Recipe::parse(&dir.join("r.toml"), &text, &[], &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -51,7 +58,7 @@ fn every_method_trains_and_relora_resumes_exactly_across_a_restart() {
     let straight = tempfile::tempdir().unwrap();
     let r = recipe(straight.path());
     execute_until(&r, straight.path(), None, None);
-    for stage in ["vera", "tied", "relora"] {
+    for stage in ["vera", "tied", "relora", "noised"] {
         let lines = step_lines(straight.path(), &r, stage);
         let loss = |l: &Value| l["loss"].as_f64().unwrap();
         let (first, last) = (loss(&lines[0]), loss(lines.last().unwrap()));
@@ -63,15 +70,15 @@ fn every_method_trains_and_relora_resumes_exactly_across_a_restart() {
     assert_eq!(&lrs[3..7], [1e-2, 0.0, 5e-3, 1e-2]);
     assert_eq!(&lrs[8..10], [0.0, 5e-3]);
 
-    for stop in [4, 5] {
+    for (stage, stop) in [("relora", 4), ("relora", 5), ("noised", 5)] {
         let crashed = tempfile::tempdir().unwrap();
         let r = recipe(crashed.path());
-        execute_until(&r, crashed.path(), Some(("relora", stop)), None);
+        execute_until(&r, crashed.path(), Some((stage, stop)), None);
         execute_until(&r, crashed.path(), None, None);
         assert_eq!(
-            trained(&step_lines(crashed.path(), &r, "relora"), TRAINED),
-            trained(&relora, TRAINED),
-            "interrupted after step {stop}"
+            trained(&step_lines(crashed.path(), &r, stage), TRAINED),
+            trained(&step_lines(straight.path(), &r, stage), TRAINED),
+            "{stage} interrupted after step {stop}"
         );
     }
 }

@@ -15,6 +15,7 @@ mod cuda;
 use candle_core::{DType, Result, Tensor, WithDType};
 pub use composed::lora_linear_composed;
 
+use crate::noise::splitmix64;
 use crate::{Backend, Products, for_each_chunk_mut, unfilled};
 
 /// `x` `[N, in]` through the frozen `w` `[out, in]` plus the adapter `a` `[r, in]`, `b`
@@ -98,13 +99,4 @@ impl Dropout {
             dtype => Tensor::from_vec(self.mask_of::<f64>(n), x.shape(), x.device())?.to_dtype(dtype),
         }
     }
-}
-
-/// A counter-based generator step (Steele et al.'s SplitMix64): independent values for
-/// consecutive inputs.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
