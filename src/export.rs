@@ -12,7 +12,7 @@ use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, MODEL_WEI
 use recipe_data::{TOKENIZER_FILE, Tok};
 use recipe_model::{Dtypes, Llama};
 use recipe_run::load_tokenizer;
-use recipe_spec::{ChatTemplate, Precision, Recipe, SourceFormat, Stage, TokenizerFile};
+use recipe_spec::{ChatTemplate, Precision, Recipe, Stage, TokenizerFile};
 
 use crate::{Failure, load};
 
@@ -117,9 +117,11 @@ const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 /// one the stage's chat sources were formatted with, else the tokenizer's — so that
 /// `apply_chat_template` gives the ids the model trained on.
 fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Value {
-    let trained_with = stage.sources_read().into_iter().filter_map(|name| recipe.source(name)).find_map(|source| {
-        (source.format == SourceFormat::ChatJsonl).then(|| source.template.unwrap_or(ChatTemplate::ChatMl))
-    });
+    let trained_with = stage
+        .sources_read()
+        .into_iter()
+        .filter_map(|name| recipe.source(name))
+        .find_map(|source| source.format.is_chat().then(|| source.template.unwrap_or(ChatTemplate::ChatMl)));
     let mut config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "eos_token": tok.token(tok.eos()),

@@ -6,7 +6,9 @@ use std::path::Path;
 use recipe_data::{DataFacts, data_facts};
 use recipe_graph::{Graph, NodeKind, NodeStatus, RunDir, State};
 use recipe_run::stage_stores;
-use recipe_spec::{Keep, Merge, MergeMethod, Precision, Recipe, RopeScaling, Stage, Tokenizer};
+use recipe_spec::{
+    Keep, Merge, MergeMethod, Precision, PreferenceLoss, Recipe, RopeScaling, Stage, StageKind, Tokenizer,
+};
 use serde_json::{Value, json};
 
 use crate::render::{bytes, count, sparkline};
@@ -283,6 +285,13 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                 d.alpha
             );
         }
+        if let Some(p) = &stage.preference {
+            let loss = match p.loss {
+                PreferenceLoss::Sigmoid => "DPO's −log σ(β·h)",
+                PreferenceLoss::Ipo => "IPO's (h − 1/(2β))², over mean log-probabilities",
+            };
+            let _ = writeln!(out, "  pairs     {loss} · β {} · against a frozen copy of the starting weights", p.beta);
+        }
         let trainable = s["params"]["trainable"].as_u64().unwrap_or(0);
         let total = s["params"]["total"].as_u64().unwrap_or(0);
         let peft = match (&stage.peft, stage.freeze.is_empty()) {
@@ -333,9 +342,10 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
             bytes(mem["grads"].as_u64().unwrap_or(0)),
             bytes(mem["optimizer"].as_u64().unwrap_or(0)),
             bytes(mem["activations"].as_u64().unwrap_or(0)),
-            match mem["teachers"].as_u64().unwrap_or(0) {
-                0 => String::new(),
-                t => format!(", teachers {}", bytes(t)),
+            match (mem["teachers"].as_u64().unwrap_or(0), stage.kind) {
+                (0, _) => String::new(),
+                (t, StageKind::Dpo) => format!(", reference {}", bytes(t)),
+                (t, _) => format!(", teachers {}", bytes(t)),
             },
             bytes(mem["runtime"].as_u64().unwrap_or(0)),
         );
@@ -362,8 +372,9 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
         };
         let _ = writeln!(out, "  average   {how}; the result is the {} weights", a.result);
     }
+    let rows = if stage.kind == StageKind::Dpo { "pairs" } else { "sequences" };
     let how = match stage.lengths.grows() {
-        false => format!("{} steps × {} sequences × {}", stage.steps, stage.batch_size, stage.seq_len),
+        false => format!("{} steps × {} {rows} × {}", stage.steps, stage.batch_size, stage.seq_len),
         true => format!(
             "{} steps; lengths grow to {}, keeping {} (counted at {}: {} sequences)",
             stage.steps,
@@ -393,7 +404,11 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
         ),
         None => String::new(),
     };
-    let _ = writeln!(out, "  data      {online}{}  · loss on {}", mix.join(" · "), stage.data.loss_on);
+    let loss_on = match stage.kind {
+        StageKind::Dpo => "each conversation's last assistant turn".to_string(),
+        _ => stage.data.loss_on.to_string(),
+    };
+    let _ = writeln!(out, "  data      {online}{}  · loss on {loss_on}", mix.join(" · "));
     for phase in s["phases"].as_array().into_iter().flatten() {
         let from = phase["from"].as_u64().unwrap_or(0);
         let mix = match stage.data.phases.is_empty() {
@@ -427,10 +442,13 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
                 (Some(a), Some(b)) if a < b => format!(" (from a sample of {a} of {b} rows)"),
                 _ => String::new(),
             };
+            let (how, split) = match stage.kind {
+                StageKind::Dpo => ("one pair a row".to_string(), "pairs cut to fit"),
+                _ => (stage.data.packing.to_string(), "documents split"),
+            };
             let _ = writeln!(
                 out,
-                "  packing   {}: {:.1}% of positions hold tokens, {:.1}% of documents split{sample}",
-                stage.data.packing,
+                "  packing   {how}: {:.1}% of positions hold tokens, {:.1}% of {split}{sample}",
                 eff * 100.0,
                 trunc * 100.0
             );

@@ -1,6 +1,7 @@
 //! Reading a source's files into documents: `text` (each file a document), `jsonl` (a named
-//! field per line), `chat-jsonl` (`{"messages":[{"role","content"}]}`) and `tokens`
-//! (pre-tokenized `X.bin` with its `X.idx`). Bad input is an error naming file and line;
+//! field per line), `chat-jsonl` (`{"messages":[{"role","content"}]}`), `preference-jsonl`
+//! (`{"prompt", "chosen", "rejected"}`: a pair of conversations) and `tokens` (pre-tokenized
+//! `X.bin` with its `X.idx`). Bad input is an error naming file and line;
 //! with `on_error = "skip"` bad records are skipped and counted instead.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,11 @@ use crate::error::{DataError, Result};
 pub enum Doc {
     Text(String),
     Chat(Vec<Message>),
+    /// Two conversations that end in different assistant turns, the first preferred.
+    Preference {
+        chosen: Vec<Message>,
+        rejected: Vec<Message>,
+    },
     Tokens(Vec<u32>),
 }
 
@@ -43,21 +49,30 @@ impl Role {
 impl Doc {
     /// The bytes that identify the document for the holdout split.
     pub fn identity(&self) -> Vec<u8> {
-        match self {
-            Doc::Text(t) => t.as_bytes().to_vec(),
-            Doc::Chat(messages) => messages
+        let conversation = |messages: &[Message]| -> Vec<u8> {
+            messages
                 .iter()
                 .flat_map(|m| [m.role.as_str().as_bytes(), b"\0", m.content.as_bytes(), b"\0"].concat())
-                .collect(),
+                .collect()
+        };
+        match self {
+            Doc::Text(t) => t.as_bytes().to_vec(),
+            Doc::Chat(messages) => conversation(messages),
+            Doc::Preference { chosen, rejected } => {
+                [conversation(chosen), b"\x01".to_vec(), conversation(rejected)].concat()
+            }
             Doc::Tokens(ids) => ids.iter().flat_map(|t| t.to_le_bytes()).collect(),
         }
     }
 
     /// Plain text of the document, for tokenizer training.
     pub fn text(&self) -> String {
+        let conversation =
+            |messages: &[Message]| messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
         match self {
             Doc::Text(t) => t.clone(),
-            Doc::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"),
+            Doc::Chat(messages) => conversation(messages),
+            Doc::Preference { chosen, rejected } => format!("{}\n{}", conversation(chosen), conversation(rejected)),
             Doc::Tokens(_) => String::new(),
         }
     }
@@ -66,6 +81,7 @@ impl Doc {
         match self {
             Doc::Text(t) => t.is_empty(),
             Doc::Chat(m) => m.is_empty(),
+            Doc::Preference { chosen, rejected } => chosen.is_empty() || rejected.is_empty(),
             Doc::Tokens(t) => t.is_empty(),
         }
     }
@@ -104,13 +120,16 @@ pub fn read_source(source: &Source) -> Result<Documents> {
         };
         match source.format {
             SourceFormat::Text => record(read_text(file))?,
-            SourceFormat::Jsonl | SourceFormat::ChatJsonl => for_each_line(file, |i, line| {
-                let doc = line.and_then(|line| match source.format {
-                    SourceFormat::Jsonl => parse_jsonl(file, i, line, source.field.as_deref().unwrap_or("text")),
-                    _ => parse_chat(file, i, line),
-                });
-                record(doc)
-            })?,
+            SourceFormat::Jsonl | SourceFormat::ChatJsonl | SourceFormat::PreferenceJsonl => {
+                for_each_line(file, |i, line| {
+                    let doc = line.and_then(|line| match source.format {
+                        SourceFormat::Jsonl => parse_jsonl(file, i, line, source.field.as_deref().unwrap_or("text")),
+                        SourceFormat::PreferenceJsonl => parse_preference(file, i, line),
+                        _ => parse_chat(file, i, line),
+                    });
+                    record(doc)
+                })?
+            }
             SourceFormat::Tokens => {
                 for doc in read_tokens(file, source.dtype.unwrap_or(TokenDtype::U16))? {
                     record(Ok(doc))?;
@@ -234,6 +253,12 @@ fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
         .ok_or_else(|| {
             bad("missing field `messages` (an array; or ShareGPT's `conversations`, or Alpaca's `instruction` and `output`)".into())
         })?;
+    Ok(Doc::Chat(parse_messages(key, messages, &bad)?))
+}
+
+/// The messages of a conversation array, OpenAI's (`role`, `content`) or ShareGPT's (`from`,
+/// `value`); `key` names the array in errors.
+fn parse_messages(key: &str, messages: &[Value], bad: &dyn Fn(String) -> DataError) -> Result<Vec<Message>> {
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let (role_key, content_key) = if m.get("from").is_some() { ("from", "value") } else { ("role", "content") };
@@ -252,7 +277,38 @@ fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
             .ok_or_else(|| bad(format!("{key}[{i}] has no string `{content_key}`")))?;
         out.push(Message { role, content: content.to_string() });
     }
-    Ok(Doc::Chat(out))
+    Ok(out)
+}
+
+/// A preference pair in the layouts TRL's trainers read: `prompt`, `chosen` and `rejected` as
+/// strings (a user turn and two answers) or as message arrays, or `chosen` and `rejected` as
+/// whole conversations with no `prompt` (or one they already start with, as UltraFeedback's).
+/// Each conversation must end with the assistant turn that is scored.
+fn parse_preference(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
+    let value = parse_json(file, line, bytes)?;
+    let bad = |why: String| DataError::at_line(file, line, why);
+    let messages = |key: &str, role: Role| -> Result<Option<Vec<Message>>> {
+        match value.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(vec![Message { role, content: text.clone() }])),
+            Some(Value::Array(list)) => parse_messages(key, list, &bad).map(Some),
+            Some(other) => Err(bad(format!("`{key}` is {other}; expected a string or an array of messages"))),
+        }
+    };
+    let prompt = messages("prompt", Role::User)?.unwrap_or_default();
+    let conversation = |key: &str| -> Result<Vec<Message>> {
+        let answer = messages(key, Role::Assistant)?.ok_or_else(|| {
+            bad(format!(
+                "missing field `{key}` (a preference record has `chosen` and `rejected`, and may have `prompt`)"
+            ))
+        })?;
+        let whole = if answer.starts_with(&prompt) { answer } else { [prompt.clone(), answer].concat() };
+        match whole.last() {
+            Some(m) if m.role == Role::Assistant => Ok(whole),
+            _ => Err(bad(format!("`{key}` does not end with an assistant turn, the response the pair compares"))),
+        }
+    };
+    Ok(Doc::Preference { chosen: conversation("chosen")?, rejected: conversation("rejected")? })
 }
 
 fn read_tokens(file: &Path, dtype: TokenDtype) -> Result<Vec<Doc>> {

@@ -197,7 +197,9 @@ impl Loader {
             if pool.is_empty() {
                 return Err(DataError::new(format!("source `{}` has every document held out", store.meta.source)));
             }
-            split_tokens.push(pool.iter().map(|&d| store.doc_len(d as usize) as u64 + 1).sum());
+            // A document is packed with its end-of-document token; a preference pair without.
+            let end = u64::from(!store.meta.pairs);
+            split_tokens.push(pool.iter().map(|&d| store.doc_len(d as usize) as u64 + end).sum());
             sources.push((store.meta.source.clone(), *weight, pool));
         }
         let mean_doc_len: Vec<f64> = sources
@@ -220,10 +222,22 @@ impl Loader {
         })
     }
 
-    /// The layout of the next `n` rows.
+    /// The layout of the next `n` rows: packed documents, or for preference sources one pair a
+    /// row.
     pub fn next_rows(&mut self, n: usize) -> Vec<Row> {
         let stores = &self.stores;
         let sampler = &mut self.sampler;
+        if stores.iter().any(|s| s.meta.pairs) {
+            return (0..n)
+                .map(|_| {
+                    let (src, doc) = sampler.next(|s, d| stores[s].doc_len(d as usize) as u64);
+                    let store = &stores[src];
+                    let chosen = store.chosen_len(doc as usize).expect("a preference source");
+                    let rejected = store.doc_len(doc as usize) - chosen;
+                    self.packer.pair_row(src as u32, doc, chosen, rejected)
+                })
+                .collect();
+        }
         let mut draw = || {
             let (src, doc) = sampler.next(|s, d| stores[s].doc_len(d as usize) as u64 + 1);
             (src as u32, doc, stores[src].doc_len(doc as usize) + 1)

@@ -75,16 +75,7 @@ impl Packer {
     pub fn next_row(&mut self, draw: &mut dyn FnMut() -> (u32, u32, u32)) -> Row {
         loop {
             if let Some(row) = self.state.ready.pop_front() {
-                self.stats.rows += 1;
-                self.stats.positions += self.capacity as u64;
-                for p in &row {
-                    let s = p.source as usize;
-                    if self.stats.source_tokens.len() <= s {
-                        self.stats.source_tokens.resize(s + 1, 0);
-                    }
-                    self.stats.source_tokens[s] += p.len as u64;
-                    self.stats.tokens += p.len as u64;
-                }
+                self.count(&row);
                 return row;
             }
             match self.mode {
@@ -96,6 +87,41 @@ impl Packer {
                     self.state.ready.extend(chunks.into_iter().map(|c| vec![c]));
                 }
             }
+        }
+    }
+
+    /// The row of preference pair `doc` of `source`: its chosen conversation (the document's
+    /// first `chosen` tokens) and its rejected one (the `rejected` after them), each a segment of
+    /// its own. When the two do not fit in a row, each keeps its start and is cut at its end:
+    /// one no longer than half the row stays whole and the other takes the rest; both longer
+    /// get half each. A cut pair counts as split.
+    pub fn pair_row(&mut self, source: u32, doc: u32, chosen: u32, rejected: u32) -> Row {
+        let (room, half) = (self.capacity, self.capacity / 2);
+        let kept_chosen = chosen.min(half.max(room.saturating_sub(rejected)));
+        let kept_rejected = rejected.min(room - kept_chosen);
+        self.stats.docs += 1;
+        if (kept_chosen, kept_rejected) != (chosen, rejected) {
+            self.stats.docs_split += 1;
+        }
+        let row = vec![
+            Piece { source, doc, start: 0, len: kept_chosen },
+            Piece { source, doc, start: chosen, len: kept_rejected },
+        ];
+        self.count(&row);
+        row
+    }
+
+    /// Count a row handed out.
+    fn count(&mut self, row: &Row) {
+        self.stats.rows += 1;
+        self.stats.positions += self.capacity as u64;
+        for p in row {
+            let s = p.source as usize;
+            if self.stats.source_tokens.len() <= s {
+                self.stats.source_tokens.resize(s + 1, 0);
+            }
+            self.stats.source_tokens[s] += p.len as u64;
+            self.stats.tokens += p.len as u64;
         }
     }
 

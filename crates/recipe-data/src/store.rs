@@ -37,6 +37,11 @@ pub struct StoreMeta {
     pub eos: u32,
     pub vocab_size: u32,
     pub chat: bool,
+    /// Each document is a preference pair: the chosen conversation's tokens, then the
+    /// rejected's, each masked on its final assistant turn only; `pairs.bin` holds the chosen
+    /// one's length (a little-endian u32 per document).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pairs: bool,
     /// blake3 of each data file, by name, so that a damaged cache is found before it is
     /// trained on.
     #[serde(default)]
@@ -64,17 +69,25 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
     let documents = read_source(source)?;
     let vocab = tok.vocab_size();
     progress.start(&format!("tokenize {}", source.name), documents.docs.len() as u64);
-    let encoded: Vec<(Vec<u32>, Option<Vec<u8>>, bool)> = documents
+    let template = source.template.unwrap_or(ChatTemplate::ChatMl);
+    let encoded: Vec<Encoded> = documents
         .docs
         .par_iter()
         .map(|doc| {
             let held = is_held_out(&doc.identity(), source.holdout);
             let out = match doc {
-                Doc::Text(t) => (tok.encode_document(t)?, None, held),
+                Doc::Text(t) => Encoded { ids: tok.encode_document(t)?, mask: None, held, chosen_len: 0 },
                 Doc::Chat(m) => {
-                    let template = source.template.unwrap_or(ChatTemplate::ChatMl);
                     let (ids, mask) = format_chat(tok, template, m)?;
-                    (ids, Some(mask), held)
+                    Encoded { ids, mask: Some(mask), held, chosen_len: 0 }
+                }
+                Doc::Preference { chosen, rejected } => {
+                    let (mut ids, mut mask) = final_turn(format_chat(tok, template, chosen)?);
+                    let chosen_len = ids.len() as u32;
+                    let (rejected_ids, rejected_mask) = final_turn(format_chat(tok, template, rejected)?);
+                    ids.extend(rejected_ids);
+                    mask.extend(rejected_mask);
+                    Encoded { ids, mask: Some(mask), held, chosen_len }
                 }
                 Doc::Tokens(_) => unreachable!("a tokens source is copied, not tokenized"),
             };
@@ -85,12 +98,17 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
     progress.finish();
 
     let token_bytes = token_bytes(vocab);
-    let chat = source.format == SourceFormat::ChatJsonl;
+    let chat = source.format.is_chat();
+    let pairs = source.format == SourceFormat::PreferenceJsonl;
+    let mut chosen_lens = Vec::new();
     let mut tokens = Vec::new();
     let mut offsets: Vec<u8> = 0u64.to_le_bytes().to_vec();
     let (mut holdout, mut mask) = (Vec::new(), Vec::new());
     let (mut total, mut holdout_docs, mut holdout_tokens) = (0u64, 0u64, 0u64);
-    for (ids, doc_mask, held) in &encoded {
+    for Encoded { ids, mask: doc_mask, held, chosen_len } in &encoded {
+        if pairs {
+            chosen_lens.extend_from_slice(&chosen_len.to_le_bytes());
+        }
         for &t in ids {
             match token_bytes {
                 2 => tokens.extend_from_slice(&(t as u16).to_le_bytes()),
@@ -120,6 +138,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
         eos: tok.eos(),
         vocab_size: vocab,
         chat,
+        pairs,
         checksums: Default::default(),
     };
     write_synced(&dir.join("tokens.bin"), &tokens)?;
@@ -127,7 +146,28 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
     if chat {
         files.push(("mask.bin", mask));
     }
+    if pairs {
+        files.push(("pairs.bin", chosen_lens));
+    }
     finish_cache(dir, meta, blake3::hash(&tokens), files)
+}
+
+/// A document tokenized: its ids, a chat's assistant mask, whether it is held out, and a
+/// preference pair's chosen length.
+struct Encoded {
+    ids: Vec<u32>,
+    mask: Option<Vec<u8>>,
+    held: bool,
+    chosen_len: u32,
+}
+
+/// A formatted conversation's ids with its assistant mask narrowed to the last assistant turn
+/// (the mask's last run of ones): the response a preference pair scores.
+fn final_turn((ids, mut mask): (Vec<u32>, Vec<u8>)) -> (Vec<u32>, Vec<u8>) {
+    let end = mask.iter().rposition(|&m| m == 1).map_or(0, |i| i + 1);
+    let start = mask[..end].iter().rposition(|&m| m == 0).map_or(0, |i| i + 1);
+    mask[..start].fill(0);
+    (ids, mask)
 }
 
 /// Bytes per token in the cache: two while the vocabulary fits.
@@ -227,6 +267,7 @@ fn copy_token_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Prog
         eos: tok.eos(),
         vocab_size: vocab,
         chat: false,
+        pairs: false,
         checksums: Default::default(),
     };
     finish_cache(dir, meta, checksum.finalize(), vec![("offsets.bin", offsets), ("holdout.bin", holdout)])
@@ -245,6 +286,8 @@ pub struct TokenStore {
     offsets: Vec<u64>,
     holdout: Vec<u8>,
     mask: Option<Mmap>,
+    /// A preference source's chosen lengths, per document.
+    chosen_lens: Vec<u32>,
 }
 
 impl TokenStore {
@@ -273,7 +316,16 @@ impl TokenStore {
         if offsets.len() as u64 != meta.docs + 1 || holdout.len() as u64 != meta.docs || found != expected {
             return Err(DataError::in_file(dir, "token cache is inconsistent with its meta.json; delete the folder"));
         }
-        Ok(TokenStore { meta, dir: dir.to_path_buf(), tokens, offsets, holdout, mask })
+        let chosen_lens: Vec<u32> = match meta.pairs {
+            true => {
+                read("pairs.bin")?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+            }
+            false => Vec::new(),
+        };
+        if meta.pairs && chosen_lens.len() as u64 != meta.docs {
+            return Err(DataError::in_file(dir, "token cache is inconsistent with its meta.json; delete the folder"));
+        }
+        Ok(TokenStore { meta, dir: dir.to_path_buf(), tokens, offsets, holdout, mask, chosen_lens })
     }
 
     /// Check every file of the cache in `dir` against the checksum its `meta.json` recorded;
@@ -302,6 +354,12 @@ impl TokenStore {
 
     pub fn doc_len(&self, doc: usize) -> u32 {
         (self.offsets[doc + 1] - self.offsets[doc]) as u32
+    }
+
+    /// How many of a preference pair's tokens are the chosen conversation's (the rest are the
+    /// rejected one's); none for a source of single documents.
+    pub fn chosen_len(&self, doc: usize) -> Option<u32> {
+        self.chosen_lens.get(doc).copied()
     }
 
     pub fn is_held_out(&self, doc: usize) -> bool {

@@ -743,3 +743,156 @@ fn an_assistant_only_loss_over_chats_without_an_answer_is_an_error() {
     assert!(err.starts_with("source `questions` has no assistant turn"), "{err}");
     assert!(Loader::new(vec![(store, 1.0)], &config(LossOn::All)).is_ok());
 }
+
+/// A `preference-jsonl` source in each layout TRL reads: plain strings; a prompt as messages;
+/// whole conversations without a prompt (the earlier assistant turn part of the prompt); and
+/// UltraFeedback's prompt string beside conversations that already start with it.
+const PREFERENCES: &str = r#"{"prompt": "What is a whale?", "chosen": "A large mammal.", "rejected": "A fish."}
+{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a whale?"}], "chosen": [{"role": "assistant", "content": "A mammal."}], "rejected": [{"role": "assistant", "content": "A large fish of the sea."}]}
+{"chosen": [{"role": "user", "content": "A whale?"}, {"role": "assistant", "content": "A mammal."}, {"role": "user", "content": "Large?"}, {"role": "assistant", "content": "Yes."}], "rejected": [{"role": "user", "content": "A whale?"}, {"role": "assistant", "content": "A mammal."}, {"role": "user", "content": "Large?"}, {"role": "assistant", "content": "No, a fish."}]}
+{"prompt": "What is a whale?", "chosen": [{"role": "user", "content": "What is a whale?"}, {"role": "assistant", "content": "A mammal."}], "rejected": [{"role": "user", "content": "What is a whale?"}, {"role": "assistant", "content": "A sea."}]}
+"#;
+
+fn preference_source(dir: &Path, text: &str) -> recipe_spec::Source {
+    let file = dir.join("prefs.jsonl");
+    std::fs::write(&file, text).unwrap();
+    recipe_spec::Source {
+        name: "prefs".into(),
+        path: vec!["prefs.jsonl".into()],
+        files: vec![file],
+        format: recipe_spec::SourceFormat::PreferenceJsonl,
+        field: None,
+        on_error: recipe_spec::OnError::Fail,
+        template: Some(ChatTemplate::ChatMl),
+        holdout: 0.0,
+        dtype: None,
+        limit: None,
+    }
+}
+
+/// Each layout reads as two whole conversations; tokenized, a pair is the chosen conversation
+/// then the rejected one, each masked on its last assistant turn alone; the loader puts a pair
+/// in a row as two segments that each start at position 0, and cuts a pair too long for the
+/// row at the ends of its responses.
+#[test]
+fn preference_pairs_read_in_every_layout_and_fill_a_row_each() {
+    use recipe_data::Role::{Assistant, System, User};
+    let dir = tempfile::tempdir().unwrap();
+    let source = preference_source(dir.path(), PREFERENCES);
+    let docs = read_source(&source).unwrap().docs;
+    let turns = |doc: &Doc| match doc {
+        Doc::Preference { chosen, rejected } => {
+            [chosen, rejected].map(|c| c.iter().map(|m| (m.role, m.content.clone())).collect::<Vec<_>>())
+        }
+        other => panic!("{other:?}"),
+    };
+    let whale = (User, "What is a whale?".to_string());
+    assert_eq!(
+        turns(&docs[0]),
+        [
+            vec![whale.clone(), (Assistant, "A large mammal.".into())],
+            vec![whale.clone(), (Assistant, "A fish.".into())]
+        ]
+    );
+    assert_eq!(turns(&docs[1])[0], vec![(System, "Be brief.".into()), whale.clone(), (Assistant, "A mammal.".into())]);
+    assert_eq!(turns(&docs[2])[1].len(), 4);
+    assert_eq!(
+        turns(&docs[3]),
+        [vec![whale.clone(), (Assistant, "A mammal.".into())], vec![whale, (Assistant, "A sea.".into())]]
+    );
+
+    let tok = whale_tokenizer(&["<|im_start|>", "<|im_end|>"]);
+    let out = dir.path().join("cache");
+    tokenize_source(&source, &tok, &out, &Silent).unwrap();
+    let store = Arc::new(TokenStore::open(&out).unwrap());
+    assert!(store.meta.pairs);
+    for (doc, d) in docs.iter().enumerate() {
+        let Doc::Preference { chosen, rejected } = d else { unreachable!() };
+        let (chosen_ids, chosen_mask) = format_chat(&tok, ChatTemplate::ChatMl, chosen).unwrap();
+        let (rejected_ids, _) = format_chat(&tok, ChatTemplate::ChatMl, rejected).unwrap();
+        let split = store.chosen_len(doc).unwrap() as usize;
+        assert_eq!((split, store.doc_len(doc) as usize), (chosen_ids.len(), chosen_ids.len() + rejected_ids.len()));
+        let ids: Vec<u32> = (0..store.doc_len(doc) as usize).map(|i| store.token(doc, i)).collect();
+        assert_eq!(ids, [chosen_ids, rejected_ids].concat());
+        // The last assistant turn is masked; the third pair's first answer is not.
+        let masked: Vec<usize> = (0..split).filter(|&i| store.is_assistant(doc, i)).collect();
+        let last_turn: Vec<usize> =
+            (0..split).filter(|&i| chosen_mask[i] == 1).skip_while(|&i| doc == 2 && i < masked[0]).collect();
+        assert_eq!(masked, last_turn);
+        assert!(masked.windows(2).all(|w| w[1] == w[0] + 1), "one run: {masked:?}");
+    }
+    let third: Vec<usize> = (0..store.chosen_len(2).unwrap() as usize).filter(|&i| store.is_assistant(2, i)).collect();
+    let (_, full_mask) = format_chat(
+        &tok,
+        ChatTemplate::ChatMl,
+        match &docs[2] {
+            Doc::Preference { chosen, .. } => chosen,
+            _ => unreachable!(),
+        },
+    )
+    .unwrap();
+    assert!(full_mask.iter().filter(|&&m| m == 1).count() > third.len(), "the earlier answer is left out");
+
+    let config = |seq_len| LoaderConfig {
+        seq_len,
+        packing: Packing::Pad,
+        loss_on: LossOn::Assistant,
+        seed: 3,
+        split: Split::Train,
+        random_draws: false,
+    };
+    let mut loader = Loader::new(vec![(store.clone(), 1.0)], &config(255)).unwrap();
+    let rows = loader.next_rows(8);
+    let batch = loader.materialize(&rows);
+    for (r, row) in rows.iter().enumerate() {
+        let doc = row[0].doc as usize;
+        let split = store.chosen_len(doc).unwrap();
+        assert_eq!((row[0].start, row[0].len, row[1].start, row[1].len), (0, split, split, store.doc_len(doc) - split));
+        let span = r * 255..(r + 1) * 255;
+        let (segs, positions) = (&batch.doc_ids[span.clone()], &batch.position_ids[span.clone()]);
+        let n = store.doc_len(doc) as usize;
+        assert!(segs[..split as usize].iter().all(|&s| s == 0) && segs[split as usize..n].iter().all(|&s| s == 1));
+        assert!(segs[n..].iter().all(|&s| s == PAD_DOC));
+        assert_eq!((positions[0], positions[split as usize]), (0, 0));
+        // Targets inside each conversation's last turn count; none crosses into the other.
+        let counted: Vec<usize> = (0..255).filter(|&i| batch.loss_mask[span.start + i] == 1).collect();
+        let expected: Vec<usize> =
+            (0..n - 1).filter(|&i| (i + 1) != split as usize && store.is_assistant(doc, i + 1)).collect();
+        assert_eq!(counted, expected);
+    }
+    assert_eq!(loader.stats().pack.docs_split, 0);
+
+    // Rows of 16: a pair keeps each conversation's start, cut at the end to fit.
+    let mut short = Loader::new(vec![(store.clone(), 1.0)], &config(15)).unwrap();
+    for row in short.next_rows(8) {
+        let doc = row[0].doc as usize;
+        let (chosen, rejected) = (store.chosen_len(doc).unwrap(), store.doc_len(doc) - store.chosen_len(doc).unwrap());
+        let (c, r) = (row[0].len, row[1].len);
+        assert_eq!((row[0].start, row[1].start), (0, chosen));
+        assert!(c + r <= 16 && c <= chosen && r <= rejected);
+        assert!(c == chosen || c >= 8, "{c} of {chosen}");
+        assert!(r == rejected || c + r == 16, "{r} of {rejected}");
+    }
+    assert!(short.stats().pack.docs_split > 0);
+}
+
+/// A record that is no pair is an error naming its line.
+#[test]
+fn a_preference_record_without_a_pair_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, why) in [
+        (r#"{"prompt": "Hi", "chosen": "Hello."}"#, "missing field `rejected`"),
+        (
+            r#"{"chosen": [{"role": "assistant", "content": "A."}, {"role": "user", "content": "B?"}], "rejected": "C."}"#,
+            "`chosen` does not end with an assistant turn",
+        ),
+        (
+            r#"{"prompt": 3, "chosen": "A", "rejected": "B"}"#,
+            "`prompt` is 3; expected a string or an array of messages",
+        ),
+    ] {
+        let source = preference_source(dir.path(), &format!("{}\n{line}\n", PREFERENCES.lines().next().unwrap()));
+        let err = read_source(&source).unwrap_err().to_string();
+        assert!(err.contains("prefs.jsonl:2") && err.contains(why), "{err}");
+    }
+}

@@ -8,6 +8,7 @@ use crate::diag::Diagnostic;
 use crate::merge::MergeInput;
 use crate::model::{SHAPE_FIELDS, model_field_path};
 use crate::stage::Stage;
+use crate::vocab::StageKind;
 
 /// The stages each stage needs (`after`, `init.from`, `teacher`, a merge's inputs) must form no
 /// cycle; a cycle is named in full.
@@ -133,6 +134,14 @@ pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
                     .help("give the student the teacher's `vocab_size`"),
                 );
             }
+        }
+        if s.kind == StageKind::Dpo && s.start_stage().is_none() && s.model.from.is_none() {
+            let origin = cx.origins.get(&format!("stages.{}.kind", s.name)).cloned().unwrap_or_default();
+            cx.diags.push(
+                Diagnostic::new(&origin, format!("dpo stage `{}` starts from random weights", s.name))
+                    .label("DPO tunes a trained model against itself as it starts: its reference")
+                    .help("set `after = \"STAGE\"` (an SFT stage, usually) or `model.from = \"path\"`"),
+            );
         }
         if s.peft.is_some() && s.start_stage().is_none() && s.model.from.is_none() {
             let origin = cx.origins.get(&format!("stages.{}.peft", s.name)).cloned().unwrap_or_default();

@@ -7,7 +7,7 @@ use crate::merge::Merge;
 use crate::model::Model;
 use crate::recipe::Recipe;
 use crate::stage::{Muon, Stage};
-use crate::vocab::{MergeMethod, PeftMethod, Precision};
+use crate::vocab::{MergeMethod, PeftMethod, Precision, StageKind};
 
 /// Parameter counts, FLOPs and peak memory of one stage.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -17,7 +17,8 @@ pub struct Estimate {
     /// Tokens the stage trains on: steps × rows × length, phase by phase.
     pub tokens: u64,
     /// Training FLOPs, PaLM's accounting: per token 6·N (4·N + 6·N_trainable under PEFT) plus
-    /// 12·n_layers·seq_len·d_model for attention, plus each teacher's forward pass.
+    /// 12·n_layers·seq_len·d_model for attention, plus each teacher's (or the reference's)
+    /// forward pass.
     pub flops: f64,
     /// Peak memory of one rank (of the one process when it trains alone).
     pub memory: Memory,
@@ -70,7 +71,7 @@ pub struct Memory {
     pub optimizer: u64,
     /// Activations kept for the backward pass of one micro-batch, logits included.
     pub activations: u64,
-    /// Teachers' weights and logits (distillation only).
+    /// Frozen models' weights and logits: a distillation's teachers, a dpo stage's reference.
     pub teachers: u64,
     /// What the process holds before its first tensor: code, libraries, thread stacks, the
     /// tokenizer, the data loader ([`RUNTIME_BYTES`]).
@@ -215,7 +216,10 @@ impl Stage {
             (Some(_), _) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
         };
         let stage_teachers = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model);
-        let teachers: Vec<&Model> = stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).collect();
+        // A dpo stage's reference is one more frozen model run forward beside it.
+        let reference = (self.kind == StageKind::Dpo).then_some(m);
+        let teachers: Vec<&Model> =
+            stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).chain(reference).collect();
         // Attention's share of a token's FLOPs grows with the length of its row.
         let flops_per_token = |seq_len: u32| {
             let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(seq_len)).sum();

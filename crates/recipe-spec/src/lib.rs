@@ -11,7 +11,7 @@
 //! it parses TOML.
 //!
 //! One module per table (`recipe`, `model`, `tokenizer`, `source`, `stage`, `schedule`, `peft`,
-//! `distill`, and `import` for checkpoints a stage names), each with its type, defaults and
+//! `distill`, `preference`, and `import` for checkpoints a stage names), each with its type, defaults and
 //! decoding; `vocab` is the leaf of shared words; `tree`, `decode` and `diag` are the machinery.
 
 mod average;
@@ -31,6 +31,7 @@ mod merge;
 mod model;
 mod online;
 mod peft;
+mod preference;
 mod recipe;
 mod schedule;
 mod source;
@@ -58,6 +59,7 @@ pub use model::{
 };
 pub use online::Online;
 pub use peft::{PEFT_MODULES, Peft, ReLora};
+pub use preference::Preference;
 pub use recipe::{Invalid, MAX_NAME_LEN, Recipe, is_plain_name};
 pub use schedule::{Schedule, ScheduleKind};
 pub use source::Source;
@@ -65,5 +67,6 @@ pub use stage::{Data, Eval, Muon, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
     AverageKind, AverageUse, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn, MergeMethod,
-    MuonScale, OnError, OnNonfinite, Packing, PeftMethod, Precision, SourceFormat, StageKind, TokenDtype,
+    MuonScale, OnError, OnNonfinite, Packing, PeftMethod, Precision, PreferenceLoss, SourceFormat, StageKind,
+    TokenDtype,
 };

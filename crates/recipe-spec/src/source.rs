@@ -25,7 +25,7 @@ pub struct Source {
     pub field: Option<String>,
     /// Default `fail`.
     pub on_error: OnError,
-    /// `chat-jsonl` only; default `chatml`.
+    /// `chat-jsonl` and `preference-jsonl` only; default `chatml`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<ChatTemplate>,
     /// Default 0: the fraction of documents held out for evaluation, chosen by a hash of each
@@ -65,7 +65,7 @@ pub(crate) fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Pat
     let field = f.opt(cx, "field", decode::string);
     only_for(cx, &f, "field", field.is_some(), format == SourceFormat::Jsonl, "format = \"jsonl\"");
     let template = f.word::<ChatTemplate>(cx, "template");
-    only_for(cx, &f, "template", template.is_some(), format == SourceFormat::ChatJsonl, "format = \"chat-jsonl\"");
+    only_for(cx, &f, "template", template.is_some(), format.is_chat(), "`format` chat-jsonl or preference-jsonl");
     let dtype = f.word::<TokenDtype>(cx, "dtype");
     only_for(cx, &f, "dtype", dtype.is_some(), format == SourceFormat::Tokens, "format = \"tokens\"");
     if format == SourceFormat::Tokens {
@@ -92,10 +92,7 @@ pub(crate) fn decode_source(cx: &mut Cx, name: &str, node: &Node, base_dir: &Pat
             _ => None,
         },
         on_error: f.word::<OnError>(cx, "on_error").unwrap_or(OnError::Fail),
-        template: match format {
-            SourceFormat::ChatJsonl => Some(template.unwrap_or(ChatTemplate::ChatMl)),
-            _ => None,
-        },
+        template: format.is_chat().then(|| template.unwrap_or(ChatTemplate::ChatMl)),
         holdout,
         dtype: match format {
             SourceFormat::Tokens => Some(dtype.unwrap_or(TokenDtype::U16)),

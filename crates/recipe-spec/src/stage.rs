@@ -19,6 +19,7 @@ use crate::merge::{Merge, MergeContext, MergeInput, decode_merge};
 use crate::model::{Model, ModelSpec, check_model, check_vocab, model_field_path};
 use crate::online::{Online, decode_online, is_online};
 use crate::peft::Peft;
+use crate::preference::Preference;
 use crate::schedule::Schedule;
 use crate::source::{Source, check_source_ref};
 use crate::tokenizer::Tokenizer;
@@ -75,6 +76,11 @@ pub struct Stage {
     pub on_nonfinite: OnNonfinite,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peft: Option<Peft>,
+    /// Default none. NEFTune (Jain et al. 2023): while training, each input embedding gets
+    /// uniform noise in ±alpha/√(T·d_model), as `transformers`' `neftune_noise_alpha` adds it
+    /// (the paper uses 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neftune_alpha: Option<f64>,
     /// A `merge` stage's inputs and method.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub merge: Option<Merge>,
@@ -87,6 +93,9 @@ pub struct Stage {
     /// `distill` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distill: Option<Distill>,
+    /// `dpo` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preference: Option<Preference>,
     /// Default 100. Not part of the stage's key.
     pub checkpoint_every: u64,
     /// Default 3 most recent checkpoints kept. Not part of the stage's key.
@@ -240,6 +249,7 @@ const STAGE_KEYS: &[&str] = &[
     "precision",
     "on_nonfinite",
     "peft",
+    "neftune_alpha",
     "freeze",
     "average",
     "inputs",
@@ -248,6 +258,7 @@ const STAGE_KEYS: &[&str] = &[
     "base",
     "scale",
     "distill",
+    "preference",
     "checkpoint_every",
     "keep_checkpoints",
     "log_every",
@@ -585,6 +596,9 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         StageKind::Distill => Some(distill.unwrap_or(Distill::DEFAULT)),
         _ => None,
     };
+    let preference = f.get("preference").map(|node| Preference::decode(cx, node, &f.child_path("preference")));
+    only_for(cx, &f, "preference", preference.is_some(), kind == StageKind::Dpo, "kind = \"dpo\"");
+    let preference = (kind == StageKind::Dpo).then(|| preference.unwrap_or(Preference::DEFAULT));
 
     let eval = match f.get("eval") {
         Some(node) => {
@@ -606,6 +620,11 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         None => Eval { every: 0, batches: 8, by_source: false, sources: Vec::new() },
     };
     only_for(cx, &f, "eval.every", eval.every > 0 && kind == StageKind::Merge, false, "a training stage");
+    let neftune_alpha = f.opt(cx, "neftune_alpha", decode::float);
+    if let Some(alpha) = neftune_alpha {
+        check_range(cx, &f.child_path("neftune_alpha"), alpha, alpha > 0.0, "a number > 0");
+    }
+    only_for(cx, &f, "neftune_alpha", neftune_alpha.is_some(), kind != StageKind::Merge, "a training stage");
     only_for(cx, &f, "eval.by_source", eval.by_source, eval.every > 0, "`eval.every` > 0");
     if eval.every > 0 || greedy {
         // Evaluation reads the mix the stage ends on.
@@ -642,9 +661,11 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         precision,
         on_nonfinite: f.word::<OnNonfinite>(cx, "on_nonfinite").unwrap_or(OnNonfinite::Stop),
         peft,
+        neftune_alpha,
         freeze,
         average,
         distill,
+        preference,
         checkpoint_every: f.opt(cx, "checkpoint_every", decode::count).unwrap_or(100),
         keep_checkpoints: f.opt(cx, "keep_checkpoints", decode::size(1, 1 << 20)).unwrap_or(3),
         log_every: f.opt(cx, "log_every", decode::count).unwrap_or(10).max(1),
@@ -667,7 +688,8 @@ fn check_held_out(cx: &mut Cx, name: &str, origin: &Origin, sources: &[Source]) 
 
 fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source], steps: u64) -> Data {
     let source_names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
-    let default_loss_on = if kind == StageKind::Sft { LossOn::Assistant } else { LossOn::All };
+    let dpo = kind == StageKind::Dpo;
+    let default_loss_on = if kind == StageKind::Sft || dpo { LossOn::Assistant } else { LossOn::All };
     let Some(node) = stage.get("data") else {
         cx.diags.push(
             Diagnostic::new(&stage.origin, format!("missing key `data` in `{}`", stage.path))
@@ -749,7 +771,42 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source],
     let phases =
         if phases.len() > 1 { phases.iter().map(|(from, w)| (*from, aligned(w))).collect() } else { Vec::new() };
     let loss_on = f.word::<LossOn>(cx, "loss_on").unwrap_or(default_loss_on);
-    if loss_on == LossOn::Assistant {
+    // A pair's two conversations share a row, each scored on its last assistant turn.
+    let not_dpo = "a stage whose kind is not dpo (a dpo stage scores each pair's final responses, one pair a row)";
+    only_for(cx, &f, "loss_on", f.get("loss_on").is_some(), !dpo, not_dpo);
+    only_for(cx, &f, "packing", f.get("packing").is_some(), !dpo, not_dpo);
+    if dpo && online.is_some() {
+        let origin = cx.origins.get(&f.child_path("mix")).cloned().unwrap_or(f.origin.clone());
+        cx.diags.push(
+            Diagnostic::new(&origin, format!("dpo stage `{}` cannot mix online", stage.path))
+                .label("online mixing is rewarded by each source's cross-entropy, which a dpo stage does not compute")
+                .help("give the sources fixed weights: `mix = { prefs = 1.0 }`"),
+        );
+    }
+    for (name, _) in &mix {
+        let Some(src) = sources.iter().find(|s| &s.name == name) else { continue };
+        let preference = src.format == SourceFormat::PreferenceJsonl;
+        if preference != dpo {
+            let origin =
+                cx.origins.get(&format!("{}.{name}", f.child_path("mix"))).cloned().unwrap_or(f.origin.clone());
+            let (what, help) = match dpo {
+                true => (
+                    format!("dpo stage `{}` reads source `{name}`, which is {}", stage.path, src.format),
+                    "a dpo stage learns from pairs: mix only preference-jsonl sources",
+                ),
+                false => (
+                    format!("source `{name}` is preference-jsonl, which only a dpo stage reads"),
+                    "set `kind = \"dpo\"`, or mix a chat-jsonl source to fine-tune on conversations",
+                ),
+            };
+            cx.diags.push(
+                Diagnostic::new(&origin, what)
+                    .label("preference-jsonl holds pairs of a chosen and a rejected response")
+                    .help(help),
+            );
+        }
+    }
+    if loss_on == LossOn::Assistant && !dpo {
         for (name, _) in &mix {
             if let Some(src) = sources.iter().find(|s| &s.name == name).filter(|s| s.format != SourceFormat::ChatJsonl)
             {
@@ -765,7 +822,8 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source],
             }
         }
     }
-    Data { mix, phases, online, packing: f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit), loss_on }
+    let packing = if dpo { Packing::Pad } else { f.word::<Packing>(cx, "packing").unwrap_or(Packing::BestFit) };
+    Data { mix, phases, online, packing, loss_on }
 }
 
 /// One mix's `{ SOURCE = WEIGHT }` table: weights > 0 of known sources, normalised, sorted.

@@ -10,7 +10,7 @@ use crate::decode::{self, Cx, Fields};
 use crate::diag::{Diagnostic, Origin};
 use crate::source::{Source, check_source_ref};
 use crate::tree::Node;
-use crate::vocab::{ChatTemplate, SourceFormat};
+use crate::vocab::ChatTemplate;
 
 #[derive(Clone, Debug, Serialize)]
 pub enum Tokenizer {
@@ -151,7 +151,7 @@ pub(crate) fn check_chat_tokens(cx: &mut Cx, sources: &[Source], tokenizer: Opti
         Some(Tokenizer::Train(t)) => template.tokens().iter().all(|c| t.special_tokens.iter().any(|s| s == c)),
         None => true,
     };
-    for s in sources.iter().filter(|s| s.format == SourceFormat::ChatJsonl) {
+    for s in sources.iter().filter(|s| s.format.is_chat()) {
         let Some(template) = s.template.filter(|t| !has(*t)) else { continue };
         let origin = cx
             .origins

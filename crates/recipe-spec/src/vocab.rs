@@ -35,8 +35,14 @@ macro_rules! words {
 }
 pub(crate) use words;
 
-words!(StageKind { Pretrain = "pretrain", Sft = "sft", Distill = "distill", Merge = "merge" });
-words!(SourceFormat { Text = "text", Jsonl = "jsonl", ChatJsonl = "chat-jsonl", Tokens = "tokens" });
+words!(StageKind { Pretrain = "pretrain", Sft = "sft", Dpo = "dpo", Distill = "distill", Merge = "merge" });
+words!(SourceFormat {
+    Text = "text",
+    Jsonl = "jsonl",
+    ChatJsonl = "chat-jsonl",
+    PreferenceJsonl = "preference-jsonl",
+    Tokens = "tokens",
+});
 words!(OnError { Fail = "fail", Skip = "skip" });
 words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3", Llama31 = "llama3.1", Gemma = "gemma" });
 words!(TokenDtype { U16 = "u16", U32 = "u32" });
@@ -52,6 +58,14 @@ words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(MuonScale { MatchRmsAdamw = "match-rms-adamw", Original = "original" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
+words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo" });
+
+impl SourceFormat {
+    /// Conversations, formatted with a chat template: `chat-jsonl` and `preference-jsonl`.
+    pub fn is_chat(self) -> bool {
+        matches!(self, SourceFormat::ChatJsonl | SourceFormat::PreferenceJsonl)
+    }
+}
 
 impl ChatTemplate {
     /// Every template, in the order `sample --chat` prefers them (Llama 3's plain form before

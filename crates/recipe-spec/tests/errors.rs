@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use recipe_checkpoint::Headers;
-use recipe_spec::{Recipe, StageKind};
+use recipe_spec::{LossOn, Packing, Recipe, StageKind};
 
 /// A folder with a few small documents, a chat file and a recipe.
 struct Fixture {
@@ -759,6 +759,63 @@ fn a_peft_stage_may_start_from_an_adapter_that_fits() {
     );
     let missing = replace(&starting, "from = \"adapter\"", "from = \"nowhere\"");
     assert_has(&f.errors(&missing), &["error: cannot start from adapter `nowhere`: no such folder"]);
+}
+
+/// A `dpo` stage reads only preference sources, starts from trained weights, takes no
+/// packing or loss mask of its own, and only it has a `preference` table; a preference source
+/// is read by nothing else.
+#[test]
+fn a_dpo_stage_takes_pairs_after_a_trained_model() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join("prefs.jsonl"), r#"{"prompt":"hi","chosen":"hello","rejected":"go"}"#).unwrap();
+    let with_prefs = replace(
+        BASE,
+        "[stages.pretrain]",
+        "[sources.prefs]\npath = \"prefs.jsonl\"\nformat = \"preference-jsonl\"\n\n[stages.pretrain]",
+    );
+    let dpo = format!(
+        "{with_prefs}\n[stages.dpo]\nkind = \"dpo\"\nafter = \"sft\"\nsteps = 10\ndata = {{ mix = {{ prefs = 1.0 }} }}\n"
+    );
+    let r = f.parse(&dpo, &[]).unwrap();
+    let stage = r.stage("dpo").unwrap();
+    assert_eq!(
+        stage.preference,
+        Some(recipe_spec::Preference { loss: recipe_spec::PreferenceLoss::Sigmoid, beta: 0.1 })
+    );
+    assert_eq!((stage.data.packing, stage.data.loss_on), (Packing::Pad, LossOn::Assistant));
+    let ipo = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"ipo\", beta = 0.5 }\n");
+    assert_eq!(f.parse(&ipo, &[]).unwrap().stage("dpo").unwrap().preference.as_ref().unwrap().beta, 0.5);
+
+    let unstarted = replace(&dpo, "after = \"sft\"\n", "");
+    assert_has(&f.errors(&unstarted), &["dpo stage `dpo` starts from random weights", "set `after = \"STAGE\"`"]);
+    let chat = replace(&dpo, "mix = { prefs = 1.0 }", "mix = { chat = 1.0 }");
+    assert_has(
+        &f.errors(&chat),
+        &["dpo stage `stages.dpo` reads source `chat`, which is chat-jsonl", "mix only preference-jsonl sources"],
+    );
+    let packed = replace(&dpo, "mix = { prefs = 1.0 }", "mix = { prefs = 1.0 }, packing = \"best-fit\"");
+    assert_has(&f.errors(&packed), &["`stages.dpo.data.packing` only applies with a stage whose kind is not dpo"]);
+    let sft_on_pairs = replace(&with_prefs, "data = { mix = { chat = 1.0 } }", "data = { mix = { prefs = 1.0 } }");
+    assert_has(
+        &f.errors(&sft_on_pairs),
+        &["source `prefs` is preference-jsonl, which only a dpo stage reads", "set `kind = \"dpo\"`"],
+    );
+    let misplaced = replace(&with_prefs, "steps = 50\n", "steps = 50\npreference = { beta = 0.2 }\n");
+    assert_has(&f.errors(&misplaced), &["`stages.sft.preference` only applies with kind = \"dpo\""]);
+    let bad = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"kto\", beta = 0 }\n");
+    assert_has(&f.errors(&bad), &["expected one of: sigmoid, ipo", "expected a number > 0"]);
+}
+
+/// NEFTune's alpha is a training stage's, and positive.
+#[test]
+fn neftune_alpha_must_be_positive() {
+    let f = Fixture::new();
+    let sft = |alpha: &str| replace(BASE, "steps = 50\n", &format!("steps = 50\nneftune_alpha = {alpha}\n"));
+    let r = f.parse(&sft("5"), &[]).unwrap();
+    assert_eq!(r.stage("sft").unwrap().neftune_alpha, Some(5.0));
+    assert_eq!(r.stage("pretrain").unwrap().neftune_alpha, None);
+    let zero = sft("0");
+    assert_has(&f.errors(&zero), &["`stages.sft.neftune_alpha`", "expected a number > 0", &at(&zero, "neftune_alpha")]);
 }
 
 /// Muon's fields, with their defaults; each is an error under AdamW.

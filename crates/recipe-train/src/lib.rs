@@ -5,8 +5,9 @@
 //! decay, f32 moments updated in place), follow the recipe's LR schedule, log `metrics.jsonl`,
 //! evaluate on held-out data, average weights (EMA, LAWA; `average`) and write checkpoints that
 //! resume bit-exactly. Its objectives are
-//! cross-entropy over masked targets and, for distillation, a KD term against frozen teachers
-//! (`distill`); a `merge` stage combines finished models instead of training (`merge`). It returns the trained model: where a stage's folder is, publishing its result
+//! cross-entropy over masked targets, for distillation a KD term against frozen teachers
+//! (`distill`), and for preference pairs DPO's or IPO's loss against a frozen reference
+//! (`preference`); a `merge` stage combines finished models instead of training (`merge`). It returns the trained model: where a stage's folder is, publishing its result
 //! and recording it in the lock belong to the executor (`recipe-run`). Progress goes to an
 //! [`Observer`]; nothing here prints.
 
@@ -15,6 +16,7 @@ pub mod distill;
 mod error;
 mod merge;
 mod optimizer;
+pub mod preference;
 mod scaler;
 mod trainer;
 

@@ -115,7 +115,8 @@ fn greedy(r: &MergeRun, merge: &Merge, inputs: &[Weights]) -> Result<Weights> {
     let stores = r.stores.as_ref().expect("a greedy merge has data");
     let config = LoaderConfig::of_stage(r.recipe, r.stage, Split::Holdout);
     let held_out = |weights: &Weights| -> Result<f64> {
-        evaluate(&model(r.stage, weights.clone(), r.device)?, stores, &config, r.stage, r.device)
+        evaluate(&model(r.stage, weights.clone(), r.device)?, stores, &config, r.stage, r.device, &Default::default())
+            .map(|e| e.loss)
     };
     let losses = inputs.iter().map(held_out).collect::<Result<Vec<f64>>>()?;
     let mut order: Vec<usize> = (0..inputs.len()).collect();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -14,13 +14,16 @@ use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
 use recipe_dist::Communicator;
 use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_layers};
-use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Recipe, Stage};
+use recipe_spec::{
+    AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Preference, Recipe, Stage, StageKind,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::average::{Averager, set_weights, with_weights};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
 use crate::optimizer::{Optimizer, clip_factor};
+use crate::preference::{pair_log_probs, pair_loss};
 use crate::scaler::LossScaler;
 
 /// What a training checkpoint holds besides tensors.
@@ -79,6 +82,19 @@ pub struct StepMetrics {
     pub ce_loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kd_loss: Option<f64>,
+    /// Preference pairs only: the mean implicit reward `β·(log π − log π_ref)` of the chosen and
+    /// of the rejected responses, their mean margin, and the share of pairs whose chosen
+    /// response is rewarded more (TRL's `rewards/*`); held out, that share as well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_reward: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_margin: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_reward_accuracy: Option<f64>,
     /// The loss scale after this step (f16-mixed only), and how many steps of the stage so far
     /// left the weights as they were because their gradients overflowed (f16-mixed) or their
     /// loss or gradient was not finite (`on_nonfinite = "skip"`).
@@ -158,9 +174,14 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let relora = stage.peft.as_ref().and_then(|p| p.relora.as_ref());
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let online = stage.data.online.as_ref();
+    let reference = match stage.kind {
+        StageKind::Dpo => Some(build_reference(stage, r.start_from.as_deref(), r.device)?),
+        _ => None,
+    };
     let objective = Objective {
         distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())),
         sources: if online.is_some() { stage.data.mix.len() } else { 0 },
+        preference: stage.preference.as_ref().zip(reference.as_ref()),
     };
     let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
     let mut optimizer = Optimizer::new(&stage.optim);
@@ -209,10 +230,15 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     // Evaluation is the leader's alone: the others wait for it at the next step's sums.
     if let Some(metrics_file) = metrics_file.as_mut().filter(|_| start_step == 0 && stage.eval.every > 0) {
         // The starting point, so that what the stage changed can be read off the metrics.
-        let eval_loss = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
-        let mut line = serde_json::json!({ "step": 0, "eval_loss": eval_loss, "eval_ppl": eval_loss.exp() });
+        let held = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device, &objective)?;
+        let eval_loss = held.loss;
+        let mut line = serde_json::json!({ "step": 0, "eval_loss": eval_loss });
+        match held.reward_accuracy {
+            Some(accuracy) => line["eval_reward_accuracy"] = accuracy.into(),
+            None => line["eval_ppl"] = eval_loss.exp().into(),
+        }
         if stage.eval.by_source {
-            line["eval_loss_by_source"] = serde_json::json!(evaluate_by_source(&model, r, stage)?);
+            line["eval_loss_by_source"] = serde_json::json!(evaluate_by_source(&model, r, stage, &objective)?);
         }
         append_line(metrics_file, &line.to_string()).map_err(io(&metrics_path))?;
         r.observer.message(&format!("`{}` before training: eval loss {eval_loss:.4}", stage.name));
@@ -244,13 +270,14 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             (0..accumulation).map(|_| loader.next_batch(shape.micro_batch_size as usize)).collect();
         let loss_tokens = loss_tokens(&batches);
         let (share, first_row) = Batch::share(&batches, r.comm.rank(), r.comm.world());
-        let dropout_seed = step_seed(recipe.seed, step).wrapping_add(first_row as u64);
+        let noise_seed = step_seed(recipe.seed, step).wrapping_add(first_row as u64);
         let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-        let mut step_gradients =
-            gradients(&model, &share, loss_tokens, r.device, &objective, Some(dropout_seed), loss_scale)?;
+        let units = objective.units(&batches);
+        let mut step_gradients = gradients(&model, &share, units, r.device, &objective, Some(noise_seed), loss_scale)?;
         sum_over_ranks(r.comm, &mut step_gradients)?;
-        let StepGradients { loss, terms, grads, .. } = &step_gradients;
+        let StepGradients { loss, terms, grads, pairs, .. } = &step_gradients;
         let (loss, terms) = (*loss, *terms);
+        let pair_mean = |i: usize| pairs.map(|sums| sums[i] / units.max(1) as f64);
         let by_source = step_gradients.by_source();
         if let (Some(bandit), Some(shares), Some(online)) = (bandit.as_mut(), &policy, online) {
             bandit.update(&by_source, shares, online.smoothing);
@@ -303,6 +330,11 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             eval_loss_avg: None,
             ce_loss: terms.map(|t| t.0),
             kd_loss: terms.map(|t| t.1),
+            chosen_reward: pair_mean(0),
+            rejected_reward: pair_mean(1),
+            reward_margin: pair_mean(0).zip(pair_mean(1)).map(|(c, r)| c - r),
+            reward_accuracy: pair_mean(2),
+            eval_reward_accuracy: None,
             loss_scale: scaler.as_ref().map(|s| s.scale),
             skipped_steps: (scaler.is_some() || stage.on_nonfinite == OnNonfinite::Skip)
                 .then(|| scaler.as_ref().map_or(0, |s| s.skipped) + nonfinite_skipped),
@@ -312,17 +344,19 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             loss_by_source: named(by_source),
         };
         if leads && stage.eval.every > 0 && (done % stage.eval.every == 0 || done == stage.steps) {
-            let eval = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)?;
-            m.eval_loss = Some(eval);
-            m.eval_ppl = Some(eval.exp());
+            let held = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device, &objective)?;
+            m.eval_loss = Some(held.loss);
+            // A perplexity is of a cross-entropy; pairs have their accuracy instead.
+            m.eval_ppl = held.reward_accuracy.is_none().then(|| held.loss.exp());
+            m.eval_reward_accuracy = held.reward_accuracy;
             if stage.eval.by_source {
-                m.eval_loss_by_source = Some(evaluate_by_source(&model, r, stage)?);
+                m.eval_loss_by_source = Some(evaluate_by_source(&model, r, stage, &objective)?);
             }
             if let Some(weights) = averager.as_ref().map(Averager::averaged).transpose()?.flatten() {
                 let eval_avg = with_weights(&model, &weights, || {
-                    evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device)
+                    evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device, &objective)
                 })??;
-                m.eval_loss_avg = Some(eval_avg);
+                m.eval_loss_avg = Some(eval_avg.loss);
             }
         }
         if let Some(metrics_file) = metrics_file.as_mut() {
@@ -378,26 +412,48 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
 
 /// The model a stage trains: its starting weights (the result of the stage it starts from,
 /// else the imported checkpoint, else a seeded initialisation; layers stacked or sliced as the
-/// stage says), with LoRA adapters under PEFT, less what it freezes, in the stage's precision.
+/// stage says), with LoRA adapters under PEFT, less what it freezes, in the stage's precision,
+/// with the stage's NEFTune noise.
 pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: &Device) -> Result<Llama> {
-    let source = match (start_from, &stage.model.import) {
-        (Some(dir), _) => Some((dir, CheckpointFormat::HfDir)),
-        (None, Some((path, format))) => Some((path.as_path(), *format)),
-        (None, None) => None,
-    };
-    let model = match source {
+    let model = match starting_weights(stage, start_from)? {
         None => Llama::init(&stage.model, seed, device)?.freeze(&stage.freeze)?,
-        Some((path, format)) => {
-            let mut tensors = load_checkpoint(path, format, &stage.model)
-                .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
-            if let Some(map) = stage.layer_map() {
-                tensors = remap_layers(tensors, &map);
-            }
-            Llama::for_stage(stage, tensors, seed, device)
-                .map_err(|e| Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name)))?
-        }
+        Some((path, tensors)) => Llama::for_stage(stage, tensors, seed, device).map_err(|e| misfit(&path, stage, e))?,
     };
-    Ok(model.in_precision(Dtypes::on(stage.precision, device))?)
+    let mut model = model.in_precision(Dtypes::on(stage.precision, device))?;
+    model.neftune_alpha = stage.neftune_alpha;
+    Ok(model)
+}
+
+/// A `dpo` stage's reference: the model it starts from, frozen, computing in the stage's
+/// precision.
+pub fn build_reference(stage: &Stage, start_from: Option<&Path>, device: &Device) -> Result<Llama> {
+    let (path, tensors) = starting_weights(stage, start_from)?
+        .ok_or_else(|| Error::Run(format!("dpo stage `{}` has no starting weights to be its reference", stage.name)))?;
+    let reference = Llama::frozen(&stage.model, tensors, device).map_err(|e| misfit(&path, stage, e))?;
+    Ok(reference.in_precision(Dtypes::on(stage.precision, device))?)
+}
+
+/// Where a stage's starting weights come from (the stage it starts after, else its import)
+/// and the weights, their layers stacked or sliced as the stage says; none for a stage that
+/// starts from its seed.
+fn starting_weights(stage: &Stage, start_from: Option<&Path>) -> Result<Option<(PathBuf, NamedTensors)>> {
+    let (path, format) = match (start_from, &stage.model.import) {
+        (Some(dir), _) => (dir, CheckpointFormat::HfDir),
+        (None, Some((path, format))) => (path.as_path(), *format),
+        (None, None) => return Ok(None),
+    };
+    let mut tensors = load_checkpoint(path, format, &stage.model)
+        .map_err(|e| Error::Run(format!("cannot load {}: {e}", path.display())))?;
+    if let Some(map) = stage.layer_map() {
+        tensors = remap_layers(tensors, &map);
+    }
+    Ok(Some((path.to_path_buf(), tensors)))
+}
+
+type NamedTensors = Vec<(String, Tensor)>;
+
+fn misfit(path: &Path, stage: &Stage, e: candle_core::Error) -> Error {
+    Error::Run(format!("{} does not fit stage `{}`: {e}", path.display(), stage.name))
 }
 
 /// What a micro-batch's loss is made of: cross-entropy on the data, mixed with the KD term
@@ -407,9 +463,21 @@ pub struct Objective<'a> {
     pub distill: Option<(&'a Distill, &'a [Llama])>,
     /// When > 0, also the cross-entropy of each of this many sources (online mixing's reward).
     pub sources: usize,
+    /// Instead of the cross-entropy: a preference loss over pairs against a frozen reference.
+    pub preference: Option<(&'a Preference, &'a Llama)>,
 }
 
-/// The seed of one step's adapter-dropout masks.
+impl Objective<'_> {
+    /// What the loss of `batches` is a mean over: their loss tokens, or their pairs.
+    pub fn units(&self, batches: &[Batch]) -> u64 {
+        match self.preference {
+            Some(_) => batches.iter().map(|b| b.rows as u64).sum(),
+            None => loss_tokens(batches),
+        }
+    }
+}
+
+/// The seed of one step's random draws (adapter dropout, NEFTune's noise).
 fn step_seed(seed: u64, step: u64) -> u64 {
     let mut key = blake3::Hasher::new();
     key.update(b"recipe dropout");
@@ -429,6 +497,9 @@ pub struct StepGradients {
     pub grads: Vec<Tensor>,
     /// When the objective asks: per source, its loss tokens' summed cross-entropy and count.
     pub source_sums: Vec<(f64, u64)>,
+    /// Preference pairs: the sums over them of the chosen and rejected rewards and of the pairs
+    /// that reward the chosen response more.
+    pub pairs: Option<[f64; 3]>,
 }
 
 impl StepGradients {
@@ -444,17 +515,18 @@ pub fn loss_tokens(batches: &[Batch]) -> u64 {
     batches.iter().map(|b| b.loss_mask.iter().map(|&m| m as u64).sum::<u64>()).sum()
 }
 
-/// The loss of `batches` as a part of a step with `step_loss_tokens` loss tokens in all, and
+/// The loss of `batches` as a part of a step with `step_units` loss tokens (or, for a
+/// preference objective, pairs) in all, and
 /// the gradient of every parameter, accumulated over the micro-batches (zero when there are
-/// none). `dropout_seed` turns adapter dropout on, each micro-batch's masks seeded by it plus
+/// none). `noise_seed` turns adapter dropout and NEFTune on, each micro-batch's draws seeded by it plus
 /// the micro-batch's first row; the gradients are of the loss times `loss_scale`.
 pub fn gradients(
     model: &Llama,
     batches: &[Batch],
-    step_loss_tokens: u64,
+    step_units: u64,
     device: &Device,
     objective: &Objective,
-    dropout_seed: Option<u64>,
+    noise_seed: Option<u64>,
     loss_scale: f64,
 ) -> Result<StepGradients> {
     let mut grads: Vec<Tensor> = Vec::new();
@@ -465,15 +537,15 @@ pub fn gradients(
     let mut source_sums = vec![(0.0, 0u64); objective.sources];
     let mut first_row = 0;
     for batch in batches {
-        model.set_dropout_seed(dropout_seed.map(|s| s.wrapping_add(first_row as u64)));
+        model.set_noise_seed(noise_seed.map(|s| s.wrapping_add(first_row as u64)));
         first_row += batch.rows;
         let micro = batch_loss(model, batch, device, objective)?;
-        model.set_dropout_seed(None);
-        let share = micro.count / (step_loss_tokens.max(1) as f64);
+        model.set_noise_seed(None);
+        let share = micro.count / (step_units.max(1) as f64);
         let weighted = (micro.mean * share)?;
         let mut store = (&weighted * loss_scale)?.backward()?;
         // Detached: the micro-batch's graph is freed now, not with the step.
-        losses.push((weighted.detach(), micro.terms, micro.rows, share));
+        losses.push((weighted.detach(), micro.terms, micro.rows, micro.pairs, share));
         let first = grads.is_empty();
         for (i, p) in model.params.iter().enumerate() {
             let g = match store.remove(p.var.as_tensor()) {
@@ -492,9 +564,15 @@ pub fn gradients(
         terms = objective.distill.filter(|(d, _)| d.alpha > 0.0).map(|_| (0.0, 0.0));
     }
     let mut loss = 0.0;
+    let mut pairs = objective.preference.map(|_| [0.0; 3]);
     let value = |t: Tensor| t.to_scalar::<f32>().map(f64::from);
-    for ((weighted, micro_terms, rows, share), batch) in losses.into_iter().zip(batches) {
+    for ((weighted, micro_terms, rows, micro_pairs, share), batch) in losses.into_iter().zip(batches) {
         loss += value(weighted)?;
+        if let (Some(sums), Some(micro)) = (pairs.as_mut(), micro_pairs) {
+            for (sum, v) in sums.iter_mut().zip(micro.to_vec1::<f64>()?) {
+                *sum += v;
+            }
+        }
         if let Some(rows) = rows {
             for (sum, (s, n)) in source_sums.iter_mut().zip(sum_by_source(&rows, batch, objective.sources)?) {
                 (sum.0, sum.1) = (sum.0 + s, sum.1 + n);
@@ -505,7 +583,7 @@ pub fn gradients(
             terms = Some((sum_ce + value(ce)? * share, sum_kd + value(kd)? * share));
         }
     }
-    Ok(StepGradients { loss, terms, grads, source_sums })
+    Ok(StepGradients { loss, terms, grads, source_sums, pairs })
 }
 
 /// Sum the ranks' parts of a step — loss, KD terms, per-source sums, gradients — so that every
@@ -516,11 +594,13 @@ fn sum_over_ranks(comm: &dyn Communicator, step: &mut StepGradients) -> Result<(
     }
     let (ce, kd) = step.terms.unwrap_or_default();
     let mut values = vec![step.loss, ce, kd];
+    values.extend(step.pairs.unwrap_or_default());
     values.extend(step.source_sums.iter().flat_map(|&(sum, n)| [sum, n as f64]));
     comm.sum(&mut values)?;
     step.loss = values[0];
     step.terms = step.terms.map(|_| (values[1], values[2]));
-    for (slot, pair) in step.source_sums.iter_mut().zip(values[3..].chunks(2)) {
+    step.pairs = step.pairs.map(|_| [values[3], values[4], values[5]]);
+    for (slot, pair) in step.source_sums.iter_mut().zip(values[6..].chunks(2)) {
         *slot = (pair[0], pair[1] as u64);
     }
     comm.sum_tensors(&mut step.grads)?;
@@ -596,9 +676,11 @@ pub struct MicroLoss {
     /// When the objective asks for losses by source: each position's cross-entropy `[N]`
     /// (detached), for [`sum_by_source`].
     pub rows: Option<Tensor>,
+    /// Preference pairs: the sums of [`crate::preference::PairLoss`] (f64, detached).
+    pub pairs: Option<Tensor>,
 }
 
-/// The mean loss of one micro-batch over its loss tokens.
+/// The mean loss of one micro-batch over its loss tokens (or its pairs).
 pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Objective) -> Result<MicroLoss> {
     let (b, t) = (batch.rows, batch.seq_len);
     let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
@@ -609,9 +691,25 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let logits = model.forward(&ids, &positions, &spans)?;
     let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
     let (ce, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
+    if let Some((preference, reference)) = objective.preference {
+        // Each response's log-probability under the policy, and (without a graph) under the
+        // reference.
+        let mean = preference.loss == recipe_spec::PreferenceLoss::Ipo;
+        let reference_logits = reference.forward(&ids, &positions, &spans)?;
+        let (_, reference_rows) = masked_cross_entropy_rows(&reference_logits, &targets, &mask, count)?;
+        let (policy, reference) = (pair_log_probs(&rows, batch, mean)?, pair_log_probs(&reference_rows, batch, mean)?);
+        let pairs = pair_loss(preference, (&policy.0, &policy.1), (&reference.0, &reference.1))?;
+        return Ok(MicroLoss {
+            mean: pairs.mean,
+            count: batch.rows as f64,
+            terms: None,
+            rows: None,
+            pairs: Some(pairs.sums),
+        });
+    }
     let rows = (objective.sources > 0).then(|| rows.detach());
     let Some((distill, teachers)) = objective.distill.filter(|(d, _)| d.alpha > 0.0) else {
-        return Ok(MicroLoss { mean: ce, count, terms: None, rows });
+        return Ok(MicroLoss { mean: ce, count, terms: None, rows, pairs: None });
     };
     // Teachers hold no variables, so their forward passes record no graph.
     // The divergence in f32, whatever the models compute in.
@@ -623,7 +721,7 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;
     let mean = ((&kd * distill.alpha)? + (&ce * (1.0 - distill.alpha))?)?;
     let terms = Some((ce.detach(), kd.detach()));
-    Ok(MicroLoss { mean, count, terms, rows })
+    Ok(MicroLoss { mean, count, terms, rows, pairs: None })
 }
 
 /// Per source of `sources`, the summed cross-entropy `rows` of its loss tokens and their count.
@@ -639,33 +737,53 @@ fn sum_by_source(rows: &Tensor, batch: &Batch, sources: usize) -> Result<Vec<(f6
     Ok(out)
 }
 
-/// Mean loss over `eval.batches` micro-batches of held-out data, weighted by loss tokens.
-/// Runs on a fresh loader, so every evaluation sees the same batches.
+/// What held-out data says of a model.
+pub(crate) struct Evaluation {
+    /// The objective's loss: cross-entropy, or over preference pairs the pairs' loss.
+    pub loss: f64,
+    /// Preference pairs: the share whose chosen response the model rewards more.
+    pub reward_accuracy: Option<f64>,
+}
+
+/// The objective's mean loss (without distillation's KD term) over `eval.batches`
+/// micro-batches of held-out data, weighted by loss tokens (or pairs). Runs on a fresh loader,
+/// so every evaluation sees the same batches.
 pub(crate) fn evaluate(
     model: &Llama,
     stores: &Mix,
     config: &LoaderConfig,
     stage: &Stage,
     device: &Device,
-) -> Result<f64> {
+    objective: &Objective,
+) -> Result<Evaluation> {
+    let objective = Objective { preference: objective.preference, ..Objective::default() };
     let mut loader = Loader::new(stores.clone(), config)?;
-    let (mut sum, mut count) = (0.0, 0.0);
+    let (mut sum, mut count, mut correct) = (0.0, 0.0, 0.0);
     for _ in 0..stage.eval.batches {
         let batch = loader.next_batch(stage.micro_batch_size as usize);
-        let micro = batch_loss(model, &batch, device, &Objective::default())?;
-        sum += micro.mean.to_scalar::<f32>()? as f64 * micro.count;
+        let micro = batch_loss(model, &batch, device, &objective)?;
+        sum += micro.mean.to_dtype(DType::F64)?.to_scalar::<f64>()? * micro.count;
         count += micro.count;
+        if let Some(pairs) = micro.pairs {
+            correct += pairs.to_vec1::<f64>()?[2];
+        }
     }
-    Ok(sum / count.max(1.0))
+    let reward_accuracy = objective.preference.map(|_| correct / count.max(1.0));
+    Ok(Evaluation { loss: sum / count.max(1.0), reward_accuracy })
 }
 
 /// The held-out loss of each evaluated source alone: the same batches [`evaluate`] would draw
 /// if the stage mixed that source only.
-fn evaluate_by_source(model: &Llama, r: &StageRun, stage: &Stage) -> Result<BTreeMap<String, f64>> {
+fn evaluate_by_source(
+    model: &Llama,
+    r: &StageRun,
+    stage: &Stage,
+    objective: &Objective,
+) -> Result<BTreeMap<String, f64>> {
     let config = LoaderConfig::of_stage(r.recipe, stage, Split::Holdout);
     let mut out = BTreeMap::new();
     for store in &r.evaluated {
-        let loss = evaluate(model, &vec![(store.clone(), 1.0)], &config, stage, r.device)?;
+        let loss = evaluate(model, &vec![(store.clone(), 1.0)], &config, stage, r.device, objective)?.loss;
         out.insert(store.meta.source.clone(), loss);
     }
     Ok(out)
