@@ -1,6 +1,7 @@
 //! `recipe new KIND NAME [--from CHECKPOINT]`: a commented starter recipe that validates and
 //! trains as written, with a small public-domain corpus beside it (three chapters of
-//! Moby-Dick, a paragraph per document, and chat turns made from their sentences), so a first
+//! Moby-Dick, a paragraph per document, and chat turns and preference pairs made from their
+//! sentences), so a first
 //! run needs nothing else: a small model trained from scratch, or a checkpoint (a folder or a
 //! cached hub id) continued, fine-tuned, adapted or distilled.
 
@@ -21,6 +22,8 @@ pub enum Kind {
     Sft,
     /// Pretraining, then LoRA fine-tuning on chat turns.
     Lora,
+    /// Pretraining, supervised fine-tuning, then DPO on preference pairs.
+    Dpo,
     /// Pretraining a teacher, then distilling it into a smaller student.
     Distill,
 }
@@ -55,6 +58,8 @@ pub fn run(kind: Kind, name: &str, dir: &Path, from: Option<&str>) -> Result<(),
     std::fs::write(&text, paragraphs()).map_err(|e| fail(&text, e))?;
     let chat = data.join("chat.jsonl");
     std::fs::write(&chat, chat_turns()).map_err(|e| fail(&chat, e))?;
+    let pairs = data.join("pairs.jsonl");
+    std::fs::write(&pairs, preference_pairs()).map_err(|e| fail(&pairs, e))?;
     std::fs::write(&recipe, body).map_err(|e| fail(&recipe, e))?;
     println!("wrote {} and {}/", recipe.display(), data.display());
     println!("next: recipe plan {0}, then recipe train {0}", recipe.display());
@@ -72,21 +77,52 @@ fn paragraphs() -> String {
     out
 }
 
+/// The chapters' sentences of a usable length.
+fn sentences() -> Vec<String> {
+    let text: String = CHAPTERS.iter().map(|t| t.replace('\n', " ")).collect::<Vec<_>>().join(" ");
+    text.split_inclusive(['.', '?', '!'])
+        .map(str::trim)
+        .filter(|s| s.len() > 20 && s.len() < 300)
+        .map(str::to_string)
+        .collect()
+}
+
+/// A sentence's first half (its words), the prompt of a chat turn and of a pair.
+fn first_half(sentence: &str) -> (String, Vec<&str>) {
+    let words: Vec<&str> = sentence.split_whitespace().collect();
+    (words[..words.len() / 2].join(" "), words)
+}
+
 /// Chat turns from the chapters: the user gives the start of a sentence, the assistant
 /// answers with the whole sentence (a fixed opening, then copying the start and finishing it).
 fn chat_turns() -> String {
-    let text: String = CHAPTERS.iter().map(|t| t.replace('\n', " ")).collect::<Vec<_>>().join(" ");
-    let sentences: Vec<&str> =
-        text.split_inclusive(['.', '?', '!']).map(str::trim).filter(|s| s.len() > 20 && s.len() < 300).collect();
     let mut out = String::new();
-    for sentence in sentences {
-        let words: Vec<&str> = sentence.split_whitespace().collect();
-        let start = words[..words.len() / 2].join(" ");
+    for sentence in sentences() {
+        let (start, _) = first_half(&sentence);
         let turn = serde_json::json!({ "messages": [
             { "role": "user", "content": format!("Finish the sentence: {start} ...") },
             { "role": "assistant", "content": format!("The whole sentence reads: {sentence}") },
         ]});
         let _ = writeln!(out, "{turn}");
+    }
+    out
+}
+
+/// Preference pairs from the chapters: the chat turn's prompt, its answer chosen, and rejected
+/// the same start finished with the next sentence's second half.
+fn preference_pairs() -> String {
+    let sentences = sentences();
+    let mut out = String::new();
+    for (sentence, next) in sentences.iter().zip(sentences.iter().cycle().skip(1)) {
+        let (start, _) = first_half(sentence);
+        let (_, next_words) = first_half(next);
+        let wrong = next_words[next_words.len() / 2..].join(" ");
+        let pair = serde_json::json!({
+            "prompt": format!("Finish the sentence: {start} ..."),
+            "chosen": format!("The whole sentence reads: {sentence}"),
+            "rejected": format!("The whole sentence reads: {start} {wrong}"),
+        });
+        let _ = writeln!(out, "{pair}");
     }
     out
 }
@@ -166,9 +202,8 @@ format = "jsonl"
 holdout = 0.1               # a tenth of the documents, by content hash, for evaluation
 "#
     );
-    let chat = matches!(kind, Kind::Sft | Kind::Lora);
-    if chat {
-        let template = template.unwrap_or(ChatTemplate::ChatMl);
+    let template = template.unwrap_or(ChatTemplate::ChatMl);
+    if matches!(kind, Kind::Sft | Kind::Lora) {
         let _ = write!(
             r,
             r#"
@@ -179,6 +214,9 @@ template = "{template}"       # the chat format the checkpoint's tokenizer has t
 holdout = 0.1
 "#
         );
+    }
+    if matches!(kind, Kind::Dpo) {
+        let _ = write!(r, "{}", pairs_source(name, Some(template)));
     }
     let stage = match kind {
         Kind::Pretrain => format!(
@@ -224,6 +262,22 @@ schedule = {{ kind = "cosine", warmup = 10 }}
 eval = {{ every = 50, batches = 4 }}
 "#
         ),
+        Kind::Dpo => format!(
+            r#"
+[stages.dpo]
+kind = "dpo"                # against a frozen copy of the checkpoint, its reference
+steps = 100
+seq_len = {seq_len}         # one pair a row: the chosen and the rejected conversation
+batch_size = 8
+micro_batch_size = 2
+data = {{ mix = {{ pairs = 1.0 }} }}
+preference = {{ loss = "sigmoid", beta = 0.1 }}    # DPO; or loss = "ipo"
+peft = {{ method = "lora", rank = 16, alpha = 32, targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }}
+optim = {{ lr = 2e-4, weight_decay = 0.0 }}
+schedule = {{ kind = "cosine", warmup = 10 }}
+eval = {{ every = 50, batches = 4 }}
+"#
+        ),
         Kind::Distill => format!(
             r#"
 [stages.student]
@@ -241,6 +295,19 @@ eval = {{ every = 100, batches = 4 }}
     };
     r.push_str(&stage);
     r
+}
+
+/// The starter's preference pairs, formatted with `template` when the checkpoint names one.
+fn pairs_source(name: &str, template: Option<ChatTemplate>) -> String {
+    let template = template.map_or(String::new(), |t| format!("template = \"{t}\"\n"));
+    format!(
+        r#"
+[sources.pairs]             # one JSON object per line: {{"prompt", "chosen", "rejected"}}
+path = "{name}-data/pairs.jsonl"
+format = "preference-jsonl"
+{template}holdout = 0.1
+"#
+    )
 }
 
 fn starter(kind: Kind, name: &str) -> String {
@@ -277,6 +344,9 @@ format = "chat-jsonl"
 holdout = 0.1
 "#
         );
+    }
+    if matches!(kind, Kind::Dpo) {
+        r.push_str(&pairs_source(name, None));
     }
     r.push_str(
         r#"
@@ -317,6 +387,30 @@ batch_size = 16
 data = { mix = { chat = 1.0 } }
 peft = { method = "lora", rank = 8, alpha = 16, targets = ["q_proj", "v_proj"] }   # base weights frozen
 optim = { lr = 3e-3 }
+eval = { every = 50, batches = 4 }
+"#
+        }
+        Kind::Dpo => {
+            r#"
+[stages.sft]
+kind = "sft"                # the loss counts the assistant's turns only
+after = "pretrain"
+steps = 100
+seq_len = 128
+batch_size = 16
+data = { mix = { chat = 1.0 } }
+optim = { lr = 3e-4 }
+eval = { every = 50, batches = 4 }
+
+[stages.dpo]
+kind = "dpo"                # against a frozen copy of the SFT model, its reference
+after = "sft"
+steps = 100
+seq_len = 192               # one pair a row: the chosen and the rejected conversation
+batch_size = 16
+data = { mix = { pairs = 1.0 } }
+preference = { loss = "sigmoid", beta = 0.1 }    # DPO; or loss = "ipo"
+optim = { lr = 1e-4 }
 eval = { every = 50, batches = 4 }
 "#
         }

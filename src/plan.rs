@@ -436,15 +436,15 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
         );
     }
     let p = &s["packing"];
+    let (how, split) = match stage.kind {
+        StageKind::Dpo => ("one pair a row".to_string(), "pairs cut to fit"),
+        _ => (stage.data.packing.to_string(), "documents split"),
+    };
     match (p["efficiency"].as_f64(), p["truncation_rate"].as_f64()) {
         (Some(eff), Some(trunc)) => {
             let sample = match (p["rows_simulated"].as_u64(), p["rows_total"].as_u64()) {
                 (Some(a), Some(b)) if a < b => format!(" (from a sample of {a} of {b} rows)"),
                 _ => String::new(),
-            };
-            let (how, split) = match stage.kind {
-                StageKind::Dpo => ("one pair a row".to_string(), "pairs cut to fit"),
-                _ => (stage.data.packing.to_string(), "documents split"),
             };
             let _ = writeln!(
                 out,
@@ -454,11 +454,7 @@ fn training_lines(out: &mut String, stage: &Stage, s: &Value) {
             );
         }
         _ => {
-            let _ = writeln!(
-                out,
-                "  packing   {}: efficiency unknown until `recipe prepare` tokenizes the sources",
-                stage.data.packing
-            );
+            let _ = writeln!(out, "  packing   {how}: efficiency unknown until `recipe prepare` tokenizes the sources");
         }
     }
     for w in s["warnings"].as_array().into_iter().flatten() {

@@ -204,8 +204,19 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 /// scalar; held-out losses apart; the tokens each source gave, as of the last
 /// step; and the summed step time.
 fn curves(lines: &[Value], positions: u64) -> Value {
-    const SCALARS: [&str; 9] =
-        ["loss", "lr", "grad_norm", "tokens_per_s", "ce_loss", "kd_loss", "loss_scale", "seq_len", "peak_memory_mib"];
+    const SCALARS: [&str; 11] = [
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "ce_loss",
+        "kd_loss",
+        "reward_accuracy",
+        "reward_margin",
+        "loss_scale",
+        "seq_len",
+        "peak_memory_mib",
+    ];
     // Tokens as `plan` and tokens/s count them: row positions, padding included. Metrics
     // written before `tokens` was recorded had `positions` every step.
     let tokens_at = |l: &Value| l["tokens"].as_u64().unwrap_or_else(|| l["step"].as_u64().unwrap_or(0) * positions);
@@ -255,6 +266,7 @@ fn curves(lines: &[Value], positions: u64) -> Value {
             "tokens": evals.iter().map(|l| tokens_at(l)).collect::<Vec<_>>(),
             "loss": evals.iter().map(|l| l["eval_loss"].as_f64()).collect::<Vec<_>>(),
             "loss_avg": evals.iter().map(|l| l["eval_loss_avg"].as_f64()).collect::<Vec<_>>(),
+            "reward_accuracy": evals.iter().map(|l| l["eval_reward_accuracy"].as_f64()).collect::<Vec<_>>(),
             "by_source": by_source,
         },
         "mix_weights": mix_weights,

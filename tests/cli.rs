@@ -540,7 +540,7 @@ fn runs_lists_run_directories_and_gc_removes_only_what_no_current_key_uses() {
 fn recipe_new_writes_starters_that_validate_and_train() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    for kind in ["pretrain", "sft", "lora", "distill"] {
+    for kind in ["pretrain", "sft", "lora", "dpo", "distill"] {
         let name = format!("my-{kind}");
         let out = recipe(&["new", kind, &name, "--dir", dir.path().to_str().unwrap()], &runs);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -577,7 +577,7 @@ data = { mix = { moby = 1 } }
     assert!(recipe(&["train", base.to_str().unwrap()], &runs).status.success());
     let trained = std::fs::read_dir(runs.join("base/pretrain")).unwrap().next().unwrap().unwrap().path().join("final");
     let out_dir = dir.path().join("starters");
-    for kind in ["pretrain", "sft", "lora", "distill"] {
+    for kind in ["pretrain", "sft", "lora", "dpo", "distill"] {
         let name = format!("from-{kind}");
         let args = ["new", kind, &name, "--dir", out_dir.to_str().unwrap(), "--from", trained.to_str().unwrap()];
         let out = recipe(&args, &runs);

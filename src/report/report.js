@@ -232,6 +232,17 @@
       });
     return lines.length ? lineChart(title, lines, opts) : null;
   }
+  // Preference pairs: the share rewarding the chosen answer more, in training and held out.
+  function rewardAccuracyChart(stage) {
+    const lines = [];
+    for (const s of stage.series) {
+      const c = s.key.curves.steps;
+      if (c.reward_accuracy) lines.push({ label: `${s.label} train`, colour: s.colour, dashed: s.dashed, xs: c[view.x], ys: smooth(c.reward_accuracy, view.smoothing) });
+      const e = s.key.curves.eval;
+      if ((e.reward_accuracy || []).some((y) => y !== null)) lines.push({ label: `${s.label} held-out`, colour: s.colour, dashed: true, dots: true, xs: e[view.x], ys: e.reward_accuracy });
+    }
+    return lines.length ? lineChart('preference: reward accuracy (held-out dashed)', lines) : null;
+  }
   function lossChart(stage) {
     const lines = [];
     for (const s of stage.series) {
@@ -417,6 +428,8 @@
         scalarChart(stage, 'tokens/s', 'tokens_per_s', true),
         scalarChart(stage, 'distillation: cross-entropy on the data', 'ce_loss', true),
         scalarChart(stage, 'distillation: KD term', 'kd_loss', true),
+        rewardAccuracyChart(stage),
+        scalarChart(stage, 'preference: reward margin, chosen − rejected', 'reward_margin', true),
         scalarChart(stage, 'f16 loss scale', 'loss_scale', false, { log: true }),
       ].filter(Boolean);
       section.append(el('div', { class: 'charts' }, ...charts));

@@ -26,7 +26,7 @@ pub use error::{DataError, Result};
 pub use loader::{Batch, Loader, LoaderConfig, LoaderState, LoaderStats, Mix, PAD_DOC, SourceStats, Split};
 pub use mix::{Sampler, SamplerState};
 pub use online::Bandit;
-pub use pack::{PackStats, Packer, PackerState, Piece, Row};
+pub use pack::{Conversation, PackStats, Packer, PackerState, Piece, Row};
 pub use prepare::{DataFacts, MAX_SIMULATED_ROWS, TOKENIZER_FILE, data_facts, tokenize, train_tokenizer};
 pub use progress::{Progress, Silent};
 pub use store::{StoreMeta, TokenStore, is_held_out, tokenize_source};

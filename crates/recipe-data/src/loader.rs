@@ -231,9 +231,7 @@ impl Loader {
             return (0..n)
                 .map(|_| {
                     let (src, doc) = sampler.next(|s, d| stores[s].doc_len(d as usize) as u64);
-                    let store = &stores[src];
-                    let chosen = store.chosen_len(doc as usize).expect("a preference source");
-                    let rejected = store.doc_len(doc as usize) - chosen;
+                    let (chosen, rejected) = stores[src].pair(doc as usize);
                     self.packer.pair_row(src as u32, doc, chosen, rejected)
                 })
                 .collect();

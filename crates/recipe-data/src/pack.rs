@@ -23,6 +23,27 @@ pub struct Piece {
 
 pub type Row = Vec<Piece>;
 
+/// One conversation of a preference pair: its length in tokens and where its answer, the last
+/// assistant turn, starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    pub len: u32,
+    pub answer: u32,
+}
+
+impl Conversation {
+    /// Where a stretch of `keep` of its tokens starts, to hold as much of the answer as it can.
+    fn window(self, keep: u32) -> u32 {
+        if keep >= self.len {
+            0
+        } else if self.len - self.answer <= keep {
+            self.len - keep
+        } else {
+            self.answer.saturating_sub(keep / 4)
+        }
+    }
+}
+
 /// Rows packed but not yet handed out, and `concat`'s partly filled row.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PackerState {
@@ -91,21 +112,23 @@ impl Packer {
     }
 
     /// The row of preference pair `doc` of `source`: its chosen conversation (the document's
-    /// first `chosen` tokens) and its rejected one (the `rejected` after them), each a segment of
-    /// its own. When the two do not fit in a row, each keeps its start and is cut at its end:
-    /// one no longer than half the row stays whole and the other takes the rest; both longer
-    /// get half each. A cut pair counts as split.
-    pub fn pair_row(&mut self, source: u32, doc: u32, chosen: u32, rejected: u32) -> Row {
+    /// first `chosen.len` tokens) and its rejected one (the rest), each a segment of its own.
+    /// When the two do not fit in a row, one no longer than half the row stays whole and the
+    /// other takes the rest (both longer get half each), and each cut conversation keeps what is
+    /// scored: its whole answer with as much of its prompt's end as fits (a prompt is cut from
+    /// its start, as TRL cuts prompts), or for an answer longer than that, the answer's start
+    /// after a quarter of the room's worth of prompt. A cut pair counts as split.
+    pub fn pair_row(&mut self, source: u32, doc: u32, chosen: Conversation, rejected: Conversation) -> Row {
         let (room, half) = (self.capacity, self.capacity / 2);
-        let kept_chosen = chosen.min(half.max(room.saturating_sub(rejected)));
-        let kept_rejected = rejected.min(room - kept_chosen);
+        let kept_chosen = chosen.len.min(half.max(room.saturating_sub(rejected.len)));
+        let kept_rejected = rejected.len.min(room - kept_chosen);
         self.stats.docs += 1;
-        if (kept_chosen, kept_rejected) != (chosen, rejected) {
+        if (kept_chosen, kept_rejected) != (chosen.len, rejected.len) {
             self.stats.docs_split += 1;
         }
         let row = vec![
-            Piece { source, doc, start: 0, len: kept_chosen },
-            Piece { source, doc, start: chosen, len: kept_rejected },
+            Piece { source, doc, start: chosen.window(kept_chosen), len: kept_chosen },
+            Piece { source, doc, start: chosen.len + rejected.window(kept_rejected), len: kept_rejected },
         ];
         self.count(&row);
         row

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::format_chat;
 use crate::documents::{Doc, TokenFile, read_source};
 use crate::error::{DataError, Result};
+use crate::pack::Conversation;
 use crate::progress::Progress;
 use crate::tokenizer::Tok;
 
@@ -360,6 +361,18 @@ impl TokenStore {
     /// rejected one's); none for a source of single documents.
     pub fn chosen_len(&self, doc: usize) -> Option<u32> {
         self.chosen_lens.get(doc).copied()
+    }
+
+    /// Preference pair `doc`'s chosen and rejected conversations, each with where its answer
+    /// (the last run of assistant tokens) starts.
+    pub fn pair(&self, doc: usize) -> (Conversation, Conversation) {
+        let split = self.chosen_len(doc).expect("a preference source");
+        let conversation = |from: u32, to: u32| {
+            let end = (from..to).rev().find(|&i| self.is_assistant(doc, i as usize)).map_or(to, |i| i + 1);
+            let answer = (from..end).rev().find(|&i| !self.is_assistant(doc, i as usize)).map_or(from, |i| i + 1);
+            Conversation { len: to - from, answer: answer - from }
+        };
+        (conversation(0, split), conversation(split, self.doc_len(doc)))
     }
 
     pub fn is_held_out(&self, doc: usize) -> bool {

@@ -862,16 +862,29 @@ fn preference_pairs_read_in_every_layout_and_fill_a_row_each() {
     }
     assert_eq!(loader.stats().pack.docs_split, 0);
 
-    // Rows of 16: a pair keeps each conversation's start, cut at the end to fit.
-    let mut short = Loader::new(vec![(store.clone(), 1.0)], &config(15)).unwrap();
-    for row in short.next_rows(8) {
+    // Rows of 24: a cut conversation keeps its answer whole with its prompt's end before it,
+    // or the answer's start when the answer alone is longer; both segments are scored.
+    let mut short = Loader::new(vec![(store.clone(), 1.0)], &config(23)).unwrap();
+    let rows = short.next_rows(8);
+    let batch = short.materialize(&rows);
+    for (i, row) in rows.iter().enumerate() {
         let doc = row[0].doc as usize;
-        let (chosen, rejected) = (store.chosen_len(doc).unwrap(), store.doc_len(doc) - store.chosen_len(doc).unwrap());
-        let (c, r) = (row[0].len, row[1].len);
-        assert_eq!((row[0].start, row[1].start), (0, chosen));
-        assert!(c + r <= 16 && c <= chosen && r <= rejected);
-        assert!(c == chosen || c >= 8, "{c} of {chosen}");
-        assert!(r == rejected || c + r == 16, "{r} of {rejected}");
+        let (chosen, rejected) = store.pair(doc);
+        assert!(row[0].len + row[1].len <= 24);
+        for (piece, conversation, offset) in [(row[0], chosen, 0), (row[1], rejected, chosen.len)] {
+            let (start, end) = (piece.start - offset, piece.start - offset + piece.len);
+            assert!(end <= conversation.len, "{piece:?} within {conversation:?}");
+            if conversation.len - conversation.answer <= piece.len {
+                assert_eq!(end, conversation.len, "the whole answer, after its prompt's end");
+            } else {
+                assert!(start < conversation.answer && conversation.answer < end, "the answer's start: {piece:?}");
+            }
+        }
+        let span = i * 23..(i + 1) * 23;
+        for segment in [0, 1] {
+            let scored = span.clone().filter(|&j| batch.loss_mask[j] == 1 && batch.doc_ids[j] == segment).count();
+            assert!(scored > 0, "pair {doc}, segment {segment}");
+        }
     }
     assert!(short.stats().pack.docs_split > 0);
 }

@@ -5,7 +5,8 @@
 //! wider together than the model) and Gemma 3 (norms after the sublayers, GeGLU, a sliding
 //! layer with its own rotary base beside a global one), Gemma 2 (capped scores and logits),
 //! OLMo 2 (norms after the sublayers, over whole projections) and Granite (its four
-//! multipliers) variants. On the CPU the test
+//! multipliers) variants, and Llama under DPO's loss against a reference model (each row a
+//! pair: its two documents the chosen and the rejected answer). On the CPU the test
 //! checks the precisions against f32; on CUDA (a build with `--features cuda` and a GPU) each
 //! precision against the CPU's; without a GPU it says it was skipped.
 
@@ -14,8 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{Model, ModelSpec, Optim, Precision};
-use recipe_train::{LossScaler, Objective, Optimizer, gradients, loss_tokens, update};
+use recipe_spec::{Model, ModelSpec, Optim, Precision, Preference, PreferenceLoss};
+use recipe_train::{LossScaler, Objective, Optimizer, gradients, update};
 
 /// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2 or Granite, heads of 32 (a dimension the CUDA
 /// attention kernels are built for).
@@ -77,10 +78,26 @@ struct Step {
     mean_update: f64,
 }
 
-const ARCHS: [&str; 7] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "granite"];
+/// An architecture, and whether the step takes DPO's loss instead of the cross-entropy.
+const CASES: [(&str, bool); 8] = [
+    ("llama", false),
+    ("qwen2", false),
+    ("qwen3", false),
+    ("gemma2", false),
+    ("gemma3", false),
+    ("olmo2", false),
+    ("granite", false),
+    ("llama", true),
+];
 
-fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
-    let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(Dtypes::on(precision, device)).unwrap();
+fn one_step((arch, dpo): (&str, bool), precision: Precision, device: &Device) -> Step {
+    let dtypes = Dtypes::on(precision, device);
+    let model = Llama::init(&config(arch), 3, device).unwrap().in_precision(dtypes).unwrap();
+    // The reference: another model, so that the policy's log-ratios differ from its own.
+    let reference = Llama::init(&config(arch), 4, device).unwrap().trainable_tensors();
+    let reference = Llama::frozen(&config(arch), reference, device).unwrap().in_precision(dtypes).unwrap();
+    let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5 };
+    let objective = Objective { preference: dpo.then_some((&preference, &reference)), ..Objective::default() };
     let optim = Optim::adamw(1e-2);
     let mut optimizer = Optimizer::new(&optim);
     let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
@@ -93,8 +110,7 @@ fn one_step(arch: &str, precision: Precision, device: &Device) -> Step {
     // that start small, so its first scales overflow), as training does.
     let (step, scale) = loop {
         let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
-        let step =
-            gradients(&model, &batches, loss_tokens(&batches), device, &Objective::default(), None, scale).unwrap();
+        let step = gradients(&model, &batches, objective.units(&batches), device, &objective, None, scale).unwrap();
         let finite = step
             .grads
             .iter()
@@ -138,11 +154,11 @@ const PRECISIONS: [(Precision, f64); 4] =
 
 #[test]
 fn every_precision_steps_like_f32_on_the_cpu() {
-    for arch in ARCHS {
-        let reference = one_step(arch, Precision::F32, &Device::Cpu);
+    for case in CASES {
+        let reference = one_step(case, Precision::F32, &Device::Cpu);
         for (precision, tol) in PRECISIONS {
-            let got = one_step(arch, precision, &Device::Cpu);
-            assert_same_step(&format!("{arch} in {precision} on the CPU"), got, &reference, tol);
+            let got = one_step(case, precision, &Device::Cpu);
+            assert_same_step(&format!("{case:?} in {precision} on the CPU"), got, &reference, tol);
         }
     }
 }
@@ -153,11 +169,11 @@ fn a_cuda_step_equals_the_cpu_step() {
         eprintln!("skipped: no CUDA device (build with --features cuda on a machine with a GPU)");
         return;
     };
-    for arch in ARCHS {
+    for case in CASES {
         for (precision, tol) in PRECISIONS {
-            let want = one_step(arch, precision, &Device::Cpu);
-            assert_same_step(&format!("{arch} in {precision} on CUDA"), one_step(arch, precision, &cuda), &want, tol);
-            eprintln!("{arch} in {precision}: a CUDA step equals the CPU step");
+            let want = one_step(case, precision, &Device::Cpu);
+            assert_same_step(&format!("{case:?} in {precision} on CUDA"), one_step(case, precision, &cuda), &want, tol);
+            eprintln!("{case:?} in {precision}: a CUDA step equals the CPU step");
         }
     }
 }
