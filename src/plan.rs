@@ -287,10 +287,18 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         }
         if let Some(p) = &stage.preference {
             let loss = match p.loss {
-                PreferenceLoss::Sigmoid => "DPO's −log σ(β·h)",
-                PreferenceLoss::Ipo => "IPO's (h − 1/(2β))², over mean log-probabilities",
+                PreferenceLoss::Sigmoid => "DPO's −log σ(β·h)".to_string(),
+                PreferenceLoss::Ipo => "IPO's (h − 1/(2β))², over mean log-probabilities".to_string(),
+                PreferenceLoss::Simpo => format!("SimPO's −log σ(β·(ā_c − ā_r) − γ), γ {}", p.gamma.unwrap_or(0.5)),
+                PreferenceLoss::Orpo => {
+                    "ORPO's cross-entropy of the chosen answers − β·log σ(log odds ratio)".to_string()
+                }
             };
-            let _ = writeln!(out, "  pairs     {loss} · β {} · against a frozen copy of the starting weights", p.beta);
+            let against = match p.needs_reference() {
+                true => "against a frozen copy of the starting weights",
+                false => "the policy's own scores, no reference",
+            };
+            let _ = writeln!(out, "  pairs     {loss} · β {} · {against}", p.beta);
         }
         let trainable = s["params"]["trainable"].as_u64().unwrap_or(0);
         let total = s["params"]["total"].as_u64().unwrap_or(0);

@@ -1,7 +1,8 @@
 //! Preference stages end to end: a `dpo` stage after pretraining, on pairs that prefer a
 //! stretch of the book's true continuation to the same words in upper case, starts at DPO's loss of ln 2 (the
 //! policy is its reference), lowers it, comes to reward the chosen continuations, reports a
-//! held-out accuracy, and resumes bit-identically; IPO and DPO over LoRA adapters train too.
+//! held-out accuracy, and resumes bit-identically; IPO, DPO over LoRA adapters, and the
+//! reference-free SimPO and ORPO train too.
 
 use std::path::Path;
 
@@ -67,11 +68,13 @@ seq_len = 64
 batch_size = 8
 data = {{ mix = {{ book = 1 }} }}
 optim = {{ lr = 1e-2 }}
-{1}{2}{3}"#,
+{1}{2}{3}{4}{5}"#,
         data.display(),
         dpo("dpo", ""),
         dpo("ipo", "preference = { loss = \"ipo\", beta = 0.5 }\n"),
         dpo("dpo_lora", "peft = { rank = 4, targets = [\"q_proj\", \"v_proj\", \"down_proj\"] }\n"),
+        dpo("simpo", "preference = { loss = \"simpo\", beta = 2.0, gamma = 0.5 }\n"),
+        dpo("orpo", "preference = { loss = \"orpo\", beta = 0.5 }\n"),
     );
     Recipe::parse(&dir.join("r.toml"), &text, &[], &Headers).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -84,10 +87,10 @@ fn a_dpo_stage_learns_the_preferred_answers_and_resumes_exactly() {
     let r = recipe(straight.path());
     execute_until(&r, straight.path(), None, None);
     let number = |l: &Value, key: &str| l[key].as_f64().unwrap_or_else(|| panic!("{key} in {l}"));
-    for stage in ["dpo", "ipo", "dpo_lora"] {
+    for stage in ["dpo", "ipo", "dpo_lora", "simpo", "orpo"] {
         let lines = step_lines(straight.path(), &r, stage);
         let (first, last) = (&lines[0], lines.last().unwrap());
-        if stage != "ipo" {
+        if stage.starts_with("dpo") {
             // The policy is its reference at the first step: h = 0 and −log σ(0) = ln 2.
             assert!((number(first, "loss") - 2f64.ln()).abs() < 1e-4, "{stage}: {first}");
         }

@@ -139,7 +139,7 @@ pub(crate) fn check_starting_weights(cx: &mut Cx, stages: &[Stage]) {
             let origin = cx.origins.get(&format!("stages.{}.kind", s.name)).cloned().unwrap_or_default();
             cx.diags.push(
                 Diagnostic::new(&origin, format!("dpo stage `{}` starts from random weights", s.name))
-                    .label("DPO tunes a trained model against itself as it starts: its reference")
+                    .label("preference tuning adjusts a trained model (DPO's reference is that model as it starts)")
                     .help("set `after = \"STAGE\"` (an SFT stage, usually) or `model.from = \"path\"`"),
             );
         }

@@ -7,7 +7,7 @@ use crate::merge::Merge;
 use crate::model::Model;
 use crate::recipe::Recipe;
 use crate::stage::{Muon, Stage};
-use crate::vocab::{MergeMethod, PeftMethod, Precision, StageKind};
+use crate::vocab::{MergeMethod, PeftMethod, Precision};
 
 /// Parameter counts, FLOPs and peak memory of one stage.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -216,8 +216,8 @@ impl Stage {
             (Some(_), _) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
         };
         let stage_teachers = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model);
-        // A dpo stage's reference is one more frozen model run forward beside it.
-        let reference = (self.kind == StageKind::Dpo).then_some(m);
+        // DPO's and IPO's reference is one more frozen model run forward beside the policy.
+        let reference = self.preference.as_ref().filter(|p| p.needs_reference()).map(|_| m);
         let teachers: Vec<&Model> =
             stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).chain(reference).collect();
         // Attention's share of a token's FLOPs grows with the length of its row.

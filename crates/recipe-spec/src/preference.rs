@@ -1,6 +1,6 @@
 //! A `dpo` stage's `preference` table: how it learns from pairs of a preferred (`chosen`) and a
-//! dispreferred (`rejected`) response to one prompt, against a frozen reference — the model the
-//! stage starts from.
+//! dispreferred (`rejected`) response to one prompt — against a frozen reference, the model the
+//! stage starts from (DPO, IPO), or by the policy's own scores alone (SimPO, ORPO).
 
 use serde::Serialize;
 
@@ -12,17 +12,29 @@ use crate::vocab::PreferenceLoss;
 pub struct Preference {
     /// Default `sigmoid`: DPO's loss (Rafailov et al. 2023), `−log σ(β·h)` with `h` the
     /// policy's log-ratio of chosen over rejected less the reference's; `ipo`: IPO's
-    /// (Azar et al. 2023), `(h − 1/(2β))²` with `h` over per-token mean log-probabilities.
+    /// (Azar et al. 2023), `(h − 1/(2β))²` with `h` over per-token mean log-probabilities;
+    /// `simpo`: SimPO's (Meng et al. 2024), `−log σ(β·(ā_c − ā_r) − γ)` over the policy's mean
+    /// log-probabilities `ā`, no reference; `orpo`: ORPO's (Hong et al. 2024), the chosen
+    /// answers' cross-entropy less `β·log σ(log odds_c − log odds_r)`, no reference.
     pub loss: PreferenceLoss,
-    /// Default 0.1: how far from the reference the policy may move (the KL penalty's weight).
+    /// Default 0.1: DPO's and IPO's KL weight, SimPO's reward scale, ORPO's odds-ratio weight.
     pub beta: f64,
+    /// `simpo` only, default 0.5: the margin SimPO asks of the chosen answer (TRL's
+    /// `simpo_gamma`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
 }
 
-const PREFERENCE_KEYS: &[&str] = &["loss", "beta"];
+const PREFERENCE_KEYS: &[&str] = &["loss", "beta", "gamma"];
 
 impl Preference {
     /// What a `dpo` stage gets when it has no `preference` table.
-    pub(crate) const DEFAULT: Preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1 };
+    pub(crate) const DEFAULT: Preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None };
+
+    /// Whether the loss compares the policy with a reference model (DPO, IPO).
+    pub fn needs_reference(&self) -> bool {
+        matches!(self.loss, PreferenceLoss::Sigmoid | PreferenceLoss::Ipo)
+    }
 
     pub(crate) fn decode(cx: &mut Cx, node: &Node, path: &str) -> Preference {
         let f = Fields::of(cx, node, path, PREFERENCE_KEYS);
@@ -30,6 +42,12 @@ impl Preference {
         let loss = f.word::<PreferenceLoss>(cx, "loss").unwrap_or(PreferenceLoss::Sigmoid);
         let beta = f.opt(cx, "beta", decode::float).unwrap_or(0.1);
         check_range(cx, &f.child_path("beta"), beta, beta > 0.0, "a number > 0");
-        Preference { loss, beta }
+        let simpo = loss == PreferenceLoss::Simpo;
+        let gamma = f.opt(cx, "gamma", decode::float);
+        decode::only_for(cx, &f, "gamma", gamma.is_some(), simpo, "loss = \"simpo\"");
+        if let Some(gamma) = gamma {
+            check_range(cx, &f.child_path("gamma"), gamma, gamma >= 0.0, "a margin ≥ 0");
+        }
+        Preference { loss, beta, gamma: simpo.then(|| gamma.unwrap_or(0.5)) }
     }
 }

@@ -58,7 +58,7 @@ words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(MuonScale { MatchRmsAdamw = "match-rms-adamw", Original = "original" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
-words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo" });
+words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo", Simpo = "simpo", Orpo = "orpo" });
 
 impl SourceFormat {
     /// Conversations, formatted with a chat template: `chat-jsonl` and `preference-jsonl`.

@@ -1,83 +1,126 @@
-//! Preference losses over pairs of a chosen and a rejected response, each scored by the
-//! policy and by a frozen reference: DPO's (Rafailov et al. 2023) and IPO's (Azar et al.
-//! 2023), as TRL's `DPOTrainer` computes them (`loss_type` "sigmoid" and "ipo").
+//! Preference losses over pairs of a chosen and a rejected answer, as TRL computes them: DPO's
+//! (Rafailov et al. 2023) and IPO's (Azar et al. 2023) against a frozen reference
+//! (`DPOTrainer`'s `loss_type` "sigmoid" and "ipo"), SimPO's (Meng et al. 2024; `CPOTrainer`'s
+//! "simpo" with `cpo_alpha` 0) and ORPO's (Hong et al. 2024; `ORPOTrainer`) from the policy's
+//! scores alone.
 //!
 //! A batch holds one pair a row (`recipe-data` lays them out): the chosen conversation is the
 //! row's segment 0, the rejected one segment 1, and the loss mask keeps each one's final
-//! assistant turn. A response's log-probability is the sum of its targets' (IPO: their mean).
+//! assistant turn. An answer's score is the sum of its targets' log-probabilities (IPO, SimPO
+//! and ORPO: their mean).
 
 use candle_core::{DType, Result, Tensor};
 use recipe_data::Batch;
 use recipe_spec::{Preference, PreferenceLoss};
 
-/// Per row, the weight each position's log-probability has in the chosen response's score and
-/// in the rejected one's: 1 on that segment's loss targets (IPO: 1 / their count), else 0.
-fn segment_weights(batch: &Batch, mean: bool) -> [Vec<f64>; 2] {
-    let t = batch.seq_len;
-    let mut weights = [vec![0f64; batch.rows * t], vec![0f64; batch.rows * t]];
-    for row in 0..batch.rows {
-        for (segment, w) in weights.iter_mut().enumerate() {
-            let span = row * t..(row + 1) * t;
-            let counted: Vec<usize> =
-                span.filter(|&i| batch.loss_mask[i] == 1 && batch.doc_ids[i] == segment as u32).collect();
-            let each = if mean { 1.0 / counted.len().max(1) as f64 } else { 1.0 };
-            for i in counted {
-                w[i] = each;
-            }
-        }
-    }
-    weights
+/// Each row's chosen and rejected answers: their log-probabilities summed over their
+/// targets, and how many targets they have, `[rows]` each.
+pub struct PairScores {
+    pub chosen: Tensor,
+    pub rejected: Tensor,
+    pub chosen_tokens: Tensor,
+    pub rejected_tokens: Tensor,
 }
 
-/// The chosen and rejected responses' log-probabilities `[rows]` from each position's negative
-/// log-likelihood `nll` `[rows · T]`.
-pub fn pair_log_probs(nll: &Tensor, batch: &Batch, mean: bool) -> Result<(Tensor, Tensor)> {
-    let [chosen, rejected] = segment_weights(batch, mean);
-    let score = |w: Vec<f64>| -> Result<Tensor> {
-        let w = Tensor::from_vec(w, nll.shape(), nll.device())?.to_dtype(nll.dtype())?;
-        (nll * w)?.reshape((batch.rows, batch.seq_len))?.sum(1)?.neg()
-    };
-    Ok((score(chosen)?, score(rejected)?))
+impl PairScores {
+    /// The scores of each position's negative log-likelihood `nll` `[rows · T]` (0 off the loss
+    /// mask).
+    pub fn of(nll: &Tensor, batch: &Batch) -> Result<PairScores> {
+        let t = batch.seq_len;
+        let segment = |s: u32| -> Vec<f32> {
+            (0..batch.rows * t).map(|i| f32::from(batch.loss_mask[i] == 1 && batch.doc_ids[i] == s)).collect()
+        };
+        let (chosen, rejected) = (segment(0), segment(1));
+        let count = |w: &[f32]| -> Result<Tensor> {
+            let per_row: Vec<f64> = w.chunks(t).map(|row| row.iter().map(|&x| f64::from(x)).sum()).collect();
+            Tensor::from_vec(per_row, batch.rows, nll.device())?.to_dtype(nll.dtype())
+        };
+        let score = |w: &[f32]| -> Result<Tensor> {
+            let w = Tensor::from_slice(w, nll.shape(), nll.device())?.to_dtype(nll.dtype())?;
+            (nll * w)?.reshape((batch.rows, t))?.sum(1)?.neg()
+        };
+        Ok(PairScores {
+            chosen: score(&chosen)?,
+            rejected: score(&rejected)?,
+            chosen_tokens: count(&chosen)?,
+            rejected_tokens: count(&rejected)?,
+        })
+    }
+
+    /// Per-token mean log-probabilities, chosen and rejected (0 for an answer with no target).
+    fn means(&self) -> Result<(Tensor, Tensor)> {
+        let mean = |sum: &Tensor, n: &Tensor| sum / n.clamp(1.0, f64::INFINITY)?;
+        Ok((mean(&self.chosen, &self.chosen_tokens)?, mean(&self.rejected, &self.rejected_tokens)?))
+    }
 }
 
 /// What a micro-batch of pairs gives: the loss averaged over its pairs, to backpropagate, and
-/// (detached, summed over its pairs) the chosen responses' implicit rewards `β·(log π − log
-/// π_ref)`, the rejected ones', and how many pairs reward the chosen response more.
+/// (detached, f64, summed over its pairs) the chosen answers' rewards, the rejected ones', and
+/// how many pairs reward the chosen answer more. A reward is `β·(log π − log π_ref)` against a
+/// reference, else `β` times the mean log-probability (as TRL reports them).
 pub struct PairLoss {
     pub mean: Tensor,
     pub sums: Tensor,
 }
 
-/// The preference loss of pairs scored `policy` (chosen, rejected; with a graph) and
-/// `reference` (without), each `[pairs]`: with `h` the policy's log-ratio of chosen over
-/// rejected less the reference's, DPO's `−log σ(β·h)` or IPO's `(h − 1/(2β))²`.
-pub fn pair_loss(p: &Preference, policy: (&Tensor, &Tensor), reference: (&Tensor, &Tensor)) -> Result<PairLoss> {
-    let chosen = (policy.0 - reference.0)?;
-    let rejected = (policy.1 - reference.1)?;
-    let h = (&chosen - &rejected)?;
-    let losses = match p.loss {
-        // −log σ(x) = log(1 + e^{−x}), written to overflow for no x.
-        PreferenceLoss::Sigmoid => {
-            let x = (&h * p.beta)?;
-            (x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?
-        }
-        PreferenceLoss::Ipo => (&h - 1.0 / (2.0 * p.beta))?.sqr()?,
+/// `−log σ(x) = log(1 + e^{−x})`, written to overflow for no `x`.
+fn softplus_neg(x: &Tensor) -> Result<Tensor> {
+    x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// The preference loss of pairs scored by the policy (with a graph) and, for DPO and IPO, by
+/// the reference (without). With `h` the policy's log-ratio of chosen over rejected less the
+/// reference's: DPO `−log σ(β·h)` (summed scores), IPO `(h − 1/(2β))²` (mean scores); with
+/// the policy's mean scores `ā`: SimPO `−log σ(β·(ā_c − ā_r) − γ)`, ORPO the chosen answers'
+/// cross-entropy (their tokens' mean over the micro-batch) less `β·log σ(log odds_c −
+/// log odds_r)`, `log odds = ā − log(1 − e^ā)`.
+pub fn pair_loss(p: &Preference, policy: &PairScores, reference: Option<&PairScores>) -> Result<PairLoss> {
+    let against = |chosen: Tensor, rejected: Tensor, mean: bool| -> Result<(Tensor, Tensor)> {
+        let reference = reference.ok_or_else(|| candle_core::Error::Msg(format!("{} needs a reference", p.loss)))?;
+        let (rc, rr) = if mean { reference.means()? } else { (reference.chosen.clone(), reference.rejected.clone()) };
+        Ok(((chosen - rc)?, (rejected - rr)?))
     };
-    let rewards = |r: &Tensor| (r.detach() * p.beta)?.sum_all();
-    let correct = h.detach().gt(0.0)?.to_dtype(h.dtype())?.sum_all()?;
-    let sums = Tensor::stack(&[rewards(&chosen)?, rewards(&rejected)?, correct], 0)?.to_dtype(DType::F64)?;
+    let (chosen, rejected, losses) = match p.loss {
+        PreferenceLoss::Sigmoid => {
+            let (c, r) = against(policy.chosen.clone(), policy.rejected.clone(), false)?;
+            let losses = softplus_neg(&((&c - &r)? * p.beta)?)?;
+            (c, r, losses)
+        }
+        PreferenceLoss::Ipo => {
+            let (ac, ar) = policy.means()?;
+            let (c, r) = against(ac, ar, true)?;
+            let losses = ((&c - &r)? - 1.0 / (2.0 * p.beta))?.sqr()?;
+            (c, r, losses)
+        }
+        PreferenceLoss::Simpo => {
+            let (c, r) = policy.means()?;
+            let losses = softplus_neg(&(((&c - &r)? * p.beta)? - p.gamma.unwrap_or(0.5))?)?;
+            (c, r, losses)
+        }
+        PreferenceLoss::Orpo => {
+            let (c, r) = policy.means()?;
+            let log_odds = |a: &Tensor| a - (a.exp()?.neg()? + 1.0)?.log()?;
+            let ratio = (log_odds(&c)? - log_odds(&r)?)?;
+            let nll = (policy.chosen.sum_all()?.neg()? / policy.chosen_tokens.sum_all()?.clamp(1.0, f64::INFINITY)?)?;
+            let losses = (softplus_neg(&ratio)? * p.beta)?.broadcast_add(&nll)?;
+            (c, r, losses)
+        }
+    };
+    let (chosen, rejected) = ((chosen.detach() * p.beta)?, (rejected.detach() * p.beta)?);
+    let correct = chosen.gt(&rejected)?.to_dtype(chosen.dtype())?.sum_all()?;
+    let sums = Tensor::stack(&[chosen.sum_all()?, rejected.sum_all()?, correct], 0)?.to_dtype(DType::F64)?;
     Ok(PairLoss { mean: losses.mean_all()?, sums })
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     use super::*;
 
     fn batch() -> Batch {
-        // Row 0: chosen at 0..3 (targets 1, 2 counted), rejected at 3..6 (targets 4, 5).
-        // Row 1: chosen at 0..2 (target 1), rejected at 2..6 (targets 3, 4, 5); padding none.
+        // Row 0: chosen at 0..3 (targets 1, 2 counted), rejected at 3..6 (target 4).
+        // Row 1: chosen at 0..2 (target 1), rejected at 2..6 (targets 3, 4, 5).
         Batch {
             rows: 2,
             seq_len: 6,
@@ -90,57 +133,87 @@ mod tests {
         }
     }
 
-    /// Sums (IPO: means) over each segment's counted targets.
+    /// Each answer sums its own counted targets, and counts them.
     #[test]
-    fn responses_are_scored_by_their_own_targets() {
+    fn answers_are_scored_by_their_own_targets() {
         let nll: Vec<f64> = (1..=12).map(f64::from).collect();
-        let nll = Tensor::from_vec(nll, 12, &Device::Cpu).unwrap();
-        let (c, r) = pair_log_probs(&nll, &batch(), false).unwrap();
-        assert_eq!(c.to_vec1::<f64>().unwrap(), [-(1.0 + 2.0), -7.0]);
-        assert_eq!(r.to_vec1::<f64>().unwrap(), [-5.0, -(9.0 + 10.0 + 11.0)]);
-        let (c, r) = pair_log_probs(&nll, &batch(), true).unwrap();
-        assert_eq!(c.to_vec1::<f64>().unwrap(), [-1.5, -7.0]);
-        assert_eq!(r.to_vec1::<f64>().unwrap(), [-5.0, -10.0]);
+        let s = PairScores::of(&Tensor::from_vec(nll, 12, &Device::Cpu).unwrap(), &batch()).unwrap();
+        let v = |t: &Tensor| t.to_vec1::<f64>().unwrap();
+        assert_eq!((v(&s.chosen), v(&s.chosen_tokens)), (vec![-(1.0 + 2.0), -7.0], vec![2.0, 1.0]));
+        assert_eq!((v(&s.rejected), v(&s.rejected_tokens)), (vec![-5.0, -(9.0 + 10.0 + 11.0)], vec![1.0, 3.0]));
     }
 
-    /// TRL's formulas, written out for three pairs, and their gradient by finite differences.
+    /// TRL's formulas for each loss, written out in f64 for three pairs, with the rewards and
+    /// accuracy TRL logs, and the loss's gradient by finite differences.
     #[test]
-    fn dpo_and_ipo_match_their_formulas_and_gradients() {
-        let t = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+    fn every_loss_matches_its_formula_and_gradient() {
         let (pc, pr) = ([-3.0, -10.0, -2.5], [-4.0, -9.0, -40.0]);
+        let (nc, nr) = ([2.0, 5.0, 1.0], [4.0, 3.0, 8.0]);
         let (rc, rr) = ([-3.5, -9.5, -2.0], [-3.8, -9.2, -1.0]);
-        for (loss, beta) in [(PreferenceLoss::Sigmoid, 0.1), (PreferenceLoss::Sigmoid, 2.0), (PreferenceLoss::Ipo, 0.5)]
-        {
-            let p = Preference { loss, beta };
-            let expected = |pc: &[f64]| -> f64 {
-                (0..3)
-                    .map(|i| {
-                        let h = (pc[i] - rc[i]) - (pr[i] - rr[i]);
-                        match loss {
-                            PreferenceLoss::Sigmoid => -(1.0 / (1.0 + (-beta * h).exp())).ln(),
-                            PreferenceLoss::Ipo => (h - 1.0 / (2.0 * beta)).powi(2),
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let t = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+        let cases = [
+            Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None },
+            Preference { loss: PreferenceLoss::Sigmoid, beta: 2.0, gamma: None },
+            Preference { loss: PreferenceLoss::Ipo, beta: 0.5, gamma: None },
+            Preference { loss: PreferenceLoss::Simpo, beta: 2.0, gamma: Some(0.8) },
+            Preference { loss: PreferenceLoss::Orpo, beta: 0.3, gamma: None },
+        ];
+        for p in cases {
+            let beta = p.beta;
+            // The loss and per-pair rewards (chosen, rejected) from the chosen answers' sums.
+            let expected = |pc: &[f64]| -> (f64, Vec<(f64, f64)>) {
+                let mut total = 0.0;
+                let mut rewards = Vec::new();
+                let nll = -pc.iter().sum::<f64>() / nc.iter().sum::<f64>();
+                for i in 0..3 {
+                    let (ac, ar) = (pc[i] / nc[i], pr[i] / nr[i]);
+                    let (loss, reward) = match p.loss {
+                        PreferenceLoss::Sigmoid => {
+                            let (c, r) = (pc[i] - rc[i], pr[i] - rr[i]);
+                            (-sigmoid(beta * (c - r)).ln(), (beta * c, beta * r))
                         }
-                    })
-                    .sum::<f64>()
-                    / 3.0
+                        PreferenceLoss::Ipo => {
+                            let (c, r) = (ac - rc[i] / nc[i], ar - rr[i] / nr[i]);
+                            ((c - r - 1.0 / (2.0 * beta)).powi(2), (beta * c, beta * r))
+                        }
+                        PreferenceLoss::Simpo => (-sigmoid(beta * (ac - ar) - 0.8).ln(), (beta * ac, beta * ar)),
+                        PreferenceLoss::Orpo => {
+                            let odds = |a: f64| a - (1.0 - a.exp()).ln();
+                            (nll - beta * sigmoid(odds(ac) - odds(ar)).ln(), (beta * ac, beta * ar))
+                        }
+                    };
+                    total += loss / 3.0;
+                    rewards.push(reward);
+                }
+                (total, rewards)
             };
-            let var = candle_core::Var::from_tensor(&t(&pc)).unwrap();
-            let out = pair_loss(&p, (var.as_tensor(), &t(&pr)), (&t(&rc), &t(&rr))).unwrap();
+            let scores = |chosen: Tensor| PairScores {
+                chosen,
+                rejected: t(&pr),
+                chosen_tokens: t(&nc),
+                rejected_tokens: t(&nr),
+            };
+            let reference =
+                PairScores { chosen: t(&rc), rejected: t(&rr), chosen_tokens: t(&nc), rejected_tokens: t(&nr) };
+            let var = Var::from_tensor(&t(&pc)).unwrap();
+            let out = pair_loss(&p, &scores(var.as_tensor().clone()), Some(&reference)).unwrap();
+            let (want, rewards) = expected(&pc);
             let got = out.mean.to_scalar::<f64>().unwrap();
-            assert!((got - expected(&pc)).abs() < 1e-12, "{loss:?} β {beta}: {got} vs {}", expected(&pc));
+            assert!((got - want).abs() < 1e-12, "{p:?}: {got} vs {want}");
             let grad = out.mean.backward().unwrap().get(var.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
             for i in 0..3 {
                 let (mut up, mut down) = (pc, pc);
                 up[i] += 1e-6;
                 down[i] -= 1e-6;
-                let numeric = (expected(&up) - expected(&down)) / 2e-6;
-                assert!((grad[i] - numeric).abs() < 1e-6, "{loss:?} ∂/∂chosen[{i}]: {} vs {numeric}", grad[i]);
+                let numeric = (expected(&up).0 - expected(&down).0) / 2e-6;
+                assert!((grad[i] - numeric).abs() < 1e-6, "{p:?} ∂/∂chosen[{i}]: {} vs {numeric}", grad[i]);
             }
             let sums = out.sums.to_vec1::<f64>().unwrap();
-            let chosen_reward: f64 = (0..3).map(|i| beta * (pc[i] - rc[i])).sum();
-            let rejected_reward: f64 = (0..3).map(|i| beta * (pr[i] - rr[i])).sum();
-            assert!((sums[0] - chosen_reward).abs() < 1e-12 && (sums[1] - rejected_reward).abs() < 1e-12);
-            assert_eq!(sums[2], 2.0, "pairs 0 and 2 prefer the chosen response more than the reference does");
+            let (c, r): (f64, f64) = (rewards.iter().map(|x| x.0).sum(), rewards.iter().map(|x| x.1).sum());
+            let correct = rewards.iter().filter(|(c, r)| c > r).count() as f64;
+            assert!((sums[0] - c).abs() < 1e-12 && (sums[1] - r).abs() < 1e-12, "{p:?}: {sums:?}");
+            assert_eq!(sums[2], correct, "{p:?}");
         }
     }
 }

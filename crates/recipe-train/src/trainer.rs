@@ -14,16 +14,14 @@ use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
 use recipe_dist::Communicator;
 use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_layers};
-use recipe_spec::{
-    AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Preference, Recipe, Stage, StageKind,
-};
+use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Preference, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::average::{Averager, set_weights, with_weights};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
 use crate::optimizer::{Optimizer, clip_factor};
-use crate::preference::{pair_log_probs, pair_loss};
+use crate::preference::{PairScores, pair_loss};
 use crate::scaler::LossScaler;
 
 /// What a training checkpoint holds besides tensors.
@@ -174,14 +172,14 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let relora = stage.peft.as_ref().and_then(|p| p.relora.as_ref());
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let online = stage.data.online.as_ref();
-    let reference = match stage.kind {
-        StageKind::Dpo => Some(build_reference(stage, r.start_from.as_deref(), r.device)?),
-        _ => None,
+    let reference = match stage.preference.as_ref().filter(|p| p.needs_reference()) {
+        Some(_) => Some(build_reference(stage, r.start_from.as_deref(), r.device)?),
+        None => None,
     };
     let objective = Objective {
         distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())),
         sources: if online.is_some() { stage.data.mix.len() } else { 0 },
-        preference: stage.preference.as_ref().zip(reference.as_ref()),
+        preference: stage.preference.as_ref().map(|p| (p, reference.as_ref())),
     };
     let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
     let mut optimizer = Optimizer::new(&stage.optim);
@@ -463,8 +461,9 @@ pub struct Objective<'a> {
     pub distill: Option<(&'a Distill, &'a [Llama])>,
     /// When > 0, also the cross-entropy of each of this many sources (online mixing's reward).
     pub sources: usize,
-    /// Instead of the cross-entropy: a preference loss over pairs against a frozen reference.
-    pub preference: Option<(&'a Preference, &'a Llama)>,
+    /// Instead of the cross-entropy: a preference loss over pairs, with the frozen reference
+    /// DPO and IPO compare against.
+    pub preference: Option<(&'a Preference, Option<&'a Llama>)>,
 }
 
 impl Objective<'_> {
@@ -692,13 +691,17 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
     let (ce, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
     if let Some((preference, reference)) = objective.preference {
-        // Each response's log-probability under the policy, and (without a graph) under the
+        // Each answer's log-probability under the policy, and (without a graph) under the
         // reference.
-        let mean = preference.loss == recipe_spec::PreferenceLoss::Ipo;
-        let reference_logits = reference.forward(&ids, &positions, &spans)?;
-        let (_, reference_rows) = masked_cross_entropy_rows(&reference_logits, &targets, &mask, count)?;
-        let (policy, reference) = (pair_log_probs(&rows, batch, mean)?, pair_log_probs(&reference_rows, batch, mean)?);
-        let pairs = pair_loss(preference, (&policy.0, &policy.1), (&reference.0, &reference.1))?;
+        let reference = match reference {
+            Some(model) => {
+                let logits = model.forward(&ids, &positions, &spans)?;
+                let (_, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
+                Some(PairScores::of(&rows, batch)?)
+            }
+            None => None,
+        };
+        let pairs = pair_loss(preference, &PairScores::of(&rows, batch)?, reference.as_ref())?;
         return Ok(MicroLoss {
             mean: pairs.mean,
             count: batch.rows as f64,
