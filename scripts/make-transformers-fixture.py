@@ -38,6 +38,9 @@ change the logits), with the logits of the adapted model:
 - `qwen3-lora`: LoRA of rank 4 on the query, value and down projections;
 - `qwen3-dora`: DoRA of rank 2 on every projection;
 - `qwen3-rslora`: `qwen3-lora`'s adapter with rsLoRA's scale, alpha / √r;
+- `qwen3-pissa`, `qwen3-olora`: LoRA of rank 4 as `peft` initialises it from the weights
+  (PiSSA: the top singular vectors; OLoRA: the first columns of a QR factorisation), its `A`
+  and `B` untrained, and the residual base weights `peft` leaves (`residual.safetensors`);
 - `gemma3-lora`, `granite-lora`: LoRA of rank 4 on the query, value and down projections;
 - `gemma3-vision-lora`: the same over the multimodal model, which puts LoRA on the vision
   tower's query and value projections too (under `model.vision_tower.`), and names the
@@ -154,6 +157,20 @@ def save_adapter(out, base, config):
     save_expected(out, adapted)
 
 
+def save_initialised(out, base, config):
+    # The adapter as peft initialises it, and what it leaves of the adapted base weights.
+    adapted = peft.get_peft_model(base, config).eval()
+    adapted.save_pretrained(out)
+    os.remove(f"{out}/README.md")
+    residual = {
+        name.removeprefix("base_model.model.").replace("base_layer.", ""): p.detach().contiguous()
+        for name, p in adapted.named_parameters()
+        if "base_layer.weight" in name
+    }
+    save_file(residual, f"{out}/residual.safetensors")
+    print(f"peft {peft.__version__}: {out}")
+
+
 def gemma3():
     # Gemma 3's text model: layers 0 and 2 slide (window 16) and rotate with base 1e4, layer 1
     # attends globally with base 1e6 stretched linearly; its attention scales by 1/sqrt(24),
@@ -242,6 +259,12 @@ def build(name):
         randomise(base)  # the same weights as `qwen3`'s
         config = {"qwen3-lora": LORA, "qwen3-dora": DORA, "qwen3-rslora": RSLORA}[name]
         save_adapter(os.path.join(root, name), base, config)
+    elif name in ("qwen3-pissa", "qwen3-olora"):
+        base = Qwen3ForCausalLM(QWEN3)
+        randomise(base)  # the same weights as `qwen3`'s
+        init = name.removeprefix("qwen3-")
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=init)
+        save_initialised(os.path.join(root, name), base, config)
     elif name == "gemma2":
         # Gemma 2: layers 0 and 2 slide (window 16), attention scaled by 1/sqrt(24), scores and
         # logits capped low enough (5 and 3) that the caps shape them.
@@ -280,7 +303,7 @@ def build(name):
 
 FIXTURES = [
     "llama3-rope", "qwen2", "mistral", "ministral", "phi3", "phi3-longrope", "phi4-mini", "smollm3", "qwen3", "qwen3-yarn", "qwen3-lora", "qwen3-dora",
-    "qwen3-rslora", "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision", "gemma3-vision-lora",
+    "qwen3-rslora", "qwen3-pissa", "qwen3-olora", "gemma3", "gemma3-lora", "gemma2", "olmo2", "olmo3", "granite", "granite-lora", "gemma3-vision", "gemma3-vision-lora",
 ]
 QWEN3 = Qwen3Config(**SHAPES, head_dim=32, tie_word_embeddings=True)
 GRANITE = GraniteConfig(

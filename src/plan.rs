@@ -310,9 +310,14 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                 };
                 let start = p.from.as_ref().map_or(String::new(), |from| format!(", starting from adapter `{from}`"));
                 let scale = if p.rslora { ", scaled by alpha/√rank" } else { "" };
+                let init = match p.init {
+                    Some(recipe_spec::LoraInit::Pissa) => ", started as the weights' top singular components (PiSSA)",
+                    Some(recipe_spec::LoraInit::Olora) => ", started as the weights' first QR components (OLoRA)",
+                    None => "",
+                };
                 let loraplus = p.loraplus_lr_ratio.map_or(String::new(), |r| format!("; B and vectors at {r}× the lr"));
                 format!(
-                    "  ({} rank {} on {}{scale}{start}{restarts}{loraplus})",
+                    "  ({} rank {} on {}{scale}{init}{start}{restarts}{loraplus})",
                     p.method,
                     p.rank,
                     p.targets.join(", ")

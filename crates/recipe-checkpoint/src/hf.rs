@@ -596,6 +596,13 @@ pub(crate) fn unprefixed(name: &str) -> Option<String> {
     crate::weights::text_model_name(name.strip_prefix(PEFT_PREFIX).unwrap_or(name).to_string())
 }
 
+/// Whether `peft` saved an adapter initialised this way over weights it changed: PiSSA,
+/// OLoRA, CorDA, LoftQ and LoRA-GA subtract (or quantize) the base, and an adapter saved
+/// without `peft`'s conversion to plain LoRA fits only that changed base.
+fn residual_init(init: &str) -> bool {
+    init.starts_with("pissa") || ["olora", "corda", "loftq", "lora_ga"].contains(&init)
+}
+
 /// The settings of a `peft` LoRA or DoRA adapter in `dir` (its tensors' shapes left empty).
 /// A setting this trainer would not reproduce exactly is an error: other adapter types,
 /// per-module ranks or alphas, trained biases, token rows or whole modules, some layers only
@@ -635,6 +642,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterInfo, String> {
         ("use_bdlora", empty(&c["use_bdlora"])),
         ("monteclora_config", empty(&c["monteclora_config"])),
         ("arrow_config", empty(&c["arrow_config"])),
+        // Adapters initialised from the weights apply over a residual base, which was not saved.
+        ("init_lora_weights", !c["init_lora_weights"].as_str().is_some_and(residual_init)),
     ] {
         if !fine {
             return Err(format!(

@@ -14,14 +14,17 @@
 //!   `A' = diag(u)·A`, `B' = diag(v)·B`, `s = alpha / r`.
 //!
 //! Each starts as the base model exactly: `B` is zero (LoRA, DoRA, Tied-LoRA), or `λ_b` is
-//! (VeRA). ReLoRA (Lialin et al.) restarts LoRA: the update merged into the base weights, then
+//! (VeRA); or (LoRA's `init`, PiSSA or OLoRA) `B·A` starts as a part of the weight, which the
+//! frozen base gives up: `W_res = W − s·B₀·A₀`. Such an adapter is written for `peft` as the
+//! plain LoRA of rank `2r` it equals over the original weights, `[A; A₀]` and `[B, −B₀]`, as
+//! `peft` converts it. ReLoRA (Lialin et al.) restarts LoRA: the update merged into the base weights, then
 //! fresh `A`, zero `B`.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Error, Result, Tensor, Var};
 use recipe_checkpoint::load_adapter;
-use recipe_spec::{Model as Config, Peft, PeftMethod};
+use recipe_spec::{LoraInit, Model as Config, Peft, PeftMethod};
 
 use crate::llama::{Llama, Param, row_norms, seeded, uniform};
 
@@ -38,6 +41,8 @@ pub struct Lora {
     pub relora: bool,
     /// rsLoRA's scale, `alpha / √r`.
     pub rslora: bool,
+    /// `B·A` started as a part of the base weights (PiSSA, OLoRA).
+    pub init: Option<LoraInit>,
 }
 
 /// VeRA's λ_d starts here (the `peft` library's `d_initial`).
@@ -59,6 +64,75 @@ impl Lora {
     fn adapts(&self, weight: &str) -> bool {
         self.targets.iter().any(|t| weight.ends_with(&format!(".{t}.weight")))
     }
+
+    /// The rank and alpha of the adapter as written for `peft`: an adapter started from the
+    /// weights is written as the LoRA of twice the rank it equals, alpha raised to keep its
+    /// scale (`peft`'s conversion).
+    pub fn written_rank_alpha(&self) -> (usize, f64) {
+        match self.init {
+            None => (self.rank, self.alpha),
+            Some(_) if self.rslora => (2 * self.rank, self.alpha * 2f64.sqrt()),
+            Some(_) => (2 * self.rank, 2.0 * self.alpha),
+        }
+    }
+}
+
+/// Where the starting `A₀` and `B₀` of an adapter started from the weights are kept, beside
+/// the frozen weights, for the `peft` conversion.
+fn initial_names(weight: &str) -> (String, String) {
+    let (a, b) = lora_names(weight);
+    (format!("{a}.initial"), format!("{b}.initial"))
+}
+
+/// `A₀` `[r, in]`, `B₀` `[out, r]` and the residual base `W − s·B₀·A₀` of weight `w`, as `peft`
+/// computes them (in f64 here): PiSSA's `B₀ = U·√(Σ/s)`, `A₀ = √(Σ/s)·Vᵀ` from the top `r`
+/// singular triplets; OLoRA's `B₀ = Q`, `A₀ = R` from the first `r` columns and rows of
+/// `W = Q·R`. Singular vectors and QR columns are defined up to sign; `B₀·A₀` is not.
+fn start_from_weight(init: LoraInit, w: &Tensor, r: usize, s: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    use nalgebra::DMatrix;
+    let (out, input) = w.dims2()?;
+    if r > out.min(input) {
+        return Err(Error::Msg(format!(
+            "{init} needs a rank of at most {}, the weight's smaller side",
+            out.min(input)
+        )));
+    }
+    let values = w.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let weight = DMatrix::from_row_slice(out, input, &values);
+    let (b0, a0) = match init {
+        LoraInit::Pissa => {
+            // The top eigenpairs of the smaller Gram matrix give the singular triplets.
+            let wide = out <= input;
+            let gram = if wide { &weight * weight.transpose() } else { weight.transpose() * &weight };
+            let eigen = nalgebra::SymmetricEigen::new(gram);
+            let mut order: Vec<usize> = (0..eigen.eigenvalues.len()).collect();
+            order.sort_by(|&i, &j| eigen.eigenvalues[j].total_cmp(&eigen.eigenvalues[i]));
+            let mut left = DMatrix::zeros(out, r);
+            let mut right = DMatrix::zeros(input, r);
+            let mut sigma = Vec::with_capacity(r);
+            for (k, &i) in order.iter().take(r).enumerate() {
+                let value = eigen.eigenvalues[i].max(0.0).sqrt();
+                let v = eigen.eigenvectors.column(i);
+                let other = if wide { weight.transpose() * v } else { &weight * v } / value.max(f64::MIN_POSITIVE);
+                let (u, v) = if wide { (v.into_owned(), other) } else { (other, v.into_owned()) };
+                left.set_column(k, &u);
+                right.set_column(k, &v);
+                sigma.push((value / s).sqrt());
+            }
+            let root = DMatrix::from_diagonal(&nalgebra::DVector::from_vec(sigma));
+            (&left * &root, &root * right.transpose())
+        }
+        LoraInit::Olora => {
+            let qr = weight.clone().qr();
+            (qr.q().columns(0, r).into_owned(), qr.r().rows(0, r).into_owned())
+        }
+    };
+    let residual = &weight - (&b0 * &a0) * s;
+    let tensor = |m: &DMatrix<f64>| -> Result<Tensor> {
+        let rows: Vec<f32> = m.transpose().iter().map(|&x| x as f32).collect();
+        Tensor::from_vec(rows, (m.nrows(), m.ncols()), w.device())
+    };
+    Ok((tensor(&a0)?, tensor(&b0)?, tensor(&residual)?))
 }
 
 /// The adapter matrices' names for the projection whose weight is `weight`.
@@ -117,6 +191,7 @@ impl Llama {
             targets: peft.targets.clone(),
             relora: peft.relora.is_some(),
             rslora: peft.rslora,
+            init: peft.init,
         };
         let r = lora.rank;
         let adapted: Vec<(String, usize, usize)> = config
@@ -162,16 +237,28 @@ impl Llama {
                             };
                             (take(&a, &[r, *input])?, take(&b, &[*out, r])?, m)
                         }
-                        None => {
-                            let a_init = uniform_values(&mut rng, r * input, 1.0 / (*input as f64).sqrt());
-                            let m =
-                                if lora.method == PeftMethod::Dora { Some(row_norms(&frozen[name])?) } else { None };
-                            (
-                                Tensor::from_vec(a_init, (r, *input), device)?,
-                                Tensor::zeros((*out, r), DType::F32, device)?,
-                                m,
-                            )
-                        }
+                        None => match lora.init {
+                            Some(init) => {
+                                let (a0, b0, residual) = start_from_weight(init, &frozen[name], r, lora.scale())?;
+                                let (a_initial, b_initial) = initial_names(name);
+                                frozen.insert(name.clone(), residual);
+                                frozen.insert(a_initial, a0.clone());
+                                frozen.insert(b_initial, b0.clone());
+                                (a0, b0, None)
+                            }
+                            None => {
+                                let a_init = uniform_values(&mut rng, r * input, 1.0 / (*input as f64).sqrt());
+                                let m = match lora.method {
+                                    PeftMethod::Dora => Some(row_norms(&frozen[name])?),
+                                    _ => None,
+                                };
+                                (
+                                    Tensor::from_vec(a_init, (r, *input), device)?,
+                                    Tensor::zeros((*out, r), DType::F32, device)?,
+                                    m,
+                                )
+                            }
+                        },
                     };
                     params.push(param(a, Var::from_tensor(&a_init)?, true));
                     params.push(param(b, Var::from_tensor(&b_init)?, true));
@@ -263,7 +350,20 @@ impl Llama {
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
         let named = |named| AdapterTensors { named, shared: Vec::new() };
         match lora.method {
-            PeftMethod::Lora | PeftMethod::Dora => Ok(named(self.trainable_tensors())),
+            PeftMethod::Lora | PeftMethod::Dora if lora.init.is_none() => Ok(named(self.trainable_tensors())),
+            PeftMethod::Lora | PeftMethod::Dora => {
+                // ΔW = s·(B·A − B₀·A₀) = s·[B, −B₀]·[A; A₀], at twice the rank.
+                let mut out = Vec::new();
+                for (name, _, _) in self.config.layout() {
+                    let Some((a, b)) = self.adapter(&name)? else { continue };
+                    let (a0, b0) = initial_names(&name);
+                    let (a0, b0) = (f32(&self.frozen[&a0])?, f32(&self.frozen[&b0])?);
+                    let (a_name, b_name) = lora_names(&name);
+                    out.push((a_name, Tensor::cat(&[&f32(&a)?, &a0], 0)?));
+                    out.push((b_name, Tensor::cat(&[&f32(&b)?, &b0.neg()?], 1)?));
+                }
+                Ok(named(out))
+            }
             PeftMethod::Vera => {
                 let shared = VERA_SHARED.iter().map(|n| Ok((n.to_string(), f32(&self.frozen[*n])?)));
                 Ok(AdapterTensors { named: self.trainable_tensors(), shared: shared.collect::<Result<_>>()? })

@@ -27,14 +27,12 @@ impl Llama {
     pub fn save_pretrained(&self, dir: &Path, bos: Option<u32>, eos: &[u32], base_model: &str) -> Result<()> {
         save_model(dir, &self.weights()?, &config_json(&self.config, bos, eos, self.dtypes.weights))?;
         if let Some(lora) = &self.lora {
+            let (rank, alpha) = lora.written_rank_alpha();
             let kind = match lora.method {
                 PeftMethod::Vera => AdapterKind::Vera { d_initial: VERA_D_INITIAL },
-                method => {
-                    AdapterKind::Lora { alpha: lora.alpha, dora: method == PeftMethod::Dora, rslora: lora.rslora }
-                }
+                method => AdapterKind::Lora { alpha, dora: method == PeftMethod::Dora, rslora: lora.rslora },
             };
-            let config =
-                AdapterConfig { kind, rank: lora.rank, dropout: lora.dropout, targets: &lora.targets, base_model };
+            let config = AdapterConfig { kind, rank, dropout: lora.dropout, targets: &lora.targets, base_model };
             let tensors = self.adapter_tensors()?;
             save_adapter(dir, &tensors.named, &tensors.shared, &config)?;
         }

@@ -38,6 +38,7 @@ fn peft_with(method: PeftMethod, targets: &[&str]) -> Peft {
         alpha: 4.0,
         rslora: false,
         loraplus_lr_ratio: None,
+        init: None,
         dropout: 0.0,
         targets: targets.iter().map(|t| t.to_string()).collect(),
         relora: None,
@@ -254,6 +255,39 @@ fn an_rslora_adapter_scales_by_the_root_of_its_rank() {
     let adapted = logits(&rslora).0;
     assert!(diff(&adapted, &logits(&plain).0) > 1e-3);
     assert!(diff(&adapted, &logits(&by_peft).0) < 1e-5, "peft's merge of the file");
+}
+
+/// PiSSA and OLoRA start as the base model (the base gives up what `B₀·A₀` takes), merge
+/// exactly, and are written as the rank-2r LoRA `peft`'s conversion gives, which `peft`'s merge
+/// applies over the original weights.
+#[test]
+fn adapters_started_from_the_weights_are_written_as_a_lora_of_twice_the_rank() {
+    let c = config();
+    let plain = Llama::from_tensors(&c, base(&c), &Device::Cpu).unwrap();
+    for init in [recipe_spec::LoraInit::Pissa, recipe_spec::LoraInit::Olora] {
+        for rslora in [false, true] {
+            let peft = Peft { init: Some(init), rslora, ..peft(ALL) };
+            let lora = Llama::with_lora(&c, base(&c), &peft, 1, &Device::Cpu).unwrap();
+            assert!(diff(&logits(&plain).0, &logits(&lora).0) < 1e-5, "{init}: the base model at the start");
+            train_a_little(&lora);
+            let adapted = logits(&lora).0;
+            assert!(diff(&adapted, &logits(&plain).0) > 1e-3);
+            // f32 rounding of larger products than a zero-started B's: relative to the logits.
+            let tolerance = 1e-4 * adapted.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            let merged = Llama::from_tensors(&c, lora.weights().unwrap(), &Device::Cpu).unwrap();
+            let off = diff(&adapted, &logits(&merged).0);
+            assert!(off < tolerance, "{init}: the merge, {off} off, tolerance {tolerance}");
+            let dir = tempfile::tempdir().unwrap();
+            lora.save_pretrained(dir.path(), None, &[0], "base-model").unwrap();
+            let config: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap()).unwrap();
+            let alpha = if rslora { 4.0 * 2f64.sqrt() } else { 8.0 };
+            assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(4), Some(alpha)));
+            let by_peft = Llama::from_tensors(&c, merged_by_peft_formula(&c, dir.path()), &Device::Cpu).unwrap();
+            let off = diff(&adapted, &logits(&by_peft).0);
+            assert!(off < tolerance, "{init}, rslora {rslora}: peft's merge over the original weights, {off} off");
+        }
+    }
 }
 
 /// LoRA+ puts `B` and the vectors (DoRA's magnitudes) at the ratio's multiple of the learning

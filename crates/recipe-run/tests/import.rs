@@ -410,3 +410,62 @@ fn a_stage_starts_from_a_peft_adapter_as_peft_computes_it() {
         assert_logits(name, &model, &expected);
     }
 }
+
+/// PiSSA and OLoRA as `peft` 0.21 initialises them over the `qwen3` checkpoint: the same `A₀`
+/// and `B₀` (each component up to its sign, which neither SVD nor QR fixes and training does
+/// not see) and the same residual base weights. An adapter `peft` saved that way, which fits
+/// only that residual base, is refused as a starting point.
+#[test]
+fn pissa_and_olora_start_from_the_weights_as_peft_does() {
+    use candle_core::Tensor;
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let base = fixtures.join("qwen3");
+    let config = inspect(&base).unwrap().arch.resolve(None);
+    for (name, init) in [("qwen3-pissa", recipe_spec::LoraInit::Pissa), ("qwen3-olora", recipe_spec::LoraInit::Olora)] {
+        let dir = fixtures.join(name);
+        let why = recipe_spec::CheckpointReader::adapter(&Headers, &dir).unwrap_err();
+        assert!(why.contains("init_lora_weights"), "{why}");
+        let targets = ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec();
+        let peft = recipe_spec::Peft {
+            method: recipe_spec::PeftMethod::Lora,
+            rank: 4,
+            alpha: 8.0,
+            rslora: false,
+            loraplus_lr_ratio: None,
+            init: Some(init),
+            dropout: 0.0,
+            targets,
+            relora: None,
+            from: None,
+            adapter: None,
+        };
+        let tensors = load_checkpoint(&base, CheckpointFormat::HfDir, &config).unwrap();
+        let model = Llama::with_lora(&config, tensors.clone(), &peft, 0, &Device::Cpu).unwrap();
+        let ours: std::collections::HashMap<String, Tensor> = model.trainable_tensors().into_iter().collect();
+        let theirs = recipe_checkpoint::load_adapter(&dir).unwrap();
+        let residual = candle_core::safetensors::load(dir.join("residual.safetensors"), &Device::Cpu).unwrap();
+        let original: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let max = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(theirs.len(), 3 * 2 * 2);
+        for (tensor, want) in &theirs {
+            let got = &ours[tensor];
+            // Component k is row k of A and column k of B: compare each with either sign.
+            let (components, along) =
+                if tensor.contains("lora_A") { (got.dim(0).unwrap(), 0) } else { (got.dim(1).unwrap(), 1) };
+            for k in 0..components {
+                let (g, w) = (got.narrow(along, k, 1).unwrap(), want.narrow(along, k, 1).unwrap());
+                let off = max(&(&g - &w).unwrap()).min(max(&(&g + &w).unwrap()));
+                assert!(off < 1e-4 * max(&w), "{name} {tensor} component {k}: {off} off (largest {})", max(&w));
+            }
+        }
+        for (weight, want) in &residual {
+            let (a, b) = (
+                &ours[&weight.replace(".weight", ".lora_A.weight")],
+                &ours[&weight.replace(".weight", ".lora_B.weight")],
+            );
+            let got = (&original[weight] - (b.matmul(a).unwrap() * 2.0).unwrap()).unwrap();
+            let off = max(&(&got - want).unwrap());
+            assert!(off < 1e-5 * max(want).max(1.0), "{name}: residual {weight} {off} off");
+        }
+    }
+}

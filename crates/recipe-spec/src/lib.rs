@@ -66,7 +66,7 @@ pub use source::Source;
 pub use stage::{Data, Eval, Muon, NON_SEMANTIC_STAGE_FIELDS, Optim, Stage};
 pub use tokenizer::{Tokenizer, TokenizerTrain};
 pub use vocab::{
-    AverageKind, AverageUse, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LossOn, MergeMethod,
-    MuonScale, OnError, OnNonfinite, Packing, PeftMethod, Precision, PreferenceLoss, SourceFormat, StageKind,
-    TokenDtype,
+    AverageKind, AverageUse, ChatTemplate, CheckpointFormat, DistillLoss, InitKind, Keep, LoraInit, LossOn,
+    MergeMethod, MuonScale, OnError, OnNonfinite, Packing, PeftMethod, Precision, PreferenceLoss, SourceFormat,
+    StageKind, TokenDtype,
 };

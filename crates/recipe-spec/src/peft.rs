@@ -10,7 +10,7 @@ use crate::decode::{self, Cx, Fields, check_range};
 use crate::diag::{Diagnostic, Origin, suggestion};
 use crate::model::Model;
 use crate::tree::Node;
-use crate::vocab::PeftMethod;
+use crate::vocab::{LoraInit, PeftMethod};
 
 /// The projections of a Llama block that PEFT can adapt.
 pub const PEFT_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -33,6 +33,13 @@ pub struct Peft {
     /// `create_loraplus_optimizer` groups them; the paper suggests 16.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loraplus_lr_ratio: Option<f64>,
+    /// Default none: `A` random, `B` zero. `pissa` (PiSSA, Meng et al. 2024): `B·A` starts as
+    /// the weight's top `rank` singular components, `B = U·√(S/s)`, `A = √(S/s)·Vᵀ`, and the
+    /// base keeps the rest, `W − s·B·A`; `olora` (OLoRA, Büyükakyüz 2024): `B` and `A` the first
+    /// `rank` columns of `Q` and rows of `R` in `W = Q·R`, the base `W − s·B·A`. Either way the
+    /// model starts as the checkpoint computes it. LoRA only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<LoraInit>,
     /// Default 0.
     pub dropout: f64,
     /// Default ["q_proj", "v_proj"].
@@ -68,7 +75,7 @@ pub struct ReLora {
 }
 
 const PEFT_KEYS: &[&str] =
-    &["method", "rank", "alpha", "rslora", "loraplus_lr_ratio", "dropout", "targets", "relora", "from"];
+    &["method", "rank", "alpha", "rslora", "loraplus_lr_ratio", "init", "dropout", "targets", "relora", "from"];
 const RELORA_KEYS: &[&str] = &["every", "warmup", "prune"];
 
 impl ReLora {
@@ -164,7 +171,11 @@ impl Peft {
         check_range(cx, &f.child_path("dropout"), dropout, (0.0..1.0).contains(&dropout), "a probability in [0, 1)");
         let relora = f.get("relora").and_then(|node| ReLora::decode(cx, node, &f.child_path("relora")));
         decode::only_for(cx, &f, "relora", relora.is_some(), method == PeftMethod::Lora, "`method = \"lora\"`");
-        Peft { method, rank, alpha, rslora, loraplus_lr_ratio, dropout, targets, relora, from, adapter }
+        let init = f.word::<LoraInit>(cx, "init");
+        let fresh_lora = method == PeftMethod::Lora && relora.is_none() && from.is_none();
+        let fresh = "`method = \"lora\"` starting fresh (not with `relora` or `from`)";
+        decode::only_for(cx, &f, "init", init.is_some(), fresh_lora, fresh);
+        Peft { method, rank, alpha, rslora, loraplus_lr_ratio, init, dropout, targets, relora, from, adapter }
     }
 
     /// The adapter in folder `dir` (written `written`), as it is, without dropout: what sampling
@@ -176,6 +187,7 @@ impl Peft {
             alpha: info.alpha,
             rslora: info.rslora,
             loraplus_lr_ratio: None,
+            init: None,
             dropout: 0.0,
             targets: info.targets.clone(),
             relora: None,

@@ -51,6 +51,7 @@ words!(LossOn { All = "all", Assistant = "assistant" });
 words!(OnNonfinite { Stop = "stop", Skip = "skip" });
 words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
 words!(PeftMethod { Lora = "lora", Dora = "dora", Vera = "vera", TiedLora = "tied-lora" });
+words!(LoraInit { Pissa = "pissa", Olora = "olora" });
 words!(MergeMethod { Uniform = "uniform", Weighted = "weighted", Greedy = "greedy", TaskArithmetic = "task-arithmetic" });
 words!(InitKind { Stack = "stack" });
 words!(AverageKind { Ema = "ema", Lawa = "lawa" });

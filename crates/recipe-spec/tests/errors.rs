@@ -296,6 +296,10 @@ fn peft_methods_take_only_their_own_fields() {
         ],
     );
     assert_has(&f.errors(&peft("loraplus_lr_ratio = 0")), &["expected a number > 0"]);
+    let fresh = "`stages.sft.peft.init` only applies with `method = \"lora\"` starting fresh";
+    assert_has(&f.errors(&peft("method = \"dora\", init = \"pissa\"")), &[fresh]);
+    assert_has(&f.errors(&peft("init = \"olora\", relora = { every = 10 }")), &[fresh]);
+    assert_has(&f.errors(&peft("init = \"svd\"")), &["expected one of: pissa, olora"]);
     let averaged =
         replace(&peft("relora = { every = 10 }"), "[stages.sft]", "[stages.sft]\naverage = { kind = \"ema\" }");
     assert_has(&f.errors(&averaged), &["`stages.sft.average` only applies with adapters that do not restart"]);
@@ -304,6 +308,8 @@ fn peft_methods_take_only_their_own_fields() {
         "method = \"tied-lora\", alpha = 8",
         "relora = { every = 10, prune = 0.9 }",
         "method = \"dora\", rslora = true, loraplus_lr_ratio = 16",
+        "init = \"pissa\"",
+        "init = \"olora\", rslora = true",
     ] {
         f.parse(&peft(ok), &[]).unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
