@@ -166,6 +166,73 @@ fn mpirun_with_2_and_4_ranks_trains_what_one_process_trains() {
     }
 }
 
+/// A DPO stage split over ranks: each rank scores its own rows, one pair each, against the
+/// reference, and the step's loss and reward statistics summed over ranks are one process's.
+#[test]
+fn mpirun_with_2_ranks_trains_a_dpo_stage_as_one_process_does() {
+    if !mpi_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Short pairs from the book: two words asked, the next two chosen, shouted rejected.
+    let text = std::fs::read_to_string(common::root().join("data/moby-dick/chapter_1.txt")).unwrap();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let pairs: String = words
+        .chunks(4)
+        .take(200)
+        .map(|w| {
+            let chosen = w[2..].join(" ");
+            let pair =
+                serde_json::json!({ "prompt": w[..2].join(" "), "chosen": chosen, "rejected": chosen.to_uppercase() });
+            format!("{pair}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("pairs.jsonl"), pairs).unwrap();
+    let stages = format!(
+        r#"
+[sources.pairs]
+path = "{}"
+format = "preference-jsonl"
+[stages.first]
+kind = "pretrain"
+steps = 20
+seq_len = 32
+batch_size = 4
+data = {{ mix = {{ moby = 1 }} }}
+optim = {{ lr = 1e-2 }}
+[stages.second]
+kind = "dpo"
+after = "first"
+steps = 12
+seq_len = 32
+batch_size = 6
+micro_batch_size = 2
+data = {{ mix = {{ pairs = 1 }} }}
+optim = {{ lr = 1e-2 }}
+"#,
+        dir.path().join("pairs.jsonl").display()
+    );
+    let recipe = small_recipe(dir.path(), "dp", "chapter_1?.txt", &stages);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    run_to_end(&recipe, &one, 1);
+    run_to_end(&recipe, &two, 2);
+    let lines = |runs: &Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(stage_dir(runs, "second").join("metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let (a, b) = (lines(&one), lines(&two));
+    assert_eq!(a.len(), 12);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["loss_tokens"], y["loss_tokens"], "the same pairs");
+        for key in ["loss", "chosen_reward", "rejected_reward"] {
+            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-2), "step {}: {key} {p} vs {q}", x["step"]);
+        }
+    }
+    assert!((a[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-5, "DPO starts at ln 2");
+}
+
 /// The process ids of `mpirun`'s ranks, by rank, once all have started.
 fn ranks_of(mpirun: &Child, ranks: usize) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(60);
