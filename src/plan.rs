@@ -287,7 +287,11 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         }
         if let Some(p) = &stage.preference {
             let loss = match p.loss {
-                PreferenceLoss::Sigmoid => "DPO's −log σ(β·h)".to_string(),
+                PreferenceLoss::Sigmoid => match p.label_smoothing {
+                    Some(e) => format!("DPO's −log σ(β·h), labels smoothed by {e}"),
+                    None => "DPO's −log σ(β·h)".to_string(),
+                },
+                PreferenceLoss::Hinge => "the hinge max(0, 1 − β·h)".to_string(),
                 PreferenceLoss::Ipo => "IPO's (h − 1/(2β))², over mean log-probabilities".to_string(),
                 PreferenceLoss::Simpo => format!("SimPO's −log σ(β·(ā_c − ā_r) − γ), γ {}", p.gamma.unwrap_or(0.5)),
                 PreferenceLoss::Orpo => {

@@ -1,6 +1,6 @@
 //! A `dpo` stage's `preference` table: how it learns from pairs of a preferred (`chosen`) and a
 //! dispreferred (`rejected`) response to one prompt — against a frozen reference, the model the
-//! stage starts from (DPO, IPO), or by the policy's own scores alone (SimPO, ORPO).
+//! stage starts from (DPO, IPO, hinge), or by the policy's own scores alone (SimPO, ORPO).
 
 use serde::Serialize;
 
@@ -13,6 +13,7 @@ pub struct Preference {
     /// Default `sigmoid`: DPO's loss (Rafailov et al. 2023), `−log σ(β·h)` with `h` the
     /// policy's log-ratio of chosen over rejected less the reference's; `ipo`: IPO's
     /// (Azar et al. 2023), `(h − 1/(2β))²` with `h` over per-token mean log-probabilities;
+    /// `hinge`: SLiC's and RSO's (Zhao et al. 2023, Liu et al. 2024), `max(0, 1 − β·h)`;
     /// `simpo`: SimPO's (Meng et al. 2024), `−log σ(β·(ā_c − ā_r) − γ)` over the policy's mean
     /// log-probabilities `ā`, no reference; `orpo`: ORPO's (Hong et al. 2024), the chosen
     /// answers' cross-entropy less `β·log σ(log odds_c − log odds_r)`, no reference.
@@ -23,17 +24,23 @@ pub struct Preference {
     /// `simpo_gamma`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
+    /// `sigmoid` only, default 0: conservative DPO's (Mitchell 2023) share `ε` of pairs taken
+    /// to be mislabelled, `(1 − ε)·(−log σ(β·h)) + ε·(−log σ(−β·h))` (TRL's
+    /// `label_smoothing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_smoothing: Option<f64>,
 }
 
-const PREFERENCE_KEYS: &[&str] = &["loss", "beta", "gamma"];
+const PREFERENCE_KEYS: &[&str] = &["loss", "beta", "gamma", "label_smoothing"];
 
 impl Preference {
     /// What a `dpo` stage gets when it has no `preference` table.
-    pub(crate) const DEFAULT: Preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None };
+    pub(crate) const DEFAULT: Preference =
+        Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None, label_smoothing: None };
 
     /// Whether the loss compares the policy with a reference model (DPO, IPO).
     pub fn needs_reference(&self) -> bool {
-        matches!(self.loss, PreferenceLoss::Sigmoid | PreferenceLoss::Ipo)
+        matches!(self.loss, PreferenceLoss::Sigmoid | PreferenceLoss::Ipo | PreferenceLoss::Hinge)
     }
 
     pub(crate) fn decode(cx: &mut Cx, node: &Node, path: &str) -> Preference {
@@ -48,6 +55,12 @@ impl Preference {
         if let Some(gamma) = gamma {
             check_range(cx, &f.child_path("gamma"), gamma, gamma >= 0.0, "a margin ≥ 0");
         }
-        Preference { loss, beta, gamma: simpo.then(|| gamma.unwrap_or(0.5)) }
+        let label_smoothing = f.opt(cx, "label_smoothing", decode::float);
+        let sigmoid = loss == PreferenceLoss::Sigmoid;
+        decode::only_for(cx, &f, "label_smoothing", label_smoothing.is_some(), sigmoid, "loss = \"sigmoid\"");
+        if let Some(e) = label_smoothing {
+            check_range(cx, &f.child_path("label_smoothing"), e, (0.0..0.5).contains(&e), "a share in [0, 0.5)");
+        }
+        Preference { loss, beta, gamma: simpo.then(|| gamma.unwrap_or(0.5)), label_smoothing }
     }
 }

@@ -59,7 +59,7 @@ words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(MuonScale { MatchRmsAdamw = "match-rms-adamw", Original = "original" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
-words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo", Simpo = "simpo", Orpo = "orpo" });
+words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo", Hinge = "hinge", Simpo = "simpo", Orpo = "orpo" });
 
 impl SourceFormat {
     /// Conversations, formatted with a chat template: `chat-jsonl` and `preference-jsonl`.

@@ -786,7 +786,12 @@ fn a_dpo_stage_takes_pairs_after_a_trained_model() {
     let stage = r.stage("dpo").unwrap();
     assert_eq!(
         stage.preference,
-        Some(recipe_spec::Preference { loss: recipe_spec::PreferenceLoss::Sigmoid, beta: 0.1, gamma: None })
+        Some(recipe_spec::Preference {
+            loss: recipe_spec::PreferenceLoss::Sigmoid,
+            beta: 0.1,
+            gamma: None,
+            label_smoothing: None
+        })
     );
     assert_eq!((stage.data.packing, stage.data.loss_on), (Packing::Pad, LossOn::Assistant));
     let ipo = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"ipo\", beta = 0.5 }\n");
@@ -796,6 +801,17 @@ fn a_dpo_stage_takes_pairs_after_a_trained_model() {
     assert_eq!((simpo.gamma, simpo.needs_reference()), (Some(0.5), false));
     let gamma = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"orpo\", gamma = 1 }\n");
     assert_has(&f.errors(&gamma), &["`stages.dpo.preference.gamma` only applies with loss = \"simpo\""]);
+    let smoothed = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { label_smoothing = 0.1 }\n");
+    assert_eq!(
+        f.parse(&smoothed, &[]).unwrap().stage("dpo").unwrap().preference.as_ref().unwrap().label_smoothing,
+        Some(0.1)
+    );
+    let misplaced =
+        replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"ipo\", label_smoothing = 0.6 }\n");
+    assert_has(
+        &f.errors(&misplaced),
+        &["`stages.dpo.preference.label_smoothing` only applies with loss = \"sigmoid\"", "a share in [0, 0.5)"],
+    );
 
     let unstarted = replace(&dpo, "after = \"sft\"\n", "");
     assert_has(&f.errors(&unstarted), &["dpo stage `dpo` starts from random weights", "set `after = \"STAGE\"`"]);
@@ -814,7 +830,7 @@ fn a_dpo_stage_takes_pairs_after_a_trained_model() {
     let misplaced = replace(&with_prefs, "steps = 50\n", "steps = 50\npreference = { beta = 0.2 }\n");
     assert_has(&f.errors(&misplaced), &["`stages.sft.preference` only applies with kind = \"dpo\""]);
     let bad = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"kto\", beta = 0 }\n");
-    assert_has(&f.errors(&bad), &["expected one of: sigmoid, ipo, simpo, orpo", "expected a number > 0"]);
+    assert_has(&f.errors(&bad), &["expected one of: sigmoid, ipo, hinge, simpo, orpo", "expected a number > 0"]);
 }
 
 /// NEFTune's alpha is a training stage's, and positive.

@@ -1,6 +1,7 @@
 //! Preference losses over pairs of a chosen and a rejected answer, as TRL computes them: DPO's
-//! (Rafailov et al. 2023) and IPO's (Azar et al. 2023) against a frozen reference
-//! (`DPOTrainer`'s `loss_type` "sigmoid" and "ipo"), SimPO's (Meng et al. 2024; `CPOTrainer`'s
+//! (Rafailov et al. 2023, with conservative DPO's label smoothing), IPO's (Azar et al. 2023)
+//! and the hinge loss of SLiC and RSO against a frozen reference (`DPOTrainer`'s `loss_type`
+//! "sigmoid", "ipo" and "hinge"), SimPO's (Meng et al. 2024; `CPOTrainer`'s
 //! "simpo" with `cpo_alpha` 0) and ORPO's (Hong et al. 2024; `ORPOTrainer`) from the policy's
 //! scores alone.
 //!
@@ -70,7 +71,8 @@ fn softplus_neg(x: &Tensor) -> Result<Tensor> {
 
 /// The preference loss of pairs scored by the policy (with a graph) and, for DPO and IPO, by
 /// the reference (without). With `h` the policy's log-ratio of chosen over rejected less the
-/// reference's: DPO `−log σ(β·h)` (summed scores), IPO `(h − 1/(2β))²` (mean scores); with
+/// reference's: DPO `−log σ(β·h)` (summed scores; with label smoothing `ε`, `(1 − ε)` of it and
+/// `ε` of `−log σ(−β·h)`), hinge `max(0, 1 − β·h)`, IPO `(h − 1/(2β))²` (mean scores); with
 /// the policy's mean scores `ā`: SimPO `−log σ(β·(ā_c − ā_r) − γ)`, ORPO the chosen answers'
 /// cross-entropy (their tokens' mean over the micro-batch) less `β·log σ(log odds_c −
 /// log odds_r)`, `log odds = ā − log(1 − e^ā)`.
@@ -83,7 +85,16 @@ pub fn pair_loss(p: &Preference, policy: &PairScores, reference: Option<&PairSco
     let (chosen, rejected, losses) = match p.loss {
         PreferenceLoss::Sigmoid => {
             let (c, r) = against(policy.chosen.clone(), policy.rejected.clone(), false)?;
-            let losses = softplus_neg(&((&c - &r)? * p.beta)?)?;
+            let x = ((&c - &r)? * p.beta)?;
+            let losses = match p.label_smoothing.filter(|e| *e > 0.0) {
+                Some(e) => ((softplus_neg(&x)? * (1.0 - e))? + (softplus_neg(&x.neg()?)? * e)?)?,
+                None => softplus_neg(&x)?,
+            };
+            (c, r, losses)
+        }
+        PreferenceLoss::Hinge => {
+            let (c, r) = against(policy.chosen.clone(), policy.rejected.clone(), false)?;
+            let losses = (((&c - &r)? * -p.beta)? + 1.0)?.relu()?;
             (c, r, losses)
         }
         PreferenceLoss::Ipo => {
@@ -153,11 +164,12 @@ mod tests {
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let t = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
         let cases = [
-            Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None },
-            Preference { loss: PreferenceLoss::Sigmoid, beta: 2.0, gamma: None },
-            Preference { loss: PreferenceLoss::Ipo, beta: 0.5, gamma: None },
-            Preference { loss: PreferenceLoss::Simpo, beta: 2.0, gamma: Some(0.8) },
-            Preference { loss: PreferenceLoss::Orpo, beta: 0.3, gamma: None },
+            Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None, label_smoothing: None },
+            Preference { loss: PreferenceLoss::Sigmoid, beta: 2.0, gamma: None, label_smoothing: Some(0.2) },
+            Preference { loss: PreferenceLoss::Ipo, beta: 0.5, gamma: None, label_smoothing: None },
+            Preference { loss: PreferenceLoss::Hinge, beta: 0.4, gamma: None, label_smoothing: None },
+            Preference { loss: PreferenceLoss::Simpo, beta: 2.0, gamma: Some(0.8), label_smoothing: None },
+            Preference { loss: PreferenceLoss::Orpo, beta: 0.3, gamma: None, label_smoothing: None },
         ];
         for p in cases {
             let beta = p.beta;
@@ -171,7 +183,13 @@ mod tests {
                     let (loss, reward) = match p.loss {
                         PreferenceLoss::Sigmoid => {
                             let (c, r) = (pc[i] - rc[i], pr[i] - rr[i]);
-                            (-sigmoid(beta * (c - r)).ln(), (beta * c, beta * r))
+                            let e = p.label_smoothing.unwrap_or(0.0);
+                            let x = beta * (c - r);
+                            (-(1.0 - e) * sigmoid(x).ln() - e * sigmoid(-x).ln(), (beta * c, beta * r))
+                        }
+                        PreferenceLoss::Hinge => {
+                            let (c, r) = (pc[i] - rc[i], pr[i] - rr[i]);
+                            ((1.0 - beta * (c - r)).max(0.0), (beta * c, beta * r))
                         }
                         PreferenceLoss::Ipo => {
                             let (c, r) = (ac - rc[i] / nc[i], ar - rr[i] / nr[i]);

@@ -96,7 +96,7 @@ fn one_step((arch, dpo): (&str, bool), precision: Precision, device: &Device) ->
     // The reference: another model, so that the policy's log-ratios differ from its own.
     let reference = Llama::init(&config(arch), 4, device).unwrap().trainable_tensors();
     let reference = Llama::frozen(&config(arch), reference, device).unwrap().in_precision(dtypes).unwrap();
-    let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5, gamma: None };
+    let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5, gamma: None, label_smoothing: None };
     let objective = Objective { preference: dpo.then_some((&preference, Some(&reference))), ..Objective::default() };
     let optim = Optim::adamw(1e-2);
     let mut optimizer = Optimizer::new(&optim);
