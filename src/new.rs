@@ -362,22 +362,9 @@ eval = { every = 100, batches = 4 }
 "#,
     );
     let next = match kind {
-        Kind::Pretrain => "",
-        Kind::Sft => {
-            r#"
-[stages.sft]
-kind = "sft"                # the loss counts the assistant's turns only
-after = "pretrain"          # start from pretrain's final weights
-steps = 100
-seq_len = 128
-batch_size = 16
-data = { mix = { chat = 1.0 } }
-optim = { lr = 3e-4 }
-eval = { every = 50, batches = 4 }
-"#
-        }
-        Kind::Lora => {
-            r#"
+        Kind::Pretrain => String::new(),
+        Kind::Sft => SFT_STAGE.to_string(),
+        Kind::Lora => r#"
 [stages.lora]
 kind = "sft"
 after = "pretrain"
@@ -389,33 +376,9 @@ peft = { method = "lora", rank = 8, alpha = 16, targets = ["q_proj", "v_proj"] }
 optim = { lr = 3e-3 }
 eval = { every = 50, batches = 4 }
 "#
-        }
-        Kind::Dpo => {
-            r#"
-[stages.sft]
-kind = "sft"                # the loss counts the assistant's turns only
-after = "pretrain"
-steps = 100
-seq_len = 128
-batch_size = 16
-data = { mix = { chat = 1.0 } }
-optim = { lr = 3e-4 }
-eval = { every = 50, batches = 4 }
-
-[stages.dpo]
-kind = "dpo"                # against a frozen copy of the SFT model, its reference
-after = "sft"
-steps = 100
-seq_len = 192               # one pair a row: the chosen and the rejected conversation
-batch_size = 16
-data = { mix = { pairs = 1.0 } }
-preference = { loss = "sigmoid", beta = 0.1 }    # DPO; or loss = "ipo"
-optim = { lr = 1e-4 }
-eval = { every = 50, batches = 4 }
-"#
-        }
-        Kind::Distill => {
-            r#"
+        .to_string(),
+        Kind::Dpo => format!("{SFT_STAGE}{DPO_STAGE}"),
+        Kind::Distill => r#"
 [stages.student]
 kind = "distill"
 teacher = "pretrain"        # one stage, or a list whose probabilities are averaged
@@ -428,11 +391,36 @@ data = { mix = { text = 1.0 } }
 optim = { lr = 3e-3 }
 eval = { every = 100, batches = 4 }
 "#
-        }
+        .to_string(),
     };
-    r.push_str(next);
+    r.push_str(&next);
     r
 }
+
+/// The starters' SFT stage after pretraining, and the DPO stage after it.
+const SFT_STAGE: &str = r#"
+[stages.sft]
+kind = "sft"                # the loss counts the assistant's turns only
+after = "pretrain"          # start from pretrain's final weights
+steps = 100
+seq_len = 128
+batch_size = 16
+data = { mix = { chat = 1.0 } }
+optim = { lr = 3e-4 }
+eval = { every = 50, batches = 4 }
+"#;
+const DPO_STAGE: &str = r#"
+[stages.dpo]
+kind = "dpo"                # against a frozen copy of the SFT model, its reference
+after = "sft"
+steps = 100
+seq_len = 192               # one pair a row: the chosen and the rejected conversation
+batch_size = 16
+data = { mix = { pairs = 1.0 } }
+preference = { loss = "sigmoid", beta = 0.1 }    # DPO; or loss = "ipo", "hinge", "simpo", "orpo"
+optim = { lr = 1e-4 }
+eval = { every = 50, batches = 4 }
+"#;
 
 #[cfg(test)]
 mod tests {
