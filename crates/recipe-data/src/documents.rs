@@ -281,9 +281,11 @@ fn parse_messages(key: &str, messages: &[Value], bad: &dyn Fn(String) -> DataErr
 }
 
 /// A preference pair in the layouts TRL's trainers read: `prompt`, `chosen` and `rejected` as
-/// strings (a user turn and two answers) or as message arrays, or `chosen` and `rejected` as
-/// whole conversations with no `prompt` (or one they already start with, as UltraFeedback's).
-/// Each conversation must end with the assistant turn that is scored.
+/// strings (a user turn and two answers) or as message arrays; `chosen` and `rejected` as
+/// whole conversations with no `prompt` (or one they already start with, as UltraFeedback's);
+/// or two strings with no `prompt`, whose common beginning is the prompt (as TRL's
+/// `extract_prompt` splits them, a space before the split going with the answers). Each
+/// conversation must end with the assistant turn that is scored.
 fn parse_preference(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
     let value = parse_json(file, line, bytes)?;
     let bad = |why: String| DataError::at_line(file, line, why);
@@ -295,6 +297,15 @@ fn parse_preference(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
             Some(other) => Err(bad(format!("`{key}` is {other}; expected a string or an array of messages"))),
         }
     };
+    if let (None, Some(Value::String(chosen)), Some(Value::String(rejected))) =
+        (value.get("prompt"), value.get("chosen"), value.get("rejected"))
+    {
+        let (prompt, chosen, rejected) = implicit_prompt(chosen, rejected);
+        let turn = |role, content: &str| Message { role, content: content.to_string() };
+        let user = (!prompt.is_empty()).then(|| turn(Role::User, prompt));
+        let conversation = |answer: &str| user.iter().cloned().chain([turn(Role::Assistant, answer)]).collect();
+        return Ok(Doc::Preference { chosen: conversation(chosen), rejected: conversation(rejected) });
+    }
     let prompt = messages("prompt", Role::User)?.unwrap_or_default();
     let conversation = |key: &str| -> Result<Vec<Message>> {
         let answer = messages(key, Role::Assistant)?.ok_or_else(|| {
@@ -309,6 +320,20 @@ fn parse_preference(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
         }
     };
     Ok(Doc::Preference { chosen: conversation("chosen")?, rejected: conversation("rejected")? })
+}
+
+/// Two texts split where they first differ, into their common beginning and the two rests, a
+/// space before the split going with the rests (TRL's `extract_prompt` on strings).
+fn implicit_prompt<'a>(chosen: &'a str, rejected: &'a str) -> (&'a str, &'a str, &'a str) {
+    let mut at = chosen
+        .char_indices()
+        .zip(rejected.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or_else(|| chosen.len().min(rejected.len()), |((i, _), _)| i);
+    if chosen[..at].ends_with(' ') {
+        at -= 1;
+    }
+    (&chosen[..at], &chosen[at..], &rejected[at..])
 }
 
 fn read_tokens(file: &Path, dtype: TokenDtype) -> Result<Vec<Doc>> {

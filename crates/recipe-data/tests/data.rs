@@ -909,3 +909,18 @@ fn a_preference_record_without_a_pair_names_its_line() {
         assert!(err.contains("prefs.jsonl:2") && err.contains(why), "{err}");
     }
 }
+
+/// Two strings without a prompt are split where they differ, as TRL's `extract_prompt` does:
+/// the common beginning is the user's turn, the rests the answers.
+#[test]
+fn preference_strings_without_a_prompt_share_their_beginning_as_the_prompt() {
+    use recipe_data::Role::{Assistant, User};
+    let dir = tempfile::tempdir().unwrap();
+    let line = r#"{"chosen": "Human: What is a whale? Assistant: A mammal.", "rejected": "Human: What is a whale? Assistant: A fish."}"#;
+    let docs = read_source(&preference_source(dir.path(), &format!("{line}\n"))).unwrap().docs;
+    let Doc::Preference { chosen, rejected } = &docs[0] else { panic!("{:?}", docs[0]) };
+    let turns = |c: &[recipe_data::Message]| c.iter().map(|m| (m.role, m.content.clone())).collect::<Vec<_>>();
+    let prompt = (User, "Human: What is a whale? Assistant: A".to_string());
+    assert_eq!(turns(chosen), [prompt.clone(), (Assistant, " mammal.".to_string())]);
+    assert_eq!(turns(rejected), [prompt, (Assistant, " fish.".to_string())]);
+}
