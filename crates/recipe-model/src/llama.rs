@@ -94,6 +94,8 @@ pub struct Llama {
     /// Seeds this forward pass's random draws, adapter dropout and NEFTune's noise; none means
     /// neither (evaluation).
     noise_seed: Cell<Option<u64>>,
+    /// Whether forward passes leave the adapters out ([`Llama::base_forward`]).
+    adapters_off: Cell<bool>,
     /// NEFTune's alpha (Jain et al. 2023): while a noise seed is set, each embedding gets
     /// uniform noise in ±alpha/√(T·d_model), T the rows' length.
     pub neftune_alpha: Option<f64>,
@@ -274,6 +276,7 @@ impl Llama {
             frozen,
             lora,
             noise_seed: Cell::new(None),
+            adapters_off: Cell::new(false),
             neftune_alpha: None,
             rope,
             local_rope,
@@ -397,7 +400,8 @@ impl Llama {
 
     /// `x · Wᵀ` for the weight `name`, plus the LoRA update when the projection is adapted.
     fn linear(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let (Some(lora), Some((a, b))) = (&self.lora, self.adapter(name)?) else {
+        let adapter = if self.adapters_off.get() { None } else { self.adapter(name)? };
+        let (Some(lora), Some((a, b))) = (&self.lora, adapter) else {
             return match self.frozen.get(name) {
                 Some(w) => recipe_kernels::frozen_linear(x, &w.to_dtype(self.dtypes.compute)?, self.dtypes.products),
                 None => recipe_kernels::linear(x, &self.p(name)?, self.dtypes.products),
@@ -423,6 +427,19 @@ impl Llama {
     /// Trainable elements (the adapters alone under LoRA).
     pub fn trainable_param_count(&self) -> usize {
         self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+
+    /// [`Llama::forward`] without the adapters and without training's noise: under PEFT the
+    /// model the adapters started from — unless its base gave a part of itself to them (PiSSA,
+    /// OLoRA) or took their updates in (ReLoRA). It records no graph, every weight it reads
+    /// being frozen.
+    pub fn base_forward(&self, ids: &Tensor, positions: &Tensor, spans: &KeySpans) -> Result<Tensor> {
+        let seed = self.noise_seed.replace(None);
+        self.adapters_off.set(true);
+        let logits = self.forward(ids, positions, spans);
+        self.adapters_off.set(false);
+        self.noise_seed.set(seed);
+        logits
     }
 
     /// Logits `[B·T, vocab]` for token ids `[B, T]`, with per-token positions `[B·T]` (restarting

@@ -290,6 +290,32 @@ fn adapters_started_from_the_weights_are_written_as_a_lora_of_twice_the_rank() {
     }
 }
 
+/// `base_forward` leaves the adapters (and training's noise) out: the model they started
+/// from, which a preference loss under PEFT takes as its reference; the next pass has them
+/// again.
+#[test]
+fn the_base_forward_pass_is_the_model_without_its_adapters() {
+    let c = config();
+    let plain = Llama::from_tensors(&c, base(&c), &Device::Cpu).unwrap();
+    for method in [PeftMethod::Lora, PeftMethod::Dora, PeftMethod::Vera, PeftMethod::TiedLora] {
+        let mut adapted =
+            Llama::with_lora(&c, base(&c), &Peft { dropout: 0.2, ..peft_with(method, ALL) }, 1, &Device::Cpu).unwrap();
+        adapted.neftune_alpha = Some(5.0);
+        train_a_little(&adapted);
+        let dev = Device::Cpu;
+        let ids = Tensor::from_vec(vec![1u32, 4, 2, 7, 3, 9, 5, 5, 6, 0], (2, 5), &dev).unwrap();
+        let positions = Tensor::from_vec(vec![0u32, 1, 2, 0, 1, 0, 1, 2, 3, 4], 10, &dev).unwrap();
+        let spans = KeySpans::documents(&[0u32, 0, 0, 1, 1, 0, 0, 0, 0, 0], 2, 5);
+        let before = adapted.forward(&ids, &positions, &spans).unwrap();
+        adapted.set_noise_seed(Some(3));
+        let base = adapted.base_forward(&ids, &positions, &spans).unwrap();
+        adapted.set_noise_seed(None);
+        assert!(diff(&base, &plain.forward(&ids, &positions, &spans).unwrap()) < 1e-6, "{method}: the base model");
+        assert!(diff(&before, &base) > 1e-3, "{method}: the adapters matter");
+        assert_eq!(diff(&before, &adapted.forward(&ids, &positions, &spans).unwrap()), 0.0, "{method}: back again");
+    }
+}
+
 /// LoRA+ puts `B` and the vectors (DoRA's magnitudes) at the ratio's multiple of the learning
 /// rate, `A` at the stage's, as `peft`'s `create_loraplus_optimizer` groups them.
 #[test]

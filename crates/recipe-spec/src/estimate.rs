@@ -216,13 +216,22 @@ impl Stage {
             (Some(_), _) => 4.0 * m.matmul_params() as f64 + 6.0 * trainable as f64,
         };
         let stage_teachers = self.teacher.iter().filter_map(|t| recipe.stage(t)).map(|t| &t.model);
-        // DPO's and IPO's reference is one more frozen model run forward beside the policy.
-        let reference = self.preference.as_ref().filter(|p| p.needs_reference()).map(|_| m);
-        let teachers: Vec<&Model> =
-            stage_teachers.chain(self.teacher_checkpoints.iter().map(|t| &t.model)).chain(reference).collect();
+        // DPO's, IPO's and the hinge's reference is one more forward pass beside the policy's:
+        // of a frozen copy of the starting weights, or under PEFT of the policy without its
+        // adapters (unless PiSSA, OLoRA or ReLoRA changed its base), which holds no weights of
+        // its own.
+        let own_base = self.peft.as_ref().is_some_and(|p| p.init.is_none() && p.relora.is_none());
+        let reference = self.preference.as_ref().filter(|p| p.needs_reference()).map(|_| (m, !own_base));
+        // The frozen models run forward beside the policy, each with whether its weights are
+        // its own.
+        let teachers: Vec<(&Model, bool)> = stage_teachers
+            .chain(self.teacher_checkpoints.iter().map(|t| &t.model))
+            .map(|t| (t, true))
+            .chain(reference)
+            .collect();
         // Attention's share of a token's FLOPs grows with the length of its row.
         let flops_per_token = |seq_len: u32| {
-            let teacher_flops: f64 = teachers.iter().map(|t| t.forward_flops_per_token(seq_len)).sum();
+            let teacher_flops: f64 = teachers.iter().map(|(t, _)| t.forward_flops_per_token(seq_len)).sum();
             dense + 12.0 * m.attended(seq_len) * width + teacher_flops
         };
         let phases: Vec<PhaseEstimate> = self
@@ -265,7 +274,10 @@ impl Stage {
         let activations = micro_tokens.saturating_mul(per_token_activations(m) * act_bytes);
         let teacher_bytes: u64 = teachers
             .iter()
-            .map(|t| t.param_count() * frozen_bytes + micro_tokens.saturating_mul(t.vocab_size as u64 * 4))
+            .map(|(t, own_weights)| {
+                let weights = if *own_weights { t.param_count() * frozen_bytes } else { 0 };
+                weights + micro_tokens.saturating_mul(t.vocab_size as u64 * 4)
+            })
             .fold(0, u64::saturating_add);
         let memory = Memory {
             weights,

@@ -25,6 +25,6 @@ pub use merge::{MergeRun, merge_stage};
 pub use optimizer::{Optimizer, clip_factor};
 pub use scaler::LossScaler;
 pub use trainer::{
-    MicroLoss, Objective, Observer, Outcome, StageRun, StepGradients, StepMetrics, TrainState, batch_loss, build_model,
-    checkpoints_dir, gradients, loss_tokens, train_stage, update,
+    MicroLoss, Objective, Observer, Outcome, Reference, StageRun, StepGradients, StepMetrics, TrainState, batch_loss,
+    build_model, checkpoints_dir, gradients, loss_tokens, train_stage, update,
 };

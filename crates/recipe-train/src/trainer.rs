@@ -172,14 +172,21 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let relora = stage.peft.as_ref().and_then(|p| p.relora.as_ref());
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let online = stage.data.online.as_ref();
-    let reference = match stage.preference.as_ref().filter(|p| p.needs_reference()) {
+    // Under PEFT the reference is the policy with its adapters left out, unless its base
+    // weights are no longer the starting weights.
+    let own_base = stage.peft.as_ref().is_some_and(|p| p.init.is_none() && p.relora.is_none());
+    let frozen_reference = match stage.preference.as_ref().filter(|p| p.needs_reference() && !own_base) {
         Some(_) => Some(build_reference(stage, r.start_from.as_deref(), r.device)?),
         None => None,
+    };
+    let reference = match &frozen_reference {
+        Some(model) => Some(Reference::Frozen(model)),
+        None => own_base.then_some(Reference::Base),
     };
     let objective = Objective {
         distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())),
         sources: if online.is_some() { stage.data.mix.len() } else { 0 },
-        preference: stage.preference.as_ref().map(|p| (p, reference.as_ref())),
+        preference: stage.preference.as_ref().map(|p| (p, reference.filter(|_| p.needs_reference()))),
     };
     let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
     let mut optimizer = Optimizer::new(&stage.optim);
@@ -461,9 +468,18 @@ pub struct Objective<'a> {
     pub distill: Option<(&'a Distill, &'a [Llama])>,
     /// When > 0, also the cross-entropy of each of this many sources (online mixing's reward).
     pub sources: usize,
-    /// Instead of the cross-entropy: a preference loss over pairs, with the frozen reference
-    /// DPO and IPO compare against.
-    pub preference: Option<(&'a Preference, Option<&'a Llama>)>,
+    /// Instead of the cross-entropy: a preference loss over pairs, with the reference DPO, IPO
+    /// and the hinge compare against.
+    pub preference: Option<(&'a Preference, Option<Reference<'a>>)>,
+}
+
+/// The model a preference loss compares the policy with.
+#[derive(Clone, Copy)]
+pub enum Reference<'a> {
+    /// A frozen copy of the starting weights.
+    Frozen(&'a Llama),
+    /// The policy's own base, its adapters left out (`Llama::base_forward`).
+    Base,
 }
 
 impl Objective<'_> {
@@ -693,9 +709,13 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     if let Some((preference, reference)) = objective.preference {
         // Each answer's log-probability under the policy, and (without a graph) under the
         // reference.
-        let reference = match reference {
-            Some(model) => {
-                let logits = model.forward(&ids, &positions, &spans)?;
+        let reference_logits = match reference {
+            Some(Reference::Frozen(frozen)) => Some(frozen.forward(&ids, &positions, &spans)?),
+            Some(Reference::Base) => Some(model.base_forward(&ids, &positions, &spans)?),
+            None => None,
+        };
+        let reference = match reference_logits {
+            Some(logits) => {
                 let (_, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
                 Some(PairScores::of(&rows, batch)?)
             }

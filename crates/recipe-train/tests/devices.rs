@@ -16,7 +16,7 @@ use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
 use recipe_spec::{Model, ModelSpec, Optim, Precision, Preference, PreferenceLoss};
-use recipe_train::{LossScaler, Objective, Optimizer, gradients, update};
+use recipe_train::{LossScaler, Objective, Optimizer, Reference, gradients, update};
 
 /// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2 or Granite, heads of 32 (a dimension the CUDA
 /// attention kernels are built for).
@@ -97,7 +97,10 @@ fn one_step((arch, dpo): (&str, bool), precision: Precision, device: &Device) ->
     let reference = Llama::init(&config(arch), 4, device).unwrap().trainable_tensors();
     let reference = Llama::frozen(&config(arch), reference, device).unwrap().in_precision(dtypes).unwrap();
     let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5, gamma: None, label_smoothing: None };
-    let objective = Objective { preference: dpo.then_some((&preference, Some(&reference))), ..Objective::default() };
+    let objective = Objective {
+        preference: dpo.then_some((&preference, Some(Reference::Frozen(&reference)))),
+        ..Objective::default()
+    };
     let optim = Optim::adamw(1e-2);
     let mut optimizer = Optimizer::new(&optim);
     let mut scaler = (precision == Precision::F16Mixed).then(LossScaler::default);
