@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::merge::Merge;
 use crate::model::Model;
+use crate::peft::Peft;
 use crate::recipe::Recipe;
 use crate::stage::{Muon, Stage};
 use crate::vocab::{MergeMethod, PeftMethod, Precision};
@@ -220,7 +221,7 @@ impl Stage {
         // of a frozen copy of the starting weights, or under PEFT of the policy without its
         // adapters (unless PiSSA, OLoRA or ReLoRA changed its base), which holds no weights of
         // its own.
-        let own_base = self.peft.as_ref().is_some_and(|p| p.init.is_none() && p.relora.is_none());
+        let own_base = self.peft.as_ref().is_some_and(Peft::keeps_starting_base);
         let reference = self.preference.as_ref().filter(|p| p.needs_reference()).map(|_| (m, !own_base));
         // The frozen models run forward beside the policy, each with whether its weights are
         // its own.

@@ -178,6 +178,13 @@ impl Peft {
         Peft { method, rank, alpha, rslora, loraplus_lr_ratio, init, dropout, targets, relora, from, adapter }
     }
 
+    /// Whether the frozen base stays the starting weights throughout, so that the model with
+    /// its adapters left out is the model the stage started from: not when PiSSA or OLoRA take
+    /// a part of it, nor when ReLoRA merges updates into it.
+    pub fn keeps_starting_base(&self) -> bool {
+        self.init.is_none() && self.relora.is_none()
+    }
+
     /// The adapter in folder `dir` (written `written`), as it is, without dropout: what sampling
     /// with it applies.
     pub fn of_adapter(written: &str, dir: &Path, info: AdapterInfo) -> Peft {

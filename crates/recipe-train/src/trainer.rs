@@ -14,7 +14,7 @@ use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
 use recipe_dist::Communicator;
 use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_layers};
-use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Precision, Preference, Recipe, Stage};
+use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Peft, Precision, Preference, Recipe, Stage};
 use serde::{Deserialize, Serialize};
 
 use crate::average::{Averager, set_weights, with_weights};
@@ -173,20 +173,20 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
     let mut scaler = (stage.precision == Precision::F16Mixed).then(LossScaler::default);
     let online = stage.data.online.as_ref();
     // Under PEFT the reference is the policy with its adapters left out, unless its base
-    // weights are no longer the starting weights.
-    let own_base = stage.peft.as_ref().is_some_and(|p| p.init.is_none() && p.relora.is_none());
-    let frozen_reference = match stage.preference.as_ref().filter(|p| p.needs_reference() && !own_base) {
-        Some(_) => Some(build_reference(stage, r.start_from.as_deref(), r.device)?),
-        None => None,
-    };
+    // weights do not stay the starting weights.
+    let needs_reference = stage.preference.as_ref().is_some_and(Preference::needs_reference);
+    let own_base = stage.peft.as_ref().is_some_and(Peft::keeps_starting_base);
+    let frozen_reference = (needs_reference && !own_base)
+        .then(|| build_reference(stage, r.start_from.as_deref(), r.device))
+        .transpose()?;
     let reference = match &frozen_reference {
         Some(model) => Some(Reference::Frozen(model)),
-        None => own_base.then_some(Reference::Base),
+        None => (needs_reference && own_base).then_some(Reference::Base),
     };
     let objective = Objective {
         distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())),
         sources: if online.is_some() { stage.data.mix.len() } else { 0 },
-        preference: stage.preference.as_ref().map(|p| (p, reference.filter(|_| p.needs_reference()))),
+        preference: stage.preference.as_ref().map(|p| (p, reference)),
     };
     let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
     let mut optimizer = Optimizer::new(&stage.optim);
