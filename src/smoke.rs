@@ -4,13 +4,14 @@
 //! ReLoRA's restarts, distillation, freezing, weight averaging, stacking, merges, lengths and
 //! mixes that change),
 //! train every stage in a separate run directory, and fail if a loss is not finite or does not
-//! fall. An imported checkpoint keeps its real size (its architecture is fixed), so a stage
+//! fall (held-out where the stage evaluates, except for preference pairs, which a shrunk run
+//! fits past generalising: their training loss). An imported checkpoint keeps its real size (its architecture is fixed), so a stage
 //! that imports one, or distills from one, takes fewer and smaller steps.
 
 use std::path::Path;
 
 use recipe_graph::RunDir;
-use recipe_spec::{MergeMethod, Recipe, Tokenizer};
+use recipe_spec::{MergeMethod, Recipe, StageKind, Tokenizer};
 
 use crate::{Failure, load};
 
@@ -177,8 +178,10 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, device: &str) -> Result<()
         let (losses, evals) = (series("loss"), series("eval_loss"));
         // Held-out loss before training against after it, when the stage evaluates: the same
         // batches each time, so noise in what each step draws cannot hide a fall or fake one.
+        // Not for preference pairs: a small model shown a few dozen pairs for several epochs
+        // fits them and its held-out pair loss rises, however well the stage trains.
         let (what, first, last) = match evals.as_slice() {
-            [first, .., last] => ("eval loss", *first, *last),
+            [first, .., last] if stage.kind != StageKind::Dpo => ("eval loss", *first, *last),
             _ => {
                 let window = 5.min(losses.len() / 2).max(1);
                 let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
