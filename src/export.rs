@@ -131,8 +131,15 @@ fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Va
     if let Some(bos) = tok.bos() {
         config["bos_token"] = tok.token(bos).into();
     }
-    if let Some(template) = trained_with.or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some()) {
-        config["chat_template"] = recipe_data::jinja(template).into();
+    let template = trained_with.or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some());
+    if let Some(jinja) = template.and_then(|t| recipe_data::jinja(tok, t)) {
+        config["chat_template"] = jinja.into();
+    }
+    // The tokens the template names, as it was rendered with.
+    if let (Some(ChatTemplate::Tokenizer), Some(own)) = (template, tok.own_template()) {
+        for (name, token) in &own.tokens {
+            config[name] = token.clone().into();
+        }
     }
     config
 }

@@ -112,9 +112,9 @@ enum Verb {
         /// With `--chat`: a system message before the user's turn.
         #[arg(long, requires = "chat")]
         system: Option<String>,
-        /// With `--chat`: the chat template (chatml, llama3, llama3.1, gemma) instead of the
-        /// first whose tokens the tokenizer has; `llama3.1` for a model trained on it, whose
-        /// tokens are Llama 3's.
+        /// With `--chat`: the chat template (chatml, llama3, llama3.1, gemma, or tokenizer: the
+        /// one stored with the tokenizer) instead of the first whose tokens the tokenizer has,
+        /// else its own; `llama3.1` for a model trained on it, whose tokens are Llama 3's.
         #[arg(long, requires = "chat", value_parser = chat_template)]
         template: Option<recipe_spec::ChatTemplate>,
     },

@@ -128,7 +128,7 @@ fn preference_pairs() -> String {
 }
 
 /// A checkpoint a starter recipe begins from: how the recipe names it, its longest context,
-/// and the chat template its tokenizer has the tokens of.
+/// and the chat template its tokenizer has the tokens of (else the one stored with it).
 struct Checkpoint {
     written: String,
     max_seq_len: u32,
@@ -210,7 +210,7 @@ holdout = 0.1               # a tenth of the documents, by content hash, for eva
 [sources.chat]              # one JSON object per line: {{"messages": [{{"role", "content"}}, ...]}}
 path = "{name}-data/chat.jsonl"
 format = "chat-jsonl"
-template = "{template}"       # the chat format the checkpoint's tokenizer has the tokens of
+template = "{template}"       # the checkpoint's chat format ("tokenizer": the template stored with it)
 holdout = 0.1
 "#
         );

@@ -54,7 +54,7 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
                 system.into_iter().chain([Message { role: Role::User, content: a.prompt.to_string() }]).collect();
             let template = a.template.or_else(|| tok.chat_template()).ok_or_else(|| {
                 Failure::Run(
-                    "--chat needs a tokenizer with a chat template's tokens (ChatML's, Llama 3's or Gemma's)".into(),
+                    "--chat needs a tokenizer with a chat template's tokens (ChatML's, Llama 3's or Gemma's) or a template of its own".into(),
                 )
             })?;
             let ids = chat_prompt(&tok, template, &turns).map_err(|e| fail(&e))?;

@@ -767,3 +767,78 @@ fn a_lora_stage_exports_merged_or_as_a_peft_adapter_and_samples_in_chatml() {
     assert_eq!(misfit.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&misfit.stderr).contains("cannot apply adapter"));
 }
+
+/// `template = "tokenizer"` over Qwen3's tokenizer and the template beside it: the stage trains
+/// on conversations in that template, keeps it with its result, exports it (with the tokens it
+/// names) for `apply_chat_template`, samples with it, and a change to it makes the data stale.
+#[test]
+fn a_chat_source_in_the_tokenizers_own_template_trains_exports_and_samples() {
+    let qwen3 = root().join("assets/qwen3");
+    assert!(qwen3.join("tokenizer_config.json").is_file(), "run scripts/fetch-assets.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = dir.path().join("qwen3");
+    std::fs::create_dir(&tokenizer).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(qwen3.join(file), tokenizer.join(file)).unwrap();
+    }
+    let chat = (0..24)
+        .map(|i| {
+            let turn = |role: &str, content: String| serde_json::json!({"role": role, "content": content});
+            let messages = [turn("user", format!("What is {i} plus one?")), turn("assistant", format!("{}.", i + 1))];
+            serde_json::json!({ "messages": messages }).to_string() + "\n"
+        })
+        .collect::<String>();
+    std::fs::write(dir.path().join("chat.jsonl"), chat).unwrap();
+    let text = r#"
+[recipe]
+name = "own-template"
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 4
+d_ff = 64
+max_seq_len = 64
+[tokenizer]
+path = "qwen3/tokenizer.json"
+[sources.chat]
+path = "chat.jsonl"
+format = "chat-jsonl"
+template = "tokenizer"
+[stages.sft]
+kind = "sft"
+steps = 3
+seq_len = 64
+batch_size = 4
+data = { mix = { chat = 1.0 }, loss_on = "assistant" }
+"#;
+    let path = dir.path().join("own.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    let out = recipe(&["train", p], &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let exported = dir.path().join("exported");
+    let out = recipe(&["export", p, "--stage", "sft", "--out", exported.to_str().unwrap()], &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: Value = serde_json::from_slice(&std::fs::read(qwen3.join("tokenizer_config.json")).unwrap()).unwrap();
+    let ours: Value = serde_json::from_slice(&std::fs::read(exported.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(ours["chat_template"], theirs["chat_template"]);
+    assert_eq!((ours["eos_token"].as_str(), ours["pad_token"].as_str()), (Some("<|im_end|>"), Some("<|endoftext|>")));
+    let config: Value = serde_json::from_slice(&std::fs::read(exported.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["eos_token_id"], serde_json::json!([151643, 151645]), "<|endoftext|>, then <|im_end|>");
+
+    let sample =
+        ["sample", p, "--stage", "sft", "--chat", "--template", "tokenizer", "--prompt", "Hi", "--max-tokens", "4"];
+    let out = recipe(&sample, &runs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The template is part of what the conversations' ids depend on.
+    std::fs::write(
+        tokenizer.join("chat_template.jinja"),
+        "{% for m in messages %}{{ m.content }}<|im_end|>{% endfor %}",
+    )
+    .unwrap();
+    let status = json(&recipe(&["status", p, "--json"], &runs));
+    assert_eq!(status["stages"][0]["state"], "stale", "{status}");
+}

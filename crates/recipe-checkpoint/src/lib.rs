@@ -20,5 +20,5 @@ pub use hf::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, AdapterKind, HF_CONFIG, IfAbsent, MODEL_CONFIG, MODEL_WEIGHTS,
     adapter_config, config_json, load_adapter, read_adapter_config, read_config, save_adapter, save_model, torch_dtype,
 };
-pub use tokenizer::read_tokenizer;
+pub use tokenizer::{CHAT_TEMPLATE_FILE, read_own_template, read_tokenizer, write_own_template};
 pub use weights::load_checkpoint;

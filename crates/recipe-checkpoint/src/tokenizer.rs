@@ -1,11 +1,22 @@
 //! Tokenizer files, a `tokenizer.json` or a `.gguf`'s metadata: loaded whole for the pipeline,
-//! or summarised (size, ChatML tokens, a fingerprint of the vocabulary) for validation.
+//! or summarised (size, chat templates' tokens, a fingerprint of the vocabulary) for
+//! validation; and the chat template stored with one.
 
-use recipe_spec::{ChatTemplate, TokenizerFacts, TokenizerFile};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use recipe_spec::{ChatTemplate, OwnChatTemplate, TokenizerFacts, TokenizerFile};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::gguf;
+
+/// The file `transformers` keeps a chat template in beside `tokenizer.json`.
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// The special tokens `apply_chat_template` passes to a template by name.
+const TEMPLATE_TOKENS: [&str; 4] = ["bos_token", "eos_token", "unk_token", "pad_token"];
 
 /// The tokenizer a file holds.
 pub fn read_tokenizer(file: &TokenizerFile) -> Result<Tokenizer, String> {
@@ -43,21 +54,97 @@ pub(crate) fn tokenizer_facts(file: &TokenizerFile) -> Result<TokenizerFacts, St
     if by_id.iter().any(|(id, _)| *id >= u32::MAX as u64) {
         return Err("its vocabulary is too large".into());
     }
-    Ok(TokenizerFacts { bos: recipe_spec::leading_special_token(&json["post_processor"]), ..facts_of(by_id) })
+    let own_template = read_own_template(file)?;
+    Ok(TokenizerFacts {
+        bos: recipe_spec::leading_special_token(&json["post_processor"]),
+        ..facts_of(by_id, own_template)
+    })
 }
 
 /// The facts of the tokenizer in a GGUF file's metadata.
-pub(crate) fn gguf_facts(g: &candle_core::quantized::gguf_file::Content) -> Result<TokenizerFacts, String> {
+pub(crate) fn gguf_facts(g: &gguf_file::Content) -> Result<TokenizerFacts, String> {
     let tokens = gguf::tokens(g)?;
-    Ok(facts_of(tokens.iter().enumerate().map(|(i, t)| (i as u64, t.as_str())).collect()))
+    let own_template = gguf_own_template(g, &tokens);
+    Ok(facts_of(tokens.iter().enumerate().map(|(i, t)| (i as u64, t.as_str())).collect(), own_template))
 }
 
-fn facts_of(mut by_id: Vec<(u64, &str)>) -> TokenizerFacts {
+/// The chat template stored with a tokenizer: beside a `tokenizer.json`, `chat_template.jinja`,
+/// else `chat_template` in `tokenizer_config.json` (one string, or a list of named templates of
+/// which `default` is taken); in a `.gguf`, `tokenizer.chat_template`.
+pub fn read_own_template(file: &TokenizerFile) -> Result<Option<OwnChatTemplate>, String> {
+    let path = match file {
+        TokenizerFile::Gguf(path) => {
+            let g = gguf::read(path)?;
+            return Ok(gguf_own_template(&g, &gguf::tokens(&g)?));
+        }
+        TokenizerFile::Json(path) => path,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let read = |name: &str| -> Result<Option<String>, String> {
+        match std::fs::read_to_string(dir.join(name)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", dir.join(name).display())),
+        }
+    };
+    let config: Value = match read(TOKENIZER_CONFIG_FILE)? {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not JSON: {e}", dir.join(TOKENIZER_CONFIG_FILE).display()))?,
+        None => Value::Null,
+    };
+    let jinja = match (read(CHAT_TEMPLATE_FILE)?, &config["chat_template"]) {
+        (Some(jinja), _) => jinja,
+        (None, Value::String(jinja)) => jinja.clone(),
+        (None, Value::Array(named)) => {
+            let template = |t: &Value| t["template"].as_str().map(str::to_string);
+            let default = named.iter().find(|t| t["name"] == "default").or(named.first());
+            match default.and_then(template) {
+                Some(jinja) => jinja,
+                None => return Err(format!("{}: `chat_template` names no template", TOKENIZER_CONFIG_FILE)),
+            }
+        }
+        _ => return Ok(None),
+    };
+    // A token is written as its string, or as an added token's fields.
+    let tokens = TEMPLATE_TOKENS
+        .into_iter()
+        .filter_map(|name| {
+            let value = &config[name];
+            let text = value.as_str().or_else(|| value["content"].as_str())?;
+            Some((name.to_string(), text.to_string()))
+        })
+        .collect();
+    Ok(Some(OwnChatTemplate { jinja, tokens }))
+}
+
+/// Store a tokenizer's own chat template in `dir` beside its `tokenizer.json`, where
+/// [`read_own_template`] finds it.
+pub fn write_own_template(dir: &Path, own: &OwnChatTemplate) -> Result<(), String> {
+    let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).map_err(|e| format!("{name}: {e}"));
+    write(CHAT_TEMPLATE_FILE, own.jinja.as_bytes())?;
+    write(TOKENIZER_CONFIG_FILE, &serde_json::to_vec_pretty(&own.tokens).expect("strings"))
+}
+
+fn gguf_own_template(g: &gguf_file::Content, tokens: &[String]) -> Option<OwnChatTemplate> {
+    let jinja = g.metadata.get("tokenizer.chat_template")?.to_string().ok()?.clone();
+    let token = |key: &str| Some(tokens.get(g.metadata.get(key)?.to_u32().ok()? as usize)?.clone());
+    let tokens: BTreeMap<String, String> =
+        [("bos_token", "tokenizer.ggml.bos_token_id"), ("eos_token", "tokenizer.ggml.eos_token_id")]
+            .into_iter()
+            .filter_map(|(name, key)| Some((name.to_string(), token(key)?)))
+            .collect();
+    Some(OwnChatTemplate { jinja, tokens })
+}
+
+fn facts_of(mut by_id: Vec<(u64, &str)>, own_template: Option<OwnChatTemplate>) -> TokenizerFacts {
     by_id.sort();
     by_id.dedup();
     let templates = ChatTemplate::ALL
         .into_iter()
-        .filter(|template| template.tokens().iter().all(|c| by_id.iter().any(|(_, t)| t == c)))
+        .filter(|template| match template {
+            ChatTemplate::Tokenizer => own_template.is_some(),
+            _ => template.tokens().iter().all(|c| by_id.iter().any(|(_, t)| t == c)),
+        })
         .collect();
     let mut hasher = blake3::Hasher::new();
     for (id, token) in &by_id {
@@ -70,5 +157,6 @@ fn facts_of(mut by_id: Vec<(u64, &str)>) -> TokenizerFacts {
         templates,
         fingerprint: hasher.finalize().to_hex().to_string(),
         bos: None,
+        own_template,
     }
 }

@@ -16,12 +16,13 @@
 //! those templates write when they are given none and cannot read the clock (3.1's always),
 //! so that the same conversation always gives the same ids. Gemma has no system turn: a
 //! first system message is written at the start of the first turn, and one later on is an
-//! error, as in Gemma's template.
+//! error, as in Gemma's template. `tokenizer` is the tokenizer's own Jinja ([`crate::jinja`]).
 
 use recipe_spec::ChatTemplate;
 
 use crate::documents::{Message, Role};
 use crate::error::{DataError, Result};
+use crate::jinja::OwnTemplate;
 use crate::tokenizer::Tok;
 
 /// A template's special tokens, looked up in a tokenizer.
@@ -45,12 +46,23 @@ fn ids(tok: &Tok, template: ChatTemplate) -> Result<Ids> {
             dated: template == ChatTemplate::Llama31,
         },
         ChatTemplate::Gemma => Ids::Gemma { bos: ids[0], start: ids[1], end: ids[2] },
+        ChatTemplate::Tokenizer => unreachable!("the tokenizer's own template is rendered, not assembled"),
     })
+}
+
+/// The tokenizer's own template, or an error saying it has none.
+fn own_template(tok: &Tok) -> Result<&OwnTemplate> {
+    tok.compiled_own_template().ok_or_else(|| DataError::new("the tokenizer has no chat template of its own"))
 }
 
 /// Token ids of a conversation in `template`, and for each token whether it belongs to an
 /// assistant turn.
 pub fn format_chat(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> Result<(Vec<u32>, Vec<u8>)> {
+    if template == ChatTemplate::Tokenizer {
+        let own = own_template(tok)?;
+        let text = own.render(messages, false)?;
+        return tok.encode_marking(&text, &own.assistant_spans(&text, messages)?);
+    }
     let ids = ids(tok, template)?;
     let (mut out, mut mask) = (Vec::new(), Vec::new());
     let mut push = |part: &[u32], bit: u8| {
@@ -130,6 +142,9 @@ fn header(tok: &Tok, start: u32, end: u32, role: Role) -> Result<Vec<u32>> {
 /// The ids that prompt a chat model for its next assistant turn: the conversation so far,
 /// then the assistant's header.
 pub fn chat_prompt(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> Result<Vec<u32>> {
+    if template == ChatTemplate::Tokenizer {
+        return tok.encode(&own_template(tok)?.render(messages, true)?);
+    }
     let (mut out, _) = format_chat(tok, template, messages)?;
     match ids(tok, template)? {
         Ids::ChatMl { start, .. } => {
@@ -147,9 +162,10 @@ pub fn chat_prompt(tok: &Tok, template: ChatTemplate, messages: &[Message]) -> R
 /// `template` as a `transformers` chat template (Jinja, for `tokenizer_config.json`'s
 /// `chat_template`), rendering conversations as [`format_chat`] and [`chat_prompt`] do, so that
 /// `apply_chat_template` on an exported model gives the ids it trained on. Gemma's is the text
-/// part of Gemma 3's own.
-pub fn jinja(template: ChatTemplate) -> &'static str {
-    match template {
+/// part of Gemma 3's own; the tokenizer's own is itself (none when it has none).
+pub fn jinja(tok: &Tok, template: ChatTemplate) -> Option<String> {
+    Some(match template {
+        ChatTemplate::Tokenizer => return tok.own_template().map(|own| own.jinja.clone()),
         ChatTemplate::ChatMl => concat!(
             "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}",
             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
@@ -180,4 +196,5 @@ pub fn jinja(template: ChatTemplate) -> &'static str {
             "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}",
         ),
     }
+    .to_string())
 }

@@ -1,6 +1,6 @@
 //! `recipe-data` turns a recipe's sources into exactly the token rows a stage trains on.
 //! It reads documents (`text`, `jsonl`, `chat-jsonl`, pre-tokenized `tokens`) with errors that
-//! name file and line, formats conversations with their chat template, loads or trains tokenizers, writes each source's tokenization once into
+//! name file and line, formats conversations with their chat template (a fixed one, or the tokenizer's own Jinja), loads or trains tokenizers, writes each source's tokenization once into
 //! a memory-mappable cache with a deterministic holdout split, mixes sources by token weight
 //! with a seeded sampler, packs documents into rows (`concat`, `best-fit`, `pad`) with loss
 //! masks, document ids and positions, and resumes exactly from a small serialisable state.
@@ -11,6 +11,7 @@
 mod chat;
 mod documents;
 mod error;
+mod jinja;
 mod loader;
 mod mix;
 mod online;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use recipe_spec::{ChatTemplate, TokenizerTrain};
+use recipe_spec::{ChatTemplate, OwnChatTemplate, TokenizerTrain};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
@@ -13,6 +13,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{DataError, Result};
+use crate::jinja::OwnTemplate;
 
 /// Names an end-of-document token goes by, in order of preference.
 const EOS_NAMES: &[&str] = &["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>"];
@@ -21,6 +22,8 @@ pub struct Tok {
     inner: Tokenizer,
     eos: u32,
     bos: Option<u32>,
+    /// The chat template stored with it, and the token that ends a turn in it.
+    own: Option<(OwnTemplate, Option<u32>)>,
 }
 
 impl Tok {
@@ -36,7 +39,27 @@ impl Tok {
         })?;
         let post_processor = serde_json::to_value(inner.get_post_processor()).unwrap_or_default();
         let bos = recipe_spec::leading_special_token(&post_processor);
-        Ok(Tok { inner, eos, bos })
+        Ok(Tok { inner, eos, bos, own: None })
+    }
+
+    /// Give it the chat template stored with it (`template = "tokenizer"`).
+    pub fn with_own_template(mut self, own: Option<OwnChatTemplate>) -> Tok {
+        self.own = own.map(|source| {
+            let specials = self.inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special);
+            let template = OwnTemplate::compile(source, specials.map(|(id, t)| (t.content, id)));
+            let turn_end = template.turn_end();
+            (template, turn_end)
+        });
+        self
+    }
+
+    /// The chat template stored with it, when there is one.
+    pub fn own_template(&self) -> Option<&OwnChatTemplate> {
+        self.own.as_ref().map(|(t, _)| &t.source)
+    }
+
+    pub(crate) fn compiled_own_template(&self) -> Option<&OwnTemplate> {
+        self.own.as_ref().map(|(t, _)| t)
     }
 
     /// Train a byte-level BPE on `texts`. Decoding returns the exact input bytes.
@@ -68,6 +91,14 @@ impl Tok {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` with no special tokens added, and for each whether its bytes
+    /// overlap one of `spans` (byte ranges of `text`).
+    pub(crate) fn encode_marking(&self, text: &str, spans: &[(usize, usize)]) -> Result<(Vec<u32>, Vec<u8>)> {
+        let enc = self.inner.encode(text, false).map_err(|e| DataError::new(format!("cannot tokenize: {e}")))?;
+        let overlaps = |&(s, e): &(usize, usize)| spans.iter().any(|&(a, b)| s < b && e > a);
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().iter().map(|o| u8::from(overlaps(o))).collect()))
+    }
+
     /// Token ids of a text document or a plain prompt: [`Tok::encode`], after the token the
     /// tokenizer starts every text with when it has one (Llama 3's `<|begin_of_text|>`, Gemma's
     /// `<bos>`), as `transformers`' `tokenizer(text)` gives them.
@@ -94,9 +125,13 @@ impl Tok {
     }
 
     /// The ids of `template`'s special tokens, in [`ChatTemplate::tokens`]' order, when the
-    /// tokenizer has them all.
+    /// tokenizer has them all. For its own template, when it has one: the token that ends a
+    /// turn in it, if it writes one.
     pub fn template_ids(&self, template: ChatTemplate) -> Option<Vec<u32>> {
-        template.tokens().iter().map(|t| self.inner.token_to_id(t)).collect()
+        match template {
+            ChatTemplate::Tokenizer => self.own.as_ref().map(|(_, end)| end.iter().copied().collect()),
+            _ => template.tokens().iter().map(|t| self.inner.token_to_id(t)).collect(),
+        }
     }
 
     /// The template a chat with this tokenizer takes when nothing says which: the first of
@@ -108,10 +143,12 @@ impl Tok {
     /// The id that ends a turn in each template the tokenizer has, other than the
     /// end-of-document id: where generation stops besides that.
     pub fn turn_ends(&self) -> Vec<u32> {
-        let mut ends: Vec<u32> =
-            ChatTemplate::ALL.into_iter().filter_map(|t| self.template_ids(t)?.last().copied()).collect();
-        ends.retain(|end| *end != self.eos);
-        ends.dedup();
+        let mut ends: Vec<u32> = Vec::new();
+        for end in ChatTemplate::ALL.into_iter().filter_map(|t| self.template_ids(t)?.last().copied()) {
+            if end != self.eos && !ends.contains(&end) {
+                ends.push(end);
+            }
+        }
         ends
     }
 

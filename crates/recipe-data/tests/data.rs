@@ -405,38 +405,84 @@ fn the_gemma_template_renders_as_gemma_does() {
 }
 
 /// Each template's Jinja (what `recipe export` writes as `tokenizer_config.json`'s
-/// `chat_template`), rendered by minijinja as `transformers`' `apply_chat_template` renders it,
-/// is the text of the ids `format_chat` and `chat_prompt` give; Gemma's refuses a late system
-/// message as `format_chat` does.
+/// `chat_template`), given to a tokenizer as its own and rendered as `transformers`'
+/// `apply_chat_template` renders it (`template = "tokenizer"`), gives the ids, the mask and the
+/// prompt that the hand-written template gives; Gemma's refuses a late system message as
+/// `format_chat` does.
 #[test]
 fn the_exported_chat_templates_render_what_training_formats() {
     let messages = whale_conversation();
-    let as_json = |messages: &[recipe_data::Message]| -> Vec<minijinja::Value> {
-        let fields = |m: &recipe_data::Message| {
-            std::collections::BTreeMap::from([("role", m.role.as_str().to_string()), ("content", m.content.clone())])
-        };
-        messages.iter().map(|m| minijinja::Value::from(fields(m))).collect()
-    };
-    let mut env = minijinja::Environment::new();
-    env.add_function("raise_exception", |m: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m))
-    });
-    for template in ChatTemplate::ALL {
+    for template in ChatTemplate::ALL.into_iter().filter(|t| *t != ChatTemplate::Tokenizer) {
         let eos = if template == ChatTemplate::Gemma { "<eos>" } else { "<|endoftext|>" };
         let tok = whale_tokenizer(&[[eos].as_slice(), template.tokens()].concat());
-        let jinja = env.template_from_str(recipe_data::jinja(template)).unwrap();
-        let render = |messages: &[recipe_data::Message], prompt: bool| {
-            jinja.render(minijinja::context! { messages => as_json(messages), add_generation_prompt => prompt })
-        };
-        let (ids, _) = format_chat(&tok, template, &messages).unwrap();
-        assert_eq!(tok.decode(&ids), render(&messages, false).unwrap(), "{template}");
+        let jinja = recipe_data::jinja(&tok, template).unwrap();
+        let tok = tok.with_own_template(Some(recipe_spec::OwnChatTemplate { jinja, tokens: Default::default() }));
+        let own = ChatTemplate::Tokenizer;
+        assert_eq!(
+            format_chat(&tok, own, &messages).unwrap(),
+            format_chat(&tok, template, &messages).unwrap(),
+            "{template}"
+        );
         let prompt = recipe_data::chat_prompt(&tok, template, &messages).unwrap();
-        assert_eq!(tok.decode(&prompt), render(&messages, true).unwrap(), "{template}");
+        assert_eq!(recipe_data::chat_prompt(&tok, own, &messages).unwrap(), prompt, "{template}");
+        assert_eq!(tok.template_ids(own).unwrap().last(), tok.template_ids(template).unwrap().last(), "{template}");
         if template == ChatTemplate::Gemma {
             let late_system = [messages[1].clone(), messages[0].clone()];
-            assert!(render(&late_system, false).unwrap_err().to_string().contains("system prompt only as the first"));
+            let error = format_chat(&tok, own, &late_system).unwrap_err().to_string();
+            assert!(error.contains("system prompt only as the first"), "{error}");
         }
     }
+}
+
+/// Mistral's template (v0.1, its `tokenizer_config.json`), given as the tokenizer's own: the
+/// `bos_token` and `eos_token` it names come from the config, the system message goes where the
+/// template puts it, and the mask is each reply and the `</s>` after it, not the `[INST]` turns.
+#[test]
+fn an_own_template_names_its_tokens_and_masks_each_reply() {
+    let jinja = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}\
+        {% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}\
+        {% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}\
+        {% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+    let tokens = [("bos_token", "<s>"), ("eos_token", "</s>")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+    let own = recipe_spec::OwnChatTemplate { jinja: jinja.into(), tokens };
+    let tok = whale_tokenizer(&["<s>", "</s>"]).with_own_template(Some(own));
+    let message = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    let messages = [
+        message(recipe_data::Role::User, "What is a whale?"),
+        message(recipe_data::Role::Assistant, "A large mammal."),
+        message(recipe_data::Role::User, "Is it a fish?"),
+        message(recipe_data::Role::Assistant, "A mammal, not a fish."),
+    ];
+    let (ids, mask) = format_chat(&tok, ChatTemplate::Tokenizer, &messages).unwrap();
+    assert_eq!(
+        tok.decode(&ids),
+        "<s>[INST] What is a whale? [/INST]A large mammal.</s>[INST] Is it a fish? [/INST]A mammal, not a fish.</s>"
+    );
+    let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+    assert_eq!(tok.decode(&masked), "A large mammal.</s>A mammal, not a fish.</s>");
+    assert_eq!(tok.template_ids(ChatTemplate::Tokenizer), Some(vec![tok.eos()]), "</s> ends a turn");
+    let error = format_chat(&tok, ChatTemplate::Tokenizer, &messages[1..]).unwrap_err().to_string();
+    assert!(error.contains("roles must alternate"), "{error}");
+}
+
+/// Where the tokenizer's own template does not write a reply as given, which tokens are the
+/// assistant's cannot be told, and that is an error naming the message; a template that does
+/// not parse is an error when it is used, not when the tokenizer is loaded.
+#[test]
+fn an_own_template_that_hides_the_reply_is_an_error() {
+    let own = |jinja: &str| {
+        let tok = whale_tokenizer(&["<|endoftext|>", "<|im_start|>", "<|im_end|>"]);
+        tok.with_own_template(Some(recipe_spec::OwnChatTemplate { jinja: jinja.into(), tokens: Default::default() }))
+    };
+    let messages = whale_conversation();
+    let upper = own("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.upper() }}<|im_end|>\n{% endfor %}");
+    let error = format_chat(&upper, ChatTemplate::Tokenizer, &messages).unwrap_err().to_string();
+    assert!(error.contains("does not write message"), "{error}");
+    let broken = own("{% for m in messages %}");
+    assert_eq!(broken.template_ids(ChatTemplate::Tokenizer), Some(vec![]));
+    let error = format_chat(&broken, ChatTemplate::Tokenizer, &messages).unwrap_err().to_string();
+    assert!(error.contains("does not parse"), "{error}");
 }
 
 #[test]

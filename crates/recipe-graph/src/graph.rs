@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use recipe_spec::{MergeInput, Recipe, Source, Stage, Tokenizer, flatten};
+use recipe_spec::{ChatTemplate, MergeInput, OwnChatTemplate, Recipe, Source, Stage, Tokenizer, flatten};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -112,12 +112,16 @@ impl Graph {
                 (_, Some(node)) => {
                     m.inputs.insert(node.into(), key_of(&nodes, node));
                 }
-                (Tokenizer::File { written, file, bos, .. }, None) => {
+                (Tokenizer::File { written, file, bos, own_template, .. }, None) => {
                     m.files.insert(written.clone(), hash_file(file.path())?);
                     // Text documents start with it: tokens that the same file gave without it
                     // before it was added are not these.
                     if let Some(bos) = bos {
                         put(&mut m, "tokenizer.bos", "tokenizer.path", json!(bos));
+                    }
+                    // Kept beside the tokenizer file, so not in its hash.
+                    if let (Some(ChatTemplate::Tokenizer), Some(own)) = (source.template, own_template) {
+                        put(&mut m, "tokenizer.chat_template", "tokenizer.path", json!(fingerprint(own)));
                     }
                 }
                 (Tokenizer::Train(_), None) => unreachable!("a trained tokenizer always has a node"),
@@ -249,6 +253,16 @@ fn stage_fields(recipe: &Recipe, stage: &Stage) -> Material {
     }
     put(&mut m, "recipe.seed", "recipe.seed", json!(recipe.seed));
     m
+}
+
+/// blake3 over a tokenizer's own chat template and the tokens it names.
+fn fingerprint(own: &OwnChatTemplate) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in std::iter::once(&own.jinja).chain(own.tokens.iter().flat_map(|(k, v)| [k, v])) {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
 }
 
 fn hash_files(m: &mut Material, recipe: &Recipe, source: &Source) -> std::io::Result<()> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::Device;
-use recipe_checkpoint::{load_checkpoint, read_tokenizer};
+use recipe_checkpoint::{load_checkpoint, read_own_template, read_tokenizer, write_own_template};
 use recipe_data::{DataError, Mix, Progress, TOKENIZER_FILE, Tok, TokenStore, tokenize, train_tokenizer};
 use recipe_dist::Communicator;
 use recipe_graph::{Graph, Node, NodeKind, RecordedState, RunDir, TOKENIZER_NODE, tokenize_node};
@@ -316,6 +316,9 @@ fn save_stage_result(recipe: &Recipe, stage: &Stage, model: &Llama, tokenizer: &
     eos.extend(tokenizer.turn_ends());
     model.save_pretrained(staging, tokenizer.bos(), &eos, &base_model)?;
     tokenizer.save(&staging.join(TOKENIZER_FILE))?;
+    if let Some(own) = tokenizer.own_template() {
+        write_own_template(staging, own).map_err(|e| DataError::in_file(staging, e))?;
+    }
     Ok(())
 }
 
@@ -341,10 +344,11 @@ fn load_teachers(recipe: &Recipe, graph: &Graph, run: &RunDir, stage: &Stage, de
         .collect()
 }
 
-/// The tokenizer in a file.
+/// The tokenizer in a file, with the chat template stored with it.
 pub fn load_tokenizer(file: &TokenizerFile) -> std::result::Result<Tok, DataError> {
     let inner = read_tokenizer(file).map_err(|e| DataError::in_file(file.path(), e))?;
-    Tok::new(inner).map_err(|e| DataError::in_file(file.path(), e.message))
+    let own = read_own_template(file).map_err(|e| DataError::in_file(file.path(), e))?;
+    Ok(Tok::new(inner).map_err(|e| DataError::in_file(file.path(), e.message))?.with_own_template(own))
 }
 
 /// The recipe's tokenizer: its file, or the trained tokenizer node's result.

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use recipe_checkpoint::{Headers, load_checkpoint};
-use recipe_data::{Message, Role, chat_prompt};
+use recipe_data::{Message, Role, chat_prompt, format_chat};
 use recipe_model::{Llama, Sampling, generate};
 use recipe_run::load_tokenizer;
-use recipe_spec::{CheckpointFormat, CheckpointInfo, CheckpointReader, TokenizerFile};
+use recipe_spec::{ChatTemplate, CheckpointFormat, CheckpointInfo, CheckpointReader, TokenizerFile};
 
 fn inspect(path: &std::path::Path) -> Result<CheckpointInfo, String> {
     Headers.inspect(path)
@@ -113,6 +113,68 @@ fn the_gemma_template_tokenizes_as_gemma3s_own_template() {
         106, 107, 105, 4368, 107,
     ];
     assert_eq!(chat_prompt(&tok, recipe_spec::ChatTemplate::Gemma, &messages).unwrap(), theirs);
+    // Its own template, read from that tokenizer_config.json and rendered here, gives the same
+    // ids; and a conversation ends and is masked as the hand-written `gemma` template does.
+    assert_eq!(chat_prompt(&tok, ChatTemplate::Tokenizer, &messages).unwrap(), theirs);
+    assert_eq!(
+        format_chat(&tok, ChatTemplate::Tokenizer, &messages[..3]).unwrap(),
+        format_chat(&tok, ChatTemplate::Gemma, &messages[..3]).unwrap()
+    );
+}
+
+/// `template = "tokenizer"`: Qwen3's own template (its `tokenizer_config.json`, which uses
+/// namespaces, reversed slices and Python's string methods) gives the ids `transformers`'
+/// `apply_chat_template` gives, and the mask covers each reply as given and its `<|im_end|>`,
+/// not the empty thinking block the template writes before the last one.
+#[test]
+fn qwen3s_own_template_tokenizes_as_transformers_does() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/qwen3/tokenizer.json");
+    let file = TokenizerFile::Json(path);
+    let tok = load_tokenizer(&file).unwrap();
+    assert!(Headers.tokenizer_facts(&file).unwrap().templates.contains(&ChatTemplate::Tokenizer));
+    let message = |role, content: &str| Message { role, content: content.into() };
+    let messages = [
+        message(Role::System, "You are a whale expert."),
+        message(Role::User, " What is a whale?\n"),
+        message(Role::Assistant, "A large mammal of the sea.  "),
+        message(Role::User, "And a fish?"),
+        message(Role::Assistant, "A cold-blooded swimmer."),
+    ];
+    // `AutoTokenizer.from_pretrained("assets/qwen3").apply_chat_template(messages)`
+    // (transformers 5.24): `<|im_start|>system\nYou are a whale expert.<|im_end|>\n<|im_start|>user\n
+    // What is a whale?\n<|im_end|>\n<|im_start|>assistant\nA large mammal of the sea.  <|im_end|>\n
+    // <|im_start|>user\nAnd a fish?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nA
+    // cold-blooded swimmer.<|im_end|>\n`.
+    let theirs = [
+        151644, 8948, 198, 2610, 525, 264, 50019, 6203, 13, 151645, 198, 151644, 872, 198, 3555, 374, 264, 50019, 5267,
+        151645, 198, 151644, 77091, 198, 32, 3460, 34941, 278, 315, 279, 9396, 13, 256, 151645, 198, 151644, 872, 198,
+        3036, 264, 7640, 30, 151645, 198, 151644, 77091, 198, 151667, 271, 151668, 271, 32, 9255, 92903, 291, 16191,
+        1174, 13, 151645, 198,
+    ];
+    let (ids, mask) = format_chat(&tok, ChatTemplate::Tokenizer, &messages).unwrap();
+    assert_eq!(ids, theirs);
+    let masked: Vec<u32> = ids.iter().zip(&mask).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+    let replies = [tok.encode("A large mammal of the sea.  ").unwrap(), tok.encode("A cold-blooded swimmer.").unwrap()];
+    assert_eq!(masked, [replies[0].clone(), vec![151645], replies[1].clone(), vec![151645]].concat());
+    // With `add_generation_prompt`, as `sample --chat` prompts.
+    assert_eq!(chat_prompt(&tok, ChatTemplate::Tokenizer, &messages[..4]).unwrap(), theirs[..47]);
+    assert_eq!(tok.template_ids(ChatTemplate::Tokenizer), Some(vec![151645]), "<|im_end|> ends a turn");
+}
+
+/// A `.gguf`'s `tokenizer.chat_template` is its tokenizer's own template: SmolLM2's is ChatML
+/// with a default system prompt, so given one it prompts as `chatml` does.
+#[test]
+fn a_ggufs_own_template_is_read_from_its_metadata() {
+    let tok = load_tokenizer(&TokenizerFile::Gguf(smollm2())).unwrap();
+    let message = |role, content: &str| Message { role, content: content.into() };
+    let messages = [message(Role::System, "Be brief."), message(Role::User, "What is a whale?")];
+    let prompt = chat_prompt(&tok, ChatTemplate::Tokenizer, &messages).unwrap();
+    assert_eq!(prompt, chat_prompt(&tok, ChatTemplate::ChatMl, &messages).unwrap());
+    let without_system = tok.decode(&chat_prompt(&tok, ChatTemplate::Tokenizer, &messages[1..]).unwrap());
+    assert!(
+        without_system.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"),
+        "{without_system}"
+    );
 }
 
 /// A model folder whose weights are split over shards named by `model.safetensors.index.json`

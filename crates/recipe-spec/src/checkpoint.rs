@@ -62,6 +62,21 @@ pub struct TokenizerFacts {
     pub fingerprint: String,
     /// The token it starts every text with: [`leading_special_token`] of its post-processor.
     pub bos: Option<u32>,
+    /// The chat template stored with it, when there is one (then `templates` holds
+    /// [`ChatTemplate::Tokenizer`]).
+    pub own_template: Option<OwnChatTemplate>,
+}
+
+/// A tokenizer's own chat template as `transformers` keeps it: `chat_template.jinja` beside
+/// `tokenizer.json`, or `chat_template` in its `tokenizer_config.json`, or a `.gguf`'s
+/// `tokenizer.chat_template`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnChatTemplate {
+    /// The template, in Jinja.
+    pub jinja: String,
+    /// The special tokens it may name, as `apply_chat_template` passes them: `bos_token`,
+    /// `eos_token`, `unk_token`, `pad_token` (those the tokenizer's config sets).
+    pub tokens: std::collections::BTreeMap<String, String>,
 }
 
 /// The special token a tokenizer's post-processor (as `tokenizer.json` writes it) puts before a

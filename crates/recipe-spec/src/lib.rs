@@ -43,7 +43,8 @@ mod vocab;
 pub use average::Average;
 pub use canonical::flatten;
 pub use checkpoint::{
-    AdapterInfo, CheckpointInfo, CheckpointReader, TokenizerFacts, TokenizerFile, is_gguf, leading_special_token,
+    AdapterInfo, CheckpointInfo, CheckpointReader, OwnChatTemplate, TokenizerFacts, TokenizerFile, is_gguf,
+    leading_special_token,
 };
 pub use diag::{Diagnostic, Origin, SourceText, did_you_mean};
 pub use distill::Distill;

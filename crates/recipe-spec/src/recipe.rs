@@ -244,6 +244,7 @@ fn decode_recipe(cx: &mut Cx, doc: &Table, path: &Path, base_dir: &Path, checkpo
             templates: Vec::new(),
             fingerprint: String::new(),
             bos: None,
+            own_template: None,
         }),
         sources,
         stages,

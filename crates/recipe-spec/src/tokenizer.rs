@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::{CheckpointReader, TokenizerFile};
+use crate::checkpoint::{CheckpointReader, OwnChatTemplate, TokenizerFile};
 use crate::decode::{self, Cx, Fields};
 use crate::diag::{Diagnostic, Origin};
 use crate::source::{Source, check_source_ref};
@@ -32,6 +32,9 @@ pub enum Tokenizer {
         /// The token it starts every text document with, when it has one.
         #[serde(skip)]
         bos: Option<u32>,
+        /// The chat template stored with it (`template = "tokenizer"`), when there is one.
+        #[serde(skip)]
+        own_template: Option<OwnChatTemplate>,
     },
     /// `train = {...}`: a byte-level BPE trained on named sources as a cached graph node.
     #[serde(rename = "train")]
@@ -103,6 +106,7 @@ pub(crate) fn decode_tokenizer(
                     templates: t.templates,
                     fingerprint: t.fingerprint,
                     bos: t.bos,
+                    own_template: t.own_template,
                 }),
                 Err(why) => {
                     let d = Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
@@ -144,10 +148,11 @@ pub(crate) fn decode_tokenizer(
 }
 
 /// A chat source is formatted with its template, so the tokenizer must have the template's
-/// special tokens.
+/// special tokens, or for `template = "tokenizer"` a template of its own.
 pub(crate) fn check_chat_tokens(cx: &mut Cx, sources: &[Source], tokenizer: Option<&Tokenizer>) {
     let has = |template: ChatTemplate| match tokenizer {
         Some(Tokenizer::File { templates, .. }) => templates.contains(&template),
+        Some(Tokenizer::Train(_)) if template == ChatTemplate::Tokenizer => false,
         Some(Tokenizer::Train(t)) => template.tokens().iter().all(|c| t.special_tokens.iter().any(|s| s == c)),
         None => true,
     };
@@ -160,19 +165,30 @@ pub(crate) fn check_chat_tokens(cx: &mut Cx, sources: &[Source], tokenizer: Opti
             .cloned()
             .unwrap_or_default();
         let mut fix = match tokenizer {
+            Some(Tokenizer::Train(_)) if template == ChatTemplate::Tokenizer => {
+                "a trained tokenizer has no template of its own; name one".to_string()
+            }
             Some(Tokenizer::Train(_)) => "add them to `tokenizer.train.special_tokens`".to_string(),
+            _ if template == ChatTemplate::Tokenizer => {
+                "put its `tokenizer_config.json` (or `chat_template.jinja`) beside the tokenizer file".to_string()
+            }
             _ => "use a tokenizer that defines them".to_string(),
         };
-        if let Some(other) = ChatTemplate::ALL.into_iter().find(|t| has(*t)) {
-            fix += &format!(", or `template = \"{other}\"`, whose tokens the tokenizer has");
+        match ChatTemplate::ALL.into_iter().find(|t| has(*t)) {
+            Some(ChatTemplate::Tokenizer) => fix += ", or `template = \"tokenizer\"`, the template stored with it",
+            Some(other) => fix += &format!(", or `template = \"{other}\"`, whose tokens the tokenizer has"),
+            None => {}
         }
-        cx.diags.push(
-            Diagnostic::new(
-                &origin,
+        let (message, label) = match template {
+            ChatTemplate::Tokenizer => (
+                format!("source `{}` is chat data in the tokenizer's own template, but it has none", s.name),
+                "expected `chat_template.jinja`, or `chat_template` in `tokenizer_config.json`, beside `tokenizer.json`, or a .gguf's `tokenizer.chat_template`".to_string(),
+            ),
+            _ => (
                 format!("source `{}` is chat data, but the tokenizer lacks the {template} template's tokens", s.name),
-            )
-            .label(format!("the {template} template needs {}", template.tokens().join(", ")))
-            .help(fix),
-        );
+                format!("the {template} template needs {}", template.tokens().join(", ")),
+            ),
+        };
+        cx.diags.push(Diagnostic::new(&origin, message).label(label).help(fix));
     }
 }

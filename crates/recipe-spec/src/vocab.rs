@@ -44,7 +44,13 @@ words!(SourceFormat {
     Tokens = "tokens",
 });
 words!(OnError { Fail = "fail", Skip = "skip" });
-words!(ChatTemplate { ChatMl = "chatml", Llama3 = "llama3", Llama31 = "llama3.1", Gemma = "gemma" });
+words!(ChatTemplate {
+    ChatMl = "chatml",
+    Llama3 = "llama3",
+    Llama31 = "llama3.1",
+    Gemma = "gemma",
+    Tokenizer = "tokenizer",
+});
 words!(TokenDtype { U16 = "u16", U32 = "u32" });
 words!(Packing { Concat = "concat", BestFit = "best-fit", Pad = "pad" });
 words!(LossOn { All = "all", Assistant = "assistant" });
@@ -70,16 +76,25 @@ impl SourceFormat {
 
 impl ChatTemplate {
     /// Every template, in the order `sample --chat` prefers them (Llama 3's plain form before
-    /// its dated one, whose tokens are the same).
-    pub const ALL: [ChatTemplate; 4] =
-        [ChatTemplate::ChatMl, ChatTemplate::Llama3, ChatTemplate::Llama31, ChatTemplate::Gemma];
+    /// its dated one, whose tokens are the same). The tokenizer's own comes last, so that a
+    /// tokenizer that has both ChatML's tokens and a template of its own chats as it did
+    /// before it was read.
+    pub const ALL: [ChatTemplate; 5] = [
+        ChatTemplate::ChatMl,
+        ChatTemplate::Llama3,
+        ChatTemplate::Llama31,
+        ChatTemplate::Gemma,
+        ChatTemplate::Tokenizer,
+    ];
 
     /// The special tokens the template writes, which the tokenizer must have; the last ends
     /// a turn. ChatML's open and close each turn; Llama 3's start the conversation, surround
     /// each role's name and end each turn; Gemma's start the conversation, and open and close
-    /// each turn.
+    /// each turn. The tokenizer's own template names none: the tokenizer must have the
+    /// template instead ([`TokenizerFacts::own_template`](crate::TokenizerFacts)).
     pub fn tokens(self) -> &'static [&'static str] {
         match self {
+            ChatTemplate::Tokenizer => &[],
             ChatTemplate::ChatMl => &["<|im_start|>", "<|im_end|>"],
             ChatTemplate::Llama3 | ChatTemplate::Llama31 => {
                 &["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]

@@ -451,6 +451,41 @@ fn chat_sources_need_their_templates_tokens() {
     assert_eq!(r.source("chat").unwrap().template, Some(recipe_spec::ChatTemplate::Llama3));
 }
 
+/// `template = "tokenizer"` needs a tokenizer that has a template of its own: a trained one
+/// never does; a file has one when `chat_template.jinja` or a `tokenizer_config.json` with a
+/// `chat_template` is beside it, and then validation knows it.
+#[test]
+fn the_tokenizers_own_template_must_be_there() {
+    let f = Fixture::new();
+    let own = replace(BASE, "format = \"chat-jsonl\"", "format = \"chat-jsonl\"\ntemplate = \"tokenizer\"");
+    let out = f.errors(&own);
+    assert_has(
+        &out,
+        &[
+            "error: source `chat` is chat data in the tokenizer's own template, but it has none",
+            &at(&own, "\"tokenizer\""),
+            "help: a trained tokenizer has no template of its own; name one, or `template = \"chatml\"`",
+        ],
+    );
+    let tok = r#"{"model":{"type":"BPE","vocab":{"a":0,"b":1}},"added_tokens":[{"id":2,"content":"</s>"}]}"#;
+    std::fs::write(f.dir.path().join("tokenizer.json"), tok).unwrap();
+    let from_file = replace(&own, "train = { vocab_size = 512, sources = [\"books\"] }", "path = \"tokenizer.json\"");
+    let out = f.errors(&from_file);
+    assert_has(&out, &["but it has none", "help: put its `tokenizer_config.json` (or `chat_template.jinja`) beside"]);
+    let config = r#"{"eos_token": {"content": "</s>"}, "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ messages }}"}]}"#;
+    std::fs::write(f.dir.path().join("tokenizer_config.json"), config).unwrap();
+    let r = f.parse(&from_file, &[]).unwrap();
+    let recipe_spec::Tokenizer::File { own_template: Some(own), templates, .. } = &r.tokenizer else {
+        panic!("the template beside the file")
+    };
+    assert_eq!((own.jinja.as_str(), own.tokens["eos_token"].as_str()), ("{{ messages }}", "</s>"));
+    assert_eq!(templates, &[recipe_spec::ChatTemplate::Tokenizer]);
+    std::fs::write(f.dir.path().join("chat_template.jinja"), "{{ bos_token }}").unwrap();
+    let r = f.parse(&from_file, &[]).unwrap();
+    let recipe_spec::Tokenizer::File { own_template: Some(own), .. } = &r.tokenizer else { panic!("a template") };
+    assert_eq!(own.jinja, "{{ bos_token }}", "chat_template.jinja wins, as in transformers");
+}
+
 #[test]
 fn pre_tokenized_sources_need_an_index_and_dtype_belongs_to_them() {
     let f = Fixture::new();
