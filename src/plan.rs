@@ -352,13 +352,14 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
         }
         let _ = writeln!(
             out,
-            "  memory    {} peak at {} (weights {}, grads {}, optimizer {}, activations {}{}, runtime {})",
+            "  memory    {} peak at {} (weights {}, grads {}, optimizer {}, activations {}{}{}, runtime {})",
             bytes(mem["total"].as_u64().unwrap_or(0)),
             stage.precision,
             bytes(mem["weights"].as_u64().unwrap_or(0)),
             bytes(mem["grads"].as_u64().unwrap_or(0)),
             bytes(mem["optimizer"].as_u64().unwrap_or(0)),
             bytes(mem["activations"].as_u64().unwrap_or(0)),
+            if stage.activation_checkpointing { " with checkpointing" } else { "" },
             match (mem["teachers"].as_u64().unwrap_or(0), stage.kind) {
                 (0, _) => String::new(),
                 (t, StageKind::Dpo) => format!(", reference {}", bytes(t)),

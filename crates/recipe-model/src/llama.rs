@@ -21,9 +21,10 @@
 //! `y = m / ‖W + s·B·A‖ ⊙ (W + s·B·A)·x`, the norm per output row and, as the paper's §4.3
 //! suggests, treated as a constant in the backward pass so no weight-sized gradient is needed.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -99,6 +100,12 @@ pub struct Llama {
     /// NEFTune's alpha (Jain et al. 2023): while a noise seed is set, each embedding gets
     /// uniform noise in ±alpha/√(T·d_model), T the rows' length.
     pub neftune_alpha: Option<f64>,
+    /// Activation checkpointing: a forward pass made while [`Llama::set_recording`] is on keeps
+    /// each block's input alone, and [`Llama::backward_blocks`] runs each block again to
+    /// backpropagate through it.
+    pub activation_checkpointing: bool,
+    /// The checkpointed forward passes awaiting their backward; `None` when not recording.
+    segments: RefCell<Option<Vec<Segment>>>,
     /// cos and sin of the rotary angles, `[max_seq_len, head_dim / 2]`, in f32 (f64 when
     /// computing in f64).
     rope: (Tensor, Tensor),
@@ -119,6 +126,20 @@ struct Positions {
     local_rotary: Option<(Tensor, Tensor)>,
     spans: KeySpans,
     windowed: Option<KeySpans>,
+}
+
+/// A checkpointed forward pass: what its blocks' backward passes need to run them again.
+struct Segment {
+    /// The embeddings, with their graph back to the table.
+    embedded: Tensor,
+    /// Each block's input, with no graph.
+    inputs: Vec<Tensor>,
+    /// The last block's output, a leaf the head's graph starts from.
+    last: Var,
+    b: usize,
+    t: usize,
+    positions: Positions,
+    noise_seed: Option<u64>,
 }
 
 impl Positions {
@@ -278,6 +299,8 @@ impl Llama {
             noise_seed: Cell::new(None),
             adapters_off: Cell::new(false),
             neftune_alpha: None,
+            activation_checkpointing: false,
+            segments: RefCell::new(None),
             rope,
             local_rope,
             long_rope,
@@ -435,9 +458,11 @@ impl Llama {
     /// being frozen.
     pub fn base_forward(&self, ids: &Tensor, positions: &Tensor, spans: &KeySpans) -> Result<Tensor> {
         let seed = self.noise_seed.replace(None);
+        let segments = self.segments.replace(None);
         self.adapters_off.set(true);
         let logits = self.forward(ids, positions, spans);
         self.adapters_off.set(false);
+        self.segments.replace(segments);
         self.noise_seed.set(seed);
         logits
     }
@@ -449,10 +474,77 @@ impl Llama {
         let (b, t) = ids.dims2()?;
         let mut x = self.embed(ids)?;
         let positions = self.positions(positions, b, t, spans.clone())?;
+        let mut segments = self.segments.borrow_mut();
+        let Some(segments) = segments.as_mut().filter(|_| self.activation_checkpointing) else {
+            for i in 0..self.n_layers {
+                x = self.block(i, &x, b, t, &positions, None)?;
+            }
+            return self.head(&x);
+        };
+        // Each block's graph is dropped as soon as its output is detached from it.
+        let embedded = x;
+        let mut inputs = Vec::with_capacity(self.n_layers);
+        let mut x = embedded.detach();
         for i in 0..self.n_layers {
-            x = self.block(i, &x, b, t, &positions, None)?;
+            let out = self.block(i, &x, b, t, &positions, None)?.detach();
+            inputs.push(x);
+            x = out;
         }
-        self.head(&x)
+        let last = Var::from_tensor(&x)?;
+        let logits = self.head(last.as_tensor())?;
+        segments.push(Segment { embedded, inputs, last, b, t, positions, noise_seed: self.noise_seed.get() });
+        Ok(logits)
+    }
+
+    /// Record the forward passes to come for [`Llama::backward_blocks`] (when
+    /// `activation_checkpointing` is on), or stop and drop what was recorded.
+    pub fn set_recording(&self, on: bool) {
+        *self.segments.borrow_mut() = on.then(Vec::new);
+    }
+
+    /// Finish the backward pass `grads` began from a loss over checkpointed forward passes:
+    /// from the gradient of each pass's last block output, run each block again, last first,
+    /// with the pass's noise seed (so dropout draws the same), backpropagate through it, and
+    /// add its weights' gradients to `grads`; then through the embeddings. Nothing when no pass
+    /// was checkpointed.
+    pub fn backward_blocks(&self, grads: &mut GradStore) -> Result<()> {
+        let segments = self.segments.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default();
+        let seed = self.noise_seed.get();
+        let result = segments.into_iter().rev().try_for_each(|segment| {
+            self.noise_seed.set(segment.noise_seed);
+            self.backward_segment(segment, grads)
+        });
+        self.noise_seed.set(seed);
+        result
+    }
+
+    fn backward_segment(&self, segment: Segment, grads: &mut GradStore) -> Result<()> {
+        let Segment { embedded, inputs, last, b, t, positions, .. } = segment;
+        let Some(mut grad) = grads.remove(last.as_tensor()) else { return Ok(()) };
+        // The gradient of `Σ y ⊙ grad` with respect to `y` is `grad`, exactly.
+        let mut through = |output: &Tensor, grad: &Tensor| -> Result<GradStore> {
+            let mut local = (output * grad)?.sum_all()?.backward()?;
+            for p in &self.params {
+                if let Some(g) = local.remove(p.var.as_tensor()) {
+                    let sum = match grads.remove(p.var.as_tensor()) {
+                        Some(earlier) => (earlier + g)?,
+                        None => g,
+                    };
+                    grads.insert(p.var.as_tensor(), sum);
+                }
+            }
+            Ok(local)
+        };
+        for (i, input) in inputs.into_iter().enumerate().rev() {
+            let input = Var::from_tensor(&input)?;
+            let output = self.block(i, input.as_tensor(), b, t, &positions, None)?;
+            let mut local = through(&output, &grad)?;
+            match local.remove(input.as_tensor()) {
+                Some(g) => grad = g,
+                None => return Ok(()),
+            }
+        }
+        through(&embedded, &grad).map(drop)
     }
 
     /// Logits of the last of `ids` (new tokens), reading and extending the cache.

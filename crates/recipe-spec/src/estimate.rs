@@ -272,7 +272,8 @@ impl Stage {
         let rows = longest.batch_size.div_ceil(world);
         let micro_rows = longest.micro_batch_size.min(rows);
         let micro_tokens = micro_rows as u64 * self.seq_len as u64;
-        let activations = micro_tokens.saturating_mul(per_token_activations(m) * act_bytes);
+        let activations =
+            micro_tokens.saturating_mul(per_token_activations(m, self.activation_checkpointing) * act_bytes);
         let teacher_bytes: u64 = teachers
             .iter()
             .map(|(t, own_weights)| {
@@ -357,8 +358,9 @@ impl Stage {
 /// keeps no scores), and the MLP's gate, up and product (under Gemma 3 also its two more norms'
 /// inputs and outputs); then the final norm and the logits,
 /// their softmax and its gradient; and the gradients backward holds at its widest, a block's
-/// worth.
-fn per_token_activations(m: &Model) -> u64 {
+/// worth. Under activation checkpointing a block keeps only its input until the backward pass
+/// runs it again, one block at a time (its input's copy, its values and their gradients).
+fn per_token_activations(m: &Model, checkpointing: bool) -> u64 {
     let (d, ff, kv, h) = (m.d_model as u64, m.d_ff as u64, m.projection_shape("k_proj").1, m.n_heads as u64);
     let q = m.attention_width();
     let qk_norms = if m.qk_norm() { q + kv } else { 0 };
@@ -368,5 +370,9 @@ fn per_token_activations(m: &Model) -> u64 {
         [norms.before_attention, norms.after_attention, norms.before_mlp, norms.after_mlp].iter().flatten().count();
     let extra_norms = 2 * d * (count as u64).saturating_sub(2);
     let block = 8 * d + 3 * q + 5 * kv + qk_norms + extra_norms + h + 3 * ff;
-    (m.n_layers as u64 + 1) * block + 2 * d + 3 * m.vocab_size as u64
+    let head = 2 * d + 3 * m.vocab_size as u64;
+    match checkpointing {
+        true => m.n_layers as u64 * d + d + 2 * block + head,
+        false => (m.n_layers as u64 + 1) * block + head,
+    }
 }

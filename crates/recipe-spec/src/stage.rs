@@ -81,6 +81,11 @@ pub struct Stage {
     /// (the paper uses 5).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub neftune_alpha: Option<f64>,
+    /// Default false. Activation checkpointing: keep each block's input alone through the
+    /// forward pass and run the block again in the backward pass (left out of the key when
+    /// off, so recipes written before it keep theirs).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
     /// A `merge` stage's inputs and method.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub merge: Option<Merge>,
@@ -250,6 +255,7 @@ const STAGE_KEYS: &[&str] = &[
     "on_nonfinite",
     "peft",
     "neftune_alpha",
+    "activation_checkpointing",
     "freeze",
     "average",
     "inputs",
@@ -625,6 +631,15 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         check_range(cx, &f.child_path("neftune_alpha"), alpha, alpha > 0.0, "a number > 0");
     }
     only_for(cx, &f, "neftune_alpha", neftune_alpha.is_some(), kind != StageKind::Merge, "a training stage");
+    let activation_checkpointing = f.opt(cx, "activation_checkpointing", decode::boolean).unwrap_or(false);
+    only_for(
+        cx,
+        &f,
+        "activation_checkpointing",
+        activation_checkpointing,
+        kind != StageKind::Merge,
+        "a training stage",
+    );
     only_for(cx, &f, "eval.by_source", eval.by_source, eval.every > 0, "`eval.every` > 0");
     if eval.every > 0 || greedy {
         // Evaluation reads the mix the stage ends on.
@@ -662,6 +677,7 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         on_nonfinite: f.word::<OnNonfinite>(cx, "on_nonfinite").unwrap_or(OnNonfinite::Stop),
         peft,
         neftune_alpha,
+        activation_checkpointing,
         freeze,
         average,
         distill,

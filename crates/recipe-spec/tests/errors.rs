@@ -880,6 +880,25 @@ fn neftune_alpha_must_be_positive() {
     assert_has(&f.errors(&zero), &["`stages.sft.neftune_alpha`", "expected a number > 0", &at(&zero, "neftune_alpha")]);
 }
 
+/// Activation checkpointing is a training stage's switch, part of its key only when on (so
+/// recipes written before it keep their keys).
+#[test]
+fn activation_checkpointing_is_a_switch() {
+    let f = Fixture::new();
+    let sft = |on: &str| replace(BASE, "steps = 50\n", &format!("steps = 50\nactivation_checkpointing = {on}\n"));
+    let r = f.parse(&sft("true"), &[]).unwrap();
+    assert!(r.stage("sft").unwrap().activation_checkpointing);
+    assert!(!r.stage("pretrain").unwrap().activation_checkpointing);
+    let key = |text: &str| {
+        let r = f.parse(text, &[]).unwrap();
+        serde_json::to_value(r.stage("sft").unwrap()).unwrap().get("activation_checkpointing").cloned()
+    };
+    assert_eq!((key(&sft("false")), key(BASE)), (None, None));
+    assert_eq!(key(&sft("true")), Some(serde_json::json!(true)));
+    let word = sft("\"yes\"");
+    assert_has(&f.errors(&word), &["`stages.sft.activation_checkpointing`", &at(&word, "\"yes\"")]);
+}
+
 /// Muon's fields, with their defaults; each is an error under AdamW.
 #[test]
 fn muon_takes_its_own_fields_and_adamw_refuses_them() {

@@ -426,6 +426,7 @@ pub fn build_model(stage: &Stage, start_from: Option<&Path>, seed: u64, device: 
     };
     let mut model = model.in_precision(Dtypes::on(stage.precision, device))?;
     model.neftune_alpha = stage.neftune_alpha;
+    model.activation_checkpointing = stage.activation_checkpointing;
     Ok(model)
 }
 
@@ -554,11 +555,15 @@ pub fn gradients(
     for batch in batches {
         model.set_noise_seed(noise_seed.map(|s| s.wrapping_add(first_row as u64)));
         first_row += batch.rows;
+        model.set_recording(true);
         let micro = batch_loss(model, batch, device, objective)?;
-        model.set_noise_seed(None);
         let share = micro.count / (step_units.max(1) as f64);
         let weighted = (micro.mean * share)?;
         let mut store = (&weighted * loss_scale)?.backward()?;
+        // Under activation checkpointing the blocks' part of the backward pass, run again.
+        model.backward_blocks(&mut store)?;
+        model.set_recording(false);
+        model.set_noise_seed(None);
         // Detached: the micro-batch's graph is freed now, not with the step.
         losses.push((weighted.detach(), micro.terms, micro.rows, micro.pairs, share));
         let first = grads.is_empty();

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{Model, ModelSpec, Optim, Precision, Preference, PreferenceLoss};
+use recipe_spec::{Model, ModelSpec, Optim, Peft, PeftMethod, Precision, Preference, PreferenceLoss};
 use recipe_train::{LossScaler, Objective, Optimizer, Reference, gradients, update};
 
 /// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2 or Granite, heads of 32 (a dimension the CUDA
@@ -178,5 +178,80 @@ fn a_cuda_step_equals_the_cpu_step() {
             assert_same_step(&format!("{case:?} in {precision} on CUDA"), one_step(case, precision, &cuda), &want, tol);
             eprintln!("{case:?} in {precision}: a CUDA step equals the CPU step");
         }
+    }
+}
+
+/// Activation checkpointing runs the same arithmetic again: every architecture's gradients
+/// (DPO's included) are bit for bit those of the plain backward pass in f32 and bf16-mixed,
+/// and so are those of LoRA and DoRA with dropout and NEFTune's noise (drawn again alike) and
+/// with a frozen embedding; VeRA's projections, shared by every layer, sum their layers'
+/// gradients in another order, so within rounding. On CUDA too, when there is a GPU.
+#[test]
+fn activation_checkpointing_gives_the_plain_backward_passs_gradients() {
+    let cuda = candle_core::utils::cuda_is_available().then(|| Device::new_cuda(0).ok()).flatten();
+    let grads = |model: &Llama, objective: &Objective, seed: Option<u64>| -> Vec<Vec<f32>> {
+        let batches = [batch(1), batch(2)];
+        let device = model.params[0].var.device().clone();
+        let step = gradients(model, &batches, objective.units(&batches), &device, objective, seed, 1.0).unwrap();
+        let flat = |g: &Tensor| g.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        step.grads.iter().map(flat).collect()
+    };
+    let both = |model: &mut Llama, objective: &Objective, seed: Option<u64>| {
+        model.activation_checkpointing = false;
+        let plain = grads(model, objective, seed);
+        model.activation_checkpointing = true;
+        (plain, grads(model, objective, seed))
+    };
+    let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5, gamma: None, label_smoothing: None };
+    for device in [Some(Device::Cpu), cuda].into_iter().flatten() {
+        for (arch, dpo) in CASES {
+            for precision in [Precision::F32, Precision::Bf16Mixed] {
+                let dtypes = Dtypes::on(precision, &device);
+                let mut model = Llama::init(&config(arch), 3, &device).unwrap().in_precision(dtypes).unwrap();
+                let reference = Llama::init(&config(arch), 4, &device).unwrap().trainable_tensors();
+                let reference = Llama::frozen(&config(arch), reference, &device).unwrap().in_precision(dtypes).unwrap();
+                let objective = Objective {
+                    preference: dpo.then_some((&preference, Some(Reference::Frozen(&reference)))),
+                    ..Objective::default()
+                };
+                let (plain, checkpointed) = both(&mut model, &objective, None);
+                assert!(plain == checkpointed, "{arch} (dpo {dpo}) in {precision} on {device:?}");
+            }
+        }
+    }
+    let c = config("llama");
+    let base = Llama::init(&c, 3, &Device::Cpu).unwrap().trainable_tensors();
+    for method in [PeftMethod::Lora, PeftMethod::Dora, PeftMethod::Vera] {
+        let peft = Peft {
+            method,
+            rank: 4,
+            alpha: 8.0,
+            rslora: false,
+            loraplus_lr_ratio: None,
+            init: None,
+            dropout: 0.1,
+            targets: ["q_proj", "v_proj", "down_proj"].map(String::from).to_vec(),
+            relora: None,
+            from: None,
+            adapter: None,
+        };
+        let mut model = Llama::with_lora(&c, base.clone(), &peft, 5, &Device::Cpu).unwrap();
+        model.neftune_alpha = Some(5.0);
+        // B starts at zero, so that A would get no gradient: start it elsewhere.
+        for p in &model.params {
+            p.var.set(&p.var.rand_like(-0.1, 0.1).unwrap()).unwrap();
+        }
+        let (plain, checkpointed) = both(&mut model, &Objective::default(), Some(7));
+        match method {
+            PeftMethod::Vera => {
+                for (p, c) in plain.iter().zip(&checkpointed) {
+                    let largest = p.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    assert!(p.iter().zip(c).all(|(a, b)| (a - b).abs() <= 1e-5 * largest), "{method}");
+                }
+            }
+            _ => assert!(plain == checkpointed, "{method}"),
+        }
+        let dropped = grads(&model, &Objective::default(), Some(8));
+        assert!(dropped != checkpointed, "{method}: another seed draws other dropout and noise");
     }
 }
