@@ -1,8 +1,8 @@
 //! PEFT stages end to end: VeRA and Tied-LoRA train (loss falls) and publish a merged model,
 //! ReLoRA resumes bit-identically across a restart (the merged base weights are in the
 //! checkpoint) with the learning rate re-warmed after each restart, and rsLoRA with LoRA+,
-//! adapter dropout and NEFTune's noise resumes bit-identically too (every draw seeded by the
-//! step).
+//! adapter dropout and NEFTune's noise, under activation checkpointing, resumes bit-identically
+//! too (every draw seeded by the step, and drawn again alike when a block runs again).
 
 use std::path::Path;
 
@@ -26,7 +26,7 @@ fn recipe(dir: &Path) -> Recipe {
     let noised = stage(
         "noised",
         &format!("{{ method = \"lora\", rank = 4, {all}, rslora = true, loraplus_lr_ratio = 4, dropout = 0.1 }}"),
-    ) + "neftune_alpha = 5\n";
+    ) + "neftune_alpha = 5\nactivation_checkpointing = true\n";
     let head = tiny_recipe("adapters", 2);
     let text = format!(
         r#"
