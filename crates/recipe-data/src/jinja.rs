@@ -1,7 +1,8 @@
 //! A tokenizer's own chat template (`template = "tokenizer"`): its Jinja rendered as
 //! `transformers`' `apply_chat_template` renders it (blocks trimmed and left-stripped, loop
 //! controls, Python's string methods, `raise_exception`), then tokenized whole with no special
-//! tokens added, as `apply_chat_template(tokenize=True)` does.
+//! tokens added, as `apply_chat_template(tokenize=True)` does. Its clock (`strftime_now`) is
+//! fixed, so that a conversation always gives the same ids.
 //!
 //! A template is code, so which tokens are the assistant's is read off the text it writes:
 //! each assistant reply is looked for, as given or trimmed, after the message before it, and
@@ -43,6 +44,7 @@ impl OwnTemplate {
         env.add_function("raise_exception", |message: String| -> std::result::Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, message))
         });
+        env.add_function("strftime_now", strftime_fixed);
         let env = match env.add_template_owned(NAME, source.jinja.clone()) {
             Ok(()) => Ok(env),
             Err(e) => Err(format!("the tokenizer's chat template does not parse: {e:#}")),
@@ -118,6 +120,38 @@ impl OwnTemplate {
         let end = text.find(PROBE)? + PROBE.len();
         self.turn_end_after(&text[end..]).map(|(_, id)| id)
     }
+}
+
+/// `strftime_now(format)` for a clock fixed at 26 July 2024 (a Friday), the date Llama 3.1's
+/// template writes when it has no clock: with a real one the same conversation would give
+/// other ids on another day, under the same key.
+fn strftime_fixed(format: String) -> std::result::Result<String, Error> {
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        out.push_str(match chars.next() {
+            Some('d' | 'e') => "26",
+            Some('m') => "07",
+            Some('y') => "24",
+            Some('Y') => "2024",
+            Some('b') => "Jul",
+            Some('B') => "July",
+            Some('a') => "Fri",
+            Some('A') => "Friday",
+            Some('j') => "208",
+            Some('H' | 'M' | 'S') => "00",
+            Some('%') => "%",
+            other => {
+                let what = other.map_or("a lone %".to_string(), |c| format!("%{c}"));
+                return Err(Error::new(ErrorKind::InvalidOperation, format!("strftime_now: {what} is not supported")));
+            }
+        });
+    }
+    Ok(out)
 }
 
 /// `needle` in `text` at or after byte `from`, as given or else trimmed, as a byte span.

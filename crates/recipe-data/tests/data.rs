@@ -466,6 +466,32 @@ fn an_own_template_names_its_tokens_and_masks_each_reply() {
     assert!(error.contains("roles must alternate"), "{error}");
 }
 
+/// A template's clock, `strftime_now`, is fixed at Llama 3.1's default date, so that the same
+/// conversation gives the same ids on any day.
+#[test]
+fn an_own_templates_clock_is_fixed() {
+    let own = |format: &str| {
+        let jinja = format!(
+            "<|im_start|>system\nToday: {{{{ strftime_now('{format}') }}}}<|im_end|>\n\
+             {{% for m in messages %}}<|im_start|>{{{{ m.role }}}}\n{{{{ m.content }}}}<|im_end|>\n{{% endfor %}}"
+        );
+        let tok = whale_tokenizer(&["<|endoftext|>", "<|im_start|>", "<|im_end|>"]);
+        tok.with_own_template(Some(recipe_spec::OwnChatTemplate { jinja, tokens: Default::default() }))
+    };
+    let messages = whale_conversation();
+    let tok = own("%A %d %B %Y (%b %e, %y; %m/%d %H:%M:%S, day %j) 100%%");
+    let text = tok.decode(&format_chat(&tok, ChatTemplate::Tokenizer, &messages[1..3]).unwrap().0);
+    assert!(
+        text.starts_with(
+            "<|im_start|>system\nToday: Friday 26 July 2024 (Jul 26, 24; 07/26 00:00:00, day 208) 100%<|im_end|>"
+        ),
+        "{text}"
+    );
+    let tok = own("%U");
+    let error = format_chat(&tok, ChatTemplate::Tokenizer, &messages[1..3]).unwrap_err().to_string();
+    assert!(error.contains("%U is not supported"), "{error}");
+}
+
 /// Where the tokenizer's own template does not write a reply as given, which tokens are the
 /// assistant's cannot be told, and that is an error naming the message; a template that does
 /// not parse is an error when it is used, not when the tokenizer is loaded.
