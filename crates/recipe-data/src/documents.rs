@@ -256,8 +256,8 @@ fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
     Ok(Doc::Chat(parse_messages(key, messages, &bad)?))
 }
 
-/// The messages of a conversation array, OpenAI's (`role`, `content`) or ShareGPT's (`from`,
-/// `value`); `key` names the array in errors.
+/// The messages of a conversation array, OpenAI's (`role`, `content`: a string or a list of
+/// text parts) or ShareGPT's (`from`, `value`); `key` names the array in errors.
 fn parse_messages(key: &str, messages: &[Value], bad: &dyn Fn(String) -> DataError) -> Result<Vec<Message>> {
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
@@ -271,11 +271,24 @@ fn parse_messages(key: &str, messages: &[Value], bad: &dyn Fn(String) -> DataErr
             }
             None => return Err(bad(format!("{key}[{i}] has no string `{role_key}`"))),
         };
-        let content = m
-            .get(content_key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(format!("{key}[{i}] has no string `{content_key}`")))?;
-        out.push(Message { role, content: content.to_string() });
+        let content = match m.get(content_key) {
+            Some(Value::String(text)) => text.clone(),
+            // OpenAI's and `transformers`' list of parts, written one after another as the
+            // templates write them; a conversation here is text only.
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .enumerate()
+                .map(|(j, part)| match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(text))) => Ok(text.as_str()),
+                    (kind, _) => Err(bad(format!(
+                        "{key}[{i}].{content_key}[{j}] is {}; expected a text part, {{\"type\": \"text\", \"text\": \"...\"}}",
+                        kind.map_or("not a part".to_string(), |k| format!("a part of type `{k}`"))
+                    ))),
+                })
+                .collect::<Result<String>>()?,
+            _ => return Err(bad(format!("{key}[{i}] has no string `{content_key}` (nor a list of text parts)"))),
+        };
+        out.push(Message { role, content });
     }
     Ok(out)
 }

@@ -641,17 +641,23 @@ fn bad_input_names_file_and_line() {
     assert_eq!(err, "DIR/a.idx: expected n_docs + 1 little-endian u64 offsets");
 }
 
-/// Chat data in ShareGPT's and Alpaca's layouts reads as the same conversations as OpenAI's.
+/// Chat data in ShareGPT's and Alpaca's layouts, and OpenAI's with contents as lists of text
+/// parts, reads as the same conversations as OpenAI's with strings.
 #[test]
 fn sharegpt_and_alpaca_records_are_conversations_too() {
     use recipe_data::{Message, Role};
     let turn = |role, content: &str| Message { role, content: content.into() };
     let openai = br#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#;
     let sharegpt = br#"{"conversations":[{"from":"system","value":"Be brief."},{"from":"human","value":"Hi"},{"from":"gpt","value":"Hello."}]}"#;
+    // Contents as lists of text parts, as OpenAI's API and `transformers` also write them.
+    let parts = br#"{"messages":[{"role":"system","content":[{"type":"text","text":"Be brief."}]},{"role":"user","content":[{"type":"text","text":"H"},{"type":"text","text":"i"}]},{"role":"assistant","content":"Hello."}]}"#;
     let want = vec![turn(Role::System, "Be brief."), turn(Role::User, "Hi"), turn(Role::Assistant, "Hello.")];
-    for record in [&openai[..], &sharegpt[..]] {
+    for record in [&openai[..], &sharegpt[..], &parts[..]] {
         assert_eq!(bad_source("chat-jsonl", "", &[("a.dat", record)]).unwrap().docs, [Doc::Chat(want.clone())]);
     }
+    let image = br#"{"messages":[{"role":"user","content":[{"type":"image","url":"x.png"}]},{"role":"assistant","content":"A cat."}]}"#;
+    let err = bad_source("chat-jsonl", "", &[("a.dat", image)]).unwrap_err();
+    assert!(err.contains("messages[0].content[0] is a part of type `image`; expected a text part"), "{err}");
     let alpaca = b"{\"instruction\":\"Add.\",\"input\":\"2 + 2\",\"output\":\"4\"}\n{\"instruction\":\"Greet.\",\"input\":\"\",\"output\":\"Hello.\"}\n";
     assert_eq!(
         bad_source("chat-jsonl", "", &[("a.dat", alpaca)]).unwrap().docs,
