@@ -2,17 +2,22 @@
 //! (`config.json`, `model.safetensors` with any LoRA merged in, `tokenizer.json`, and a
 //! `tokenizer_config.json` with the chat template it trained with) or a LoRA stage's PEFT
 //! adapter, to a folder of the user's choice, in the dtype asked for, and check that it loads
-//! back bit for bit.
+//! back bit for bit; or, to an `--out` ending in `.gguf`, the merged model as one llama.cpp
+//! file.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
-use recipe_checkpoint::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CONFIG, MODEL_WEIGHTS, torch_dtype};
+use recipe_checkpoint::{
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, GgmlDType, GgufTokenizer, MODEL_CONFIG, MODEL_WEIGHTS, load_checkpoint,
+    torch_dtype, write_gguf,
+};
 use recipe_data::{TOKENIZER_FILE, Tok};
 use recipe_model::{Dtypes, Llama};
 use recipe_run::load_tokenizer;
-use recipe_spec::{ChatTemplate, Precision, Recipe, Stage, TokenizerFile};
+use recipe_spec::{ChatTemplate, CheckpointFormat, Precision, Recipe, Stage, TokenizerFile};
 
 use crate::{Failure, load};
 
@@ -32,6 +37,12 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: 
     let recipe = load::load(path, sets)?;
     let stage = load::stage(&recipe, stage_name)?;
     let result = load::stage_result(&recipe, stage, runs)?;
+    let gguf = out.extension().is_some_and(|e| e == "gguf");
+    if gguf && adapter {
+        return Err(Failure::Invalid(
+            "error: a .gguf holds the merged model; drop `--adapter`, or export the adapter into a folder\n".into(),
+        ));
+    }
     if adapter && stage.peft.is_none() {
         return Err(Failure::Invalid(format!(
             "error: stage `{stage_name}` trains every weight, so it has no adapter to export; drop `--adapter`\n"
@@ -49,12 +60,24 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: 
         Some("f32") => DType::F32,
         Some("bf16") => DType::BF16,
         Some("f16") => DType::F16,
-        Some(other) => return Err(Failure::Invalid(format!("error: --dtype {other}: expected f32, bf16 or f16\n"))),
+        Some("q8_0") if gguf => return export_gguf(&recipe, stage, &result, out, force, GgmlDType::Q8_0),
+        Some(other) => {
+            let also = if gguf { ", or q8_0" } else { " (and q8_0 into a .gguf)" };
+            return Err(Failure::Invalid(format!("error: --dtype {other}: expected f32, bf16 or f16{also}\n")));
+        }
         None if matches!(stage.precision, Precision::Bf16Mixed | Precision::F16Mixed) => {
             Dtypes::of(stage.precision).compute
         }
         None => DType::F32,
     };
+    if gguf {
+        let dtype = match dtype {
+            DType::BF16 => GgmlDType::BF16,
+            DType::F16 => GgmlDType::F16,
+            _ => GgmlDType::F32,
+        };
+        return export_gguf(&recipe, stage, &result, out, force, dtype);
+    }
     let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("export to {}: {e}", out.display()));
     let occupied = std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
     if occupied && !force {
@@ -117,11 +140,6 @@ const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 /// one the stage's chat sources were formatted with, else the tokenizer's — so that
 /// `apply_chat_template` gives the ids the model trained on.
 fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Value {
-    let trained_with = stage
-        .sources_read()
-        .into_iter()
-        .filter_map(|name| recipe.source(name))
-        .find_map(|source| source.format.is_chat().then(|| source.template.unwrap_or(ChatTemplate::ChatMl)));
     let mut config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "eos_token": tok.token(tok.eos()),
@@ -131,7 +149,7 @@ fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Va
     if let Some(bos) = tok.bos() {
         config["bos_token"] = tok.token(bos).into();
     }
-    let template = trained_with.or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some());
+    let template = chat_template(recipe, stage, tok);
     if let Some(jinja) = template.and_then(|t| recipe_data::jinja(tok, t)) {
         config["chat_template"] = jinja.into();
     }
@@ -142,6 +160,92 @@ fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Va
         }
     }
     config
+}
+
+/// The chat template an exported model is prompted with: the one the stage's chat sources were
+/// formatted with, else the first the tokenizer has.
+fn chat_template(recipe: &Recipe, stage: &Stage, tok: &Tok) -> Option<ChatTemplate> {
+    let trained_with = stage
+        .sources_read()
+        .into_iter()
+        .filter_map(|name| recipe.source(name))
+        .find_map(|source| source.format.is_chat().then(|| source.template.unwrap_or(ChatTemplate::ChatMl)));
+    trained_with.or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some())
+}
+
+/// The stage's merged model as one llama.cpp `.gguf` file (its matrices in `dtype`), written
+/// beside `out` and renamed into place once it reads back: every tensor as stored (what
+/// quantizing gives), the architecture as the stage's, the tokenizer giving the same ids.
+fn export_gguf(
+    recipe: &Recipe,
+    stage: &Stage,
+    result: &Path,
+    out: &Path,
+    force: bool,
+    dtype: GgmlDType,
+) -> Result<(), Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure::Run(format!("export to {}: {e}", out.display()));
+    if out.exists() && !force {
+        return Err(Failure::Invalid(format!("error: {} exists; pass --force to write over it\n", out.display())));
+    }
+    let tok = load_tokenizer(&TokenizerFile::Json(result.join(TOKENIZER_FILE))).map_err(|e| fail(&e))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(result.join(TOKENIZER_FILE)).map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+    let jinja = chat_template(recipe, stage, &tok).and_then(|t| recipe_data::jinja(&tok, t));
+    let tokenizer = GgufTokenizer { json: &json, bos: tok.bos(), eos: tok.eos(), chat_template: jinja.as_deref() };
+    let device = Device::Cpu;
+    let mut weights: Vec<(String, Tensor)> = candle_core::safetensors::load(result.join(MODEL_WEIGHTS), &device)
+        .map_err(|e| fail(&e))?
+        .into_iter()
+        .collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    let name = format!("{}/{}", recipe.name, stage.name);
+    let partial = out.with_extension("gguf.partial");
+    write_gguf(&partial, &name, &stage.model, &weights, &tokenizer, dtype).map_err(|e| {
+        let _ = std::fs::remove_file(&partial);
+        Failure::Invalid(format!("error: stage `{}` cannot be written as GGUF: {e}\n", stage.name))
+    })?;
+    let verified = read_back(stage, &partial, &weights, &tok, dtype);
+    if let Err(why) = verified {
+        let _ = std::fs::remove_file(&partial);
+        return Err(fail(&why));
+    }
+    std::fs::rename(&partial, out).map_err(|e| fail(&e))?;
+    tracing::info!("exported `{}` ({} tensors, matrices in {dtype:?}) to {}", stage.name, weights.len(), out.display());
+    Ok(())
+}
+
+/// Whether the `.gguf` at `path` reads back as written: every tensor as `dtype` stores it,
+/// the tokenizer giving the stage tokenizer's ids.
+fn read_back(
+    stage: &Stage,
+    path: &Path,
+    weights: &[(String, Tensor)],
+    tok: &Tok,
+    dtype: GgmlDType,
+) -> Result<(), String> {
+    let device = Device::Cpu;
+    let read = load_checkpoint(path, CheckpointFormat::Gguf, &stage.model).map_err(|e| e.to_string())?;
+    let read: HashMap<String, Tensor> = read.into_iter().collect();
+    for (name, w) in weights {
+        let stored = if w.rank() == 1 { GgmlDType::F32 } else { dtype };
+        let want = w
+            .to_dtype(DType::F32)
+            .and_then(|w| QTensor::quantize(&w, stored))
+            .and_then(|q| q.dequantize(&device))
+            .map_err(|e| e.to_string())?;
+        if !read.get(name).is_some_and(|got| same_bits(got, &want).unwrap_or(false)) {
+            return Err(format!("{name} does not read back as stored"));
+        }
+    }
+    let again = recipe_run::load_tokenizer(&TokenizerFile::Gguf(path.to_path_buf())).map_err(|e| e.to_string())?;
+    let probe =
+        "Call me Ishmael. Some years ago—never mind how long precisely—I thought I would sail about 2,024 miles.";
+    if again.encode(probe).map_err(|e| e.to_string())? != tok.encode(probe).map_err(|e| e.to_string())? {
+        return Err("its tokenizer does not read back as the stage's".into());
+    }
+    Ok(())
 }
 
 /// Same dtype, shape and bits in every element. Widening f32, bf16 and f16 to f64 is exact and

@@ -128,7 +128,7 @@ enum Verb {
         #[arg(long)]
         stage: String,
         /// The folder to write (created if missing; refused when it holds anything, unless
-        /// `--force`).
+        /// `--force`); or a file ending in `.gguf`: the merged model for llama.cpp.
         #[arg(long)]
         out: PathBuf,
         /// Write into `--out` even when it is not empty, replacing the files the export writes.
@@ -138,8 +138,8 @@ enum Verb {
         /// adapter_config.json), instead of the merged weights.
         #[arg(long)]
         adapter: bool,
-        /// f32, bf16 or f16 (and `config.json`'s `torch_dtype` says so). Default: the compute
-        /// dtype of a bf16-mixed or f16-mixed stage, else f32.
+        /// f32, bf16 or f16 (and `config.json`'s `torch_dtype` says so); into a `.gguf` also
+        /// q8_0. Default: the compute dtype of a bf16-mixed or f16-mixed stage, else f32.
         #[arg(long)]
         dtype: Option<String>,
     },

@@ -7,12 +7,14 @@ use std::path::Path;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use recipe_spec::{Model, ModelSpec, RopeScaling};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, Tokenizer};
 
 /// The metadata and tensor directory of a GGUF file.
@@ -136,6 +138,16 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
             byte_level,
         ])),
         "gpt2" | "default" | "" => byte_level,
+        // Qwen 2's and Llama 3's split by their regex, then map bytes without splitting again.
+        "qwen2" | "llama-bpe" => {
+            let regex = if v.pre == "qwen2" { QWEN2_SPLIT } else { LLAMA3_SPLIT };
+            let split = Split::new(SplitPattern::Regex(regex.into()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| e.to_string())?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+            ]))
+        }
         other => return Err(format!("its pre-tokenizer `{other}` is not one this tool can rebuild")),
     };
     tokenizer.with_pre_tokenizer(Some(pre));
@@ -216,4 +228,242 @@ fn hf_name(gguf: &str) -> Option<String> {
 fn unpermute(w: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
     let (rows, input) = w.dims2()?;
     w.reshape((heads, head_dim / 2, 2, input))?.transpose(1, 2)?.contiguous()?.reshape((rows, input))
+}
+
+/// How a GGUF export stores each matrix (vectors stay f32, as llama.cpp's converter keeps them).
+pub use candle_core::quantized::GgmlDType;
+
+/// What a GGUF export writes besides the weights: the tokenizer (a `tokenizer.json`'s
+/// contents), the ids that start and end a text, and the chat template.
+pub struct GgufTokenizer<'a> {
+    pub json: &'a serde_json::Value,
+    pub bos: Option<u32>,
+    pub eos: u32,
+    pub chat_template: Option<&'a str>,
+}
+
+/// Write `weights` (Hugging Face names, f32 or wider, merged) of a model of architecture
+/// `config` as a llama.cpp `.gguf` of its `llama` architecture: the metadata llama.cpp reads,
+/// the byte-level BPE tokenizer with the pre-tokenizer it names, and the tensors under its
+/// names, the query and key rows interleaved as llama.cpp's converter interleaves them. An
+/// architecture or tokenizer llama.cpp's `llama` cannot express is an error that says which.
+pub fn write_gguf(
+    path: &Path,
+    name: &str,
+    config: &Model,
+    weights: &[(String, Tensor)],
+    tokenizer: &GgufTokenizer,
+    dtype: GgmlDType,
+) -> Result<(), String> {
+    use gguf_file::Value as V;
+    let unsupported = |what: &str| format!("llama.cpp's `llama` architecture has no {what}");
+    if config.arch != "llama" {
+        return Err(format!("only `arch = \"llama\"` is written as GGUF, not `{}`", config.arch));
+    }
+    let refused = [
+        (config.rotary_dim.is_some(), "partial rotary embedding (`rotary_dim`)"),
+        (config.sliding_window.is_some(), "sliding window"),
+        (config.nope_layers.is_some(), "layers without positions (`nope_layers`)"),
+    ];
+    if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
+        return Err(unsupported(what));
+    }
+    let mut metadata: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String("llama".into())),
+        ("general.name".into(), V::String(name.into())),
+        ("general.file_type".into(), V::U32(file_type(dtype)?)),
+        ("llama.vocab_size".into(), V::U32(config.vocab_size)),
+        ("llama.context_length".into(), V::U32(config.max_seq_len)),
+        ("llama.embedding_length".into(), V::U32(config.d_model)),
+        ("llama.block_count".into(), V::U32(config.n_layers)),
+        ("llama.feed_forward_length".into(), V::U32(config.d_ff)),
+        ("llama.attention.head_count".into(), V::U32(config.n_heads)),
+        ("llama.attention.head_count_kv".into(), V::U32(config.n_kv_heads)),
+        ("llama.attention.key_length".into(), V::U32(config.head_dim())),
+        ("llama.attention.value_length".into(), V::U32(config.head_dim())),
+        ("llama.rope.dimension_count".into(), V::U32(config.head_dim())),
+        ("llama.rope.freq_base".into(), V::F32(config.rope_theta as f32)),
+        ("llama.attention.layer_norm_rms_epsilon".into(), V::F32(config.norm_eps as f32)),
+    ];
+    match &config.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            metadata.push(("llama.rope.scaling.type".into(), V::String("linear".into())));
+            metadata.push(("llama.rope.scaling.factor".into(), V::F32(*factor as f32)));
+        }
+        Some(_) => return Err(unsupported("rotary scaling but `linear`")),
+    }
+    metadata.extend(tokenizer_metadata(tokenizer)?);
+
+    let head_dim = config.head_dim() as usize;
+    let mut tensors = Vec::new();
+    for (hf, t) in weights {
+        let gguf = gguf_name(hf).ok_or_else(|| format!("no llama.cpp name for {hf}"))?;
+        let t = if hf.ends_with("q_proj.weight") {
+            permute(t, config.n_heads as usize, head_dim)
+        } else if hf.ends_with("k_proj.weight") {
+            permute(t, config.n_kv_heads as usize, head_dim)
+        } else {
+            Ok(t.clone())
+        };
+        let t = t.and_then(|t| t.to_dtype(candle_core::DType::F32)).map_err(|e| e.to_string())?;
+        let stored = if t.rank() == 1 { GgmlDType::F32 } else { dtype };
+        let row = t.dims().last().copied().unwrap_or(0);
+        if row % stored.block_size() != 0 {
+            return Err(format!(
+                "{stored:?} stores rows in blocks of {}, and {hf}'s rows hold {row}",
+                stored.block_size()
+            ));
+        }
+        let q = candle_core::quantized::QTensor::quantize(&t, stored).map_err(|e| format!("{hf}: {e}"))?;
+        tensors.push((gguf, q));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &candle_core::quantized::QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    gguf_file::write(&mut file, &metadata, &tensors).map_err(|e| e.to_string())
+}
+
+/// llama.cpp's `general.file_type` for a model whose matrices are stored in `dtype`.
+fn file_type(dtype: GgmlDType) -> Result<u32, String> {
+    match dtype {
+        GgmlDType::F32 => Ok(0),
+        GgmlDType::F16 => Ok(1),
+        GgmlDType::Q8_0 => Ok(7),
+        GgmlDType::BF16 => Ok(32),
+        other => Err(format!("{other:?} is not a GGUF export dtype (f32, f16, bf16, q8_0)")),
+    }
+}
+
+/// The tokenizer's GGUF metadata: llama.cpp's `gpt2` (byte-level BPE) model with its tokens,
+/// their types (special added tokens are control tokens), merges and pre-tokenizer.
+fn tokenizer_metadata(t: &GgufTokenizer) -> Result<Vec<(String, gguf_file::Value)>, String> {
+    use gguf_file::Value as V;
+    let json = t.json;
+    if json["model"]["type"] != "BPE" {
+        return Err(format!("the tokenizer is {}; only a byte-level BPE is written as GGUF", json["model"]["type"]));
+    }
+    let pre = pre_tokenizer_name(&json["pre_tokenizer"])?;
+    let vocab = json["model"]["vocab"].as_object().ok_or("the tokenizer has no `model.vocab`")?;
+    let mut tokens: Vec<Option<(String, i32)>> = Vec::new();
+    let mut put = |id: u64, token: &str, kind: i32| {
+        let id = id as usize;
+        if tokens.len() <= id {
+            tokens.resize(id + 1, None);
+        }
+        tokens[id] = Some((token.to_string(), kind));
+    };
+    const NORMAL: i32 = 1;
+    const CONTROL: i32 = 3;
+    const USER_DEFINED: i32 = 4;
+    for (token, id) in vocab {
+        put(id.as_u64().ok_or("a vocabulary id is not a number")?, token, NORMAL);
+    }
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else { continue };
+        put(id, content, if added["special"] == true { CONTROL } else { USER_DEFINED });
+    }
+    let missing = tokens.iter().position(Option::is_none);
+    if let Some(id) = missing {
+        return Err(format!("the tokenizer has no token with id {id}; GGUF lists every id"));
+    }
+    let (tokens, types): (Vec<_>, Vec<_>) = tokens.into_iter().flatten().unzip();
+    // `tokenizers` writes a merge as "a b" or, since 0.20, as ["a", "b"].
+    let merges = json["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(pair) => Some(format!("{} {}", pair.first()?.as_str()?, pair.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or("a merge is neither \"a b\" nor [\"a\", \"b\"]")?;
+    let strings = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
+    let mut out = vec![
+        ("tokenizer.ggml.model".to_string(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), V::String(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), strings(tokens)),
+        ("tokenizer.ggml.token_type".to_string(), V::Array(types.into_iter().map(V::I32).collect())),
+        ("tokenizer.ggml.merges".to_string(), strings(merges)),
+        ("tokenizer.ggml.eos_token_id".to_string(), V::U32(t.eos)),
+        ("tokenizer.ggml.add_bos_token".to_string(), V::Bool(t.bos.is_some())),
+    ];
+    if let Some(bos) = t.bos {
+        out.push(("tokenizer.ggml.bos_token_id".to_string(), V::U32(bos)));
+    }
+    if let Some(template) = t.chat_template {
+        out.push(("tokenizer.chat_template".to_string(), V::String(template.into())));
+    }
+    Ok(out)
+}
+
+/// Qwen 2's and 3's split, then byte-level: llama.cpp's `qwen2`.
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's split (numbers in threes): llama.cpp's `llama-bpe`.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp's name for the pre-tokenizer a `tokenizer.json` describes, for those it knows:
+/// GPT-2's byte-level split (`gpt2`), SmolLM's digits then byte-level (`smollm`), Qwen 2's
+/// (`qwen2`) and Llama 3's (`llama-bpe`).
+fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str, String> {
+    let byte_level = |p: &serde_json::Value, regex: bool| {
+        p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex
+    };
+    let split = |p: &serde_json::Value| p["type"] == "Split" && p["pattern"]["Regex"].is_string();
+    if byte_level(pre, true) {
+        return Ok("gpt2");
+    }
+    if let [first, second] = pre["pretokenizers"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        if first["type"] == "Digits" && first["individual_digits"] == true && byte_level(second, true) {
+            return Ok("smollm");
+        }
+        if split(first) && byte_level(second, false) {
+            match first["pattern"]["Regex"].as_str() {
+                Some(QWEN2_SPLIT) => return Ok("qwen2"),
+                Some(LLAMA3_SPLIT) => return Ok("llama-bpe"),
+                _ => {}
+            }
+        }
+    }
+    Err(format!(
+        "llama.cpp knows no pre-tokenizer like the tokenizer's ({pre}); GPT-2's, SmolLM's, Qwen 2's and Llama 3's are written"
+    ))
+}
+
+/// The llama.cpp name of a Hugging Face tensor: [`hf_name`] inverted.
+fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let part = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}"))
+}
+
+/// [`unpermute`] inverted: each head's rows from halves `(2, hd/2)` to pairs `(hd/2, 2)`.
+fn permute(w: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
+    let (rows, input) = w.dims2()?;
+    w.reshape((heads, 2, head_dim / 2, input))?.transpose(1, 2)?.contiguous()?.reshape((rows, input))
 }

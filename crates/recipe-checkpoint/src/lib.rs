@@ -3,7 +3,7 @@
 //! that validation and `plan` use); loads weights from a Hugging Face folder (sharded or not),
 //! a `.safetensors` file or a llama.cpp `.gguf` ([`load_checkpoint`]); maps `[model]` to and
 //! from `config.json` through one table ([`HF_CONFIG`]); writes a model folder and a PEFT
-//! adapter; rebuilds a GGUF file's tokenizer; and writes and verifies the atomic, checksummed
+//! adapter; rebuilds a GGUF file's tokenizer and writes a model as one ([`write_gguf`]); and writes and verifies the atomic, checksummed
 //! training checkpoints that exact resume reads ([`training`]). It knows file formats and
 //! tensor names only: no model, no training, no run-directory bookkeeping beyond the
 //! `step-NNNNNN` folders it is handed.
@@ -15,6 +15,7 @@ mod tokenizer;
 pub mod training;
 mod weights;
 
+pub use gguf::{GgmlDType, GgufTokenizer, write_gguf};
 pub use headers::Headers;
 pub use hf::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, AdapterKind, HF_CONFIG, IfAbsent, MODEL_CONFIG, MODEL_WEIGHTS,

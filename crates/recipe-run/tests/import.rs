@@ -531,3 +531,41 @@ fn pissa_and_olora_start_from_the_weights_as_peft_does() {
         }
     }
 }
+
+/// A model written as GGUF carries its tokenizer under the pre-tokenizer name llama.cpp knows,
+/// and reads back as the same tokenizer: Qwen3's (`qwen2`: its split, then bytes) gives the
+/// same ids for text, digits and ChatML; Gemma 3's, which is not byte-level, is refused.
+#[test]
+fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
+    use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
+    let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(assets.join(name).join("tokenizer.json")).unwrap()).unwrap()
+    };
+    let config = recipe_spec::ModelSpec {
+        vocab_size: Some(151669),
+        d_model: Some(32),
+        n_layers: Some(1),
+        n_heads: Some(2),
+        d_ff: Some(64),
+        ..Default::default()
+    }
+    .resolve(None);
+    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qwen3.gguf");
+    let qwen3 = json("qwen3");
+    let tokenizer = GgufTokenizer { json: &qwen3, bos: None, eos: 151643, chat_template: None };
+    write_gguf(&path, "qwen3-vocab", &config, &weights, &tokenizer, GgmlDType::F16).unwrap();
+    let g = recipe_checkpoint::Headers.inspect(&path).unwrap();
+    assert_eq!(g.arch.resolve(None).vocab_size, 151669);
+    let ours = load_tokenizer(&TokenizerFile::Json(assets.join("qwen3/tokenizer.json"))).unwrap();
+    let again = load_tokenizer(&TokenizerFile::Gguf(path)).unwrap();
+    let text = "<|im_start|>user\nWhat's 12345 + 678?<|im_end|>\n<|im_start|>assistant\nIt's 13023.\n\n  Done!";
+    assert_eq!(again.encode(text).unwrap(), ours.encode(text).unwrap());
+
+    let gemma = json("gemma3");
+    let tokenizer = GgufTokenizer { json: &gemma, bos: Some(2), eos: 1, chat_template: None };
+    let error = write_gguf(&dir.path().join("g.gguf"), "g", &config, &weights, &tokenizer, GgmlDType::F16).unwrap_err();
+    assert!(error.contains("pre-tokenizer") || error.contains("byte-level"), "{error}");
+}
