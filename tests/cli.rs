@@ -864,7 +864,7 @@ fn a_stage_exports_as_one_gguf_file_that_samples_as_the_stage_does() {
         assert!(done.status.success(), "{dtype}: {}", String::from_utf8_lossy(&done.stderr));
         let content = gguf_file::Content::read(&mut std::fs::File::open(&out).unwrap()).unwrap();
         let text = |key: &str| content.metadata[key].to_string().unwrap().clone();
-        assert_eq!((text("general.architecture"), text("tokenizer.ggml.pre")), ("llama".into(), "gpt2".into()));
+        assert_eq!((text("general.architecture"), text("tokenizer.ggml.pre")), ("llama".into(), "gpt-2".into()));
         assert!(text("tokenizer.chat_template").contains("<|im_start|>"), "the trained tokenizer has ChatML's tokens");
         assert_eq!(content.tensor_infos["blk.1.ffn_down.weight"].ggml_dtype, stored, "{dtype}");
         assert_eq!(content.tensor_infos["blk.1.ffn_norm.weight"].ggml_dtype, GgmlDType::F32, "{dtype}");

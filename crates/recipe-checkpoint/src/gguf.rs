@@ -32,44 +32,58 @@ pub fn read(path: &Path) -> Result<gguf_file::Content, String> {
 /// metadata does not say.
 pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<ModelSpec, String> {
     let arch = g.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-    if arch != "llama" {
-        return Err(format!("its general.architecture is \"{arch}\"; only \"llama\" can be imported"));
+    if !ARCHS.contains(&arch.as_str()) {
+        return Err(format!("its general.architecture is \"{arch}\"; only {} can be imported", ARCHS.join(", ")));
     }
-    let int = |key: &str| -> Result<u32, String> {
-        g.metadata.get(key).and_then(|v| v.to_u32().ok()).ok_or_else(|| format!("its metadata lacks `{key}`"))
+    // Every key but the tokenizer's is under the architecture's name.
+    let key = |k: &str| format!("{arch}.{k}");
+    let int = |k: &str| -> Result<u32, String> {
+        let key = key(k);
+        g.metadata.get(&key).and_then(|v| v.to_u32().ok()).ok_or_else(|| format!("its metadata lacks `{key}`"))
     };
-    let float = |key: &str, default: f64| g.metadata.get(key).and_then(|v| v.to_f32().ok()).map_or(default, f64::from);
-    let n_heads = int("llama.attention.head_count")?;
+    let float =
+        |k: &str, default: f64| g.metadata.get(&key(k)).and_then(|v| v.to_f32().ok()).map_or(default, f64::from);
+    let n_heads = int("attention.head_count")?;
     if g.tensor_infos.contains_key("rope_freqs.weight") {
         return Err("it scales its rotary frequencies by a `rope_freqs.weight` tensor (Llama 3.1's \
                     `rope_scaling`), which is not read from GGUF; import the Hugging Face checkpoint"
             .into());
     }
-    let text = |key: &str| g.metadata.get(key).and_then(|v| v.to_string().ok()).cloned();
-    let rope_scaling = match text("llama.rope.scaling.type").as_deref() {
+    let text = |k: &str| g.metadata.get(&key(k)).and_then(|v| v.to_string().ok()).cloned();
+    let rope_scaling = match text("rope.scaling.type").as_deref() {
         None | Some("none") => None,
-        Some("linear") => Some(RopeScaling::Linear { factor: float("llama.rope.scaling.factor", 1.0) }),
+        Some("linear") => Some(RopeScaling::Linear { factor: float("rope.scaling.factor", 1.0) }),
         Some(other) => {
             return Err(format!("its rotary scaling `{other}` is not one this trainer computes (only `linear`)"));
         }
     };
     Ok(ModelSpec {
-        arch: Some("llama".into()),
-        vocab_size: Some(int("llama.vocab_size").unwrap_or(vocab_size)),
-        d_model: Some(int("llama.embedding_length")?),
-        n_layers: Some(int("llama.block_count")?),
+        arch: Some(arch.clone()),
+        vocab_size: Some(int("vocab_size").unwrap_or(vocab_size)),
+        d_model: Some(int("embedding_length")?),
+        n_layers: Some(int("block_count")?),
         n_heads: Some(n_heads),
-        n_kv_heads: Some(int("llama.attention.head_count_kv").unwrap_or(n_heads)),
-        head_dim: int("llama.attention.key_length").ok(),
-        d_ff: Some(int("llama.feed_forward_length")?),
-        max_seq_len: Some(int("llama.context_length")?),
+        n_kv_heads: Some(int("attention.head_count_kv").unwrap_or(n_heads)),
+        head_dim: int("attention.key_length").ok(),
+        d_ff: Some(int("feed_forward_length")?),
+        max_seq_len: Some(int("context_length")?),
         tie_embeddings: Some(!g.tensor_infos.contains_key("output.weight")),
-        rope_theta: Some(float("llama.rope.freq_base", 10000.0)),
+        rope_theta: Some(float("rope.freq_base", 10000.0)),
         rope_scaling,
         // Stored as f32; the nearest f64 with few digits is what the model was trained with.
-        norm_eps: Some(round_to_f32_precision(float("llama.attention.layer_norm_rms_epsilon", 1e-5))),
+        norm_eps: Some(round_to_f32_precision(float("attention.layer_norm_rms_epsilon", 1e-5))),
         ..ModelSpec::default()
     })
+}
+
+/// The llama.cpp architectures read and written, by the names both use: Llama, and Qwen 2
+/// (biases on the query, key and value projections) and Qwen 3 (per-head query and key norms).
+const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+
+/// Whether llama.cpp stores an architecture's query and key rows interleaved: its converter
+/// permutes Llama's, whose rotation it computes on pairs, and not Qwen's, rotated by halves.
+fn interleaved(arch: &str) -> bool {
+    arch == "llama"
 }
 
 fn round_to_f32_precision(x: f64) -> f64 {
@@ -137,7 +151,7 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
             PreTokenizerWrapper::Digits(Digits::new(true)),
             byte_level,
         ])),
-        "gpt2" | "default" | "" => byte_level,
+        "gpt-2" | "gpt2" | "default" | "" => byte_level,
         // Qwen 2's and Llama 3's split by their regex, then map bytes without splitting again.
         "qwen2" | "llama-bpe" => {
             let regex = if v.pre == "qwen2" { QWEN2_SPLIT } else { LLAMA3_SPLIT };
@@ -184,9 +198,9 @@ pub(crate) fn tensors(path: &Path, config: &Model) -> candle_core::Result<Vec<(S
             );
         }
         let mut t = content.tensor(&mut file, name, &Device::Cpu)?.dequantize(&Device::Cpu)?;
-        if hf_name.ends_with("q_proj.weight") {
+        if interleaved(&config.arch) && hf_name.ends_with("q_proj.weight") {
             t = unpermute(&t, config.n_heads as usize, head_dim)?;
-        } else if hf_name.ends_with("k_proj.weight") {
+        } else if interleaved(&config.arch) && hf_name.ends_with("k_proj.weight") {
             t = unpermute(&t, config.n_kv_heads as usize, head_dim)?;
         }
         out.push((hf_name, t));
@@ -195,32 +209,45 @@ pub(crate) fn tensors(path: &Path, config: &Model) -> candle_core::Result<Vec<(S
     Ok(out)
 }
 
+/// Each tensor's name in llama.cpp and in Hugging Face: the model's, then a block's.
+const FIXED_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+const BLOCK_NAMES: [(&str, &str); 14] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// `name` in the other naming, through [`FIXED_NAMES`] and [`BLOCK_NAMES`]: `from_gguf` says
+/// which way. None for a tensor the model does not use.
+fn renamed(name: &str, from_gguf: bool) -> Option<String> {
+    let (block_from, block_to) = if from_gguf { ("blk.", "model.layers.") } else { ("model.layers.", "blk.") };
+    let pick = |(gguf, hf): &(&'static str, &'static str)| if from_gguf { (*gguf, *hf) } else { (*hf, *gguf) };
+    if let Some((_, to)) = FIXED_NAMES.iter().map(pick).find(|(from, _)| *from == name) {
+        return Some(to.to_string());
+    }
+    let (layer, part) = name.strip_prefix(block_from)?.split_once('.')?;
+    let (_, to) = BLOCK_NAMES.iter().map(pick).find(|(from, _)| *from == part)?;
+    Some(format!("{block_to}{layer}.{to}"))
+}
+
 /// The Hugging Face name of a llama.cpp tensor, or none for tensors the model does not use.
 fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let part = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{part}"))
+    renamed(gguf, true)
 }
 
 /// llama.cpp interleaves the two rotary halves of each head's rows; Hugging Face keeps them
@@ -243,10 +270,11 @@ pub struct GgufTokenizer<'a> {
 }
 
 /// Write `weights` (Hugging Face names, f32 or wider, merged) of a model of architecture
-/// `config` as a llama.cpp `.gguf` of its `llama` architecture: the metadata llama.cpp reads,
-/// the byte-level BPE tokenizer with the pre-tokenizer it names, and the tensors under its
-/// names, the query and key rows interleaved as llama.cpp's converter interleaves them. An
-/// architecture or tokenizer llama.cpp's `llama` cannot express is an error that says which.
+/// `config` as a llama.cpp `.gguf` of the same architecture (`llama`, `qwen2`, `qwen3`): the
+/// metadata llama.cpp reads, the byte-level BPE tokenizer with the pre-tokenizer it names, and
+/// the tensors under its names, Llama's query and key rows interleaved as llama.cpp's
+/// converter interleaves them. What llama.cpp's architecture cannot express is an error that
+/// says which.
 pub fn write_gguf(
     path: &Path,
     name: &str,
@@ -256,9 +284,10 @@ pub fn write_gguf(
     dtype: GgmlDType,
 ) -> Result<(), String> {
     use gguf_file::Value as V;
-    let unsupported = |what: &str| format!("llama.cpp's `llama` architecture has no {what}");
-    if config.arch != "llama" {
-        return Err(format!("only `arch = \"llama\"` is written as GGUF, not `{}`", config.arch));
+    let unsupported = |what: &str| format!("llama.cpp's `{}` architecture has no {what}", config.arch);
+    let arch = config.arch.as_str();
+    if !ARCHS.contains(&arch) {
+        return Err(format!("llama.cpp's architectures written are {}, not `{arch}`", ARCHS.join(", ")));
     }
     let refused = [
         (config.rotary_dim.is_some(), "partial rotary embedding (`rotary_dim`)"),
@@ -269,39 +298,40 @@ pub fn write_gguf(
         return Err(unsupported(what));
     }
     let mut metadata: Vec<(String, V)> = vec![
-        ("general.architecture".into(), V::String("llama".into())),
+        ("general.architecture".into(), V::String(arch.into())),
         ("general.name".into(), V::String(name.into())),
         ("general.file_type".into(), V::U32(file_type(dtype)?)),
-        ("llama.vocab_size".into(), V::U32(config.vocab_size)),
-        ("llama.context_length".into(), V::U32(config.max_seq_len)),
-        ("llama.embedding_length".into(), V::U32(config.d_model)),
-        ("llama.block_count".into(), V::U32(config.n_layers)),
-        ("llama.feed_forward_length".into(), V::U32(config.d_ff)),
-        ("llama.attention.head_count".into(), V::U32(config.n_heads)),
-        ("llama.attention.head_count_kv".into(), V::U32(config.n_kv_heads)),
-        ("llama.attention.key_length".into(), V::U32(config.head_dim())),
-        ("llama.attention.value_length".into(), V::U32(config.head_dim())),
-        ("llama.rope.dimension_count".into(), V::U32(config.head_dim())),
-        ("llama.rope.freq_base".into(), V::F32(config.rope_theta as f32)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), V::F32(config.norm_eps as f32)),
     ];
+    let mut put = |key: &str, value: V| metadata.push((format!("{arch}.{key}"), value));
+    put("vocab_size", V::U32(config.vocab_size));
+    put("context_length", V::U32(config.max_seq_len));
+    put("embedding_length", V::U32(config.d_model));
+    put("block_count", V::U32(config.n_layers));
+    put("feed_forward_length", V::U32(config.d_ff));
+    put("attention.head_count", V::U32(config.n_heads));
+    put("attention.head_count_kv", V::U32(config.n_kv_heads));
+    put("attention.key_length", V::U32(config.head_dim()));
+    put("attention.value_length", V::U32(config.head_dim()));
+    put("rope.dimension_count", V::U32(config.head_dim()));
+    put("rope.freq_base", V::F32(config.rope_theta as f32));
+    put("attention.layer_norm_rms_epsilon", V::F32(config.norm_eps as f32));
     match &config.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
-            metadata.push(("llama.rope.scaling.type".into(), V::String("linear".into())));
-            metadata.push(("llama.rope.scaling.factor".into(), V::F32(*factor as f32)));
+            put("rope.scaling.type", V::String("linear".into()));
+            put("rope.scaling.factor", V::F32(*factor as f32));
         }
         Some(_) => return Err(unsupported("rotary scaling but `linear`")),
     }
-    metadata.extend(tokenizer_metadata(tokenizer)?);
+    metadata.extend(tokenizer_metadata(tokenizer, config.vocab_size)?);
 
     let head_dim = config.head_dim() as usize;
     let mut tensors = Vec::new();
     for (hf, t) in weights {
         let gguf = gguf_name(hf).ok_or_else(|| format!("no llama.cpp name for {hf}"))?;
-        let t = if hf.ends_with("q_proj.weight") {
+        let t = if interleaved(arch) && hf.ends_with("q_proj.weight") {
             permute(t, config.n_heads as usize, head_dim)
-        } else if hf.ends_with("k_proj.weight") {
+        } else if interleaved(arch) && hf.ends_with("k_proj.weight") {
             permute(t, config.n_kv_heads as usize, head_dim)
         } else {
             Ok(t.clone())
@@ -336,9 +366,10 @@ fn file_type(dtype: GgmlDType) -> Result<u32, String> {
     }
 }
 
-/// The tokenizer's GGUF metadata: llama.cpp's `gpt2` (byte-level BPE) model with its tokens,
-/// their types (special added tokens are control tokens), merges and pre-tokenizer.
-fn tokenizer_metadata(t: &GgufTokenizer) -> Result<Vec<(String, gguf_file::Value)>, String> {
+/// The tokenizer's GGUF metadata: llama.cpp's `gpt2` (byte-level BPE) model with a token for
+/// each of the `vocab_size` embeddings, their types (special added tokens are control tokens),
+/// merges and pre-tokenizer.
+fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String, gguf_file::Value)>, String> {
     use gguf_file::Value as V;
     let json = t.json;
     if json["model"]["type"] != "BPE" {
@@ -364,11 +395,22 @@ fn tokenizer_metadata(t: &GgufTokenizer) -> Result<Vec<(String, gguf_file::Value
         let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else { continue };
         put(id, content, if added["special"] == true { CONTROL } else { USER_DEFINED });
     }
-    let missing = tokens.iter().position(Option::is_none);
-    if let Some(id) = missing {
-        return Err(format!("the tokenizer has no token with id {id}; GGUF lists every id"));
+    if tokens.len() > vocab_size as usize {
+        return Err(format!(
+            "the tokenizer has {} tokens, more than the model's {vocab_size} embeddings",
+            tokens.len()
+        ));
     }
-    let (tokens, types): (Vec<_>, Vec<_>) = tokens.into_iter().flatten().unzip();
+    // llama.cpp counts the vocabulary by the tokens listed: every embedding row gets one, the
+    // rows no token uses (padding, as Qwen's 151936 rows for 151669 tokens) a placeholder, as
+    // llama.cpp's converter writes them.
+    const UNUSED: i32 = 5;
+    tokens.resize(vocab_size as usize, None);
+    let (tokens, types): (Vec<_>, Vec<_>) = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(id, token)| token.unwrap_or_else(|| (format!("[PAD{id}]"), UNUSED)))
+        .unzip();
     // `tokenizers` writes a merge as "a b" or, since 0.20, as ["a", "b"].
     let merges = json["model"]["merges"]
         .as_array()
@@ -407,7 +449,7 @@ const QWEN2_SPLIT: &str =
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// llama.cpp's name for the pre-tokenizer a `tokenizer.json` describes, for those it knows:
-/// GPT-2's byte-level split (`gpt2`), SmolLM's digits then byte-level (`smollm`), Qwen 2's
+/// GPT-2's byte-level split (`gpt-2`), SmolLM's digits then byte-level (`smollm`), Qwen 2's
 /// (`qwen2`) and Llama 3's (`llama-bpe`).
 fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str, String> {
     let byte_level = |p: &serde_json::Value, regex: bool| {
@@ -415,7 +457,7 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str, String> {
     };
     let split = |p: &serde_json::Value| p["type"] == "Split" && p["pattern"]["Regex"].is_string();
     if byte_level(pre, true) {
-        return Ok("gpt2");
+        return Ok("gpt-2");
     }
     if let [first, second] = pre["pretokenizers"].as_array().map(Vec::as_slice).unwrap_or_default() {
         if first["type"] == "Digits" && first["individual_digits"] == true && byte_level(second, true) {
@@ -436,30 +478,7 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str, String> {
 
 /// The llama.cpp name of a Hugging Face tensor: [`hf_name`] inverted.
 fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let part = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{part}"))
+    renamed(hf, false)
 }
 
 /// [`unpermute`] inverted: each head's rows from halves `(2, hd/2)` to pairs `(hd/2, 2)`.

@@ -569,3 +569,35 @@ fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     let error = write_gguf(&dir.path().join("g.gguf"), "g", &config, &weights, &tokenizer, GgmlDType::F16).unwrap_err();
     assert!(error.contains("pre-tokenizer") || error.contains("byte-level"), "{error}");
 }
+
+/// Qwen2 (biases) and Qwen3 (per-head norms, heads wider together than the model) written as
+/// GGUF under llama.cpp's `qwen2` and `qwen3` architectures (rows as they are: llama.cpp
+/// rotates Qwen's by halves) read back as the same architecture computing `transformers`'
+/// logits.
+#[test]
+fn qwen2_and_qwen3_checkpoints_go_through_gguf_unchanged() {
+    use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
+    let tokenizer = serde_json::json!({
+        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
+        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
+        "added_tokens": [{ "id": 3, "content": "<|endoftext|>", "special": true }],
+    });
+    for name in ["qwen2", "qwen3"] {
+        let config = import_transformers_fixture(name);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let weights = load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join(format!("{name}.gguf"));
+        let tok = GgufTokenizer { json: &tokenizer, bos: None, eos: 3, chat_template: None };
+        write_gguf(&path, name, &config, &weights, &tok, GgmlDType::F32).unwrap();
+        let again = inspect(&path).unwrap().arch.resolve(None);
+        // GGUF stores the norm's epsilon as an f32.
+        assert_eq!(again.norm_eps as f32, config.norm_eps as f32, "{name}");
+        assert_eq!(recipe_spec::Model { norm_eps: config.norm_eps, ..again.clone() }, config, "{name}");
+        let model =
+            Llama::frozen(&again, load_checkpoint(&path, CheckpointFormat::Gguf, &again).unwrap(), &Device::Cpu)
+                .unwrap();
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        assert_logits(name, &model, &expected);
+    }
+}
