@@ -11,8 +11,8 @@ use std::path::Path;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, GgmlDType, GgufTokenizer, MODEL_CONFIG, MODEL_WEIGHTS, load_checkpoint,
-    torch_dtype, write_gguf,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, GgmlDType, GgufTokenizer, MODEL_CONFIG, MODEL_WEIGHTS, gguf_storage,
+    load_checkpoint, torch_dtype, write_gguf,
 };
 use recipe_data::{TOKENIZER_FILE, Tok};
 use recipe_model::{Dtypes, Llama};
@@ -20,6 +20,15 @@ use recipe_run::load_tokenizer;
 use recipe_spec::{ChatTemplate, CheckpointFormat, Precision, Recipe, Stage, TokenizerFile};
 
 use crate::{Failure, load};
+
+/// The quantized types a `.gguf` export stores matrices in, by `--dtype` name.
+const QUANTIZED: [(&str, GgmlDType); 5] = [
+    ("q8_0", GgmlDType::Q8_0),
+    ("q6_k", GgmlDType::Q6K),
+    ("q5_k", GgmlDType::Q5K),
+    ("q4_k", GgmlDType::Q4K),
+    ("q4_0", GgmlDType::Q4_0),
+];
 
 /// Where and what to export.
 pub struct Target<'a> {
@@ -60,9 +69,17 @@ pub fn run(path: &Path, sets: &[String], runs: &Path, stage_name: &str, target: 
         Some("f32") => DType::F32,
         Some("bf16") => DType::BF16,
         Some("f16") => DType::F16,
-        Some("q8_0") if gguf => return export_gguf(&recipe, stage, &result, out, force, GgmlDType::Q8_0),
+        Some(quantized) if gguf && QUANTIZED.iter().any(|(name, _)| *name == quantized) => {
+            let (_, ggml) = QUANTIZED.iter().find(|(name, _)| *name == quantized).expect("listed");
+            return export_gguf(&recipe, stage, &result, out, force, *ggml);
+        }
         Some(other) => {
-            let also = if gguf { ", or q8_0" } else { " (and q8_0 into a .gguf)" };
+            let names: Vec<&str> = QUANTIZED.iter().map(|(name, _)| *name).collect();
+            let also = if gguf {
+                format!(", or {}", names.join(", "))
+            } else {
+                format!(" (and {} into a .gguf)", names.join(", "))
+            };
             return Err(Failure::Invalid(format!("error: --dtype {other}: expected f32, bf16 or f16{also}\n")));
         }
         None if matches!(stage.precision, Precision::Bf16Mixed | Precision::F16Mixed) => {
@@ -212,7 +229,17 @@ fn export_gguf(
         return Err(fail(&why));
     }
     std::fs::rename(&partial, out).map_err(|e| fail(&e))?;
-    tracing::info!("exported `{}` ({} tensors, matrices in {dtype:?}) to {}", stage.name, weights.len(), out.display());
+    let fallen = weights.iter().filter(|(_, w)| w.rank() > 1 && gguf_storage(w.dims(), dtype) != dtype).count();
+    let fallback = match fallen {
+        0 => String::new(),
+        n => format!(", {n} whose rows do not fill its blocks in q8_0 or f16"),
+    };
+    tracing::info!(
+        "exported `{}` ({} tensors, matrices in {dtype:?}{fallback}) to {}",
+        stage.name,
+        weights.len(),
+        out.display()
+    );
     Ok(())
 }
 
@@ -229,10 +256,9 @@ fn read_back(
     let read = load_checkpoint(path, CheckpointFormat::Gguf, &stage.model).map_err(|e| e.to_string())?;
     let read: HashMap<String, Tensor> = read.into_iter().collect();
     for (name, w) in weights {
-        let stored = if w.rank() == 1 { GgmlDType::F32 } else { dtype };
         let want = w
             .to_dtype(DType::F32)
-            .and_then(|w| QTensor::quantize(&w, stored))
+            .and_then(|w| QTensor::quantize(&w, gguf_storage(w.dims(), dtype)))
             .and_then(|q| q.dequantize(&device))
             .map_err(|e| e.to_string())?;
         if !read.get(name).is_some_and(|got| same_bits(got, &want).unwrap_or(false)) {

@@ -139,7 +139,8 @@ enum Verb {
         #[arg(long)]
         adapter: bool,
         /// f32, bf16 or f16 (and `config.json`'s `torch_dtype` says so); into a `.gguf` also
-        /// q8_0. Default: the compute dtype of a bf16-mixed or f16-mixed stage, else f32.
+        /// q8_0, q6_k, q5_k, q4_k or q4_0. Default: the compute dtype of a bf16-mixed or
+        /// f16-mixed stage, else f32.
         #[arg(long)]
         dtype: Option<String>,
     },

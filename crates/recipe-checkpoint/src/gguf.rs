@@ -337,15 +337,8 @@ pub fn write_gguf(
             Ok(t.clone())
         };
         let t = t.and_then(|t| t.to_dtype(candle_core::DType::F32)).map_err(|e| e.to_string())?;
-        let stored = if t.rank() == 1 { GgmlDType::F32 } else { dtype };
-        let row = t.dims().last().copied().unwrap_or(0);
-        if row % stored.block_size() != 0 {
-            return Err(format!(
-                "{stored:?} stores rows in blocks of {}, and {hf}'s rows hold {row}",
-                stored.block_size()
-            ));
-        }
-        let q = candle_core::quantized::QTensor::quantize(&t, stored).map_err(|e| format!("{hf}: {e}"))?;
+        let q = candle_core::quantized::QTensor::quantize(&t, gguf_storage(t.dims(), dtype))
+            .map_err(|e| format!("{hf}: {e}"))?;
         tensors.push((gguf, q));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -355,14 +348,34 @@ pub fn write_gguf(
     gguf_file::write(&mut file, &metadata, &tensors).map_err(|e| e.to_string())
 }
 
+/// The type a tensor of shape `dims` is stored in when matrices are asked for in `dtype`:
+/// vectors in f32; a matrix whose rows do not fill the type's blocks (256 values for the
+/// k-quants, 32 for the others) in q8_0 where they fill its blocks, else f16, as llama.cpp's
+/// quantizer falls back.
+pub fn gguf_storage(dims: &[usize], dtype: GgmlDType) -> GgmlDType {
+    let row = dims.last().copied().unwrap_or(0);
+    match dims.len() {
+        0 | 1 => GgmlDType::F32,
+        _ => [dtype, GgmlDType::Q8_0, GgmlDType::F16]
+            .into_iter()
+            .find(|t| row % t.block_size() == 0)
+            .expect("f16's block is one value"),
+    }
+}
+
 /// llama.cpp's `general.file_type` for a model whose matrices are stored in `dtype`.
 fn file_type(dtype: GgmlDType) -> Result<u32, String> {
     match dtype {
         GgmlDType::F32 => Ok(0),
         GgmlDType::F16 => Ok(1),
+        GgmlDType::Q4_0 => Ok(2),
         GgmlDType::Q8_0 => Ok(7),
+        // llama.cpp's "small" mixes, the nearest to every matrix in one type.
+        GgmlDType::Q4K => Ok(14),
+        GgmlDType::Q5K => Ok(16),
+        GgmlDType::Q6K => Ok(18),
         GgmlDType::BF16 => Ok(32),
-        other => Err(format!("{other:?} is not a GGUF export dtype (f32, f16, bf16, q8_0)")),
+        other => Err(format!("{other:?} is not a GGUF export dtype")),
     }
 }
 
