@@ -265,7 +265,7 @@ fn read_back(
             return Err(format!("{name} does not read back as stored"));
         }
     }
-    let again = recipe_run::load_tokenizer(&TokenizerFile::Gguf(path.to_path_buf())).map_err(|e| e.to_string())?;
+    let again = load_tokenizer(&TokenizerFile::Gguf(path.to_path_buf())).map_err(|e| e.to_string())?;
     let probe =
         "Call me Ishmael. Some years ago—never mind how long precisely—I thought I would sail about 2,024 miles.";
     if again.encode(probe).map_err(|e| e.to_string())? != tok.encode(probe).map_err(|e| e.to_string())? {

@@ -11,7 +11,9 @@ use recipe_data::{DataError, Mix, Progress, TOKENIZER_FILE, Tok, TokenStore, tok
 use recipe_dist::Communicator;
 use recipe_graph::{Graph, Node, NodeKind, RecordedState, RunDir, TOKENIZER_NODE, tokenize_node};
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{CheckpointFormat, MergeInput, MergeMethod, Recipe, Stage, Tokenizer, TokenizerFile};
+use recipe_spec::{
+    CheckpointFormat, MergeInput, MergeMethod, OwnChatTemplate, Recipe, Stage, Tokenizer, TokenizerFile,
+};
 use recipe_train::{MergeRun, Observer, Outcome, StageRun, merge_stage, train_stage};
 
 /// Why a node could not run.
@@ -346,15 +348,21 @@ fn load_teachers(recipe: &Recipe, graph: &Graph, run: &RunDir, stage: &Stage, de
 
 /// The tokenizer in a file, with the chat template stored with it.
 pub fn load_tokenizer(file: &TokenizerFile) -> std::result::Result<Tok, DataError> {
-    let inner = read_tokenizer(file).map_err(|e| DataError::in_file(file.path(), e))?;
     let own = read_own_template(file).map_err(|e| DataError::in_file(file.path(), e))?;
+    tokenizer_with(file, own)
+}
+
+/// The tokenizer in a file, with `own` as its chat template.
+fn tokenizer_with(file: &TokenizerFile, own: Option<OwnChatTemplate>) -> std::result::Result<Tok, DataError> {
+    let inner = read_tokenizer(file).map_err(|e| DataError::in_file(file.path(), e))?;
     Ok(Tok::new(inner).map_err(|e| DataError::in_file(file.path(), e.message))?.with_own_template(own))
 }
 
-/// The recipe's tokenizer: its file, or the trained tokenizer node's result.
+/// The recipe's tokenizer: its file, with the chat template validation read beside it (and
+/// `chat_template_args` set in it), or the trained tokenizer node's result.
 pub fn recipe_tokenizer(recipe: &Recipe, graph: &Graph, run: &RunDir) -> std::result::Result<Tok, DataError> {
     match &recipe.tokenizer {
-        Tokenizer::File { file, .. } => load_tokenizer(file),
+        Tokenizer::File { file, own_template, .. } => tokenizer_with(file, own_template.clone()),
         Tokenizer::Train(_) => {
             let node = graph.node(TOKENIZER_NODE).expect("a trained tokenizer has a node");
             let path = run.final_dir(node).join(TOKENIZER_FILE);

@@ -159,6 +159,28 @@ fn qwen3s_own_template_tokenizes_as_transformers_does() {
     // With `add_generation_prompt`, as `sample --chat` prompts.
     assert_eq!(chat_prompt(&tok, ChatTemplate::Tokenizer, &messages[..4]).unwrap(), theirs[..47]);
     assert_eq!(tok.template_ids(ChatTemplate::Tokenizer), Some(vec![151645]), "<|im_end|> ends a turn");
+
+    // `[tokenizer] chat_template_args = { enable_thinking = false }`, as a recipe sets it:
+    // `apply_chat_template(..., add_generation_prompt=True, enable_thinking=False)` prompts
+    // with an empty thinking block.
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[model]\nd_model = 32\nn_layers = 1\nn_heads = 2\n[tokenizer]\npath = \"{}\"\nchat_template_args = {{ enable_thinking = false }}\n\
+         [sources.chat]\npath = \"chat.jsonl\"\nformat = \"chat-jsonl\"\ntemplate = \"tokenizer\"\n\
+         [stages.sft]\nkind = \"sft\"\ndata = {{ mix = {{ chat = 1 }} }}\n",
+        file.path().display()
+    );
+    std::fs::write(dir.path().join("chat.jsonl"), "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}\n").unwrap();
+    let path = dir.path().join("r.toml");
+    std::fs::write(&path, text).unwrap();
+    let recipe = recipe_spec::Recipe::load(&path, &[], &Headers).unwrap();
+    let recipe_spec::Tokenizer::File { own_template, .. } = &recipe.tokenizer else { panic!("a file") };
+    assert!(own_template.as_ref().unwrap().jinja.starts_with("{%- set enable_thinking = false -%}\n"));
+    let tok = recipe_data::Tok::new(recipe_checkpoint::read_tokenizer(&file).unwrap())
+        .unwrap()
+        .with_own_template(own_template.clone());
+    let prompt = chat_prompt(&tok, ChatTemplate::Tokenizer, &messages[..4]).unwrap();
+    assert_eq!(prompt, [&theirs[..47], &[151667, 271, 151668, 271]].concat());
 }
 
 /// A `.gguf`'s `tokenizer.chat_template` is its tokenizer's own template: SmolLM2's is ChatML

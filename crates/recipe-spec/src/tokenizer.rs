@@ -9,7 +9,7 @@ use crate::checkpoint::{CheckpointReader, OwnChatTemplate, TokenizerFile};
 use crate::decode::{self, Cx, Fields};
 use crate::diag::{Diagnostic, Origin};
 use crate::source::{Source, check_source_ref};
-use crate::tree::Node;
+use crate::tree::{Node, Val};
 use crate::vocab::ChatTemplate;
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,7 +64,7 @@ impl Tokenizer {
     }
 }
 
-const TOKENIZER_KEYS: &[&str] = &["path", "train"];
+const TOKENIZER_KEYS: &[&str] = &["path", "train", "chat_template_args"];
 
 const TRAIN_KEYS: &[&str] = &["kind", "vocab_size", "sources", "min_frequency", "special_tokens"];
 
@@ -98,6 +98,7 @@ pub(crate) fn decode_tokenizer(
             let resolved = crate::hub::locate(base_dir, &written);
             let origin = cx.origins.get("tokenizer.path").cloned().unwrap_or_default();
             let file = TokenizerFile::locate(&resolved);
+            let args = f.get("chat_template_args").map(|node| template_args(cx, node));
             match checkpoints.tokenizer_facts(&file) {
                 Ok(t) => Some(Tokenizer::File {
                     written,
@@ -106,7 +107,18 @@ pub(crate) fn decode_tokenizer(
                     templates: t.templates,
                     fingerprint: t.fingerprint,
                     bos: t.bos,
-                    own_template: t.own_template,
+                    own_template: match (t.own_template, args) {
+                        (Some(own), Some(args)) => Some(OwnChatTemplate { jinja: args + &own.jinja, ..own }),
+                        (None, Some(_)) => {
+                            let origin = cx.origins.get("tokenizer.chat_template_args").cloned().unwrap_or_default();
+                            cx.diags.push(
+                                Diagnostic::new(&origin, "`chat_template_args` set, but the tokenizer has no chat template of its own")
+                                    .label("they are variables of the template stored with the tokenizer (`template = \"tokenizer\"`)"),
+                            );
+                            None
+                        }
+                        (own, None) => own,
+                    },
                 }),
                 Err(why) => {
                     let d = Diagnostic::new(&origin, format!("cannot use tokenizer {}: {why}", resolved.display()))
@@ -117,6 +129,16 @@ pub(crate) fn decode_tokenizer(
             }
         }
         (None, Some(train)) => {
+            if f.get("chat_template_args").is_some() {
+                let origin = cx.origins.get("tokenizer.chat_template_args").cloned().unwrap_or_default();
+                cx.diags.push(
+                    Diagnostic::new(
+                        &origin,
+                        "`chat_template_args` set, but a trained tokenizer has no chat template of its own",
+                    )
+                    .label("they are variables of the template stored with a tokenizer file"),
+                );
+            }
             let t = Fields::of(cx, train, "tokenizer.train", TRAIN_KEYS);
             t.check_unknown(cx);
             let kind = t.opt(cx, "kind", decode::choice(&["bpe"])).unwrap_or("bpe").to_string();
@@ -145,6 +167,50 @@ pub(crate) fn decode_tokenizer(
             Some(Tokenizer::Train(TokenizerTrain { kind, vocab_size, sources, min_frequency, special_tokens }))
         }
     }
+}
+
+/// `chat_template_args = { enable_thinking = false }`: variables of the tokenizer's own
+/// template, as `apply_chat_template(..., enable_thinking=False)` passes them, written as
+/// `{%- set name = value -%}` lines put before the template — so that the template kept with a
+/// stage's result and exported renders as it trained, and its key changes with them. Values
+/// are booleans, numbers and strings; names are identifiers.
+fn template_args(cx: &mut Cx, node: &Node) -> String {
+    let Val::Table(table) = &node.val else {
+        cx.diags.push(
+            Diagnostic::new(&node.origin, "`tokenizer.chat_template_args` is not a table")
+                .label("expected `{ enable_thinking = false }`"),
+        );
+        return String::new();
+    };
+    let mut out = String::new();
+    for entry in &table.entries {
+        let identifier = entry.key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && entry.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let literal = match &entry.node.val {
+            Val::Bool(b) => Some(b.to_string()),
+            Val::Int(i) => Some(i.to_string()),
+            Val::Float(x) if x.is_finite() => Some(format!("{x:?}")),
+            Val::Str(s) if !s.chars().any(|c| c.is_control() && c != '\n') => {
+                Some(format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+            }
+            _ => None,
+        };
+        match (identifier, literal) {
+            (true, Some(literal)) => out += &format!("{{%- set {} = {literal} -%}}\n", entry.key),
+            (false, _) => cx.diags.push(
+                Diagnostic::new(&entry.key_origin, format!("`{}` is not a template variable's name", entry.key))
+                    .label("expected letters, digits and `_`, not starting with a digit"),
+            ),
+            (true, None) => cx.diags.push(
+                Diagnostic::new(
+                    &entry.node.origin,
+                    format!("`chat_template_args.{}` cannot be a template value", entry.key),
+                )
+                .label("expected a boolean, a number or a string without control characters"),
+            ),
+        }
+    }
+    out
 }
 
 /// A chat source is formatted with its template, so the tokenizer must have the template's

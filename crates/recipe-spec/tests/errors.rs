@@ -484,6 +484,26 @@ fn the_tokenizers_own_template_must_be_there() {
     let r = f.parse(&from_file, &[]).unwrap();
     let recipe_spec::Tokenizer::File { own_template: Some(own), .. } = &r.tokenizer else { panic!("a template") };
     assert_eq!(own.jinja, "{{ bos_token }}", "chat_template.jinja wins, as in transformers");
+
+    // Its variables, set before it; a name that is none, a value Jinja cannot take, and a
+    // trained tokenizer's, are errors.
+    let args = |text: &str, args: &str| {
+        replace(text, "[sources.books]", &format!("chat_template_args = {args}\n\n[sources.books]"))
+    };
+    let with_args = args(&from_file, r#"{ enable_thinking = false, name = "a \"b\"", n = 2 }"#);
+    let r = f.parse(&with_args, &[]).unwrap();
+    let recipe_spec::Tokenizer::File { own_template: Some(own), .. } = &r.tokenizer else { panic!("a template") };
+    assert_eq!(
+        own.jinja,
+        "{%- set enable_thinking = false -%}\n{%- set name = \"a \\\"b\\\"\" -%}\n{%- set n = 2 -%}\n{{ bos_token }}"
+    );
+    let bad = args(&from_file, r#"{ 1x = true, list = [1] }"#);
+    assert_has(
+        &f.errors(&bad),
+        &["`1x` is not a template variable's name", "`chat_template_args.list` cannot be a template value"],
+    );
+    let trained = args(BASE, "{ enable_thinking = false }");
+    assert_has(&f.errors(&trained), &["a trained tokenizer has no chat template of its own"]);
 }
 
 #[test]
