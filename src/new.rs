@@ -241,6 +241,7 @@ steps = 100
 seq_len = {seq_len}
 batch_size = 8
 micro_batch_size = 2
+# activation_checkpointing = true   # less memory: each block runs again in backward (~1/3 more compute)
 data = {{ mix = {{ chat = 1.0 }} }}
 optim = {{ lr = 1e-5 }}
 schedule = {{ kind = "cosine", warmup = 10 }}
@@ -255,6 +256,7 @@ steps = 100
 seq_len = {seq_len}
 batch_size = 8
 micro_batch_size = 2
+# activation_checkpointing = true   # less memory: each block runs again in backward (~1/3 more compute)
 data = {{ mix = {{ chat = 1.0 }} }}
 peft = {{ method = "lora", rank = 16, alpha = 32, targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }}
 optim = {{ lr = 2e-4, weight_decay = 0.0 }}
