@@ -70,6 +70,19 @@ fn gguf_import_export_import_is_bit_identical() {
     }
 }
 
+/// A system prompt, a question with spaces around it, an answer with spaces after it, a second
+/// question and its answer: what templates trim, and where they put the system prompt.
+fn whale_conversation() -> [Message; 5] {
+    let message = |role, content: &str| Message { role, content: content.into() };
+    [
+        message(Role::System, "You are a whale expert."),
+        message(Role::User, " What is a whale?\n"),
+        message(Role::Assistant, "A large mammal of the sea.  "),
+        message(Role::User, "And a fish?"),
+        message(Role::Assistant, "A cold-blooded swimmer."),
+    ]
+}
+
 /// Gemma 3's own tokenizer: its end of document is `<eos>` (its `</s>` is an ordinary token),
 /// a text document starts with `<bos>` as `transformers`' `tokenizer(text)` gives it (and
 /// validation knows it, so the key does), `sample --chat` picks the `gemma` template, and a
@@ -95,13 +108,7 @@ fn the_gemma_template_tokenizes_as_gemma3s_own_template() {
         [7220, 752, 56604, 1728, 301, 13]
     );
     assert_eq!(Headers.tokenizer_facts(&qwen3).unwrap().bos, None);
-    let message = |role, content: &str| Message { role, content: content.into() };
-    let messages = [
-        message(Role::System, "You are a whale expert."),
-        message(Role::User, " What is a whale?\n"),
-        message(Role::Assistant, "A large mammal of the sea.  "),
-        message(Role::User, "And a fish?"),
-    ];
+    let messages = &whale_conversation()[..4];
     // The template in the package's tokenizer_config.json, rendered by jinja2 with
     // add_generation_prompt, then `Tokenizer.encode(text, add_special_tokens=False)` (tokenizers
     // 0.23.3): `<bos><start_of_turn>user\nYou are a whale expert.\n\nWhat is a whale?<end_of_turn>\n
@@ -132,14 +139,7 @@ fn qwen3s_own_template_tokenizes_as_transformers_does() {
     let file = TokenizerFile::Json(path);
     let tok = load_tokenizer(&file).unwrap();
     assert!(Headers.tokenizer_facts(&file).unwrap().templates.contains(&ChatTemplate::Tokenizer));
-    let message = |role, content: &str| Message { role, content: content.into() };
-    let messages = [
-        message(Role::System, "You are a whale expert."),
-        message(Role::User, " What is a whale?\n"),
-        message(Role::Assistant, "A large mammal of the sea.  "),
-        message(Role::User, "And a fish?"),
-        message(Role::Assistant, "A cold-blooded swimmer."),
-    ];
+    let messages = whale_conversation();
     // `AutoTokenizer.from_pretrained("assets/qwen3").apply_chat_template(messages)`
     // (transformers 5.24): `<|im_start|>system\nYou are a whale expert.<|im_end|>\n<|im_start|>user\n
     // What is a whale?\n<|im_end|>\n<|im_start|>assistant\nA large mammal of the sea.  <|im_end|>\n
