@@ -119,10 +119,10 @@ fn the_gemma_template_tokenizes_as_gemma3s_own_template() {
         4368, 107, 236776, 2455, 121921, 529, 506, 5442, 236761, 106, 107, 105, 2364, 107, 3133, 496, 5385, 236881,
         106, 107, 105, 4368, 107,
     ];
-    assert_eq!(chat_prompt(&tok, recipe_spec::ChatTemplate::Gemma, &messages).unwrap(), theirs);
+    assert_eq!(chat_prompt(&tok, recipe_spec::ChatTemplate::Gemma, messages).unwrap(), theirs);
     // Its own template, read from that tokenizer_config.json and rendered here, gives the same
     // ids; and a conversation ends and is masked as the hand-written `gemma` template does.
-    assert_eq!(chat_prompt(&tok, ChatTemplate::Tokenizer, &messages).unwrap(), theirs);
+    assert_eq!(chat_prompt(&tok, ChatTemplate::Tokenizer, messages).unwrap(), theirs);
     assert_eq!(
         format_chat(&tok, ChatTemplate::Tokenizer, &messages[..3]).unwrap(),
         format_chat(&tok, ChatTemplate::Gemma, &messages[..3]).unwrap()
