@@ -321,7 +321,9 @@ pub fn write_gguf(
             put("rope.scaling.type", V::String("linear".into()));
             put("rope.scaling.factor", V::F32(*factor as f32));
         }
-        Some(_) => return Err(unsupported("rotary scaling but `linear`")),
+        // llama.cpp takes Llama 3.1's scaling as each frequency's divisor, a tensor.
+        Some(RopeScaling::Llama3 { .. }) => {}
+        Some(_) => return Err(unsupported("rotary scaling but `linear` and `llama3`")),
     }
     metadata.extend(tokenizer_metadata(tokenizer, config.vocab_size)?);
 
@@ -340,6 +342,17 @@ pub fn write_gguf(
         let q = candle_core::quantized::QTensor::quantize(&t, gguf_storage(t.dims(), dtype))
             .map_err(|e| format!("{hf}: {e}"))?;
         tensors.push((gguf, q));
+    }
+    if let Some(RopeScaling::Llama3 { .. }) = config.rope_scaling {
+        let divisors: Vec<f32> = config
+            .plain_rope_frequencies(config.rope_theta)
+            .zip(config.rope_frequencies())
+            .map(|(plain, scaled)| (plain / scaled) as f32)
+            .collect();
+        let n = divisors.len();
+        let t = Tensor::from_vec(divisors, n, &Device::Cpu).map_err(|e| e.to_string())?;
+        let q = candle_core::quantized::QTensor::quantize(&t, GgmlDType::F32).map_err(|e| e.to_string())?;
+        tensors.push(("rope_freqs.weight".to_string(), q));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let metadata: Vec<(&str, &V)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -436,6 +449,10 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
         })
         .collect::<Option<Vec<_>>>()
         .ok_or("a merge is neither \"a b\" nor [\"a\", \"b\"]")?;
+    // Candle writes an empty list as integers, which llama.cpp refuses for the merges.
+    if merges.is_empty() {
+        return Err("the tokenizer has no merges; llama.cpp reads a byte-level BPE by them".into());
+    }
     let strings = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
     let mut out = vec![
         ("tokenizer.ggml.model".to_string(), V::String("gpt2".into())),

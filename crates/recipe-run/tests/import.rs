@@ -623,3 +623,33 @@ fn qwen2_and_qwen3_checkpoints_go_through_gguf_unchanged() {
         assert_logits(name, &model, &expected);
     }
 }
+
+/// Llama 3.1's rotary scaling goes into GGUF as llama.cpp's converter writes it: no scaling
+/// metadata, and a `rope_freqs.weight` tensor holding each frequency's divisor (1 for the fast
+/// ones, the factor for the slow ones, blended between). Reading such a file back is refused
+/// (the divisors do not say the scaling's parameters); llama.cpp reads it (checked by hand).
+#[test]
+fn llama3_rotary_scaling_is_written_as_llama_cpps_frequency_divisors() {
+    use candle_core::quantized::gguf_file;
+    use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
+    let config = import_transformers_fixture("llama3-rope");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3-rope");
+    let weights = load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap();
+    let tokenizer = serde_json::json!({
+        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
+        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
+    });
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("llama3.gguf");
+    let tok = GgufTokenizer { json: &tokenizer, bos: None, eos: 0, chat_template: None };
+    write_gguf(&path, "llama3-rope", &config, &weights, &tok, GgmlDType::F32).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    assert!(!content.metadata.contains_key("llama.rope.scaling.type"));
+    let divisors = content.tensor(&mut file, "rope_freqs.weight", &Device::Cpu).unwrap().dequantize(&Device::Cpu);
+    let divisors = divisors.unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(divisors.len(), 8, "one per frequency of a head of 16");
+    assert_eq!((divisors[0], divisors[7]), (1.0, 4.0), "the fastest unscaled, the slowest by the factor");
+    assert!(divisors.windows(2).all(|w| w[0] <= w[1]), "{divisors:?}");
+    assert!(inspect(&path).unwrap_err().contains("rope_freqs.weight"));
+}

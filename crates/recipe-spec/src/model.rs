@@ -439,7 +439,8 @@ impl Model {
         self.local_rope_theta.map(|theta| self.plain_rope_frequencies(theta).collect())
     }
 
-    fn plain_rope_frequencies(&self, theta: f64) -> impl Iterator<Item = f64> {
+    /// The rotary frequencies `theta` gives, unscaled.
+    pub fn plain_rope_frequencies(&self, theta: f64) -> impl Iterator<Item = f64> {
         let half = self.rotated_dims() / 2;
         (0..half).map(move |i| 1.0 / theta.powf(f64::from(2 * i) / f64::from(2 * half)))
     }
