@@ -45,7 +45,7 @@ impl OwnTemplate {
             Err(Error::new(ErrorKind::InvalidOperation, message))
         });
         env.add_function("strftime_now", strftime_fixed);
-        let env = match env.add_template_owned(NAME, source.jinja.clone()) {
+        let env = match env.add_template_owned(NAME, generation_as_if(&source.jinja)) {
             Ok(()) => Ok(env),
             Err(e) => Err(format!("the tokenizer's chat template does not parse: {e:#}")),
         };
@@ -120,6 +120,28 @@ impl OwnTemplate {
         let end = text.find(PROBE)? + PROBE.len();
         self.turn_end_after(&text[end..]).map(|(_, id)| id)
     }
+}
+
+/// `jinja` with `transformers`' `{% generation %}` … `{% endgeneration %}` (which mark the
+/// assistant's tokens for `return_assistant_tokens_mask`, and minijinja does not know) as
+/// `{% if true %}` … `{% endif %}`: the same output, whitespace control kept.
+fn generation_as_if(jinja: &str) -> String {
+    let mut out = String::with_capacity(jinja.len());
+    let mut rest = jinja;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}").map(|end| end + 2) else { break };
+        let tag = &rest[start..start + len];
+        let inner = tag[2..len - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..start]);
+        match inner {
+            "generation" => out.push_str(&tag.replacen("generation", "if true", 1)),
+            "endgeneration" => out.push_str(&tag.replacen("endgeneration", "endif", 1)),
+            _ => out.push_str(tag),
+        }
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `strftime_now(format)` for a clock fixed at 26 July 2024 (a Friday), the date Llama 3.1's

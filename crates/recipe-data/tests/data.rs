@@ -492,6 +492,27 @@ fn an_own_templates_clock_is_fixed() {
     assert!(error.contains("%U is not supported"), "{error}");
 }
 
+/// `transformers`' `{% generation %}` blocks (marking the assistant's tokens) render their
+/// contents, whitespace control kept, as jinja2 with `transformers`' extension renders them.
+#[test]
+fn an_own_templates_generation_blocks_render_their_contents() {
+    let template = |generation: (&str, &str)| {
+        format!(
+            "{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}\n{{% if m.role == 'assistant' %}}{}{{{{ m.content }}}}<|im_end|>{}\
+             {{% else %}}{{{{ m.content }}}}<|im_end|>{{% endif %}}\n{{% endfor %}}",
+            generation.0, generation.1
+        )
+    };
+    let ids = |jinja: String| {
+        let tok = whale_tokenizer(&["<|endoftext|>", "<|im_start|>", "<|im_end|>"]);
+        let tok = tok.with_own_template(Some(recipe_spec::OwnChatTemplate { jinja, tokens: Default::default() }));
+        format_chat(&tok, ChatTemplate::Tokenizer, &whale_conversation()[1..3]).unwrap()
+    };
+    let plain = ids(template(("", "")));
+    assert_eq!(ids(template(("{% generation %}", "{% endgeneration %}"))), plain);
+    assert_eq!(ids(template(("{%- generation -%}", "{%- endgeneration %}"))), plain);
+}
+
 /// Where the tokenizer's own template does not write a reply as given, which tokens are the
 /// assistant's cannot be told, and that is an error naming the message; a template that does
 /// not parse is an error when it is used, not when the tokenizer is loaded.
