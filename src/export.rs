@@ -182,12 +182,7 @@ fn tokenizer_config(recipe: &Recipe, stage: &Stage, tok: &Tok) -> serde_json::Va
 /// The chat template an exported model is prompted with: the one the stage's chat sources were
 /// formatted with, else the first the tokenizer has.
 fn chat_template(recipe: &Recipe, stage: &Stage, tok: &Tok) -> Option<ChatTemplate> {
-    let trained_with = stage
-        .sources_read()
-        .into_iter()
-        .filter_map(|name| recipe.source(name))
-        .find_map(|source| source.format.is_chat().then(|| source.template.unwrap_or(ChatTemplate::ChatMl)));
-    trained_with.or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some())
+    load::trained_template(recipe, stage).or(tok.chat_template()).filter(|t| tok.template_ids(*t).is_some())
 }
 
 /// The stage's merged model as one llama.cpp `.gguf` file (its matrices in `dtype`), written

@@ -67,3 +67,9 @@ pub fn node_states(recipe: &Recipe, graph: &Graph, runs: &Path) -> Result<Vec<re
     let steps_of = |name: &str| recipe.stage(name).map(|s| s.steps);
     Ok(recipe_graph::status(graph, &recipe.canonical(), &run, lock.as_ref(), &steps_of))
 }
+
+/// The chat template a stage's chat sources were formatted with (a chat source always has
+/// one), when it reads any.
+pub fn trained_template(recipe: &Recipe, stage: &Stage) -> Option<recipe_spec::ChatTemplate> {
+    stage.sources_read().into_iter().filter_map(|name| recipe.source(name)).find_map(|source| source.template)
+}

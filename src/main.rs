@@ -113,8 +113,8 @@ enum Verb {
         #[arg(long, requires = "chat")]
         system: Option<String>,
         /// With `--chat`: the chat template (chatml, llama3, llama3.1, gemma, or tokenizer: the
-        /// one stored with the tokenizer) instead of the first whose tokens the tokenizer has,
-        /// else its own; `llama3.1` for a model trained on it, whose tokens are Llama 3's.
+        /// one stored with the tokenizer) instead of the one the stage's chat sources were
+        /// formatted with, else the first whose tokens the tokenizer has, else its own.
         #[arg(long, requires = "chat", value_parser = chat_template)]
         template: Option<recipe_spec::ChatTemplate>,
     },

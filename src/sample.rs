@@ -37,14 +37,18 @@ pub struct SampleArgs<'a> {
     pub chat: bool,
     /// With `chat`: the system message.
     pub system: Option<&'a str>,
-    /// With `chat`: the template, else the tokenizer's first.
+    /// With `chat`: the template, else the one the stage trained with, else the tokenizer's
+    /// first.
     pub template: Option<recipe_spec::ChatTemplate>,
 }
 
 pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
-    let (model, tok) = match a.from {
-        From::Checkpoint { ref model, ref adapter } => checkpoint(model, adapter.as_deref())?,
+    let (model, tok, trained_with) = match a.from {
+        From::Checkpoint { ref model, ref adapter } => {
+            let (model, tok) = checkpoint(model, adapter.as_deref())?;
+            (model, tok, None)
+        }
         From::Stage { recipe, sets, stage } => stage_model(recipe, sets, stage, runs)?,
     };
     let (prompt, stop) = match a.chat {
@@ -52,11 +56,12 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
             let system = a.system.map(|s| Message { role: Role::System, content: s.to_string() });
             let turns: Vec<Message> =
                 system.into_iter().chain([Message { role: Role::User, content: a.prompt.to_string() }]).collect();
-            let template = a.template.or_else(|| tok.chat_template()).ok_or_else(|| {
+            let template = a.template.or(trained_with).or_else(|| tok.chat_template()).ok_or_else(|| {
                 Failure::Run(
                     "--chat needs a tokenizer with a chat template's tokens (ChatML's, Llama 3's or Gemma's) or a template of its own".into(),
                 )
             })?;
+            tracing::info!("prompting in the {template} chat template");
             let ids = chat_prompt(&tok, template, &turns).map_err(|e| fail(&e))?;
             (ids, tok.template_ids(template).and_then(|ids| ids.last().copied()))
         }
@@ -72,8 +77,14 @@ pub fn run(runs: &Path, a: &SampleArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A finished stage's model; or, while it trains, its newest checkpoint's.
-fn stage_model(path: &Path, sets: &[String], name: &str, runs: &Path) -> Result<(Llama, Tok), Failure> {
+/// A finished stage's model; or, while it trains, its newest checkpoint's. With the tokenizer,
+/// the chat template the stage's chat sources were formatted with, when it reads any.
+fn stage_model(
+    path: &Path,
+    sets: &[String],
+    name: &str,
+    runs: &Path,
+) -> Result<(Llama, Tok, Option<recipe_spec::ChatTemplate>), Failure> {
     let fail = |e: &dyn std::fmt::Display| Failure::Run(e.to_string());
     let recipe = load::load(path, sets)?;
     let stage = load::stage(&recipe, name)?;
@@ -83,7 +94,8 @@ fn stage_model(path: &Path, sets: &[String], name: &str, runs: &Path) -> Result<
     if run.final_dir(node).is_dir() {
         let dir = run.final_dir(node);
         let tok = load_tokenizer(&TokenizerFile::Json(dir.join(TOKENIZER_FILE))).map_err(|e| fail(&e))?;
-        return Ok((Llama::load_pretrained(&stage.model, &dir, &Device::Cpu).map_err(|e| fail(&e))?, tok));
+        let model = Llama::load_pretrained(&stage.model, &dir, &Device::Cpu).map_err(|e| fail(&e))?;
+        return Ok((model, tok, load::trained_template(&recipe, stage)));
     }
     let warn = |text: String| tracing::warn!("{text}");
     let newest = training::latest_valid::<serde_json::Value>(&run.checkpoints_dir(node), &Device::Cpu, &warn)
@@ -97,7 +109,8 @@ fn stage_model(path: &Path, sets: &[String], name: &str, runs: &Path) -> Result<
         let t = newest.model.get(&p.name).ok_or_else(|| fail(&format!("the checkpoint lacks {}", p.name)))?;
         p.var.set(&t.to_dtype(p.var.dtype()).map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
     }
-    Ok((model, recipe_tokenizer(&recipe, &graph, &run).map_err(|e| fail(&e))?))
+    let tok = recipe_tokenizer(&recipe, &graph, &run).map_err(|e| fail(&e))?;
+    Ok((model, tok, load::trained_template(&recipe, stage)))
 }
 
 /// A checkpoint on disk, with the tokenizer stored with it, and a `peft` adapter on it if asked.
