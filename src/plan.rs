@@ -297,12 +297,18 @@ fn text(recipe: &Recipe, doc: &Value) -> String {
                 PreferenceLoss::Orpo => {
                     "ORPO's cross-entropy of the chosen answers − β·log σ(log odds ratio)".to_string()
                 }
+                PreferenceLoss::Kto => format!(
+                    "KTO's 1 − σ(β·(r − z)) for desirable responses (× {}), 1 − σ(β·(z − r)) for others (× {}), z the step's KL estimate",
+                    p.desirable_weight.unwrap_or(1.0),
+                    p.undesirable_weight.unwrap_or(1.0)
+                ),
             };
             let against = match p.needs_reference() {
                 true => "against a frozen copy of the starting weights",
                 false => "the policy's own scores, no reference",
             };
-            let _ = writeln!(out, "  pairs     {loss} · β {} · {against}", p.beta);
+            let what = if p.loss == PreferenceLoss::Kto { "unpaired " } else { "pairs     " };
+            let _ = writeln!(out, "  {what}{loss} · β {} · {against}", p.beta);
         }
         let trainable = s["params"]["trainable"].as_u64().unwrap_or(0);
         let total = s["params"]["total"].as_u64().unwrap_or(0);

@@ -167,7 +167,8 @@ fn mpirun_with_2_and_4_ranks_trains_what_one_process_trains() {
 }
 
 /// A DPO stage split over ranks: each rank scores its own rows, one pair each, against the
-/// reference, and the step's loss and reward statistics summed over ranks are one process's.
+/// reference, and the step's loss and reward statistics summed over ranks are one process's;
+/// and a KTO stage, whose KL estimate sums every rank's rows before the loss.
 #[test]
 fn mpirun_with_2_ranks_trains_a_dpo_stage_as_one_process_does() {
     if !mpi_available() {
@@ -187,7 +188,19 @@ fn mpirun_with_2_ranks_trains_a_dpo_stage_as_one_process_does() {
             format!("{pair}\n")
         })
         .collect();
-    std::fs::write(dir.path().join("pairs.jsonl"), pairs).unwrap();
+    std::fs::write(dir.path().join("pairs.jsonl"), &pairs).unwrap();
+    // The same answers unpaired, for KTO, whose KL estimate is the whole step's.
+    let unpaired: String = pairs
+        .lines()
+        .flat_map(|line| {
+            let pair: serde_json::Value = serde_json::from_str(line).unwrap();
+            [("chosen", true), ("rejected", false)].map(|(key, label)| {
+                let record = serde_json::json!({ "prompt": pair["prompt"], "completion": pair[key], "label": label });
+                format!("{record}\n")
+            })
+        })
+        .collect();
+    std::fs::write(dir.path().join("unpaired.jsonl"), unpaired).unwrap();
     let stages = format!(
         r#"
 [sources.pairs]
@@ -209,28 +222,47 @@ batch_size = 6
 micro_batch_size = 2
 data = {{ mix = {{ pairs = 1 }} }}
 optim = {{ lr = 1e-2 }}
+[sources.unpaired]
+path = "{}"
+format = "unpaired-preference-jsonl"
+[stages.third]
+kind = "dpo"
+after = "first"
+steps = 12
+seq_len = 32
+batch_size = 6
+micro_batch_size = 2
+data = {{ mix = {{ unpaired = 1 }} }}
+preference = {{ loss = "kto" }}
+optim = {{ lr = 1e-2 }}
 "#,
-        dir.path().join("pairs.jsonl").display()
+        dir.path().join("pairs.jsonl").display(),
+        dir.path().join("unpaired.jsonl").display()
     );
     let recipe = small_recipe(dir.path(), "dp", "chapter_1?.txt", &stages);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     run_to_end(&recipe, &one, 1);
     run_to_end(&recipe, &two, 2);
-    let lines = |runs: &Path| -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(stage_dir(runs, "second").join("metrics.jsonl")).unwrap();
+    let lines = |runs: &Path, stage: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(stage_dir(runs, stage).join("metrics.jsonl")).unwrap();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     };
-    let (a, b) = (lines(&one), lines(&two));
-    assert_eq!(a.len(), 12);
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x["loss_tokens"], y["loss_tokens"], "the same pairs");
-        for key in ["loss", "chosen_reward", "rejected_reward"] {
-            let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
-            assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-2), "step {}: {key} {p} vs {q}", x["step"]);
+    for (stage, keys) in [("second", &["loss", "chosen_reward", "rejected_reward"][..]), ("third", &["loss", "kl"][..])]
+    {
+        let (a, b) = (lines(&one, stage), lines(&two, stage));
+        assert_eq!(a.len(), 12);
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x["loss_tokens"], y["loss_tokens"], "{stage}: the same rows");
+            for key in keys {
+                let (p, q) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+                assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-2), "{stage} step {}: {key} {p} vs {q}", x["step"]);
+            }
+        }
+        if stage == "second" {
+            assert!((a[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-5, "DPO starts at ln 2");
         }
     }
-    assert!((a[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-5, "DPO starts at ln 2");
 }
 
 /// The process ids of `mpirun`'s ranks, by rank, once all have started.

@@ -1,6 +1,7 @@
 //! Reading a source's files into documents: `text` (each file a document), `jsonl` (a named
 //! field per line), `chat-jsonl` (`{"messages":[{"role","content"}]}`), `preference-jsonl`
-//! (`{"prompt", "chosen", "rejected"}`: a pair of conversations) and `tokens` (pre-tokenized
+//! (`{"prompt", "chosen", "rejected"}`: a pair of conversations), `unpaired-preference-jsonl`
+//! (`{"prompt", "completion", "label"}`: one response marked desirable or not) and `tokens` (pre-tokenized
 //! `X.bin` with its `X.idx`). Bad input is an error naming file and line;
 //! with `on_error = "skip"` bad records are skipped and counted instead.
 
@@ -19,6 +20,12 @@ pub enum Doc {
     Preference {
         chosen: Vec<Message>,
         rejected: Vec<Message>,
+    },
+    /// A prompt and its response (ending in an assistant turn), marked desirable or not.
+    Unpaired {
+        prompt: Vec<Message>,
+        completion: Vec<Message>,
+        desirable: bool,
     },
     Tokens(Vec<u32>),
 }
@@ -61,6 +68,9 @@ impl Doc {
             Doc::Preference { chosen, rejected } => {
                 [conversation(chosen), b"\x01".to_vec(), conversation(rejected)].concat()
             }
+            Doc::Unpaired { prompt, completion, desirable } => {
+                [conversation(prompt), vec![0x02, u8::from(*desirable)], conversation(completion)].concat()
+            }
             Doc::Tokens(ids) => ids.iter().flat_map(|t| t.to_le_bytes()).collect(),
         }
     }
@@ -73,6 +83,9 @@ impl Doc {
             Doc::Text(t) => t.clone(),
             Doc::Chat(messages) => conversation(messages),
             Doc::Preference { chosen, rejected } => format!("{}\n{}", conversation(chosen), conversation(rejected)),
+            Doc::Unpaired { prompt, completion, .. } => {
+                format!("{}\n{}", conversation(prompt), conversation(completion))
+            }
             Doc::Tokens(_) => String::new(),
         }
     }
@@ -82,6 +95,7 @@ impl Doc {
             Doc::Text(t) => t.is_empty(),
             Doc::Chat(m) => m.is_empty(),
             Doc::Preference { chosen, rejected } => chosen.is_empty() || rejected.is_empty(),
+            Doc::Unpaired { completion, .. } => completion.is_empty(),
             Doc::Tokens(t) => t.is_empty(),
         }
     }
@@ -120,16 +134,18 @@ pub fn read_source(source: &Source) -> Result<Documents> {
         };
         match source.format {
             SourceFormat::Text => record(read_text(file))?,
-            SourceFormat::Jsonl | SourceFormat::ChatJsonl | SourceFormat::PreferenceJsonl => {
-                for_each_line(file, |i, line| {
-                    let doc = line.and_then(|line| match source.format {
-                        SourceFormat::Jsonl => parse_jsonl(file, i, line, source.field.as_deref().unwrap_or("text")),
-                        SourceFormat::PreferenceJsonl => parse_preference(file, i, line),
-                        _ => parse_chat(file, i, line),
-                    });
-                    record(doc)
-                })?
-            }
+            SourceFormat::Jsonl
+            | SourceFormat::ChatJsonl
+            | SourceFormat::PreferenceJsonl
+            | SourceFormat::UnpairedPreferenceJsonl => for_each_line(file, |i, line| {
+                let doc = line.and_then(|line| match source.format {
+                    SourceFormat::Jsonl => parse_jsonl(file, i, line, source.field.as_deref().unwrap_or("text")),
+                    SourceFormat::PreferenceJsonl => parse_preference(file, i, line),
+                    SourceFormat::UnpairedPreferenceJsonl => parse_unpaired(file, i, line),
+                    _ => parse_chat(file, i, line),
+                });
+                record(doc)
+            })?,
             SourceFormat::Tokens => {
                 for doc in read_tokens(file, source.dtype.unwrap_or(TokenDtype::U16))? {
                     record(Ok(doc))?;
@@ -333,6 +349,34 @@ fn parse_preference(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
         }
     };
     Ok(Doc::Preference { chosen: conversation("chosen")?, rejected: conversation("rejected")? })
+}
+
+/// One response marked desirable or not, in the layout TRL's `KTOTrainer` reads: `prompt` and
+/// `completion` as strings (a user turn and an answer) or message arrays, and `label` true for
+/// a desirable response.
+fn parse_unpaired(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
+    let value = parse_json(file, line, bytes)?;
+    let bad = |why: String| DataError::at_line(file, line, why);
+    let messages = |key: &str, role: Role| -> Result<Vec<Message>> {
+        match value.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(text)) => Ok(vec![Message { role, content: text.clone() }]),
+            Some(Value::Array(list)) => parse_messages(key, list, &bad),
+            Some(other) => Err(bad(format!("`{key}` is {other}; expected a string or an array of messages"))),
+        }
+    };
+    let desirable = match value.get("label") {
+        Some(Value::Bool(label)) => *label,
+        _ => return Err(bad("missing boolean `label` (true: a desirable response, false: an undesirable one)".into())),
+    };
+    let (prompt, completion) = (messages("prompt", Role::User)?, messages("completion", Role::Assistant)?);
+    match completion.last() {
+        Some(m) if m.role == Role::Assistant => Ok(Doc::Unpaired { prompt, completion, desirable }),
+        Some(_) => Err(bad("`completion` does not end with an assistant turn, the response it marks".into())),
+        None => {
+            Err(bad("missing field `completion` (an unpaired record has `prompt`, `completion` and `label`)".into()))
+        }
+    }
 }
 
 /// Two texts split where they first differ, into their common beginning and the two rests, a

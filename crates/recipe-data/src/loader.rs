@@ -72,6 +72,9 @@ pub struct Batch {
     /// The source (its place in the mix) each position's document comes from; [`PAD_DOC`] for
     /// padding. What a loss per source is summed by.
     pub source_ids: Vec<u32>,
+    /// Rows of unpaired preference records (KTO's): 1 per row whose response is desirable, 0
+    /// per other; empty for other data.
+    pub desirable: Vec<u8>,
 }
 
 impl Batch {
@@ -106,6 +109,7 @@ impl Batch {
             doc_ids: Vec::new(),
             position_ids: Vec::new(),
             source_ids: Vec::new(),
+            desirable: Vec::new(),
         }
     }
 
@@ -117,6 +121,7 @@ impl Batch {
         self.doc_ids.extend_from_slice(&from.doc_ids[span.clone()]);
         self.position_ids.extend_from_slice(&from.position_ids[span.clone()]);
         self.source_ids.extend_from_slice(&from.source_ids[span]);
+        self.desirable.extend(from.desirable.get(row));
         self.rows += 1;
     }
 }
@@ -262,11 +267,15 @@ impl Loader {
             doc_ids: Vec::with_capacity(n),
             position_ids: Vec::with_capacity(n),
             source_ids: Vec::with_capacity(n),
+            desirable: Vec::new(),
         };
         let (mut tok, mut seg, mut pos, mut counts) =
             (vec![0u32; cap], vec![PAD_DOC; cap], vec![0u32; cap], vec![false; cap]);
         let mut src = vec![PAD_DOC; cap];
         for row in rows {
+            if let Some(label) = row.first().and_then(|p| self.stores[p.source as usize].desirable(p.doc as usize)) {
+                b.desirable.push(u8::from(label));
+            }
             tok.fill(self.stores.first().map_or(0, |s| s.meta.eos));
             seg.fill(PAD_DOC);
             pos.fill(0);

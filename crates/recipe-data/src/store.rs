@@ -6,6 +6,8 @@
 //! offsets.bin   n_docs + 1 little-endian u64 token offsets
 //! holdout.bin   one byte per document: 1 = held out for evaluation
 //! mask.bin      chat sources only: one byte per token, 1 = part of an assistant turn
+//! pairs.bin     preference sources only: the first conversation's length per document
+//! labels.bin    unpaired preference sources only: one byte per document, 1 = desirable
 //! meta.json     counts, dtype, end-of-document id, blake3 of each file above
 //! ```
 
@@ -18,7 +20,7 @@ use recipe_spec::{ChatTemplate, Source, SourceFormat, TokenDtype};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::format_chat;
-use crate::documents::{Doc, TokenFile, read_source};
+use crate::documents::{Doc, Message, TokenFile, read_source};
 use crate::error::{DataError, Result};
 use crate::pack::Conversation;
 use crate::progress::Progress;
@@ -43,6 +45,11 @@ pub struct StoreMeta {
     /// one's length (a little-endian u32 per document).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pairs: bool,
+    /// Each document is an unpaired record (KTO's), laid out as a pair: its prompt with its
+    /// own response, then the same prompt with the record before it's response (for the KL
+    /// estimate); `labels.bin` holds one byte per document, 1 for a desirable response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub labels: bool,
     /// blake3 of each data file, by name, so that a damaged cache is found before it is
     /// trained on.
     #[serde(default)]
@@ -71,24 +78,40 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
     let vocab = tok.vocab_size();
     progress.start(&format!("tokenize {}", source.name), documents.docs.len() as u64);
     let template = source.template.unwrap_or(ChatTemplate::ChatMl);
-    let encoded: Vec<Encoded> = documents
-        .docs
+    let docs = &documents.docs;
+    let encoded: Vec<Encoded> = docs
         .par_iter()
-        .map(|doc| {
+        .enumerate()
+        .map(|(i, doc)| {
             let held = is_held_out(&doc.identity(), source.holdout);
+            // Two conversations one after the other, each masked on its last assistant turn.
+            let two = |first: &[Message], second: &[Message]| -> Result<(Vec<u32>, Vec<u8>, u32)> {
+                let (mut ids, mut mask) = final_turn(format_chat(tok, template, first)?);
+                let first_len = ids.len() as u32;
+                let (second_ids, second_mask) = final_turn(format_chat(tok, template, second)?);
+                ids.extend(second_ids);
+                mask.extend(second_mask);
+                Ok((ids, mask, first_len))
+            };
             let out = match doc {
-                Doc::Text(t) => Encoded { ids: tok.encode_document(t)?, mask: None, held, chosen_len: 0 },
+                Doc::Text(t) => Encoded { ids: tok.encode_document(t)?, mask: None, held, chosen_len: 0, label: None },
                 Doc::Chat(m) => {
                     let (ids, mask) = format_chat(tok, template, m)?;
-                    Encoded { ids, mask: Some(mask), held, chosen_len: 0 }
+                    Encoded { ids, mask: Some(mask), held, chosen_len: 0, label: None }
                 }
                 Doc::Preference { chosen, rejected } => {
-                    let (mut ids, mut mask) = final_turn(format_chat(tok, template, chosen)?);
-                    let chosen_len = ids.len() as u32;
-                    let (rejected_ids, rejected_mask) = final_turn(format_chat(tok, template, rejected)?);
-                    ids.extend(rejected_ids);
-                    mask.extend(rejected_mask);
-                    Encoded { ids, mask: Some(mask), held, chosen_len }
+                    let (ids, mask, chosen_len) = two(chosen, rejected)?;
+                    Encoded { ids, mask: Some(mask), held, chosen_len, label: None }
+                }
+                // KTO's KL estimate scores the prompt with another record's response: the one
+                // before it in the source (the last for the first).
+                Doc::Unpaired { prompt, completion, desirable } => {
+                    let Doc::Unpaired { completion: other, .. } = &docs[(i + docs.len() - 1) % docs.len()] else {
+                        unreachable!("an unpaired source holds unpaired records only")
+                    };
+                    let (ids, mask, chosen_len) =
+                        two(&[prompt.as_slice(), completion].concat(), &[prompt.as_slice(), other].concat())?;
+                    Encoded { ids, mask: Some(mask), held, chosen_len, label: Some(*desirable) }
                 }
                 Doc::Tokens(_) => unreachable!("a tokens source is copied, not tokenized"),
             };
@@ -100,16 +123,19 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
 
     let token_bytes = token_bytes(vocab);
     let chat = source.format.is_chat();
-    let pairs = source.format == SourceFormat::PreferenceJsonl;
+    let pairs = source.format.is_preference();
+    let labelled = source.format == SourceFormat::UnpairedPreferenceJsonl;
     let mut chosen_lens = Vec::new();
+    let mut labels = Vec::new();
     let mut tokens = Vec::new();
     let mut offsets: Vec<u8> = 0u64.to_le_bytes().to_vec();
     let (mut holdout, mut mask) = (Vec::new(), Vec::new());
     let (mut total, mut holdout_docs, mut holdout_tokens) = (0u64, 0u64, 0u64);
-    for Encoded { ids, mask: doc_mask, held, chosen_len } in &encoded {
+    for Encoded { ids, mask: doc_mask, held, chosen_len, label } in &encoded {
         if pairs {
             chosen_lens.extend_from_slice(&chosen_len.to_le_bytes());
         }
+        labels.extend(label.map(u8::from));
         for &t in ids {
             match token_bytes {
                 2 => tokens.extend_from_slice(&(t as u16).to_le_bytes()),
@@ -140,6 +166,7 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
         vocab_size: vocab,
         chat,
         pairs,
+        labels: labelled,
         checksums: Default::default(),
     };
     write_synced(&dir.join("tokens.bin"), &tokens)?;
@@ -150,16 +177,21 @@ pub fn tokenize_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Pr
     if pairs {
         files.push(("pairs.bin", chosen_lens));
     }
+    if labelled {
+        files.push(("labels.bin", labels));
+    }
     finish_cache(dir, meta, blake3::hash(&tokens), files)
 }
 
-/// A document tokenized: its ids, a chat's assistant mask, whether it is held out, and a
-/// preference pair's chosen length.
+/// A document tokenized: its ids, a chat's assistant mask, whether it is held out, a
+/// preference pair's chosen length (an unpaired record's own conversation's), and an unpaired
+/// record's label.
 struct Encoded {
     ids: Vec<u32>,
     mask: Option<Vec<u8>>,
     held: bool,
     chosen_len: u32,
+    label: Option<bool>,
 }
 
 /// A formatted conversation's ids with its assistant mask narrowed to the last assistant turn
@@ -269,6 +301,7 @@ fn copy_token_source(source: &Source, tok: &Tok, dir: &Path, progress: &dyn Prog
         vocab_size: vocab,
         chat: false,
         pairs: false,
+        labels: false,
         checksums: Default::default(),
     };
     finish_cache(dir, meta, checksum.finalize(), vec![("offsets.bin", offsets), ("holdout.bin", holdout)])
@@ -289,6 +322,8 @@ pub struct TokenStore {
     mask: Option<Mmap>,
     /// A preference source's chosen lengths, per document.
     chosen_lens: Vec<u32>,
+    /// An unpaired source's labels, per document: 1 for a desirable response.
+    labels: Vec<u8>,
 }
 
 impl TokenStore {
@@ -323,10 +358,11 @@ impl TokenStore {
             }
             false => Vec::new(),
         };
-        if meta.pairs && chosen_lens.len() as u64 != meta.docs {
+        let labels = if meta.labels { read("labels.bin")? } else { Vec::new() };
+        if (meta.pairs && chosen_lens.len() as u64 != meta.docs) || (meta.labels && labels.len() as u64 != meta.docs) {
             return Err(DataError::in_file(dir, "token cache is inconsistent with its meta.json; delete the folder"));
         }
-        Ok(TokenStore { meta, dir: dir.to_path_buf(), tokens, offsets, holdout, mask, chosen_lens })
+        Ok(TokenStore { meta, dir: dir.to_path_buf(), tokens, offsets, holdout, mask, chosen_lens, labels })
     }
 
     /// Check every file of the cache in `dir` against the checksum its `meta.json` recorded;
@@ -373,6 +409,11 @@ impl TokenStore {
             Conversation { len: to - from, answer: answer - from }
         };
         (conversation(0, split), conversation(split, self.doc_len(doc)))
+    }
+
+    /// An unpaired source's label of `doc`: whether its response is desirable.
+    pub fn desirable(&self, doc: usize) -> Option<bool> {
+        self.labels.get(doc).map(|&l| l == 1)
     }
 
     pub fn is_held_out(&self, doc: usize) -> bool {

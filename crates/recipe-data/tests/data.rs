@@ -784,6 +784,7 @@ fn numbered_batch(first_row: u32, rows: usize, seq_len: usize) -> Batch {
         doc_ids: ids.iter().map(|i| i / 5).collect(),
         position_ids: ids.iter().map(|i| i % 5).collect(),
         source_ids: ids.iter().map(|i| i % 2).collect(),
+        desirable: Vec::new(),
     }
 }
 
@@ -986,6 +987,72 @@ fn preference_pairs_read_in_every_layout_and_fill_a_row_each() {
         }
     }
     assert!(short.stats().pack.docs_split > 0);
+}
+
+/// KTO's unpaired records, in TRL's layouts (strings or messages, and a `label`): tokenized,
+/// each is laid out as a pair — its prompt with its own response, then its prompt with the
+/// response of the record before it (the first with the last's), which the KL estimate reads —
+/// and the loader's rows carry each record's label.
+#[test]
+fn unpaired_records_are_laid_out_with_another_records_response() {
+    use recipe_data::Role::{Assistant, User};
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"{"prompt": "What is a whale?", "completion": "A large mammal.", "label": true}
+{"prompt": [{"role": "user", "content": "Is it a fish?"}], "completion": [{"role": "assistant", "content": "Yes."}], "label": false}
+{"prompt": "Where does it live?", "completion": "In the sea.", "label": true}
+"#;
+    let source = recipe_spec::Source {
+        format: recipe_spec::SourceFormat::UnpairedPreferenceJsonl,
+        ..preference_source(dir.path(), text)
+    };
+    let docs = read_source(&source).unwrap().docs;
+    let turn = |role, content: &str| recipe_data::Message { role, content: content.into() };
+    assert_eq!(
+        docs[1],
+        Doc::Unpaired {
+            prompt: vec![turn(User, "Is it a fish?")],
+            completion: vec![turn(Assistant, "Yes.")],
+            desirable: false
+        }
+    );
+    let tok = whale_tokenizer(&["<|im_start|>", "<|im_end|>"]);
+    let out = dir.path().join("cache");
+    tokenize_source(&source, &tok, &out, &Silent).unwrap();
+    let store = Arc::new(TokenStore::open(&out).unwrap());
+    assert!(store.meta.pairs && store.meta.labels);
+    let conversation = |prompt: &str, answer: &str| {
+        format_chat(&tok, ChatTemplate::ChatMl, &[turn(User, prompt), turn(Assistant, answer)]).unwrap().0
+    };
+    let want = [
+        ("What is a whale?", "A large mammal.", "In the sea."),
+        ("Is it a fish?", "Yes.", "A large mammal."),
+        ("Where does it live?", "In the sea.", "Yes."),
+    ];
+    for (doc, (prompt, own, other)) in want.into_iter().enumerate() {
+        let ids: Vec<u32> = (0..store.doc_len(doc) as usize).map(|i| store.token(doc, i)).collect();
+        assert_eq!(ids, [conversation(prompt, own), conversation(prompt, other)].concat(), "record {doc}");
+        assert_eq!(store.chosen_len(doc), Some(conversation(prompt, own).len() as u32));
+    }
+    assert_eq!((0..3).map(|d| store.desirable(d)).collect::<Vec<_>>(), [Some(true), Some(false), Some(true)]);
+    let config = LoaderConfig {
+        seq_len: 127,
+        packing: Packing::Pad,
+        loss_on: LossOn::Assistant,
+        seed: 3,
+        split: Split::Train,
+        random_draws: false,
+    };
+    let mut loader = Loader::new(vec![(store.clone(), 1.0)], &config).unwrap();
+    let rows = loader.next_rows(6);
+    let batch = loader.materialize(&rows);
+    let labels: Vec<u8> = rows.iter().map(|row| u8::from(store.desirable(row[0].doc as usize).unwrap())).collect();
+    assert_eq!(batch.desirable, labels);
+    let unlabelled = recipe_spec::Source {
+        format: recipe_spec::SourceFormat::UnpairedPreferenceJsonl,
+        ..preference_source(dir.path(), "{\"prompt\": \"Hi\", \"completion\": \"Hello.\"}\n")
+    };
+    let error = read_source(&unlabelled).unwrap_err().to_string();
+    assert!(error.contains("prefs.jsonl:1: missing boolean `label`"), "{error}");
 }
 
 /// A record that is no pair is an error naming its line.

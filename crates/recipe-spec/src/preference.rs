@@ -1,6 +1,7 @@
 //! A `dpo` stage's `preference` table: how it learns from pairs of a preferred (`chosen`) and a
 //! dispreferred (`rejected`) response to one prompt — against a frozen reference, the model the
-//! stage starts from (DPO, IPO, hinge), or by the policy's own scores alone (SimPO, ORPO).
+//! stage starts from (DPO, IPO, hinge), or by the policy's own scores alone (SimPO, ORPO) — or,
+//! with KTO, from single responses marked desirable or not.
 
 use serde::Serialize;
 
@@ -16,7 +17,10 @@ pub struct Preference {
     /// `hinge`: SLiC's and RSO's (Zhao et al. 2023, Liu et al. 2024), `max(0, 1 − β·h)`;
     /// `simpo`: SimPO's (Meng et al. 2024), `−log σ(β·(ā_c − ā_r) − γ)` over the policy's mean
     /// log-probabilities `ā`, no reference; `orpo`: ORPO's (Hong et al. 2024), the chosen
-    /// answers' cross-entropy less `β·log σ(log odds_c − log odds_r)`, no reference.
+    /// answers' cross-entropy less `β·log σ(log odds_c − log odds_r)`, no reference; `kto`:
+    /// KTO's (Ethayarajh et al. 2024) over single responses marked desirable or not, with `r`
+    /// the policy's log-ratio against the reference and `z` the batch's KL estimate:
+    /// `1 − σ(β·(r − z))` for a desirable one, `1 − σ(β·(z − r))` for another.
     pub loss: PreferenceLoss,
     /// Default 0.1: DPO's and IPO's KL weight, SimPO's reward scale, ORPO's odds-ratio weight.
     pub beta: f64,
@@ -29,18 +33,33 @@ pub struct Preference {
     /// `label_smoothing`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label_smoothing: Option<f64>,
+    /// `kto` only, default 1: the weight of the desirable responses' loss (TRL's
+    /// `desirable_weight`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desirable_weight: Option<f64>,
+    /// `kto` only, default 1: the weight of the undesirable responses' loss (TRL's
+    /// `undesirable_weight`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undesirable_weight: Option<f64>,
 }
 
-const PREFERENCE_KEYS: &[&str] = &["loss", "beta", "gamma", "label_smoothing"];
+const PREFERENCE_KEYS: &[&str] =
+    &["loss", "beta", "gamma", "label_smoothing", "desirable_weight", "undesirable_weight"];
 
 impl Preference {
     /// What a `dpo` stage gets when it has no `preference` table.
-    pub(crate) const DEFAULT: Preference =
-        Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None, label_smoothing: None };
+    pub(crate) const DEFAULT: Preference = Preference {
+        loss: PreferenceLoss::Sigmoid,
+        beta: 0.1,
+        gamma: None,
+        label_smoothing: None,
+        desirable_weight: None,
+        undesirable_weight: None,
+    };
 
-    /// Whether the loss compares the policy with a reference model (DPO, IPO).
+    /// Whether the loss compares the policy with a reference model (DPO, IPO, hinge, KTO).
     pub fn needs_reference(&self) -> bool {
-        matches!(self.loss, PreferenceLoss::Sigmoid | PreferenceLoss::Ipo | PreferenceLoss::Hinge)
+        matches!(self.loss, PreferenceLoss::Sigmoid | PreferenceLoss::Ipo | PreferenceLoss::Hinge | PreferenceLoss::Kto)
     }
 
     pub(crate) fn decode(cx: &mut Cx, node: &Node, path: &str) -> Preference {
@@ -61,6 +80,23 @@ impl Preference {
         if let Some(e) = label_smoothing {
             check_range(cx, &f.child_path("label_smoothing"), e, (0.0..0.5).contains(&e), "a share in [0, 0.5)");
         }
-        Preference { loss, beta, gamma: simpo.then(|| gamma.unwrap_or(0.5)), label_smoothing }
+        let kto = loss == PreferenceLoss::Kto;
+        let mut weight = |key: &str| {
+            let w = f.opt(cx, key, decode::float);
+            decode::only_for(cx, &f, key, w.is_some(), kto, "loss = \"kto\"");
+            if let Some(w) = w {
+                check_range(cx, &f.child_path(key), w, w > 0.0, "a weight > 0");
+            }
+            kto.then(|| w.unwrap_or(1.0))
+        };
+        let (desirable_weight, undesirable_weight) = (weight("desirable_weight"), weight("undesirable_weight"));
+        Preference {
+            loss,
+            beta,
+            gamma: simpo.then(|| gamma.unwrap_or(0.5)),
+            label_smoothing,
+            desirable_weight,
+            undesirable_weight,
+        }
     }
 }

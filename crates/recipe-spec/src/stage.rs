@@ -24,7 +24,9 @@ use crate::schedule::Schedule;
 use crate::source::{Source, check_source_ref};
 use crate::tokenizer::Tokenizer;
 use crate::tree::{Node, Val};
-use crate::vocab::{LossOn, MergeMethod, MuonScale, OnNonfinite, Packing, Precision, SourceFormat, StageKind};
+use crate::vocab::{
+    LossOn, MergeMethod, MuonScale, OnNonfinite, Packing, Precision, PreferenceLoss, SourceFormat, StageKind,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Stage {
@@ -551,12 +553,16 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         );
     }
 
+    let preference = f.get("preference").map(|node| Preference::decode(cx, node, &f.child_path("preference")));
+    only_for(cx, &f, "preference", preference.is_some(), kind == StageKind::Dpo, "kind = \"dpo\"");
+    let preference = (kind == StageKind::Dpo).then(|| preference.unwrap_or(Preference::DEFAULT));
+    let kto = preference.as_ref().is_some_and(|p| p.loss == PreferenceLoss::Kto);
     let greedy = merge.as_ref().is_some_and(|m| m.method == MergeMethod::Greedy);
     let data = if kind == StageKind::Merge && !greedy {
         only_for(cx, &f, "data", f.get("data").is_some(), false, "a training stage or a greedy merge");
         Data { mix: Vec::new(), phases: Vec::new(), online: None, packing: Packing::BestFit, loss_on: LossOn::All }
     } else {
-        decode_data(cx, &f, kind, sources, steps)
+        decode_data(cx, &f, kind, kto, sources, steps)
     };
     let optim = decode_optim(cx, &f);
     let schedule = Schedule::decode(cx, f.get("schedule"), &f.child_path("schedule"), steps);
@@ -602,9 +608,6 @@ pub(crate) fn decode_stage(cx: &mut Cx, name: &str, node: &Node, context: &Stage
         StageKind::Distill => Some(distill.unwrap_or(Distill::DEFAULT)),
         _ => None,
     };
-    let preference = f.get("preference").map(|node| Preference::decode(cx, node, &f.child_path("preference")));
-    only_for(cx, &f, "preference", preference.is_some(), kind == StageKind::Dpo, "kind = \"dpo\"");
-    let preference = (kind == StageKind::Dpo).then(|| preference.unwrap_or(Preference::DEFAULT));
 
     let eval = match f.get("eval") {
         Some(node) => {
@@ -702,7 +705,7 @@ fn check_held_out(cx: &mut Cx, name: &str, origin: &Origin, sources: &[Source]) 
     }
 }
 
-fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source], steps: u64) -> Data {
+fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, kto: bool, sources: &[Source], steps: u64) -> Data {
     let source_names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     let dpo = kind == StageKind::Dpo;
     let default_loss_on = if kind == StageKind::Sft || dpo { LossOn::Assistant } else { LossOn::All };
@@ -799,28 +802,37 @@ fn decode_data(cx: &mut Cx, stage: &Fields, kind: StageKind, sources: &[Source],
                 .help("give the sources fixed weights: `mix = { prefs = 1.0 }`"),
         );
     }
+    // KTO learns from single responses marked desirable or not; the other losses from pairs.
+    let wanted = match (dpo, kto) {
+        (true, true) => Some(SourceFormat::UnpairedPreferenceJsonl),
+        (true, false) => Some(SourceFormat::PreferenceJsonl),
+        (false, _) => None,
+    };
     for (name, _) in &mix {
         let Some(src) = sources.iter().find(|s| &s.name == name) else { continue };
-        let preference = src.format == SourceFormat::PreferenceJsonl;
-        if preference != dpo {
-            let origin =
-                cx.origins.get(&format!("{}.{name}", f.child_path("mix"))).cloned().unwrap_or(f.origin.clone());
-            let (what, help) = match dpo {
-                true => (
-                    format!("dpo stage `{}` reads source `{name}`, which is {}", stage.path, src.format),
-                    "a dpo stage learns from pairs: mix only preference-jsonl sources",
-                ),
-                false => (
-                    format!("source `{name}` is preference-jsonl, which only a dpo stage reads"),
-                    "set `kind = \"dpo\"`, or mix a chat-jsonl source to fine-tune on conversations",
-                ),
-            };
-            cx.diags.push(
-                Diagnostic::new(&origin, what)
-                    .label("preference-jsonl holds pairs of a chosen and a rejected response")
-                    .help(help),
-            );
+        if src.format.is_preference() == dpo && wanted.is_none_or(|w| w == src.format) {
+            continue;
         }
+        let origin = cx.origins.get(&format!("{}.{name}", f.child_path("mix"))).cloned().unwrap_or(f.origin.clone());
+        let (what, help) = match wanted {
+            Some(SourceFormat::UnpairedPreferenceJsonl) => (
+                format!("kto stage `{}` reads source `{name}`, which is {}", stage.path, src.format),
+                "`loss = \"kto\"` learns from single responses marked desirable or not: mix only unpaired-preference-jsonl sources",
+            ),
+            Some(_) => (
+                format!("dpo stage `{}` reads source `{name}`, which is {}", stage.path, src.format),
+                "a dpo stage learns from pairs: mix only preference-jsonl sources (or set `preference.loss = \"kto\"` for unpaired ones)",
+            ),
+            None => (
+                format!("source `{name}` is {}, which only a dpo stage reads", src.format),
+                "set `kind = \"dpo\"`, or mix a chat-jsonl source to fine-tune on conversations",
+            ),
+        };
+        cx.diags.push(
+            Diagnostic::new(&origin, what)
+                .label("preference-jsonl holds pairs of a chosen and a rejected response; unpaired-preference-jsonl single responses with a `label`")
+                .help(help),
+        );
     }
     if loss_on == LossOn::Assistant && !dpo {
         for (name, _) in &mix {

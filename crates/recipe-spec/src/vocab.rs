@@ -41,6 +41,7 @@ words!(SourceFormat {
     Jsonl = "jsonl",
     ChatJsonl = "chat-jsonl",
     PreferenceJsonl = "preference-jsonl",
+    UnpairedPreferenceJsonl = "unpaired-preference-jsonl",
     Tokens = "tokens",
 });
 words!(OnError { Fail = "fail", Skip = "skip" });
@@ -65,12 +66,18 @@ words!(Keep { Tokens = "tokens", Batch = "batch" });
 words!(AverageUse { Average = "average", Raw = "raw" });
 words!(MuonScale { MatchRmsAdamw = "match-rms-adamw", Original = "original" });
 words!(DistillLoss { ForwardKl = "forward-kl", ReverseKl = "reverse-kl", Jsd = "jsd" });
-words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo", Hinge = "hinge", Simpo = "simpo", Orpo = "orpo" });
+words!(PreferenceLoss { Sigmoid = "sigmoid", Ipo = "ipo", Hinge = "hinge", Simpo = "simpo", Orpo = "orpo", Kto = "kto" });
 
 impl SourceFormat {
-    /// Conversations, formatted with a chat template: `chat-jsonl` and `preference-jsonl`.
+    /// Conversations, formatted with a chat template: `chat-jsonl` and the preference formats.
     pub fn is_chat(self) -> bool {
-        matches!(self, SourceFormat::ChatJsonl | SourceFormat::PreferenceJsonl)
+        self == SourceFormat::ChatJsonl || self.is_preference()
+    }
+
+    /// What a `dpo` stage learns from: pairs (`preference-jsonl`), or single responses marked
+    /// desirable or not (`unpaired-preference-jsonl`, KTO's).
+    pub fn is_preference(self) -> bool {
+        matches!(self, SourceFormat::PreferenceJsonl | SourceFormat::UnpairedPreferenceJsonl)
     }
 }
 

@@ -845,7 +845,9 @@ fn a_dpo_stage_takes_pairs_after_a_trained_model() {
             loss: recipe_spec::PreferenceLoss::Sigmoid,
             beta: 0.1,
             gamma: None,
-            label_smoothing: None
+            label_smoothing: None,
+            desirable_weight: None,
+            undesirable_weight: None,
         })
     );
     assert_eq!((stage.data.packing, stage.data.loss_on), (Packing::Pad, LossOn::Assistant));
@@ -868,6 +870,33 @@ fn a_dpo_stage_takes_pairs_after_a_trained_model() {
         &["`stages.dpo.preference.label_smoothing` only applies with loss = \"sigmoid\"", "a share in [0, 0.5)"],
     );
 
+    // KTO reads unpaired records, and only it; its weights are its own.
+    std::fs::write(f.dir.path().join("fb.jsonl"), r#"{"prompt":"hi","completion":"hello","label":true}"#).unwrap();
+    let unpaired = replace(
+        &dpo,
+        "[stages.pretrain]",
+        "[sources.fb]\npath = \"fb.jsonl\"\nformat = \"unpaired-preference-jsonl\"\n\n[stages.pretrain]",
+    );
+    let kto = replace(
+        &unpaired,
+        "steps = 10\ndata = { mix = { prefs = 1.0 } }",
+        "steps = 10\ndata = { mix = { fb = 1.0 } }\npreference = { loss = \"kto\", undesirable_weight = 1.33 }",
+    );
+    let p = f.parse(&kto, &[]).unwrap().stage("dpo").unwrap().preference.clone().unwrap();
+    assert_eq!((p.desirable_weight, p.undesirable_weight, p.needs_reference()), (Some(1.0), Some(1.33), true));
+    let paired_kto = replace(&kto, "mix = { fb = 1.0 }", "mix = { prefs = 1.0 }");
+    assert_has(
+        &f.errors(&paired_kto),
+        &[
+            "kto stage `stages.dpo` reads source `prefs`, which is preference-jsonl",
+            "mix only unpaired-preference-jsonl",
+        ],
+    );
+    let unpaired_dpo = replace(&unpaired, "mix = { prefs = 1.0 }", "mix = { fb = 1.0 }");
+    assert_has(&f.errors(&unpaired_dpo), &["reads source `fb`, which is unpaired-preference-jsonl", "loss = \"kto\""]);
+    let weighted = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { desirable_weight = 2 }\n");
+    assert_has(&f.errors(&weighted), &["`stages.dpo.preference.desirable_weight` only applies with loss = \"kto\""]);
+
     let unstarted = replace(&dpo, "after = \"sft\"\n", "");
     assert_has(&f.errors(&unstarted), &["dpo stage `dpo` starts from random weights", "set `after = \"STAGE\"`"]);
     let chat = replace(&dpo, "mix = { prefs = 1.0 }", "mix = { chat = 1.0 }");
@@ -884,8 +913,8 @@ fn a_dpo_stage_takes_pairs_after_a_trained_model() {
     );
     let misplaced = replace(&with_prefs, "steps = 50\n", "steps = 50\npreference = { beta = 0.2 }\n");
     assert_has(&f.errors(&misplaced), &["`stages.sft.preference` only applies with kind = \"dpo\""]);
-    let bad = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"kto\", beta = 0 }\n");
-    assert_has(&f.errors(&bad), &["expected one of: sigmoid, ipo, hinge, simpo, orpo", "expected a number > 0"]);
+    let bad = replace(&dpo, "steps = 10\n", "steps = 10\npreference = { loss = \"rso\", beta = 0 }\n");
+    assert_has(&f.errors(&bad), &["expected one of: sigmoid, ipo, hinge, simpo, orpo, kto", "expected a number > 0"]);
 }
 
 /// NEFTune's alpha is a training stage's, and positive.

@@ -44,6 +44,7 @@ fn random_batch(c: &Config) -> Batch {
         doc_ids: vec![0; n],
         position_ids: (0..n).map(|i| (i % c.seq) as u32).collect(),
         source_ids: vec![0; n],
+        desirable: Vec::new(),
     }
 }
 

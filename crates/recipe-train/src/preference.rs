@@ -7,7 +7,9 @@
 //!
 //! A batch holds one pair a row (`recipe-data` lays them out): the chosen conversation is the
 //! row's segment 0, the rejected one segment 1, and the loss mask keeps each one's final
-//! assistant turn. An answer's score is the sum of its targets' log-probabilities (IPO, SimPO
+//! assistant turn. KTO's unpaired records (Ethayarajh et al. 2024; `KTOTrainer`) are laid out
+//! alike: the record's prompt and response, then the prompt with another record's response,
+//! which only the KL estimate reads. An answer's score is the sum of its targets' log-probabilities (IPO, SimPO
 //! and ORPO: their mean).
 
 use candle_core::{DType, Result, Tensor};
@@ -69,6 +71,47 @@ fn softplus_neg(x: &Tensor) -> Result<Tensor> {
     x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
+/// KTO's loss (Ethayarajh et al. 2024, as TRL's `KTOTrainer` computes it) over rows of
+/// unpaired records, each laid out as a pair whose first segment is the prompt with its own
+/// response, scored by the policy (with a graph) and the reference (without). With `r` the
+/// response's log-ratio `log π − log π_ref` and `kl` the step's KL estimate (see
+/// [`kl_terms`]): `w_D·(1 − σ(β·(r − kl)))` for a desirable response, `w_U·(1 − σ(β·(kl −
+/// r)))` for another, averaged over the rows. The sums: the desirable responses' rewards
+/// `β·r`, the undesirable ones', and how many are desirable.
+pub fn kto_loss(
+    p: &Preference,
+    policy: &PairScores,
+    reference: &PairScores,
+    desirable: &[u8],
+    kl: f64,
+) -> Result<PairLoss> {
+    let r = (&policy.chosen - &reference.chosen)?;
+    let d: Vec<f64> = desirable.iter().map(|&l| f64::from(l)).collect();
+    let n = d.len();
+    let d = Tensor::from_vec(d, n, r.device())?.to_dtype(r.dtype())?;
+    // ±1: the side of the KL estimate a desirable (+) or undesirable (−) response's reward is pushed to.
+    let sign = ((&d * 2.0)? - 1.0)?;
+    let x = (((&r - kl)? * &sign)? * p.beta)?;
+    let (wd, wu) = (p.desirable_weight.unwrap_or(1.0), p.undesirable_weight.unwrap_or(1.0));
+    let weight = ((&d * (wd - wu))? + wu)?;
+    // 1 − σ(x) = σ(−x) = exp(−log(1 + e^x)), which overflows for no x.
+    let losses = (softplus_neg(&x.neg()?)?.neg()?.exp()? * weight)?;
+    let rewards = (r.detach() * p.beta)?;
+    let desirable_rewards = (&rewards * &d)?.sum_all()?;
+    let undesirable_rewards = (&rewards * (1.0 - &d)?)?.sum_all()?;
+    let sums = Tensor::stack(&[desirable_rewards, undesirable_rewards, d.sum_all()?], 0)?.to_dtype(DType::F64)?;
+    Ok(PairLoss { mean: losses.mean_all()?, sums })
+}
+
+/// KTO's KL terms of a micro-batch of unpaired rows: the sum over its rows of the policy's
+/// log-ratio against the reference on the second segment — the prompt with another record's
+/// response — and the number of rows. Over a step, `max(0, sum / rows)` is the KL estimate
+/// (TRL's `kl`, treated as a constant).
+pub fn kl_terms(policy: &PairScores, reference: &PairScores) -> Result<(f64, f64)> {
+    let sum = (&policy.rejected - &reference.rejected)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok((sum, policy.rejected.dim(0)? as f64))
+}
+
 /// The preference loss of pairs scored by the policy (with a graph) and, for DPO and IPO, by
 /// the reference (without). With `h` the policy's log-ratio of chosen over rejected less the
 /// reference's: DPO `−log σ(β·h)` (summed scores; with label smoothing `ε`, `(1 − ε)` of it and
@@ -116,6 +159,9 @@ pub fn pair_loss(p: &Preference, policy: &PairScores, reference: Option<&PairSco
             let losses = (softplus_neg(&ratio)? * p.beta)?.broadcast_add(&nll)?;
             (c, r, losses)
         }
+        PreferenceLoss::Kto => {
+            return Err(candle_core::Error::Msg("KTO scores unpaired rows: `kto_loss`, not pairs".into()));
+        }
     };
     let (chosen, rejected) = ((chosen.detach() * p.beta)?, (rejected.detach() * p.beta)?);
     let correct = chosen.gt(&rejected)?.to_dtype(chosen.dtype())?.sum_all()?;
@@ -141,6 +187,7 @@ mod tests {
             doc_ids: vec![0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1],
             position_ids: vec![0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 2, 3],
             source_ids: vec![0; 12],
+            desirable: Vec::new(),
         }
     }
 
@@ -164,12 +211,54 @@ mod tests {
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let t = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
         let cases = [
-            Preference { loss: PreferenceLoss::Sigmoid, beta: 0.1, gamma: None, label_smoothing: None },
-            Preference { loss: PreferenceLoss::Sigmoid, beta: 2.0, gamma: None, label_smoothing: Some(0.2) },
-            Preference { loss: PreferenceLoss::Ipo, beta: 0.5, gamma: None, label_smoothing: None },
-            Preference { loss: PreferenceLoss::Hinge, beta: 0.4, gamma: None, label_smoothing: None },
-            Preference { loss: PreferenceLoss::Simpo, beta: 2.0, gamma: Some(0.8), label_smoothing: None },
-            Preference { loss: PreferenceLoss::Orpo, beta: 0.3, gamma: None, label_smoothing: None },
+            Preference {
+                loss: PreferenceLoss::Sigmoid,
+                beta: 0.1,
+                gamma: None,
+                label_smoothing: None,
+                desirable_weight: None,
+                undesirable_weight: None,
+            },
+            Preference {
+                loss: PreferenceLoss::Sigmoid,
+                beta: 2.0,
+                gamma: None,
+                label_smoothing: Some(0.2),
+                desirable_weight: None,
+                undesirable_weight: None,
+            },
+            Preference {
+                loss: PreferenceLoss::Ipo,
+                beta: 0.5,
+                gamma: None,
+                label_smoothing: None,
+                desirable_weight: None,
+                undesirable_weight: None,
+            },
+            Preference {
+                loss: PreferenceLoss::Hinge,
+                beta: 0.4,
+                gamma: None,
+                label_smoothing: None,
+                desirable_weight: None,
+                undesirable_weight: None,
+            },
+            Preference {
+                loss: PreferenceLoss::Simpo,
+                beta: 2.0,
+                gamma: Some(0.8),
+                label_smoothing: None,
+                desirable_weight: None,
+                undesirable_weight: None,
+            },
+            Preference {
+                loss: PreferenceLoss::Orpo,
+                beta: 0.3,
+                gamma: None,
+                label_smoothing: None,
+                desirable_weight: None,
+                undesirable_weight: None,
+            },
         ];
         for p in cases {
             let beta = p.beta;
@@ -200,6 +289,7 @@ mod tests {
                             let odds = |a: f64| a - (1.0 - a.exp()).ln();
                             (nll - beta * sigmoid(odds(ac) - odds(ar)).ln(), (beta * ac, beta * ar))
                         }
+                        PreferenceLoss::Kto => unreachable!("KTO's loss has its own test"),
                     };
                     total += loss / 3.0;
                     rewards.push(reward);
@@ -233,5 +323,64 @@ mod tests {
             assert!((sums[0] - c).abs() < 1e-12 && (sums[1] - r).abs() < 1e-12, "{p:?}: {sums:?}");
             assert_eq!(sums[2], correct, "{p:?}");
         }
+    }
+
+    /// KTO's loss as TRL's `kto_loss` computes it, written out in f64 for three responses (two
+    /// desirable) with their weights, the rewards it logs, the loss's gradient by finite
+    /// differences, and the KL terms of the second segments.
+    #[test]
+    fn kto_matches_its_formula_and_gradient() {
+        let (pc, rc) = ([-3.0, -10.0, -2.5], [-3.5, -9.5, -2.0]);
+        let (pk, rk) = ([-7.0, -6.0, -9.0], [-6.5, -6.5, -8.0]);
+        let desirable = [1u8, 0, 1];
+        let (beta, kl, wd, wu) = (0.3, 0.2, 1.5, 0.7);
+        let p = Preference {
+            loss: PreferenceLoss::Kto,
+            beta,
+            gamma: None,
+            label_smoothing: None,
+            desirable_weight: Some(wd),
+            undesirable_weight: Some(wu),
+        };
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let expected = |pc: &[f64]| -> f64 {
+            (0..3)
+                .map(|i| {
+                    let r = pc[i] - rc[i];
+                    match desirable[i] {
+                        1 => wd * (1.0 - sigmoid(beta * (r - kl))),
+                        _ => wu * (1.0 - sigmoid(beta * (kl - r))),
+                    }
+                })
+                .sum::<f64>()
+                / 3.0
+        };
+        let t = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
+        let ones = t(&[1.0; 3]);
+        let scores = |chosen: Tensor, kl_segment: &[f64]| PairScores {
+            chosen,
+            rejected: t(kl_segment),
+            chosen_tokens: ones.clone(),
+            rejected_tokens: ones.clone(),
+        };
+        let var = Var::from_tensor(&t(&pc)).unwrap();
+        let (policy, reference) = (scores(var.as_tensor().clone(), &pk), scores(t(&rc), &rk));
+        let out = kto_loss(&p, &policy, &reference, &desirable, kl).unwrap();
+        let got = out.mean.to_scalar::<f64>().unwrap();
+        assert!((got - expected(&pc)).abs() < 1e-12, "{got} vs {}", expected(&pc));
+        let grad = out.mean.backward().unwrap().get(var.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..3 {
+            let (mut up, mut down) = (pc, pc);
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let numeric = (expected(&up) - expected(&down)) / 2e-6;
+            assert!((grad[i] - numeric).abs() < 1e-6, "∂/∂chosen[{i}]: {} vs {numeric}", grad[i]);
+        }
+        let reward = |i: usize| beta * (pc[i] - rc[i]);
+        let sums = out.sums.to_vec1::<f64>().unwrap();
+        assert!((sums[0] - (reward(0) + reward(2))).abs() < 1e-12 && (sums[1] - reward(1)).abs() < 1e-12);
+        assert_eq!(sums[2], 2.0);
+        let (sum, rows) = kl_terms(&policy, &reference).unwrap();
+        assert!((sum - (-0.5 + 0.5 - 1.0)).abs() < 1e-12 && rows == 3.0, "{sum} over {rows}");
     }
 }

@@ -14,14 +14,16 @@ use recipe_checkpoint::{load_checkpoint, training};
 use recipe_data::{Bandit, Batch, Loader, LoaderConfig, LoaderState, Mix, Split, TokenStore};
 use recipe_dist::Communicator;
 use recipe_model::{Dtypes, KeySpans, Llama, masked_cross_entropy_rows, remap_layers};
-use recipe_spec::{AverageUse, CheckpointFormat, Distill, OnNonfinite, Peft, Precision, Preference, Recipe, Stage};
+use recipe_spec::{
+    AverageUse, CheckpointFormat, Distill, OnNonfinite, Peft, Precision, Preference, PreferenceLoss, Recipe, Stage,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::average::{Averager, set_weights, with_weights};
 use crate::distill::{kd_loss, teacher_log_probs};
 use crate::error::{Error, Result, io};
 use crate::optimizer::{Optimizer, clip_factor};
-use crate::preference::{PairScores, pair_loss};
+use crate::preference::{PairScores, kl_terms, kto_loss, pair_loss};
 use crate::scaler::LossScaler;
 
 /// What a training checkpoint holds besides tensors.
@@ -93,6 +95,11 @@ pub struct StepMetrics {
     pub reward_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_reward_accuracy: Option<f64>,
+    /// KTO only: the step's KL estimate, `max(0, mean log-ratio)` of the prompts with other
+    /// records' responses (TRL's `kl`). Its `chosen_reward` and `rejected_reward` are the mean
+    /// rewards of the desirable and of the undesirable responses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
     /// The loss scale after this step (f16-mixed only), and how many steps of the stage so far
     /// left the weights as they were because their gradients overflowed (f16-mixed) or their
     /// loss or gradient was not finite (`on_nonfinite = "skip"`).
@@ -187,6 +194,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         distill: stage.distill.as_ref().map(|d| (d, r.teachers.as_slice())),
         sources: if online.is_some() { stage.data.mix.len() } else { 0 },
         preference: stage.preference.as_ref().map(|p| (p, reference)),
+        kl: 0.0,
     };
     let mut bandit = online.map(|_| Bandit::new(stage.data.mix.len()));
     let mut optimizer = Optimizer::new(&stage.optim);
@@ -238,9 +246,10 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let held = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device, &objective)?;
         let eval_loss = held.loss;
         let mut line = serde_json::json!({ "step": 0, "eval_loss": eval_loss });
-        match held.reward_accuracy {
-            Some(accuracy) => line["eval_reward_accuracy"] = accuracy.into(),
-            None => line["eval_ppl"] = eval_loss.exp().into(),
+        match (held.reward_accuracy, objective.preference) {
+            (Some(accuracy), _) => line["eval_reward_accuracy"] = accuracy.into(),
+            (None, None) => line["eval_ppl"] = eval_loss.exp().into(),
+            (None, Some(_)) => {}
         }
         if stage.eval.by_source {
             line["eval_loss_by_source"] = serde_json::json!(evaluate_by_source(&model, r, stage, &objective)?);
@@ -278,11 +287,31 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
         let noise_seed = step_seed(recipe.seed, step).wrapping_add(first_row as u64);
         let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale);
         let units = objective.units(&batches);
-        let mut step_gradients = gradients(&model, &share, units, r.device, &objective, Some(noise_seed), loss_scale)?;
+        // KTO's KL estimate is the whole step's: each rank's rows, summed over the ranks.
+        let step_objective = match objective.kto() {
+            true => {
+                let (sum, rows) = kl_estimate(&model, &share, r.device, &objective)?;
+                let mut totals = [sum, rows];
+                if r.comm.world() > 1 {
+                    r.comm.sum(&mut totals)?;
+                }
+                Objective { kl: (totals[0] / totals[1].max(1.0)).max(0.0), ..objective }
+            }
+            false => objective,
+        };
+        let mut step_gradients =
+            gradients(&model, &share, units, r.device, &step_objective, Some(noise_seed), loss_scale)?;
         sum_over_ranks(r.comm, &mut step_gradients)?;
         let StepGradients { loss, terms, grads, pairs, .. } = &step_gradients;
         let (loss, terms) = (*loss, *terms);
-        let pair_mean = |i: usize| pairs.map(|sums| sums[i] / units.max(1) as f64);
+        // KTO's rewards are means over the desirable and over the undesirable responses.
+        let pair_mean = |i: usize| {
+            pairs.map(|sums| match (step_objective.kto(), i) {
+                (true, 0) => sums[0] / sums[2].max(1.0),
+                (true, _) => sums[1] / (units as f64 - sums[2]).max(1.0),
+                (false, _) => sums[i] / units.max(1) as f64,
+            })
+        };
         let by_source = step_gradients.by_source();
         if let (Some(bandit), Some(shares), Some(online)) = (bandit.as_mut(), &policy, online) {
             bandit.update(&by_source, shares, online.smoothing);
@@ -338,8 +367,9 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             chosen_reward: pair_mean(0),
             rejected_reward: pair_mean(1),
             reward_margin: pair_mean(0).zip(pair_mean(1)).map(|(c, r)| c - r),
-            reward_accuracy: pair_mean(2),
+            reward_accuracy: pair_mean(2).filter(|_| !step_objective.kto()),
             eval_reward_accuracy: None,
+            kl: step_objective.kto().then_some(step_objective.kl),
             loss_scale: scaler.as_ref().map(|s| s.scale),
             skipped_steps: (scaler.is_some() || stage.on_nonfinite == OnNonfinite::Skip)
                 .then(|| scaler.as_ref().map_or(0, |s| s.skipped) + nonfinite_skipped),
@@ -352,7 +382,7 @@ pub fn train_stage(r: &StageRun) -> Result<Outcome> {
             let held = evaluate(&model, &r.stores, &loader_config(Split::Holdout), stage, r.device, &objective)?;
             m.eval_loss = Some(held.loss);
             // A perplexity is of a cross-entropy; pairs have their accuracy instead.
-            m.eval_ppl = held.reward_accuracy.is_none().then(|| held.loss.exp());
+            m.eval_ppl = objective.preference.is_none().then(|| held.loss.exp());
             m.eval_reward_accuracy = held.reward_accuracy;
             if stage.eval.by_source {
                 m.eval_loss_by_source = Some(evaluate_by_source(&model, r, stage, &objective)?);
@@ -464,7 +494,7 @@ fn misfit(path: &Path, stage: &Stage, e: candle_core::Error) -> Error {
 
 /// What a micro-batch's loss is made of: cross-entropy on the data, mixed with the KD term
 /// when distilling.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Objective<'a> {
     pub distill: Option<(&'a Distill, &'a [Llama])>,
     /// When > 0, also the cross-entropy of each of this many sources (online mixing's reward).
@@ -472,6 +502,8 @@ pub struct Objective<'a> {
     /// Instead of the cross-entropy: a preference loss over pairs, with the reference DPO, IPO
     /// and the hinge compare against.
     pub preference: Option<(&'a Preference, Option<Reference<'a>>)>,
+    /// KTO's KL estimate for the step (from [`kl_estimate`]).
+    pub kl: f64,
 }
 
 /// The model a preference loss compares the policy with.
@@ -484,6 +516,11 @@ pub enum Reference<'a> {
 }
 
 impl Objective<'_> {
+    /// Whether the loss is KTO's, which needs a KL estimate over each step's rows first.
+    pub fn kto(&self) -> bool {
+        self.preference.is_some_and(|(p, _)| p.loss == PreferenceLoss::Kto)
+    }
+
     /// What the loss of `batches` is a mean over: their loss tokens, or their pairs.
     pub fn units(&self, batches: &[Batch]) -> u64 {
         match self.preference {
@@ -726,7 +763,13 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
             }
             None => None,
         };
-        let pairs = pair_loss(preference, &PairScores::of(&rows, batch)?, reference.as_ref())?;
+        let policy = PairScores::of(&rows, batch)?;
+        let pairs = match (preference.loss, reference.as_ref()) {
+            (PreferenceLoss::Kto, Some(reference)) => {
+                kto_loss(preference, &policy, reference, &batch.desirable, objective.kl)?
+            }
+            _ => pair_loss(preference, &policy, reference.as_ref())?,
+        };
         return Ok(MicroLoss {
             mean: pairs.mean,
             count: batch.rows as f64,
@@ -750,6 +793,35 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     let mean = ((&kd * distill.alpha)? + (&ce * (1.0 - distill.alpha))?)?;
     let terms = Some((ce.detach(), kd.detach()));
     Ok(MicroLoss { mean, count, terms, rows, pairs: None })
+}
+
+/// KTO's KL estimate over `batches` (a step's rows on this rank, or held-out ones): the sum of
+/// [`kl_terms`] over them with the policy's noise off, and their rows. The caller sums both over
+/// the ranks and takes `max(0, sum / rows)`.
+pub fn kl_estimate(model: &Llama, batches: &[Batch], device: &Device, objective: &Objective) -> Result<(f64, f64)> {
+    let Some((_, Some(reference))) = objective.preference else { return Ok((0.0, 0.0)) };
+    let (mut sum, mut rows) = (0.0, 0.0);
+    for batch in batches {
+        let (b, t) = (batch.rows, batch.seq_len);
+        let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
+        let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
+        let targets = Tensor::from_slice(&batch.target_ids, b * t, device)?;
+        let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
+        let spans = KeySpans::documents(&batch.doc_ids, b, t);
+        let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
+        let scores = |logits: Tensor| -> Result<PairScores> {
+            let (_, nll) = masked_cross_entropy_rows(&logits.detach(), &targets, &mask, count)?;
+            Ok(PairScores::of(&nll, batch)?)
+        };
+        let policy = scores(model.forward(&ids, &positions, &spans)?)?;
+        let reference = scores(match reference {
+            Reference::Frozen(frozen) => frozen.forward(&ids, &positions, &spans)?,
+            Reference::Base => model.base_forward(&ids, &positions, &spans)?,
+        })?;
+        let (s, n) = kl_terms(&policy, &reference)?;
+        (sum, rows) = (sum + s, rows + n);
+    }
+    Ok((sum, rows))
 }
 
 /// Per source of `sources`, the summed cross-entropy `rows` of its loss tokens and their count.
@@ -784,19 +856,25 @@ pub(crate) fn evaluate(
     device: &Device,
     objective: &Objective,
 ) -> Result<Evaluation> {
-    let objective = Objective { preference: objective.preference, ..Objective::default() };
+    let mut objective = Objective { preference: objective.preference, ..Objective::default() };
     let mut loader = Loader::new(stores.clone(), config)?;
+    let batches: Vec<Batch> =
+        (0..stage.eval.batches).map(|_| loader.next_batch(stage.micro_batch_size as usize)).collect();
+    if objective.kto() {
+        let (sum, rows) = kl_estimate(model, &batches, device, &objective)?;
+        objective.kl = (sum / rows.max(1.0)).max(0.0);
+    }
     let (mut sum, mut count, mut correct) = (0.0, 0.0, 0.0);
-    for _ in 0..stage.eval.batches {
-        let batch = loader.next_batch(stage.micro_batch_size as usize);
-        let micro = batch_loss(model, &batch, device, &objective)?;
+    for batch in &batches {
+        let micro = batch_loss(model, batch, device, &objective)?;
         sum += micro.mean.to_dtype(DType::F64)?.to_scalar::<f64>()? * micro.count;
         count += micro.count;
         if let Some(pairs) = micro.pairs {
             correct += pairs.to_vec1::<f64>()?[2];
         }
     }
-    let reward_accuracy = objective.preference.map(|_| correct / count.max(1.0));
+    // Unpaired responses have no pair to rank.
+    let reward_accuracy = objective.preference.filter(|_| !objective.kto()).map(|_| correct / count.max(1.0));
     Ok(Evaluation { loss: sum / count.max(1.0), reward_accuracy })
 }
 

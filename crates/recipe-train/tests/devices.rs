@@ -66,6 +66,7 @@ fn batch(seed: u64) -> Batch {
         doc_ids: (0..n).map(|i| u32::from(i % t >= 10)).collect(),
         position_ids: (0..n).map(|i| (if i % t >= 10 { i % t - 10 } else { i % t }) as u32).collect(),
         source_ids: vec![0; n],
+        desirable: Vec::new(),
     }
 }
 
@@ -96,7 +97,14 @@ fn one_step((arch, dpo): (&str, bool), precision: Precision, device: &Device) ->
     // The reference: another model, so that the policy's log-ratios differ from its own.
     let reference = Llama::init(&config(arch), 4, device).unwrap().trainable_tensors();
     let reference = Llama::frozen(&config(arch), reference, device).unwrap().in_precision(dtypes).unwrap();
-    let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5, gamma: None, label_smoothing: None };
+    let preference = Preference {
+        loss: PreferenceLoss::Sigmoid,
+        beta: 0.5,
+        gamma: None,
+        label_smoothing: None,
+        desirable_weight: None,
+        undesirable_weight: None,
+    };
     let objective = Objective {
         preference: dpo.then_some((&preference, Some(Reference::Frozen(&reference)))),
         ..Objective::default()
@@ -202,7 +210,14 @@ fn activation_checkpointing_gives_the_plain_backward_passs_gradients() {
         model.activation_checkpointing = true;
         (plain, grads(model, objective, seed))
     };
-    let preference = Preference { loss: PreferenceLoss::Sigmoid, beta: 0.5, gamma: None, label_smoothing: None };
+    let preference = Preference {
+        loss: PreferenceLoss::Sigmoid,
+        beta: 0.5,
+        gamma: None,
+        label_smoothing: None,
+        desirable_weight: None,
+        undesirable_weight: None,
+    };
     for device in [Some(Device::Cpu), cuda].into_iter().flatten() {
         for (arch, dpo) in CASES {
             for precision in [Precision::F32, Precision::Bf16Mixed] {
