@@ -737,30 +737,57 @@ pub struct MicroLoss {
     pub pairs: Option<Tensor>,
 }
 
+/// A micro-batch on the device, as the forward pass and the loss take it.
+struct Inputs {
+    ids: Tensor,
+    positions: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    spans: KeySpans,
+    /// How many targets count towards the loss.
+    count: f64,
+}
+
+impl Inputs {
+    fn of(batch: &Batch, device: &Device) -> Result<Inputs> {
+        let (b, t) = (batch.rows, batch.seq_len);
+        Ok(Inputs {
+            ids: Tensor::from_slice(&batch.input_ids, (b, t), device)?,
+            positions: Tensor::from_slice(&batch.position_ids, b * t, device)?,
+            targets: Tensor::from_slice(&batch.target_ids, b * t, device)?,
+            mask: Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?,
+            spans: KeySpans::documents(&batch.doc_ids, b, t),
+            count: batch.loss_mask.iter().map(|&m| f64::from(m)).sum(),
+        })
+    }
+
+    /// Each position's negative log-likelihood under `logits`, 0 off the loss mask.
+    fn nll(&self, logits: &Tensor) -> Result<Tensor> {
+        Ok(masked_cross_entropy_rows(logits, &self.targets, &self.mask, self.count)?.1)
+    }
+}
+
+impl Reference<'_> {
+    /// The reference's logits for `x` (it records no graph); `model` is the policy.
+    fn logits(self, model: &Llama, x: &Inputs) -> Result<Tensor> {
+        Ok(match self {
+            Reference::Frozen(frozen) => frozen.forward(&x.ids, &x.positions, &x.spans)?,
+            Reference::Base => model.base_forward(&x.ids, &x.positions, &x.spans)?,
+        })
+    }
+}
+
 /// The mean loss of one micro-batch over its loss tokens (or its pairs).
 pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Objective) -> Result<MicroLoss> {
-    let (b, t) = (batch.rows, batch.seq_len);
-    let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
-    let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
-    let targets = Tensor::from_slice(&batch.target_ids, b * t, device)?;
-    let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
-    let spans = KeySpans::documents(&batch.doc_ids, b, t);
-    let logits = model.forward(&ids, &positions, &spans)?;
-    let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
-    let (ce, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
+    let x = Inputs::of(batch, device)?;
+    let logits = model.forward(&x.ids, &x.positions, &x.spans)?;
+    let count = x.count;
+    let (ce, rows) = masked_cross_entropy_rows(&logits, &x.targets, &x.mask, count)?;
     if let Some((preference, reference)) = objective.preference {
         // Each answer's log-probability under the policy, and (without a graph) under the
         // reference.
-        let reference_logits = match reference {
-            Some(Reference::Frozen(frozen)) => Some(frozen.forward(&ids, &positions, &spans)?),
-            Some(Reference::Base) => Some(model.base_forward(&ids, &positions, &spans)?),
-            None => None,
-        };
-        let reference = match reference_logits {
-            Some(logits) => {
-                let (_, rows) = masked_cross_entropy_rows(&logits, &targets, &mask, count)?;
-                Some(PairScores::of(&rows, batch)?)
-            }
+        let reference = match reference {
+            Some(reference) => Some(PairScores::of(&x.nll(&reference.logits(model, &x)?)?, batch)?),
             None => None,
         };
         let policy = PairScores::of(&rows, batch)?;
@@ -786,10 +813,10 @@ pub fn batch_loss(model: &Llama, batch: &Batch, device: &Device, objective: &Obj
     // The divergence in f32, whatever the models compute in.
     let teacher_logits = teachers
         .iter()
-        .map(|t| t.forward(&ids, &positions, &spans)?.to_dtype(DType::F32))
+        .map(|t| t.forward(&x.ids, &x.positions, &x.spans)?.to_dtype(DType::F32))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let teacher = teacher_log_probs(&teacher_logits, distill.temperature)?;
-    let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &mask)?;
+    let kd = kd_loss(distill.loss, &logits.to_dtype(DType::F32)?, &teacher, distill.temperature, &x.mask)?;
     let mean = ((&kd * distill.alpha)? + (&ce * (1.0 - distill.alpha))?)?;
     let terms = Some((ce.detach(), kd.detach()));
     Ok(MicroLoss { mean, count, terms, rows, pairs: None })
@@ -802,22 +829,10 @@ pub fn kl_estimate(model: &Llama, batches: &[Batch], device: &Device, objective:
     let Some((_, Some(reference))) = objective.preference else { return Ok((0.0, 0.0)) };
     let (mut sum, mut rows) = (0.0, 0.0);
     for batch in batches {
-        let (b, t) = (batch.rows, batch.seq_len);
-        let ids = Tensor::from_slice(&batch.input_ids, (b, t), device)?;
-        let positions = Tensor::from_slice(&batch.position_ids, b * t, device)?;
-        let targets = Tensor::from_slice(&batch.target_ids, b * t, device)?;
-        let mask = Tensor::from_slice(&batch.loss_mask, b * t, device)?.to_dtype(DType::F32)?;
-        let spans = KeySpans::documents(&batch.doc_ids, b, t);
-        let count = batch.loss_mask.iter().map(|&m| f64::from(m)).sum();
-        let scores = |logits: Tensor| -> Result<PairScores> {
-            let (_, nll) = masked_cross_entropy_rows(&logits.detach(), &targets, &mask, count)?;
-            Ok(PairScores::of(&nll, batch)?)
-        };
-        let policy = scores(model.forward(&ids, &positions, &spans)?)?;
-        let reference = scores(match reference {
-            Reference::Frozen(frozen) => frozen.forward(&ids, &positions, &spans)?,
-            Reference::Base => model.base_forward(&ids, &positions, &spans)?,
-        })?;
+        let x = Inputs::of(batch, device)?;
+        let policy = model.forward(&x.ids, &x.positions, &x.spans)?.detach();
+        let policy = PairScores::of(&x.nll(&policy)?, batch)?;
+        let reference = PairScores::of(&x.nll(&reference.logits(model, &x)?)?, batch)?;
         let (s, n) = kl_terms(&policy, &reference)?;
         (sum, rows) = (sum + s, rows + n);
     }

@@ -79,6 +79,18 @@ struct Step {
     mean_update: f64,
 }
 
+/// DPO's loss at β 0.5.
+fn dpo_preference() -> Preference {
+    Preference {
+        loss: PreferenceLoss::Sigmoid,
+        beta: 0.5,
+        gamma: None,
+        label_smoothing: None,
+        desirable_weight: None,
+        undesirable_weight: None,
+    }
+}
+
 /// An architecture, and whether the step takes DPO's loss instead of the cross-entropy.
 const CASES: [(&str, bool); 8] = [
     ("llama", false),
@@ -97,14 +109,7 @@ fn one_step((arch, dpo): (&str, bool), precision: Precision, device: &Device) ->
     // The reference: another model, so that the policy's log-ratios differ from its own.
     let reference = Llama::init(&config(arch), 4, device).unwrap().trainable_tensors();
     let reference = Llama::frozen(&config(arch), reference, device).unwrap().in_precision(dtypes).unwrap();
-    let preference = Preference {
-        loss: PreferenceLoss::Sigmoid,
-        beta: 0.5,
-        gamma: None,
-        label_smoothing: None,
-        desirable_weight: None,
-        undesirable_weight: None,
-    };
+    let preference = dpo_preference();
     let objective = Objective {
         preference: dpo.then_some((&preference, Some(Reference::Frozen(&reference)))),
         ..Objective::default()
@@ -210,14 +215,7 @@ fn activation_checkpointing_gives_the_plain_backward_passs_gradients() {
         model.activation_checkpointing = true;
         (plain, grads(model, objective, seed))
     };
-    let preference = Preference {
-        loss: PreferenceLoss::Sigmoid,
-        beta: 0.5,
-        gamma: None,
-        label_smoothing: None,
-        desirable_weight: None,
-        undesirable_weight: None,
-    };
+    let preference = dpo_preference();
     for device in [Some(Device::Cpu), cuda].into_iter().flatten() {
         for (arch, dpo) in CASES {
             for precision in [Precision::F32, Precision::Bf16Mixed] {
