@@ -204,7 +204,7 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 /// scalar; held-out losses apart; the tokens each source gave, as of the last
 /// step; and the summed step time.
 fn curves(lines: &[Value], positions: u64) -> Value {
-    const SCALARS: [&str; 11] = [
+    const SCALARS: [&str; 12] = [
         "loss",
         "lr",
         "grad_norm",
@@ -213,6 +213,7 @@ fn curves(lines: &[Value], positions: u64) -> Value {
         "kd_loss",
         "reward_accuracy",
         "reward_margin",
+        "kl",
         "loss_scale",
         "seq_len",
         "peak_memory_mib",

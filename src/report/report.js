@@ -430,6 +430,7 @@
         scalarChart(stage, 'distillation: KD term', 'kd_loss', true),
         rewardAccuracyChart(stage),
         scalarChart(stage, 'preference: reward margin, chosen − rejected', 'reward_margin', true),
+        scalarChart(stage, 'KTO: KL estimate', 'kl', true),
         scalarChart(stage, 'f16 loss scale', 'loss_scale', false, { log: true }),
       ].filter(Boolean);
       section.append(el('div', { class: 'charts' }, ...charts));
