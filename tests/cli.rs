@@ -75,7 +75,7 @@ fn plan_json_has_the_documented_fields() {
     assert_eq!(plan["recipe"], "pipeline");
     let stages = plan["stages"].as_array().unwrap();
     let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["pretrain", "sft", "dpo", "distill"]);
+    assert_eq!(names, ["pretrain", "sft", "dpo", "kto", "distill"]);
     for s in stages {
         for field in
             ["name", "kind", "key", "will_run", "reason", "params", "tokens", "flops", "memory_bytes", "sources"]
@@ -155,7 +155,7 @@ fn diff_of_two_files_names_fields_and_invalidated_stages() {
         .filter(|s| s["invalidated"] == true)
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(invalidated, ["sft", "dpo", "distill"]);
+    assert_eq!(invalidated, ["sft", "dpo", "kto", "distill"]);
 
     let text =
         recipe(&["diff", "recipes/pipeline.toml", "recipes/pipeline.toml", "--set", "stages.sft.steps=60"], dir.path());
