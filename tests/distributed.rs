@@ -201,11 +201,21 @@ fn mpirun_with_2_ranks_trains_a_dpo_stage_as_one_process_does() {
         })
         .collect();
     std::fs::write(dir.path().join("unpaired.jsonl"), unpaired).unwrap();
+    // The same preference stage over either source: the pairs under DPO, the unpaired under KTO.
+    let preference_stage = |name: &str, source: &str, extra: &str| {
+        format!(
+            "[stages.{name}]\nkind = \"dpo\"\nafter = \"first\"\nsteps = 12\nseq_len = 32\nbatch_size = 6\n\
+             micro_batch_size = 2\ndata = {{ mix = {{ {source} = 1 }} }}\n{extra}optim = {{ lr = 1e-2 }}\n"
+        )
+    };
     let stages = format!(
         r#"
 [sources.pairs]
 path = "{}"
 format = "preference-jsonl"
+[sources.unpaired]
+path = "{}"
+format = "unpaired-preference-jsonl"
 [stages.first]
 kind = "pretrain"
 steps = 20
@@ -213,31 +223,11 @@ seq_len = 32
 batch_size = 4
 data = {{ mix = {{ moby = 1 }} }}
 optim = {{ lr = 1e-2 }}
-[stages.second]
-kind = "dpo"
-after = "first"
-steps = 12
-seq_len = 32
-batch_size = 6
-micro_batch_size = 2
-data = {{ mix = {{ pairs = 1 }} }}
-optim = {{ lr = 1e-2 }}
-[sources.unpaired]
-path = "{}"
-format = "unpaired-preference-jsonl"
-[stages.third]
-kind = "dpo"
-after = "first"
-steps = 12
-seq_len = 32
-batch_size = 6
-micro_batch_size = 2
-data = {{ mix = {{ unpaired = 1 }} }}
-preference = {{ loss = "kto" }}
-optim = {{ lr = 1e-2 }}
-"#,
+{}{}"#,
         dir.path().join("pairs.jsonl").display(),
-        dir.path().join("unpaired.jsonl").display()
+        dir.path().join("unpaired.jsonl").display(),
+        preference_stage("second", "pairs", ""),
+        preference_stage("third", "unpaired", "preference = { loss = \"kto\" }\n"),
     );
     let recipe = small_recipe(dir.path(), "dp", "chapter_1?.txt", &stages);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
