@@ -15,6 +15,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 /// The metadata and tensor directory of a GGUF file.
@@ -30,7 +31,11 @@ pub fn read(path: &Path) -> Result<gguf_file::Content, String> {
 
 /// The architecture in a GGUF file's metadata; `vocab_size` is the tokenizer's when the
 /// metadata does not say.
-pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<ModelSpec, String> {
+pub(crate) fn architecture(
+    g: &gguf_file::Content,
+    rope_divisors: Option<Vec<f32>>,
+    vocab_size: u32,
+) -> Result<ModelSpec, String> {
     let arch = g.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if !ARCHS.contains(&arch.as_str()) {
         return Err(format!("its general.architecture is \"{arch}\"; only {} can be imported", ARCHS.join(", ")));
@@ -44,11 +49,6 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
     let float =
         |k: &str, default: f64| g.metadata.get(&key(k)).and_then(|v| v.to_f32().ok()).map_or(default, f64::from);
     let n_heads = int("attention.head_count")?;
-    if g.tensor_infos.contains_key("rope_freqs.weight") {
-        return Err("it scales its rotary frequencies by a `rope_freqs.weight` tensor (Llama 3.1's \
-                    `rope_scaling`), which is not read from GGUF; import the Hugging Face checkpoint"
-            .into());
-    }
     let text = |k: &str| g.metadata.get(&key(k)).and_then(|v| v.to_string().ok()).cloned();
     let rope_scaling = match text("rope.scaling.type").as_deref() {
         None | Some("none") => None,
@@ -57,7 +57,7 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
             return Err(format!("its rotary scaling `{other}` is not one this trainer computes (only `linear`)"));
         }
     };
-    Ok(ModelSpec {
+    let mut spec = ModelSpec {
         arch: Some(arch.clone()),
         vocab_size: Some(int("vocab_size").unwrap_or(vocab_size)),
         d_model: Some(int("embedding_length")?),
@@ -73,7 +73,92 @@ pub(crate) fn architecture(g: &gguf_file::Content, vocab_size: u32) -> Result<Mo
         // Stored as f32; the nearest f64 with few digits is what the model was trained with.
         norm_eps: Some(round_to_f32_precision(float("attention.layer_norm_rms_epsilon", 1e-5))),
         ..ModelSpec::default()
-    })
+    };
+    if let Some(divisors) = rope_divisors {
+        if spec.rope_scaling.is_some() {
+            return Err("it has both rotary scaling metadata and a `rope_freqs.weight` tensor".into());
+        }
+        let original = int("rope.scaling.original_context_length").unwrap_or(LLAMA3_ORIGINAL_CONTEXT);
+        spec.rope_scaling = Some(llama3_scaling(&spec, &divisors, original)?);
+    }
+    Ok(spec)
+}
+
+/// The divisors in a file's `rope_freqs.weight`, if it has one.
+pub(crate) fn rope_divisors(g: &gguf_file::Content, path: &Path) -> Result<Option<Vec<f32>>, String> {
+    if !g.tensor_infos.contains_key("rope_freqs.weight") {
+        return Ok(None);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let divisors = g
+        .tensor(&mut file, "rope_freqs.weight", &Device::Cpu)
+        .and_then(|t| t.dequantize(&Device::Cpu))
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| format!("its `rope_freqs.weight`: {e}"))?;
+    Ok(Some(divisors))
+}
+
+/// The context Llama 3.1, 3.2 and 3.3 were first trained at, which llama.cpp's converter does
+/// not write: the scaling's bands are fractions of it.
+const LLAMA3_ORIGINAL_CONTEXT: u32 = 8192;
+
+/// Llama 3.1's rotary scaling from llama.cpp's `rope_freqs.weight`, each frequency's divisor:
+/// 1 for wavelengths shorter than `original / high_freq_factor`, `factor` for those longer
+/// than `original / low_freq_factor`, blended between. The factor is the largest divisor.
+/// Llama 3.x's own band (1 and 4) is taken when it gives the divisors; else the band is solved
+/// from two blended divisors, which lie on a line in `original / wavelength`. Whichever is
+/// taken must give every divisor back, so the imported model rotates as the file's does.
+fn llama3_scaling(spec: &ModelSpec, divisors: &[f32], original: u32) -> Result<RopeScaling, String> {
+    let model = spec.resolve(None);
+    let plain: Vec<f64> = model.plain_rope_frequencies(model.rope_theta).collect();
+    if divisors.len() != plain.len() {
+        return Err(format!(
+            "its `rope_freqs.weight` has {} divisors; a head of {} rotates {} frequencies",
+            divisors.len(),
+            model.head_dim(),
+            plain.len()
+        ));
+    }
+    let factor = divisors.iter().copied().fold(1.0f32, f32::max) as f64;
+    let scaling = |low_freq_factor: f64, high_freq_factor: f64| RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_seq_len: original,
+    };
+    let gives_the_divisors = |scaling: &RopeScaling| {
+        let model = recipe_spec::Model { rope_scaling: Some(scaling.clone()), ..model.clone() };
+        plain.iter().zip(model.rope_frequencies()).zip(divisors).all(|((plain, scaled), &divisor)| {
+            let d = plain / scaled;
+            (d - f64::from(divisor)).abs() <= 1e-5 * d
+        })
+    };
+    let llama3 = scaling(1.0, 4.0);
+    if gives_the_divisors(&llama3) {
+        return Ok(llama3);
+    }
+    // In the blend, `1/d = (1 − s)/factor + s` with `s = (original/wavelength − low) / (high − low)`.
+    let blended: Vec<(f64, f64)> = plain
+        .iter()
+        .zip(divisors)
+        .filter(|&(_, &d)| d > 1.0 && f64::from(d) < factor)
+        .map(|(f, &d)| {
+            let smooth = (1.0 / f64::from(d) - 1.0 / factor) / (1.0 - 1.0 / factor);
+            (f64::from(original) * f / (2.0 * std::f64::consts::PI), smooth)
+        })
+        .collect();
+    if let [(x0, s0), .., (x1, s1)] = blended[..] {
+        let width = (x1 - x0) / (s1 - s0);
+        let low = round_to_f32_precision(x0 - s0 * width);
+        let solved = scaling(low, round_to_f32_precision(low + width));
+        if gives_the_divisors(&solved) {
+            return Ok(solved);
+        }
+    }
+    Err(format!(
+        "its `rope_freqs.weight` divisors are not Llama 3.1's rotary scaling over an original context of {original} tokens"
+    ))
 }
 
 /// The llama.cpp architectures read and written, by the names both use: Llama, and Qwen 2
@@ -100,6 +185,9 @@ struct Vocabulary {
     model: String,
     /// `tokenizer.ggml.pre`: the pre-tokenizer's name.
     pre: String,
+    /// The tokens put before and after every text (`tokenizer.ggml.add_bos_token` with
+    /// `bos_token_id`, `add_eos_token` with `eos_token_id`), as llama.cpp tokenizes.
+    framing: [Option<u32>; 2],
 }
 
 fn vocabulary(g: &gguf_file::Content) -> Result<Vocabulary, String> {
@@ -119,12 +207,18 @@ fn vocabulary(g: &gguf_file::Content) -> Result<Vocabulary, String> {
         merges: strings("tokenizer.ggml.merges").unwrap_or_default(),
         model: text("tokenizer.ggml.model"),
         pre: text("tokenizer.ggml.pre"),
+        framing: ["bos", "eos"].map(|which| {
+            let added = g.metadata.get(&format!("tokenizer.ggml.add_{which}_token")).and_then(|v| v.to_bool().ok());
+            let id = g.metadata.get(&format!("tokenizer.ggml.{which}_token_id")).and_then(|v| v.to_u32().ok());
+            id.filter(|_| added == Some(true))
+        }),
     })
 }
 
-/// The tokenizer's tokens, by id.
-pub(crate) fn tokens(g: &gguf_file::Content) -> Result<Vec<String>, String> {
-    Ok(vocabulary(g)?.tokens)
+/// The tokenizer's tokens, by id, and the one it puts before every text, if any.
+pub(crate) fn tokens(g: &gguf_file::Content) -> Result<(Vec<String>, Option<u32>), String> {
+    let v = vocabulary(g)?;
+    Ok((v.tokens, v.framing[0]))
 }
 
 /// Rebuild the byte-level BPE a GGUF file describes (`tokenizer.ggml.model = "gpt2"`): its
@@ -175,7 +269,36 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
         .map(|(t, _)| AddedToken::from(t.clone(), true))
         .collect();
     tokenizer.add_special_tokens(&specials);
+    if let Some(framing) = framing(&v)? {
+        tokenizer.with_post_processor(Some(framing));
+    }
     Ok(tokenizer)
+}
+
+/// The post-processor that puts the file's framing tokens around a text (and around each of a
+/// pair, as Llama 3's `tokenizer.json` does).
+fn framing(v: &Vocabulary) -> Result<Option<TemplateProcessing>, String> {
+    if v.framing == [None, None] {
+        return Ok(None);
+    }
+    let name =
+        |id: u32| v.tokens.get(id as usize).cloned().ok_or(format!("its framing token {id} is not in its vocabulary"));
+    let [bos, eos] = v.framing.map(|id| id.map(name).transpose());
+    let (bos, eos) = (bos?, eos?);
+    let around =
+        |sequence: &str| bos.iter().cloned().chain([sequence.to_string()]).chain(eos.iter().cloned()).collect();
+    let single: Vec<String> = around("$A");
+    let pair: Vec<String> = [around("$A"), around("$B:1")].concat();
+    let specials: Vec<(String, u32)> =
+        v.framing.iter().flatten().map(|&id| Ok((name(id)?, id))).collect::<Result<_, String>>()?;
+    TemplateProcessing::builder()
+        .try_single(single)
+        .and_then(|b| b.try_pair(pair))
+        .map_err(|e| e.to_string())?
+        .special_tokens(specials)
+        .build()
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Every tensor the model uses, dequantized, by Hugging Face name, sorted.
@@ -321,8 +444,11 @@ pub fn write_gguf(
             put("rope.scaling.type", V::String("linear".into()));
             put("rope.scaling.factor", V::F32(*factor as f32));
         }
-        // llama.cpp takes Llama 3.1's scaling as each frequency's divisor, a tensor.
-        Some(RopeScaling::Llama3 { .. }) => {}
+        // llama.cpp takes Llama 3.1's scaling as each frequency's divisor, a tensor; the
+        // original context (which llama.cpp reads only for YaRN) lets the import solve the band.
+        Some(RopeScaling::Llama3 { original_max_seq_len, .. }) => {
+            put("rope.scaling.original_context_length", V::U32(*original_max_seq_len));
+        }
         Some(_) => return Err(unsupported("rotary scaling but `linear` and `llama3`")),
     }
     metadata.extend(tokenizer_metadata(tokenizer, config.vocab_size)?);
@@ -515,4 +641,51 @@ fn gguf_name(hf: &str) -> Option<String> {
 fn permute(w: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
     let (rows, input) = w.dims2()?;
     w.reshape((heads, 2, head_dim / 2, input))?.transpose(1, 2)?.contiguous()?.reshape((rows, input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Llama 3.2 1B's rotary settings: heads of 64, base 500000, and its scaling.
+    fn llama32(scaling: RopeScaling) -> (ModelSpec, Vec<f32>) {
+        let spec = ModelSpec {
+            d_model: Some(2048),
+            n_heads: Some(32),
+            rope_theta: Some(500000.0),
+            rope_scaling: Some(scaling),
+            ..ModelSpec::default()
+        };
+        let model = spec.resolve(None);
+        let divisors = model
+            .plain_rope_frequencies(model.rope_theta)
+            .zip(model.rope_frequencies())
+            .map(|(plain, scaled)| (plain / scaled) as f32)
+            .collect();
+        (ModelSpec { rope_scaling: None, ..spec }, divisors)
+    }
+
+    fn llama3(low_freq_factor: f64, high_freq_factor: f64) -> RopeScaling {
+        RopeScaling::Llama3 { factor: 32.0, low_freq_factor, high_freq_factor, original_max_seq_len: 8192 }
+    }
+
+    #[test]
+    fn llama_3_2s_divisors_give_its_scaling_back() {
+        let (spec, divisors) = llama32(llama3(1.0, 4.0));
+        assert_eq!(llama3_scaling(&spec, &divisors, 8192), Ok(llama3(1.0, 4.0)));
+    }
+
+    #[test]
+    fn another_band_is_solved_from_the_blended_divisors() {
+        let (spec, divisors) = llama32(llama3(2.0, 8.0));
+        assert_eq!(llama3_scaling(&spec, &divisors, 8192), Ok(llama3(2.0, 8.0)));
+    }
+
+    #[test]
+    fn divisors_that_are_not_llama_3s_scaling_are_refused() {
+        let (spec, mut divisors) = llama32(llama3(1.0, 4.0));
+        divisors[3] = 2.0;
+        assert!(llama3_scaling(&spec, &divisors, 8192).unwrap_err().contains("not Llama 3.1's"));
+        assert!(llama3_scaling(&spec, &divisors[1..], 8192).unwrap_err().contains("rotates 32 frequencies"));
+    }
 }

@@ -83,7 +83,7 @@ fn inspect_gguf(path: &Path) -> Result<CheckpointInfo, String> {
     Ok(CheckpointInfo {
         path: path.to_path_buf(),
         format: CheckpointFormat::Gguf,
-        arch: gguf::architecture(&g, tokenizer.vocab_size)?,
+        arch: gguf::architecture(&g, gguf::rope_divisors(&g, path)?, tokenizer.vocab_size)?,
         kv_width_of_unknown_heads: None,
         tokenizer: Some(tokenizer),
     })

@@ -63,9 +63,12 @@ pub(crate) fn tokenizer_facts(file: &TokenizerFile) -> Result<TokenizerFacts, St
 
 /// The facts of the tokenizer in a GGUF file's metadata.
 pub(crate) fn gguf_facts(g: &gguf_file::Content) -> Result<TokenizerFacts, String> {
-    let tokens = gguf::tokens(g)?;
+    let (tokens, bos) = gguf::tokens(g)?;
     let own_template = gguf_own_template(g, &tokens);
-    Ok(facts_of(tokens.iter().enumerate().map(|(i, t)| (i as u64, t.as_str())).collect(), own_template))
+    Ok(TokenizerFacts {
+        bos,
+        ..facts_of(tokens.iter().enumerate().map(|(i, t)| (i as u64, t.as_str())).collect(), own_template)
+    })
 }
 
 /// The chat template stored with a tokenizer: beside a `tokenizer.json`, `chat_template.jinja`,
@@ -75,7 +78,7 @@ pub fn read_own_template(file: &TokenizerFile) -> Result<Option<OwnChatTemplate>
     let path = match file {
         TokenizerFile::Gguf(path) => {
             let g = gguf::read(path)?;
-            return Ok(gguf_own_template(&g, &gguf::tokens(&g)?));
+            return Ok(gguf_own_template(&g, &gguf::tokens(&g)?.0));
         }
         TokenizerFile::Json(path) => path,
     };

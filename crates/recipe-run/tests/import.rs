@@ -556,7 +556,8 @@ fn pissa_and_olora_start_from_the_weights_as_peft_does() {
 
 /// A model written as GGUF carries its tokenizer under the pre-tokenizer name llama.cpp knows,
 /// and reads back as the same tokenizer: Qwen3's (`qwen2`: its split, then bytes) gives the
-/// same ids for text, digits and ChatML; Gemma 3's, which is not byte-level, is refused.
+/// same ids for text, digits and ChatML, and the token put before every text when there is
+/// one; Gemma 3's, which is not byte-level, is refused.
 #[test]
 fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
@@ -585,6 +586,16 @@ fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     let again = load_tokenizer(&TokenizerFile::Gguf(path)).unwrap();
     let text = "<|im_start|>user\nWhat's 12345 + 678?<|im_end|>\n<|im_start|>assistant\nIt's 13023.\n\n  Done!";
     assert_eq!(again.encode(text).unwrap(), ours.encode(text).unwrap());
+    assert_eq!(again.bos(), None);
+
+    // A file whose texts start with a token (`add_bos_token`, as Llama 3's) reads back with it.
+    let path = dir.path().join("framed.gguf");
+    let tokenizer = GgufTokenizer { json: &qwen3, bos: Some(151644), eos: 151643, chat_template: None };
+    write_gguf(&path, "qwen3-vocab", &config, &weights, &tokenizer, GgmlDType::F16).unwrap();
+    let framed = load_tokenizer(&TokenizerFile::Gguf(path.clone())).unwrap();
+    assert_eq!(framed.bos(), Some(151644));
+    assert_eq!(framed.encode_document("Done!").unwrap(), [vec![151644], ours.encode("Done!").unwrap()].concat());
+    assert_eq!(recipe_checkpoint::Headers.inspect(&path).unwrap().tokenizer.unwrap().bos, Some(151644));
 
     let gemma = json("gemma3");
     let tokenizer = GgufTokenizer { json: &gemma, bos: Some(2), eos: 1, chat_template: None };
@@ -625,11 +636,11 @@ fn qwen2_and_qwen3_checkpoints_go_through_gguf_unchanged() {
 }
 
 /// Llama 3.1's rotary scaling goes into GGUF as llama.cpp's converter writes it: no scaling
-/// metadata, and a `rope_freqs.weight` tensor holding each frequency's divisor (1 for the fast
-/// ones, the factor for the slow ones, blended between). Reading such a file back is refused
-/// (the divisors do not say the scaling's parameters); llama.cpp reads it (checked by hand).
+/// type, and a `rope_freqs.weight` tensor holding each frequency's divisor (1 for the fast
+/// ones, the factor for the slow ones, blended between), read by llama.cpp (checked by hand).
+/// Read back, the divisors give the same scaling, and the model `transformers`' logits.
 #[test]
-fn llama3_rotary_scaling_is_written_as_llama_cpps_frequency_divisors() {
+fn llama3_rotary_scaling_goes_through_gguf_as_llama_cpps_frequency_divisors() {
     use candle_core::quantized::gguf_file;
     use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
     let config = import_transformers_fixture("llama3-rope");
@@ -651,5 +662,12 @@ fn llama3_rotary_scaling_is_written_as_llama_cpps_frequency_divisors() {
     assert_eq!(divisors.len(), 8, "one per frequency of a head of 16");
     assert_eq!((divisors[0], divisors[7]), (1.0, 4.0), "the fastest unscaled, the slowest by the factor");
     assert!(divisors.windows(2).all(|w| w[0] <= w[1]), "{divisors:?}");
-    assert!(inspect(&path).unwrap_err().contains("rope_freqs.weight"));
+
+    let again = inspect(&path).unwrap().arch.resolve(None);
+    assert_eq!(again.rope_scaling, config.rope_scaling);
+    assert_eq!(recipe_spec::Model { norm_eps: config.norm_eps, ..again.clone() }, config);
+    let model =
+        Llama::frozen(&again, load_checkpoint(&path, CheckpointFormat::Gguf, &again).unwrap(), &Device::Cpu).unwrap();
+    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    assert_logits("llama3-rope through GGUF", &model, &expected);
 }
