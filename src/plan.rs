@@ -510,6 +510,35 @@ fn merge_lines(out: &mut String, stage: &Stage, merge: &Merge) {
             inputs.join(", "),
             base = merge.base.as_ref().map_or("", |b| b.written())
         ),
+        MergeMethod::Ties | MergeMethod::DareTies | MergeMethod::DareLinear => {
+            let base = merge.base.as_ref().map_or("", |b| b.written());
+            let parts: Vec<String> =
+                inputs.iter().zip(&merge.weights).map(|(i, w)| format!("{w} × ({i} − {base})")).collect();
+            let trim = match merge.method {
+                MergeMethod::Ties => "its largest",
+                _ => "a random",
+            };
+            let density = merge.density.unwrap_or(1.0);
+            format!(
+                "{base} + {} × [{}], each difference trimmed to {trim} {:.0}%{}{}",
+                merge.scale.unwrap_or(1.0),
+                parts.join(" + "),
+                100.0 * density,
+                if merge.method == MergeMethod::Ties { "" } else { " (survivors × 1/density)" },
+                match (merge.method != MergeMethod::DareLinear, merge.normalize == Some(true)) {
+                    (true, true) => ", summed where they agree with the elected sign, over the weights that agree",
+                    (true, false) => ", summed where they agree with the elected sign",
+                    (false, true) => ", over the summed weights",
+                    (false, false) => "",
+                }
+            )
+        }
+        MergeMethod::Slerp => format!(
+            "the spherical interpolation {} of the way from {} to {}, tensor by tensor",
+            merge.t.unwrap_or(0.0),
+            inputs[0],
+            inputs.get(1).copied().unwrap_or_default()
+        ),
         MergeMethod::Greedy => {
             let mix: Vec<&str> = stage.data.mix.iter().map(|(n, _)| n.as_str()).collect();
             format!(

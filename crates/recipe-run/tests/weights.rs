@@ -329,6 +329,18 @@ method = "task-arithmetic"
 base = "pretrain"
 inputs = ["hot", "cool"]
 scale = 0.5
+[stages.ties]
+kind = "merge"
+method = "ties"
+base = "pretrain"
+inputs = ["hot", "cool"]
+density = 1.0
+weights = [1.0, 0.5]
+[stages.arc]
+kind = "merge"
+method = "slerp"
+inputs = ["hot", "cool"]
+t = 0.0
 [stages.soup]
 kind = "merge"
 method = "greedy"
@@ -353,6 +365,26 @@ eval = { batches = 2 }
     let (h, c, b, d) = (values(&hot[name]), values(&cool[name]), values(&base[name]), values(&delta[name]));
     let gap = (0..b.len()).map(|i| (d[i] - (b[i] + 0.5 * ((h[i] - b[i]) + (c[i] - b[i])))).abs()).fold(0.0, f32::max);
     assert!(gap < 1e-6, "task arithmetic: base + 0.5·Σ(θ − base), off by {gap}");
+    // TIES keeping every entry: the differences that agree with the sign of their weighted
+    // sum, averaged over their weights.
+    let t = values(&weights_of("ties")[name]);
+    let gap = (0..b.len())
+        .map(|i| {
+            let (dh, dc) = (h[i] - b[i], 0.5 * (c[i] - b[i]));
+            let sign = if dh + dc >= 0.0 { 1.0 } else { -1.0 };
+            let agree = |d: f32| d != 0.0 && d.signum() == sign;
+            let (sum, weight) = [(dh, 1.0), (dc, 0.5)]
+                .into_iter()
+                .filter(|(d, _)| agree(*d))
+                .fold((0.0, 0.0), |(s, w), (d, wd)| (s + d, w + wd));
+            let expected = if weight > 0.0 { b[i] + sum / weight } else { b[i] };
+            (t[i] - expected).abs()
+        })
+        .fold(0.0, f32::max);
+    assert!(gap < 1e-6, "ties: off by {gap}");
+    let arc = weights_of("arc");
+    let gap = hot.iter().map(|(n, t)| max_gap(&values(t), &values(&arc[n]))).fold(0.0, f32::max);
+    assert!(gap < 1e-6, "slerp at t = 0 is its first input; off by {gap}");
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(node_dir(&r, &run, "soup").join("merge.json")).unwrap()).unwrap();
@@ -371,4 +403,17 @@ eval = { batches = 2 }
     let training =
         parse(dir.path(), &tail.replace("method = \"uniform\"", "method = \"uniform\"\nsteps = 5"), &[]).unwrap_err();
     assert!(training.contains("`stages.same.steps` does not apply to a merge stage"), "{training}");
+    let wrong = |from: &str, to: &str| parse(dir.path(), &tail.replace(from, to), &[]).unwrap_err();
+    let no_density = wrong("density = 1.0\n", "");
+    assert!(no_density.contains("a ties merge needs a `density`"), "{no_density}");
+    let over = wrong("density = 1.0", "density = 1.5");
+    assert!(over.contains("a fraction in (0, 1]"), "{over}");
+    let three = wrong("inputs = [\"hot\", \"cool\"]\nt = 0.0", "inputs = [\"hot\", \"cool\", \"pretrain\"]\nt = 0.0");
+    assert!(three.contains("a slerp merge interpolates between exactly two inputs"), "{three}");
+    let misplaced = wrong("method = \"uniform\"", "method = \"uniform\"\ndensity = 0.5");
+    assert!(misplaced.contains("`stages.same.density` only applies with method = \"ties\""), "{misplaced}");
+}
+
+fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }

@@ -3,7 +3,12 @@
 //! given weights; `greedy` adds ingredients in order of held-out loss while the soup's
 //! held-out loss improves (on the stage's `data`, `eval.batches` batches); `task-arithmetic`
 //! adds `scale` × the sum of each input's difference from `base` to `base` ("Composing
-//! Parameter-Efficient Modules with Arithmetic Operations").
+//! Parameter-Efficient Modules with Arithmetic Operations"); `ties` (Yadav et al. 2023) keeps
+//! each difference's largest `density` of entries, elects each entry's sign by the weighted
+//! sum, and averages the differences that agree with it; `dare-linear` and `dare-ties` (Yu et
+//! al. 2023) drop entries at random instead, scaling the survivors by 1/`density`, then add
+//! (or elect and add, as mergekit does); `slerp` interpolates two models along the great
+//! circle between each pair of tensors.
 
 use std::path::Path;
 
@@ -25,12 +30,25 @@ pub struct Merge {
     /// `weighted` only, required there: one per input, normalised to sum to 1.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<f64>,
-    /// `task-arithmetic` only, required there: what the inputs' differences are taken from.
+    /// `task-arithmetic`, `ties`, `dare-ties`, `dare-linear`, required there: what the
+    /// inputs' differences are taken from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<MergeInput>,
-    /// `task-arithmetic` only, default 1.0: λ in base + λ · Σ (input − base).
+    /// `task-arithmetic`, `ties`, `dare-*`, default 1.0: λ in base + λ · Σ (input − base).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<f64>,
+    /// `ties`, `dare-*`, required there, in (0, 1]: the fraction of each difference's entries
+    /// kept (TIES: the largest in magnitude; DARE: at random, the survivors × 1/density).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub density: Option<f64>,
+    /// `ties`, `dare-*` (default true for `ties`, false for `dare-*`, as mergekit's): whether
+    /// the summed differences are divided by the summed weights of those that take part
+    /// (`ties`, `dare-ties`: those agreeing with the elected sign).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// `slerp` only, required there, in [0, 1]: how far from the first input to the second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub t: Option<f64>,
 }
 
 /// A merge's input: a stage's result, or an imported checkpoint.
@@ -64,7 +82,7 @@ impl Merge {
 }
 
 /// Keys of the stage table that only a merge stage takes.
-pub(crate) const MERGE_KEYS: &[&str] = &["inputs", "method", "weights", "base", "scale"];
+pub(crate) const MERGE_KEYS: &[&str] = &["inputs", "method", "weights", "base", "scale", "density", "normalize", "t"];
 
 /// Keys of the stage table a merge stage takes besides its own: the rest train, and a merge
 /// trains nothing (a greedy one reads `data`, `eval` and the batch shape for its evaluation).
@@ -118,32 +136,54 @@ pub(crate) fn decode_merge(cx: &mut Cx, f: &Fields, is_merge: bool, context: &Me
     let inputs: Vec<MergeInput> = listed.iter().filter_map(|(w, origin)| read_input(cx, w, origin)).collect();
 
     let weights = f.opt(cx, "weights", decode::floats).unwrap_or_default();
-    only_for(cx, f, "weights", !weights.is_empty(), method == MergeMethod::Weighted, "method = \"weighted\"");
-    let weights = if method == MergeMethod::Weighted {
-        let origin = cx.origins.get(&f.child_path("weights")).cloned().unwrap_or_else(|| f.origin.clone());
+    let weighted = method == MergeMethod::Weighted;
+    let takes_base = method.takes_base();
+    let trims = method.trims();
+    only_for(cx, f, "weights", !weights.is_empty(), weighted || trims, "method = \"weighted\", \"ties\" or \"dare-*\"");
+    let weights_origin = cx.origins.get(&f.child_path("weights")).cloned().unwrap_or_else(|| f.origin.clone());
+    let weights = if weighted {
         if weights.len() != listed.len() || weights.iter().any(|w| *w < 0.0) || weights.iter().sum::<f64>() <= 0.0 {
             cx.diags.push(
-                Diagnostic::new(&origin, format!("a weighted merge needs one weight ≥ 0 per input ({})", listed.len()))
-                    .label(format!("found {} weight(s)", weights.len())),
+                Diagnostic::new(
+                    &weights_origin,
+                    format!("a weighted merge needs one weight ≥ 0 per input ({})", listed.len()),
+                )
+                .label(format!("found {} weight(s)", weights.len())),
             );
         }
         let total: f64 = weights.iter().sum();
         weights.iter().map(|w| w / total).collect()
+    } else if trims {
+        // Each difference's weight, as written (mergekit's `weight`): not normalised.
+        if weights.is_empty() {
+            vec![1.0; listed.len()]
+        } else {
+            if weights.len() != listed.len() || weights.iter().any(|w| !w.is_finite()) {
+                cx.diags.push(
+                    Diagnostic::new(
+                        &weights_origin,
+                        format!("expected one finite weight per input ({})", listed.len()),
+                    )
+                    .label(format!("found {} weight(s)", weights.len())),
+                );
+            }
+            weights
+        }
     } else {
         Vec::new()
     };
 
-    let arithmetic = method == MergeMethod::TaskArithmetic;
     let base = f.opt(cx, "base", decode::string);
-    only_for(cx, f, "base", base.is_some(), arithmetic, "method = \"task-arithmetic\"");
-    let base = match (arithmetic, base) {
+    let base_methods = "method = \"task-arithmetic\", \"ties\" or \"dare-*\"";
+    only_for(cx, f, "base", base.is_some(), takes_base, base_methods);
+    let base = match (takes_base, base) {
         (true, Some(b)) => {
             let origin = cx.origins.get(&f.child_path("base")).cloned().unwrap_or_default();
             read_input(cx, &b, &origin)
         }
         (true, None) => {
             cx.diags.push(
-                Diagnostic::new(&f.origin, "a task-arithmetic merge needs a `base`")
+                Diagnostic::new(&f.origin, format!("a {} merge needs a `base`", method))
                     .label("expected `base = \"STAGE\"`: the weights the inputs' differences are taken from"),
             );
             None
@@ -151,9 +191,51 @@ pub(crate) fn decode_merge(cx: &mut Cx, f: &Fields, is_merge: bool, context: &Me
         (false, _) => None,
     };
     let scale = f.opt(cx, "scale", decode::float);
-    only_for(cx, f, "scale", scale.is_some(), arithmetic, "method = \"task-arithmetic\"");
+    only_for(cx, f, "scale", scale.is_some(), takes_base, base_methods);
     if let Some(s) = scale {
         check_range(cx, &f.child_path("scale"), s, s.is_finite(), "a finite number");
     }
-    Some(Merge { method, inputs, weights, base, scale: arithmetic.then(|| scale.unwrap_or(1.0)) })
+
+    let density = f.opt(cx, "density", decode::float);
+    let trimming = "method = \"ties\", \"dare-ties\" or \"dare-linear\"";
+    only_for(cx, f, "density", density.is_some(), trims, trimming);
+    match density {
+        Some(d) => check_range(cx, &f.child_path("density"), d, d > 0.0 && d <= 1.0, "a fraction in (0, 1]"),
+        None if trims => cx.diags.push(
+            Diagnostic::new(&f.origin, format!("a {} merge needs a `density`", method))
+                .label("expected `density = 0.5`: the fraction of each input's difference from `base` kept"),
+        ),
+        None => {}
+    }
+    let normalize = f.opt(cx, "normalize", decode::boolean);
+    only_for(cx, f, "normalize", normalize.is_some(), trims, trimming);
+
+    let t = f.opt(cx, "t", decode::float);
+    let slerp = method == MergeMethod::Slerp;
+    only_for(cx, f, "t", t.is_some(), slerp, "method = \"slerp\"");
+    match t {
+        Some(t) => check_range(cx, &f.child_path("t"), t, (0.0..=1.0).contains(&t), "a fraction in [0, 1]"),
+        None if slerp => cx.diags.push(
+            Diagnostic::new(&f.origin, "a slerp merge needs `t`")
+                .label("expected `t = 0.5`: how far from the first input towards the second"),
+        ),
+        None => {}
+    }
+    if slerp && listed.len() != 2 {
+        let origin = cx.origins.get(&f.child_path("inputs")).cloned().unwrap_or_else(|| f.origin.clone());
+        cx.diags.push(
+            Diagnostic::new(&origin, "a slerp merge interpolates between exactly two inputs")
+                .label(format!("found {}", listed.len())),
+        );
+    }
+    Some(Merge {
+        method,
+        inputs,
+        weights,
+        base,
+        scale: takes_base.then(|| scale.unwrap_or(1.0)),
+        density: density.filter(|_| trims),
+        normalize: trims.then(|| normalize.unwrap_or(method == MergeMethod::Ties)),
+        t: t.filter(|_| slerp),
+    })
 }

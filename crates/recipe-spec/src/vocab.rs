@@ -59,7 +59,31 @@ words!(OnNonfinite { Stop = "stop", Skip = "skip" });
 words!(Precision { F32 = "f32", Bf16Mixed = "bf16-mixed", F16Mixed = "f16-mixed", Bf16 = "bf16" });
 words!(PeftMethod { Lora = "lora", Dora = "dora", Vera = "vera", TiedLora = "tied-lora" });
 words!(LoraInit { Pissa = "pissa", Olora = "olora" });
-words!(MergeMethod { Uniform = "uniform", Weighted = "weighted", Greedy = "greedy", TaskArithmetic = "task-arithmetic" });
+words!(MergeMethod {
+    Uniform = "uniform",
+    Weighted = "weighted",
+    Greedy = "greedy",
+    TaskArithmetic = "task-arithmetic",
+    Ties = "ties",
+    DareTies = "dare-ties",
+    DareLinear = "dare-linear",
+    Slerp = "slerp",
+});
+impl MergeMethod {
+    /// Whether it combines the inputs' differences from a `base` (task vectors).
+    pub fn takes_base(self) -> bool {
+        matches!(
+            self,
+            MergeMethod::TaskArithmetic | MergeMethod::Ties | MergeMethod::DareTies | MergeMethod::DareLinear
+        )
+    }
+
+    /// Whether it trims each task vector to a `density` (TIES by magnitude, DARE at random).
+    pub fn trims(self) -> bool {
+        matches!(self, MergeMethod::Ties | MergeMethod::DareTies | MergeMethod::DareLinear)
+    }
+}
+
 words!(InitKind { Stack = "stack" });
 words!(AverageKind { Ema = "ema", Lawa = "lawa" });
 words!(Keep { Tokens = "tokens", Batch = "batch" });

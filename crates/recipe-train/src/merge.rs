@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use recipe_checkpoint::load_checkpoint;
 use recipe_data::{LoaderConfig, Mix, Split};
+use recipe_kernels::uniform_noise;
 use recipe_model::Llama;
 use recipe_spec::{CheckpointFormat, Merge, MergeMethod, Recipe, Stage};
 use serde_json::json;
@@ -47,6 +48,23 @@ pub fn merge_stage(r: &MergeRun) -> Result<Llama> {
             task_arithmetic(&base, &inputs, merge.scale.unwrap_or(1.0))?
         }
         MergeMethod::Greedy => greedy(r, merge, &inputs)?,
+        MergeMethod::Ties | MergeMethod::DareTies | MergeMethod::DareLinear => {
+            let base = load(r.base.as_ref().expect("a trimming merge has a base"))?;
+            let trim = match merge.method {
+                MergeMethod::Ties => Trim::Magnitude,
+                _ => Trim::Random { seed: r.recipe.seed },
+            };
+            let combine = TaskVectors {
+                weights: &merge.weights,
+                density: merge.density.expect("a trimming merge has a density"),
+                trim,
+                elect_sign: merge.method != MergeMethod::DareLinear,
+                normalize: merge.normalize.unwrap_or(false),
+                scale: merge.scale.unwrap_or(1.0),
+            };
+            combine.merge(&base, &inputs)?
+        }
+        MergeMethod::Slerp => slerp(&inputs[0], &inputs[1], merge.t.expect("a slerp merge has t"))?,
     };
     model(r.stage, merged, r.device)
 }
@@ -105,6 +123,127 @@ pub fn task_arithmetic(base: &Weights, models: &[Weights], scale: f64) -> Result
                 delta = (delta + (&m[t] - &base[t])?)?;
             }
             Ok((&base[t] + scaled(&delta, scale)?)?)
+        })
+        .collect()
+}
+
+/// How a task vector is trimmed to its density.
+#[derive(Clone, Copy)]
+pub enum Trim {
+    /// TIES: the largest entries in magnitude (ties broken by position).
+    Magnitude,
+    /// DARE: each entry kept with probability `density`, drawn from a hash of the seed, the
+    /// input's and the tensor's place and the entry's index; the survivors × 1/density.
+    Random { seed: u64 },
+}
+
+/// The merges over task vectors (each input − base) that mergekit calls generalized task
+/// arithmetic: trim each, weigh it, optionally elect each entry's sign (the sign of the
+/// weighted sum; a tie counts as +) and keep only the entries that agree, sum, optionally
+/// divide by the summed weights of what was kept, and add λ × that to the base.
+pub struct TaskVectors<'a> {
+    pub weights: &'a [f64],
+    pub density: f64,
+    pub trim: Trim,
+    pub elect_sign: bool,
+    pub normalize: bool,
+    pub scale: f64,
+}
+
+impl TaskVectors<'_> {
+    pub fn merge(&self, base: &Weights, models: &[Weights]) -> Result<Weights> {
+        (0..base.len())
+            .map(|t| {
+                let base_values = base[t].flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                let deltas = models
+                    .iter()
+                    .enumerate()
+                    .map(|(m, model)| {
+                        let theta = model[t].flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                        let delta: Vec<f32> = theta.iter().zip(&base_values).map(|(x, b)| x - b).collect();
+                        Ok(self.trimmed(delta, m, t))
+                    })
+                    .collect::<Result<Vec<Vec<f32>>>>()?;
+                let merged = self.combine(&base_values, &deltas);
+                Ok(Tensor::from_vec(merged, base[t].shape(), base[t].device())?.to_dtype(base[t].dtype())?)
+            })
+            .collect()
+    }
+
+    fn trimmed(&self, mut delta: Vec<f32>, model: usize, tensor: usize) -> Vec<f32> {
+        if self.density >= 1.0 {
+            return delta;
+        }
+        match self.trim {
+            Trim::Magnitude => {
+                let keep = (self.density * delta.len() as f64) as usize;
+                let mut order: Vec<usize> = (0..delta.len()).collect();
+                order.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b)));
+                for &i in &order[keep..] {
+                    delta[i] = 0.0;
+                }
+            }
+            Trim::Random { seed } => {
+                let seed = seed ^ ((model as u64) << 32 | tensor as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let draws = uniform_noise(delta.len(), seed, 0.5, candle_core::DType::F32, &Device::Cpu)
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("host noise");
+                let rescale = (1.0 / self.density) as f32;
+                for (d, u) in delta.iter_mut().zip(draws) {
+                    *d = if f64::from(u) + 0.5 < self.density { *d * rescale } else { 0.0 };
+                }
+            }
+        }
+        delta
+    }
+
+    /// base + λ · (Σ wᵢ δᵢ over the entries kept) / (Σ wᵢ over them, when normalizing).
+    fn combine(&self, base: &[f32], deltas: &[Vec<f32>]) -> Vec<f32> {
+        let weights: Vec<f32> = self.weights.iter().map(|&w| w as f32).collect();
+        let scale = self.scale as f32;
+        (0..base.len())
+            .map(|i| {
+                let weighted = deltas.iter().zip(&weights).map(|(d, w)| d[i] * w);
+                let elected = if weighted.clone().sum::<f32>() >= 0.0 { 1.0 } else { -1.0 };
+                let (mut mixed, mut divisor) = (0f32, 0f32);
+                for (wd, w) in weighted.zip(&weights) {
+                    if !self.elect_sign || wd.signum() == elected && wd != 0.0 {
+                        mixed += wd;
+                        divisor += w;
+                    }
+                }
+                if self.normalize && divisor.abs() >= 1e-8 {
+                    mixed /= divisor;
+                }
+                base[i] + scale * mixed
+            })
+            .collect()
+    }
+}
+
+/// Spherical interpolation from `a` (t = 0) to `b` (t = 1), tensor by tensor: along the great
+/// circle between their directions, each scaled as it is; linear where the directions are
+/// nearly parallel (|cos| > 0.9995), as mergekit's `slerp`.
+pub fn slerp(a: &Weights, b: &Weights, t: f64) -> Result<Weights> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let (xs, ys) = (
+                x.flatten_all()?.to_dtype(candle_core::DType::F64)?,
+                y.flatten_all()?.to_dtype(candle_core::DType::F64)?,
+            );
+            let norm = |v: &Tensor| -> Result<f64> { Ok(v.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt()) };
+            let (nx, ny) = (norm(&xs)?, norm(&ys)?);
+            let unit = |n: f64| if n > 1e-8 { 1.0 / n } else { 1.0 };
+            let cos = (&xs * &ys)?.sum_all()?.to_scalar::<f64>()? * unit(nx) * unit(ny);
+            let (wa, wb) = if cos.abs() > 0.9995 {
+                (1.0 - t, t)
+            } else {
+                let omega = cos.acos();
+                ((omega * (1.0 - t)).sin() / omega.sin(), (omega * t).sin() / omega.sin())
+            };
+            let merged = ((&xs * wa)? + (&ys * wb)?)?;
+            Ok(merged.to_dtype(x.dtype())?.reshape(x.shape())?)
         })
         .collect()
 }
@@ -186,5 +325,74 @@ mod tests {
         assert_eq!(values(&weighted_sum(&[&a, &b], &[0.75, 0.25]).unwrap()), [1.5, 3.0]);
         // 1 + 0.5 · ((1 − 1) + (3 − 1)) = 2; 1 + 0.5 · ((2 − 1) + (6 − 1)) = 4
         assert_eq!(values(&task_arithmetic(&base, &[a, b], 0.5).unwrap()), [2.0, 4.0]);
+    }
+
+    fn ties(weights: &[f64], density: f64, normalize: bool) -> TaskVectors<'_> {
+        TaskVectors { weights, density, trim: Trim::Magnitude, elect_sign: true, normalize, scale: 1.0 }
+    }
+
+    /// TIES worked by hand. Differences from the base (0): a = [3, −2, 1, 0.5], b = [−1, −4, 2, 0];
+    /// trimmed to their largest half: a = [3, −2, 0, 0], b = [0, −4, 2, 0]. Elected signs (of
+    /// the weighted sums): [+, −, +, +]. Kept: [3], [−2, −4], [2], []; normalised by the weights
+    /// of what was kept.
+    #[test]
+    fn ties_trims_elects_signs_and_averages_what_agrees() {
+        let base = weights(&[0.0, 0.0, 0.0, 0.0]);
+        let (a, b) = (weights(&[3.0, -2.0, 1.0, 0.5]), weights(&[-1.0, -4.0, 2.0, 0.0]));
+        let inputs = [a, b];
+        assert_eq!(values(&ties(&[1.0, 1.0], 0.5, true).merge(&base, &inputs).unwrap()), [3.0, -3.0, 2.0, 0.0]);
+        // Weights 1 and 0.5, not normalised: [3, −2 − 2, 1, 0].
+        assert_eq!(values(&ties(&[1.0, 0.5], 0.5, false).merge(&base, &inputs).unwrap()), [3.0, -4.0, 1.0, 0.0]);
+        // Density 1 keeps everything: signs [+, −, +, +]; kept [3], [−2, −4], [1, 2], [0.5].
+        assert_eq!(values(&ties(&[1.0, 1.0], 1.0, true).merge(&base, &inputs).unwrap()), [3.0, -3.0, 1.5, 0.5]);
+        // A scale multiplies the merged difference, added to a base that is not zero.
+        let base = weights(&[1.0, 1.0, 1.0, 1.0]);
+        let shifted = inputs.map(|w| vec![(&w[0] + 1.0).unwrap()]);
+        let halved = TaskVectors { scale: 0.5, ..ties(&[1.0, 1.0], 0.5, true) };
+        assert_eq!(values(&halved.merge(&base, &shifted).unwrap()), [2.5, -0.5, 2.0, 1.0]);
+    }
+
+    /// DARE keeps about `density` of the entries, each × 1/density, so that the difference is
+    /// kept in expectation; the draw is the seed's, and differs between inputs.
+    #[test]
+    fn dare_drops_at_random_and_rescales_the_survivors() {
+        let n = 100_000;
+        let base = vec![Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap()];
+        let ones = vec![Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap()];
+        let dare = |seed, weights: &[f64], inputs: &[Weights]| {
+            let linear = TaskVectors {
+                weights,
+                density: 0.25,
+                trim: Trim::Random { seed },
+                elect_sign: false,
+                normalize: false,
+                scale: 1.0,
+            };
+            values(&linear.merge(&base, inputs).unwrap())
+        };
+        let merged = dare(3, &[1.0], std::slice::from_ref(&ones));
+        let kept = merged.iter().filter(|&&v| v != 0.0).count();
+        assert!(merged.iter().all(|&v| v == 0.0 || v == 4.0));
+        assert!((kept as f64 / n as f64 - 0.25).abs() < 0.01, "{kept} of {n} kept");
+        assert_eq!(merged, dare(3, &[1.0], std::slice::from_ref(&ones)));
+        assert_ne!(merged, dare(4, &[1.0], std::slice::from_ref(&ones)));
+        // Two inputs draw apart: where both survive 8, where one 4.
+        let two = dare(3, &[1.0, 1.0], &[ones.clone(), ones.clone()]);
+        assert!(two.contains(&8.0) && two.contains(&4.0));
+    }
+
+    /// SLERP: the ends give the inputs back; between orthogonal unit vectors, the point at
+    /// angle t·90°; parallel inputs fall back to the straight line.
+    #[test]
+    fn slerp_follows_the_great_circle() {
+        let (x, y) = (weights(&[1.0, 0.0]), weights(&[0.0, 1.0]));
+        let close = |got: Vec<f32>, want: [f64; 2]| {
+            assert!(got.iter().zip(want).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-6), "{got:?} against {want:?}");
+        };
+        close(values(&slerp(&x, &y, 0.0).unwrap()), [1.0, 0.0]);
+        close(values(&slerp(&x, &y, 1.0).unwrap()), [0.0, 1.0]);
+        let angle = 0.3 * std::f64::consts::FRAC_PI_2;
+        close(values(&slerp(&x, &y, 0.3).unwrap()), [angle.cos(), angle.sin()]);
+        close(values(&slerp(&x, &weights(&[2.0, 0.0]), 0.25).unwrap()), [1.25, 0.0]);
     }
 }
