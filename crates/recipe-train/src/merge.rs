@@ -178,7 +178,11 @@ impl TaskVectors<'_> {
             Trim::Magnitude => {
                 let keep = (self.density * delta.len() as f64) as usize;
                 let mut order: Vec<usize> = (0..delta.len()).collect();
-                order.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b)));
+                // A total order, so the partition is the same whatever the selection's path.
+                let larger_first = |&a: &usize, &b: &usize| delta[b].abs().total_cmp(&delta[a].abs()).then(a.cmp(&b));
+                if keep < order.len() {
+                    order.select_nth_unstable_by(keep, larger_first);
+                }
                 for &i in &order[keep..] {
                     delta[i] = 0.0;
                 }
