@@ -174,7 +174,7 @@ pub const MAX_LINE_BYTES: usize = 64 << 20;
 fn for_each_line(file: &Path, mut f: impl FnMut(usize, Result<&[u8]>) -> Result<()>) -> Result<()> {
     use std::io::{BufRead, Read};
     let io = |e: std::io::Error| DataError::in_file(file, e.to_string());
-    let mut reader = std::io::BufReader::new(std::fs::File::open(file).map_err(io)?);
+    let mut reader = std::io::BufReader::new(open(file)?);
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
@@ -215,8 +215,24 @@ fn without_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
+/// Whether a source file is gzipped (named `*.gz`), and so read through a decoder.
+fn gzipped(file: &Path) -> bool {
+    file.extension().is_some_and(|e| e == "gz")
+}
+
+/// A source file's bytes as a stream, decompressed when it is gzipped (every member of a
+/// multi-member file, as `zcat` reads it).
+fn open(file: &Path) -> Result<Box<dyn std::io::Read>> {
+    let handle = std::fs::File::open(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+    Ok(match gzipped(file) {
+        true => Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(handle))),
+        false => Box::new(handle),
+    })
+}
+
 fn read_text(file: &Path) -> Result<Doc> {
-    let mut bytes = std::fs::read(file).map_err(|e| DataError::in_file(file, e.to_string()))?;
+    let mut bytes = Vec::new();
+    open(file)?.read_to_end(&mut bytes).map_err(|e| DataError::in_file(file, e.to_string()))?;
     if without_bom(&bytes).len() < bytes.len() {
         bytes.drain(..3);
     }
@@ -394,6 +410,12 @@ fn implicit_prompt<'a>(chosen: &'a str, rejected: &'a str) -> (&'a str, &'a str,
 }
 
 fn read_tokens(file: &Path, dtype: TokenDtype) -> Result<Vec<Doc>> {
+    if gzipped(file) {
+        return Err(DataError::in_file(
+            file,
+            "a `tokens` file is memory-mapped, so it cannot be gzipped; decompress it",
+        ));
+    }
     let mut tokens = TokenFile::open(file, dtype)?;
     let mut ids = Vec::new();
     (0..tokens.docs())

@@ -617,18 +617,64 @@ fn the_eval_split_is_disjoint_from_training() {
     assert_eq!(err.to_string(), "no source of the mix has held-out documents");
 }
 
-/// A one-source recipe over files written into a temporary folder.
+/// A one-source recipe over files written into a temporary folder, read by `*.dat`.
 fn bad_source(format: &str, extra: &str, files: &[(&str, &[u8])]) -> Result<recipe_data::Documents, String> {
+    source_matching("*.dat", format, extra, files)
+}
+
+/// The documents of a one-source recipe whose `path` is `pattern`, over `files` written into a
+/// temporary folder; an error with that folder written `DIR`.
+fn source_matching(
+    pattern: &str,
+    format: &str,
+    extra: &str,
+    files: &[(&str, &[u8])],
+) -> Result<recipe_data::Documents, String> {
     let dir = tempfile::tempdir().unwrap();
     for (name, bytes) in files {
         std::fs::write(dir.path().join(name), bytes).unwrap();
     }
     let text = format!(
-        "[tokenizer]\ntrain = {{}}\n[sources.s]\npath = \"*.dat\"\nformat = \"{format}\"\n{extra}\n[stages.a]\nkind = \"pretrain\"\ndata = {{ mix = {{ s = 1 }} }}\n"
+        "[tokenizer]\ntrain = {{}}\n[sources.s]\npath = \"{pattern}\"\nformat = \"{format}\"\n{extra}\n[stages.a]\nkind = \"pretrain\"\ndata = {{ mix = {{ s = 1 }} }}\n"
     );
     let recipe = Recipe::parse(&dir.path().join("r.toml"), &text, &[], &Headers).map_err(|e| e.to_string())?;
     read_source(recipe.source("s").unwrap())
         .map_err(|e| e.to_string().replace(&dir.path().display().to_string(), "DIR"))
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A source file named `*.gz` is read through gzip (every member of a multi-member file, as
+/// `zcat` reads it) into the documents its plain text gives; a damaged one names its file.
+#[test]
+fn gzipped_sources_read_as_their_plain_text() {
+    let texts = |docs: recipe_data::Documents| docs.docs.iter().map(|d| d.text()).collect::<Vec<_>>();
+    let book = "\u{feff}Call me Ishmael.\nSome years ago —\n".as_bytes();
+    let plain = texts(source_matching("*.txt", "text", "", &[("a.txt", book)]).unwrap());
+    let gzipped = texts(source_matching("*.txt.gz", "text", "", &[("a.txt.gz", &gzip(book))]).unwrap());
+    assert_eq!(gzipped, plain);
+
+    let (first, second) = (b"{\"text\":\"one\"}\n{\"text\":\"two\"}\n", b"{\"text\":\"three\"}\n");
+    let members = [gzip(first), gzip(second)].concat();
+    let lines = texts(source_matching("*.jsonl.gz", "jsonl", "", &[("a.jsonl.gz", &members)]).unwrap());
+    assert_eq!(lines, ["one", "two", "three"]);
+    let bad = [b"{\"text\":\"ok\"}\n".as_slice(), b"{\"text\": oops}\n"].concat();
+    let err = source_matching("*.gz", "jsonl", "", &[("a.jsonl.gz", &gzip(&bad))]).unwrap_err();
+    assert!(err.starts_with("DIR/a.jsonl.gz:2: malformed JSON"), "{err}");
+
+    let mut damaged = gzip(book);
+    damaged.truncate(damaged.len() / 2);
+    let err = source_matching("*.gz", "text", "", &[("a.txt.gz", &damaged)]).unwrap_err();
+    assert!(err.starts_with("DIR/a.txt.gz:"), "{err}");
+    let index = [0u64, 4].map(u64::to_le_bytes).concat();
+    let err =
+        source_matching("*.gz", "tokens", "", &[("a.bin.gz", &gzip(&[0; 8])), ("a.bin.idx", &index)]).unwrap_err();
+    assert!(err.contains("cannot be gzipped"), "{err}");
 }
 
 #[test]
