@@ -279,11 +279,18 @@ fn parse_chat(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
         let turn = |role, content: String| Message { role, content };
         return Ok(Doc::Chat(vec![turn(Role::User, prompt), turn(Role::Assistant, output.to_string())]));
     }
+    if value.get("messages").is_none() && value.get("conversations").is_none() && value.get("completion").is_some() {
+        let layout = "a prompt-completion record has `completion` and, before it, an optional `prompt`";
+        let (prompt, completion) = prompt_and_completion(&value, layout, &bad)?;
+        return Ok(Doc::Chat([prompt, completion].concat()));
+    }
     let (key, messages) = ["messages", "conversations"]
         .into_iter()
         .find_map(|key| Some((key, value.get(key)?.as_array()?)))
         .ok_or_else(|| {
-            bad("missing field `messages` (an array; or ShareGPT's `conversations`, or Alpaca's `instruction` and `output`)".into())
+            bad("missing field `messages` (an array; or ShareGPT's `conversations`, Alpaca's `instruction` and \
+                 `output`, or TRL's `prompt` and `completion`)"
+                .into())
         })?;
     Ok(Doc::Chat(parse_messages(key, messages, &bad)?))
 }
@@ -373,25 +380,36 @@ fn parse_preference(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
 fn parse_unpaired(file: &Path, line: usize, bytes: &[u8]) -> Result<Doc> {
     let value = parse_json(file, line, bytes)?;
     let bad = |why: String| DataError::at_line(file, line, why);
-    let messages = |key: &str, role: Role| -> Result<Vec<Message>> {
-        match value.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::String(text)) => Ok(vec![Message { role, content: text.clone() }]),
-            Some(Value::Array(list)) => parse_messages(key, list, &bad),
-            Some(other) => Err(bad(format!("`{key}` is {other}; expected a string or an array of messages"))),
-        }
-    };
     let desirable = match value.get("label") {
         Some(Value::Bool(label)) => *label,
         _ => return Err(bad("missing boolean `label` (true: a desirable response, false: an undesirable one)".into())),
     };
+    let (prompt, completion) =
+        prompt_and_completion(&value, "an unpaired record has `prompt`, `completion` and `label`", &bad)?;
+    Ok(Doc::Unpaired { prompt, completion, desirable })
+}
+
+/// A record's `prompt` (none, a string for a user turn, or messages) and `completion` (a string
+/// for an answer, or messages ending with an assistant turn), as TRL's prompt-completion layout
+/// has them; `layout` says what a record needs, for the error when `completion` is missing.
+fn prompt_and_completion(
+    value: &Value,
+    layout: &str,
+    bad: &dyn Fn(String) -> DataError,
+) -> Result<(Vec<Message>, Vec<Message>)> {
+    let messages = |key: &str, role: Role| -> Result<Vec<Message>> {
+        match value.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::String(text)) => Ok(vec![Message { role, content: text.clone() }]),
+            Some(Value::Array(list)) => parse_messages(key, list, bad),
+            Some(other) => Err(bad(format!("`{key}` is {other}; expected a string or an array of messages"))),
+        }
+    };
     let (prompt, completion) = (messages("prompt", Role::User)?, messages("completion", Role::Assistant)?);
     match completion.last() {
-        Some(m) if m.role == Role::Assistant => Ok(Doc::Unpaired { prompt, completion, desirable }),
-        Some(_) => Err(bad("`completion` does not end with an assistant turn, the response it marks".into())),
-        None => {
-            Err(bad("missing field `completion` (an unpaired record has `prompt`, `completion` and `label`)".into()))
-        }
+        Some(m) if m.role == Role::Assistant => Ok((prompt, completion)),
+        Some(_) => Err(bad("`completion` does not end with an assistant turn, the response it gives".into())),
+        None => Err(bad(format!("missing field `completion` ({layout})"))),
     }
 }
 

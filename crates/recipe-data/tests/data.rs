@@ -694,8 +694,8 @@ fn bad_input_names_file_and_line() {
     let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"msgs\":[]}\n")]).unwrap_err();
     assert_eq!(
         err,
-        "DIR/a.dat:1: missing field `messages` (an array; or ShareGPT's `conversations`, or Alpaca's `instruction` \
-         and `output`)"
+        "DIR/a.dat:1: missing field `messages` (an array; or ShareGPT's `conversations`, Alpaca's `instruction` \
+         and `output`, or TRL's `prompt` and `completion`)"
     );
     let err = bad_source("chat-jsonl", "", &[("a.dat", b"{\"conversations\":[{\"from\":\"bot\",\"value\":\"x\"}]}\n")])
         .unwrap_err();
@@ -708,10 +708,10 @@ fn bad_input_names_file_and_line() {
     assert_eq!(err, "DIR/a.idx: expected n_docs + 1 little-endian u64 offsets");
 }
 
-/// Chat data in ShareGPT's and Alpaca's layouts, and OpenAI's with contents as lists of text
-/// parts, reads as the same conversations as OpenAI's with strings.
+/// Chat data in ShareGPT's, Alpaca's and TRL's prompt-completion layouts, and OpenAI's with
+/// contents as lists of text parts, reads as the same conversations as OpenAI's with strings.
 #[test]
-fn sharegpt_and_alpaca_records_are_conversations_too() {
+fn sharegpt_alpaca_and_prompt_completion_records_are_conversations_too() {
     use recipe_data::{Message, Role};
     let turn = |role, content: &str| Message { role, content: content.into() };
     let openai = br#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},{"role":"assistant","content":"Hello."}]}"#;
@@ -733,6 +733,14 @@ fn sharegpt_and_alpaca_records_are_conversations_too() {
             Doc::Chat(vec![turn(Role::User, "Greet."), turn(Role::Assistant, "Hello.")]),
         ]
     );
+    // TRL's prompt-completion layout: strings (a user turn and an answer) or message arrays.
+    let strings = br#"{"prompt":"Hi","completion":"Hello."}"#;
+    let lists = br#"{"prompt":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"completion":[{"role":"assistant","content":"Hello."}]}"#;
+    assert_eq!(bad_source("chat-jsonl", "", &[("a.dat", strings)]).unwrap().docs, [Doc::Chat(want[1..].to_vec())]);
+    assert_eq!(bad_source("chat-jsonl", "", &[("a.dat", lists)]).unwrap().docs, [Doc::Chat(want.clone())]);
+    let unanswered = br#"{"prompt":"Hi","completion":[{"role":"user","content":"Hello?"}]}"#;
+    let err = bad_source("chat-jsonl", "", &[("a.dat", unanswered)]).unwrap_err();
+    assert!(err.contains("`completion` does not end with an assistant turn"), "{err}");
 }
 
 /// Files as Windows tools write them: a byte-order mark first, CRLF line endings.
