@@ -188,6 +188,12 @@ struct Vocabulary {
     /// The tokens put before and after every text (`tokenizer.ggml.add_bos_token` with
     /// `bos_token_id`, `add_eos_token` with `eos_token_id`), as llama.cpp tokenizes.
     framing: [Option<u32>; 2],
+    /// SentencePiece (`llama`) only: each token's score, which orders the merges.
+    scores: Vec<f32>,
+    /// SentencePiece only: whether a text gets a `▁` before it (default true, as llama.cpp).
+    add_space_prefix: bool,
+    /// SentencePiece only: whether runs of whitespace are collapsed first (not rebuilt).
+    remove_extra_whitespaces: bool,
 }
 
 fn vocabulary(g: &gguf_file::Content) -> Result<Vocabulary, String> {
@@ -198,6 +204,7 @@ fn vocabulary(g: &gguf_file::Content) -> Result<Vocabulary, String> {
         list(key)?.iter().map(|v| v.to_string().cloned().map_err(|_| format!("`{key}` holds a non-string"))).collect()
     };
     let text = |key: &str| g.metadata.get(key).and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let flag_or = |key: &str, default| g.metadata.get(key).and_then(|v| v.to_bool().ok()).unwrap_or(default);
     Ok(Vocabulary {
         tokens: strings("tokenizer.ggml.tokens")?,
         types: match g.metadata.get("tokenizer.ggml.token_type") {
@@ -208,10 +215,21 @@ fn vocabulary(g: &gguf_file::Content) -> Result<Vocabulary, String> {
         model: text("tokenizer.ggml.model"),
         pre: text("tokenizer.ggml.pre"),
         framing: ["bos", "eos"].map(|which| {
-            let added = g.metadata.get(&format!("tokenizer.ggml.add_{which}_token")).and_then(|v| v.to_bool().ok());
+            // llama.cpp's defaults where the file is silent: a BOS for SentencePiece and for
+            // Llama 3's pre-tokenizer, never an EOS.
+            let by_default = which == "bos"
+                && (text("tokenizer.ggml.model") == "llama"
+                    || ["llama3", "llama-v3", "llama-bpe"].contains(&text("tokenizer.ggml.pre").as_str()));
+            let added = flag_or(&format!("tokenizer.ggml.add_{which}_token"), by_default);
             let id = g.metadata.get(&format!("tokenizer.ggml.{which}_token_id")).and_then(|v| v.to_u32().ok());
-            id.filter(|_| added == Some(true))
+            id.filter(|_| added)
         }),
+        scores: match g.metadata.get("tokenizer.ggml.scores") {
+            Some(_) => list("tokenizer.ggml.scores")?.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+            None => Vec::new(),
+        },
+        add_space_prefix: flag_or("tokenizer.ggml.add_space_prefix", true),
+        remove_extra_whitespaces: flag_or("tokenizer.ggml.remove_extra_whitespaces", false),
     })
 }
 
@@ -226,9 +244,97 @@ pub(crate) fn tokens(g: &gguf_file::Content) -> Result<(Vec<String>, Option<u32>
 /// `tokenizer.ggml.pre` names.
 pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
     let v = vocabulary(&read(path)?)?;
-    if v.model != "gpt2" {
-        return Err(format!("its tokenizer is `{}`; only byte-level BPE (`gpt2`) is rebuilt", v.model));
+    let mut tokenizer = match v.model.as_str() {
+        "gpt2" => byte_level_bpe(&v)?,
+        "llama" => sentencepiece_bpe(&v)?,
+        other => {
+            return Err(format!(
+                "its tokenizer is `{other}`; only byte-level BPE (`gpt2`) and SentencePiece BPE (`llama`) are rebuilt"
+            ));
+        }
+    };
+    const CONTROL: i32 = 3;
+    const USER_DEFINED: i32 = 4;
+    let added = |kind: i32| -> Vec<AddedToken> {
+        let tokens = v.tokens.iter().zip(&v.types).filter(|(_, ty)| **ty == kind);
+        // Matched in the text as written, before a normalizer (SentencePiece's `▁`) runs.
+        tokens.map(|(t, _)| AddedToken::from(t.clone(), kind == CONTROL).normalized(false)).collect()
+    };
+    tokenizer.add_special_tokens(&added(CONTROL));
+    // SentencePiece emits a user-defined piece whole wherever it occurs, as an added token.
+    tokenizer.add_tokens(&added(USER_DEFINED));
+    if let Some(framing) = framing(&v)? {
+        tokenizer.with_post_processor(Some(framing));
     }
+    Ok(tokenizer)
+}
+
+/// A SentencePiece BPE tokenizer (llama.cpp's `llama` model: Llama 2, Mistral, TinyLlama) as
+/// Llama 2's `tokenizer.json` has it: BPE over the pieces with byte fallback (`<0x41>`), the
+/// merges ranked by the merged piece's score (as `transformers` derives them), spaces written
+/// `▁`, and a `▁` before the text when the file asks for one (`add_space_prefix`, default
+/// true).
+fn sentencepiece_bpe(v: &Vocabulary) -> Result<Tokenizer, String> {
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::{DecoderWrapper, byte_fallback::ByteFallback, fuse::Fuse, strip::Strip};
+    use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence};
+    if v.scores.len() != v.tokens.len() {
+        return Err("its SentencePiece tokenizer has no score for every token (`tokenizer.ggml.scores`)".into());
+    }
+    if v.remove_extra_whitespaces {
+        return Err("its SentencePiece tokenizer collapses runs of whitespace, which is not rebuilt".into());
+    }
+    const NORMAL: i32 = 1;
+    const UNKNOWN: i32 = 2;
+    let normal = |id: usize| v.types.get(id).is_none_or(|ty| *ty == NORMAL);
+    let vocab: Vocab = v.tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
+    // Every way to split a piece into two pieces is a merge, ranked by the piece's score
+    // (then the longer left part first), as `transformers` derives them.
+    let mut merges: Vec<(&str, &str, f32, usize)> = Vec::new();
+    for (id, piece) in v.tokens.iter().enumerate().filter(|(id, _)| normal(*id)) {
+        let mut local: Vec<(&str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .map(|(at, _)| piece.split_at(at))
+            .filter(|(l, r)| vocab.contains_key(*l) && vocab.contains_key(*r))
+            .collect();
+        local.sort_by_key(|(l, r)| (vocab[*l], vocab[*r]));
+        let first = merges.len();
+        merges.extend(local.into_iter().enumerate().map(|(i, (l, r))| (l, r, v.scores[id], first + i)));
+    }
+    merges.sort_by(|a, b| {
+        b.2.total_cmp(&a.2).then(b.0.len().cmp(&a.0.len())).then(b.1.len().cmp(&a.1.len())).then(a.3.cmp(&b.3))
+    });
+    let merges = merges.into_iter().map(|(l, r, _, _)| (l.to_string(), r.to_string())).collect();
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    if let Some((unknown, _)) = v.tokens.iter().zip(&v.types).find(|(_, ty)| **ty == UNKNOWN) {
+        bpe = bpe.unk_token(unknown.clone());
+    }
+    let mut tokenizer = Tokenizer::new(bpe.build().map_err(|e| e.to_string())?);
+    // As a normalizer, the `▁` goes before every stretch of text between special tokens, as
+    // llama.cpp puts it (and Llama 2's own `tokenizer.json`), and before one that already
+    // starts with a space, as SentencePiece does.
+    let space = Replace::new(" ", "▁").map_err(|e| e.to_string())?.into();
+    let normalizer = match v.add_space_prefix {
+        true => NormalizerSequence::new(vec![Prepend::new("▁".into()).into(), space]).into(),
+        false => space,
+    };
+    tokenizer.with_normalizer(Some::<NormalizerWrapper>(normalizer));
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("▁", " ").map_err(|e| e.to_string())?.into(),
+        ByteFallback::default().into(),
+        Fuse::default().into(),
+    ];
+    if v.add_space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(tokenizer)
+}
+
+/// A byte-level BPE tokenizer (llama.cpp's `gpt2` model) with the pre-tokenizer its
+/// `tokenizer.ggml.pre` names.
+fn byte_level_bpe(v: &Vocabulary) -> Result<Tokenizer, String> {
     let vocab: Vocab = v.tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
     let merges = v
         .merges
@@ -260,18 +366,6 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
     };
     tokenizer.with_pre_tokenizer(Some(pre));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-    const CONTROL: i32 = 3;
-    let specials: Vec<AddedToken> = v
-        .tokens
-        .iter()
-        .zip(&v.types)
-        .filter(|(_, ty)| **ty == CONTROL)
-        .map(|(t, _)| AddedToken::from(t.clone(), true))
-        .collect();
-    tokenizer.add_special_tokens(&specials);
-    if let Some(framing) = framing(&v)? {
-        tokenizer.with_post_processor(Some(framing));
-    }
     Ok(tokenizer)
 }
 

@@ -671,3 +671,24 @@ fn llama3_rotary_scaling_goes_through_gguf_as_llama_cpps_frequency_divisors() {
     let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     assert_logits("llama3-rope through GGUF", &model, &expected);
 }
+
+/// A SentencePiece BPE tokenizer in GGUF (llama.cpp's `llama` model, as Llama 2, Mistral and
+/// TinyLlama ship): rebuilt from its pieces, scores and types, it gives SentencePiece's own ids
+/// (byte fallback, digits, runs of spaces, a leading `▁`) and llama.cpp's around a
+/// user-defined piece, starts a document with `<s>` as llama.cpp does when the file is silent,
+/// and decodes back. Fixture: `scripts/make-sentencepiece-gguf-fixture.py`.
+#[test]
+fn a_sentencepiece_gguf_tokenizer_gives_llama_cpps_ids() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sentencepiece-gguf");
+    let tok = load_tokenizer(&TokenizerFile::Gguf(dir.join("tokenizer.gguf"))).unwrap();
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    for case in &expected {
+        let text = case["text"].as_str().unwrap();
+        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), ids, "{text:?}");
+        assert_eq!(tok.encode_document(text).unwrap(), [vec![1], ids.clone()].concat(), "{text:?}");
+        assert_eq!(tok.decode(&ids), case["decoded"].as_str().unwrap(), "{text:?}");
+    }
+    assert_eq!((tok.bos(), tok.eos()), (Some(1), 2));
+}
