@@ -619,9 +619,16 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
     use gguf_file::Value as V;
     let json = t.json;
     if json["model"]["type"] != "BPE" {
-        return Err(format!("the tokenizer is {}; only a byte-level BPE is written as GGUF", json["model"]["type"]));
+        return Err(format!(
+            "the tokenizer is {}; only a byte-level or SentencePiece BPE is written as GGUF",
+            json["model"]["type"]
+        ));
     }
-    let pre = pre_tokenizer_name(&json["pre_tokenizer"])?;
+    let sentencepiece = sentencepiece_prefix(json)?;
+    let pre = match sentencepiece {
+        Some(_) => "default",
+        None => pre_tokenizer_name(&json["pre_tokenizer"])?,
+    };
     let vocab = json["model"]["vocab"].as_object().ok_or("the tokenizer has no `model.vocab`")?;
     let mut tokens: Vec<Option<(String, i32)>> = Vec::new();
     let mut put = |id: u64, token: &str, kind: i32| {
@@ -671,18 +678,56 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
         .ok_or("a merge is neither \"a b\" nor [\"a\", \"b\"]")?;
     // Candle writes an empty list as integers, which llama.cpp refuses for the merges.
     if merges.is_empty() {
-        return Err("the tokenizer has no merges; llama.cpp reads a byte-level BPE by them".into());
+        return Err("the tokenizer has no merges; llama.cpp reads a BPE by them".into());
     }
     let strings = |v: Vec<String>| V::Array(v.into_iter().map(V::String).collect());
-    let mut out = vec![
-        ("tokenizer.ggml.model".to_string(), V::String("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), V::String(pre.into())),
-        ("tokenizer.ggml.tokens".to_string(), strings(tokens)),
-        ("tokenizer.ggml.token_type".to_string(), V::Array(types.into_iter().map(V::I32).collect())),
-        ("tokenizer.ggml.merges".to_string(), strings(merges)),
+    let mut out = vec![("tokenizer.ggml.pre".to_string(), V::String(pre.into()))];
+    match sentencepiece {
+        // SentencePiece merges by the merged piece's score: each piece scores minus the rank
+        // of the first merge that makes it, so llama.cpp merges in the BPE's order; a piece no
+        // merge makes scores below them all. Byte-fallback pieces are llama.cpp's byte tokens.
+        Some(add_space_prefix) => {
+            const BYTE: i32 = 6;
+            let mut first_rank: std::collections::HashMap<String, usize> = Default::default();
+            for (rank, merge) in merges.iter().enumerate() {
+                first_rank.entry(merge.replacen(' ', "", 1)).or_insert(rank);
+            }
+            let scores = tokens.iter().map(|token| -(first_rank.get(token).copied().unwrap_or(merges.len()) as f32));
+            let is_byte = |token: &str| {
+                token.len() == 6
+                    && token.starts_with("<0x")
+                    && token.ends_with('>')
+                    && u8::from_str_radix(&token[3..5], 16).is_ok()
+            };
+            const UNKNOWN: i32 = 2;
+            let unknown = json["model"]["unk_token"].as_str();
+            let types = tokens.iter().zip(types).map(|(token, ty)| match () {
+                _ if Some(token.as_str()) == unknown => UNKNOWN,
+                _ if is_byte(token) && ty == NORMAL => BYTE,
+                _ => ty,
+            });
+            if let Some(id) = unknown.and_then(|u| tokens.iter().position(|t| t == u)) {
+                out.push(("tokenizer.ggml.unknown_token_id".to_string(), V::U32(id as u32)));
+            }
+            out.extend([
+                ("tokenizer.ggml.model".to_string(), V::String("llama".into())),
+                ("tokenizer.ggml.scores".to_string(), V::Array(scores.map(V::F32).collect())),
+                ("tokenizer.ggml.token_type".to_string(), V::Array(types.map(V::I32).collect())),
+                ("tokenizer.ggml.add_space_prefix".to_string(), V::Bool(add_space_prefix)),
+                ("tokenizer.ggml.tokens".to_string(), strings(tokens)),
+            ]);
+        }
+        None => out.extend([
+            ("tokenizer.ggml.model".to_string(), V::String("gpt2".into())),
+            ("tokenizer.ggml.tokens".to_string(), strings(tokens)),
+            ("tokenizer.ggml.token_type".to_string(), V::Array(types.into_iter().map(V::I32).collect())),
+            ("tokenizer.ggml.merges".to_string(), strings(merges)),
+        ]),
+    }
+    out.extend([
         ("tokenizer.ggml.eos_token_id".to_string(), V::U32(t.eos)),
         ("tokenizer.ggml.add_bos_token".to_string(), V::Bool(t.bos.is_some())),
-    ];
+    ]);
     if let Some(bos) = t.bos {
         out.push(("tokenizer.ggml.bos_token_id".to_string(), V::U32(bos)));
     }
@@ -701,6 +746,38 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// llama.cpp's name for the pre-tokenizer a `tokenizer.json` describes, for those it knows:
 /// GPT-2's byte-level split (`gpt-2`), SmolLM's digits then byte-level (`smollm`), Qwen 2's
 /// (`qwen2`) and Llama 3's (`llama-bpe`).
+/// Whether a `tokenizer.json` is a SentencePiece BPE as llama.cpp tokenizes one (byte
+/// fallback, spaces written `▁` by the normalizer, no pre-tokenizer), and then whether it puts
+/// a `▁` before each stretch of text: Llama 2's layout, and what a GGUF's `llama` tokenizer is
+/// read back as.
+fn sentencepiece_prefix(json: &serde_json::Value) -> Result<Option<bool>, String> {
+    if json["model"]["byte_fallback"] != true {
+        return Ok(None);
+    }
+    let space = |n: &serde_json::Value| n["type"] == "Replace" && n["pattern"]["String"] == " " && n["content"] == "▁";
+    let normalizer = &json["normalizer"];
+    let prefix = match normalizer["normalizers"].as_array().map(Vec::as_slice) {
+        Some([prepend, replace]) if prepend["type"] == "Prepend" && prepend["prepend"] == "▁" && space(replace) => {
+            true
+        }
+        _ if space(normalizer) => false,
+        _ => {
+            return Err(format!(
+                "llama.cpp reads a SentencePiece BPE that writes spaces as `▁` by its normalizer (Llama 2's layout); \
+                 this one's normalizer is {normalizer} and its pre-tokenizer {}",
+                json["pre_tokenizer"]
+            ));
+        }
+    };
+    if !json["pre_tokenizer"].is_null() {
+        return Err(format!(
+            "llama.cpp reads a SentencePiece BPE with no pre-tokenizer (Llama 2's layout); this one has {}",
+            json["pre_tokenizer"]
+        ));
+    }
+    Ok(Some(prefix))
+}
+
 fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str, String> {
     let byte_level = |p: &serde_json::Value, regex: bool| {
         p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex

@@ -677,18 +677,54 @@ fn llama3_rotary_scaling_goes_through_gguf_as_llama_cpps_frequency_divisors() {
 /// (byte fallback, digits, runs of spaces, a leading `▁`) and llama.cpp's around a
 /// user-defined piece, starts a document with `<s>` as llama.cpp does when the file is silent,
 /// and decodes back. Fixture: `scripts/make-sentencepiece-gguf-fixture.py`.
+///
+/// Written back as GGUF (each piece scored by the first merge that makes it, byte-fallback
+/// pieces typed as bytes), it reads back as the same tokenizer; llama-cpp-python tokenizes such
+/// an export as SentencePiece does and continues a prompt as `recipe sample` does (by hand).
 #[test]
-fn a_sentencepiece_gguf_tokenizer_gives_llama_cpps_ids() {
+fn a_sentencepiece_gguf_tokenizer_gives_llama_cpps_ids_and_goes_back_into_gguf() {
+    use candle_core::quantized::gguf_file;
+    use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sentencepiece-gguf");
-    let tok = load_tokenizer(&TokenizerFile::Gguf(dir.join("tokenizer.gguf"))).unwrap();
     let expected: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-    for case in &expected {
-        let text = case["text"].as_str().unwrap();
-        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode(text).unwrap(), ids, "{text:?}");
-        assert_eq!(tok.encode_document(text).unwrap(), [vec![1], ids.clone()].concat(), "{text:?}");
-        assert_eq!(tok.decode(&ids), case["decoded"].as_str().unwrap(), "{text:?}");
+    let gives_the_expected_ids = |path: PathBuf| {
+        let tok = load_tokenizer(&TokenizerFile::Gguf(path)).unwrap();
+        for case in &expected {
+            let text = case["text"].as_str().unwrap();
+            let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(text).unwrap(), ids, "{text:?}");
+            assert_eq!(tok.encode_document(text).unwrap(), [vec![1], ids.clone()].concat(), "{text:?}");
+            assert_eq!(tok.decode(&ids), case["decoded"].as_str().unwrap(), "{text:?}");
+        }
+        assert_eq!((tok.bos(), tok.eos()), (Some(1), 2));
+    };
+    gives_the_expected_ids(dir.join("tokenizer.gguf"));
+
+    let rebuilt = recipe_checkpoint::read_tokenizer(&TokenizerFile::Gguf(dir.join("tokenizer.gguf"))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&rebuilt.to_string(false).unwrap()).unwrap();
+    let config = recipe_spec::ModelSpec {
+        vocab_size: Some(1200),
+        d_model: Some(32),
+        n_layers: Some(1),
+        n_heads: Some(2),
+        d_ff: Some(64),
+        ..Default::default()
     }
-    assert_eq!((tok.bos(), tok.eos()), (Some(1), 2));
+    .resolve(None);
+    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("spm.gguf");
+    let tokenizer = GgufTokenizer { json: &json, bos: Some(1), eos: 2, chat_template: None };
+    write_gguf(&path, "spm", &config, &weights, &tokenizer, GgmlDType::F32).unwrap();
+    let content = gguf_file::Content::read(&mut std::fs::File::open(&path).unwrap()).unwrap();
+    let types = content.metadata["tokenizer.ggml.token_type"].to_vec().unwrap();
+    let kind = |id: usize| types[id].to_i32().unwrap();
+    assert_eq!(
+        (kind(0), kind(1), kind(3), kind(4), kind(500)),
+        (2, 3, 4, 6, 1),
+        "unknown, control, user-defined, byte, normal"
+    );
+    assert_eq!(content.metadata["tokenizer.ggml.model"].to_string().unwrap(), "llama");
+    gives_the_expected_ids(path);
 }
