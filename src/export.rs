@@ -8,11 +8,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use recipe_checkpoint::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, GgmlDType, GgufTokenizer, MODEL_CONFIG, MODEL_WEIGHTS, gguf_storage,
-    load_checkpoint, torch_dtype, write_gguf,
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, GgmlDType, GgufTokenizer, MODEL_CONFIG, MODEL_WEIGHTS, gguf_round_trip,
+    gguf_storage, load_checkpoint, torch_dtype, write_gguf,
 };
 use recipe_data::{TOKENIZER_FILE, Tok};
 use recipe_model::{Dtypes, Llama};
@@ -247,15 +246,10 @@ fn read_back(
     tok: &Tok,
     dtype: GgmlDType,
 ) -> Result<(), String> {
-    let device = Device::Cpu;
     let read = load_checkpoint(path, CheckpointFormat::Gguf, &stage.model).map_err(|e| e.to_string())?;
     let read: HashMap<String, Tensor> = read.into_iter().collect();
     for (name, w) in weights {
-        let want = w
-            .to_dtype(DType::F32)
-            .and_then(|w| QTensor::quantize(&w, gguf_storage(w.dims(), dtype)))
-            .and_then(|q| q.dequantize(&device))
-            .map_err(|e| e.to_string())?;
+        let want = gguf_round_trip(&stage.model.arch, name, w, dtype).map_err(|e| e.to_string())?;
         if !read.get(name).is_some_and(|got| same_bits(got, &want).unwrap_or(false)) {
             return Err(format!("{name} does not read back as stored"));
         }

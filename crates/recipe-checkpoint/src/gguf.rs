@@ -40,6 +40,9 @@ pub(crate) fn architecture(
     if !ARCHS.contains(&arch.as_str()) {
         return Err(format!("its general.architecture is \"{arch}\"; only {} can be imported", ARCHS.join(", ")));
     }
+    if gemma(&arch) {
+        return gemma_architecture(g, &arch, vocab_size);
+    }
     // Every key but the tokenizer's is under the architecture's name.
     let key = |k: &str| format!("{arch}.{k}");
     let int = |k: &str| -> Result<u32, String> {
@@ -161,9 +164,83 @@ fn llama3_scaling(spec: &ModelSpec, divisors: &[f32], original: u32) -> Result<R
     ))
 }
 
-/// The llama.cpp architectures read and written, by the names both use: Llama, and Qwen 2
-/// (biases on the query, key and value projections) and Qwen 3 (per-head query and key norms).
-const ARCHS: [&str; 3] = ["llama", "qwen2", "qwen3"];
+/// The llama.cpp architectures read and written, by the names both use: Llama, Qwen 2
+/// (biases on the query, key and value projections), Qwen 3 (per-head query and key norms),
+/// Gemma 2 and Gemma 3.
+const ARCHS: [&str; 5] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3"];
+
+fn gemma(arch: &str) -> bool {
+    arch == "gemma2" || arch == "gemma3"
+}
+
+/// A Gemma GGUF's architecture, read as the `config.json` it stands for, with what llama.cpp
+/// assumes where the metadata is silent: Gemma 2's sliding window of 4096 in every other layer
+/// and its logit caps of 50 and 30; Gemma 3's window in all but every sixth layer (or the
+/// `attention.sliding_window_pattern` given), its sliding layers' base 10000 unless
+/// `rope.freq_base_swa` says; queries scaled by 1/√head_dim, but by 1/√(d_model/heads) in the
+/// 27B models (46 and 62 layers), as llama.cpp computes them.
+fn gemma_architecture(g: &gguf_file::Content, arch: &str, vocab_size: u32) -> Result<ModelSpec, String> {
+    use serde_json::{Value, json};
+    let get = |k: &str| g.metadata.get(&format!("{arch}.{k}"));
+    let int = |k: &str| -> Result<u32, String> {
+        get(k).and_then(|v| v.to_u32().ok()).ok_or_else(|| format!("its metadata lacks `{arch}.{k}`"))
+    };
+    let float = |k: &str| get(k).and_then(|v| v.to_f32().ok()).map(|f| round_to_f32_precision(f64::from(f)));
+    let (d_model, n_layers, n_heads) = (int("embedding_length")?, int("block_count")?, int("attention.head_count")?);
+    let head_dim = int("attention.key_length").unwrap_or(d_model / n_heads.max(1));
+    let largest = if arch == "gemma2" { 46 } else { 62 };
+    let mut c = json!({
+        "model_type": if arch == "gemma2" { "gemma2" } else { "gemma3_text" },
+        "vocab_size": int("vocab_size").unwrap_or(vocab_size),
+        "hidden_size": d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int("attention.head_count_kv").unwrap_or(n_heads),
+        "head_dim": head_dim,
+        "intermediate_size": int("feed_forward_length")?,
+        "max_position_embeddings": int("context_length")?,
+        "tie_word_embeddings": !g.tensor_infos.contains_key("output.weight"),
+        "rms_norm_eps": float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+        "rope_theta": float("rope.freq_base").unwrap_or(if arch == "gemma2" { 1e4 } else { 1e6 }),
+        "query_pre_attn_scalar": if n_layers == largest { d_model / n_heads.max(1) } else { head_dim },
+    });
+    match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
+        None | Some("none") => {}
+        Some("linear") => {
+            c["rope_scaling"] = json!({ "rope_type": "linear", "factor": float("rope.scaling.factor").unwrap_or(1.0) })
+        }
+        Some(other) => {
+            return Err(format!("its rotary scaling `{other}` is not one this trainer computes (only `linear`)"));
+        }
+    }
+    for cap in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        match float(cap) {
+            Some(value) if value > 0.0 => c[cap] = value.into(),
+            // Gemma 2's caps are on unless given; Gemma 3 has none unless given.
+            _ if arch == "gemma3" => c[cap] = Value::Null,
+            _ => {}
+        }
+    }
+    let window = get("attention.sliding_window").and_then(|v| v.to_u32().ok());
+    let window = if arch == "gemma2" { Some(window.unwrap_or(4096)) } else { window.filter(|w| *w > 0) };
+    let sliding: Vec<bool> = match (window, get("attention.sliding_window_pattern")) {
+        (None, _) => vec![false; n_layers as usize],
+        (Some(_), Some(gguf_file::Value::Array(flags))) => flags.iter().map(|f| f.to_bool().unwrap_or(false)).collect(),
+        (Some(_), pattern) => {
+            let every = pattern.and_then(|p| p.to_u32().ok()).unwrap_or(if arch == "gemma2" { 2 } else { 6 }).max(1);
+            (0..n_layers).map(|layer| layer % every < every - 1).collect()
+        }
+    };
+    let kind = |slides: &bool| if *slides { "sliding_attention" } else { "full_attention" };
+    c["layer_types"] = sliding.iter().map(kind).collect::<Vec<_>>().into();
+    c["sliding_window"] = window.map_or(Value::Null, Value::from);
+    if arch == "gemma3" {
+        c["rope_local_base_freq"] = float("rope.freq_base_swa").unwrap_or(1e4).into();
+    } else if let Some(local) = float("rope.freq_base_swa").filter(|local| Some(*local) != c["rope_theta"].as_f64()) {
+        return Err(format!("its sliding layers rotate with base {local}, which Gemma 2's do not"));
+    }
+    crate::hf::spec_of_config(c)
+}
 
 /// Whether llama.cpp stores an architecture's query and key rows interleaved: its converter
 /// permutes Llama's, whose rotation it computes on pairs, and not Qwen's, rotated by halves.
@@ -174,6 +251,14 @@ fn interleaved(arch: &str) -> bool {
 fn round_to_f32_precision(x: f64) -> f64 {
     format!("{:.7e}", x as f32).parse().unwrap_or(x)
 }
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`), as SentencePiece types its pieces.
+const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+const BYTE: i32 = 6;
 
 /// The vocabulary of a GGUF tokenizer: tokens by id, their llama.cpp types (3 = control), and
 /// the BPE merges.
@@ -253,8 +338,6 @@ pub fn tokenizer(path: &Path) -> Result<Tokenizer, String> {
             ));
         }
     };
-    const CONTROL: i32 = 3;
-    const USER_DEFINED: i32 = 4;
     let added = |kind: i32| -> Vec<AddedToken> {
         let tokens = v.tokens.iter().zip(&v.types).filter(|(_, ty)| **ty == kind);
         // Matched in the text as written, before a normalizer (SentencePiece's `▁`) runs.
@@ -284,14 +367,13 @@ fn sentencepiece_bpe(v: &Vocabulary) -> Result<Tokenizer, String> {
     if v.remove_extra_whitespaces {
         return Err("its SentencePiece tokenizer collapses runs of whitespace, which is not rebuilt".into());
     }
-    const NORMAL: i32 = 1;
-    const UNKNOWN: i32 = 2;
-    let normal = |id: usize| v.types.get(id).is_none_or(|ty| *ty == NORMAL);
+    // SentencePiece (and llama.cpp) merge into user-defined pieces too (Gemma's runs of `▁`).
+    let mergeable = |id: usize| v.types.get(id).is_none_or(|ty| *ty == NORMAL || *ty == USER_DEFINED);
     let vocab: Vocab = v.tokens.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
     // Every way to split a piece into two pieces is a merge, ranked by the piece's score
     // (then the longer left part first), as `transformers` derives them.
     let mut merges: Vec<(&str, &str, f32, usize)> = Vec::new();
-    for (id, piece) in v.tokens.iter().enumerate().filter(|(id, _)| normal(*id)) {
+    for (id, piece) in v.tokens.iter().enumerate().filter(|(id, _)| mergeable(*id)) {
         let mut local: Vec<(&str, &str)> = piece
             .char_indices()
             .skip(1)
@@ -404,7 +486,7 @@ pub(crate) fn tensors(path: &Path, config: &Model) -> candle_core::Result<Vec<(S
         config.layout().into_iter().map(|(name, shape, _)| (name, shape)).collect();
     let mut out = Vec::new();
     for (name, info) in &content.tensor_infos {
-        let Some(hf_name) = hf_name(name) else { continue };
+        let Some(hf_name) = hf_name(name, &config.arch) else { continue };
         // Checked before any byte is read, so a header that lies about a shape cannot ask for
         // a huge allocation.
         let expected = layout.get(&hf_name).map(Vec::as_slice);
@@ -419,6 +501,9 @@ pub(crate) fn tensors(path: &Path, config: &Model) -> candle_core::Result<Vec<(S
             t = unpermute(&t, config.n_heads as usize, head_dim)?;
         } else if interleaved(&config.arch) && hf_name.ends_with("k_proj.weight") {
             t = unpermute(&t, config.n_kv_heads as usize, head_dim)?;
+        }
+        if let Some(shift) = norm_shift(&config.arch, &hf_name) {
+            t = (t - shift)?;
         }
         out.push((hf_name, t));
     }
@@ -449,22 +534,38 @@ const BLOCK_NAMES: [(&str, &str); 14] = [
     ("ffn_down.weight", "mlp.down_proj.weight"),
 ];
 
-/// `name` in the other naming, through [`FIXED_NAMES`] and [`BLOCK_NAMES`]: `from_gguf` says
-/// which way. None for a tensor the model does not use.
-fn renamed(name: &str, from_gguf: bool) -> Option<String> {
+/// Gemma's block norms, which differ from Llama's: a norm after attention and after the MLP
+/// besides the one before each (`ffn_norm` is the one before the MLP).
+const GEMMA_BLOCK_NORMS: [(&str, &str); 3] = [
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+    ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+];
+
+/// `name` in the other naming, through [`FIXED_NAMES`] and [`BLOCK_NAMES`] (with
+/// [`GEMMA_BLOCK_NORMS`] first for Gemma): `from_gguf` says which way. None for a tensor the
+/// model does not use.
+fn renamed(name: &str, from_gguf: bool, arch: &str) -> Option<String> {
     let (block_from, block_to) = if from_gguf { ("blk.", "model.layers.") } else { ("model.layers.", "blk.") };
     let pick = |(gguf, hf): &(&'static str, &'static str)| if from_gguf { (*gguf, *hf) } else { (*hf, *gguf) };
     if let Some((_, to)) = FIXED_NAMES.iter().map(pick).find(|(from, _)| *from == name) {
         return Some(to.to_string());
     }
     let (layer, part) = name.strip_prefix(block_from)?.split_once('.')?;
-    let (_, to) = BLOCK_NAMES.iter().map(pick).find(|(from, _)| *from == part)?;
+    let gemma_norms: &[(&str, &str)] = if gemma(arch) { &GEMMA_BLOCK_NORMS } else { &[] };
+    let (_, to) = gemma_norms.iter().chain(&BLOCK_NAMES).map(pick).find(|(from, _)| *from == part)?;
     Some(format!("{block_to}{layer}.{to}"))
 }
 
 /// The Hugging Face name of a llama.cpp tensor, or none for tensors the model does not use.
-fn hf_name(gguf: &str) -> Option<String> {
-    renamed(gguf, true)
+fn hf_name(gguf: &str, arch: &str) -> Option<String> {
+    renamed(gguf, true, arch)
+}
+
+/// What llama.cpp adds to Gemma's norm weights: its converter stores `1 + w` for the `(1 + w)`
+/// that Gemma's RMSNorm multiplies by.
+fn norm_shift(arch: &str, hf_name: &str) -> Option<f64> {
+    (gemma(arch) && hf_name.ends_with("norm.weight")).then_some(1.0)
 }
 
 /// llama.cpp interleaves the two rotary halves of each head's rows; Hugging Face keeps them
@@ -472,6 +573,16 @@ fn hf_name(gguf: &str) -> Option<String> {
 fn unpermute(w: &Tensor, heads: usize, head_dim: usize) -> candle_core::Result<Tensor> {
     let (rows, input) = w.dims2()?;
     w.reshape((heads, head_dim / 2, 2, input))?.transpose(1, 2)?.contiguous()?.reshape((rows, input))
+}
+
+/// The weight `w` (Hugging Face name `name`, architecture `arch`) as a GGUF written in `dtype`
+/// reads back: shifted as llama.cpp stores it, stored (quantized) as [`gguf_storage`] says,
+/// read and shifted back, as [`write_gguf`] and the importer do.
+pub fn gguf_round_trip(arch: &str, name: &str, w: &Tensor, dtype: GgmlDType) -> candle_core::Result<Tensor> {
+    let shift = norm_shift(arch, name).unwrap_or(0.0);
+    let stored = (w.to_dtype(candle_core::DType::F32)? + shift)?;
+    let q = candle_core::quantized::QTensor::quantize(&stored, gguf_storage(stored.dims(), dtype))?;
+    q.dequantize(&Device::Cpu)? - shift
 }
 
 /// How a GGUF export stores each matrix (vectors stay f32, as llama.cpp's converter keeps them).
@@ -506,10 +617,25 @@ pub fn write_gguf(
     if !ARCHS.contains(&arch) {
         return Err(format!("llama.cpp's architectures written are {}, not `{arch}`", ARCHS.join(", ")));
     }
+    // What llama.cpp computes for Gemma from the metadata: its query scale.
+    let largest = if arch == "gemma2" { 46 } else { 62 };
+    let llama_cpp_scale = match config.n_layers == largest {
+        true => config.d_model / config.n_heads.max(1),
+        false => config.head_dim(),
+    };
+    let gemma_caps =
+        arch == "gemma2" && (config.attn_logit_softcapping.is_none() || config.final_logit_softcapping.is_none());
     let refused = [
         (config.rotary_dim.is_some(), "partial rotary embedding (`rotary_dim`)"),
-        (config.sliding_window.is_some(), "sliding window"),
+        (config.sliding_window.is_some() && !gemma(arch), "sliding window"),
         (config.nope_layers.is_some(), "layers without positions (`nope_layers`)"),
+        (
+            gemma(arch) && config.query_pre_attn_scalar.unwrap_or(config.head_dim()) != llama_cpp_scale,
+            "query scale but 1/√head_dim (1/√(d_model/heads) at its 27B size): `query_pre_attn_scalar`",
+        ),
+        (gemma_caps, "Gemma 2 without both logit caps"),
+        (arch == "gemma3" && config.attn_logit_softcapping.is_some(), "attention logit cap"),
+        (arch == "gemma2" && config.local_rope_theta.is_some(), "rotary base of its own in the sliding layers"),
     ];
     if let Some((_, what)) = refused.iter().find(|(on, _)| *on) {
         return Err(unsupported(what));
@@ -532,6 +658,24 @@ pub fn write_gguf(
     put("rope.dimension_count", V::U32(config.head_dim()));
     put("rope.freq_base", V::F32(config.rope_theta as f32));
     put("attention.layer_norm_rms_epsilon", V::F32(config.norm_eps as f32));
+    if gemma(arch) {
+        if let Some(window) = config.sliding_window {
+            put("attention.sliding_window", V::U32(window));
+            let slides = (0..config.n_layers).map(|layer| V::Bool(config.slides(layer))).collect();
+            put("attention.sliding_window_pattern", V::Array(slides));
+        }
+        if let Some(local) = config.local_rope_theta {
+            put("rope.freq_base_swa", V::F32(local as f32));
+        }
+        for (key, cap) in [
+            ("attn_logit_softcapping", config.attn_logit_softcapping),
+            ("final_logit_softcapping", config.final_logit_softcapping),
+        ] {
+            if let Some(cap) = cap {
+                put(key, V::F32(cap as f32));
+            }
+        }
+    }
     match &config.rope_scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
@@ -550,7 +694,7 @@ pub fn write_gguf(
     let head_dim = config.head_dim() as usize;
     let mut tensors = Vec::new();
     for (hf, t) in weights {
-        let gguf = gguf_name(hf).ok_or_else(|| format!("no llama.cpp name for {hf}"))?;
+        let gguf = gguf_name(hf, arch).ok_or_else(|| format!("no llama.cpp name for {hf}"))?;
         let t = if interleaved(arch) && hf.ends_with("q_proj.weight") {
             permute(t, config.n_heads as usize, head_dim)
         } else if interleaved(arch) && hf.ends_with("k_proj.weight") {
@@ -559,6 +703,10 @@ pub fn write_gguf(
             Ok(t.clone())
         };
         let t = t.and_then(|t| t.to_dtype(candle_core::DType::F32)).map_err(|e| e.to_string())?;
+        let t = match norm_shift(arch, hf) {
+            Some(shift) => (t + shift).map_err(|e| e.to_string())?,
+            None => t,
+        };
         let q = candle_core::quantized::QTensor::quantize(&t, gguf_storage(t.dims(), dtype))
             .map_err(|e| format!("{hf}: {e}"))?;
         tensors.push((gguf, q));
@@ -638,9 +786,6 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
         }
         tokens[id] = Some((token.to_string(), kind));
     };
-    const NORMAL: i32 = 1;
-    const CONTROL: i32 = 3;
-    const USER_DEFINED: i32 = 4;
     for (token, id) in vocab {
         put(id.as_u64().ok_or("a vocabulary id is not a number")?, token, NORMAL);
     }
@@ -657,7 +802,6 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
     // llama.cpp counts the vocabulary by the tokens listed: every embedding row gets one, the
     // rows no token uses (padding, as Qwen's 151936 rows for 151669 tokens) a placeholder, as
     // llama.cpp's converter writes them.
-    const UNUSED: i32 = 5;
     tokens.resize(vocab_size as usize, None);
     let (tokens, types): (Vec<_>, Vec<_>) = tokens
         .into_iter()
@@ -687,7 +831,6 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
         // of the first merge that makes it, so llama.cpp merges in the BPE's order; a piece no
         // merge makes scores below them all. Byte-fallback pieces are llama.cpp's byte tokens.
         Some(add_space_prefix) => {
-            const BYTE: i32 = 6;
             let mut first_rank: std::collections::HashMap<String, usize> = Default::default();
             for (rank, merge) in merges.iter().enumerate() {
                 first_rank.entry(merge.replacen(' ', "", 1)).or_insert(rank);
@@ -699,7 +842,6 @@ fn tokenizer_metadata(t: &GgufTokenizer, vocab_size: u32) -> Result<Vec<(String,
                     && token.ends_with('>')
                     && u8::from_str_radix(&token[3..5], 16).is_ok()
             };
-            const UNKNOWN: i32 = 2;
             let unknown = json["model"]["unk_token"].as_str();
             let types = tokens.iter().zip(types).map(|(token, ty)| match () {
                 _ if Some(token.as_str()) == unknown => UNKNOWN,
@@ -747,9 +889,9 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// GPT-2's byte-level split (`gpt-2`), SmolLM's digits then byte-level (`smollm`), Qwen 2's
 /// (`qwen2`) and Llama 3's (`llama-bpe`).
 /// Whether a `tokenizer.json` is a SentencePiece BPE as llama.cpp tokenizes one (byte
-/// fallback, spaces written `▁` by the normalizer, no pre-tokenizer), and then whether it puts
-/// a `▁` before each stretch of text: Llama 2's layout, and what a GGUF's `llama` tokenizer is
-/// read back as.
+/// fallback, spaces written `▁` by the normalizer, no pre-tokenizer that changes anything), and
+/// then whether it puts a `▁` before each stretch of text: Llama 2's layout (and Gemma's, with
+/// none), and what a GGUF's `llama` tokenizer is read back as.
 fn sentencepiece_prefix(json: &serde_json::Value) -> Result<Option<bool>, String> {
     if json["model"]["byte_fallback"] != true {
         return Ok(None);
@@ -769,7 +911,10 @@ fn sentencepiece_prefix(json: &serde_json::Value) -> Result<Option<bool>, String
             ));
         }
     };
-    if !json["pre_tokenizer"].is_null() {
+    // Gemma's splits at spaces, which its normalizer has already turned into `▁`: none is left.
+    let pre = &json["pre_tokenizer"];
+    let splits_at_spaces = pre["type"] == "Split" && pre["pattern"]["String"] == " ";
+    if !pre.is_null() && !splits_at_spaces {
         return Err(format!(
             "llama.cpp reads a SentencePiece BPE with no pre-tokenizer (Llama 2's layout); this one has {}",
             json["pre_tokenizer"]
@@ -804,8 +949,8 @@ fn pre_tokenizer_name(pre: &serde_json::Value) -> Result<&'static str, String> {
 }
 
 /// The llama.cpp name of a Hugging Face tensor: [`hf_name`] inverted.
-fn gguf_name(hf: &str) -> Option<String> {
-    renamed(hf, false)
+fn gguf_name(hf: &str, arch: &str) -> Option<String> {
+    renamed(hf, false, arch)
 }
 
 /// [`unpermute`] inverted: each head's rows from halves `(2, hd/2)` to pairs `(hd/2, 2)`.

@@ -255,7 +255,13 @@ const GEMMA2_DEFAULTS: &[(&str, &str)] = &[
 /// exactly is an error rather than a silently different model.
 pub fn read_config(path: &Path) -> Result<ModelSpec, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let c: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    spec_of_config(c)
+}
+
+/// The architecture a `config.json`'s content describes ([`read_config`]); also how a GGUF's
+/// Gemma metadata is read, written as the `config.json` it stands for.
+pub(crate) fn spec_of_config(mut c: Value) -> Result<ModelSpec, String> {
     // Gemma 3's multimodal checkpoints (4B to 27B): the language model's configuration, which
     // leaves out what its class assumes. Its weights load without the vision tower.
     if c["model_type"] == "gemma3" && c["text_config"].is_object() {

@@ -15,7 +15,7 @@ mod tokenizer;
 pub mod training;
 mod weights;
 
-pub use gguf::{GgmlDType, GgufTokenizer, gguf_storage, write_gguf};
+pub use gguf::{GgmlDType, GgufTokenizer, gguf_round_trip, gguf_storage, write_gguf};
 pub use headers::Headers;
 pub use hf::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, AdapterKind, HF_CONFIG, IfAbsent, MODEL_CONFIG, MODEL_WEIGHTS,

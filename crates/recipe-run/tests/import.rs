@@ -557,7 +557,7 @@ fn pissa_and_olora_start_from_the_weights_as_peft_does() {
 /// A model written as GGUF carries its tokenizer under the pre-tokenizer name llama.cpp knows,
 /// and reads back as the same tokenizer: Qwen3's (`qwen2`: its split, then bytes) gives the
 /// same ids for text, digits and ChatML, and the token put before every text when there is
-/// one; Gemma 3's, which is not byte-level, is refused.
+/// one; Gemma 3's SentencePiece BPE goes in as llama.cpp's `llama` tokenizer.
 #[test]
 fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
@@ -597,10 +597,20 @@ fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     assert_eq!(framed.encode_document("Done!").unwrap(), [vec![151644], ours.encode("Done!").unwrap()].concat());
     assert_eq!(recipe_checkpoint::Headers.inspect(&path).unwrap().tokenizer.unwrap().bos, Some(151644));
 
+    // Gemma 3's SentencePiece BPE (no `▁` put before a text, runs of `▁` as user-defined
+    // pieces) goes in as llama.cpp's `llama` tokenizer and reads back giving its ids.
     let gemma = json("gemma3");
+    let config = recipe_spec::Model { vocab_size: 262208, d_model: 8, d_ff: 16, ..config };
+    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    let path = dir.path().join("gemma.gguf");
     let tokenizer = GgufTokenizer { json: &gemma, bos: Some(2), eos: 1, chat_template: None };
-    let error = write_gguf(&dir.path().join("g.gguf"), "g", &config, &weights, &tokenizer, GgmlDType::F16).unwrap_err();
-    assert!(error.contains("pre-tokenizer") || error.contains("byte-level"), "{error}");
+    write_gguf(&path, "gemma-vocab", &config, &weights, &tokenizer, GgmlDType::F16).unwrap();
+    let ours = load_tokenizer(&TokenizerFile::Json(assets.join("gemma3/tokenizer.json"))).unwrap();
+    let again = load_tokenizer(&TokenizerFile::Gguf(path)).unwrap();
+    let text = "<start_of_turn>user\nWhat's 12345 + 678?<end_of_turn>\n<start_of_turn>model\n  Two  spaces,\n\n\tnaïve café 日本語\n    Done!";
+    assert_eq!(again.encode(text).unwrap(), ours.encode(text).unwrap());
+    assert_eq!(again.encode_document("Done!").unwrap(), ours.encode_document("Done!").unwrap());
+    assert_eq!(again.decode(&ours.encode(text).unwrap()), text);
 }
 
 /// Qwen2 (biases) and Qwen3 (per-head norms, heads wider together than the model) written as
@@ -727,4 +737,51 @@ fn a_sentencepiece_gguf_tokenizer_gives_llama_cpps_ids_and_goes_back_into_gguf()
     );
     assert_eq!(content.metadata["tokenizer.ggml.model"].to_string().unwrap(), "llama");
     gives_the_expected_ids(path);
+}
+
+/// Gemma 2 and Gemma 3 go through GGUF as llama.cpp's `gemma2` and `gemma3`: their norms stored
+/// as `1 + w` (as llama.cpp's converter stores them), Gemma's norm names, the sliding layers as
+/// a per-layer pattern, the sliding layers' rotary base, the logit caps. Read back, each is the
+/// same architecture computing the same logits. A query scale llama.cpp would not compute
+/// (these fixtures' `query_pre_attn_scalar` of 24 against heads of 32) is refused.
+#[test]
+fn gemma2_and_gemma3_checkpoints_go_through_gguf() {
+    use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
+    let tokenizer = serde_json::json!({
+        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
+        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
+        "added_tokens": [{ "id": 3, "content": "<eos>", "special": true }],
+    });
+    let tok = GgufTokenizer { json: &tokenizer, bos: None, eos: 3, chat_template: None };
+    for name in ["gemma2", "gemma3"] {
+        let fixture = import_transformers_fixture(name);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let weights = load_checkpoint(&dir, CheckpointFormat::HfDir, &fixture).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join(format!("{name}.gguf"));
+        let refused = write_gguf(&path, name, &fixture, &weights, &tok, GgmlDType::F32).unwrap_err();
+        assert!(refused.contains("query_pre_attn_scalar"), "{refused}");
+
+        let config = recipe_spec::Model { query_pre_attn_scalar: None, ..fixture };
+        write_gguf(&path, name, &config, &weights, &tok, GgmlDType::F32).unwrap();
+        let again = inspect(&path).unwrap().arch.resolve(None);
+        assert_eq!(again.norm_eps as f32, config.norm_eps as f32, "{name}");
+        assert_eq!(recipe_spec::Model { norm_eps: config.norm_eps, ..again.clone() }, config, "{name}");
+        let read = load_checkpoint(&path, CheckpointFormat::Gguf, &again).unwrap();
+        let ids = candle_core::Tensor::new(
+            &[[5u32, 17, 99, 3, 42, 8, 120, 64, 1, 0, 77, 31, 12, 90, 45, 6, 101, 23, 2]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let logits = |weights| {
+            let model = Llama::frozen(&config, weights, &Device::Cpu).unwrap();
+            let t = ids.dim(1).unwrap();
+            let positions = candle_core::Tensor::arange(0u32, t as u32, &Device::Cpu).unwrap();
+            model.forward(&ids, &positions, &recipe_model::KeySpans::after(0, t)).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let (before, after) = (logits(weights), logits(read));
+        let worst =
+            before.iter().flatten().zip(after.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{name}: logits differ by {worst} after GGUF");
+    }
 }
