@@ -173,6 +173,14 @@ fn gemma(arch: &str) -> bool {
     arch == "gemma2" || arch == "gemma3"
 }
 
+/// The `query_pre_attn_scalar` llama.cpp computes for Gemma (which its metadata does not
+/// hold): the head dimension, but d_model / heads in the 27B models (Gemma 2's 46 layers,
+/// Gemma 3's 62), after Google's reference code.
+fn gemma_query_scalar(arch: &str, n_layers: u32, d_model: u32, n_heads: u32, head_dim: u32) -> u32 {
+    let largest = if arch == "gemma2" { 46 } else { 62 };
+    if n_layers == largest { d_model / n_heads.max(1) } else { head_dim }
+}
+
 /// A Gemma GGUF's architecture, read as the `config.json` it stands for, with what llama.cpp
 /// assumes where the metadata is silent: Gemma 2's sliding window of 4096 in every other layer
 /// and its logit caps of 50 and 30; Gemma 3's window in all but every sixth layer (or the
@@ -188,7 +196,6 @@ fn gemma_architecture(g: &gguf_file::Content, arch: &str, vocab_size: u32) -> Re
     let float = |k: &str| get(k).and_then(|v| v.to_f32().ok()).map(|f| round_to_f32_precision(f64::from(f)));
     let (d_model, n_layers, n_heads) = (int("embedding_length")?, int("block_count")?, int("attention.head_count")?);
     let head_dim = int("attention.key_length").unwrap_or(d_model / n_heads.max(1));
-    let largest = if arch == "gemma2" { 46 } else { 62 };
     let mut c = json!({
         "model_type": if arch == "gemma2" { "gemma2" } else { "gemma3_text" },
         "vocab_size": int("vocab_size").unwrap_or(vocab_size),
@@ -202,7 +209,7 @@ fn gemma_architecture(g: &gguf_file::Content, arch: &str, vocab_size: u32) -> Re
         "tie_word_embeddings": !g.tensor_infos.contains_key("output.weight"),
         "rms_norm_eps": float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
         "rope_theta": float("rope.freq_base").unwrap_or(if arch == "gemma2" { 1e4 } else { 1e6 }),
-        "query_pre_attn_scalar": if n_layers == largest { d_model / n_heads.max(1) } else { head_dim },
+        "query_pre_attn_scalar": gemma_query_scalar(arch, n_layers, d_model, n_heads, head_dim),
     });
     match get("rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
         None | Some("none") => {}
@@ -617,12 +624,7 @@ pub fn write_gguf(
     if !ARCHS.contains(&arch) {
         return Err(format!("llama.cpp's architectures written are {}, not `{arch}`", ARCHS.join(", ")));
     }
-    // What llama.cpp computes for Gemma from the metadata: its query scale.
-    let largest = if arch == "gemma2" { 46 } else { 62 };
-    let llama_cpp_scale = match config.n_layers == largest {
-        true => config.d_model / config.n_heads.max(1),
-        false => config.head_dim(),
-    };
+    let llama_cpp_scale = gemma_query_scalar(arch, config.n_layers, config.d_model, config.n_heads, config.head_dim());
     let gemma_caps =
         arch == "gemma2" && (config.attn_logit_softcapping.is_none() || config.final_logit_softcapping.is_none());
     let refused = [
