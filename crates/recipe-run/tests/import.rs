@@ -554,6 +554,22 @@ fn pissa_and_olora_start_from_the_weights_as_peft_does() {
     }
 }
 
+/// A one-layer Llama of `vocab_size` tokens and width `d_model`, with random weights: enough
+/// to carry a tokenizer into GGUF.
+fn random_model(vocab_size: u32, d_model: u32) -> (recipe_spec::Model, Vec<(String, candle_core::Tensor)>) {
+    let config = recipe_spec::ModelSpec {
+        vocab_size: Some(vocab_size),
+        d_model: Some(d_model),
+        n_layers: Some(1),
+        n_heads: Some(2),
+        d_ff: Some(2 * d_model),
+        ..Default::default()
+    }
+    .resolve(None);
+    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    (config, weights)
+}
+
 /// A model written as GGUF carries its tokenizer under the pre-tokenizer name llama.cpp knows,
 /// and reads back as the same tokenizer: Qwen3's (`qwen2`: its split, then bytes) gives the
 /// same ids for text, digits and ChatML, and the token put before every text when there is
@@ -565,16 +581,7 @@ fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     let json = |name: &str| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(assets.join(name).join("tokenizer.json")).unwrap()).unwrap()
     };
-    let config = recipe_spec::ModelSpec {
-        vocab_size: Some(151669),
-        d_model: Some(32),
-        n_layers: Some(1),
-        n_heads: Some(2),
-        d_ff: Some(64),
-        ..Default::default()
-    }
-    .resolve(None);
-    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    let (config, weights) = random_model(151669, 32);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qwen3.gguf");
     let qwen3 = json("qwen3");
@@ -600,8 +607,7 @@ fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
     // Gemma 3's SentencePiece BPE (no `▁` put before a text, runs of `▁` as user-defined
     // pieces) goes in as llama.cpp's `llama` tokenizer and reads back giving its ids.
     let gemma = json("gemma3");
-    let config = recipe_spec::Model { vocab_size: 262208, d_model: 8, d_ff: 16, ..config };
-    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    let (config, weights) = random_model(262208, 8);
     let path = dir.path().join("gemma.gguf");
     let tokenizer = GgufTokenizer { json: &gemma, bos: Some(2), eos: 1, chat_template: None };
     write_gguf(&path, "gemma-vocab", &config, &weights, &tokenizer, GgmlDType::F16).unwrap();
@@ -713,16 +719,7 @@ fn a_sentencepiece_gguf_tokenizer_gives_llama_cpps_ids_and_goes_back_into_gguf()
 
     let rebuilt = recipe_checkpoint::read_tokenizer(&TokenizerFile::Gguf(dir.join("tokenizer.gguf"))).unwrap();
     let json: serde_json::Value = serde_json::from_str(&rebuilt.to_string(false).unwrap()).unwrap();
-    let config = recipe_spec::ModelSpec {
-        vocab_size: Some(1200),
-        d_model: Some(32),
-        n_layers: Some(1),
-        n_heads: Some(2),
-        d_ff: Some(64),
-        ..Default::default()
-    }
-    .resolve(None);
-    let weights = Llama::init(&config, 0, &Device::Cpu).unwrap().weights().unwrap();
+    let (config, weights) = random_model(1200, 32);
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("spm.gguf");
     let tokenizer = GgufTokenizer { json: &json, bos: Some(1), eos: 2, chat_template: None };
