@@ -554,6 +554,16 @@ fn pissa_and_olora_start_from_the_weights_as_peft_does() {
     }
 }
 
+/// A byte-level BPE of three tokens (`a`, `b`, `ab`) and `end` as id 3: enough to carry
+/// weights into GGUF.
+fn tiny_tokenizer(end: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
+        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
+        "added_tokens": [{ "id": 3, "content": end, "special": true }],
+    })
+}
+
 /// A one-layer Llama of `vocab_size` tokens and width `d_model`, with random weights: enough
 /// to carry a tokenizer into GGUF.
 fn random_model(vocab_size: u32, d_model: u32) -> (recipe_spec::Model, Vec<(String, candle_core::Tensor)>) {
@@ -626,11 +636,7 @@ fn a_gguf_export_keeps_the_tokenizer_llama_cpp_names() {
 #[test]
 fn qwen2_and_qwen3_checkpoints_go_through_gguf_unchanged() {
     use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
-    let tokenizer = serde_json::json!({
-        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
-        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
-        "added_tokens": [{ "id": 3, "content": "<|endoftext|>", "special": true }],
-    });
+    let tokenizer = tiny_tokenizer("<|endoftext|>");
     for name in ["qwen2", "qwen3"] {
         let config = import_transformers_fixture(name);
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -662,13 +668,10 @@ fn llama3_rotary_scaling_goes_through_gguf_as_llama_cpps_frequency_divisors() {
     let config = import_transformers_fixture("llama3-rope");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama3-rope");
     let weights = load_checkpoint(&dir, CheckpointFormat::HfDir, &config).unwrap();
-    let tokenizer = serde_json::json!({
-        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
-        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
-    });
+    let tokenizer = tiny_tokenizer("<|endoftext|>");
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("llama3.gguf");
-    let tok = GgufTokenizer { json: &tokenizer, bos: None, eos: 0, chat_template: None };
+    let tok = GgufTokenizer { json: &tokenizer, bos: None, eos: 3, chat_template: None };
     write_gguf(&path, "llama3-rope", &config, &weights, &tok, GgmlDType::F32).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
@@ -744,11 +747,7 @@ fn a_sentencepiece_gguf_tokenizer_gives_llama_cpps_ids_and_goes_back_into_gguf()
 #[test]
 fn gemma2_and_gemma3_checkpoints_go_through_gguf() {
     use recipe_checkpoint::{GgmlDType, GgufTokenizer, write_gguf};
-    let tokenizer = serde_json::json!({
-        "model": { "type": "BPE", "vocab": { "a": 0, "b": 1, "ab": 2 }, "merges": ["a b"] },
-        "pre_tokenizer": { "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true },
-        "added_tokens": [{ "id": 3, "content": "<eos>", "special": true }],
-    });
+    let tokenizer = tiny_tokenizer("<eos>");
     let tok = GgufTokenizer { json: &tokenizer, bos: None, eos: 3, chat_template: None };
     for name in ["gemma2", "gemma3"] {
         let fixture = import_transformers_fixture(name);

@@ -48,7 +48,7 @@ const PREFERENCE_KEYS: &[&str] =
 
 impl Preference {
     /// What a `dpo` stage gets when it has no `preference` table.
-    pub(crate) const DEFAULT: Preference = Preference {
+    pub const DEFAULT: Preference = Preference {
         loss: PreferenceLoss::Sigmoid,
         beta: 0.1,
         gamma: None,

@@ -211,54 +211,12 @@ mod tests {
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let t = |v: &[f64]| Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap();
         let cases = [
-            Preference {
-                loss: PreferenceLoss::Sigmoid,
-                beta: 0.1,
-                gamma: None,
-                label_smoothing: None,
-                desirable_weight: None,
-                undesirable_weight: None,
-            },
-            Preference {
-                loss: PreferenceLoss::Sigmoid,
-                beta: 2.0,
-                gamma: None,
-                label_smoothing: Some(0.2),
-                desirable_weight: None,
-                undesirable_weight: None,
-            },
-            Preference {
-                loss: PreferenceLoss::Ipo,
-                beta: 0.5,
-                gamma: None,
-                label_smoothing: None,
-                desirable_weight: None,
-                undesirable_weight: None,
-            },
-            Preference {
-                loss: PreferenceLoss::Hinge,
-                beta: 0.4,
-                gamma: None,
-                label_smoothing: None,
-                desirable_weight: None,
-                undesirable_weight: None,
-            },
-            Preference {
-                loss: PreferenceLoss::Simpo,
-                beta: 2.0,
-                gamma: Some(0.8),
-                label_smoothing: None,
-                desirable_weight: None,
-                undesirable_weight: None,
-            },
-            Preference {
-                loss: PreferenceLoss::Orpo,
-                beta: 0.3,
-                gamma: None,
-                label_smoothing: None,
-                desirable_weight: None,
-                undesirable_weight: None,
-            },
+            Preference::DEFAULT,
+            Preference { beta: 2.0, label_smoothing: Some(0.2), ..Preference::DEFAULT },
+            Preference { loss: PreferenceLoss::Ipo, beta: 0.5, ..Preference::DEFAULT },
+            Preference { loss: PreferenceLoss::Hinge, beta: 0.4, ..Preference::DEFAULT },
+            Preference { loss: PreferenceLoss::Simpo, beta: 2.0, gamma: Some(0.8), ..Preference::DEFAULT },
+            Preference { loss: PreferenceLoss::Orpo, beta: 0.3, ..Preference::DEFAULT },
         ];
         for p in cases {
             let beta = p.beta;
@@ -337,10 +295,9 @@ mod tests {
         let p = Preference {
             loss: PreferenceLoss::Kto,
             beta,
-            gamma: None,
-            label_smoothing: None,
             desirable_weight: Some(wd),
             undesirable_weight: Some(wu),
+            ..Preference::DEFAULT
         };
         let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
         let expected = |pc: &[f64]| -> f64 {

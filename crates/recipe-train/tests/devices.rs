@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use recipe_data::Batch;
 use recipe_model::{Dtypes, Llama};
-use recipe_spec::{Model, ModelSpec, Optim, Peft, PeftMethod, Precision, Preference, PreferenceLoss};
+use recipe_spec::{Model, ModelSpec, Optim, Peft, PeftMethod, Precision, Preference};
 use recipe_train::{LossScaler, Objective, Optimizer, Reference, gradients, update};
 
 /// Llama, Qwen2, Qwen3, Gemma 2, Gemma 3, OLMo 2 or Granite, heads of 32 (a dimension the CUDA
@@ -81,14 +81,7 @@ struct Step {
 
 /// DPO's loss at β 0.5.
 fn dpo_preference() -> Preference {
-    Preference {
-        loss: PreferenceLoss::Sigmoid,
-        beta: 0.5,
-        gamma: None,
-        label_smoothing: None,
-        desirable_weight: None,
-        undesirable_weight: None,
-    }
+    Preference { beta: 0.5, ..Preference::DEFAULT }
 }
 
 /// An architecture, and whether the step takes DPO's loss instead of the cross-entropy.
